@@ -1,0 +1,430 @@
+//! The catalog: pay-as-you-go prices per sku and the plans and packages on offer. Read from
+//! TOML (a default ships inside the binary; operators replace it with `--catalog FILE`) and
+//! validated whole at start, so a bad price is an error at boot, never at billing time.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+use super::grant::GrantUnit;
+use super::money::{Money, MoneyError};
+use super::resource::{PriceUnit, Resource, ResourceSet};
+
+/// The catalog compiled into the binary (example prices).
+pub const DEFAULT_CATALOG_TOML: &str = include_str!("default_catalog.toml");
+
+/// Most skus (prices plus offers) a catalog may hold.
+pub const DEFAULT_CATALOG_SKUS_MAX: usize = 10_000;
+
+/// Largest quantity one request may carry (ms, bytes or requests): about 31,700 years of
+/// GPU time or a petabyte of traffic. Keeps quantity x price far inside Decimal range.
+pub const QUANTITY_MAX: u64 = 1_000_000_000_000_000;
+
+/// Months a plan is valid when the catalog does not say (R4: one year).
+pub const DEFAULT_VALIDITY_MONTHS: u32 = 12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog is not valid TOML: {0}")]
+    Toml(String),
+    #[error("catalog currency {0:?} must be 3 upper-case letters")]
+    Currency(String),
+    #[error("catalog sku {0:?} is defined twice")]
+    DuplicateSku(String),
+    #[error("catalog sku {sku:?}: {msg}")]
+    Invalid { sku: String, msg: String },
+    #[error("catalog has {0} skus, more than the maximum of {DEFAULT_CATALOG_SKUS_MAX}")]
+    TooLarge(usize),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PriceError {
+    #[error("unknown sku {0:?}")]
+    UnknownSku(String),
+    #[error("sku {sku:?} is priced for {priced}, not {asked}")]
+    WrongResource {
+        sku: String,
+        priced: Resource,
+        asked: Resource,
+    },
+    #[error("{0} is billed from stored levels, not from a quantity")]
+    NotCounted(Resource),
+    #[error("quantity {0} is larger than the maximum of {QUANTITY_MAX}")]
+    QuantityTooLarge(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Price {
+    pub sku: String,
+    pub resource: Resource,
+    pub unit_price: Money,
+    pub description: String,
+}
+
+impl Price {
+    pub fn unit(&self) -> PriceUnit {
+        self.resource.price_unit()
+    }
+
+    /// The charge for `quantity` (ms, bytes or requests): quantity in price units times the
+    /// unit price, exact, then rounded half away from zero at `CHARGE_DP` places only if
+    /// the exact value has more (a few ms at a per-hour price).
+    pub fn cost(&self, quantity: u64) -> Result<Money, PriceError> {
+        if quantity > QUANTITY_MAX {
+            return Err(PriceError::QuantityTooLarge(quantity));
+        }
+        let per_unit = self
+            .unit()
+            .quantity_per_unit()
+            .ok_or(PriceError::NotCounted(self.resource))?;
+        // quantity <= 1e15 and unit_price <= 1e12: the product fits Decimal's 96 bits.
+        let exact = Decimal::from(quantity) * self.unit_price.as_decimal() / per_unit;
+        Ok(Money::round_charge(exact))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfferKind {
+    Plan,
+    Package,
+}
+
+/// One grant an offer creates on purchase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferGrant {
+    pub covers: ResourceSet,
+    pub amount: Decimal,
+    pub unit: GrantUnit,
+    pub stackable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub sku: String,
+    pub kind: OfferKind,
+    pub price: Money,
+    pub once_per_account: bool,
+    pub validity_months: u32,
+    pub grants: Vec<OfferGrant>,
+    pub description: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pub currency: String,
+    pub prices: BTreeMap<String, Price>,
+    pub offers: BTreeMap<String, Offer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    currency: String,
+    #[serde(default)]
+    price: Vec<RawPrice>,
+    #[serde(default)]
+    offer: Vec<RawOffer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    sku: String,
+    resource: String,
+    unit_price: String,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOffer {
+    sku: String,
+    kind: String,
+    price: String,
+    #[serde(default)]
+    once_per_account: bool,
+    validity_months: Option<u32>,
+    grants: Vec<RawGrant>,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrant {
+    covers: Vec<String>,
+    amount: String,
+    unit: String,
+    #[serde(default = "yes")]
+    stackable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn invalid(sku: &str, msg: impl Into<String>) -> CatalogError {
+    CatalogError::Invalid {
+        sku: sku.to_owned(),
+        msg: msg.into(),
+    }
+}
+
+fn money(sku: &str, what: &str, s: &str) -> Result<Money, CatalogError> {
+    Money::parse_non_negative(s).map_err(|e: MoneyError| invalid(sku, format!("{what}: {e}")))
+}
+
+impl Catalog {
+    pub fn default_catalog() -> Result<Catalog, CatalogError> {
+        Catalog::from_toml(DEFAULT_CATALOG_TOML)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Catalog, CatalogError> {
+        let raw: RawCatalog =
+            toml::from_str(text).map_err(|e| CatalogError::Toml(e.to_string()))?;
+        if raw.currency.len() != 3 || !raw.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(CatalogError::Currency(raw.currency));
+        }
+        let count = raw.price.len() + raw.offer.len();
+        if count > DEFAULT_CATALOG_SKUS_MAX {
+            return Err(CatalogError::TooLarge(count));
+        }
+        let mut prices = BTreeMap::new();
+        let mut offers = BTreeMap::new();
+        for p in raw.price {
+            check_sku(&p.sku)?;
+            let resource = Resource::from_name(&p.resource)
+                .ok_or_else(|| invalid(&p.sku, format!("unknown resource {:?}", p.resource)))?;
+            let unit_price = money(&p.sku, "unit_price", &p.unit_price)?;
+            let price = Price {
+                sku: p.sku.clone(),
+                resource,
+                unit_price,
+                description: p.description,
+            };
+            if prices.insert(p.sku.clone(), price).is_some() {
+                return Err(CatalogError::DuplicateSku(p.sku));
+            }
+        }
+        for o in raw.offer {
+            check_sku(&o.sku)?;
+            if prices.contains_key(&o.sku) {
+                return Err(CatalogError::DuplicateSku(o.sku));
+            }
+            let kind = match o.kind.as_str() {
+                "PLAN" => OfferKind::Plan,
+                "PACKAGE" => OfferKind::Package,
+                other => {
+                    return Err(invalid(
+                        &o.sku,
+                        format!("kind {other:?} is not PLAN or PACKAGE"),
+                    ));
+                }
+            };
+            let price = money(&o.sku, "price", &o.price)?;
+            let validity_months = o.validity_months.unwrap_or(DEFAULT_VALIDITY_MONTHS);
+            if validity_months == 0 || validity_months > 120 {
+                return Err(invalid(&o.sku, "validity_months must be 1..=120"));
+            }
+            if o.grants.is_empty() {
+                return Err(invalid(&o.sku, "an offer must create at least one grant"));
+            }
+            let mut grants = Vec::with_capacity(o.grants.len());
+            for g in o.grants {
+                let mut covers = ResourceSet::EMPTY;
+                for c in &g.covers {
+                    let r = Resource::from_name(c)
+                        .ok_or_else(|| invalid(&o.sku, format!("unknown resource {c:?}")))?;
+                    covers = covers.with(r);
+                }
+                if covers.is_empty() {
+                    return Err(invalid(&o.sku, "a grant must cover at least one resource"));
+                }
+                let unit = GrantUnit::from_code(&g.unit).ok_or_else(|| {
+                    invalid(
+                        &o.sku,
+                        format!("grant unit {:?} is not \"money\" or \"GB\"", g.unit),
+                    )
+                })?;
+                if unit == GrantUnit::Gigabytes
+                    && covers
+                        .iter()
+                        .any(|r| !matches!(r, Resource::Storage | Resource::Traffic))
+                {
+                    return Err(invalid(
+                        &o.sku,
+                        "GB grants may cover only STORAGE or TRAFFIC",
+                    ));
+                }
+                let amount = Money::parse_positive(&g.amount)
+                    .map_err(|e| invalid(&o.sku, format!("grant amount: {e}")))?
+                    .as_decimal();
+                grants.push(OfferGrant {
+                    covers,
+                    amount,
+                    unit,
+                    stackable: g.stackable,
+                });
+            }
+            let offer = Offer {
+                sku: o.sku.clone(),
+                kind,
+                price,
+                once_per_account: o.once_per_account,
+                validity_months,
+                grants,
+                description: o.description,
+            };
+            if offers.insert(o.sku.clone(), offer).is_some() {
+                return Err(CatalogError::DuplicateSku(o.sku));
+            }
+        }
+        Ok(Catalog {
+            currency: raw.currency,
+            prices,
+            offers,
+        })
+    }
+
+    /// The price of `sku`, which must be priced for `resource`.
+    pub fn price(&self, sku: &str, resource: Resource) -> Result<&Price, PriceError> {
+        let p = self
+            .prices
+            .get(sku)
+            .ok_or_else(|| PriceError::UnknownSku(sku.to_owned()))?;
+        if p.resource != resource {
+            return Err(PriceError::WrongResource {
+                sku: sku.to_owned(),
+                priced: p.resource,
+                asked: resource,
+            });
+        }
+        Ok(p)
+    }
+
+    pub fn offer(&self, sku: &str) -> Option<&Offer> {
+        self.offers.get(sku)
+    }
+}
+
+fn check_sku(sku: &str) -> Result<(), CatalogError> {
+    let ok = !sku.is_empty()
+        && sku.len() <= 64
+        && sku
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            sku,
+            "sku must be 1-64 characters of [A-Za-z0-9._-]",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Money {
+        Money::parse(s).unwrap()
+    }
+
+    #[test]
+    fn default_catalog_is_valid_and_complete() {
+        let c = Catalog::default_catalog().unwrap();
+        assert_eq!(c.currency, "CNY");
+        let starter = c.offer("plan.compute.starter").unwrap();
+        assert_eq!(starter.price, d("59"));
+        assert!(starter.once_per_account);
+        assert_eq!(starter.grants[0].amount, Decimal::from(200));
+        for p in ["package.basic", "package.advanced", "package.ultimate"] {
+            let o = c.offer(p).unwrap();
+            assert_eq!(o.kind, OfferKind::Package);
+            let covered: ResourceSet = o.grants.iter().flat_map(|g| g.covers.iter()).collect();
+            assert!(covered.contains(Resource::GpuShared));
+            assert!(covered.contains(Resource::Storage));
+            assert!(covered.contains(Resource::Traffic));
+        }
+        assert!(
+            c.prices
+                .values()
+                .any(|p| p.resource == Resource::GpuExclusive)
+        );
+        assert!(c.offers.values().all(|o| o.validity_months == 12));
+    }
+
+    #[test]
+    fn costs_are_exact() {
+        let c = Catalog::default_catalog().unwrap();
+        let a10 = c.price("gpu.shared.a10", Resource::GpuShared).unwrap();
+        assert_eq!(a10.cost(1234).unwrap(), d("0.0007404"));
+        assert_eq!(a10.cost(1).unwrap(), d("0.0000006"));
+        assert_eq!(a10.cost(0).unwrap(), Money::ZERO);
+        let excl = c
+            .price("gpu.exclusive.a10.8c30g", Resource::GpuExclusive)
+            .unwrap();
+        assert_eq!(excl.cost(3_600_000).unwrap(), d("9.9"));
+        // 1 ms at 9.9/h = 0.00000275 exactly.
+        assert_eq!(excl.cost(1).unwrap(), d("0.00000275"));
+        // 7 ms at 18.5/h = 0.0000359722...: rounded at 8 places.
+        let l20 = c
+            .price("gpu.exclusive.l20.16c60g", Resource::GpuExclusive)
+            .unwrap();
+        assert_eq!(l20.cost(7).unwrap(), d("0.00003597"));
+        assert_eq!(
+            a10.cost(QUANTITY_MAX + 1),
+            Err(PriceError::QuantityTooLarge(QUANTITY_MAX + 1))
+        );
+        let st = c.price("storage.standard", Resource::Storage).unwrap();
+        assert_eq!(st.cost(1), Err(PriceError::NotCounted(Resource::Storage)));
+    }
+
+    #[test]
+    fn price_lookup_checks_resource() {
+        let c = Catalog::default_catalog().unwrap();
+        assert!(matches!(
+            c.price("nope", Resource::GpuShared),
+            Err(PriceError::UnknownSku(_))
+        ));
+        assert!(matches!(
+            c.price("gpu.shared.a10", Resource::GpuExclusive),
+            Err(PriceError::WrongResource { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_catalogs_are_rejected_with_the_sku() {
+        let base = "currency = \"CNY\"\n";
+        assert!(matches!(
+            Catalog::from_toml("currency = 3"),
+            Err(CatalogError::Toml(_))
+        ));
+        assert!(matches!(
+            Catalog::from_toml("currency = \"cny\""),
+            Err(CatalogError::Currency(_))
+        ));
+        let dup = format!(
+            "{base}[[price]]\nsku=\"a\"\nresource=\"GPU_SHARED\"\nunit_price=\"1\"\n[[price]]\nsku=\"a\"\nresource=\"GPU_SHARED\"\nunit_price=\"1\"\n"
+        );
+        assert!(matches!(
+            Catalog::from_toml(&dup),
+            Err(CatalogError::DuplicateSku(_))
+        ));
+        let neg =
+            format!("{base}[[price]]\nsku=\"a\"\nresource=\"GPU_SHARED\"\nunit_price=\"-1\"\n");
+        let e = Catalog::from_toml(&neg).unwrap_err().to_string();
+        assert!(e.contains("\"a\"") && e.contains("negative"), "{e}");
+        let res = format!("{base}[[price]]\nsku=\"a\"\nresource=\"GPU\"\nunit_price=\"1\"\n");
+        assert!(Catalog::from_toml(&res).is_err());
+        let gb = format!(
+            "{base}[[offer]]\nsku=\"o\"\nkind=\"PLAN\"\nprice=\"1\"\ngrants=[{{covers=[\"GPU_SHARED\"], amount=\"1\", unit=\"GB\"}}]\n"
+        );
+        assert!(Catalog::from_toml(&gb).is_err());
+        let unknown = format!("{base}colour = \"red\"\n");
+        assert!(Catalog::from_toml(&unknown).is_err());
+    }
+}
