@@ -1,0 +1,690 @@
+//! The ledger: the authoritative record of accounts, grants, top-ups, purchases and usage.
+//! Sidecars never write it directly; they push usage batches and pull snapshots through
+//! `LedgerApi`, the one interface between engine and ledger, which the embedded ledger
+//! implements in-process and a remote ledger implements over gRPC. Every rule applied
+//! here is the pure billing code the sidecar runs too.
+
+pub mod lease;
+pub mod postgres;
+pub mod sqlite;
+pub mod store;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::billing::status::BalanceView;
+use crate::billing::{
+    self, Catalog, Deduction, Grant, GrantKind, GrantUnit, Money, PurchaseContext, PurchaseError,
+    Resource, ResourceSet,
+};
+use crate::clock::SharedClock;
+pub use lease::{Lease, LeaseConfig, LeaseRequest};
+use store::{
+    AppliedUsage, ChangeSet, LeaseRow, LedgerStore, PurchaseRecord, StoreError, TopUpRecord,
+};
+
+/// Most entries one statement returns (the latest ones).
+pub const DEFAULT_STATEMENT_ENTRIES_MAX: usize = 10_000;
+
+/// Times an operation reloads and retries after a concurrent change of the same account.
+pub const COMMIT_RETRIES_MAX: usize = 32;
+
+/// Sidecar id of the sidecar embedded with its ledger in `quotad serve`.
+pub const EMBEDDED_SIDECAR_ID: &str = "embedded";
+
+/// One acknowledged charge, as a sidecar journals and pushes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRecord {
+    /// The sidecar's journal sequence number: increasing per account.
+    pub seq: u64,
+    /// Exactly-once key: the reservation id (or usage report id).
+    pub usage_id: String,
+    pub account_id: String,
+    pub resource: Resource,
+    pub sku: String,
+    pub quantity: u64,
+    pub cost: Money,
+    pub at_ms: i64,
+}
+
+/// What a sidecar caches of an account.
+#[derive(Debug, Clone)]
+pub struct AccountSnapshot {
+    pub account_id: String,
+    /// Increases with every change of the account at the ledger.
+    pub version: i64,
+    pub balance: Money,
+    pub grants: Vec<Grant>,
+    /// Highest seq of the asking sidecar's usage included in this snapshot.
+    pub applied_seq: u64,
+    /// The asking sidecar's lease, as of `applied_seq`.
+    pub lease: Lease,
+}
+
+#[derive(Debug, Clone)]
+pub struct StatementEntry {
+    pub usage_id: String,
+    pub resource: Resource,
+    pub sku: String,
+    pub quantity: u64,
+    pub cost: Money,
+    pub at_ms: i64,
+    pub deductions: Vec<Deduction>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncRequest {
+    pub sidecar_id: String,
+    /// Usage in journal order; applied exactly once whatever is sent again.
+    pub usage: Vec<UsageRecord>,
+    /// Leases to grant, renew or give back (after the usage is applied).
+    pub leases: Vec<LeaseRequest>,
+    /// Accounts to return snapshots of (besides those in `usage` and `leases`).
+    pub accounts: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncResponse {
+    /// Every record of the request is applied (now or before). Snapshots taken after.
+    pub snapshots: Vec<AccountSnapshot>,
+    /// The ledger's clock when it answered.
+    pub now_ms: i64,
+    /// Holds must expire by their lease's expiry plus this (see `lease`).
+    pub hold_grace_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("account {0} does not exist")]
+    UnknownAccount(String),
+    #[error("account {0} already exists")]
+    AccountExists(String),
+    #[error("unknown sku {0:?}: see GetCatalog for what is on offer")]
+    UnknownOffer(String),
+    #[error("{what} {id} was already used with different parameters: {detail}")]
+    IdReused {
+        what: &'static str,
+        id: String,
+        detail: String,
+    },
+    #[error(transparent)]
+    Purchase(#[from] PurchaseError),
+    #[error("expires_at_ms {expires_at_ms} is not after now ({now_ms})")]
+    ExpiryInPast { expires_at_ms: i64, now_ms: i64 },
+    #[error("account {0} is changing too often to commit; retry")]
+    Contended(String),
+    #[error("ledger storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("ledger unreachable: {0}")]
+    Unavailable(String),
+}
+
+/// The interface between a sidecar's engine and its ledger: one call, so that a remote
+/// ledger costs one round trip per sync whatever it carries.
+#[async_trait]
+pub trait LedgerApi: Send + Sync + 'static {
+    /// Applies a usage batch exactly once, then grants the leases asked for, and returns
+    /// fresh snapshots of every account named.
+    async fn sync(&self, req: SyncRequest) -> Result<SyncResponse, LedgerError>;
+}
+
+/// What applying `records` to the account changes: burn-down of each record not applied
+/// before, its sidecar's cursor, and its lease less what was used. None if nothing.
+fn usage_changes(
+    state: &store::AccountState,
+    records: &[&UsageRecord],
+    known: &HashSet<String>,
+    sidecar_id: &str,
+) -> Option<ChangeSet> {
+    let mut grants = state.grants.clone();
+    let mut balance = state.balance;
+    let mut seen = HashSet::new();
+    let mut applied = Vec::new();
+    let mut max_seq = state.applied_seq;
+    for r in records {
+        max_seq = max_seq.max(r.seq);
+        if known.contains(&r.usage_id) || !seen.insert(r.usage_id.as_str()) {
+            continue;
+        }
+        let deductions = billing::burn_down(&mut grants, &mut balance, r.resource, r.cost, r.at_ms);
+        applied.push(AppliedUsage {
+            record: (*r).clone(),
+            sidecar_id: sidecar_id.to_owned(),
+            deductions,
+        });
+    }
+    if applied.is_empty() && max_seq == state.applied_seq {
+        return None;
+    }
+    let grant_remaining = grants
+        .iter()
+        .zip(&state.grants)
+        .filter(|(new, old)| new.remaining != old.remaining)
+        .map(|(new, _)| (new.grant_id.clone(), new.remaining))
+        .collect();
+    // What was used came out of this sidecar's lease.
+    let spent: Money = applied.iter().map(|u| u.record.cost).sum();
+    let leases = state
+        .leases
+        .iter()
+        .filter(|l| l.sidecar_id == sidecar_id && spent.is_positive())
+        .map(|l| LeaseRow {
+            remaining: (l.remaining - spent).non_negative(),
+            ..l.clone()
+        })
+        .collect();
+    Some(ChangeSet {
+        balance,
+        grant_remaining,
+        usage: applied,
+        cursor: Some((sidecar_id.to_owned(), max_seq)),
+        leases,
+        ..ChangeSet::default()
+    })
+}
+
+/// The ledger's rules over a store.
+pub struct Ledger {
+    store: Arc<dyn LedgerStore>,
+    catalog: Arc<Catalog>,
+    clock: SharedClock,
+    lease_cfg: LeaseConfig,
+}
+
+impl Ledger {
+    pub fn new(
+        store: Arc<dyn LedgerStore>,
+        catalog: Arc<Catalog>,
+        clock: SharedClock,
+        lease_cfg: LeaseConfig,
+    ) -> Ledger {
+        Ledger {
+            store,
+            catalog,
+            clock,
+            lease_cfg,
+        }
+    }
+
+    pub fn lease_config(&self) -> LeaseConfig {
+        self.lease_cfg
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    async fn load(
+        &self,
+        account_id: &str,
+        sidecar_id: &str,
+    ) -> Result<store::AccountState, LedgerError> {
+        self.store
+            .load(account_id, sidecar_id)
+            .await?
+            .ok_or_else(|| LedgerError::UnknownAccount(account_id.to_owned()))
+    }
+
+    /// Loads, lets `decide` build the changes, commits; reloads and retries on a concurrent
+    /// change. `decide` returning None means nothing to write.
+    async fn update<T>(
+        &self,
+        account_id: &str,
+        sidecar_id: &str,
+        mut decide: impl FnMut(&store::AccountState) -> Result<Option<(ChangeSet, T)>, LedgerError>,
+    ) -> Result<Option<T>, LedgerError> {
+        for _ in 0..COMMIT_RETRIES_MAX {
+            let state = self.load(account_id, sidecar_id).await?;
+            let Some((changes, out)) = decide(&state)? else {
+                return Ok(None);
+            };
+            match self.store.commit(account_id, state.version, changes).await {
+                Ok(()) => return Ok(Some(out)),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(LedgerError::Contended(account_id.to_owned()))
+    }
+
+    pub async fn create_account(
+        &self,
+        account_id: &str,
+        balance: Money,
+    ) -> Result<(), LedgerError> {
+        if self
+            .store
+            .create_account(account_id, balance, self.now_ms())
+            .await?
+        {
+            tracing::info!(account_id, %balance, "account created");
+            Ok(())
+        } else {
+            Err(LedgerError::AccountExists(account_id.to_owned()))
+        }
+    }
+
+    /// Adds `amount` to the balance once per `topup_id`.
+    pub async fn top_up(
+        &self,
+        account_id: &str,
+        amount: Money,
+        topup_id: &str,
+    ) -> Result<(), LedgerError> {
+        let check = |t: &TopUpRecord| {
+            if t.account_id == account_id && t.amount == amount {
+                Ok(())
+            } else {
+                Err(LedgerError::IdReused {
+                    what: "topup_id",
+                    id: topup_id.to_owned(),
+                    detail: format!("first used for {} on account {}", t.amount, t.account_id),
+                })
+            }
+        };
+        if let Some(t) = self.store.find_topup(topup_id).await? {
+            return check(&t);
+        }
+        let now_ms = self.now_ms();
+        let r = self
+            .update(account_id, EMBEDDED_SIDECAR_ID, |s| {
+                let c = ChangeSet {
+                    balance: s.balance + amount,
+                    topup: Some(TopUpRecord {
+                        topup_id: topup_id.to_owned(),
+                        account_id: account_id.to_owned(),
+                        amount,
+                        at_ms: now_ms,
+                    }),
+                    ..ChangeSet::default()
+                };
+                Ok(Some((c, s.balance + amount)))
+            })
+            .await;
+        match r {
+            Ok(b) => {
+                let balance = b.unwrap_or_default();
+                tracing::info!(account_id, topup_id, %amount, %balance, "top-up");
+                Ok(())
+            }
+            // A concurrent retry of the same top-up won the race.
+            Err(LedgerError::Store(StoreError::Duplicate { .. })) => {
+                match self.store.find_topup(topup_id).await? {
+                    Some(t) => check(&t),
+                    None => Err(LedgerError::Contended(account_id.to_owned())),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Buys `sku` once per `purchase_id`; returns the grants created and the price recorded.
+    pub async fn purchase(
+        &self,
+        account_id: &str,
+        sku: &str,
+        purchase_id: &str,
+        effective_at_ms: i64,
+    ) -> Result<(Vec<Grant>, Money), LedgerError> {
+        let check = |(p, grants): (PurchaseRecord, Vec<Grant>)| {
+            if p.account_id == account_id && p.sku == sku {
+                Ok((grants, p.price_paid))
+            } else {
+                Err(LedgerError::IdReused {
+                    what: "purchase_id",
+                    id: purchase_id.to_owned(),
+                    detail: format!("first used for {} on account {}", p.sku, p.account_id),
+                })
+            }
+        };
+        if let Some(found) = self.store.find_purchase(purchase_id).await? {
+            return check(found);
+        }
+        let offer = self
+            .catalog
+            .offer(sku)
+            .ok_or_else(|| LedgerError::UnknownOffer(sku.to_owned()))?;
+        let now_ms = self.now_ms();
+        let r = self
+            .update(account_id, EMBEDDED_SIDECAR_ID, |s| {
+                let plan = billing::plan_purchase(
+                    offer,
+                    &PurchaseContext {
+                        grants: &s.grants,
+                        once_skus_bought: &s.once_skus,
+                        now_ms,
+                    },
+                    purchase_id,
+                    effective_at_ms,
+                )?;
+                let c = ChangeSet {
+                    balance: s.balance,
+                    new_grants: plan
+                        .grants
+                        .iter()
+                        .map(|g| (g.clone(), Some(purchase_id.to_owned())))
+                        .collect(),
+                    purchase: Some(PurchaseRecord {
+                        purchase_id: purchase_id.to_owned(),
+                        account_id: account_id.to_owned(),
+                        sku: sku.to_owned(),
+                        price_paid: plan.price_paid,
+                        effective_at_ms: plan.effective_at_ms,
+                        at_ms: now_ms,
+                        once_per_account: offer.once_per_account,
+                    }),
+                    ..ChangeSet::default()
+                };
+                Ok(Some((c, (plan.grants, plan.price_paid))))
+            })
+            .await;
+        match r {
+            Ok(Some(out)) => {
+                tracing::info!(account_id, sku, purchase_id, price_paid = %out.1, "purchase");
+                Ok(out)
+            }
+            Ok(None) => Err(LedgerError::Contended(account_id.to_owned())),
+            Err(LedgerError::Store(StoreError::Duplicate { .. })) => {
+                match self.store.find_purchase(purchase_id).await? {
+                    Some(found) => check(found),
+                    None => Err(LedgerError::Contended(account_id.to_owned())),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Grants a coupon or trial credit in money, once per `grant_id`.
+    pub async fn grant_credit(
+        &self,
+        account_id: &str,
+        grant_id: &str,
+        kind: GrantKind,
+        covers: ResourceSet,
+        amount: Money,
+        expires_at_ms: i64,
+    ) -> Result<Grant, LedgerError> {
+        let check = |(acct, g): (String, Grant)| {
+            if acct == account_id
+                && g.kind == kind
+                && g.quota == amount.as_decimal()
+                && g.covers == covers
+                && g.expires_at_ms == expires_at_ms
+            {
+                Ok(g)
+            } else {
+                Err(LedgerError::IdReused {
+                    what: "grant_id",
+                    id: grant_id.to_owned(),
+                    detail: format!("it is a {} of {} on account {acct}", g.kind.name(), g.quota),
+                })
+            }
+        };
+        if let Some(found) = self.store.find_grant(grant_id).await? {
+            return check(found);
+        }
+        let now_ms = self.now_ms();
+        if expires_at_ms <= now_ms {
+            return Err(LedgerError::ExpiryInPast {
+                expires_at_ms,
+                now_ms,
+            });
+        }
+        let grant = Grant {
+            grant_id: grant_id.to_owned(),
+            kind,
+            covers,
+            unit: GrantUnit::Money,
+            quota: amount.as_decimal(),
+            remaining: amount.as_decimal(),
+            starts_at_ms: now_ms,
+            expires_at_ms,
+            source: kind.name().to_ascii_lowercase(),
+            stackable: true,
+        };
+        let r = self
+            .update(account_id, EMBEDDED_SIDECAR_ID, |s| {
+                let c = ChangeSet {
+                    balance: s.balance,
+                    new_grants: vec![(grant.clone(), None)],
+                    ..ChangeSet::default()
+                };
+                Ok(Some((c, ())))
+            })
+            .await;
+        match r {
+            Ok(_) => {
+                tracing::info!(account_id, grant_id, %amount, kind = kind.name(), "credit granted");
+                Ok(grant)
+            }
+            Err(LedgerError::Store(StoreError::Duplicate { .. })) => {
+                match self.store.find_grant(grant_id).await? {
+                    Some(found) => check(found),
+                    None => Err(LedgerError::Contended(account_id.to_owned())),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The latest usage entries of the account, oldest first, and whether older ones exist.
+    pub async fn statement(
+        &self,
+        account_id: &str,
+    ) -> Result<(Vec<StatementEntry>, bool), LedgerError> {
+        // Distinguish an unknown account from one with no usage.
+        self.load(account_id, EMBEDDED_SIDECAR_ID).await?;
+        Ok(self
+            .store
+            .statement(account_id, DEFAULT_STATEMENT_ENTRIES_MAX)
+            .await?)
+    }
+
+    /// Applies usage exactly once, per account in the order given. The whole batch is
+    /// loaded, decided and written with a handful of set-based store calls; accounts that
+    /// changed concurrently (another ledger process) are reloaded and retried alone.
+    pub async fn apply_usage(
+        &self,
+        sidecar_id: &str,
+        usage: &[UsageRecord],
+    ) -> Result<(), LedgerError> {
+        let mut by_account: BTreeMap<&str, Vec<&UsageRecord>> = BTreeMap::new();
+        for u in usage {
+            by_account.entry(u.account_id.as_str()).or_default().push(u);
+        }
+        let mut todo: Vec<String> = by_account.keys().map(|k| (*k).to_owned()).collect();
+        for _ in 0..COMMIT_RETRIES_MAX {
+            if todo.is_empty() {
+                return Ok(());
+            }
+            let states = self.store.load_many(&todo, sidecar_id).await?;
+            if let Some(missing) = todo
+                .iter()
+                .find(|id| !states.iter().any(|s| &s.account_id == *id))
+            {
+                return Err(LedgerError::UnknownAccount(missing.clone()));
+            }
+            let ids: Vec<String> = todo
+                .iter()
+                .flat_map(|a| by_account[a.as_str()].iter().map(|r| r.usage_id.clone()))
+                .collect();
+            let known = self.store.known_usage(&ids).await?;
+            let commits: Vec<(String, i64, ChangeSet)> = states
+                .iter()
+                .filter_map(|state| {
+                    let records = &by_account[state.account_id.as_str()];
+                    usage_changes(state, records, &known, sidecar_id)
+                        .map(|c| (state.account_id.clone(), state.version, c))
+                })
+                .collect();
+            let accounts: Vec<String> = commits.iter().map(|c| c.0.clone()).collect();
+            let results = self.store.commit_many(commits).await?;
+            // Another ledger process applied some of the same usage, or changed the
+            // account: reload those and apply only what is still missing.
+            todo = accounts
+                .into_iter()
+                .zip(results)
+                .filter(|(_, r)| r.is_err())
+                .map(|(a, _)| a)
+                .collect();
+        }
+        match todo.first() {
+            None => Ok(()),
+            Some(a) => Err(LedgerError::Contended(a.clone())),
+        }
+    }
+
+    fn snapshot_of(s: store::AccountState, sidecar_id: &str) -> AccountSnapshot {
+        let lease = s
+            .leases
+            .iter()
+            .find(|l| l.sidecar_id == sidecar_id)
+            .map(|l| Lease {
+                remaining: l.remaining,
+                expires_at_ms: l.expires_at_ms,
+            })
+            .unwrap_or_default();
+        AccountSnapshot {
+            account_id: s.account_id,
+            version: s.version,
+            balance: s.balance,
+            grants: s.grants,
+            applied_seq: s.applied_seq,
+            lease,
+        }
+    }
+
+    /// The account as the ledger sees it: money leased to sidecars counts as held.
+    pub async fn balance_view(&self, account_id: &str) -> Result<BalanceView, LedgerError> {
+        let now_ms = self.now_ms();
+        let s = self.load(account_id, "").await?;
+        let leased = lease::occupied_by_others(&s.leases, "", now_ms, self.lease_cfg.hold_grace_ms);
+        let available = billing::status::available_for(
+            s.balance,
+            &s.grants,
+            leased,
+            Resource::GpuShared,
+            now_ms,
+        );
+        Ok(BalanceView {
+            account_id: s.account_id,
+            status: billing::status::account_status(s.balance, &s.grants, None, now_ms),
+            balance: s.balance,
+            available,
+            held: leased,
+            grants: s.grants,
+            now_ms,
+        })
+    }
+
+    /// A snapshot of the account for `sidecar_id`.
+    pub async fn snapshot(
+        &self,
+        sidecar_id: &str,
+        account_id: &str,
+    ) -> Result<AccountSnapshot, LedgerError> {
+        Ok(Self::snapshot_of(
+            self.load(account_id, sidecar_id).await?,
+            sidecar_id,
+        ))
+    }
+
+    /// Grants, renews or gives back one lease; returns the snapshot with it.
+    async fn lease(
+        &self,
+        sidecar_id: &str,
+        req: &LeaseRequest,
+    ) -> Result<AccountSnapshot, LedgerError> {
+        let cfg = self.lease_cfg;
+        for _ in 0..COMMIT_RETRIES_MAX {
+            let now_ms = self.now_ms();
+            let mut state = self.load(&req.account_id, sidecar_id).await?;
+            let payable = lease::payable(state.balance, &state.grants, now_ms);
+            let others =
+                lease::occupied_by_others(&state.leases, sidecar_id, now_ms, cfg.hold_grace_ms);
+            let row_now = state.leases.iter().find(|l| l.sidecar_id == sidecar_id);
+            if let Some(r) = row_now
+                && req.seq <= r.request_seq
+            {
+                // A late copy of an older request: the lease already reflects a newer one.
+                tracing::debug!(account_id = %req.account_id, sidecar_id, seq = req.seq,
+                    newer = r.request_seq, "stale lease request ignored");
+                return Ok(Self::snapshot_of(state, sidecar_id));
+            }
+            let current = row_now.map(|l| Lease {
+                remaining: l.remaining,
+                expires_at_ms: l.expires_at_ms,
+            });
+            let granted = lease::grant(req, current.as_ref(), payable, others, now_ms, cfg);
+            let row = LeaseRow {
+                sidecar_id: sidecar_id.to_owned(),
+                remaining: granted.remaining,
+                expires_at_ms: granted.expires_at_ms,
+                request_seq: req.seq,
+            };
+            let changes = ChangeSet {
+                balance: state.balance,
+                leases: vec![row.clone()],
+                ..ChangeSet::default()
+            };
+            match self
+                .store
+                .commit(&req.account_id, state.version, changes)
+                .await
+            {
+                Ok(()) => {
+                    tracing::debug!(account_id = %req.account_id, sidecar_id, remaining = %granted.remaining,
+                        %payable, %others, "lease");
+                    state.version += 1;
+                    state.leases.retain(|l| l.sidecar_id != sidecar_id);
+                    state.leases.push(row);
+                    return Ok(Self::snapshot_of(state, sidecar_id));
+                }
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(LedgerError::Contended(req.account_id.clone()))
+    }
+}
+
+impl Ledger {
+    /// `LedgerApi::sync`, callable without the trait in scope.
+    pub async fn sync_as_ledger(&self, req: SyncRequest) -> Result<SyncResponse, LedgerError> {
+        LedgerApi::sync(self, req).await
+    }
+}
+
+#[async_trait]
+impl LedgerApi for Ledger {
+    async fn sync(&self, req: SyncRequest) -> Result<SyncResponse, LedgerError> {
+        self.apply_usage(&req.sidecar_id, &req.usage).await?;
+        let mut snapshots = Vec::new();
+        for l in &req.leases {
+            snapshots.push(self.lease(&req.sidecar_id, l).await?);
+        }
+        let mut ids: Vec<&str> = req
+            .usage
+            .iter()
+            .map(|u| u.account_id.as_str())
+            .chain(req.accounts.iter().map(String::as_str))
+            .filter(|id| !req.leases.iter().any(|l| l.account_id == *id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            snapshots.push(self.snapshot(&req.sidecar_id, id).await?);
+        }
+        Ok(SyncResponse {
+            snapshots,
+            now_ms: self.now_ms(),
+            hold_grace_ms: self.lease_cfg.hold_grace_ms,
+        })
+    }
+}

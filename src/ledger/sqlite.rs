@@ -1,0 +1,656 @@
+//! The ledger store on SQLite: the embedded default of `quotad serve`, one file in the data
+//! directory, no server to run. Calls run on tokio's blocking pool; one connection in WAL
+//! mode with `synchronous = FULL`, so an acknowledged admin change survives power loss.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use rust_decimal::Decimal;
+
+use super::StatementEntry;
+use super::store::{
+    AccountState, ChangeSet, LeaseRow, LedgerStore, PurchaseRecord, StoreError, TopUpRecord,
+};
+use crate::billing::{
+    Deduction, Grant, GrantKind, GrantUnit, Money, Resource, ResourceSet, Source,
+};
+
+/// Schema, applied in order; `PRAGMA user_version` records how many ran. Types and SQL are
+/// kept to what PostgreSQL accepts as well (TEXT money, BIGINT times, no SQLite-only syntax).
+const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE accounts (
+    account_id    TEXT PRIMARY KEY,
+    version       BIGINT NOT NULL,
+    balance       TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE TABLE grants (
+    grant_id      TEXT PRIMARY KEY,
+    account_id    TEXT NOT NULL REFERENCES accounts(account_id),
+    kind          TEXT NOT NULL,
+    covers        INTEGER NOT NULL,
+    unit          TEXT NOT NULL,
+    quota         TEXT NOT NULL,
+    remaining     TEXT NOT NULL,
+    starts_at_ms  BIGINT NOT NULL,
+    expires_at_ms BIGINT NOT NULL,
+    source        TEXT NOT NULL,
+    stackable     BOOLEAN NOT NULL,
+    purchase_id   TEXT
+);
+CREATE INDEX grants_by_account ON grants(account_id);
+CREATE TABLE topups (
+    topup_id   TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts(account_id),
+    amount     TEXT NOT NULL,
+    at_ms      BIGINT NOT NULL
+);
+CREATE TABLE purchases (
+    purchase_id      TEXT PRIMARY KEY,
+    account_id       TEXT NOT NULL REFERENCES accounts(account_id),
+    sku              TEXT NOT NULL,
+    price_paid       TEXT NOT NULL,
+    effective_at_ms  BIGINT NOT NULL,
+    at_ms            BIGINT NOT NULL,
+    once_per_account BOOLEAN NOT NULL
+);
+CREATE INDEX purchases_by_account ON purchases(account_id);
+CREATE TABLE usage (
+    usage_id   TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts(account_id),
+    resource   TEXT NOT NULL,
+    sku        TEXT NOT NULL,
+    quantity   BIGINT NOT NULL,
+    cost       TEXT NOT NULL,
+    at_ms      BIGINT NOT NULL,
+    sidecar_id TEXT NOT NULL,
+    seq        BIGINT NOT NULL
+);
+CREATE INDEX usage_by_account ON usage(account_id, at_ms);
+CREATE TABLE usage_deductions (
+    usage_id TEXT NOT NULL REFERENCES usage(usage_id),
+    ordinal  INTEGER NOT NULL,
+    source   TEXT NOT NULL,
+    amount   TEXT NOT NULL,
+    PRIMARY KEY (usage_id, ordinal)
+);
+CREATE TABLE sidecar_cursors (
+    sidecar_id  TEXT NOT NULL,
+    account_id  TEXT NOT NULL,
+    applied_seq BIGINT NOT NULL,
+    PRIMARY KEY (sidecar_id, account_id)
+);
+"#,
+    r#"
+CREATE TABLE leases (
+    account_id    TEXT NOT NULL REFERENCES accounts(account_id),
+    sidecar_id    TEXT NOT NULL,
+    remaining     TEXT NOT NULL,
+    expires_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (account_id, sidecar_id)
+);
+"#,
+    r#"
+ALTER TABLE leases ADD COLUMN request_seq BIGINT NOT NULL DEFAULT 0;
+"#,
+];
+
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+fn dec(s: &str) -> Result<Decimal, StoreError> {
+    Decimal::from_str(s).map_err(|_| StoreError::Corrupt(format!("{s:?} is not a decimal")))
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the ledger database at `path` and applies migrations.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let mut conn = Connection::open(path).map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
+        let applied: usize = conn
+            .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+            .map_err(db)? as usize;
+        if applied > MIGRATIONS.len() {
+            return Err(StoreError::Corrupt(format!(
+                "ledger schema version {applied} is newer than this quotad ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(applied) {
+            let tx = conn.transaction().map_err(db)?;
+            tx.execute_batch(m).map_err(db)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(db)?;
+            tx.commit().map_err(db)?;
+        }
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Database("ledger connection lock poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("ledger task failed: {e}")))?
+    }
+}
+
+fn read_grant(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawGrant> {
+    Ok(RawGrant {
+        grant_id: r.get(0)?,
+        kind: r.get(1)?,
+        covers: r.get(2)?,
+        unit: r.get(3)?,
+        quota: r.get(4)?,
+        remaining: r.get(5)?,
+        starts_at_ms: r.get(6)?,
+        expires_at_ms: r.get(7)?,
+        source: r.get(8)?,
+        stackable: r.get(9)?,
+    })
+}
+
+const GRANT_COLUMNS: &str = "grant_id, kind, covers, unit, quota, remaining, starts_at_ms, \
+                             expires_at_ms, source, stackable";
+
+struct RawGrant {
+    grant_id: String,
+    kind: String,
+    covers: i64,
+    unit: String,
+    quota: String,
+    remaining: String,
+    starts_at_ms: i64,
+    expires_at_ms: i64,
+    source: String,
+    stackable: bool,
+}
+
+impl RawGrant {
+    fn into_grant(self) -> Result<Grant, StoreError> {
+        Ok(Grant {
+            kind: GrantKind::from_name(&self.kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("grant kind {:?}", self.kind)))?,
+            covers: ResourceSet::from_bits(self.covers as u8),
+            unit: GrantUnit::from_code(&self.unit)
+                .ok_or_else(|| StoreError::Corrupt(format!("grant unit {:?}", self.unit)))?,
+            quota: dec(&self.quota)?,
+            remaining: dec(&self.remaining)?,
+            starts_at_ms: self.starts_at_ms,
+            expires_at_ms: self.expires_at_ms,
+            source: self.source,
+            stackable: self.stackable,
+            grant_id: self.grant_id,
+        })
+    }
+}
+
+fn grants_where(conn: &Connection, clause: &str, arg: &str) -> Result<Vec<Grant>, StoreError> {
+    let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE {clause} ORDER BY grant_id");
+    let mut stmt = conn.prepare_cached(&sql).map_err(db)?;
+    let rows = stmt
+        .query_map([arg], read_grant)
+        .map_err(db)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db)?;
+    rows.into_iter().map(RawGrant::into_grant).collect()
+}
+
+fn dup<'a>(what: &'static str, id: &'a str) -> impl FnOnce(rusqlite::Error) -> StoreError + 'a {
+    move |e| {
+        if is_unique_violation(&e) {
+            StoreError::Duplicate {
+                what,
+                id: id.to_owned(),
+            }
+        } else {
+            db(e)
+        }
+    }
+}
+
+fn write_changes(
+    tx: &rusqlite::Transaction<'_>,
+    account_id: &str,
+    expected_version: i64,
+    c: &ChangeSet,
+) -> Result<(), StoreError> {
+    let n = tx
+        .execute(
+            "UPDATE accounts SET version = version + 1, balance = ?1 \
+             WHERE account_id = ?2 AND version = ?3",
+            params![c.balance.to_string(), account_id, expected_version],
+        )
+        .map_err(db)?;
+    if n != 1 {
+        return Err(StoreError::Conflict(account_id.to_owned()));
+    }
+    for (id, remaining) in &c.grant_remaining {
+        tx.execute(
+            "UPDATE grants SET remaining = ?1 WHERE grant_id = ?2 AND account_id = ?3",
+            params![remaining.to_string(), id, account_id],
+        )
+        .map_err(db)?;
+    }
+    for (g, purchase_id) in &c.new_grants {
+        tx.execute(
+            &format!(
+                "INSERT INTO grants ({GRANT_COLUMNS}, account_id, purchase_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            ),
+            params![
+                g.grant_id,
+                g.kind.name(),
+                g.covers.bits() as i64,
+                g.unit.code(),
+                g.quota.to_string(),
+                g.remaining.to_string(),
+                g.starts_at_ms,
+                g.expires_at_ms,
+                g.source,
+                g.stackable,
+                account_id,
+                purchase_id,
+            ],
+        )
+        .map_err(dup("grant", &g.grant_id))?;
+    }
+    if let Some(t) = &c.topup {
+        tx.execute(
+            "INSERT INTO topups (topup_id, account_id, amount, at_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![t.topup_id, account_id, t.amount.to_string(), t.at_ms],
+        )
+        .map_err(dup("topup", &t.topup_id))?;
+    }
+    if let Some(p) = &c.purchase {
+        tx.execute(
+            "INSERT INTO purchases (purchase_id, account_id, sku, price_paid, effective_at_ms, \
+             at_ms, once_per_account) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                p.purchase_id,
+                account_id,
+                p.sku,
+                p.price_paid.to_string(),
+                p.effective_at_ms,
+                p.at_ms,
+                p.once_per_account
+            ],
+        )
+        .map_err(dup("purchase", &p.purchase_id))?;
+    }
+    {
+        let mut ins = tx
+            .prepare_cached(
+                "INSERT INTO usage (usage_id, account_id, resource, sku, quantity, cost, at_ms, \
+                 sidecar_id, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .map_err(db)?;
+        let mut ded = tx
+            .prepare_cached(
+                "INSERT INTO usage_deductions (usage_id, ordinal, source, amount) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(db)?;
+        for u in &c.usage {
+            let r = &u.record;
+            ins.execute(params![
+                r.usage_id,
+                account_id,
+                r.resource.name(),
+                r.sku,
+                r.quantity as i64,
+                r.cost.to_string(),
+                r.at_ms,
+                u.sidecar_id,
+                r.seq as i64
+            ])
+            .map_err(dup("usage", &r.usage_id))?;
+            for (i, d) in u.deductions.iter().enumerate() {
+                ded.execute(params![
+                    r.usage_id,
+                    i as i64,
+                    d.source.label(),
+                    d.amount.to_string()
+                ])
+                .map_err(db)?;
+            }
+        }
+    }
+    for l in &c.leases {
+        tx.execute(
+            "INSERT INTO leases (account_id, sidecar_id, remaining, expires_at_ms, request_seq) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (account_id, sidecar_id) DO UPDATE SET \
+             remaining = excluded.remaining, expires_at_ms = excluded.expires_at_ms, \
+             request_seq = excluded.request_seq",
+            params![
+                account_id,
+                l.sidecar_id,
+                l.remaining.to_string(),
+                l.expires_at_ms,
+                l.request_seq as i64
+            ],
+        )
+        .map_err(db)?;
+    }
+    if let Some((sidecar, seq)) = &c.cursor {
+        tx.execute(
+            "INSERT INTO sidecar_cursors (sidecar_id, account_id, applied_seq) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (sidecar_id, account_id) DO UPDATE SET applied_seq = \
+             CASE WHEN excluded.applied_seq > sidecar_cursors.applied_seq \
+             THEN excluded.applied_seq ELSE sidecar_cursors.applied_seq END",
+            params![sidecar, account_id, *seq as i64],
+        )
+        .map_err(db)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl LedgerStore for SqliteStore {
+    async fn create_account(
+        &self,
+        account_id: &str,
+        balance: Money,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let id = account_id.to_owned();
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "INSERT INTO accounts (account_id, version, balance, created_at_ms) \
+                     VALUES (?1, 1, ?2, ?3) ON CONFLICT (account_id) DO NOTHING",
+                    params![id, balance.to_string(), now_ms],
+                )
+                .map_err(db)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn load(
+        &self,
+        account_id: &str,
+        sidecar_id: &str,
+    ) -> Result<Option<AccountState>, StoreError> {
+        let id = account_id.to_owned();
+        let sidecar = sidecar_id.to_owned();
+        self.with(move |c| {
+            let tx = c.transaction().map_err(db)?;
+            let row: Option<(i64, String)> = tx
+                .query_row(
+                    "SELECT version, balance FROM accounts WHERE account_id = ?1",
+                    [&id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(db)?;
+            let Some((version, balance)) = row else {
+                return Ok(None);
+            };
+            let grants = grants_where(&tx, "account_id = ?1", &id)?;
+            let once_skus = {
+                let mut s = tx
+                    .prepare_cached(
+                        "SELECT DISTINCT sku FROM purchases WHERE account_id = ?1 \
+                         AND once_per_account ORDER BY sku",
+                    )
+                    .map_err(db)?;
+                s.query_map([&id], |r| r.get::<_, String>(0))
+                    .map_err(db)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(db)?
+            };
+            let applied_seq: i64 = tx
+                .query_row(
+                    "SELECT applied_seq FROM sidecar_cursors WHERE sidecar_id = ?1 \
+                     AND account_id = ?2",
+                    params![sidecar, id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?
+                .unwrap_or(0);
+            let leases = {
+                let mut s = tx
+                    .prepare_cached(
+                        "SELECT sidecar_id, remaining, expires_at_ms, request_seq FROM leases \
+                         WHERE account_id = ?1 ORDER BY sidecar_id",
+                    )
+                    .map_err(db)?;
+                let rows = s
+                    .query_map([&id], |r| <(String, String, i64, i64)>::try_from(r))
+                    .map_err(db)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(db)?;
+                rows.into_iter()
+                    .map(|(sidecar_id, remaining, expires_at_ms, request_seq)| {
+                        Ok(LeaseRow {
+                            sidecar_id,
+                            remaining: Money::from_decimal(dec(&remaining)?),
+                            expires_at_ms,
+                            request_seq: request_seq.max(0) as u64,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?
+            };
+            tx.commit().map_err(db)?;
+            Ok(Some(AccountState {
+                leases,
+                account_id: id,
+                version,
+                balance: Money::from_decimal(dec(&balance)?),
+                grants,
+                once_skus,
+                applied_seq: applied_seq.max(0) as u64,
+            }))
+        })
+        .await
+    }
+
+    async fn commit(
+        &self,
+        account_id: &str,
+        expected_version: i64,
+        changes: ChangeSet,
+    ) -> Result<(), StoreError> {
+        let id = account_id.to_owned();
+        self.with(move |c| {
+            let tx = c.transaction().map_err(db)?;
+            write_changes(&tx, &id, expected_version, &changes)?;
+            tx.commit().map_err(db)
+        })
+        .await
+    }
+
+    async fn find_topup(&self, topup_id: &str) -> Result<Option<TopUpRecord>, StoreError> {
+        let id = topup_id.to_owned();
+        self.with(move |c| {
+            let row: Option<(String, String, i64)> = c
+                .query_row(
+                    "SELECT account_id, amount, at_ms FROM topups WHERE topup_id = ?1",
+                    [&id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(db)?;
+            row.map(|(account_id, amount, at_ms)| {
+                Ok(TopUpRecord {
+                    topup_id: id.clone(),
+                    account_id,
+                    amount: Money::from_decimal(dec(&amount)?),
+                    at_ms,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn find_purchase(
+        &self,
+        purchase_id: &str,
+    ) -> Result<Option<(PurchaseRecord, Vec<Grant>)>, StoreError> {
+        let id = purchase_id.to_owned();
+        self.with(move |c| {
+            let row: Option<(String, String, String, i64, i64, bool)> = c
+                .query_row(
+                    "SELECT account_id, sku, price_paid, effective_at_ms, at_ms, once_per_account \
+                     FROM purchases WHERE purchase_id = ?1",
+                    [&id],
+                    |r| <_>::try_from(r),
+                )
+                .optional()
+                .map_err(db)?;
+            let Some((account_id, sku, price, effective_at_ms, at_ms, once)) = row else {
+                return Ok(None);
+            };
+            let grants = grants_where(c, "purchase_id = ?1", &id)?;
+            Ok(Some((
+                PurchaseRecord {
+                    purchase_id: id,
+                    account_id,
+                    sku,
+                    price_paid: Money::from_decimal(dec(&price)?),
+                    effective_at_ms,
+                    at_ms,
+                    once_per_account: once,
+                },
+                grants,
+            )))
+        })
+        .await
+    }
+
+    async fn find_grant(&self, grant_id: &str) -> Result<Option<(String, Grant)>, StoreError> {
+        let id = grant_id.to_owned();
+        self.with(move |c| {
+            let account: Option<String> = c
+                .query_row(
+                    "SELECT account_id FROM grants WHERE grant_id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            let Some(account) = account else {
+                return Ok(None);
+            };
+            let g = grants_where(c, "grant_id = ?1", &id)?;
+            Ok(g.into_iter().next().map(|g| (account, g)))
+        })
+        .await
+    }
+
+    async fn known_usage(&self, usage_ids: &[String]) -> Result<HashSet<String>, StoreError> {
+        let ids = usage_ids.to_vec();
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT 1 FROM usage WHERE usage_id = ?1")
+                .map_err(db)?;
+            let mut known = HashSet::new();
+            for id in ids {
+                if stmt.exists([&id]).map_err(db)? {
+                    known.insert(id);
+                }
+            }
+            Ok(known)
+        })
+        .await
+    }
+
+    async fn statement(
+        &self,
+        account_id: &str,
+        limit: usize,
+    ) -> Result<(Vec<StatementEntry>, bool), StoreError> {
+        let id = account_id.to_owned();
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT usage_id, resource, sku, quantity, cost, at_ms FROM usage \
+                     WHERE account_id = ?1 ORDER BY at_ms DESC, usage_id DESC LIMIT ?2",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(params![id, (limit as i64).saturating_add(1)], |r| {
+                    <(String, String, String, i64, String, i64)>::try_from(r)
+                })
+                .map_err(db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db)?;
+            let truncated = rows.len() > limit;
+            let mut ded = c
+                .prepare_cached(
+                    "SELECT source, amount FROM usage_deductions WHERE usage_id = ?1 \
+                     ORDER BY ordinal",
+                )
+                .map_err(db)?;
+            let mut out = Vec::with_capacity(rows.len().min(limit));
+            for (usage_id, resource, sku, quantity, cost, at_ms) in rows.into_iter().take(limit) {
+                let deductions = ded
+                    .query_map([&usage_id], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                    })
+                    .map_err(db)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(db)?
+                    .into_iter()
+                    .map(|(source, amount)| {
+                        Ok(Deduction {
+                            source: if source == "balance" {
+                                Source::Balance
+                            } else {
+                                Source::Grant(source)
+                            },
+                            amount: Money::from_decimal(dec(&amount)?),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                out.push(StatementEntry {
+                    resource: Resource::from_name(&resource)
+                        .ok_or_else(|| StoreError::Corrupt(format!("resource {resource:?}")))?,
+                    usage_id,
+                    sku,
+                    quantity: quantity.max(0) as u64,
+                    cost: Money::from_decimal(dec(&cost)?),
+                    at_ms,
+                    deductions,
+                });
+            }
+            out.reverse();
+            Ok((out, truncated))
+        })
+        .await
+    }
+}

@@ -1,0 +1,178 @@
+//! The storage interface under the ledger. The ledger's rules run once, above it, as
+//! "load the account, decide with pure billing code, commit the changes if the account's
+//! version is still the one loaded". That optimistic pattern needs nothing but plain SQL
+//! (no advisory locks, no stored procedures), so the same rules run over SQLite and the
+//! PostgreSQL-compatible engines.
+
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use rust_decimal::Decimal;
+
+use super::{StatementEntry, UsageRecord};
+use crate::billing::{Deduction, Grant, Money};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The account changed since it was loaded; load again and retry.
+    #[error("account {0} changed concurrently")]
+    Conflict(String),
+    /// A unique id (topup, purchase, grant, usage) is already recorded.
+    #[error("{what} {id} is already recorded")]
+    Duplicate { what: &'static str, id: String },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+/// An account as stored, with what one sidecar has had applied.
+#[derive(Debug, Clone)]
+pub struct AccountState {
+    pub account_id: String,
+    pub version: i64,
+    pub balance: Money,
+    pub grants: Vec<Grant>,
+    /// Skus of once-per-account offers already bought.
+    pub once_skus: Vec<String>,
+    /// Highest usage seq of the asking sidecar applied to this account (0: none).
+    pub applied_seq: u64,
+    /// Every sidecar's lease on this account, expired ones included.
+    pub leases: Vec<LeaseRow>,
+}
+
+/// Money the ledger has set aside for one sidecar to admit on one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub sidecar_id: String,
+    /// What the sidecar may still admit: the lease granted less the usage applied since.
+    pub remaining: Money,
+    pub expires_at_ms: i64,
+    /// Sequence of the sidecar's request that set this lease: an older request arriving
+    /// late (a retry, a slow network) is not applied over a newer one.
+    pub request_seq: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TopUpRecord {
+    pub topup_id: String,
+    pub account_id: String,
+    pub amount: Money,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PurchaseRecord {
+    pub purchase_id: String,
+    pub account_id: String,
+    pub sku: String,
+    pub price_paid: Money,
+    pub effective_at_ms: i64,
+    pub at_ms: i64,
+    pub once_per_account: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AppliedUsage {
+    pub record: UsageRecord,
+    pub sidecar_id: String,
+    pub deductions: Vec<Deduction>,
+}
+
+/// Everything one ledger operation changes on one account, written in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeSet {
+    pub balance: Money,
+    pub grant_remaining: Vec<(String, Decimal)>,
+    pub new_grants: Vec<(Grant, Option<String>)>,
+    pub usage: Vec<AppliedUsage>,
+    pub topup: Option<TopUpRecord>,
+    pub purchase: Option<PurchaseRecord>,
+    /// (sidecar id, highest seq applied) to record for this account.
+    pub cursor: Option<(String, u64)>,
+    /// Leases to insert or replace (one row per sidecar and account).
+    pub leases: Vec<LeaseRow>,
+}
+
+#[async_trait]
+pub trait LedgerStore: Send + Sync + 'static {
+    /// Creates the account; false if it already exists.
+    async fn create_account(
+        &self,
+        account_id: &str,
+        balance: Money,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    async fn load(
+        &self,
+        account_id: &str,
+        sidecar_id: &str,
+    ) -> Result<Option<AccountState>, StoreError>;
+
+    /// Writes `changes` and bumps the version, only if the version is still
+    /// `expected_version`; else `Conflict`. A unique id already present gives `Duplicate`
+    /// and writes nothing.
+    async fn commit(
+        &self,
+        account_id: &str,
+        expected_version: i64,
+        changes: ChangeSet,
+    ) -> Result<(), StoreError>;
+
+    async fn find_topup(&self, topup_id: &str) -> Result<Option<TopUpRecord>, StoreError>;
+
+    /// The purchase and the grants it created.
+    async fn find_purchase(
+        &self,
+        purchase_id: &str,
+    ) -> Result<Option<(PurchaseRecord, Vec<Grant>)>, StoreError>;
+
+    /// The grant and its account.
+    async fn find_grant(&self, grant_id: &str) -> Result<Option<(String, Grant)>, StoreError>;
+
+    /// Which of `usage_ids` are already applied.
+    async fn known_usage(&self, usage_ids: &[String]) -> Result<HashSet<String>, StoreError>;
+
+    /// `load` for many accounts (usage batches): the ones that exist, in any order.
+    /// Stores override this with one round trip per table.
+    async fn load_many(
+        &self,
+        account_ids: &[String],
+        sidecar_id: &str,
+    ) -> Result<Vec<AccountState>, StoreError> {
+        let mut out = Vec::with_capacity(account_ids.len());
+        for id in account_ids {
+            if let Some(s) = self.load(id, sidecar_id).await? {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `commit` for many accounts at once; one result per entry, in order. An entry that
+    /// fails (Conflict, Duplicate) writes nothing of its own; the others still commit.
+    /// Stores override this with one transaction of set-based statements.
+    async fn commit_many(
+        &self,
+        commits: Vec<(String, i64, ChangeSet)>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut out = Vec::with_capacity(commits.len());
+        for (account_id, version, changes) in commits {
+            out.push(match self.commit(&account_id, version, changes).await {
+                Ok(()) => Ok(()),
+                Err(e @ (StoreError::Conflict(_) | StoreError::Duplicate { .. })) => Err(e),
+                Err(e) => return Err(e),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The latest `limit` usage entries of the account, oldest first, and whether older
+    /// ones were left out.
+    async fn statement(
+        &self,
+        account_id: &str,
+        limit: usize,
+    ) -> Result<(Vec<StatementEntry>, bool), StoreError>;
+}
