@@ -1,0 +1,1018 @@
+//! The sidecar engine: admission from a cached entitlement in memory, never waiting on the
+//! ledger on the hot path. Per account it keeps the ledger's last snapshot plus the usage
+//! acknowledged here since (`pending`), and a live view (`balance`, `grants`) that is the
+//! snapshot with that usage burned down in journal order, exactly as the ledger will.
+//! Holds live in their own map so Commit and Release find them by reservation id alone.
+//!
+//! Lock order (deadlock freedom): an `accounts` entry may be held while taking a `holds`
+//! entry, never the reverse.
+
+mod leases;
+pub mod sync;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry as MapEntry;
+
+use crate::billing::status::{self, DenyReason};
+use crate::billing::{Catalog, Grant, Money, PriceError, Resource, burn_down};
+use crate::clock::SharedClock;
+use crate::journal::{Entry, HoldState, Journal, JournalError, Recovered, ReservationRow};
+use crate::ledger::lease::DEFAULT_LEASE_HOLD_GRACE_MS;
+use crate::ledger::{AccountSnapshot, LedgerApi, LedgerError, UsageRecord};
+
+/// Hold lifetime when a Reserve gives ttl_ms = 0: long enough for a typical generation job
+/// to finish and Commit, short enough that a crashed worker's hold returns within minutes.
+pub const DEFAULT_HOLD_TTL_MS: i64 = 5 * 60 * 1000;
+/// Longest hold a Reserve may ask for.
+pub const DEFAULT_HOLD_TTL_MAX_MS: i64 = 24 * 60 * 60 * 1000;
+/// Most reservations kept in memory, open and settled (settled ones answer retries).
+pub const DEFAULT_HOLDS_MAX: usize = 1_000_000;
+/// Most accounts cached in memory.
+pub const DEFAULT_ACCOUNTS_MAX: usize = 1_000_000;
+/// How long a settled reservation is remembered to answer a retry with its first outcome.
+pub const DEFAULT_SETTLED_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
+/// Acknowledged usage waiting for the ledger beyond which new Reserves are refused: the
+/// journal must not grow without bound while the ledger is away.
+pub const DEFAULT_OUTBOX_MAX: usize = 1_000_000;
+/// Smallest lease a sidecar asks for on an active account, so that a quiet account does
+/// not go to the ledger for every job.
+pub const DEFAULT_LEASE_WANT_MIN: &str = "1";
+/// Renew a lease this long before it expires (if the account was active).
+pub const DEFAULT_LEASE_RENEW_BEFORE_MS: i64 = 10_000;
+/// An account is active, and its lease kept renewed, for this long after its last call.
+pub const DEFAULT_LEASE_ACTIVE_MS: i64 = 5 * 60 * 1000;
+/// Longest a Reserve waits for a lease from the ledger before answering without it.
+pub const DEFAULT_LEASE_REQUEST_TIMEOUT_MS: u64 = 2_000;
+/// Most lease requests in one sync.
+pub const DEFAULT_SYNC_LEASES_MAX: usize = 1_000;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub hold_ttl_default_ms: i64,
+    pub hold_ttl_max_ms: i64,
+    pub holds_max: usize,
+    pub accounts_max: usize,
+    pub settled_retention_ms: i64,
+    pub outbox_max: usize,
+    /// Ask for the whole account as lease (one sidecar per ledger: embedded mode).
+    pub lease_whole_account: bool,
+    pub lease_want_min: Money,
+    pub lease_renew_before_ms: i64,
+    pub lease_active_ms: i64,
+    pub lease_request_timeout_ms: u64,
+    pub sync_leases_max: usize,
+    /// Money an account may still be admitted for while the ledger is unreachable and its
+    /// lease is spent or expired, by account id; `fail_open_default` for the others.
+    /// Zero (the default) is fail-closed.
+    pub fail_open_budgets: HashMap<String, Money>,
+    pub fail_open_default: Money,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            hold_ttl_default_ms: DEFAULT_HOLD_TTL_MS,
+            hold_ttl_max_ms: DEFAULT_HOLD_TTL_MAX_MS,
+            holds_max: DEFAULT_HOLDS_MAX,
+            accounts_max: DEFAULT_ACCOUNTS_MAX,
+            settled_retention_ms: DEFAULT_SETTLED_RETENTION_MS,
+            outbox_max: DEFAULT_OUTBOX_MAX,
+            lease_whole_account: false,
+            lease_want_min: Money::parse(DEFAULT_LEASE_WANT_MIN).unwrap_or(Money::ZERO),
+            lease_renew_before_ms: DEFAULT_LEASE_RENEW_BEFORE_MS,
+            lease_active_ms: DEFAULT_LEASE_ACTIVE_MS,
+            lease_request_timeout_ms: DEFAULT_LEASE_REQUEST_TIMEOUT_MS,
+            sync_leases_max: DEFAULT_SYNC_LEASES_MAX,
+            fail_open_budgets: HashMap::new(),
+            fail_open_default: Money::ZERO,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("account {0} does not exist")]
+    UnknownAccount(String),
+    #[error("reservation {0} does not exist")]
+    UnknownReservation(String),
+    #[error("reservation {id} expired at {expired_at_ms} ms and its hold was released")]
+    ReservationExpired { id: String, expired_at_ms: i64 },
+    #[error("reservation {id} is already {state}")]
+    ReservationSettled { id: String, state: &'static str },
+    #[error("reservation_id {id} was already used for a different request: {detail}")]
+    ReservationMismatch { id: String, detail: String },
+    #[error("reservation {0} is being recorded by a concurrent call; retry")]
+    InProgress(String),
+    #[error("ttl_ms {ttl_ms} is longer than the maximum of {max_ms}")]
+    TtlTooLong { ttl_ms: i64, max_ms: i64 },
+    #[error("{0} reservations are held, the configured maximum (holds_max)")]
+    HoldsFull(usize),
+    #[error("{0} accounts are cached, the configured maximum (accounts_max)")]
+    AccountsFull(usize),
+    #[error(
+        "{0} usage records are waiting for the ledger (outbox_max); new work is refused until it catches up"
+    )]
+    Backlog(usize),
+    #[error(transparent)]
+    Price(#[from] PriceError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Ledger(LedgerError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReserveRequest {
+    pub account_id: String,
+    pub reservation_id: String,
+    pub resource: Resource,
+    pub sku: String,
+    pub quantity: u64,
+    /// 0 = the configured default.
+    pub ttl_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReserveOutcome {
+    pub admitted: bool,
+    pub reason: Option<DenyReason>,
+    pub held: Money,
+    pub available: Money,
+    pub expires_at_ms: i64,
+    /// Admitted from the fail-open budget while the ledger was unreachable.
+    pub fail_open: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitOutcome {
+    pub charged: Money,
+    pub available: Money,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdmitOutcome {
+    pub admitted: bool,
+    pub reason: Option<DenyReason>,
+    pub available: Money,
+}
+
+pub use crate::billing::status::BalanceView;
+
+/// Usage acknowledged here and not yet in the account's snapshot.
+#[derive(Debug, Clone)]
+struct Pending {
+    seq: u64,
+    resource: Resource,
+    cost: Money,
+    at_ms: i64,
+}
+
+struct Account {
+    base: AccountSnapshot,
+    pending: VecDeque<Pending>,
+    /// Live view: `base` with `pending` burned down.
+    balance: Money,
+    grants: Vec<Grant>,
+    /// Sum of open holds.
+    held: Money,
+    /// Open holds by expiry, earliest first (entries of settled holds are skipped).
+    expiries: BinaryHeap<Reverse<(i64, String)>>,
+    /// Sum of `pending` costs: spent from the lease but not yet at the ledger.
+    pending_cost: Money,
+    /// Charged since the current lease was granted: the spend rate that sizes the next.
+    spent_since_lease: Money,
+    last_touch_ms: i64,
+    /// What is left of the fail-open budget, and what was admitted from it.
+    fail_open_left: Money,
+    fail_open_spent: Money,
+}
+
+impl Account {
+    fn new(
+        base: AccountSnapshot,
+        pending: VecDeque<Pending>,
+        fail_open_budget: Money,
+        now_ms: i64,
+    ) -> Account {
+        let mut a = Account {
+            balance: base.balance,
+            grants: base.grants.clone(),
+            base,
+            pending,
+            held: Money::ZERO,
+            expiries: BinaryHeap::new(),
+            pending_cost: Money::ZERO,
+            spent_since_lease: Money::ZERO,
+            last_touch_ms: now_ms,
+            fail_open_left: fail_open_budget,
+            fail_open_spent: Money::ZERO,
+        };
+        a.recompute();
+        a
+    }
+
+    fn recompute(&mut self) {
+        self.balance = self.base.balance;
+        self.grants.clone_from(&self.base.grants);
+        self.pending_cost = self.pending.iter().map(|p| p.cost).sum();
+        for p in &self.pending {
+            burn_down(
+                &mut self.grants,
+                &mut self.balance,
+                p.resource,
+                p.cost,
+                p.at_ms,
+            );
+        }
+    }
+
+    fn available(&self, resource: Resource, now_ms: i64) -> Money {
+        status::available_for(self.balance, &self.grants, self.held, resource, now_ms)
+    }
+
+    /// What the lease still lets this sidecar admit, or None once it has expired.
+    fn lease_spendable(&self, now_ms: i64) -> Option<Money> {
+        let l = &self.base.lease;
+        (now_ms < l.expires_at_ms).then(|| l.remaining - self.pending_cost - self.held)
+    }
+}
+
+struct Hold {
+    row: ReservationRow,
+    /// A transition of this hold is being journaled; retries wait for it.
+    busy: bool,
+}
+
+pub struct Engine {
+    sidecar_id: String,
+    catalog: Arc<Catalog>,
+    clock: SharedClock,
+    journal: Arc<Journal>,
+    ledger: Arc<dyn LedgerApi>,
+    cfg: EngineConfig,
+    accounts: DashMap<String, Account>,
+    holds: DashMap<String, Hold>,
+    holds_len: AtomicUsize,
+    next_seq: AtomicU64,
+    sync_lock: tokio::sync::Mutex<()>,
+    /// Holds expire by their lease's expiry plus this (the ledger says how long).
+    hold_grace_ms: AtomicI64,
+    /// Whether the last exchange with the ledger succeeded; while it is false, Reserves do
+    /// not wait on the ledger for a lease.
+    ledger_up: AtomicBool,
+    ledger_state: tokio::sync::watch::Sender<bool>,
+    /// Last lease request sequence number (see `next_lease_seq`).
+    lease_seq: AtomicU64,
+    /// Open holds recovered at start for accounts the ledger could not load yet.
+    orphan_holds: DashMap<String, Vec<(i64, String, Money)>>,
+}
+
+fn ledger_err(account_id: &str, e: LedgerError) -> EngineError {
+    match e {
+        LedgerError::UnknownAccount(_) => EngineError::UnknownAccount(account_id.to_owned()),
+        e => EngineError::Ledger(e),
+    }
+}
+
+impl Engine {
+    /// Builds the engine from what the journal recovered: holds are restored, the outbox is
+    /// pushed to the ledger if it can be reached, accounts with open holds are loaded.
+    pub async fn start(
+        cfg: EngineConfig,
+        catalog: Arc<Catalog>,
+        clock: SharedClock,
+        journal: Arc<Journal>,
+        recovered: Recovered,
+        ledger: Arc<dyn LedgerApi>,
+        sidecar_id: String,
+    ) -> Result<Arc<Engine>, EngineError> {
+        let engine = Arc::new(Engine {
+            sidecar_id,
+            catalog,
+            clock,
+            journal,
+            ledger,
+            cfg,
+            accounts: DashMap::new(),
+            holds: DashMap::new(),
+            holds_len: AtomicUsize::new(0),
+            next_seq: AtomicU64::new(recovered.next_seq),
+            sync_lock: tokio::sync::Mutex::new(()),
+            hold_grace_ms: AtomicI64::new(DEFAULT_LEASE_HOLD_GRACE_MS),
+            ledger_up: AtomicBool::new(true),
+            ledger_state: tokio::sync::watch::Sender::new(true),
+            orphan_holds: DashMap::new(),
+            lease_seq: AtomicU64::new(0),
+        });
+        if let Err(e) = engine.flush().await {
+            tracing::warn!(error = %e, "could not push recovered usage to the ledger yet");
+        }
+        let now_ms = engine.clock.now_ms();
+        let mut open = 0usize;
+        for row in recovered.reservations {
+            if row.state == HoldState::Open {
+                // Counted against the account when it loads (now, or once the ledger is back).
+                engine
+                    .orphan_holds
+                    .entry(row.account_id.clone())
+                    .or_default()
+                    .push((row.expires_at_ms, row.reservation_id.clone(), row.held));
+                open += 1;
+            }
+            engine
+                .holds
+                .insert(row.reservation_id.clone(), Hold { row, busy: false });
+            engine.holds_len.fetch_add(1, Ordering::Relaxed);
+        }
+        let accounts: Vec<String> = engine
+            .orphan_holds
+            .iter()
+            .map(|e| e.key().clone())
+            .collect();
+        for account_id in accounts {
+            match engine.ensure_account(&account_id).await {
+                Ok(()) => {}
+                Err(EngineError::UnknownAccount(_)) => {
+                    tracing::error!(
+                        account_id,
+                        "journal holds reservations of an account the ledger does not know"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(account_id, error = %e, "account not loaded yet; its holds wait")
+                }
+            }
+        }
+        engine.sweep(now_ms);
+        tracing::info!(
+            holds = engine.holds_len.load(Ordering::Relaxed),
+            open,
+            outbox = engine.journal.outbox_len(),
+            "engine recovered"
+        );
+        Ok(engine)
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    /// Loads the account from the ledger, with a first lease, if it is not cached.
+    async fn ensure_account(&self, account_id: &str) -> Result<(), EngineError> {
+        if self.accounts.contains_key(account_id) {
+            return Ok(());
+        }
+        if self.accounts.len() >= self.cfg.accounts_max {
+            return Err(EngineError::AccountsFull(self.cfg.accounts_max));
+        }
+        let want = self.lease_want(None, Money::ZERO);
+        let held = self
+            .orphan_holds
+            .get(account_id)
+            .map(|h| h.iter().map(|(_, _, m)| *m).sum())
+            .unwrap_or(Money::ZERO);
+        let snap = self.fetch_lease(account_id, want, held).await?;
+        let pending: VecDeque<Pending> = self
+            .journal
+            .outbox_of(account_id, snap.applied_seq)
+            .into_iter()
+            .map(|u| Pending {
+                seq: u.seq,
+                resource: u.resource,
+                cost: u.cost,
+                at_ms: u.at_ms,
+            })
+            .collect();
+        let budget = self
+            .cfg
+            .fail_open_budgets
+            .get(account_id)
+            .copied()
+            .unwrap_or(self.cfg.fail_open_default);
+        let now_ms = self.now_ms();
+        let orphans = self.orphan_holds.remove(account_id).map(|(_, v)| v);
+        let mut a = self
+            .accounts
+            .entry(account_id.to_owned())
+            .or_insert_with(|| Account::new(snap, pending, budget, now_ms));
+        for (expires_at_ms, id, held) in orphans.into_iter().flatten() {
+            a.held += held;
+            a.expiries.push(Reverse((expires_at_ms, id)));
+        }
+        Ok(())
+    }
+
+    /// Replaces cached snapshots with newer ones from the ledger.
+    pub fn apply_snapshots(&self, snaps: Vec<AccountSnapshot>) {
+        for snap in snaps {
+            if let Some(mut a) = self.accounts.get_mut(&snap.account_id) {
+                if snap.version < a.base.version {
+                    continue;
+                }
+                if snap.lease.expires_at_ms != a.base.lease.expires_at_ms {
+                    a.spent_since_lease = Money::ZERO;
+                }
+                let applied = snap.applied_seq;
+                a.pending.retain(|p| p.seq > applied);
+                a.base = snap;
+                a.recompute();
+            }
+        }
+    }
+
+    /// Fetches the account's snapshot and a fresh lease now (after an admin change).
+    pub async fn refresh_account(&self, account_id: &str) -> Result<(), EngineError> {
+        if !self.accounts.contains_key(account_id) {
+            return self.ensure_account(account_id).await;
+        }
+        let (want, held) = match self.accounts.get(account_id) {
+            Some(a) => (
+                self.lease_want(Some(&a), Money::ZERO),
+                a.held + a.pending_cost,
+            ),
+            None => return Ok(()),
+        };
+        let snap = self.fetch_lease(account_id, want, held).await?;
+        self.apply_snapshots(vec![snap]);
+        Ok(())
+    }
+
+    /// Releases the account's holds whose TTL has passed (G3).
+    fn expire_due(&self, a: &mut Account, now_ms: i64) {
+        while let Some(Reverse((at, _))) = a.expiries.peek() {
+            if *at > now_ms {
+                break;
+            }
+            let Some(Reverse((_, id))) = a.expiries.pop() else {
+                break;
+            };
+            let Some(mut h) = self.holds.get_mut(&id) else {
+                continue;
+            };
+            if h.row.state != HoldState::Open || h.busy || h.row.expires_at_ms > now_ms {
+                continue;
+            }
+            h.row.state = HoldState::Expired;
+            h.row.settled_at_ms = now_ms;
+            a.held -= h.row.held;
+            tracing::debug!(reservation_id = %id, held = %h.row.held, "hold expired");
+            // A restart re-derives expiry from the time, so losing this write is harmless.
+            if let Err(e) = self
+                .journal
+                .submit_detached(Entry::Reservation(h.row.clone()))
+            {
+                tracing::warn!(reservation_id = %id, error = %e, "expiry not journaled");
+            }
+        }
+    }
+
+    /// Housekeeping: expires due holds on every account and forgets settled reservations
+    /// past the retention window.
+    pub fn sweep(&self, now_ms: i64) {
+        for mut a in self.accounts.iter_mut() {
+            self.expire_due(&mut a, now_ms);
+        }
+        let cutoff = now_ms - self.cfg.settled_retention_ms;
+        let mut removed = 0usize;
+        self.holds.retain(|_, h| {
+            let keep = h.row.state == HoldState::Open || h.busy || h.row.settled_at_ms >= cutoff;
+            if !keep {
+                removed += 1;
+            }
+            keep
+        });
+        if removed > 0 {
+            self.holds_len.fetch_sub(removed, Ordering::Relaxed);
+            if let Err(e) = self.journal.submit_detached(Entry::Prune {
+                settled_before_ms: cutoff,
+            }) {
+                tracing::warn!(error = %e, "prune not journaled");
+            }
+        }
+    }
+
+    fn cost(&self, resource: Resource, sku: &str, quantity: u64) -> Result<Money, EngineError> {
+        Ok(self.catalog.price(sku, resource)?.cost(quantity)?)
+    }
+
+    fn replay_reserve(
+        &self,
+        req: &ReserveRequest,
+        h: &Hold,
+    ) -> Result<ReserveOutcome, EngineError> {
+        let r = &h.row;
+        if r.account_id != req.account_id
+            || r.resource != req.resource
+            || r.sku != req.sku
+            || r.quantity != req.quantity
+        {
+            return Err(EngineError::ReservationMismatch {
+                id: req.reservation_id.clone(),
+                detail: format!(
+                    "it reserved {} {} of {} for account {}",
+                    r.quantity, r.resource, r.sku, r.account_id
+                ),
+            });
+        }
+        if h.busy {
+            return Err(EngineError::InProgress(req.reservation_id.clone()));
+        }
+        Ok(ReserveOutcome {
+            admitted: true,
+            reason: None,
+            held: r.held,
+            available: Money::ZERO,
+            expires_at_ms: r.expires_at_ms,
+            fail_open: false,
+        })
+    }
+
+    fn with_available(
+        &self,
+        mut o: ReserveOutcome,
+        account_id: &str,
+        resource: Resource,
+    ) -> ReserveOutcome {
+        let now_ms = self.now_ms();
+        if let Some(mut a) = self.accounts.get_mut(account_id) {
+            self.expire_due(&mut a, now_ms);
+            o.available = a.available(resource, now_ms);
+        }
+        o
+    }
+
+    pub async fn reserve(&self, req: ReserveRequest) -> Result<ReserveOutcome, EngineError> {
+        let now_ms = self.now_ms();
+        let cost = self.cost(req.resource, &req.sku, req.quantity)?;
+        let ttl_ms = if req.ttl_ms == 0 {
+            self.cfg.hold_ttl_default_ms
+        } else {
+            req.ttl_ms
+        };
+        if ttl_ms > self.cfg.hold_ttl_max_ms {
+            return Err(EngineError::TtlTooLong {
+                ttl_ms,
+                max_ms: self.cfg.hold_ttl_max_ms,
+            });
+        }
+        if let Some(h) = self.holds.get(&req.reservation_id) {
+            let o = self.replay_reserve(&req, &h)?;
+            drop(h);
+            return Ok(self.with_available(o, &req.account_id, req.resource));
+        }
+        if self.holds_len.load(Ordering::Relaxed) >= self.cfg.holds_max {
+            return Err(EngineError::HoldsFull(self.cfg.holds_max));
+        }
+        if self.journal.outbox_len() >= self.cfg.outbox_max {
+            return Err(EngineError::Backlog(self.cfg.outbox_max));
+        }
+        match self.ensure_account(&req.account_id).await {
+            Err(EngineError::Ledger(LedgerError::Unavailable(e))) => {
+                tracing::warn!(account_id = %req.account_id, error = %e, "account not cached and ledger unreachable");
+                return Ok(denied(DenyReason::LedgerUnavailable, Money::ZERO));
+            }
+            r => r?,
+        }
+        // First from the lease; if it is short, once more after asking the ledger for more
+        // (or, with the ledger unreachable, from the fail-open budget).
+        let mut fail_open = false;
+        for attempt in 0..2 {
+            let (done, available, expires_at_ms) = match self
+                .try_hold(&req, cost, ttl_ms, now_ms, fail_open)?
+            {
+                Step::Answer(o) => return Ok(o),
+                Step::Held(done, available, expires_at_ms) => (done, available, expires_at_ms),
+                Step::NeedLease(want) if attempt == 0 => {
+                    match self.request_lease(&req.account_id, want).await {
+                        Ok(()) => {}
+                        Err(EngineError::Ledger(LedgerError::Unavailable(_))) => fail_open = true,
+                        Err(e) => return Err(e),
+                    }
+                    continue;
+                }
+                Step::NeedLease(_) => {
+                    let reason = if fail_open {
+                        DenyReason::LedgerUnavailable
+                    } else {
+                        DenyReason::InsufficientFunds
+                    };
+                    let available = self.with_available(
+                        denied(reason, Money::ZERO),
+                        &req.account_id,
+                        req.resource,
+                    );
+                    return Ok(available);
+                }
+            };
+            return self
+                .finish_hold(&req, cost, done, available, expires_at_ms, fail_open)
+                .await;
+        }
+        Ok(denied(DenyReason::InsufficientFunds, Money::ZERO))
+    }
+
+    /// Under the account's lock: decides a Reserve and, if admitted, records the hold and
+    /// queues it for the journal.
+    fn try_hold(
+        &self,
+        req: &ReserveRequest,
+        cost: Money,
+        ttl_ms: i64,
+        now_ms: i64,
+        fail_open: bool,
+    ) -> Result<Step, EngineError> {
+        let mut a = self
+            .accounts
+            .get_mut(&req.account_id)
+            .ok_or_else(|| EngineError::UnknownAccount(req.account_id.clone()))?;
+        a.last_touch_ms = now_ms;
+        self.expire_due(&mut a, now_ms);
+        let slot = match self.holds.entry(req.reservation_id.clone()) {
+            MapEntry::Occupied(o) => {
+                let out = self.replay_reserve(req, o.get())?;
+                let available = a.available(req.resource, now_ms);
+                return Ok(Step::Answer(ReserveOutcome { available, ..out }));
+            }
+            MapEntry::Vacant(v) => v,
+        };
+        let available =
+            match status::admit(a.balance, &a.grants, a.held, req.resource, cost, now_ms) {
+                Ok(av) => av,
+                Err(reason) => {
+                    return Ok(Step::Answer(denied(
+                        reason,
+                        a.available(req.resource, now_ms),
+                    )));
+                }
+            };
+        let mut expires_at_ms = now_ms.saturating_add(ttl_ms);
+        match a.lease_spendable(now_ms) {
+            Some(spendable) if spendable >= cost => {
+                // The ledger keeps the lease set aside until expiry plus grace: no hold may
+                // outlive that.
+                let grace = self.hold_grace_ms.load(Ordering::Relaxed);
+                expires_at_ms = expires_at_ms.min(a.base.lease.expires_at_ms.saturating_add(grace));
+            }
+            _ if fail_open && a.fail_open_left >= cost => {
+                a.fail_open_left -= cost;
+                a.fail_open_spent += cost;
+                tracing::warn!(account_id = %req.account_id, reservation_id = %req.reservation_id,
+                    %cost, left = %a.fail_open_left, "admitted fail-open: ledger unreachable");
+            }
+            _ => return Ok(Step::NeedLease(self.lease_want(Some(&a), cost))),
+        }
+        let row = ReservationRow {
+            reservation_id: req.reservation_id.clone(),
+            account_id: req.account_id.clone(),
+            resource: req.resource,
+            sku: req.sku.clone(),
+            quantity: req.quantity,
+            held: cost,
+            expires_at_ms,
+            state: HoldState::Open,
+            charged: Money::ZERO,
+            charged_quantity: 0,
+            settled_at_ms: 0,
+        };
+        let done = self.journal.submit(Entry::Reservation(row.clone()))?;
+        a.held += cost;
+        a.expiries
+            .push(Reverse((expires_at_ms, req.reservation_id.clone())));
+        slot.insert(Hold { row, busy: true });
+        self.holds_len.fetch_add(1, Ordering::Relaxed);
+        Ok(Step::Held(done, available - cost, expires_at_ms))
+    }
+
+    /// Waits for the hold to be durable; undoes it if the journal failed.
+    async fn finish_hold(
+        &self,
+        req: &ReserveRequest,
+        cost: Money,
+        done: Durable,
+        available: Money,
+        expires_at_ms: i64,
+        fail_open: bool,
+    ) -> Result<ReserveOutcome, EngineError> {
+        match done.await.unwrap_or(Err(JournalError::Closed)) {
+            Ok(()) => {
+                if let Some(mut h) = self.holds.get_mut(&req.reservation_id) {
+                    h.busy = false;
+                }
+                Ok(ReserveOutcome {
+                    admitted: true,
+                    reason: None,
+                    held: cost,
+                    available,
+                    expires_at_ms,
+                    fail_open,
+                })
+            }
+            Err(e) => {
+                if let Some(mut a) = self.accounts.get_mut(&req.account_id) {
+                    a.held -= cost;
+                    if fail_open {
+                        a.fail_open_left += cost;
+                        a.fail_open_spent -= cost;
+                    }
+                    if self.holds.remove(&req.reservation_id).is_some() {
+                        self.holds_len.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The settled outcome of a reservation, or why it cannot be committed/released.
+    fn settled_or_err(
+        &self,
+        id: &str,
+        h: &Hold,
+        now_ms: i64,
+    ) -> Result<Option<Settled>, EngineError> {
+        if h.busy {
+            return Err(EngineError::InProgress(id.to_owned()));
+        }
+        match h.row.state {
+            HoldState::Open if h.row.expires_at_ms <= now_ms => {
+                Err(EngineError::ReservationExpired {
+                    id: id.to_owned(),
+                    expired_at_ms: h.row.expires_at_ms,
+                })
+            }
+            HoldState::Open => Ok(None),
+            HoldState::Expired => Err(EngineError::ReservationExpired {
+                id: id.to_owned(),
+                expired_at_ms: h.row.expires_at_ms,
+            }),
+            HoldState::Committed => Ok(Some(Settled::Committed(h.row.charged))),
+            HoldState::Released => Ok(Some(Settled::Released(h.row.held))),
+        }
+    }
+
+    pub async fn commit(
+        &self,
+        reservation_id: &str,
+        quantity: u64,
+    ) -> Result<CommitOutcome, EngineError> {
+        let (charged, available) = self.settle(reservation_id, Some(quantity)).await?;
+        Ok(CommitOutcome { charged, available })
+    }
+
+    /// Releases an open hold; returns the amount it held.
+    pub async fn release(&self, reservation_id: &str) -> Result<Money, EngineError> {
+        Ok(self.settle(reservation_id, None).await?.0)
+    }
+
+    /// Takes an open hold to Committed (`quantity` given: charges it, burning down grants
+    /// and balance) or Released. Answers a retry with the first outcome. The change is
+    /// applied under the account's lock, journaled, and rolled back if the journal fails.
+    /// Returns (charged or released, available afterwards).
+    async fn settle(
+        &self,
+        reservation_id: &str,
+        quantity: Option<u64>,
+    ) -> Result<(Money, Money), EngineError> {
+        let now_ms = self.now_ms();
+        let (account_id, resource, sku) = {
+            let h = self
+                .holds
+                .get(reservation_id)
+                .ok_or_else(|| EngineError::UnknownReservation(reservation_id.to_owned()))?;
+            (h.row.account_id.clone(), h.row.resource, h.row.sku.clone())
+        };
+        let cost = match quantity {
+            Some(q) => self.cost(resource, &sku, q)?,
+            None => Money::ZERO,
+        };
+        self.ensure_account(&account_id).await?;
+        let (done, seq, old_row, out) = {
+            let mut a = self
+                .accounts
+                .get_mut(&account_id)
+                .ok_or_else(|| EngineError::UnknownAccount(account_id.clone()))?;
+            self.expire_due(&mut a, now_ms);
+            let mut h = self
+                .holds
+                .get_mut(reservation_id)
+                .ok_or_else(|| EngineError::UnknownReservation(reservation_id.to_owned()))?;
+            let settled = |state| EngineError::ReservationSettled {
+                id: reservation_id.to_owned(),
+                state,
+            };
+            match (self.settled_or_err(reservation_id, &h, now_ms)?, quantity) {
+                (None, _) => {}
+                (Some(Settled::Committed(charged)), Some(q)) if h.row.charged_quantity == q => {
+                    return Ok((charged, a.available(resource, now_ms)));
+                }
+                (Some(Settled::Committed(_)), Some(q)) => {
+                    return Err(EngineError::ReservationMismatch {
+                        id: reservation_id.to_owned(),
+                        detail: format!(
+                            "it was committed with quantity {}, not {q}",
+                            h.row.charged_quantity
+                        ),
+                    });
+                }
+                (Some(Settled::Released(held)), None) => {
+                    return Ok((held, a.available(resource, now_ms)));
+                }
+                (Some(Settled::Released(_)), Some(_)) => return Err(settled("released")),
+                (Some(Settled::Committed(_)), None) => return Err(settled("committed")),
+            }
+            let old_row = h.row.clone();
+            let mut row = h.row.clone();
+            row.settled_at_ms = now_ms;
+            let (entry, seq) = match quantity {
+                Some(q) => {
+                    let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+                    row.state = HoldState::Committed;
+                    row.charged = cost;
+                    row.charged_quantity = q;
+                    let usage = UsageRecord {
+                        seq,
+                        usage_id: reservation_id.to_owned(),
+                        account_id: account_id.clone(),
+                        resource,
+                        sku,
+                        quantity: q,
+                        cost,
+                        at_ms: now_ms,
+                    };
+                    (Entry::Commit(row.clone(), usage), Some(seq))
+                }
+                None => {
+                    row.state = HoldState::Released;
+                    (Entry::Reservation(row.clone()), None)
+                }
+            };
+            let done = self.journal.submit(entry)?;
+            a.held -= old_row.held;
+            a.last_touch_ms = now_ms;
+            if let Some(seq) = seq {
+                let acct = &mut *a;
+                acct.spent_since_lease += cost;
+                acct.pending_cost += cost;
+                burn_down(&mut acct.grants, &mut acct.balance, resource, cost, now_ms);
+                acct.pending.push_back(Pending {
+                    seq,
+                    resource,
+                    cost,
+                    at_ms: now_ms,
+                });
+            }
+            h.row = row;
+            h.busy = true;
+            let out = if quantity.is_some() {
+                cost
+            } else {
+                old_row.held
+            };
+            (done, seq, old_row, (out, a.available(resource, now_ms)))
+        };
+        match done.await.unwrap_or(Err(JournalError::Closed)) {
+            Ok(()) => {
+                if let Some(mut h) = self.holds.get_mut(reservation_id) {
+                    h.busy = false;
+                }
+                Ok(out)
+            }
+            Err(e) => {
+                if let Some(mut a) = self.accounts.get_mut(&account_id) {
+                    a.held += old_row.held;
+                    if let Some(seq) = seq {
+                        a.pending.retain(|p| p.seq != seq);
+                        a.recompute();
+                    }
+                    a.expiries
+                        .push(Reverse((old_row.expires_at_ms, reservation_id.to_owned())));
+                    if let Some(mut h) = self.holds.get_mut(reservation_id) {
+                        h.row = old_row;
+                        h.busy = false;
+                    }
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Whether work of this cost could start now, by the same rules as Reserve (the lease
+    /// included), without holding anything.
+    pub async fn admit(
+        &self,
+        account_id: &str,
+        resource: Resource,
+        sku: &str,
+        quantity: u64,
+    ) -> Result<AdmitOutcome, EngineError> {
+        let now_ms = self.now_ms();
+        let cost = self.cost(resource, sku, quantity)?;
+        match self.ensure_account(account_id).await {
+            Err(EngineError::Ledger(LedgerError::Unavailable(_))) => {
+                return Ok(AdmitOutcome {
+                    admitted: false,
+                    reason: Some(DenyReason::LedgerUnavailable),
+                    available: Money::ZERO,
+                });
+            }
+            r => r?,
+        }
+        let mut ledger_down = false;
+        for attempt in 0..2 {
+            let want = {
+                let mut a = self
+                    .accounts
+                    .get_mut(account_id)
+                    .ok_or_else(|| EngineError::UnknownAccount(account_id.to_owned()))?;
+                a.last_touch_ms = now_ms;
+                self.expire_due(&mut a, now_ms);
+                let available = a.available(resource, now_ms);
+                let answer = |reason: Option<DenyReason>| AdmitOutcome {
+                    admitted: reason.is_none(),
+                    reason,
+                    available,
+                };
+                if let Err(reason) =
+                    status::admit(a.balance, &a.grants, a.held, resource, cost, now_ms)
+                {
+                    return Ok(answer(Some(reason)));
+                }
+                match a.lease_spendable(now_ms) {
+                    Some(spendable) if spendable >= cost => return Ok(answer(None)),
+                    _ if ledger_down && a.fail_open_left >= cost => return Ok(answer(None)),
+                    _ if ledger_down => return Ok(answer(Some(DenyReason::LedgerUnavailable))),
+                    _ if attempt == 1 => return Ok(answer(Some(DenyReason::InsufficientFunds))),
+                    _ => self.lease_want(Some(&a), cost),
+                }
+            };
+            match self.request_lease(account_id, want).await {
+                Ok(()) => {}
+                Err(EngineError::Ledger(LedgerError::Unavailable(_))) => ledger_down = true,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(AdmitOutcome {
+            admitted: false,
+            reason: Some(DenyReason::InsufficientFunds),
+            available: Money::ZERO,
+        })
+    }
+
+    pub async fn balance(&self, account_id: &str) -> Result<BalanceView, EngineError> {
+        let now_ms = self.now_ms();
+        self.ensure_account(account_id).await?;
+        let mut a = self
+            .accounts
+            .get_mut(account_id)
+            .ok_or_else(|| EngineError::UnknownAccount(account_id.to_owned()))?;
+        self.expire_due(&mut a, now_ms);
+        Ok(BalanceView {
+            account_id: account_id.to_owned(),
+            status: status::account_status(a.balance, &a.grants, None, now_ms),
+            balance: a.balance,
+            available: a.available(Resource::GpuShared, now_ms),
+            held: a.held,
+            grants: a.grants.clone(),
+            now_ms,
+        })
+    }
+}
+
+type Durable = tokio::sync::oneshot::Receiver<Result<(), JournalError>>;
+
+/// What `try_hold` decided.
+enum Step {
+    Answer(ReserveOutcome),
+    Held(Durable, Money, i64),
+    /// The lease is short or expired: ask the ledger for this much.
+    NeedLease(Money),
+}
+
+fn denied(reason: DenyReason, available: Money) -> ReserveOutcome {
+    ReserveOutcome {
+        admitted: false,
+        reason: Some(reason),
+        held: Money::ZERO,
+        available,
+        expires_at_ms: 0,
+        fail_open: false,
+    }
+}
+
+enum Settled {
+    Committed(Money),
+    Released(Money),
+}

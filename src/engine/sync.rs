@@ -1,0 +1,103 @@
+//! The sync loop: pushes journaled usage to the ledger in batches and takes fresh
+//! snapshots and renewed leases back, at its own pace, off the hot path. The ledger applies
+//! each record once however often it is sent, so a batch whose answer was lost is simply
+//! sent again; the journal forgets a record only after the ledger acknowledged it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{Engine, EngineError};
+use crate::billing::Money;
+use crate::ledger::SyncRequest;
+
+/// How often the loop syncs when no new usage wakes it earlier.
+pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 1_000;
+/// Most usage records in one sync request.
+pub const DEFAULT_SYNC_BATCH_MAX: usize = 5_000;
+/// Longest the loop waits for the ledger to answer one sync.
+pub const DEFAULT_SYNC_TIMEOUT_MS: u64 = 10_000;
+/// Most batches one flush sends before giving up (bounds a flush under steady load).
+pub const FLUSH_BATCHES_MAX: usize = 10_000;
+
+impl Engine {
+    /// Pushes one batch of usage with the leases due for renewal and the active accounts
+    /// to refresh (or, while the ledger is down, an empty probe). Returns how many usage
+    /// records the ledger acknowledged.
+    pub async fn sync_once(&self, batch_max: usize) -> Result<usize, EngineError> {
+        let _one_at_a_time = self.sync_lock.lock().await;
+        let batch = self.journal.outbox_batch(batch_max);
+        let mut in_batch: HashMap<&str, Money> = HashMap::new();
+        for u in &batch {
+            *in_batch.entry(u.account_id.as_str()).or_default() += u.cost;
+        }
+        let now_ms = self.now_ms();
+        let leases = self.renewals(now_ms, &in_batch);
+        let accounts = self.refreshes(now_ms, &leases);
+        if batch.is_empty() && leases.is_empty() && accounts.is_empty() && self.ledger_reachable() {
+            return Ok(0);
+        }
+        let req = SyncRequest {
+            sidecar_id: self.sidecar_id.clone(),
+            usage: batch.clone(),
+            leases,
+            accounts,
+        };
+        let resp = self.call_ledger(req, DEFAULT_SYNC_TIMEOUT_MS).await?;
+        self.journal.ack(&batch);
+        self.apply_snapshots(resp.snapshots);
+        Ok(batch.len())
+    }
+
+    /// Pushes everything durable so far (bounded), e.g. before a statement or at shutdown.
+    pub async fn flush(&self) -> Result<(), EngineError> {
+        for _ in 0..FLUSH_BATCHES_MAX {
+            if self.sync_once(super::sync::DEFAULT_SYNC_BATCH_MAX).await? == 0
+                && self.journal.outbox_len() == 0
+            {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs until `shutdown` turns true: syncs when usage is written or every `interval_ms`,
+/// and sweeps expired holds on each tick.
+pub async fn run(
+    engine: Arc<Engine>,
+    interval_ms: u64,
+    batch_max: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = engine.journal.usage_written(), if !failing => {}
+            _ = tick.tick() => {
+                engine.sweep(engine.now_ms());
+                failing = false;
+            }
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        loop {
+            match engine.sync_once(batch_max).await {
+                Ok(n) if n < batch_max => break,
+                Ok(_) => continue,
+                Err(e) => {
+                    // Back off to the tick; the outbox keeps everything meanwhile.
+                    tracing::warn!(error = %e, backlog = engine.journal.outbox_len(), "sync failed");
+                    failing = true;
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The Admin service, for operators: accounts, top-ups, purchases, credits, catalog,
+//! statements. Writes go to the ledger. Served by `quotad ledger`, and by `quotad serve`
+//! with its embedded ledger, where the sidecar's cached view of the account is refreshed
+//! before answering so the next Reserve sees the change.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, money_out};
+use super::error::Invalid;
+use super::quota::balance_out;
+use crate::billing::{GrantKind, Money, OfferKind};
+use crate::engine::Engine;
+use crate::ledger::Ledger;
+use crate::pb;
+
+pub struct AdminService {
+    ledger: Arc<Ledger>,
+    /// The embedded sidecar, if any.
+    engine: Option<Arc<Engine>>,
+    currency: String,
+}
+
+impl AdminService {
+    pub fn new(ledger: Arc<Ledger>, engine: Option<Arc<Engine>>) -> AdminService {
+        let currency = ledger.catalog().currency.clone();
+        AdminService {
+            ledger,
+            engine,
+            currency,
+        }
+    }
+
+    /// The account view: the sidecar's (with its holds) in embedded mode, else the
+    /// ledger's (with the leases set aside for sidecars as held).
+    async fn balance(&self, account_id: &str) -> Result<Response<pb::Balance>, Status> {
+        let v = match &self.engine {
+            Some(engine) => {
+                engine.refresh_account(account_id).await?;
+                engine.balance(account_id).await?
+            }
+            None => self.ledger.balance_view(account_id).await?,
+        };
+        Ok(Response::new(balance_out(&self.currency, &v)))
+    }
+
+    async fn refresh(&self, account_id: &str) -> Result<(), Status> {
+        if let Some(engine) = &self.engine {
+            engine.refresh_account(account_id).await?;
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn create_account(
+        &self,
+        request: Request<pb::CreateAccountRequest>,
+    ) -> Result<Response<pb::Balance>, Status> {
+        let r = request.into_inner();
+        let account_id = convert::id("account_id", &r.account_id)?;
+        let balance = match &r.balance {
+            None => Money::ZERO,
+            Some(m) => convert::money_in("balance", &self.currency, Some(m))?,
+        };
+        if balance.is_negative() {
+            return Err(Invalid(format!("opening balance {balance} must not be negative")).into());
+        }
+        self.ledger.create_account(account_id, balance).await?;
+        self.balance(account_id).await
+    }
+
+    async fn top_up(
+        &self,
+        request: Request<pb::TopUpRequest>,
+    ) -> Result<Response<pb::Balance>, Status> {
+        let r = request.into_inner();
+        let account_id = convert::id("account_id", &r.account_id)?;
+        let topup_id = convert::id("topup_id", &r.topup_id)?;
+        let amount = convert::money_in("amount", &self.currency, r.amount.as_ref())?;
+        if !amount.is_positive() {
+            return Err(Invalid(format!("amount {amount} must be greater than zero")).into());
+        }
+        self.ledger.top_up(account_id, amount, topup_id).await?;
+        self.balance(account_id).await
+    }
+
+    async fn purchase(
+        &self,
+        request: Request<pb::PurchaseRequest>,
+    ) -> Result<Response<pb::PurchaseResponse>, Status> {
+        let r = request.into_inner();
+        let account_id = convert::id("account_id", &r.account_id)?;
+        let purchase_id = convert::id("purchase_id", &r.purchase_id)?;
+        let sku = convert::sku(&r.sku)?;
+        if r.effective_at_ms < 0 {
+            return Err(Invalid(format!(
+                "effective_at_ms {} must not be negative",
+                r.effective_at_ms
+            ))
+            .into());
+        }
+        let (grants, price) = self
+            .ledger
+            .purchase(account_id, sku, purchase_id, r.effective_at_ms)
+            .await?;
+        self.refresh(account_id).await?;
+        let now_ms = self.ledger.now_ms();
+        Ok(Response::new(pb::PurchaseResponse {
+            grants: grants
+                .iter()
+                .map(|g| convert::grant_out(&self.currency, g, now_ms))
+                .collect(),
+            price_paid: money_out(&self.currency, price),
+        }))
+    }
+
+    async fn grant_credit(
+        &self,
+        request: Request<pb::GrantCreditRequest>,
+    ) -> Result<Response<pb::Grant>, Status> {
+        let r = request.into_inner();
+        let account_id = convert::id("account_id", &r.account_id)?;
+        let grant_id = convert::id("grant_id", &r.grant_id)?;
+        if grant_id == "balance" {
+            return Err(
+                Invalid("grant_id \"balance\" is reserved for the account balance".into()).into(),
+            );
+        }
+        let kind = match pb::grant::Kind::try_from(r.kind) {
+            Ok(pb::grant::Kind::Coupon) => GrantKind::Coupon,
+            Ok(pb::grant::Kind::Trial) => GrantKind::Trial,
+            Ok(pb::grant::Kind::Plan) => {
+                return Err(Invalid(
+                    "kind PLAN is created by Purchase; GrantCredit takes COUPON or TRIAL".into(),
+                )
+                .into());
+            }
+            _ => return Err(Invalid(format!("kind {} must be COUPON or TRIAL", r.kind)).into()),
+        };
+        let covers = convert::covers_in(r.resource)?;
+        let amount = convert::money_in("amount", &self.currency, r.amount.as_ref())?;
+        if !amount.is_positive() {
+            return Err(Invalid(format!("amount {amount} must be greater than zero")).into());
+        }
+        if r.expires_at_ms <= 0 {
+            return Err(Invalid("expires_at_ms is required".into()).into());
+        }
+        let g = self
+            .ledger
+            .grant_credit(account_id, grant_id, kind, covers, amount, r.expires_at_ms)
+            .await?;
+        self.refresh(account_id).await?;
+        Ok(Response::new(convert::grant_out(
+            &self.currency,
+            &g,
+            self.ledger.now_ms(),
+        )))
+    }
+
+    async fn get_catalog(
+        &self,
+        _request: Request<pb::GetCatalogRequest>,
+    ) -> Result<Response<pb::Catalog>, Status> {
+        let c = self.ledger.catalog();
+        let prices = c.prices.values().map(|p| pb::Sku {
+            id: p.sku.clone(),
+            resource: convert::to_pb_resource(p.resource) as i32,
+            kind: pb::sku::Kind::Price as i32,
+            unit_price: money_out(&c.currency, p.unit_price),
+            unit: p.unit().name().to_owned(),
+            description: p.description.clone(),
+        });
+        let offers = c.offers.values().map(|o| {
+            let covers: crate::billing::ResourceSet =
+                o.grants.iter().flat_map(|g| g.covers.iter()).collect();
+            pb::Sku {
+                id: o.sku.clone(),
+                resource: covers
+                    .single()
+                    .map_or(pb::Resource::Unspecified, convert::to_pb_resource)
+                    as i32,
+                kind: match o.kind {
+                    OfferKind::Plan => pb::sku::Kind::Plan,
+                    OfferKind::Package => pb::sku::Kind::Package,
+                } as i32,
+                unit_price: money_out(&c.currency, o.price),
+                unit: "purchase".to_owned(),
+                description: o.description.clone(),
+            }
+        });
+        Ok(Response::new(pb::Catalog {
+            skus: prices.chain(offers).collect(),
+        }))
+    }
+
+    async fn get_statement(
+        &self,
+        request: Request<pb::GetStatementRequest>,
+    ) -> Result<Response<pb::Statement>, Status> {
+        let r = request.into_inner();
+        let account_id = convert::id("account_id", &r.account_id)?;
+        // Everything acknowledged so far is in the statement.
+        if let Some(engine) = &self.engine {
+            engine.flush().await?;
+        }
+        let (entries, truncated) = self.ledger.statement(account_id).await?;
+        Ok(Response::new(pb::Statement {
+            account_id: account_id.to_owned(),
+            truncated,
+            entries: entries
+                .into_iter()
+                .map(|e| pb::StatementEntry {
+                    usage_id: e.usage_id,
+                    resource: convert::to_pb_resource(e.resource) as i32,
+                    sku: e.sku,
+                    quantity: e.quantity as i64,
+                    cost: money_out(&self.currency, e.cost),
+                    deductions: e
+                        .deductions
+                        .iter()
+                        .map(|d| pb::Deduction {
+                            source: d.source.label().to_owned(),
+                            amount: money_out(&self.currency, d.amount),
+                        })
+                        .collect(),
+                    at_ms: e.at_ms,
+                })
+                .collect(),
+        }))
+    }
+}

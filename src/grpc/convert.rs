@@ -1,0 +1,295 @@
+//! Validation and conversion between wire types and the engine's: ids, amounts, resources,
+//! grants. Nothing here decides anything about billing.
+
+use crate::billing::{Grant, GrantKind, GrantState, GrantUnit, Money, Resource, ResourceSet};
+use crate::pb;
+
+use super::error::Invalid;
+
+/// Longest id (account, reservation, top-up, purchase, grant) accepted.
+pub const ID_LEN_MAX: usize = 128;
+
+/// Characters ids may use. '/' is left out: purchase grant ids use it (`purchase/1`).
+fn id_char_ok(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'@')
+}
+
+/// The start of a value for an error message, so a megabyte of junk is not echoed back.
+fn shown(s: &str) -> String {
+    let mut out: String = s.chars().take(40).collect();
+    if out.len() < s.len() {
+        out.push_str("...");
+    }
+    format!("{out:?}")
+}
+
+pub fn id<'a>(field: &str, s: &'a str) -> Result<&'a str, Invalid> {
+    if s.is_empty() {
+        return Err(Invalid(format!("{field} is required")));
+    }
+    if s.len() > ID_LEN_MAX {
+        return Err(Invalid(format!(
+            "{field} is {} bytes long; the maximum is {ID_LEN_MAX}",
+            s.len()
+        )));
+    }
+    if !s.bytes().all(id_char_ok) {
+        return Err(Invalid(format!(
+            "{field} {} may only contain letters, digits and . _ - : @",
+            shown(s)
+        )));
+    }
+    Ok(s)
+}
+
+pub fn sku(s: &str) -> Result<&str, Invalid> {
+    if s.is_empty() {
+        return Err(Invalid("sku is required (see GetCatalog)".into()));
+    }
+    if s.len() > 64 {
+        return Err(Invalid(format!("sku {} is longer than 64 bytes", shown(s))));
+    }
+    Ok(s)
+}
+
+pub fn resource(field: &str, v: i32) -> Result<Resource, Invalid> {
+    match pb::Resource::try_from(v) {
+        Ok(pb::Resource::Unspecified) => Err(Invalid(format!("{field} is required"))),
+        Ok(r) => {
+            Ok(from_pb_resource(r).ok_or_else(|| Invalid(format!("{field} {v} is not valid")))?)
+        }
+        Err(_) => Err(Invalid(format!("{field} {v} is not a known Resource"))),
+    }
+}
+
+/// A resource that Reserve and Admit meter by quantity in this version.
+pub fn metered_resource(v: i32) -> Result<Resource, tonic::Status> {
+    let r = resource("resource", v)?;
+    match r {
+        Resource::GpuShared | Resource::GpuExclusive => Ok(r),
+        Resource::Storage => Err(tonic::Status::invalid_argument(
+            "STORAGE is billed from stored levels (ReportStorage), not reserved",
+        )),
+        other => Err(tonic::Status::unimplemented(format!(
+            "{other} is not metered by this quotad; Reserve and Admit take GPU_SHARED and GPU_EXCLUSIVE"
+        ))),
+    }
+}
+
+pub fn quantity(v: i64, zero_ok: bool) -> Result<u64, Invalid> {
+    if v < 0 || (v == 0 && !zero_ok) {
+        let want = if zero_ok {
+            "zero or more"
+        } else {
+            "greater than zero"
+        };
+        return Err(Invalid(format!("quantity {v} must be {want}")));
+    }
+    Ok(v as u64)
+}
+
+pub fn from_pb_resource(r: pb::Resource) -> Option<Resource> {
+    Some(match r {
+        pb::Resource::Unspecified => return None,
+        pb::Resource::GpuShared => Resource::GpuShared,
+        pb::Resource::GpuExclusive => Resource::GpuExclusive,
+        pb::Resource::Storage => Resource::Storage,
+        pb::Resource::Traffic => Resource::Traffic,
+        pb::Resource::RequestPut => Resource::RequestPut,
+        pb::Resource::RequestGet => Resource::RequestGet,
+    })
+}
+
+pub fn to_pb_resource(r: Resource) -> pb::Resource {
+    match r {
+        Resource::GpuShared => pb::Resource::GpuShared,
+        Resource::GpuExclusive => pb::Resource::GpuExclusive,
+        Resource::Storage => pb::Resource::Storage,
+        Resource::Traffic => pb::Resource::Traffic,
+        Resource::RequestPut => pb::Resource::RequestPut,
+        Resource::RequestGet => pb::Resource::RequestGet,
+    }
+}
+
+/// Converts money to the wire in the deployment's currency.
+pub fn money_out(currency: &str, m: Money) -> Option<pb::Money> {
+    Some(pb::Money {
+        currency: currency.to_owned(),
+        amount: m.to_string(),
+    })
+}
+
+/// Reads an amount of money; an empty currency means the deployment's.
+pub fn money_in(field: &str, currency: &str, m: Option<&pb::Money>) -> Result<Money, Invalid> {
+    let m = m.ok_or_else(|| Invalid(format!("{field} is required")))?;
+    if !m.currency.is_empty() && m.currency != currency {
+        return Err(Invalid(format!(
+            "{field} currency {} is not this deployment's currency {currency}",
+            shown(&m.currency)
+        )));
+    }
+    Money::parse(&m.amount).map_err(|e| Invalid(format!("{field}: {e}")))
+}
+
+pub fn deny_reason(r: Option<crate::billing::DenyReason>) -> i32 {
+    use crate::billing::DenyReason as D;
+    (match r {
+        None => pb::DenyReason::Unspecified,
+        Some(D::Overdue) => pb::DenyReason::Overdue,
+        Some(D::NoEntitlement) => pb::DenyReason::NoEntitlement,
+        Some(D::InsufficientFunds) => pb::DenyReason::InsufficientFunds,
+        Some(D::LedgerUnavailable) => pb::DenyReason::LedgerUnavailable,
+    }) as i32
+}
+
+pub fn grant_kind_out(k: GrantKind) -> pb::grant::Kind {
+    match k {
+        GrantKind::Plan => pb::grant::Kind::Plan,
+        GrantKind::Coupon => pb::grant::Kind::Coupon,
+        GrantKind::Trial => pb::grant::Kind::Trial,
+    }
+}
+
+pub fn grant_out(currency: &str, g: &Grant, now_ms: i64) -> pb::Grant {
+    let state = match g.state_at(now_ms) {
+        GrantState::Valid => pb::grant::State::Valid,
+        GrantState::Pending => pb::grant::State::Pending,
+        GrantState::Expired => pb::grant::State::Expired,
+        GrantState::Exhausted => pb::grant::State::Exhausted,
+    };
+    let covers: Vec<i32> = if g.covers.is_any() {
+        Vec::new()
+    } else {
+        g.covers.iter().map(|r| to_pb_resource(r) as i32).collect()
+    };
+    let resource = match g.covers.single() {
+        Some(r) if !g.covers.is_any() => to_pb_resource(r),
+        _ => pb::Resource::Unspecified,
+    };
+    pb::Grant {
+        grant_id: g.grant_id.clone(),
+        kind: grant_kind_out(g.kind) as i32,
+        resource: resource as i32,
+        quota: g.quota.normalize().to_string(),
+        remaining: g.remaining.normalize().to_string(),
+        unit: g.unit.label(currency),
+        starts_at_ms: g.starts_at_ms,
+        expires_at_ms: g.expires_at_ms,
+        source: g.source.clone(),
+        covers,
+        state: state as i32,
+        stackable: g.stackable,
+    }
+}
+
+/// A grant back from the wire (ledger to sidecar). `unit` is "GB" or the currency.
+pub fn grant_in(g: &pb::Grant) -> Result<Grant, Invalid> {
+    let kind = match pb::grant::Kind::try_from(g.kind) {
+        Ok(pb::grant::Kind::Plan) => GrantKind::Plan,
+        Ok(pb::grant::Kind::Coupon) => GrantKind::Coupon,
+        Ok(pb::grant::Kind::Trial) => GrantKind::Trial,
+        _ => return Err(Invalid(format!("grant {} has no valid kind", g.grant_id))),
+    };
+    let covers = if g.covers.is_empty() {
+        ResourceSet::ANY
+    } else {
+        g.covers
+            .iter()
+            .map(|r| resource("covers", *r))
+            .collect::<Result<ResourceSet, _>>()?
+    };
+    let dec = |field: &str, v: &str| {
+        v.parse::<rust_decimal::Decimal>().map_err(|_| {
+            Invalid(format!(
+                "grant {} {field} {} is not a decimal",
+                g.grant_id,
+                shown(v)
+            ))
+        })
+    };
+    Ok(Grant {
+        grant_id: g.grant_id.clone(),
+        kind,
+        covers,
+        unit: if g.unit == "GB" {
+            GrantUnit::Gigabytes
+        } else {
+            GrantUnit::Money
+        },
+        quota: dec("quota", &g.quota)?,
+        remaining: dec("remaining", &g.remaining)?,
+        starts_at_ms: g.starts_at_ms,
+        expires_at_ms: g.expires_at_ms,
+        source: g.source.clone(),
+        stackable: g.stackable,
+    })
+}
+
+/// What a GrantCredit's `resource` covers: one resource, or any.
+pub fn covers_in(v: i32) -> Result<ResourceSet, Invalid> {
+    match pb::Resource::try_from(v) {
+        Ok(pb::Resource::Unspecified) => Ok(ResourceSet::ANY),
+        Ok(r) => {
+            Ok(ResourceSet::of(from_pb_resource(r).ok_or_else(|| {
+                Invalid(format!("resource {v} is not valid"))
+            })?))
+        }
+        Err(_) => Err(Invalid(format!("resource {v} is not a known Resource"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked_with_their_value() {
+        assert!(id("account_id", "acme-1").is_ok());
+        assert!(id("account_id", "").unwrap_err().0.contains("required"));
+        assert!(
+            id("account_id", &"x".repeat(129))
+                .unwrap_err()
+                .0
+                .contains("129 bytes")
+        );
+        let e = id("account_id", "a b").unwrap_err().0;
+        assert!(e.contains("\"a b\""), "{e}");
+        assert!(id("grant_id", "p1/1").is_err());
+    }
+
+    #[test]
+    fn money_needs_the_deployment_currency() {
+        let m = pb::Money {
+            currency: "USD".into(),
+            amount: "1".into(),
+        };
+        assert!(money_in("amount", "CNY", Some(&m)).is_err());
+        let m = pb::Money {
+            currency: "".into(),
+            amount: "1.5".into(),
+        };
+        assert_eq!(
+            money_in("amount", "CNY", Some(&m)).unwrap().to_string(),
+            "1.5"
+        );
+        assert!(money_in("amount", "CNY", None).is_err());
+    }
+
+    #[test]
+    fn resources_and_quantities() {
+        assert!(resource("resource", 0).is_err());
+        assert!(resource("resource", 99).is_err());
+        assert_eq!(resource("resource", 1).unwrap(), Resource::GpuShared);
+        assert_eq!(
+            metered_resource(4).unwrap_err().code(),
+            tonic::Code::Unimplemented
+        );
+        assert_eq!(
+            metered_resource(3).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert!(quantity(-1, true).is_err());
+        assert!(quantity(0, false).is_err());
+        assert_eq!(quantity(0, true).unwrap(), 0);
+    }
+}

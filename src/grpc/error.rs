@@ -1,0 +1,91 @@
+//! The one place where errors become gRPC statuses (G6). Every status says what was wrong
+//! with the value that was wrong; internal failures are logged here once.
+
+use tonic::{Code, Status};
+
+use crate::billing::{PriceError, PurchaseError};
+use crate::engine::EngineError;
+use crate::journal::JournalError;
+use crate::ledger::LedgerError;
+use crate::ledger::store::StoreError;
+
+/// A request that failed validation before reaching the engine or the ledger.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<Invalid> for Status {
+    fn from(e: Invalid) -> Status {
+        Status::invalid_argument(e.0)
+    }
+}
+
+fn internal(code: Code, e: &dyn std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "request failed inside quotad");
+    Status::new(code, e.to_string())
+}
+
+impl From<EngineError> for Status {
+    fn from(e: EngineError) -> Status {
+        let msg = e.to_string();
+        match e {
+            EngineError::UnknownAccount(_) | EngineError::UnknownReservation(_) => {
+                Status::not_found(msg)
+            }
+            EngineError::ReservationExpired { .. }
+            | EngineError::ReservationSettled { .. }
+            | EngineError::ReservationMismatch { .. } => Status::failed_precondition(msg),
+            EngineError::InProgress(_) => Status::aborted(msg),
+            EngineError::TtlTooLong { .. } => Status::invalid_argument(msg),
+            EngineError::HoldsFull(_) | EngineError::AccountsFull(_) | EngineError::Backlog(_) => {
+                Status::resource_exhausted(msg)
+            }
+            EngineError::Price(p) => p.into(),
+            EngineError::Journal(j) => j.into(),
+            EngineError::Ledger(l) => l.into(),
+        }
+    }
+}
+
+impl From<PriceError> for Status {
+    fn from(e: PriceError) -> Status {
+        match e {
+            PriceError::UnknownSku(_) => Status::not_found(e.to_string()),
+            PriceError::WrongResource { .. }
+            | PriceError::NotCounted(_)
+            | PriceError::QuantityTooLarge(_) => Status::invalid_argument(e.to_string()),
+        }
+    }
+}
+
+impl From<JournalError> for Status {
+    fn from(e: JournalError) -> Status {
+        match e {
+            JournalError::QueueFull(_) => Status::resource_exhausted(e.to_string()),
+            JournalError::Closed => Status::unavailable("quotad is shutting down"),
+            JournalError::Write(_) | JournalError::Open(_) => internal(Code::Unavailable, &e),
+        }
+    }
+}
+
+impl From<LedgerError> for Status {
+    fn from(e: LedgerError) -> Status {
+        let msg = e.to_string();
+        match e {
+            LedgerError::UnknownAccount(_) | LedgerError::UnknownOffer(_) => Status::not_found(msg),
+            LedgerError::AccountExists(_) => Status::already_exists(msg),
+            LedgerError::IdReused { .. } => Status::failed_precondition(msg),
+            LedgerError::Purchase(PurchaseError::EffectiveInFuture { .. })
+            | LedgerError::Purchase(PurchaseError::BadTime(_))
+            | LedgerError::ExpiryInPast { .. } => Status::invalid_argument(msg),
+            LedgerError::Purchase(_) => Status::failed_precondition(msg),
+            LedgerError::Contended(_) => Status::aborted(msg),
+            LedgerError::Unavailable(_) => Status::unavailable(msg),
+            LedgerError::Store(StoreError::Conflict(_) | StoreError::Duplicate { .. }) => {
+                Status::aborted(msg)
+            }
+            LedgerError::Store(StoreError::Database(_)) => internal(Code::Unavailable, &msg),
+            LedgerError::Store(StoreError::Corrupt(_)) => internal(Code::Internal, &msg),
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The Ledger service (sidecar ↔ ledger) on both ends: the server adapter in front of a
+//! `Ledger`, and `RemoteLedger`, the `LedgerApi` a sidecar uses to reach it. The wire
+//! format is one `Sync` call; conversions live here so both ends agree.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, money_out};
+use super::error::Invalid;
+use crate::billing::Money;
+use crate::ledger::{
+    AccountSnapshot, Lease, LeaseRequest, Ledger, LedgerApi, LedgerError, SyncRequest,
+    SyncResponse, UsageRecord,
+};
+use crate::pb;
+
+/// How long a sidecar waits to connect to the ledger before treating it as unreachable.
+pub const DEFAULT_LEDGER_CONNECT_TIMEOUT_MS: u64 = 2_000;
+
+fn money_in(field: &str, m: Option<&pb::Money>) -> Result<Money, Invalid> {
+    let m = m.ok_or_else(|| Invalid(format!("{field} is required")))?;
+    Money::parse(&m.amount).map_err(|e| Invalid(format!("{field}: {e}")))
+}
+
+fn usage_out(currency: &str, u: &UsageRecord) -> pb::UsageRecord {
+    pb::UsageRecord {
+        seq: u.seq,
+        usage_id: u.usage_id.clone(),
+        account_id: u.account_id.clone(),
+        resource: convert::to_pb_resource(u.resource) as i32,
+        sku: u.sku.clone(),
+        quantity: u.quantity,
+        cost: money_out(currency, u.cost),
+        at_ms: u.at_ms,
+    }
+}
+
+fn usage_in(u: &pb::UsageRecord) -> Result<UsageRecord, Invalid> {
+    let cost = money_in("cost", u.cost.as_ref())?;
+    if cost.is_negative() {
+        return Err(Invalid(format!("usage {} has a negative cost", u.usage_id)));
+    }
+    Ok(UsageRecord {
+        seq: u.seq,
+        usage_id: convert::id("usage_id", &u.usage_id)?.to_owned(),
+        account_id: convert::id("account_id", &u.account_id)?.to_owned(),
+        resource: convert::resource("resource", u.resource)?,
+        sku: convert::sku(&u.sku)?.to_owned(),
+        quantity: u.quantity,
+        cost,
+        at_ms: u.at_ms,
+    })
+}
+
+fn snapshot_out(currency: &str, s: &AccountSnapshot, now_ms: i64) -> pb::AccountSnapshot {
+    pb::AccountSnapshot {
+        account_id: s.account_id.clone(),
+        version: s.version,
+        balance: money_out(currency, s.balance),
+        grants: s
+            .grants
+            .iter()
+            .map(|g| convert::grant_out(currency, g, now_ms))
+            .collect(),
+        applied_seq: s.applied_seq,
+        lease: Some(pb::Lease {
+            remaining: money_out(currency, s.lease.remaining),
+            expires_at_ms: s.lease.expires_at_ms,
+        }),
+    }
+}
+
+fn snapshot_in(s: &pb::AccountSnapshot) -> Result<AccountSnapshot, Invalid> {
+    let lease = match &s.lease {
+        Some(l) => Lease {
+            remaining: money_in("lease.remaining", l.remaining.as_ref())?,
+            expires_at_ms: l.expires_at_ms,
+        },
+        None => Lease::default(),
+    };
+    Ok(AccountSnapshot {
+        account_id: s.account_id.clone(),
+        version: s.version,
+        balance: money_in("balance", s.balance.as_ref())?,
+        grants: s
+            .grants
+            .iter()
+            .map(convert::grant_in)
+            .collect::<Result<_, _>>()?,
+        applied_seq: s.applied_seq,
+        lease,
+    })
+}
+
+/// The Ledger service in front of the authoritative ledger.
+pub struct LedgerService {
+    ledger: Arc<Ledger>,
+    currency: String,
+}
+
+impl LedgerService {
+    pub fn new(ledger: Arc<Ledger>) -> LedgerService {
+        let currency = ledger.catalog().currency.clone();
+        LedgerService { ledger, currency }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::ledger_server::Ledger for LedgerService {
+    async fn sync(
+        &self,
+        request: Request<pb::SyncRequest>,
+    ) -> Result<Response<pb::SyncResponse>, Status> {
+        let r = request.into_inner();
+        let req = SyncRequest {
+            sidecar_id: convert::id("sidecar_id", &r.sidecar_id)?.to_owned(),
+            usage: r.usage.iter().map(usage_in).collect::<Result<_, _>>()?,
+            leases: r
+                .leases
+                .iter()
+                .map(|l| {
+                    Ok(LeaseRequest {
+                        account_id: convert::id("account_id", &l.account_id)?.to_owned(),
+                        want: money_in("want", l.want.as_ref())?,
+                        held: money_in("held", l.held.as_ref())?,
+                        release: l.release,
+                        seq: l.seq,
+                    })
+                })
+                .collect::<Result<_, Invalid>>()?,
+            accounts: r
+                .accounts
+                .iter()
+                .map(|a| convert::id("accounts", a).map(str::to_owned))
+                .collect::<Result<_, _>>()?,
+        };
+        let resp = self.ledger.sync_as_ledger(req).await?;
+        Ok(Response::new(pb::SyncResponse {
+            snapshots: resp
+                .snapshots
+                .iter()
+                .map(|s| snapshot_out(&self.currency, s, resp.now_ms))
+                .collect(),
+            now_ms: resp.now_ms,
+            hold_grace_ms: resp.hold_grace_ms,
+        }))
+    }
+}
+
+/// A ledger reached over gRPC. The channel connects lazily and reconnects by itself, so a
+/// sidecar starts and serves from its journal and leases while the ledger is down.
+pub struct RemoteLedger {
+    client: pb::ledger_client::LedgerClient<Channel>,
+    currency: String,
+}
+
+impl RemoteLedger {
+    pub fn new(url: &str, currency: &str) -> Result<RemoteLedger, LedgerError> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| LedgerError::Unavailable(format!("ledger address {url:?}: {e}")))?
+            .connect_timeout(Duration::from_millis(DEFAULT_LEDGER_CONNECT_TIMEOUT_MS))
+            .tcp_nodelay(true);
+        Ok(RemoteLedger {
+            client: pb::ledger_client::LedgerClient::new(endpoint.connect_lazy()),
+            currency: currency.to_owned(),
+        })
+    }
+}
+
+fn status_to_ledger(s: Status) -> LedgerError {
+    match s.code() {
+        tonic::Code::NotFound => {
+            // "account X does not exist": keep the ledger's own words.
+            let msg = s.message();
+            let id = msg
+                .strip_prefix("account ")
+                .and_then(|m| m.strip_suffix(" does not exist"))
+                .unwrap_or(msg);
+            LedgerError::UnknownAccount(id.to_owned())
+        }
+        tonic::Code::Aborted => LedgerError::Contended(s.message().to_owned()),
+        _ => LedgerError::Unavailable(format!("{:?}: {}", s.code(), s.message())),
+    }
+}
+
+#[async_trait]
+impl LedgerApi for RemoteLedger {
+    async fn sync(&self, req: SyncRequest) -> Result<SyncResponse, LedgerError> {
+        let c = &self.currency;
+        let wire = pb::SyncRequest {
+            sidecar_id: req.sidecar_id,
+            usage: req.usage.iter().map(|u| usage_out(c, u)).collect(),
+            leases: req
+                .leases
+                .iter()
+                .map(|l| pb::LeaseRequest {
+                    account_id: l.account_id.clone(),
+                    want: money_out(c, l.want),
+                    held: money_out(c, l.held),
+                    release: l.release,
+                    seq: l.seq,
+                })
+                .collect(),
+            accounts: req.accounts,
+        };
+        let resp = self
+            .client
+            .clone()
+            .sync(wire)
+            .await
+            .map_err(status_to_ledger)?
+            .into_inner();
+        Ok(SyncResponse {
+            snapshots: resp
+                .snapshots
+                .iter()
+                .map(snapshot_in)
+                .collect::<Result<_, _>>()
+                .map_err(|e| {
+                    LedgerError::Unavailable(format!("bad answer from the ledger: {e}"))
+                })?,
+            now_ms: resp.now_ms,
+            hold_grace_ms: resp.hold_grace_ms,
+        })
+    }
+}

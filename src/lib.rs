@@ -1,0 +1,33 @@
+//! quotad: a low-latency quota-enforcement sidecar for GPU platforms.
+//!
+//! Layout:
+//! - `billing`: the platform's billing rules as pure functions (money, catalog, grants,
+//!   burn-down, account status, purchases). No I/O, no tokio, no prost types.
+//! - `engine`: the sidecar's in-memory admission: cached entitlement per account, holds,
+//!   Reserve / Commit / Release / Admit; `engine::sync` pushes usage to the ledger.
+//! - `journal`: local durability of everything the sidecar acknowledged (group commit).
+//! - `ledger`: the authoritative record and its rules, over a store (`ledger::sqlite`),
+//!   reached by the engine only through `ledger::LedgerApi`.
+//! - `grpc`: thin adapters from the wire to the engine and the ledger; one error map.
+//! - `server`: wiring, limits, health, reflection and the shutdown order.
+//! - `ctl`: the operator command line.
+//! - `clock`: injected time.
+//! - `pb`: generated protobuf and gRPC code for `quotad.v1`.
+
+#![forbid(unsafe_code)]
+
+pub mod billing;
+pub mod clock;
+pub mod ctl;
+pub mod engine;
+pub mod grpc;
+pub mod journal;
+pub mod ledger;
+pub mod server;
+
+/// Generated code for proto/quotad/v1, and its descriptor set for reflection.
+pub mod pb {
+    #![allow(clippy::all)]
+    tonic::include_proto!("quotad.v1");
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quotad_descriptor");
+}

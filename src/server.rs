@@ -1,0 +1,501 @@
+//! Assembles running processes. `start` is a sidecar (`quotad serve`): data directory,
+//! catalog, journal, engine, sync loop and its gRPC server, with the ledger embedded
+//! (SQLite in the data directory, Admin served here) or remote (`--ledger URL`).
+//! `start_ledger` is the authoritative ledger (`quotad ledger`): Admin and Ledger services
+//! over PostgreSQL or SQLite. Both serve health and reflection v1 and v1alpha, and own the
+//! order of shutdown: stop accepting, finish in-flight calls, push the journal to the
+//! ledger, give leases back, close the journal.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::billing::{Catalog, CatalogError};
+use crate::clock::SharedClock;
+use crate::engine::sync::{DEFAULT_SYNC_BATCH_MAX, DEFAULT_SYNC_INTERVAL_MS};
+use crate::engine::{self, Engine, EngineConfig, EngineError};
+use crate::grpc::admin::AdminService;
+use crate::grpc::ledger::{LedgerService, RemoteLedger};
+use crate::grpc::quota::QuotaService;
+use crate::journal::{DEFAULT_JOURNAL_BATCH_MAX, DEFAULT_JOURNAL_QUEUE_MAX, Journal, JournalError};
+use crate::ledger::lease::LeaseConfig;
+use crate::ledger::postgres::{DEFAULT_PG_POOL_MAX, PgStore};
+use crate::ledger::sqlite::SqliteStore;
+use crate::ledger::store::{LedgerStore, StoreError};
+use crate::ledger::{EMBEDDED_SIDECAR_ID, Ledger, LedgerApi, LedgerError};
+use crate::pb;
+
+/// Where `quotad serve` listens by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Where `quotad ledger` listens by default.
+pub const DEFAULT_LEDGER_LISTEN: &str = "127.0.0.1:50052";
+/// Where `quotad serve` keeps its state by default (relative to the working directory).
+pub const DEFAULT_DATA_DIR: &str = "quotad-data";
+/// Concurrent requests served per client connection; more wait in HTTP/2 flow control.
+pub const DEFAULT_CONCURRENCY_PER_CONNECTION: usize = 1_024;
+/// Concurrent HTTP/2 streams a client may open on one connection.
+pub const DEFAULT_STREAMS_PER_CONNECTION_MAX: u32 = 1_024;
+/// Largest request message accepted by the Quota and Admin services.
+pub const DEFAULT_MESSAGE_BYTES_MAX: usize = 64 * 1024;
+/// Largest Sync message (a usage batch) accepted by the Ledger service.
+pub const DEFAULT_SYNC_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Lease lifetime of the embedded ledger: its one sidecar leases the whole account, so
+/// renewal has nothing to balance and only needs to happen now and then.
+pub const DEFAULT_EMBEDDED_LEASE_TTL_MS: i64 = 60 * 60 * 1000;
+/// Health service name that reports whether the sidecar reaches its ledger.
+pub const LEDGER_HEALTH_SERVICE: &str = "quotad.ledger";
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// None: the catalog compiled into the binary.
+    pub catalog_path: Option<PathBuf>,
+    /// None: the embedded ledger in `data_dir`. Some: a `quotad ledger` at this URL.
+    pub ledger_url: Option<String>,
+    pub engine: EngineConfig,
+    /// Leases of the embedded ledger.
+    pub embedded_lease: LeaseConfig,
+    pub sync_interval_ms: u64,
+    pub sync_batch_max: usize,
+    pub journal_queue_max: usize,
+    pub journal_batch_max: usize,
+    pub limits: Limits,
+}
+
+/// Per-connection limits of a gRPC server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub concurrency_per_connection: usize,
+    pub streams_per_connection_max: u32,
+    pub message_bytes_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            concurrency_per_connection: DEFAULT_CONCURRENCY_PER_CONNECTION,
+            streams_per_connection_max: DEFAULT_STREAMS_PER_CONNECTION_MAX,
+            message_bytes_max: DEFAULT_MESSAGE_BYTES_MAX,
+        }
+    }
+}
+
+impl ServeConfig {
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> ServeConfig {
+        ServeConfig {
+            listen,
+            data_dir,
+            catalog_path: None,
+            ledger_url: None,
+            engine: EngineConfig::default(),
+            embedded_lease: LeaseConfig {
+                ttl_ms: DEFAULT_EMBEDDED_LEASE_TTL_MS,
+                hold_grace_ms: crate::engine::DEFAULT_HOLD_TTL_MAX_MS,
+            },
+            sync_interval_ms: DEFAULT_SYNC_INTERVAL_MS,
+            sync_batch_max: DEFAULT_SYNC_BATCH_MAX,
+            journal_queue_max: DEFAULT_JOURNAL_QUEUE_MAX,
+            journal_batch_max: DEFAULT_JOURNAL_BATCH_MAX,
+            limits: Limits::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LedgerServeConfig {
+    pub listen: SocketAddr,
+    /// postgres://... or a SQLite file path (sqlite:PATH or a plain path).
+    pub database_url: String,
+    pub catalog_path: Option<PathBuf>,
+    pub lease: LeaseConfig,
+    pub pg_pool_max: u32,
+    pub limits: Limits,
+}
+
+impl LedgerServeConfig {
+    pub fn new(listen: SocketAddr, database_url: String) -> LedgerServeConfig {
+        LedgerServeConfig {
+            listen,
+            database_url,
+            catalog_path: None,
+            lease: LeaseConfig::default(),
+            pg_pool_max: DEFAULT_PG_POOL_MAX,
+            limits: Limits::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("catalog file {path}: {source}")]
+    CatalogRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("catalog: {0}")]
+    Catalog(#[from] CatalogError),
+    #[error("ledger database: {0}")]
+    Store(#[from] StoreError),
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    #[error("journal: {0}")]
+    Journal(#[from] JournalError),
+    #[error("engine: {0}")]
+    Engine(#[from] EngineError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("reflection service: {0}")]
+    Reflection(String),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("server task failed: {0}")]
+    Task(String),
+}
+
+pub fn load_catalog(path: Option<&PathBuf>) -> Result<Catalog, ServeError> {
+    match path {
+        None => Ok(Catalog::default_catalog()?),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|source| ServeError::CatalogRead {
+                path: p.clone(),
+                source,
+            })?;
+            Ok(Catalog::from_toml(&text)?)
+        }
+    }
+}
+
+/// Opens the ledger store named by `url`: PostgreSQL for postgres:// URLs, else SQLite.
+pub async fn open_store(url: &str, pg_pool_max: u32) -> Result<Arc<dyn LedgerStore>, ServeError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(url, pg_pool_max).await?))
+    } else {
+        let path = url.strip_prefix("sqlite:").unwrap_or(url);
+        Ok(Arc::new(SqliteStore::open(Path::new(path))?))
+    }
+}
+
+/// This sidecar's id at its ledger: made once, kept in the data directory, so that after
+/// a restart the ledger recognises its leases and usage cursor.
+fn sidecar_id(data_dir: &Path) -> Result<String, ServeError> {
+    let path = data_dir.join("sidecar_id");
+    let io = |source| ServeError::DataDir {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes).map_err(|e| io(std::io::Error::other(e.to_string())))?;
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "sidecar".into());
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(40)
+        .collect();
+    let id = format!("{host}-{:016x}", u64::from_le_bytes(bytes));
+    let tmp = data_dir.join("sidecar_id.tmp");
+    std::fs::write(&tmp, &id).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(id)
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Listen { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServeError::Listen { addr, source })?;
+    Ok((listener, local))
+}
+
+type Server = JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// Serves `router` on `listener` until `stop` turns true; in-flight calls finish first.
+fn spawn_server(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) -> Server {
+    // serve_with_incoming ignores the builder's tcp_nodelay: set it per connection, or
+    // Nagle and delayed ACKs add ~40 ms to any response that spans two segments.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(c) = &conn
+            && let Err(e) = c.set_nodelay(true)
+        {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+        conn
+    });
+    tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
+                break;
+            }
+        }
+    }))
+}
+
+fn builder(limits: Limits) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(limits.concurrency_per_connection)
+        .http2_max_pending_accept_reset_streams(Some(64))
+        .max_concurrent_streams(Some(limits.streams_per_connection_max))
+}
+
+fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    ServeError,
+> {
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    Ok((v1, v1alpha))
+}
+
+async fn join(server: Server) -> Result<(), ServeError> {
+    match server.await {
+        Ok(r) => Ok(r?),
+        Err(e) => Err(ServeError::Task(e.to_string())),
+    }
+}
+
+/// A sidecar that is serving. Drop without `shutdown` only in tests that simulate a crash.
+pub struct Running {
+    pub addr: SocketAddr,
+    engine: Arc<Engine>,
+    stop: watch::Sender<bool>,
+    server: Server,
+    sync: JoinHandle<()>,
+    health: HealthReporter,
+}
+
+impl Running {
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Stops accepting, lets in-flight calls finish, pushes acknowledged usage to the
+    /// ledger, gives leases back and closes the journal.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        tracing::info!("draining");
+        self.health
+            .set_not_serving::<pb::quota_server::QuotaServer<QuotaService>>()
+            .await;
+        let _ = self.stop.send(true);
+        let served = join(self.server).await;
+        let _ = self.sync.await;
+        if let Err(e) = self.engine.flush().await {
+            tracing::warn!(error = %e, backlog = self.engine.journal().outbox_len(),
+                "usage not yet at the ledger stays in the journal for the next start");
+        }
+        if let Err(e) = self.engine.release_leases().await {
+            tracing::warn!(error = %e, "leases not given back; they lapse at their expiry");
+        }
+        self.engine.journal().close().await;
+        tracing::info!("stopped");
+        served
+    }
+}
+
+/// Opens everything under `cfg.data_dir` and starts serving on `cfg.listen`.
+pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, ServeError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServeError::DataDir {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
+    let catalog = Arc::new(load_catalog(cfg.catalog_path.as_ref())?);
+    let mut engine_cfg = cfg.engine.clone();
+    let (ledger_api, embedded, sidecar_id): (Arc<dyn LedgerApi>, Option<Arc<Ledger>>, String) =
+        match &cfg.ledger_url {
+            None => {
+                let store = SqliteStore::open(&cfg.data_dir.join("ledger.db"))?;
+                let ledger = Arc::new(Ledger::new(
+                    Arc::new(store),
+                    catalog.clone(),
+                    clock.clone(),
+                    cfg.embedded_lease,
+                ));
+                engine_cfg.lease_whole_account = true;
+                (ledger.clone(), Some(ledger), EMBEDDED_SIDECAR_ID.to_owned())
+            }
+            Some(url) => (
+                Arc::new(RemoteLedger::new(url, &catalog.currency)?),
+                None,
+                sidecar_id(&cfg.data_dir)?,
+            ),
+        };
+    let (journal, recovered) = Journal::open(
+        &cfg.data_dir.join("journal.db"),
+        cfg.journal_queue_max,
+        cfg.journal_batch_max,
+    )?;
+    let engine = Engine::start(
+        engine_cfg,
+        catalog.clone(),
+        clock,
+        Arc::new(journal),
+        recovered,
+        ledger_api,
+        sidecar_id.clone(),
+    )
+    .await?;
+
+    let (listener, addr) = bind(cfg.listen).await?;
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::quota_server::QuotaServer<QuotaService>>()
+        .await;
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
+    let quota = pb::quota_server::QuotaServer::new(QuotaService::new(engine.clone()))
+        .max_decoding_message_size(cfg.limits.message_bytes_max);
+    let admin = match embedded {
+        Some(ledger) => {
+            health
+                .set_serving::<pb::admin_server::AdminServer<AdminService>>()
+                .await;
+            Some(
+                pb::admin_server::AdminServer::new(AdminService::new(ledger, Some(engine.clone())))
+                    .max_decoding_message_size(cfg.limits.message_bytes_max),
+            )
+        }
+        None => None,
+    };
+    // Health follows whether the ledger answers; Quota keeps serving from leases.
+    let mut ledger_state = engine.ledger_state();
+    let reporter = health.clone();
+    tokio::spawn(async move {
+        loop {
+            let up = *ledger_state.borrow_and_update();
+            let status = if up {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter
+                .set_service_status(LEDGER_HEALTH_SERVICE, status)
+                .await;
+            if ledger_state.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let (stop, stop_rx) = watch::channel(false);
+    let sync = tokio::spawn(engine::sync::run(
+        engine.clone(),
+        cfg.sync_interval_ms,
+        cfg.sync_batch_max,
+        stop_rx.clone(),
+    ));
+    let router = builder(cfg.limits)
+        .add_service(health_svc)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(quota)
+        .add_optional_service(admin);
+    let server = spawn_server(router, listener, stop_rx);
+    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), %sidecar_id,
+        ledger = cfg.ledger_url.as_deref().unwrap_or("embedded"),
+        currency = %catalog.currency, skus = catalog.prices.len() + catalog.offers.len(),
+        "quotad serving");
+    Ok(Running {
+        addr,
+        engine,
+        stop,
+        server,
+        sync,
+        health,
+    })
+}
+
+/// A ledger process that is serving.
+pub struct RunningLedger {
+    pub addr: SocketAddr,
+    pub ledger: Arc<Ledger>,
+    stop: watch::Sender<bool>,
+    server: Server,
+}
+
+impl RunningLedger {
+    /// Stops accepting and lets in-flight calls finish; the database holds everything.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        let _ = self.stop.send(true);
+        join(self.server).await
+    }
+}
+
+/// Starts the authoritative ledger: Admin and Ledger services over the database.
+pub async fn start_ledger(
+    cfg: LedgerServeConfig,
+    clock: SharedClock,
+) -> Result<RunningLedger, ServeError> {
+    let catalog = Arc::new(load_catalog(cfg.catalog_path.as_ref())?);
+    let store = open_store(&cfg.database_url, cfg.pg_pool_max).await?;
+    let ledger = Arc::new(Ledger::new(store, catalog.clone(), clock, cfg.lease));
+    let (listener, addr) = bind(cfg.listen).await?;
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::admin_server::AdminServer<AdminService>>()
+        .await;
+    health
+        .set_serving::<pb::ledger_server::LedgerServer<LedgerService>>()
+        .await;
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
+    let admin = pb::admin_server::AdminServer::new(AdminService::new(ledger.clone(), None))
+        .max_decoding_message_size(cfg.limits.message_bytes_max);
+    let sync = pb::ledger_server::LedgerServer::new(LedgerService::new(ledger.clone()))
+        .max_decoding_message_size(DEFAULT_SYNC_MESSAGE_BYTES_MAX);
+    let (stop, stop_rx) = watch::channel(false);
+    let router = builder(cfg.limits)
+        .add_service(health_svc)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(admin)
+        .add_service(sync);
+    let server = spawn_server(router, listener, stop_rx);
+    tracing::info!(%addr, lease_ttl_ms = cfg.lease.ttl_ms, hold_grace_ms = cfg.lease.hold_grace_ms,
+        "quotad ledger serving");
+    Ok(RunningLedger {
+        addr,
+        ledger,
+        stop,
+        server,
+    })
+}
