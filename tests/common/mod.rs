@@ -1,0 +1,262 @@
+//! Shared harness for the black-box tests: a real quotad on 127.0.0.1:0 with a manual clock,
+//! and clients over real gRPC.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use quotad::clock::ManualClock;
+use quotad::pb;
+use quotad::pb::admin_client::AdminClient;
+use quotad::pb::quota_client::QuotaClient;
+use quotad::server::{self, Running, ServeConfig};
+use tonic::transport::Channel;
+
+/// 2026-11-01T00:00:00Z: tests start here unless they say otherwise.
+pub const T0_MS: i64 = 1_793_491_200_000;
+pub const DAY_MS: i64 = 86_400_000;
+pub const A10: &str = "gpu.shared.a10";
+
+pub struct Harness {
+    pub running: Option<Running>,
+    pub clock: Arc<ManualClock>,
+    pub quota: QuotaClient<Channel>,
+    pub admin: AdminClient<Channel>,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn config(dir: &std::path::Path) -> ServeConfig {
+    ServeConfig::new("127.0.0.1:0".parse().unwrap(), dir.to_path_buf())
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut ServeConfig)) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0_MS);
+        let mut cfg = config(dir.path());
+        tweak(&mut cfg);
+        let running = server::start(cfg, clock.clone()).await.unwrap();
+        let (quota, admin) = connect(running.addr).await;
+        Harness {
+            running: Some(running),
+            clock,
+            quota,
+            admin,
+            dir,
+        }
+    }
+
+    pub fn engine(&self) -> &Arc<quotad::engine::Engine> {
+        self.running.as_ref().unwrap().engine()
+    }
+
+    pub async fn shutdown(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.unwrap();
+        }
+    }
+
+    /// Graceful restart on the same data directory and clock.
+    pub async fn restart(&mut self) {
+        self.shutdown().await;
+        let running = server::start(config(self.dir.path()), self.clock.clone())
+            .await
+            .unwrap();
+        let (quota, admin) = connect(running.addr).await;
+        self.quota = quota;
+        self.admin = admin;
+        self.running = Some(running);
+    }
+
+    pub async fn create(&mut self, account: &str, balance: &str) -> pb::Balance {
+        create_account(&mut self.admin, account, balance).await
+    }
+
+    pub async fn buy(
+        &mut self,
+        account: &str,
+        sku: &str,
+        purchase_id: &str,
+    ) -> pb::PurchaseResponse {
+        self.admin
+            .purchase(pb::PurchaseRequest {
+                account_id: account.into(),
+                sku: sku.into(),
+                purchase_id: purchase_id.into(),
+                effective_at_ms: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn coupon(
+        &mut self,
+        account: &str,
+        grant_id: &str,
+        amount: &str,
+        expires_at_ms: i64,
+    ) -> pb::Grant {
+        self.admin
+            .grant_credit(coupon_req(account, grant_id, amount, expires_at_ms))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn reserve(
+        &mut self,
+        account: &str,
+        id: &str,
+        ms: i64,
+    ) -> Result<pb::ReserveResponse, tonic::Status> {
+        self.quota
+            .reserve(reserve_req(account, id, ms))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn commit(&mut self, id: &str, ms: i64) -> Result<pb::CommitResponse, tonic::Status> {
+        self.quota
+            .commit(pb::CommitRequest {
+                reservation_id: id.into(),
+                quantity: ms,
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn release(&mut self, id: &str) -> Result<pb::ReleaseResponse, tonic::Status> {
+        self.quota
+            .release(pb::ReleaseRequest {
+                reservation_id: id.into(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn balance(&mut self, account: &str) -> pb::Balance {
+        balance_of(&mut self.quota, account).await
+    }
+
+    pub async fn statement(&mut self, account: &str) -> pb::Statement {
+        statement_of(&mut self.admin, account).await
+    }
+}
+
+pub async fn create_account(
+    admin: &mut AdminClient<Channel>,
+    account: &str,
+    balance: &str,
+) -> pb::Balance {
+    admin
+        .create_account(pb::CreateAccountRequest {
+            account_id: account.into(),
+            balance: Some(money(balance)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+pub async fn balance_of(quota: &mut QuotaClient<Channel>, account: &str) -> pb::Balance {
+    quota
+        .get_balance(pb::GetBalanceRequest {
+            account_id: account.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+pub async fn statement_of(admin: &mut AdminClient<Channel>, account: &str) -> pb::Statement {
+    admin
+        .get_statement(pb::GetStatementRequest {
+            account_id: account.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+pub async fn connect(addr: std::net::SocketAddr) -> (QuotaClient<Channel>, AdminClient<Channel>) {
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (QuotaClient::new(ch.clone()), AdminClient::new(ch))
+}
+
+pub fn money(amount: &str) -> pb::Money {
+    pb::Money {
+        currency: "CNY".into(),
+        amount: amount.into(),
+    }
+}
+
+pub fn amount(m: &Option<pb::Money>) -> String {
+    m.as_ref().map(|m| m.amount.clone()).unwrap_or_default()
+}
+
+pub fn reserve_req(account: &str, id: &str, ms: i64) -> pb::ReserveRequest {
+    pb::ReserveRequest {
+        account_id: account.into(),
+        reservation_id: id.into(),
+        resource: pb::Resource::GpuShared as i32,
+        sku: A10.into(),
+        quantity: ms,
+        ttl_ms: 0,
+    }
+}
+
+/// Deductions of a statement entry as ("source", "amount") pairs.
+pub fn deductions(e: &pb::StatementEntry) -> Vec<(String, String)> {
+    e.deductions
+        .iter()
+        .map(|d| (d.source.clone(), amount(&d.amount)))
+        .collect()
+}
+
+/// Asserts `r` failed with `code` and a non-empty message containing every needle.
+pub fn assert_status<T: std::fmt::Debug>(
+    what: &str,
+    r: Result<T, tonic::Status>,
+    code: tonic::Code,
+    needles: &[&str],
+) {
+    let s = match r {
+        Ok(v) => panic!("{what}: expected {code:?}, got OK {v:?}"),
+        Err(s) => s,
+    };
+    assert_eq!(s.code(), code, "{what}: {s:?}");
+    assert!(!s.message().is_empty(), "{what}: empty message");
+    for n in needles {
+        assert!(
+            s.message().contains(n),
+            "{what}: message {:?} does not name {n:?}",
+            s.message()
+        );
+    }
+}
+
+/// A GrantCredit request for a coupon on any resource.
+pub fn coupon_req(
+    account: &str,
+    id: &str,
+    amt: &str,
+    expires_at_ms: i64,
+) -> pb::GrantCreditRequest {
+    pb::GrantCreditRequest {
+        account_id: account.into(),
+        grant_id: id.into(),
+        kind: pb::grant::Kind::Coupon as i32,
+        resource: pb::Resource::Unspecified as i32,
+        amount: Some(money(amt)),
+        expires_at_ms,
+    }
+}

@@ -1,0 +1,249 @@
+//! Sidecars against a separate ledger, in process over real gRPC (the ledger on SQLite
+//! here; tests/cluster.rs runs the real processes on PostgreSQL): leases bound what the
+//! fleet admits, an unreachable ledger is fail-closed past the lease unless a fail-open
+//! budget is configured, and admin changes reach every sidecar within one sync.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use quotad::billing::Money;
+use quotad::clock::ManualClock;
+use quotad::ledger::lease::LeaseConfig;
+use quotad::pb;
+use quotad::pb::admin_client::AdminClient;
+use quotad::pb::quota_client::QuotaClient;
+use quotad::server::{self, LedgerServeConfig, Running, RunningLedger, ServeConfig};
+use rust_decimal::Decimal;
+use tonic::transport::Channel;
+
+const LEASE_TTL_MS: i64 = 2_000;
+
+struct Fleet {
+    clock: Arc<ManualClock>,
+    dir: tempfile::TempDir,
+    ledger: Option<RunningLedger>,
+    ledger_addr: std::net::SocketAddr,
+    admin: AdminClient<Channel>,
+    sidecars: Vec<(Running, QuotaClient<Channel>)>,
+}
+
+fn ledger_config(dir: &std::path::Path, listen: std::net::SocketAddr) -> LedgerServeConfig {
+    let mut cfg = LedgerServeConfig::new(
+        listen,
+        format!("sqlite:{}", dir.join("ledger.db").display()),
+    );
+    cfg.lease = LeaseConfig {
+        ttl_ms: LEASE_TTL_MS,
+        hold_grace_ms: 10_000,
+    };
+    cfg
+}
+
+impl Fleet {
+    async fn start(n: usize, tweak: impl Fn(&mut ServeConfig)) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0_MS);
+        let ledger = server::start_ledger(
+            ledger_config(dir.path(), "127.0.0.1:0".parse().unwrap()),
+            clock.clone(),
+        )
+        .await
+        .unwrap();
+        let ledger_addr = ledger.addr;
+        let (_, admin) = connect(ledger_addr).await;
+        let mut sidecars = Vec::new();
+        for i in 0..n {
+            let mut cfg = config(&dir.path().join(format!("sidecar-{i}")));
+            cfg.ledger_url = Some(format!("http://{ledger_addr}"));
+            cfg.engine.lease_want_min = Money::parse("0.1").unwrap();
+            // The tests drive syncs themselves.
+            cfg.sync_interval_ms = 3_600_000;
+            tweak(&mut cfg);
+            let running = server::start(cfg, clock.clone()).await.unwrap();
+            let (quota, _) = connect(running.addr).await;
+            sidecars.push((running, quota));
+        }
+        Fleet {
+            clock,
+            dir,
+            ledger: Some(ledger),
+            ledger_addr,
+            admin,
+            sidecars,
+        }
+    }
+
+    async fn reserve(&mut self, i: usize, account: &str, id: &str, ms: i64) -> pb::ReserveResponse {
+        self.sidecars[i]
+            .1
+            .reserve(reserve_req(account, id, ms))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn create(&mut self, account: &str, balance: &str) {
+        create_account(&mut self.admin, account, balance).await;
+    }
+
+    async fn sync_all(&self) {
+        for (r, _) in &self.sidecars {
+            let _ = r.engine().flush().await;
+            let _ = r.engine().sync_once(1_000).await;
+        }
+    }
+
+    async fn ledger_statement(&mut self, account: &str) -> pb::Statement {
+        statement_of(&mut self.admin, account).await
+    }
+}
+
+fn dec(m: &Option<pb::Money>) -> Decimal {
+    amount(m).parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_bound_what_the_fleet_admits() {
+    let mut f = Fleet::start(3, |_| {}).await;
+    f.create("acme", "1").await;
+    // 0.06 a reserve (100 s of a10); the account pays for 16 of them.
+    let mut admitted = Decimal::ZERO;
+    let mut denials = Vec::new();
+    for round in 0..12 {
+        for i in 0..3 {
+            let r = f
+                .reserve(i, "acme", &format!("r{round}-{i}"), 100_000)
+                .await;
+            if r.admitted {
+                admitted += dec(&r.held);
+            } else {
+                denials.push(r.reason());
+            }
+        }
+    }
+    assert!(
+        admitted <= Decimal::ONE,
+        "the fleet admitted {admitted} on an account of 1"
+    );
+    assert!(
+        admitted >= Decimal::new(6, 1),
+        "leases must not starve the fleet: {admitted}"
+    );
+    assert!(
+        denials
+            .iter()
+            .all(|r| *r == pb::DenyReason::InsufficientFunds),
+        "{denials:?}"
+    );
+    // Nothing committed yet, so the ledger still has the whole balance.
+    let st = f.ledger_statement("acme").await;
+    assert!(st.entries.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_reaches_the_ledger_once_and_admin_changes_reach_sidecars() {
+    let mut f = Fleet::start(2, |_| {}).await;
+    f.create("acme", "1").await;
+    assert!(f.reserve(0, "acme", "a", 100_000).await.admitted);
+    assert!(f.reserve(1, "acme", "b", 100_000).await.admitted);
+    for (i, id) in [(0, "a"), (1, "b")] {
+        let c = f.sidecars[i]
+            .1
+            .commit(pb::CommitRequest {
+                reservation_id: id.into(),
+                quantity: 50_000,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(amount(&c.charged), "0.03");
+    }
+    f.sync_all().await;
+    f.sync_all().await;
+    let st = f.ledger_statement("acme").await;
+    let ids: Vec<&str> = st.entries.iter().map(|e| e.usage_id.as_str()).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    // A top-up at the ledger reaches both sidecars with the next sync.
+    f.admin
+        .top_up(pb::TopUpRequest {
+            account_id: "acme".into(),
+            amount: Some(money("5")),
+            topup_id: "t1".into(),
+        })
+        .await
+        .unwrap();
+    f.sync_all().await;
+    for i in 0..2 {
+        let b = f.sidecars[i]
+            .1
+            .get_balance(pb::GetBalanceRequest {
+                account_id: "acme".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(amount(&b.balance), "5.94", "sidecar {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_down_is_fail_closed_past_the_lease_and_recovers() {
+    let mut f = Fleet::start(1, |_| {}).await;
+    f.create("acme", "10").await;
+    assert!(f.reserve(0, "acme", "r1", 100_000).await.admitted);
+    f.sidecars[0]
+        .1
+        .commit(pb::CommitRequest {
+            reservation_id: "r1".into(),
+            quantity: 100_000,
+        })
+        .await
+        .unwrap();
+    // The ledger goes away. The lease still admits until it expires.
+    f.ledger.take().unwrap().shutdown().await.unwrap();
+    let r = f.reserve(0, "acme", "r2", 1_000).await;
+    assert!(r.admitted, "within the lease: {r:?}");
+    f.clock.advance_ms(LEASE_TTL_MS + 1);
+    let r = f.reserve(0, "acme", "r3", 1_000).await;
+    assert!(!r.admitted);
+    assert_eq!(r.reason(), pb::DenyReason::LedgerUnavailable);
+    // Acknowledged usage waits in the journal meanwhile.
+    assert!(f.sidecars[0].0.engine().sync_once(1_000).await.is_err());
+    assert!(!f.sidecars[0].0.engine().ledger_reachable());
+
+    // The ledger comes back on the same address and database: usage is reconciled and
+    // leases renewed without anyone doing anything but the sync loop.
+    let ledger = server::start_ledger(ledger_config(f.dir.path(), f.ledger_addr), f.clock.clone())
+        .await
+        .unwrap();
+    f.ledger = Some(ledger);
+    f.sidecars[0].0.engine().sync_once(1_000).await.unwrap();
+    assert!(f.sidecars[0].0.engine().ledger_reachable());
+    let r = f.reserve(0, "acme", "r4", 1_000).await;
+    assert!(r.admitted, "{r:?}");
+    let st = f.ledger_statement("acme").await;
+    assert_eq!(st.entries.len(), 1);
+    assert_eq!(amount(&st.entries[0].cost), "0.06");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_budget_is_spent_and_reported() {
+    let mut f = Fleet::start(1, |c| {
+        c.engine
+            .fail_open_budgets
+            .insert("acme".into(), Money::parse("0.1").unwrap());
+    })
+    .await;
+    f.create("acme", "10").await;
+    assert!(f.reserve(0, "acme", "warm", 1_000).await.admitted);
+    f.ledger.take().unwrap().shutdown().await.unwrap();
+    f.clock.advance_ms(LEASE_TTL_MS + 1);
+    // 0.06 each: one fits the 0.1 budget, the second does not.
+    let r = f.reserve(0, "acme", "fo1", 100_000).await;
+    assert!(r.admitted && r.fail_open, "{r:?}");
+    let r = f.reserve(0, "acme", "fo2", 100_000).await;
+    assert!(!r.admitted);
+    assert_eq!(r.reason(), pb::DenyReason::LedgerUnavailable);
+}
