@@ -53,8 +53,17 @@ pub const DEFAULT_PG_POOL_MAX: u32 = 16;
 /// Longest wait for the first connection at start, and for a pooled connection afterwards.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Attempts at applying the migrations when other ledger processes start at the same time.
-const MIGRATION_ATTEMPTS_MAX: usize = 16;
+/// Default most attempts at one migration step (creating `quotad_migrations`, or applying
+/// one version) that lost a race to another ledger process starting at the same moment.
+/// A lost race costs one attempt and is settled as soon as the winner commits, so a step
+/// needs one or two attempts in practice; after this many the start fails with an error
+/// naming the step.
+const DEFAULT_MIGRATION_ATTEMPTS: u32 = 16;
+
+/// Default pause after a lost migration race, multiplied by the attempt number (10 ms,
+/// 20 ms, ...: at most about 1.2 s in all over `DEFAULT_MIGRATION_ATTEMPTS`). It lets the
+/// winner's transaction end before this process looks again at what is applied.
+const DEFAULT_MIGRATION_BACKOFF: Duration = Duration::from_millis(10);
 
 /// Schema, applied in order; migration `i` (from 0) is recorded as version `i + 1` in
 /// `quotad_migrations`. The same tables as the SQLite store's, with NUMERIC money. Small
@@ -156,6 +165,10 @@ const SERIALIZATION_FAILURE: &str = "40001";
 const DEADLOCK_DETECTED: &str = "40P01";
 /// SQLSTATE of creating a table that exists (a concurrent starter won the race).
 const DUPLICATE_TABLE: &str = "42P07";
+/// SQLSTATE of creating an object whose name is taken: PostgreSQL's `type "t" already
+/// exists` when a concurrent `CREATE TABLE IF NOT EXISTS t` committed the table's row type
+/// between this statement's existence check and its own insertion.
+const DUPLICATE_OBJECT: &str = "42710";
 
 pub struct PgStore {
     pool: PgPool,
@@ -945,89 +958,167 @@ impl PgStore {
     }
 }
 
-enum MigrateError {
-    Sql(sqlx::Error),
-    /// The database has a migration this quotad does not know: a newer quotad wrote it.
-    Newer(i64),
-}
-
-impl From<sqlx::Error> for MigrateError {
-    fn from(e: sqlx::Error) -> Self {
-        MigrateError::Sql(e)
-    }
-}
-
-/// Applies the migrations not yet recorded in `quotad_migrations`.
-async fn migrate(conn: &mut PgConnection) -> Result<(), StoreError> {
-    for attempt in 1..=MIGRATION_ATTEMPTS_MAX {
-        match migrate_once(conn).await {
-            Ok(()) => return Ok(()),
-            Err(MigrateError::Newer(v)) => {
-                return Err(StoreError::Corrupt(format!(
-                    "ledger schema version {v} is newer than this quotad ({})",
-                    MIGRATIONS.len()
-                )));
-            }
-            // Another starter created the table or applied a migration at the same moment:
-            // look again at what is recorded now.
-            Err(MigrateError::Sql(e))
-                if attempt < MIGRATION_ATTEMPTS_MAX
-                    && matches!(
-                        sqlstate(&e).as_deref(),
-                        Some(
-                            UNIQUE_VIOLATION
-                                | DUPLICATE_TABLE
-                                | SERIALIZATION_FAILURE
-                                | DEADLOCK_DETECTED
-                        )
-                    ) =>
-            {
-                tokio::time::sleep(Duration::from_millis(5 * attempt as u64)).await;
-            }
-            Err(MigrateError::Sql(e)) => return Err(db(e)),
-        }
-    }
-    Err(StoreError::Database(
-        "migrations kept conflicting with another ledger process".into(),
-    ))
-}
-
-async fn migrate_once(conn: &mut PgConnection) -> Result<(), MigrateError> {
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS quotad_migrations (\
-         version INT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
+/// Whether `e` is what a migration step gets when another ledger process ran the same step
+/// at the same moment: the step is to be looked at again, not reported. PostgreSQL's
+/// `CREATE TABLE IF NOT EXISTS` is not atomic against itself: the loser of two concurrent
+/// ones fails with a unique violation on the catalog (`pg_type_typname_nsp_index`,
+/// `pg_class_relname_nsp_index`), `duplicate_table` or `duplicate_object` (`type ...
+/// already exists`); the serializable engines answer a conflicting claim with a
+/// serialization failure.
+fn lost_migration_race(e: &sqlx::Error) -> bool {
+    matches!(
+        sqlstate(e).as_deref(),
+        Some(
+            UNIQUE_VIOLATION
+                | DUPLICATE_TABLE
+                | DUPLICATE_OBJECT
+                | SERIALIZATION_FAILURE
+                | DEADLOCK_DETECTED
+        )
     )
-    .execute(&mut *conn)
-    .await?;
-    // `version INT` is 32-bit on PostgreSQL and 64-bit on CockroachDB: read it as BIGINT.
-    let applied: Vec<i64> = sqlx::query_scalar("SELECT version::BIGINT FROM quotad_migrations")
-        .fetch_all(&mut *conn)
-        .await?;
-    if let Some(&newer) = applied.iter().find(|&&v| v as usize > MIGRATIONS.len()) {
-        return Err(MigrateError::Newer(newer));
-    }
-    for (i, m) in MIGRATIONS.iter().enumerate() {
+}
+
+/// The pause before attempt `attempt + 1` of a migration step that lost a race.
+fn migration_backoff(attempt: u32) -> Duration {
+    DEFAULT_MIGRATION_BACKOFF * attempt
+}
+
+/// Applies the migrations not yet recorded in `quotad_migrations`, in order.
+///
+/// Safe against other ledger processes doing the same at the same moment, without advisory
+/// locks or row locks: each migration runs in one transaction that first claims its version
+/// (`INSERT ... ON CONFLICT DO NOTHING` on the primary key), then runs its statements, and
+/// commits both together. A concurrent claimer of the same version waits on that key until
+/// the first transaction ends; if it committed, the claim inserts nothing and the version
+/// is done (never half done: its row and its schema became visible in one commit); if it
+/// rolled back, the claim goes through and this process applies the migration. A step that
+/// fails because of another starter anyway (see `lost_migration_race`) is rolled back and
+/// tried again, after a pause and a fresh look at the applied versions, at most
+/// `DEFAULT_MIGRATION_ATTEMPTS` times.
+async fn migrate(conn: &mut PgConnection) -> Result<(), StoreError> {
+    create_migrations_table(conn).await?;
+    let mut applied = applied_migrations(conn).await?;
+    for (i, statements) in MIGRATIONS.iter().enumerate() {
         let version = (i + 1) as i64;
-        if applied.contains(&version) {
-            continue;
+        let mut attempt = 1;
+        while !applied.contains(&version) {
+            match apply_migration(conn, version, statements).await {
+                Ok(true) => {
+                    tracing::info!(version, "ledger schema migration applied");
+                    break;
+                }
+                // Another starter committed this version first.
+                Ok(false) => break,
+                Err(e) if lost_migration_race(&e) && attempt < DEFAULT_MIGRATION_ATTEMPTS => {
+                    tracing::debug!(version, attempt, error = %e, "ledger schema migration raced");
+                    tokio::time::sleep(migration_backoff(attempt)).await;
+                    attempt += 1;
+                    applied = applied_migrations(conn).await?;
+                }
+                Err(e) if lost_migration_race(&e) => {
+                    return Err(StoreError::Database(format!(
+                        "ledger schema migration {version} is still not applied after \
+                         {attempt} attempts that conflicted with other ledger processes \
+                         starting at the same time; last error: {e}"
+                    )));
+                }
+                Err(e) => {
+                    return Err(StoreError::Database(format!(
+                        "ledger schema migration {version} failed: {e}"
+                    )));
+                }
+            }
         }
-        let mut tx = conn.begin().await?;
-        // The version row first: a concurrent starter blocks on its primary key until this
-        // transaction ends, then fails with a unique violation and re-checks.
-        sqlx::query("INSERT INTO quotad_migrations (version, applied_at_ms) VALUES ($1, $2)")
-            .bind(version)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
-        // One statement at a time: `raw_sql` would take them all at once, but its future is
-        // not `Send` for every lifetime, which would keep `connect` out of `tokio::spawn`.
-        for statement in m.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-            sqlx::query(statement).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        tracing::info!(version, "ledger schema migration applied");
     }
     Ok(())
+}
+
+/// Creates `quotad_migrations` if it is missing, retrying when a concurrent starter's
+/// `CREATE TABLE IF NOT EXISTS` collides with this one's.
+async fn create_migrations_table(conn: &mut PgConnection) -> Result<(), StoreError> {
+    let mut attempt = 1;
+    loop {
+        let created = sqlx::query(
+            "CREATE TABLE IF NOT EXISTS quotad_migrations (\
+             version INT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
+        )
+        .execute(&mut *conn)
+        .await;
+        match created {
+            Ok(_) => return Ok(()),
+            Err(e) if lost_migration_race(&e) && attempt < DEFAULT_MIGRATION_ATTEMPTS => {
+                tracing::debug!(attempt, error = %e, "creating quotad_migrations raced");
+                tokio::time::sleep(migration_backoff(attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                return Err(StoreError::Database(format!(
+                    "cannot create the table quotad_migrations (attempt {attempt}): {e}"
+                )));
+            }
+        }
+    }
+}
+
+/// The versions recorded in `quotad_migrations`; `Corrupt` if one is newer than this
+/// quotad's migrations (a newer quotad migrated the database).
+async fn applied_migrations(conn: &mut PgConnection) -> Result<HashSet<i64>, StoreError> {
+    // `version INT` is 32-bit on PostgreSQL and 64-bit on CockroachDB: read it as BIGINT.
+    let applied: HashSet<i64> = sqlx::query_scalar("SELECT version::BIGINT FROM quotad_migrations")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| StoreError::Database(format!("cannot read the applied migrations: {e}")))?
+        .into_iter()
+        .collect();
+    if let Some(&newer) = applied
+        .iter()
+        .filter(|&&v| v as usize > MIGRATIONS.len())
+        .max()
+    {
+        return Err(StoreError::Corrupt(format!(
+            "ledger schema version {newer} is newer than this quotad ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    Ok(applied)
+}
+
+/// Claims `version` and applies its `statements`, in one transaction. `Ok(false)` when
+/// another starter had committed the version: nothing was done. On error the transaction
+/// is rolled back (when the `Transaction` is dropped, before the connection's next use).
+async fn apply_migration(
+    conn: &mut PgConnection,
+    version: i64,
+    statements: &str,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    // The version row first: a concurrent claimer waits on its primary key until this
+    // transaction ends, then inserts nothing if it committed.
+    let claimed = sqlx::query(
+        "INSERT INTO quotad_migrations (version, applied_at_ms) VALUES ($1, $2) \
+         ON CONFLICT (version) DO NOTHING",
+    )
+    .bind(version)
+    .bind(now_ms())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !claimed {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    // One statement at a time: `raw_sql` would take them all at once, but its future is
+    // not `Send` for every lifetime, which would keep `connect` out of `tokio::spawn`.
+    for statement in statements
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        sqlx::query(statement).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(true)
 }
 
 #[async_trait]
