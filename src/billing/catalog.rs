@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
 use serde::Deserialize;
 
 use super::grant::GrantUnit;
@@ -81,6 +82,35 @@ impl Price {
         // quantity <= 1e15 and unit_price <= 1e12: the product fits Decimal's 96 bits.
         let exact = Decimal::from(quantity) * self.unit_price.as_decimal() / per_unit;
         Ok(Money::round_charge(exact))
+    }
+
+    /// The most quantity whose `cost` is at most `budget` (0 for a budget below zero;
+    /// `QUANTITY_MAX` for a free sku): what a running job may still use.
+    pub fn quantity_for(&self, budget: Money) -> u64 {
+        if !budget.is_positive() {
+            return 0;
+        }
+        let Some(per_unit) = self.unit().quantity_per_unit() else {
+            return 0;
+        };
+        if !self.unit_price.is_positive() {
+            return QUANTITY_MAX;
+        }
+        let exact = budget.as_decimal() * per_unit / self.unit_price.as_decimal();
+        let mut q = exact
+            .floor()
+            .to_u64()
+            .unwrap_or(QUANTITY_MAX)
+            .min(QUANTITY_MAX);
+        // Rounding of the charge may let one more unit fit, or one fewer.
+        let fits = |q: u64| self.cost(q).is_ok_and(|c| c <= budget);
+        while q < QUANTITY_MAX && fits(q + 1) {
+            q += 1;
+        }
+        while q > 0 && !fits(q) {
+            q -= 1;
+        }
+        q
     }
 }
 
@@ -328,9 +358,49 @@ fn check_sku(sku: &str) -> Result<(), CatalogError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn d(s: &str) -> Money {
         Money::parse(s).unwrap()
+    }
+
+    fn price(resource: Resource, unit_price: &str) -> Price {
+        Price {
+            sku: "s".into(),
+            resource,
+            unit_price: d(unit_price),
+            description: String::new(),
+        }
+    }
+
+    #[test]
+    fn quantity_for_a_budget_is_what_it_pays_for() {
+        let a10 = price(Resource::GpuShared, "0.0006");
+        assert_eq!(a10.quantity_for(d("0.0006")), 1_000);
+        assert_eq!(a10.quantity_for(d("0.006")), 10_000);
+        assert_eq!(a10.quantity_for(d("0")), 0);
+        assert_eq!(a10.quantity_for(d("-1")), 0);
+        assert_eq!(
+            price(Resource::GpuShared, "0").quantity_for(d("1")),
+            QUANTITY_MAX
+        );
+        assert_eq!(price(Resource::Storage, "1").quantity_for(d("1")), 0);
+    }
+
+    proptest! {
+        #[test]
+        fn quantity_for_is_the_largest_that_fits(
+            cents in 1u64..10_000_000,
+            price_micros in 1u64..100_000_000,
+            hourly in any::<bool>(),
+        ) {
+            let resource = if hourly { Resource::GpuExclusive } else { Resource::GpuShared };
+            let p = price(resource, &format!("{}", Decimal::new(price_micros as i64, 6)));
+            let budget = Money::from_decimal(Decimal::new(cents as i64, 2));
+            let q = p.quantity_for(budget);
+            prop_assert!(p.cost(q).unwrap() <= budget);
+            prop_assert!(p.cost(q + 1).unwrap() > budget);
+        }
     }
 
     #[test]

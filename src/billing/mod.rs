@@ -1,14 +1,16 @@
 //! Billing rules as pure functions: money, catalog and prices, grants, burn-down, account
-//! status and purchase rules. Architecture invariant: nothing here does I/O, touches tokio
+//! status, purchase rules, alerts and the Exclusive session clock. Architecture invariant: nothing here does I/O, touches tokio
 //! or sees a prost type, so every rule is deterministic and property-tested, and the
 //! sidecar and the ledger run the very same code.
 
+pub mod alerts;
 pub mod burndown;
 pub mod catalog;
 pub mod grant;
 pub mod money;
 pub mod purchase;
 pub mod resource;
+pub mod session;
 pub mod status;
 
 pub use burndown::{Deduction, Source, burn_down};
