@@ -4,8 +4,10 @@
 //! transaction (group commit: one fsync for many requests). SQLite's WAL recovery makes a
 //! torn last write a rolled-back transaction, never a corrupt journal.
 //!
-//! Two tables: `reservations` (every open hold, and settled ones for the idempotency
-//! retention window) and `outbox` (acknowledged usage not yet acknowledged by the ledger).
+//! Tables: `reservations` (every open hold, and settled ones for the idempotency
+//! retention window), `outbox` (acknowledged usage not yet acknowledged by the ledger),
+//! `sessions` (Exclusive sessions: running ones survive a restart, stopped ones answer
+//! retries) and `alerts` (which alert crossings have fired, so none fires twice).
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -87,6 +89,63 @@ pub struct ReservationRow {
     pub charged_quantity: u64,
     /// When it left the Open state (0 while open).
     pub settled_at_ms: i64,
+    /// Reported on its usage stream so far (already charged, report by report).
+    pub streamed_quantity: u64,
+    pub streamed_cost: Money,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    Running,
+    /// Stopped on request.
+    Stopped,
+    /// Stopped by the idle auto-shutdown.
+    IdleShutdown,
+    /// Stopped because the next hour could not be pre-authorised.
+    InsufficientFunds,
+}
+
+impl SessionState {
+    fn code(self) -> i64 {
+        match self {
+            SessionState::Running => 0,
+            SessionState::Stopped => 1,
+            SessionState::IdleShutdown => 2,
+            SessionState::InsufficientFunds => 3,
+        }
+    }
+
+    fn from_code(c: i64) -> Option<SessionState> {
+        Some(match c {
+            0 => SessionState::Running,
+            1 => SessionState::Stopped,
+            2 => SessionState::IdleShutdown,
+            3 => SessionState::InsufficientFunds,
+            _ => return None,
+        })
+    }
+}
+
+/// An Exclusive session as journaled: its terms and how far it is billed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub session_id: String,
+    pub account_id: String,
+    pub sku: String,
+    pub started_at_ms: i64,
+    pub auto_shutdown: bool,
+    pub idle_timeout_ms: i64,
+    pub last_busy_at_ms: i64,
+    /// Charged up to here (the start, or the end of the last settled hour).
+    pub billed_until_ms: i64,
+    /// Hours settled so far (names the next hour's usage id).
+    pub hours_settled: u32,
+    /// The current hour's pre-authorisation (zero once stopped).
+    pub held: Money,
+    /// All charged so far.
+    pub charged: Money,
+    pub state: SessionState,
+    pub stopped_at_ms: i64,
 }
 
 #[derive(Debug)]
@@ -95,6 +154,25 @@ pub enum Entry {
     Reservation(ReservationRow),
     /// A commit: the settled reservation and its usage, in one transaction.
     Commit(ReservationRow, UsageRecord),
+    /// A usage stream's report: its usage, the job's last seq, and the reservation the
+    /// stream took over (if any), in one transaction.
+    Report {
+        usage: UsageRecord,
+        work_id: String,
+        seq: u64,
+        row: Option<ReservationRow>,
+    },
+    /// Usage with the session row it advances, in one transaction (or the row alone).
+    Session(SessionRow, Option<UsageRecord>),
+    /// Every lease request sequence number this process will use is below this (so a
+    /// restart, whatever the clock says, starts above them).
+    LeaseSeqFloor(u64),
+    /// Alert crossings of an account that fired (`set`) or re-armed (`unset`).
+    Alerts {
+        account_id: String,
+        set: Vec<String>,
+        unset: Vec<String>,
+    },
     /// Usage the ledger acknowledged: drop from the outbox.
     Trim(Vec<u64>),
     /// Forget settled reservations older than this.
@@ -117,6 +195,13 @@ pub struct Recovered {
     pub outbox: Vec<UsageRecord>,
     /// The next usage sequence number to use: above every one ever written.
     pub next_seq: u64,
+    pub sessions: Vec<SessionRow>,
+    /// Fired alert keys by account.
+    pub alerts: Vec<(String, String)>,
+    /// Last report seq of recent jobs: (work id, seq, when).
+    pub works: Vec<(String, u64, i64)>,
+    /// Lease request sequence numbers used so far are below this.
+    pub lease_seq_floor: u64,
 }
 
 pub struct Journal {
@@ -140,7 +225,9 @@ CREATE TABLE IF NOT EXISTS reservations (
     state            INTEGER NOT NULL,
     charged          TEXT NOT NULL,
     charged_quantity INTEGER NOT NULL,
-    settled_at_ms    INTEGER NOT NULL
+    settled_at_ms    INTEGER NOT NULL,
+    streamed_quantity INTEGER NOT NULL DEFAULT 0,
+    streamed_cost    TEXT NOT NULL DEFAULT '0'
 );
 CREATE INDEX IF NOT EXISTS reservations_settled ON reservations(state, settled_at_ms);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -152,6 +239,31 @@ CREATE TABLE IF NOT EXISTS outbox (
     quantity   INTEGER NOT NULL,
     cost       TEXT NOT NULL,
     at_ms      INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id      TEXT PRIMARY KEY,
+    account_id      TEXT NOT NULL,
+    sku             TEXT NOT NULL,
+    started_at_ms   INTEGER NOT NULL,
+    auto_shutdown   INTEGER NOT NULL,
+    idle_timeout_ms INTEGER NOT NULL,
+    last_busy_at_ms INTEGER NOT NULL,
+    billed_until_ms INTEGER NOT NULL,
+    hours_settled   INTEGER NOT NULL,
+    held            TEXT NOT NULL,
+    charged         TEXT NOT NULL,
+    state           INTEGER NOT NULL,
+    stopped_at_ms   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS works (
+    work_id  TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL,
+    at_ms    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    account_id TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    PRIMARY KEY (account_id, key)
 );
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -190,6 +302,7 @@ impl Journal {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        upgrade(&conn)?;
         let recovered = read_all(&conn)?;
         let outbox = Arc::new(Mutex::new(
             recovered.outbox.iter().cloned().collect::<VecDeque<_>>(),
@@ -309,11 +422,32 @@ impl Journal {
     }
 }
 
+/// Brings a journal written by an earlier quotad up to this schema (columns added since).
+fn upgrade(conn: &Connection) -> Result<(), JournalError> {
+    let has_streamed: bool = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('reservations') WHERE name = 'streamed_quantity'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(open_err)?
+        > 0;
+    if !has_streamed {
+        conn.execute_batch(
+            "ALTER TABLE reservations ADD COLUMN streamed_quantity INTEGER NOT NULL DEFAULT 0; \
+             ALTER TABLE reservations ADD COLUMN streamed_cost TEXT NOT NULL DEFAULT '0';",
+        )
+        .map_err(open_err)?;
+    }
+    Ok(())
+}
+
 fn read_all(conn: &Connection) -> Result<Recovered, JournalError> {
     let mut stmt = conn
         .prepare(
             "SELECT reservation_id, account_id, resource, sku, quantity, held, expires_at_ms, \
-             state, charged, charged_quantity, settled_at_ms FROM reservations",
+             state, charged, charged_quantity, settled_at_ms, streamed_quantity, streamed_cost \
+             FROM reservations",
         )
         .map_err(open_err)?;
     type Raw = (
@@ -328,6 +462,8 @@ fn read_all(conn: &Connection) -> Result<Recovered, JournalError> {
         String,
         i64,
         i64,
+        i64,
+        String,
     );
     let rows: Vec<Raw> = stmt
         .query_map([], |r| <_>::try_from(r))
@@ -335,7 +471,7 @@ fn read_all(conn: &Connection) -> Result<Recovered, JournalError> {
         .collect::<Result<_, _>>()
         .map_err(open_err)?;
     let mut reservations = Vec::with_capacity(rows.len());
-    for (id, account, res, sku, qty, held, exp, state, charged, cq, settled) in rows {
+    for (id, account, res, sku, qty, held, exp, state, charged, cq, settled, sq, sc) in rows {
         reservations.push(ReservationRow {
             resource: resource(&res)?,
             state: HoldState::from_code(state)
@@ -349,6 +485,8 @@ fn read_all(conn: &Connection) -> Result<Recovered, JournalError> {
             expires_at_ms: exp,
             charged_quantity: cq.max(0) as u64,
             settled_at_ms: settled,
+            streamed_quantity: sq.max(0) as u64,
+            streamed_cost: money(&sc)?,
         });
     }
     let mut stmt = conn
@@ -387,10 +525,102 @@ fn read_all(conn: &Connection) -> Result<Recovered, JournalError> {
         .map(|u| u.seq + 1)
         .unwrap_or(1)
         .max(stored_next.unwrap_or(1).max(1) as u64);
+    let mut stmt = conn
+        .prepare(
+            "SELECT session_id, account_id, sku, started_at_ms, auto_shutdown, idle_timeout_ms, \
+             last_busy_at_ms, billed_until_ms, hours_settled, held, charged, state, \
+             stopped_at_ms FROM sessions",
+        )
+        .map_err(open_err)?;
+    type RawS = (
+        String,
+        String,
+        String,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        String,
+        String,
+        i64,
+        i64,
+    );
+    let rows: Vec<RawS> = stmt
+        .query_map([], |r| <_>::try_from(r))
+        .map_err(open_err)?
+        .collect::<Result<_, _>>()
+        .map_err(open_err)?;
+    let mut sessions = Vec::with_capacity(rows.len());
+    for (
+        id,
+        account,
+        sku,
+        started,
+        auto,
+        idle,
+        busy,
+        billed,
+        hours,
+        held,
+        charged,
+        state,
+        stopped,
+    ) in rows
+    {
+        sessions.push(SessionRow {
+            session_id: id,
+            account_id: account,
+            sku,
+            started_at_ms: started,
+            auto_shutdown: auto != 0,
+            idle_timeout_ms: idle,
+            last_busy_at_ms: busy,
+            billed_until_ms: billed,
+            hours_settled: u32::try_from(hours).unwrap_or(0),
+            held: money(&held)?,
+            charged: money(&charged)?,
+            state: SessionState::from_code(state)
+                .ok_or_else(|| open_err(format!("corrupt session state {state}")))?,
+            stopped_at_ms: stopped,
+        });
+    }
+    let mut stmt = conn
+        .prepare("SELECT account_id, key FROM alerts ORDER BY account_id")
+        .map_err(open_err)?;
+    let alerts: Vec<(String, String)> = stmt
+        .query_map([], |r| <_>::try_from(r))
+        .map_err(open_err)?
+        .collect::<Result<_, _>>()
+        .map_err(open_err)?;
+    let lease_seq_floor: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'lease_seq_floor'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(open_err)?;
+    let mut stmt = conn
+        .prepare("SELECT work_id, last_seq, at_ms FROM works")
+        .map_err(open_err)?;
+    let works: Vec<(String, i64, i64)> = stmt
+        .query_map([], |r| <_>::try_from(r))
+        .map_err(open_err)?
+        .collect::<Result<_, _>>()
+        .map_err(open_err)?;
     Ok(Recovered {
         reservations,
         outbox,
         next_seq,
+        sessions,
+        alerts,
+        works: works
+            .into_iter()
+            .map(|(w, s, at)| (w, s.max(0) as u64, at))
+            .collect(),
+        lease_seq_floor: lease_seq_floor.unwrap_or(0).max(0) as u64,
     })
 }
 
@@ -435,7 +665,10 @@ impl Writer {
                 let mut any = false;
                 if let Ok(mut q) = self.outbox.lock() {
                     for (e, _) in &batch {
-                        if let Entry::Commit(_, u) = e {
+                        if let Entry::Commit(_, u)
+                        | Entry::Report { usage: u, .. }
+                        | Entry::Session(_, Some(u)) = e
+                        {
                             q.push_back(u.clone());
                             any = true;
                         }
@@ -462,7 +695,8 @@ impl Writer {
                 .prepare_cached(
                     "INSERT OR REPLACE INTO reservations (reservation_id, account_id, resource, \
                      sku, quantity, held, expires_at_ms, state, charged, charged_quantity, \
-                     settled_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                     settled_at_ms, streamed_quantity, streamed_cost) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 )
                 .map_err(write_err)?;
             let mut usage = tx
@@ -473,6 +707,25 @@ impl Writer {
                 .map_err(write_err)?;
             let mut trim = tx
                 .prepare_cached("DELETE FROM outbox WHERE seq = ?1")
+                .map_err(write_err)?;
+            let mut put_session = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO sessions (session_id, account_id, sku, \
+                     started_at_ms, auto_shutdown, idle_timeout_ms, last_busy_at_ms, \
+                     billed_until_ms, hours_settled, held, charged, state, stopped_at_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                )
+                .map_err(write_err)?;
+            let mut put_work = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO works (work_id, last_seq, at_ms) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(write_err)?;
+            let mut alert_set = tx
+                .prepare_cached("INSERT OR IGNORE INTO alerts (account_id, key) VALUES (?1, ?2)")
+                .map_err(write_err)?;
+            let mut alert_unset = tx
+                .prepare_cached("DELETE FROM alerts WHERE account_id = ?1 AND key = ?2")
                 .map_err(write_err)?;
             let mut put_row = |r: &ReservationRow| {
                 put.execute(params![
@@ -486,28 +739,95 @@ impl Writer {
                     r.state.code(),
                     r.charged.to_string(),
                     r.charged_quantity as i64,
-                    r.settled_at_ms
+                    r.settled_at_ms,
+                    r.streamed_quantity as i64,
+                    r.streamed_cost.to_string()
                 ])
                 .map(|_| ())
+            };
+            let mut put_usage = |u: &UsageRecord| {
+                usage
+                    .execute(params![
+                        u.seq as i64,
+                        u.usage_id,
+                        u.account_id,
+                        u.resource.name(),
+                        u.sku,
+                        u.quantity as i64,
+                        u.cost.to_string(),
+                        u.at_ms
+                    ])
+                    .map(|_| ())
             };
             for (e, _) in batch {
                 match e {
                     Entry::Reservation(r) => put_row(r).map_err(write_err)?,
                     Entry::Commit(r, u) => {
                         put_row(r).map_err(write_err)?;
-                        usage
-                            .execute(params![
-                                u.seq as i64,
-                                u.usage_id,
-                                u.account_id,
-                                u.resource.name(),
-                                u.sku,
-                                u.quantity as i64,
-                                u.cost.to_string(),
-                                u.at_ms
-                            ])
+                        put_usage(u).map_err(write_err)?;
+                        self.next_seq = self.next_seq.max(u.seq + 1);
+                    }
+                    Entry::Report {
+                        usage: u,
+                        work_id,
+                        seq,
+                        row,
+                    } => {
+                        if let Some(r) = row {
+                            put_row(r).map_err(write_err)?;
+                        }
+                        put_usage(u).map_err(write_err)?;
+                        put_work
+                            .execute(params![work_id, *seq as i64, u.at_ms])
                             .map_err(write_err)?;
                         self.next_seq = self.next_seq.max(u.seq + 1);
+                    }
+                    Entry::Session(r, u) => {
+                        put_session
+                            .execute(params![
+                                r.session_id,
+                                r.account_id,
+                                r.sku,
+                                r.started_at_ms,
+                                i64::from(r.auto_shutdown),
+                                r.idle_timeout_ms,
+                                r.last_busy_at_ms,
+                                r.billed_until_ms,
+                                i64::from(r.hours_settled),
+                                r.held.to_string(),
+                                r.charged.to_string(),
+                                r.state.code(),
+                                r.stopped_at_ms
+                            ])
+                            .map_err(write_err)?;
+                        if let Some(u) = u {
+                            put_usage(u).map_err(write_err)?;
+                            self.next_seq = self.next_seq.max(u.seq + 1);
+                        }
+                    }
+                    Entry::LeaseSeqFloor(floor) => {
+                        tx.execute(
+                            "INSERT INTO meta (key, value) VALUES ('lease_seq_floor', ?1) \
+                             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                            [i64::try_from(*floor).unwrap_or(i64::MAX)],
+                        )
+                        .map_err(write_err)?;
+                    }
+                    Entry::Alerts {
+                        account_id,
+                        set,
+                        unset,
+                    } => {
+                        for k in set {
+                            alert_set
+                                .execute(params![account_id, k])
+                                .map_err(write_err)?;
+                        }
+                        for k in unset {
+                            alert_unset
+                                .execute(params![account_id, k])
+                                .map_err(write_err)?;
+                        }
                     }
                     Entry::Trim(seqs) => {
                         for s in seqs {
@@ -520,6 +840,13 @@ impl Writer {
                             [settled_before_ms],
                         )
                         .map_err(write_err)?;
+                        tx.execute(
+                            "DELETE FROM sessions WHERE state <> 0 AND stopped_at_ms < ?1",
+                            [settled_before_ms],
+                        )
+                        .map_err(write_err)?;
+                        tx.execute("DELETE FROM works WHERE at_ms < ?1", [settled_before_ms])
+                            .map_err(write_err)?;
                     }
                 }
             }
@@ -551,6 +878,8 @@ mod tests {
             charged: Money::ZERO,
             charged_quantity: 0,
             settled_at_ms: 0,
+            streamed_quantity: 0,
+            streamed_cost: Money::ZERO,
         }
     }
 

@@ -2,9 +2,12 @@
 //!
 //! Layout:
 //! - `billing`: the platform's billing rules as pure functions (money, catalog, grants,
-//!   burn-down, account status, purchases). No I/O, no tokio, no prost types.
+//!   burn-down, account status, purchases, alert crossings, the Exclusive session clock).
+//!   No I/O, no tokio, no prost types.
 //! - `engine`: the sidecar's in-memory admission: cached entitlement per account, holds,
-//!   Reserve / Commit / Release / Admit; `engine::sync` pushes usage to the ledger.
+//!   Reserve / Commit / Release / Admit; `engine::work` meters running jobs,
+//!   `engine::sessions` bills Exclusive instances, `engine::events` feeds Watch;
+//!   `engine::sync` pushes usage to the ledger.
 //! - `journal`: local durability of everything the sidecar acknowledged (group commit).
 //! - `ledger`: the authoritative record and its rules, over a store (`ledger::sqlite`),
 //!   reached by the engine only through `ledger::LedgerApi`.

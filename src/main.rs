@@ -63,6 +63,29 @@ struct ServeArgs {
     /// Most reservations kept in memory.
     #[arg(long, default_value_t = quotad::engine::DEFAULT_HOLDS_MAX)]
     holds_max: usize,
+    /// Most usage streams (StreamUsage) open at once.
+    #[arg(long, default_value_t = quotad::engine::work::DEFAULT_STREAMS_MAX)]
+    streams_max: usize,
+    /// Most usage reports per second on one stream (a burst of as many is allowed).
+    #[arg(long, default_value_t = quotad::engine::work::DEFAULT_STREAM_REPORTS_PER_SEC)]
+    stream_reports_per_sec: u32,
+    /// Most Exclusive sessions kept (running and recently stopped).
+    #[arg(long, default_value_t = quotad::engine::sessions::DEFAULT_SESSIONS_MAX)]
+    sessions_max: usize,
+    /// Most Watch streams open at once.
+    #[arg(long, default_value_t = quotad::engine::events::DEFAULT_WATCHERS_MAX)]
+    watchers_max: usize,
+    /// LOW_QUOTA fires when a grant's remaining quota falls to these fractions of it
+    /// (comma-separated). Default: 0.2,0.1.
+    #[arg(long, value_delimiter = ',', value_parser = parse_fraction)]
+    alert_low_quota: Option<Vec<rust_decimal::Decimal>>,
+    /// GRANT_EXPIRING fires this long before a grant with quota left expires
+    /// (milliseconds, comma-separated). Default: 7 days and 1 day.
+    #[arg(long, value_delimiter = ',')]
+    alert_expiring_ms: Option<Vec<i64>>,
+    /// LOW_QUOTA also fires when the balance falls below this amount. Default: off.
+    #[arg(long, value_parser = parse_amount)]
+    alert_balance_floor: Option<quotad::billing::Money>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -85,6 +108,16 @@ struct LedgerArgs {
     /// Most connections to PostgreSQL.
     #[arg(long, default_value_t = quotad::ledger::postgres::DEFAULT_PG_POOL_MAX)]
     pg_pool_max: u32,
+}
+
+fn parse_fraction(s: &str) -> Result<rust_decimal::Decimal, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a fraction such as 0.2"))
+}
+
+fn parse_amount(s: &str) -> Result<quotad::billing::Money, String> {
+    quotad::billing::Money::parse_non_negative(s).map_err(|e| e.to_string())
 }
 
 fn parse_budget(s: &str) -> Result<(String, quotad::billing::Money), String> {
@@ -143,6 +176,17 @@ async fn serve(args: ServeArgs) -> Result<(), server::ServeError> {
     cfg.sync_interval_ms = args.sync_interval_ms;
     cfg.engine.hold_ttl_default_ms = args.hold_ttl_default_ms;
     cfg.engine.holds_max = args.holds_max;
+    cfg.engine.streams_max = args.streams_max;
+    cfg.engine.stream_reports_per_sec = args.stream_reports_per_sec;
+    cfg.engine.sessions_max = args.sessions_max;
+    cfg.engine.watch.watchers_max = args.watchers_max;
+    if let Some(f) = args.alert_low_quota {
+        cfg.engine.alerts.low_quota_fractions = f;
+    }
+    if let Some(l) = args.alert_expiring_ms {
+        cfg.engine.alerts.expiring_leads_ms = l;
+    }
+    cfg.engine.alerts.balance_floor = args.alert_balance_floor;
     let running = server::start(cfg, Arc::new(SystemClock)).await?;
     // One stable line on stdout, for people and for scripts that started us on port 0.
     println!("quotad listening on {}", running.addr);

@@ -148,6 +148,8 @@ pub enum ServeError {
     },
     #[error("catalog: {0}")]
     Catalog(#[from] CatalogError),
+    #[error("alert thresholds: {0}")]
+    Alerts(#[from] crate::billing::alerts::AlertConfigError),
     #[error("ledger database: {0}")]
     Store(#[from] StoreError),
     #[error("ledger: {0}")]
@@ -319,6 +321,7 @@ impl Running {
             .set_not_serving::<pb::quota_server::QuotaServer<QuotaService>>()
             .await;
         let _ = self.stop.send(true);
+        self.engine.close_streams();
         let served = join(self.server).await;
         let _ = self.sync.await;
         if let Err(e) = self.engine.flush().await {
@@ -341,6 +344,7 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         source,
     })?;
     let catalog = Arc::new(load_catalog(cfg.catalog_path.as_ref())?);
+    cfg.engine.alerts.validate()?;
     let mut engine_cfg = cfg.engine.clone();
     let (ledger_api, embedded, sidecar_id): (Arc<dyn LedgerApi>, Option<Arc<Ledger>>, String) =
         match &cfg.ledger_url {

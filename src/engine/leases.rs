@@ -26,8 +26,8 @@ impl Engine {
         held + pending + needed + std::cmp::max(self.cfg.lease_want_min, spent + spent)
     }
 
-    /// The next lease request sequence number: from the clock (milliseconds x 1000), so it
-    /// keeps increasing across restarts, and strictly above the last one.
+    /// The next lease request sequence number: above the last one, and above every number
+    /// an earlier run used (see `Engine::start`); the clock (ms x 1000) moves it up too.
     pub(super) fn next_lease_seq(&self) -> u64 {
         let floor = (self.now_ms().max(0) as u64).saturating_mul(1_000);
         let mut last = self.lease_seq.load(Ordering::Relaxed);

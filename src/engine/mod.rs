@@ -7,8 +7,11 @@
 //! Lock order (deadlock freedom): an `accounts` entry may be held while taking a `holds`
 //! entry, never the reverse.
 
+pub mod events;
 mod leases;
+pub mod sessions;
 pub mod sync;
+pub mod work;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -18,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 
+use crate::billing::alerts::{AlertConfig, AlertMemo};
 use crate::billing::status::{self, DenyReason};
 use crate::billing::{Catalog, Grant, Money, PriceError, Resource, burn_down};
 use crate::clock::SharedClock;
@@ -48,6 +52,8 @@ pub const DEFAULT_LEASE_RENEW_BEFORE_MS: i64 = 10_000;
 pub const DEFAULT_LEASE_ACTIVE_MS: i64 = 5 * 60 * 1000;
 /// Longest a Reserve waits for a lease from the ledger before answering without it.
 pub const DEFAULT_LEASE_REQUEST_TIMEOUT_MS: u64 = 2_000;
+/// Lease request sequence numbers one run may use (far more than it ever will).
+const LEASE_SEQ_BLOCK: u64 = 1_000_000_000_000;
 /// Most lease requests in one sync.
 pub const DEFAULT_SYNC_LEASES_MAX: usize = 1_000;
 
@@ -71,6 +77,19 @@ pub struct EngineConfig {
     /// Zero (the default) is fail-closed.
     pub fail_open_budgets: HashMap<String, Money>,
     pub fail_open_default: Money,
+    /// Usage streams (see `work`).
+    pub streams_max: usize,
+    pub stream_reports_per_sec: u32,
+    pub stream_buffer: usize,
+    pub stream_interval_ms: u64,
+    pub works_remembered_max: usize,
+    /// Exclusive sessions (see `sessions`).
+    pub sessions_max: usize,
+    pub session_idle_timeout_ms: i64,
+    pub session_idle_timeout_max_ms: i64,
+    /// Alert thresholds and Watch limits (see `events`).
+    pub alerts: AlertConfig,
+    pub watch: events::WatchConfig,
 }
 
 impl Default for EngineConfig {
@@ -90,6 +109,16 @@ impl Default for EngineConfig {
             sync_leases_max: DEFAULT_SYNC_LEASES_MAX,
             fail_open_budgets: HashMap::new(),
             fail_open_default: Money::ZERO,
+            streams_max: work::DEFAULT_STREAMS_MAX,
+            stream_reports_per_sec: work::DEFAULT_STREAM_REPORTS_PER_SEC,
+            stream_buffer: work::DEFAULT_STREAM_BUFFER,
+            stream_interval_ms: work::DEFAULT_STREAM_INTERVAL_MS,
+            works_remembered_max: work::DEFAULT_WORKS_REMEMBERED_MAX,
+            sessions_max: sessions::DEFAULT_SESSIONS_MAX,
+            session_idle_timeout_ms: crate::billing::session::DEFAULT_IDLE_TIMEOUT_MS,
+            session_idle_timeout_max_ms: sessions::DEFAULT_IDLE_TIMEOUT_MAX_MS,
+            alerts: AlertConfig::default(),
+            watch: events::WatchConfig::default(),
         }
     }
 }
@@ -108,6 +137,10 @@ pub enum EngineError {
     ReservationMismatch { id: String, detail: String },
     #[error("reservation {0} is being recorded by a concurrent call; retry")]
     InProgress(String),
+    #[error(
+        "reservation {0} has an open usage stream; close the stream (it settles the reported usage) before Commit or Release"
+    )]
+    WorkStreaming(String),
     #[error("ttl_ms {ttl_ms} is longer than the maximum of {max_ms}")]
     TtlTooLong { ttl_ms: i64, max_ms: i64 },
     #[error("{0} reservations are held, the configured maximum (holds_max)")]
@@ -118,6 +151,28 @@ pub enum EngineError {
         "{0} usage records are waiting for the ledger (outbox_max); new work is refused until it catches up"
     )]
     Backlog(usize),
+    #[error(
+        "{0} is not metered by a usage stream (StreamUsage meters GPU_SHARED; Exclusive instances use StartSession)"
+    )]
+    NotStreamable(Resource),
+    #[error("{0} usage streams are open or remembered, the configured maximum (streams_max)")]
+    StreamsFull(usize),
+    #[error("work {0} already has an open usage stream")]
+    WorkOpen(String),
+    #[error("more than {0} usage reports per second on one stream (stream_reports_per_sec)")]
+    ReportRate(u32),
+    #[error("session {0} does not exist")]
+    UnknownSession(String),
+    #[error("session_id {id} was already used for a different session: {detail}")]
+    SessionMismatch { id: String, detail: String },
+    #[error("{0} sessions are kept, the configured maximum (sessions_max)")]
+    SessionsFull(usize),
+    #[error("idle_timeout_ms {idle_timeout_ms} must be between 1 and {max_ms} (0 = default)")]
+    IdleTimeout { idle_timeout_ms: i64, max_ms: i64 },
+    #[error("{limit} watchers are open{}, the configured maximum", if *per_account { " on this account" } else { "" })]
+    WatchersFull { limit: usize, per_account: bool },
+    #[error("quotad is shutting down; reconnect (to another instance, or after the restart)")]
+    ShuttingDown,
     #[error(transparent)]
     Price(#[from] PriceError),
     #[error(transparent)]
@@ -190,6 +245,8 @@ struct Account {
     /// What is left of the fail-open budget, and what was admitted from it.
     fail_open_left: Money,
     fail_open_spent: Money,
+    /// Alert crossings that fired (persisted in the journal).
+    alert_memo: AlertMemo,
 }
 
 impl Account {
@@ -211,6 +268,7 @@ impl Account {
             last_touch_ms: now_ms,
             fail_open_left: fail_open_budget,
             fail_open_spent: Money::ZERO,
+            alert_memo: AlertMemo::default(),
         };
         a.recompute();
         a
@@ -246,6 +304,8 @@ struct Hold {
     row: ReservationRow,
     /// A transition of this hold is being journaled; retries wait for it.
     busy: bool,
+    /// A usage stream has taken over the hold (see `work`); Commit waits for its end.
+    streaming: bool,
 }
 
 pub struct Engine {
@@ -270,6 +330,17 @@ pub struct Engine {
     lease_seq: AtomicU64,
     /// Open holds recovered at start for accounts the ledger could not load yet.
     orphan_holds: DashMap<String, Vec<(i64, String, Money)>>,
+    /// Running sessions' hour holds recovered at start, by account, until it loads.
+    orphan_session_holds: DashMap<String, Money>,
+    /// Fired alert keys recovered at start, by account, until it loads.
+    recovered_alerts: DashMap<String, Vec<String>>,
+    /// Open usage streams by work id, and the last seq of recently ended ones.
+    works: DashMap<String, work::WorkView>,
+    work_seqs: DashMap<String, (u64, i64)>,
+    sessions: DashMap<String, Arc<tokio::sync::Mutex<crate::journal::SessionRow>>>,
+    events: events::Hub,
+    /// Turns true at shutdown: open streams end (see `close_streams`).
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 fn ledger_err(account_id: &str, e: LedgerError) -> EngineError {
@@ -291,6 +362,11 @@ impl Engine {
         ledger: Arc<dyn LedgerApi>,
         sidecar_id: String,
     ) -> Result<Arc<Engine>, EngineError> {
+        let (hub, event_queue) = events::Hub::new(cfg.watch);
+        let mut recovered_alerts: HashMap<String, Vec<String>> = HashMap::new();
+        for (account_id, key) in recovered.alerts {
+            recovered_alerts.entry(account_id).or_default().push(key);
+        }
         let engine = Arc::new(Engine {
             sidecar_id,
             catalog,
@@ -308,7 +384,28 @@ impl Engine {
             ledger_state: tokio::sync::watch::Sender::new(true),
             orphan_holds: DashMap::new(),
             lease_seq: AtomicU64::new(0),
+            orphan_session_holds: DashMap::new(),
+            recovered_alerts: recovered_alerts.into_iter().collect(),
+            works: DashMap::new(),
+            work_seqs: DashMap::new(),
+            sessions: DashMap::new(),
+            events: hub,
+            closing: tokio::sync::watch::Sender::new(false),
         });
+        tokio::spawn(events::run(Arc::downgrade(&engine), event_queue));
+        // Lease requests of this run get sequence numbers above every earlier run's, even
+        // if the clock went back (the ledger ignores a request older than one it applied).
+        let base = recovered
+            .lease_seq_floor
+            .max((engine.clock.now_ms().max(0) as u64).saturating_mul(1_000));
+        engine
+            .journal
+            .submit(Entry::LeaseSeqFloor(base.saturating_add(LEASE_SEQ_BLOCK)))?
+            .await
+            .unwrap_or(Err(JournalError::Closed))?;
+        engine.lease_seq.store(base, Ordering::Relaxed);
+        engine.recover_sessions(recovered.sessions);
+        engine.recover_works(recovered.works);
         if let Err(e) = engine.flush().await {
             tracing::warn!(error = %e, "could not push recovered usage to the ledger yet");
         }
@@ -324,16 +421,28 @@ impl Engine {
                     .push((row.expires_at_ms, row.reservation_id.clone(), row.held));
                 open += 1;
             }
-            engine
-                .holds
-                .insert(row.reservation_id.clone(), Hold { row, busy: false });
+            engine.holds.insert(
+                row.reservation_id.clone(),
+                Hold {
+                    row,
+                    busy: false,
+                    streaming: false,
+                },
+            );
             engine.holds_len.fetch_add(1, Ordering::Relaxed);
         }
-        let accounts: Vec<String> = engine
+        let mut accounts: Vec<String> = engine
             .orphan_holds
             .iter()
             .map(|e| e.key().clone())
             .collect();
+        accounts.extend(
+            engine
+                .orphan_session_holds
+                .iter()
+                .map(|e| e.key().clone())
+                .filter(|k| !engine.orphan_holds.contains_key(k)),
+        );
         for account_id in accounts {
             match engine.ensure_account(&account_id).await {
                 Ok(()) => {}
@@ -360,6 +469,26 @@ impl Engine {
 
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.catalog
+    }
+
+    /// Ends every open stream (usage streams settle their job, watchers are let go) and
+    /// refuses new ones: a graceful shutdown must not wait on clients that never hang up.
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
+        self.events.close();
+    }
+
+    /// Resolves once `close_streams` was called.
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    fn is_closing(&self) -> bool {
+        *self.closing.borrow()
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
     }
 
     pub fn now_ms(&self) -> i64 {
@@ -412,13 +541,20 @@ impl Engine {
             a.held += held;
             a.expiries.push(Reverse((expires_at_ms, id)));
         }
+        if let Some((_, held)) = self.orphan_session_holds.remove(account_id) {
+            a.held += held;
+        }
+        if let Some((_, keys)) = self.recovered_alerts.remove(account_id) {
+            a.alert_memo = AlertMemo::from_keys(keys);
+        }
         Ok(())
     }
 
     /// Replaces cached snapshots with newer ones from the ledger.
     pub fn apply_snapshots(&self, snaps: Vec<AccountSnapshot>) {
+        let now_ms = self.now_ms();
         for snap in snaps {
-            if let Some(mut a) = self.accounts.get_mut(&snap.account_id) {
+            let batch = if let Some(mut a) = self.accounts.get_mut(&snap.account_id) {
                 if snap.version < a.base.version {
                     continue;
                 }
@@ -427,9 +563,15 @@ impl Engine {
                 }
                 let applied = snap.applied_seq;
                 a.pending.retain(|p| p.seq > applied);
+                let account_id = snap.account_id.clone();
                 a.base = snap;
                 a.recompute();
-            }
+                // Top-ups, purchases and grants arrive here: they may cross back.
+                self.alerts_locked(&mut a, &account_id, now_ms)
+            } else {
+                None
+            };
+            self.publish(batch);
         }
     }
 
@@ -462,7 +604,11 @@ impl Engine {
             let Some(mut h) = self.holds.get_mut(&id) else {
                 continue;
             };
-            if h.row.state != HoldState::Open || h.busy || h.row.expires_at_ms > now_ms {
+            if h.row.state != HoldState::Open
+                || h.busy
+                || h.streaming
+                || h.row.expires_at_ms > now_ms
+            {
                 continue;
             }
             h.row.state = HoldState::Expired;
@@ -486,6 +632,8 @@ impl Engine {
             self.expire_due(&mut a, now_ms);
         }
         let cutoff = now_ms - self.cfg.settled_retention_ms;
+        self.prune_works(cutoff);
+        self.prune_sessions(cutoff);
         let mut removed = 0usize;
         self.holds.retain(|_, h| {
             let keep = h.row.state == HoldState::Open || h.busy || h.row.settled_at_ms >= cutoff;
@@ -624,6 +772,128 @@ impl Engine {
         Ok(denied(DenyReason::InsufficientFunds, Money::ZERO))
     }
 
+    /// Under the account's lock: whether `cost` may be held now, by the account's status
+    /// and entitlement (R6) and then by its lease, or by its fail-open budget while the
+    /// ledger is unreachable. The caller adds the hold. The one admission rule behind
+    /// Reserve, usage streams and sessions.
+    fn take(
+        &self,
+        a: &mut Account,
+        account_id: &str,
+        resource: Resource,
+        cost: Money,
+        now_ms: i64,
+        fail_open: bool,
+    ) -> Take {
+        let available = match status::admit(a.balance, &a.grants, a.held, resource, cost, now_ms) {
+            Ok(av) => av - cost,
+            Err(reason) => return Take::Denied(reason),
+        };
+        match a.lease_spendable(now_ms) {
+            Some(spendable) if spendable >= cost => Take::Lease(available),
+            _ if fail_open && a.fail_open_left >= cost => {
+                a.fail_open_left -= cost;
+                a.fail_open_spent += cost;
+                tracing::warn!(account_id, %cost, left = %a.fail_open_left,
+                    "admitted fail-open: ledger unreachable");
+                Take::FailOpen(available)
+            }
+            _ if fail_open => Take::Denied(DenyReason::LedgerUnavailable),
+            _ => Take::NeedLease(self.lease_want(Some(a), cost)),
+        }
+    }
+
+    /// Holds `cost` on the account (outside any reservation), asking the ledger for a
+    /// larger lease once if the current one is short. Err(reason) if it cannot be held.
+    async fn hold_money(
+        &self,
+        account_id: &str,
+        resource: Resource,
+        cost: Money,
+    ) -> Result<Result<(), DenyReason>, EngineError> {
+        let mut fail_open = false;
+        for attempt in 0..2 {
+            let now_ms = self.now_ms();
+            let want = {
+                let mut a = self
+                    .accounts
+                    .get_mut(account_id)
+                    .ok_or_else(|| EngineError::UnknownAccount(account_id.to_owned()))?;
+                a.last_touch_ms = now_ms;
+                self.expire_due(&mut a, now_ms);
+                match self.take(&mut a, account_id, resource, cost, now_ms, fail_open) {
+                    Take::Lease(_) | Take::FailOpen(_) => {
+                        a.held += cost;
+                        return Ok(Ok(()));
+                    }
+                    Take::Denied(reason) => return Ok(Err(reason)),
+                    Take::NeedLease(_) if attempt == 1 => {
+                        return Ok(Err(DenyReason::InsufficientFunds));
+                    }
+                    Take::NeedLease(want) => want,
+                }
+            };
+            match self.request_lease(account_id, want).await {
+                Ok(()) => {}
+                Err(EngineError::Ledger(LedgerError::Unavailable(_))) => fail_open = true,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Err(DenyReason::InsufficientFunds))
+    }
+
+    /// Gives back `amount` held with `hold_money` (or what is left of it).
+    fn unhold(&self, account_id: &str, amount: Money) {
+        if amount.is_zero() {
+            return;
+        }
+        if let Some(mut a) = self.accounts.get_mut(account_id) {
+            a.held -= amount;
+        }
+    }
+
+    /// Under the account's lock: charges usage (burning down grants, then the balance,
+    /// exactly as the ledger will) and returns the record to journal. If the journal then
+    /// fails, `undo_charge` takes it back.
+    #[allow(clippy::too_many_arguments)]
+    fn charge_locked(
+        &self,
+        a: &mut Account,
+        usage_id: String,
+        account_id: &str,
+        resource: Resource,
+        sku: &str,
+        quantity: u64,
+        cost: Money,
+        at_ms: i64,
+    ) -> UsageRecord {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        a.spent_since_lease += cost;
+        a.pending_cost += cost;
+        burn_down(&mut a.grants, &mut a.balance, resource, cost, at_ms);
+        a.pending.push_back(Pending {
+            seq,
+            resource,
+            cost,
+            at_ms,
+        });
+        UsageRecord {
+            seq,
+            usage_id,
+            account_id: account_id.to_owned(),
+            resource,
+            sku: sku.to_owned(),
+            quantity,
+            cost,
+            at_ms,
+        }
+    }
+
+    fn undo_charge(a: &mut Account, seq: u64) {
+        a.pending.retain(|p| p.seq != seq);
+        a.recompute();
+    }
+
     /// Under the account's lock: decides a Reserve and, if admitted, records the hold and
     /// queues it for the journal.
     fn try_hold(
@@ -648,32 +918,31 @@ impl Engine {
             }
             MapEntry::Vacant(v) => v,
         };
-        let available =
-            match status::admit(a.balance, &a.grants, a.held, req.resource, cost, now_ms) {
-                Ok(av) => av,
-                Err(reason) => {
-                    return Ok(Step::Answer(denied(
-                        reason,
-                        a.available(req.resource, now_ms),
-                    )));
-                }
-            };
         let mut expires_at_ms = now_ms.saturating_add(ttl_ms);
-        match a.lease_spendable(now_ms) {
-            Some(spendable) if spendable >= cost => {
+        let available = match self.take(
+            &mut a,
+            &req.account_id,
+            req.resource,
+            cost,
+            now_ms,
+            fail_open,
+        ) {
+            Take::Lease(available) => {
                 // The ledger keeps the lease set aside until expiry plus grace: no hold may
                 // outlive that.
                 let grace = self.hold_grace_ms.load(Ordering::Relaxed);
                 expires_at_ms = expires_at_ms.min(a.base.lease.expires_at_ms.saturating_add(grace));
+                available
             }
-            _ if fail_open && a.fail_open_left >= cost => {
-                a.fail_open_left -= cost;
-                a.fail_open_spent += cost;
-                tracing::warn!(account_id = %req.account_id, reservation_id = %req.reservation_id,
-                    %cost, left = %a.fail_open_left, "admitted fail-open: ledger unreachable");
+            Take::FailOpen(available) => available,
+            Take::Denied(reason) => {
+                return Ok(Step::Answer(denied(
+                    reason,
+                    a.available(req.resource, now_ms),
+                )));
             }
-            _ => return Ok(Step::NeedLease(self.lease_want(Some(&a), cost))),
-        }
+            Take::NeedLease(want) => return Ok(Step::NeedLease(want)),
+        };
         let row = ReservationRow {
             reservation_id: req.reservation_id.clone(),
             account_id: req.account_id.clone(),
@@ -686,14 +955,20 @@ impl Engine {
             charged: Money::ZERO,
             charged_quantity: 0,
             settled_at_ms: 0,
+            streamed_quantity: 0,
+            streamed_cost: Money::ZERO,
         };
         let done = self.journal.submit(Entry::Reservation(row.clone()))?;
         a.held += cost;
         a.expiries
             .push(Reverse((expires_at_ms, req.reservation_id.clone())));
-        slot.insert(Hold { row, busy: true });
+        slot.insert(Hold {
+            row,
+            busy: true,
+            streaming: false,
+        });
         self.holds_len.fetch_add(1, Ordering::Relaxed);
-        Ok(Step::Held(done, available - cost, expires_at_ms))
+        Ok(Step::Held(done, available, expires_at_ms))
     }
 
     /// Waits for the hold to be durable; undoes it if the journal failed.
@@ -799,7 +1074,7 @@ impl Engine {
             None => Money::ZERO,
         };
         self.ensure_account(&account_id).await?;
-        let (done, seq, old_row, out) = {
+        let (done, seq, old_row, out, batch) = {
             let mut a = self
                 .accounts
                 .get_mut(&account_id)
@@ -836,66 +1111,81 @@ impl Engine {
             let old_row = h.row.clone();
             let mut row = h.row.clone();
             row.settled_at_ms = now_ms;
+            if h.streaming {
+                return Err(EngineError::WorkStreaming(reservation_id.to_owned()));
+            }
+            // Usage already reported on the reservation's stream is charged; a Commit
+            // charges only what it adds.
+            let extra = (cost - old_row.streamed_cost).non_negative();
             let (entry, seq) = match quantity {
-                Some(q) => {
-                    let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+                Some(q) if !extra.is_zero() || old_row.streamed_quantity == 0 => {
                     row.state = HoldState::Committed;
-                    row.charged = cost;
+                    row.charged = old_row.streamed_cost + extra;
                     row.charged_quantity = q;
-                    let usage = UsageRecord {
-                        seq,
-                        usage_id: reservation_id.to_owned(),
-                        account_id: account_id.clone(),
+                    let usage = self.charge_locked(
+                        &mut a,
+                        reservation_id.to_owned(),
+                        &account_id,
                         resource,
-                        sku,
-                        quantity: q,
-                        cost,
-                        at_ms: now_ms,
-                    };
+                        &sku,
+                        q,
+                        extra,
+                        now_ms,
+                    );
+                    let seq = usage.seq;
                     (Entry::Commit(row.clone(), usage), Some(seq))
+                }
+                Some(q) => {
+                    row.state = HoldState::Committed;
+                    row.charged = old_row.streamed_cost;
+                    row.charged_quantity = q;
+                    (Entry::Reservation(row.clone()), None)
                 }
                 None => {
                     row.state = HoldState::Released;
                     (Entry::Reservation(row.clone()), None)
                 }
             };
-            let done = self.journal.submit(entry)?;
+            let done = match self.journal.submit(entry) {
+                Ok(d) => d,
+                Err(e) => {
+                    if let Some(seq) = seq {
+                        Self::undo_charge(&mut a, seq);
+                    }
+                    return Err(e.into());
+                }
+            };
             a.held -= old_row.held;
             a.last_touch_ms = now_ms;
-            if let Some(seq) = seq {
-                let acct = &mut *a;
-                acct.spent_since_lease += cost;
-                acct.pending_cost += cost;
-                burn_down(&mut acct.grants, &mut acct.balance, resource, cost, now_ms);
-                acct.pending.push_back(Pending {
-                    seq,
-                    resource,
-                    cost,
-                    at_ms: now_ms,
-                });
-            }
-            h.row = row;
+            h.row = row.clone();
+            let batch = seq.and_then(|_| self.alerts_locked(&mut a, &account_id, now_ms));
             h.busy = true;
             let out = if quantity.is_some() {
-                cost
+                row.charged
             } else {
                 old_row.held
             };
-            (done, seq, old_row, (out, a.available(resource, now_ms)))
+            (
+                done,
+                seq,
+                old_row,
+                (out, a.available(resource, now_ms)),
+                batch,
+            )
         };
         match done.await.unwrap_or(Err(JournalError::Closed)) {
             Ok(()) => {
                 if let Some(mut h) = self.holds.get_mut(reservation_id) {
                     h.busy = false;
                 }
+                self.publish(batch);
                 Ok(out)
             }
             Err(e) => {
                 if let Some(mut a) = self.accounts.get_mut(&account_id) {
                     a.held += old_row.held;
                     if let Some(seq) = seq {
-                        a.pending.retain(|p| p.seq != seq);
-                        a.recompute();
+                        Self::undo_charge(&mut a, seq);
                     }
                     a.expiries
                         .push(Reverse((old_row.expires_at_ms, reservation_id.to_owned())));
@@ -979,7 +1269,8 @@ impl Engine {
             .get_mut(account_id)
             .ok_or_else(|| EngineError::UnknownAccount(account_id.to_owned()))?;
         self.expire_due(&mut a, now_ms);
-        Ok(BalanceView {
+        let batch = self.alerts_locked(&mut a, account_id, now_ms);
+        let view = BalanceView {
             account_id: account_id.to_owned(),
             status: status::account_status(a.balance, &a.grants, None, now_ms),
             balance: a.balance,
@@ -987,11 +1278,25 @@ impl Engine {
             held: a.held,
             grants: a.grants.clone(),
             now_ms,
-        })
+        };
+        drop(a);
+        self.publish(batch);
+        Ok(view)
     }
 }
 
 type Durable = tokio::sync::oneshot::Receiver<Result<(), JournalError>>;
+
+/// What `take` decided.
+enum Take {
+    /// Within the lease; the account's availability once it is held.
+    Lease(Money),
+    /// From the fail-open budget (ledger unreachable); availability once held.
+    FailOpen(Money),
+    Denied(DenyReason),
+    /// The lease is short or expired: ask the ledger for this much.
+    NeedLease(Money),
+}
 
 /// What `try_hold` decided.
 enum Step {

@@ -65,7 +65,8 @@ impl Engine {
 }
 
 /// Runs until `shutdown` turns true: syncs when usage is written or every `interval_ms`,
-/// and sweeps expired holds on each tick.
+/// and on each tick sweeps expired holds, steps Exclusive sessions and looks for
+/// time-driven alerts.
 pub async fn run(
     engine: Arc<Engine>,
     interval_ms: u64,
@@ -76,16 +77,24 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
+        let mut ticked = false;
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = engine.journal.usage_written(), if !failing => {}
             _ = tick.tick() => {
                 engine.sweep(engine.now_ms());
                 failing = false;
+                ticked = true;
             }
         }
         if *shutdown.borrow() {
             break;
+        }
+        if ticked {
+            // Time-driven work: session hours and idle stops, expiry alerts.
+            let now_ms = engine.now_ms();
+            engine.tick_sessions(now_ms).await;
+            engine.check_alerts(now_ms);
         }
         loop {
             match engine.sync_once(batch_max).await {

@@ -29,12 +29,23 @@ impl From<EngineError> for Status {
     fn from(e: EngineError) -> Status {
         let msg = e.to_string();
         match e {
-            EngineError::UnknownAccount(_) | EngineError::UnknownReservation(_) => {
-                Status::not_found(msg)
+            EngineError::UnknownAccount(_)
+            | EngineError::UnknownReservation(_)
+            | EngineError::UnknownSession(_) => Status::not_found(msg),
+            EngineError::WorkOpen(_) => Status::already_exists(msg),
+            EngineError::ShuttingDown => Status::unavailable(msg),
+            EngineError::SessionMismatch { .. } => Status::failed_precondition(msg),
+            EngineError::NotStreamable(_) | EngineError::IdleTimeout { .. } => {
+                Status::invalid_argument(msg)
             }
+            EngineError::StreamsFull(_)
+            | EngineError::ReportRate(_)
+            | EngineError::SessionsFull(_)
+            | EngineError::WatchersFull { .. } => Status::resource_exhausted(msg),
             EngineError::ReservationExpired { .. }
             | EngineError::ReservationSettled { .. }
-            | EngineError::ReservationMismatch { .. } => Status::failed_precondition(msg),
+            | EngineError::ReservationMismatch { .. }
+            | EngineError::WorkStreaming(_) => Status::failed_precondition(msg),
             EngineError::InProgress(_) => Status::aborted(msg),
             EngineError::TtlTooLong { .. } => Status::invalid_argument(msg),
             EngineError::HoldsFull(_) | EngineError::AccountsFull(_) | EngineError::Backlog(_) => {

@@ -1,12 +1,23 @@
 //! The Quota service: validate, convert, call the engine. Nothing else.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tonic::{Request, Response, Status};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, money_out};
 use super::error::Invalid;
-use crate::engine::{self, Engine};
+use crate::engine::events::{Event, EventKind, WatchGuard};
+use crate::engine::sessions::StartSession;
+use crate::engine::work::{Work, WorkKey};
+use crate::engine::{self, Engine, EngineError};
+use crate::journal::SessionState;
 use crate::pb;
 
 pub struct QuotaService {
@@ -40,6 +51,8 @@ pub fn balance_out(currency: &str, v: &engine::BalanceView) -> pb::Balance {
             .iter()
             .map(|g| convert::grant_out(currency, g, v.now_ms))
             .collect(),
+        sessions: Vec::new(),
+        streams: Vec::new(),
     }
 }
 
@@ -125,6 +138,320 @@ impl pb::quota_server::Quota for QuotaService {
         let r = request.into_inner();
         let account_id = convert::id("account_id", &r.account_id)?;
         let v = self.engine.balance(account_id).await?;
-        Ok(Response::new(balance_out(&self.currency, &v)))
+        let mut b = balance_out(&self.currency, &v);
+        let c = &self.currency;
+        b.sessions = self
+            .engine
+            .sessions_of(account_id)
+            .await
+            .into_iter()
+            .map(|s| pb::SessionInfo {
+                session_id: s.session_id,
+                sku: s.sku,
+                started_at_ms: s.started_at_ms,
+                auto_shutdown: s.auto_shutdown,
+                idle_timeout_ms: s.idle_timeout_ms,
+                last_busy_at_ms: s.last_busy_at_ms,
+                charged: money_out(c, s.charged),
+                accrued: money_out(c, s.accrued),
+                hourly: money_out(c, s.hourly),
+                accrues_without_activity: s.accrues_without_activity,
+            })
+            .collect();
+        b.streams = self
+            .engine
+            .works_of(account_id)
+            .into_iter()
+            .map(|w| pb::WorkInfo {
+                work_id: w.work_id,
+                sku: w.sku,
+                charged: money_out(c, w.charged),
+                held: money_out(c, w.held),
+                last_seq: w.last_seq,
+            })
+            .collect();
+        Ok(Response::new(b))
+    }
+
+    type StreamUsageStream = ReceiverStream<Result<pb::UsageDecision, Status>>;
+    type WatchStream = EventStream;
+
+    async fn stream_usage(
+        &self,
+        request: Request<Streaming<pb::UsageReport>>,
+    ) -> Result<Response<Self::StreamUsageStream>, Status> {
+        let cfg = self.engine.config();
+        if self.engine.streams_open() >= cfg.streams_max {
+            return Err(EngineError::StreamsFull(cfg.streams_max).into());
+        }
+        let (tx, rx) = mpsc::channel(cfg.stream_buffer.max(1));
+        let engine = self.engine.clone();
+        let currency = self.currency.clone();
+        tokio::spawn(meter(engine, currency, request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn start_session(
+        &self,
+        request: Request<pb::StartSessionRequest>,
+    ) -> Result<Response<pb::StartSessionResponse>, Status> {
+        let r = request.into_inner();
+        if r.idle_timeout_ms < 0 {
+            return Err(Invalid(format!(
+                "idle_timeout_ms {} must not be negative (0 = 20 minutes)",
+                r.idle_timeout_ms
+            ))
+            .into());
+        }
+        let req = StartSession {
+            account_id: convert::id("account_id", &r.account_id)?.to_owned(),
+            session_id: convert::id("session_id", &r.session_id)?.to_owned(),
+            sku: convert::sku(&r.sku)?.to_owned(),
+            auto_shutdown: r.auto_shutdown.unwrap_or(true),
+            idle_timeout_ms: r.idle_timeout_ms,
+        };
+        let o = self.engine.start_session(req).await?;
+        Ok(Response::new(pb::StartSessionResponse {
+            admitted: o.admitted,
+            reason: convert::deny_reason(o.reason),
+            held: money_out(&self.currency, o.held),
+            started_at_ms: o.started_at_ms,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        let id = convert::id("session_id", &r.session_id)?;
+        let st = self.engine.heartbeat(id, r.busy).await?;
+        let (action, reason, cause) = session_outcome(st.state);
+        Ok(Response::new(pb::HeartbeatResponse {
+            action: action as i32,
+            reason: convert::deny_reason(reason),
+            stop_cause: cause as i32,
+            stopped_at_ms: st.stopped_at_ms,
+        }))
+    }
+
+    async fn stop_session(
+        &self,
+        request: Request<pb::StopSessionRequest>,
+    ) -> Result<Response<pb::StopSessionResponse>, Status> {
+        let r = request.into_inner();
+        let id = convert::id("session_id", &r.session_id)?;
+        let st = self.engine.stop_session(id).await?;
+        Ok(Response::new(pb::StopSessionResponse {
+            charged: money_out(&self.currency, st.charged),
+            stopped_at_ms: st.stopped_at_ms,
+            stop_cause: session_outcome(st.state).2 as i32,
+        }))
+    }
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let r = request.into_inner();
+        let account_id = convert::id("account_id", &r.account_id)?;
+        let (rx, guard) = self.engine.watch(account_id).await?;
+        Ok(Response::new(EventStream {
+            inner: Box::pin(BroadcastStream::new(rx)),
+            account_id: account_id.to_owned(),
+            _guard: guard,
+        }))
+    }
+}
+
+/// What a session's state means for its instance: go on, or stop and why.
+fn session_outcome(
+    state: SessionState,
+) -> (
+    pb::Action,
+    Option<crate::billing::DenyReason>,
+    pb::SessionStop,
+) {
+    use crate::billing::DenyReason;
+    match state {
+        SessionState::Running => (pb::Action::Continue, None, pb::SessionStop::Unspecified),
+        SessionState::Stopped => (pb::Action::Stop, None, pb::SessionStop::Requested),
+        SessionState::IdleShutdown => (pb::Action::Stop, None, pb::SessionStop::Idle),
+        SessionState::InsufficientFunds => (
+            pb::Action::Stop,
+            Some(DenyReason::InsufficientFunds),
+            pb::SessionStop::InsufficientFunds,
+        ),
+    }
+}
+
+/// The key a report names; later reports of a stream must name the same job.
+fn work_key(r: &pb::UsageReport) -> Result<WorkKey, Status> {
+    Ok(WorkKey {
+        account_id: convert::id("account_id", &r.account_id)?.to_owned(),
+        work_id: convert::id("work_id", &r.work_id)?.to_owned(),
+        resource: convert::metered_resource(r.resource)?,
+        sku: convert::sku(&r.sku)?.to_owned(),
+    })
+}
+
+/// One report: validated, then opened (first report) or checked against the stream's
+/// job, then charged.
+async fn on_report(
+    engine: &Engine,
+    currency: &str,
+    work: &mut Option<Work>,
+    r: pb::UsageReport,
+) -> Result<pb::UsageDecision, Status> {
+    let key = work_key(&r)?;
+    let quantity = convert::quantity(r.quantity, true)?;
+    if r.seq == 0 {
+        return Err(Invalid("seq must be 1 or more, increasing per report".into()).into());
+    }
+    let w = match work {
+        Some(w) => {
+            if *w.key() != key {
+                return Err(Invalid(format!(
+                    "one stream meters one job: this stream is work {} of account {} ({}), not work {} of account {} ({})",
+                    w.key().work_id, w.key().account_id, w.key().sku, key.work_id, key.account_id, key.sku
+                ))
+                .into());
+            }
+            w
+        }
+        None => work.insert(engine.start_work(key).await?),
+    };
+    let d = engine.report(w, r.seq, quantity).await?;
+    let action = if d.stop.is_some() {
+        pb::Action::Stop
+    } else {
+        pb::Action::Continue
+    };
+    Ok(pb::UsageDecision {
+        seq: d.seq,
+        action: action as i32,
+        reason: convert::deny_reason(d.stop),
+        remaining_quantity: i64::try_from(d.remaining_quantity).unwrap_or(i64::MAX),
+        ignored: d.ignored,
+        charged: money_out(currency, d.charged),
+    })
+}
+
+/// Longest a failing stream waits for its client to take the error status.
+const STREAM_ERROR_SEND_MS: u64 = 5_000;
+
+/// Drives one StreamUsage call: a decision per report; on the stream's end, break or
+/// error, the job is settled. Public for tests that play a client the network cannot
+/// (one that stops reading decisions).
+pub async fn meter<S>(
+    engine: Arc<Engine>,
+    currency: String,
+    mut inbound: S,
+    tx: mpsc::Sender<Result<pb::UsageDecision, Status>>,
+) where
+    S: Stream<Item = Result<pb::UsageReport, Status>> + Unpin,
+{
+    let mut work: Option<Work> = None;
+    let mut closing = engine.closing();
+    loop {
+        let next = tokio::select! {
+            m = inbound.next() => m.transpose(),
+            _ = closing.wait_for(|c| *c) => {
+                let _ = tx.try_send(Err(EngineError::ShuttingDown.into()));
+                break;
+            }
+        };
+        let r = match next {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(status) => {
+                tracing::debug!(error = %status, "usage stream broke");
+                break;
+            }
+        };
+        match on_report(&engine, &currency, &mut work, r).await {
+            Ok(d) => match tx.try_send(Ok(d)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    let limit = engine.config().stream_buffer;
+                    let status = Status::resource_exhausted(format!(
+                        "{limit} decisions are waiting unread (stream_buffer); read decisions as you send reports"
+                    ));
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(STREAM_ERROR_SEND_MS),
+                        tx.send(Err(status)),
+                    )
+                    .await;
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => break,
+            },
+            Err(status) => {
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(STREAM_ERROR_SEND_MS),
+                    tx.send(Err(status)),
+                )
+                .await;
+                break;
+            }
+        }
+    }
+    if let Some(w) = work {
+        engine.end_work(w).await;
+    }
+}
+
+/// A Watch call's events; holds the subscription for as long as the client listens.
+pub struct EventStream {
+    inner: Pin<Box<BroadcastStream<Event>>>,
+    account_id: String,
+    _guard: WatchGuard,
+}
+
+impl Stream for EventStream {
+    type Item = Result<pb::AccountEvent, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = match self.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(item)) => item,
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        Poll::Ready(Some(Ok(match item {
+            Ok(e) => event_out(&e),
+            Err(BroadcastStreamRecvError::Lagged(n)) => pb::AccountEvent {
+                account_id: self.account_id.clone(),
+                kind: pb::account_event::Kind::EventsDropped as i32,
+                message: format!(
+                    "{n} events were not delivered: this watcher fell behind (watch buffer)"
+                ),
+                dropped: n,
+                ..Default::default()
+            },
+        })))
+    }
+}
+
+fn event_out(e: &Event) -> pb::AccountEvent {
+    use crate::billing::alerts::AlertKind as A;
+    use pb::account_event::Kind as K;
+    let kind = match e.kind {
+        EventKind::Alert(A::LowQuota) => K::LowQuota,
+        EventKind::Alert(A::GrantExpiring) => K::GrantExpiring,
+        EventKind::Alert(A::GrantExpired) => K::GrantExpired,
+        EventKind::Alert(A::Overdue) => K::Overdue,
+        EventKind::Alert(A::Recovered) => K::Recovered,
+        EventKind::WorkStopped => K::WorkStopped,
+        EventKind::SessionIdleShutdown => K::SessionIdleShutdown,
+        EventKind::SessionStopped => K::SessionStopped,
+    };
+    pb::AccountEvent {
+        account_id: e.account_id.clone(),
+        kind: kind as i32,
+        grant_id: e.subject_id.clone(),
+        message: e.message.clone(),
+        at_ms: e.at_ms,
+        threshold: e.threshold.clone(),
+        dropped: 0,
     }
 }

@@ -1,0 +1,312 @@
+//! Account events for Watch: alert crossings (R7) found whenever an account changes or
+//! time passes, and the stops of jobs and sessions. An event leaves only once what caused
+//! it is durable (the alert memo, the session row), so a crash can neither lose a crossing
+//! nor send it twice. Fan-out is a bounded broadcast per watched account: a watcher that
+//! falls behind loses the oldest events and is told how many, and publishing never waits
+//! on a watcher, so Watch cannot slow admission.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+use tokio::sync::{broadcast, mpsc};
+
+use super::{Account, Durable, Engine, EngineError};
+use crate::billing::alerts::{self, AlertKind};
+use crate::journal::{Entry, JournalError};
+
+/// Most Watch streams open on one sidecar.
+pub const DEFAULT_WATCHERS_MAX: usize = 10_000;
+/// Most Watch streams open on one account.
+pub const DEFAULT_WATCHERS_PER_ACCOUNT_MAX: usize = 64;
+/// Events buffered per watched account for its slowest watcher.
+pub const DEFAULT_WATCH_BUFFER: usize = 256;
+/// Events waiting for their cause to become durable before they are sent.
+pub const DEFAULT_EVENT_QUEUE_MAX: usize = 65_536;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Alert(AlertKind),
+    WorkStopped,
+    SessionIdleShutdown,
+    SessionStopped,
+}
+
+impl EventKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Alert(k) => k.name(),
+            EventKind::WorkStopped => "WORK_STOPPED",
+            EventKind::SessionIdleShutdown => "SESSION_IDLE_SHUTDOWN",
+            EventKind::SessionStopped => "SESSION_STOPPED",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub account_id: String,
+    pub kind: EventKind,
+    /// The grant, work or session concerned ("" if none).
+    pub subject_id: String,
+    pub threshold: String,
+    pub message: String,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WatchConfig {
+    pub watchers_max: usize,
+    pub watchers_per_account_max: usize,
+    pub buffer: usize,
+    pub queue_max: usize,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            watchers_max: DEFAULT_WATCHERS_MAX,
+            watchers_per_account_max: DEFAULT_WATCHERS_PER_ACCOUNT_MAX,
+            buffer: DEFAULT_WATCH_BUFFER,
+            queue_max: DEFAULT_EVENT_QUEUE_MAX,
+        }
+    }
+}
+
+/// Events of one change, to send once `durable` resolves.
+pub(super) struct Batch {
+    durable: Option<Durable>,
+    events: Vec<Event>,
+}
+
+pub(super) struct Hub {
+    cfg: WatchConfig,
+    senders: DashMap<String, broadcast::Sender<Event>>,
+    watchers: Arc<AtomicUsize>,
+    queue: mpsc::Sender<Batch>,
+    /// Events not sent because the queue was full (logged; watchers see a gap).
+    pub(super) dropped: AtomicU64,
+    closed: std::sync::atomic::AtomicBool,
+    /// Events handed to watchers' buffers so far.
+    sent: AtomicU64,
+}
+
+/// Keeps a Watch registered; drop it after its receiver.
+pub struct WatchGuard {
+    engine: Arc<Engine>,
+    account_id: String,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        let hub = &self.engine.events;
+        hub.watchers.fetch_sub(1, Ordering::Relaxed);
+        hub.senders
+            .remove_if(&self.account_id, |_, tx| tx.receiver_count() == 0);
+    }
+}
+
+impl Hub {
+    /// The hub and the receiving end of its queue, for `run` to drain.
+    pub(super) fn new(cfg: WatchConfig) -> (Hub, mpsc::Receiver<Batch>) {
+        let (queue, rx) = mpsc::channel(cfg.queue_max.max(1));
+        (
+            Hub {
+                cfg,
+                senders: DashMap::new(),
+                watchers: Arc::new(AtomicUsize::new(0)),
+                queue,
+                dropped: AtomicU64::new(0),
+                closed: std::sync::atomic::AtomicBool::new(false),
+                sent: AtomicU64::new(0),
+            },
+            rx,
+        )
+    }
+
+    /// Queues events to send once `durable` resolves (None: at once, in order).
+    pub(super) fn publish(&self, durable: Option<Durable>, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        for e in &events {
+            tracing::info!(account_id = %e.account_id, kind = e.kind.name(),
+                subject = %e.subject_id, message = %e.message, "account event");
+        }
+        if let Err(e) = self.queue.try_send(Batch { durable, events }) {
+            let n = match e {
+                mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b) => {
+                    b.events.len()
+                }
+            };
+            self.dropped.fetch_add(n as u64, Ordering::Relaxed);
+            tracing::warn!(events = n, "event queue full: events not sent to watchers");
+        }
+    }
+
+    /// Ends every Watch (their senders go) and refuses new ones.
+    pub(super) fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.senders.clear();
+    }
+
+    fn send(&self, events: Vec<Event>) {
+        self.sent.fetch_add(events.len() as u64, Ordering::Relaxed);
+        for e in events {
+            if let Some(tx) = self.senders.get(&e.account_id) {
+                // No receiver left is fine: the watcher just went away.
+                let _ = tx.send(e);
+            }
+        }
+    }
+}
+
+/// Sends queued events in order, each batch once its cause is durable; a batch whose
+/// cause failed to persist is dropped with it (the change was undone).
+pub(super) async fn run(engine: std::sync::Weak<Engine>, mut rx: mpsc::Receiver<Batch>) {
+    while let Some(b) = rx.recv().await {
+        if let Some(d) = b.durable {
+            match d.await.unwrap_or(Err(JournalError::Closed)) {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "events dropped: their change was not journaled");
+                    continue;
+                }
+            }
+        }
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        engine.events.send(b.events);
+    }
+}
+
+impl Engine {
+    /// Subscribes to the account's events.
+    pub async fn watch(
+        self: &Arc<Self>,
+        account_id: &str,
+    ) -> Result<(broadcast::Receiver<Event>, WatchGuard), EngineError> {
+        self.ensure_account(account_id).await?;
+        let hub = &self.events;
+        if hub.closed.load(Ordering::Relaxed) {
+            return Err(EngineError::ShuttingDown);
+        }
+        let total = hub.watchers.fetch_add(1, Ordering::Relaxed);
+        if total >= hub.cfg.watchers_max {
+            hub.watchers.fetch_sub(1, Ordering::Relaxed);
+            return Err(EngineError::WatchersFull {
+                limit: hub.cfg.watchers_max,
+                per_account: false,
+            });
+        }
+        let tx = hub
+            .senders
+            .entry(account_id.to_owned())
+            .or_insert_with(|| broadcast::channel(hub.cfg.buffer.max(1)).0);
+        if tx.receiver_count() >= hub.cfg.watchers_per_account_max {
+            drop(tx);
+            hub.watchers.fetch_sub(1, Ordering::Relaxed);
+            return Err(EngineError::WatchersFull {
+                limit: hub.cfg.watchers_per_account_max,
+                per_account: true,
+            });
+        }
+        let rx = tx.subscribe();
+        drop(tx);
+        // Report crossings due by now (e.g. an expiry reached while nobody looked).
+        self.check_account(account_id, self.now_ms());
+        Ok((
+            rx,
+            WatchGuard {
+                engine: self.clone(),
+                account_id: account_id.to_owned(),
+            },
+        ))
+    }
+
+    /// Events that went out to watchers (those of accounts nobody watched included).
+    pub fn events_sent(&self) -> u64 {
+        self.events.sent.load(Ordering::Relaxed)
+    }
+
+    pub fn watchers(&self) -> usize {
+        self.events.watchers.load(Ordering::Relaxed)
+    }
+
+    /// Under the account's lock: the alert crossings it made, journaled; the events go
+    /// out once the journal has them.
+    pub(super) fn alerts_locked(
+        &self,
+        a: &mut Account,
+        account_id: &str,
+        now_ms: i64,
+    ) -> Option<Batch> {
+        let currency = &self.catalog.currency;
+        let (found, change) = alerts::detect(
+            &self.cfg.alerts,
+            &mut a.alert_memo,
+            a.balance,
+            &a.grants,
+            |g| g.unit.label(currency),
+            now_ms,
+        );
+        if change.is_empty() {
+            return None;
+        }
+        let durable = match self.journal.submit(Entry::Alerts {
+            account_id: account_id.to_owned(),
+            set: change.set.clone(),
+            unset: change.unset.clone(),
+        }) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                // Not fired: undo, so the next look finds the crossing again.
+                tracing::warn!(account_id, error = %e, "alert memo not journaled; retried later");
+                a.alert_memo.revert(&change);
+                return None;
+            }
+        };
+        let events = found
+            .into_iter()
+            .map(|al| Event {
+                account_id: account_id.to_owned(),
+                kind: EventKind::Alert(al.kind),
+                subject_id: al.grant_id,
+                threshold: al.threshold,
+                message: al.message,
+                at_ms: now_ms,
+            })
+            .collect();
+        Some(Batch { durable, events })
+    }
+
+    /// Sends what `alerts_locked` found (call after releasing the account's lock).
+    pub(super) fn publish(&self, batch: Option<Batch>) {
+        if let Some(b) = batch {
+            self.events.publish(b.durable, b.events);
+        }
+    }
+
+    /// Sends events about work or sessions once `durable` resolves.
+    pub(super) fn publish_events(&self, durable: Option<Durable>, events: Vec<Event>) {
+        self.events.publish(durable, events);
+    }
+
+    /// Looks for alert crossings on one cached account now.
+    pub fn check_account(&self, account_id: &str, now_ms: i64) {
+        let batch = match self.accounts.get_mut(account_id) {
+            Some(mut a) => self.alerts_locked(&mut a, account_id, now_ms),
+            None => None,
+        };
+        self.publish(batch);
+    }
+
+    /// Time-driven crossings (expiry warnings, expiries) of every cached account.
+    pub fn check_alerts(&self, now_ms: i64) {
+        let ids: Vec<String> = self.accounts.iter().map(|e| e.key().clone()).collect();
+        for id in ids {
+            self.check_account(&id, now_ms);
+        }
+    }
+}

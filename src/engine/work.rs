@@ -1,0 +1,443 @@
+//! Metered jobs (StreamUsage): a running Shared-Edition job reports GPU time as it uses
+//! it, and the sidecar charges each report and holds the next report interval for it, so
+//! that the account can be stopped before it overruns (G1: the overrun is at most what is
+//! reported after STOP, one report of one job). A stream may take over a reservation of
+//! the same id: its hold becomes the job's, reports are charged against it, and the end
+//! of the stream settles the reservation with what was reported.
+//!
+//! Each report is charged as usage `work_id/seq`, durable before its decision is sent
+//! (G2); the ledger applies each usage id once, so a report resent on a new stream after
+//! a break is never charged twice.
+
+use super::events::{Event, EventKind};
+use super::{Engine, EngineError};
+use crate::billing::status::{self, DenyReason};
+use crate::billing::{Money, Price, Resource};
+use crate::journal::{Entry, HoldState, JournalError};
+
+/// Most usage streams open on one sidecar.
+pub const DEFAULT_STREAMS_MAX: usize = 10_000;
+/// Most reports one stream may send per second (a burst of as many is allowed).
+pub const DEFAULT_STREAM_REPORTS_PER_SEC: u32 = 50;
+/// Decisions buffered for a client that does not read them; beyond, the stream ends.
+pub const DEFAULT_STREAM_BUFFER: usize = 64;
+/// GPU time held for the next report when the job has not reported a delta yet.
+pub const DEFAULT_STREAM_INTERVAL_MS: u64 = 1_000;
+/// Jobs whose last report seq is remembered after their stream ended (duplicates of
+/// their reports on a new stream are ignored).
+pub const DEFAULT_WORKS_REMEMBERED_MAX: usize = 1_000_000;
+
+/// What the first report of a stream fixes for the whole stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkKey {
+    pub account_id: String,
+    pub work_id: String,
+    pub resource: Resource,
+    pub sku: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub seq: u64,
+    pub stop: Option<DenyReason>,
+    pub remaining_quantity: u64,
+    pub ignored: bool,
+    pub charged: Money,
+}
+
+/// An open stream's job, as GetBalance lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkView {
+    pub account_id: String,
+    pub work_id: String,
+    pub sku: String,
+    pub charged: Money,
+    pub held: Money,
+    pub last_seq: u64,
+}
+
+/// A job being metered; owned by its stream's task. `Engine::end_work` must be called
+/// when the stream ends (it settles the job).
+pub struct Work {
+    key: WorkKey,
+    price: Price,
+    /// The reservation whose hold this job took over.
+    attached: bool,
+    held: Money,
+    charged: Money,
+    last_seq: u64,
+    last_delta: u64,
+    stopped: Option<DenyReason>,
+    tokens: f64,
+    tokens_at_ms: i64,
+    ended: bool,
+}
+
+impl Work {
+    pub fn key(&self) -> &WorkKey {
+        &self.key
+    }
+}
+
+impl Engine {
+    /// Opens metering for a job: within the stream limits, one stream per job. Takes over
+    /// the reservation of the same id if one is open here.
+    pub async fn start_work(&self, key: WorkKey) -> Result<Work, EngineError> {
+        if self.is_closing() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let price = self.catalog.price(&key.sku, key.resource)?.clone();
+        if key.resource != Resource::GpuShared {
+            return Err(EngineError::NotStreamable(key.resource));
+        }
+        self.ensure_account(&key.account_id).await?;
+        let now_ms = self.now_ms();
+        if self.works.len() >= self.cfg.streams_max {
+            return Err(EngineError::StreamsFull(self.cfg.streams_max));
+        }
+        let last_seq = self.work_seqs.get(&key.work_id).map(|e| e.0).unwrap_or(0);
+        if last_seq == 0 && self.work_seqs.len() >= self.cfg.works_remembered_max {
+            return Err(EngineError::StreamsFull(self.cfg.works_remembered_max));
+        }
+        match self.works.entry(key.work_id.clone()) {
+            dashmap::mapref::entry::Entry::Occupied(_) => {
+                return Err(EngineError::WorkOpen(key.work_id.clone()));
+            }
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                v.insert(WorkView {
+                    account_id: key.account_id.clone(),
+                    work_id: key.work_id.clone(),
+                    sku: key.sku.clone(),
+                    charged: Money::ZERO,
+                    held: Money::ZERO,
+                    last_seq,
+                });
+            }
+        }
+        let mut work = Work {
+            price,
+            attached: false,
+            held: Money::ZERO,
+            charged: Money::ZERO,
+            last_seq,
+            last_delta: 0,
+            stopped: None,
+            tokens: f64::from(self.cfg.stream_reports_per_sec),
+            tokens_at_ms: now_ms,
+            ended: false,
+            key,
+        };
+        // Take over an open reservation of the same id (same account, resource and sku).
+        if let Some(mut h) = self.holds.get_mut(&work.key.work_id) {
+            let r = &h.row;
+            let expired = r.expires_at_ms <= now_ms;
+            if r.state == HoldState::Open && !h.busy && !h.streaming && !expired {
+                if r.account_id != work.key.account_id
+                    || r.resource != work.key.resource
+                    || r.sku != work.key.sku
+                {
+                    let detail = format!(
+                        "it reserved {} of {} for account {}",
+                        r.resource, r.sku, r.account_id
+                    );
+                    drop(h);
+                    self.works.remove(&work.key.work_id);
+                    return Err(EngineError::ReservationMismatch {
+                        id: work.key.work_id.clone(),
+                        detail,
+                    });
+                }
+                h.streaming = true;
+                work.attached = true;
+                work.held = h.row.held;
+                work.charged = h.row.streamed_cost;
+            }
+        }
+        tracing::debug!(work_id = %work.key.work_id, attached = work.attached, "usage stream opened");
+        Ok(work)
+    }
+
+    /// Charges one report and decides whether the job may go on: CONTINUE while the next
+    /// report interval can be held, else STOP (sticky). The charge is durable before this
+    /// returns.
+    pub async fn report(
+        &self,
+        work: &mut Work,
+        seq: u64,
+        quantity: u64,
+    ) -> Result<Decision, EngineError> {
+        let now_ms = self.now_ms();
+        self.limit_rate(work, now_ms)?;
+        if seq <= work.last_seq {
+            return Ok(self.decision(work, seq, true, now_ms));
+        }
+        let cost = work.price.cost(quantity)?;
+        let key = work.key.clone();
+        let usage_id = format!("{}/{seq}", key.work_id);
+        let (done, seq_no, row_before, batch) = {
+            let mut a = self
+                .accounts
+                .get_mut(&key.account_id)
+                .ok_or_else(|| EngineError::UnknownAccount(key.account_id.clone()))?;
+            a.last_touch_ms = now_ms;
+            self.expire_due(&mut a, now_ms);
+            // The report is paid from the job's hold first; the rest is an overrun that
+            // the balance absorbs (bounded by one report).
+            let from_hold = cost.min(work.held);
+            a.held -= from_hold;
+            let usage = self.charge_locked(
+                &mut a,
+                usage_id,
+                &key.account_id,
+                key.resource,
+                &key.sku,
+                quantity,
+                cost,
+                now_ms,
+            );
+            let seq_no = usage.seq;
+            let mut row_before = None;
+            let mut row = None;
+            if work.attached
+                && let Some(mut h) = self.holds.get_mut(&key.work_id)
+            {
+                row_before = Some(h.row.clone());
+                h.row.held -= from_hold;
+                h.row.streamed_quantity += quantity;
+                h.row.streamed_cost += cost;
+                row = Some(h.row.clone());
+            }
+            let entry = Entry::Report {
+                usage,
+                work_id: key.work_id.clone(),
+                seq,
+                row,
+            };
+            let done = match self.journal.submit(entry) {
+                Ok(d) => d,
+                Err(e) => {
+                    Self::undo_charge(&mut a, seq_no);
+                    a.held += from_hold;
+                    self.restore_row(&key.work_id, row_before);
+                    return Err(e.into());
+                }
+            };
+            work.held -= from_hold;
+            let batch = self.alerts_locked(&mut a, &key.account_id, now_ms);
+            (done, seq_no, (row_before, from_hold), batch)
+        };
+        if let Err(e) = done.await.unwrap_or(Err(JournalError::Closed)) {
+            if let Some(mut a) = self.accounts.get_mut(&key.account_id) {
+                Self::undo_charge(&mut a, seq_no);
+                a.held += row_before.1;
+            }
+            work.held += row_before.1;
+            self.restore_row(&key.work_id, row_before.0);
+            return Err(e.into());
+        }
+        self.publish(batch);
+        work.last_seq = seq;
+        work.charged += cost;
+        if quantity > 0 {
+            work.last_delta = quantity;
+        }
+        if work.stopped.is_none() {
+            self.hold_next(work).await?;
+        }
+        if let Some(mut v) = self.works.get_mut(&key.work_id) {
+            v.charged = work.charged;
+            v.held = work.held;
+            v.last_seq = seq;
+        }
+        Ok(self.decision(work, seq, false, self.now_ms()))
+    }
+
+    /// Holds the next report interval for the job (growing its hold), or stops it.
+    async fn hold_next(&self, work: &mut Work) -> Result<(), EngineError> {
+        let next_q = if work.last_delta > 0 {
+            work.last_delta
+        } else {
+            self.cfg.stream_interval_ms
+        };
+        let next = work.price.cost(next_q)?;
+        if work.held >= next {
+            return Ok(());
+        }
+        let extra = next - work.held;
+        match self
+            .hold_money(&work.key.account_id, work.key.resource, extra)
+            .await?
+        {
+            Ok(()) => {
+                work.held += extra;
+                if work.attached
+                    && let Some(mut h) = self.holds.get_mut(&work.key.work_id)
+                {
+                    h.row.held += extra;
+                }
+            }
+            Err(reason) => self.stop_work(work, reason),
+        }
+        Ok(())
+    }
+
+    /// STOP: gives the job's hold back and tells the account's watchers.
+    fn stop_work(&self, work: &mut Work, reason: DenyReason) {
+        work.stopped = Some(reason);
+        self.unhold(&work.key.account_id, work.held);
+        if work.attached
+            && let Some(mut h) = self.holds.get_mut(&work.key.work_id)
+        {
+            h.row.held -= work.held;
+        }
+        work.held = Money::ZERO;
+        tracing::info!(account_id = %work.key.account_id, work_id = %work.key.work_id,
+            reason = reason.name(), charged = %work.charged, "usage stream told to stop");
+        self.publish_events(
+            None,
+            vec![Event {
+                account_id: work.key.account_id.clone(),
+                kind: EventKind::WorkStopped,
+                subject_id: work.key.work_id.clone(),
+                threshold: String::new(),
+                message: format!(
+                    "job {} was told to stop ({}) after {} charged",
+                    work.key.work_id,
+                    reason.name(),
+                    work.charged
+                ),
+                at_ms: self.now_ms(),
+            }],
+        );
+    }
+
+    fn decision(&self, work: &Work, seq: u64, ignored: bool, now_ms: i64) -> Decision {
+        let remaining_quantity = match work.stopped {
+            Some(_) => 0,
+            None => {
+                let available = self
+                    .accounts
+                    .get(&work.key.account_id)
+                    .map(|a| {
+                        status::available_for(
+                            a.balance,
+                            &a.grants,
+                            a.held,
+                            work.key.resource,
+                            now_ms,
+                        )
+                    })
+                    .unwrap_or(Money::ZERO);
+                work.price.quantity_for(available + work.held)
+            }
+        };
+        Decision {
+            seq,
+            stop: work.stopped,
+            remaining_quantity,
+            ignored,
+            charged: work.charged,
+        }
+    }
+
+    /// Token bucket per stream, on the injected clock.
+    fn limit_rate(&self, work: &mut Work, now_ms: i64) -> Result<(), EngineError> {
+        let rate = f64::from(self.cfg.stream_reports_per_sec);
+        let elapsed_s = (now_ms - work.tokens_at_ms).max(0) as f64 / 1000.0;
+        work.tokens = (work.tokens + elapsed_s * rate).min(rate);
+        work.tokens_at_ms = now_ms;
+        if work.tokens < 1.0 {
+            return Err(EngineError::ReportRate(self.cfg.stream_reports_per_sec));
+        }
+        work.tokens -= 1.0;
+        Ok(())
+    }
+
+    fn restore_row(&self, work_id: &str, row: Option<crate::journal::ReservationRow>) {
+        if let Some(row) = row
+            && let Some(mut h) = self.holds.get_mut(work_id)
+        {
+            h.row = row;
+        }
+    }
+
+    /// Settles a job whose stream ended (closed, broken or cut off): its reported usage
+    /// is charged already; the rest of its hold is released, and a reservation it took
+    /// over is committed with the reported total.
+    pub async fn end_work(&self, mut work: Work) {
+        if work.ended {
+            return;
+        }
+        work.ended = true;
+        let now_ms = self.now_ms();
+        let key = work.key.clone();
+        self.unhold(&key.account_id, work.held);
+        let mut settle = None;
+        if work.attached
+            && let Some(mut h) = self.holds.get_mut(&key.work_id)
+        {
+            h.streaming = false;
+            if h.row.state == HoldState::Open {
+                let before = h.row.clone();
+                h.row.held = Money::ZERO;
+                h.row.state = HoldState::Committed;
+                h.row.charged = h.row.streamed_cost;
+                h.row.charged_quantity = h.row.streamed_quantity;
+                h.row.settled_at_ms = now_ms;
+                match self.journal.submit(Entry::Reservation(h.row.clone())) {
+                    Ok(d) => settle = Some((d, before)),
+                    Err(e) => {
+                        // Left open: its TTL releases the hold; its usage is charged.
+                        tracing::warn!(reservation_id = %key.work_id, error = %e,
+                            "stream's reservation not settled; its TTL will release it");
+                        h.row = before;
+                    }
+                }
+            }
+        }
+        if let Some((d, before)) = settle
+            && let Err(e) = d.await.unwrap_or(Err(JournalError::Closed))
+        {
+            tracing::warn!(reservation_id = %key.work_id, error = %e,
+                "stream's reservation not settled; its TTL will release it");
+            if let Some(mut h) = self.holds.get_mut(&key.work_id) {
+                h.row = before;
+            }
+        }
+        self.works.remove(&key.work_id);
+        if work.last_seq > 0 {
+            self.work_seqs
+                .insert(key.work_id.clone(), (work.last_seq, now_ms));
+        }
+        tracing::debug!(work_id = %key.work_id, charged = %work.charged,
+            last_seq = work.last_seq, "usage stream ended");
+    }
+
+    /// Open streams of an account.
+    pub fn works_of(&self, account_id: &str) -> Vec<WorkView> {
+        let mut v: Vec<WorkView> = self
+            .works
+            .iter()
+            .filter(|w| w.account_id == account_id)
+            .map(|w| w.value().clone())
+            .collect();
+        v.sort_by(|a, b| a.work_id.cmp(&b.work_id));
+        v
+    }
+
+    pub fn streams_open(&self) -> usize {
+        self.works.len()
+    }
+
+    /// Last seqs of jobs from the journal, so a report resent after a restart is ignored.
+    pub(super) fn recover_works(&self, works: Vec<(String, u64, i64)>) {
+        for (work_id, seq, at_ms) in works {
+            self.work_seqs.insert(work_id, (seq, at_ms));
+        }
+    }
+
+    /// Forgets the last seqs of jobs whose stream ended before `cutoff_ms`.
+    pub(super) fn prune_works(&self, cutoff_ms: i64) {
+        self.work_seqs.retain(|_, (_, at)| *at >= cutoff_ms);
+    }
+}
