@@ -260,3 +260,88 @@ pub fn coupon_req(
         expires_at_ms,
     }
 }
+
+/// A job metered over one StreamUsage call: one decision per report.
+pub struct Job {
+    pub account: String,
+    pub work_id: String,
+    pub tx: Option<tokio::sync::mpsc::Sender<pb::UsageReport>>,
+    pub rx: tonic::Streaming<pb::UsageDecision>,
+}
+
+impl Job {
+    pub async fn open(quota: &mut QuotaClient<Channel>, account: &str, work_id: &str) -> Job {
+        Self::open_result(quota, account, work_id).await.unwrap()
+    }
+
+    pub async fn open_result(
+        quota: &mut QuotaClient<Channel>,
+        account: &str,
+        work_id: &str,
+    ) -> Result<Job, tonic::Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let rx = quota
+            .stream_usage(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(Job {
+            account: account.into(),
+            work_id: work_id.into(),
+            tx: Some(tx),
+            rx,
+        })
+    }
+
+    pub fn report_msg(&self, seq: u64, ms: i64) -> pb::UsageReport {
+        pb::UsageReport {
+            account_id: self.account.clone(),
+            work_id: self.work_id.clone(),
+            resource: pb::Resource::GpuShared as i32,
+            sku: A10.into(),
+            quantity: ms,
+            seq,
+        }
+    }
+
+    /// Sends a report and waits for its decision (or the stream's error).
+    pub async fn report(&mut self, seq: u64, ms: i64) -> Result<pb::UsageDecision, tonic::Status> {
+        let msg = self.report_msg(seq, ms);
+        self.send(msg).await
+    }
+
+    pub async fn send(&mut self, msg: pb::UsageReport) -> Result<pb::UsageDecision, tonic::Status> {
+        self.tx
+            .as_ref()
+            .expect("stream still open")
+            .send(msg)
+            .await
+            .expect("request stream open");
+        match self.rx.message().await {
+            Ok(Some(d)) => Ok(d),
+            Ok(None) => Err(tonic::Status::aborted("stream ended")),
+            Err(s) => Err(s),
+        }
+    }
+
+    /// Half-closes and waits for the server to end the stream (the job is then settled).
+    pub async fn close(mut self) {
+        self.tx.take();
+        while let Ok(Some(_)) = self.rx.message().await {}
+    }
+}
+
+/// Polls `check` (e.g. a balance) until it holds; panics after a generous bound. For
+/// effects that follow a client's disappearance, which no response announces.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..1_000 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{what}: still not true after 10 s");
+}
