@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio_stream::{Stream, StreamExt};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
@@ -87,7 +88,8 @@ pub enum CtlCommand {
         #[arg(long, default_value = "any", value_parser = parse_grant_resource)]
         resource: pb::Resource,
     },
-    /// Show an account's balance, holds and grants
+    /// Show an account's balance, holds and grants, and the Exclusive sessions and usage
+    /// streams running on this quotad
     Balance { account: String },
     /// List an account's charges and what paid for them
     Statement { account: String },
@@ -126,6 +128,40 @@ pub enum CtlCommand {
         #[arg(long, value_parser = parse_resource)]
         resource: Option<pb::Resource>,
     },
+    /// Print an account's events as they happen, one line each, until Ctrl-C
+    Watch {
+        account: String,
+        /// Exit after this many events (default: until the server ends the stream)
+        #[arg(long, value_name = "N", value_parser = parse_event_count)]
+        #[arg(allow_negative_numbers = true)]
+        count: Option<u64>,
+    },
+    /// Start billing an Exclusive instance; admitted when one hour of its price can be held
+    StartSession {
+        account: String,
+        /// A GPU_EXCLUSIVE machine-spec sku
+        sku: String,
+        /// Session id; re-running with the same id starts nothing new (default: a fresh one)
+        #[arg(long, value_name = "SESSION_ID")]
+        id: Option<String>,
+        /// Keep billing while the instance is idle instead of stopping it
+        #[arg(long)]
+        no_auto_shutdown: bool,
+        /// Milliseconds without a busy heartbeat before auto-shutdown (default: the
+        /// server's, 20 minutes)
+        #[arg(long, value_name = "DURATION_MS", value_parser = parse_idle_timeout)]
+        #[arg(conflicts_with = "no_auto_shutdown", allow_negative_numbers = true)]
+        idle_timeout: Option<i64>,
+    },
+    /// Tell quotad an Exclusive instance is busy (or idle) and show whether it must stop
+    Heartbeat {
+        session_id: String,
+        /// Report the instance idle; idle time counts towards auto-shutdown (default: busy)
+        #[arg(long)]
+        idle: bool,
+    },
+    /// Stop an Exclusive session and bill it up to now
+    StopSession { session_id: String },
 }
 
 /// Kinds of credit an operator can grant (plans come from `purchase`).
@@ -350,8 +386,113 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
             rows.push(("available", fmt_money(&r.available)));
             write_kv(out, &rows)?;
         }
+        CtlCommand::Watch { account, count } => {
+            // Ctrl-C ends the watch (and the call) cleanly. Without a handler (it could not
+            // be installed) the watch runs until the stream ends or the process is killed.
+            let stop = async {
+                if tokio::signal::ctrl_c().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::pin!(stop);
+            let req = pb::WatchRequest {
+                account_id: account,
+            };
+            let events = tokio::select! {
+                r = quota.watch(req) => r?.into_inner(),
+                () = &mut stop => return Ok(()),
+            };
+            watch_events(out, events, count, stop).await?;
+        }
+        CtlCommand::StartSession {
+            account,
+            sku,
+            id,
+            no_auto_shutdown,
+            idle_timeout,
+        } => {
+            let session_id = id_or_fresh(out, id, "session", "session")?;
+            let req = pb::StartSessionRequest {
+                account_id: account,
+                session_id,
+                sku,
+                auto_shutdown: Some(!no_auto_shutdown),
+                idle_timeout_ms: idle_timeout.unwrap_or(0),
+            };
+            let r = quota.start_session(req).await?.into_inner();
+            let mut rows = admitted_rows(r.admitted, r.reason);
+            rows.push(("held", fmt_money(&r.held)));
+            if r.admitted {
+                rows.push(("started at", fmt_time_utc(r.started_at_ms)));
+            }
+            write_kv(out, &rows)?;
+        }
+        CtlCommand::Heartbeat { session_id, idle } => {
+            let req = pb::HeartbeatRequest {
+                session_id,
+                busy: !idle,
+            };
+            let r = quota.heartbeat(req).await?.into_inner();
+            let mut rows = vec![("action", enum_name(r.action, pb::Action::as_str_name))];
+            if r.reason != 0 {
+                rows.push(("reason", deny_reason(r.reason)));
+            }
+            if r.stop_cause != 0 {
+                rows.push(("stop cause", stop_cause(r.stop_cause)));
+            }
+            if r.stopped_at_ms != 0 {
+                rows.push(("stopped at", fmt_time_utc(r.stopped_at_ms)));
+            }
+            write_kv(out, &rows)?;
+        }
+        CtlCommand::StopSession { session_id } => {
+            let r = quota
+                .stop_session(pb::StopSessionRequest { session_id })
+                .await?
+                .into_inner();
+            write_kv(
+                out,
+                &[
+                    ("charged", fmt_money(&r.charged)),
+                    ("stopped at", fmt_time_utc(r.stopped_at_ms)),
+                    ("stop cause", stop_cause(r.stop_cause)),
+                ],
+            )?;
+        }
     }
     Ok(())
+}
+
+/// Prints each event of `events` as one line, flushed at once, until `count` events were
+/// printed, the stream ends or `stop` completes; returns how many were printed. A stream
+/// that breaks is an error with its status.
+async fn watch_events<S>(
+    out: &mut dyn Write,
+    mut events: S,
+    count: Option<u64>,
+    stop: impl Future<Output = ()>,
+) -> Result<u64, CtlError>
+where
+    S: Stream<Item = Result<pb::AccountEvent, tonic::Status>> + Unpin,
+{
+    tokio::pin!(stop);
+    let mut printed = 0;
+    while count.is_none_or(|n| printed < n) {
+        let next = tokio::select! {
+            next = events.next() => next,
+            () = &mut stop => break,
+        };
+        match next {
+            None => break,
+            Some(Err(status)) => return Err(status.into()),
+            Some(Ok(e)) => {
+                writeln!(out, "{}", event_line(&e))?;
+                out.flush()?;
+                printed += 1;
+            }
+        }
+    }
+    Ok(printed)
 }
 
 // --- Connection -----------------------------------------------------------------------
@@ -518,6 +659,14 @@ fn parse_positive_count(s: &str) -> Result<i64, CtlError> {
     parse_int(s, "quantity", 1)
 }
 
+fn parse_event_count(s: &str) -> Result<u64, CtlError> {
+    parse_int(s, "count", 1).map(i64::unsigned_abs)
+}
+
+fn parse_idle_timeout(s: &str) -> Result<i64, CtlError> {
+    parse_int(s, "idle timeout (ms)", 1)
+}
+
 /// A concrete resource by its API name, in any case, with `-` or `_`.
 fn parse_resource(s: &str) -> Result<pb::Resource, CtlError> {
     let name = s.trim().to_ascii_uppercase().replace('-', "_");
@@ -570,12 +719,7 @@ impl Table {
 
     /// Adds a row; control characters from the server are blanked so rows stay one line.
     fn row(&mut self, cells: Vec<String>) {
-        let clean = |c: String| -> String {
-            c.chars()
-                .map(|ch| if ch.is_control() { ' ' } else { ch })
-                .collect()
-        };
-        self.rows.push(cells.into_iter().map(clean).collect());
+        self.rows.push(cells.iter().map(|c| one_line(c)).collect());
     }
 
     fn render(&self) -> String {
@@ -604,6 +748,13 @@ impl Table {
     }
 }
 
+/// `s` with control characters (newlines included) blanked, so it prints on one line.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|ch| if ch.is_control() { ' ' } else { ch })
+        .collect()
+}
+
 fn write_kv(out: &mut dyn Write, rows: &[(&str, String)]) -> Result<(), CtlError> {
     let mut t = Table::headless();
     for (k, v) in rows {
@@ -627,7 +778,99 @@ fn write_balance(out: &mut dyn Write, b: &pb::Balance) -> Result<(), CtlError> {
         ],
     )?;
     writeln!(out)?;
-    write_grants(out, &b.grants)
+    write_grants(out, &b.grants)?;
+    if !b.sessions.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "Exclusive sessions running on this quotad:")?;
+        write_sessions(out, &b.sessions)?;
+    }
+    if !b.streams.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "usage streams open on this quotad:")?;
+        write_streams(out, &b.streams)?;
+    }
+    Ok(())
+}
+
+fn write_sessions(out: &mut dyn Write, sessions: &[pb::SessionInfo]) -> Result<(), CtlError> {
+    let mut t = Table::new(&[
+        "SESSION",
+        "SKU",
+        "STARTED (UTC)",
+        "AUTO-SHUTDOWN",
+        "LAST BUSY (UTC)",
+        "CHARGED",
+        "ACCRUED",
+        "HOURLY",
+        "ACCRUES IDLE",
+    ]);
+    for s in sessions {
+        let auto_shutdown = match (s.auto_shutdown, s.idle_timeout_ms) {
+            (false, _) => "off".to_owned(),
+            (true, ms) if ms <= 0 => "on".to_owned(),
+            (true, ms) => format!("on, idle {}", fmt_duration_ms(ms)),
+        };
+        t.row(vec![
+            s.session_id.clone(),
+            s.sku.clone(),
+            fmt_time(s.started_at_ms),
+            auto_shutdown,
+            fmt_time(s.last_busy_at_ms),
+            fmt_money(&s.charged),
+            fmt_money(&s.accrued),
+            fmt_money(&s.hourly),
+            yes_no(s.accrues_without_activity),
+        ]);
+    }
+    Ok(out.write_all(t.render().as_bytes())?)
+}
+
+fn write_streams(out: &mut dyn Write, streams: &[pb::WorkInfo]) -> Result<(), CtlError> {
+    let mut t = Table::new(&["WORK", "SKU", "CHARGED", "HELD", "LAST SEQ"]);
+    for w in streams {
+        t.row(vec![
+            w.work_id.clone(),
+            w.sku.clone(),
+            fmt_money(&w.charged),
+            fmt_money(&w.held),
+            w.last_seq.to_string(),
+        ]);
+    }
+    Ok(out.write_all(t.render().as_bytes())?)
+}
+
+/// One watched event on one line: time (UTC), kind, the grant, work or session it concerns,
+/// the threshold crossed, the dropped count, then the server's message.
+fn event_line(e: &pb::AccountEvent) -> String {
+    use pb::account_event::Kind;
+    let kind = Kind::try_from(e.kind).ok();
+    let mut parts = vec![fmt_time(e.at_ms), enum_name(e.kind, Kind::as_str_name)];
+    if !e.grant_id.is_empty() {
+        let what = match kind {
+            Some(Kind::WorkStopped) => "work",
+            Some(Kind::SessionIdleShutdown | Kind::SessionStopped) => "session",
+            Some(Kind::LowQuota | Kind::GrantExpiring | Kind::GrantExpired) => "grant",
+            _ => "id",
+        };
+        parts.push(format!("{what} {}", e.grant_id));
+    }
+    if !e.threshold.is_empty() {
+        match kind {
+            // A lead time in milliseconds.
+            Some(Kind::GrantExpiring) => match e.threshold.parse::<i64>() {
+                Ok(ms) => parts.push(format!("within {}", fmt_duration_ms(ms))),
+                Err(_) => parts.push(format!("threshold {}", e.threshold)),
+            },
+            _ => parts.push(format!("threshold {}", e.threshold)),
+        }
+    }
+    if e.dropped != 0 || kind == Some(Kind::EventsDropped) {
+        parts.push(format!("dropped {}", e.dropped));
+    }
+    if !e.message.is_empty() {
+        parts.push(e.message.clone());
+    }
+    one_line(&parts.join("  "))
 }
 
 fn write_grants(out: &mut dyn Write, grants: &[pb::Grant]) -> Result<(), CtlError> {
@@ -754,6 +997,11 @@ fn admitted_rows(admitted: bool, reason: i32) -> Vec<(&'static str, String)> {
     if admitted {
         return vec![("admitted", "yes".into())];
     }
+    vec![("admitted", "no".into()), ("reason", deny_reason(reason))]
+}
+
+/// A deny reason's name with what it means.
+fn deny_reason(reason: i32) -> String {
     let why = match pb::DenyReason::try_from(reason) {
         Ok(pb::DenyReason::Overdue) => "the balance is below zero; top up first",
         Ok(pb::DenyReason::NoEntitlement) => "no valid grant covers it and the balance is zero",
@@ -761,13 +1009,30 @@ fn admitted_rows(admitted: bool, reason: i32) -> Vec<(&'static str, String)> {
         Ok(pb::DenyReason::LedgerUnavailable) => "ledger unreachable and local lease spent",
         _ => "",
     };
-    let name = enum_name(reason, pb::DenyReason::as_str_name);
-    let reason = if why.is_empty() {
+    explained(enum_name(reason, pb::DenyReason::as_str_name), why)
+}
+
+/// Why a session stopped: the cause's name with what it means.
+fn stop_cause(cause: i32) -> String {
+    let why = match pb::SessionStop::try_from(cause) {
+        Ok(pb::SessionStop::Requested) => "stop-session was called",
+        Ok(pb::SessionStop::Idle) => "no busy heartbeat within the idle timeout",
+        Ok(pb::SessionStop::InsufficientFunds) => "the next hour could not be paid for",
+        _ => "",
+    };
+    explained(enum_name(cause, pb::SessionStop::as_str_name), why)
+}
+
+fn explained(name: String, why: &str) -> String {
+    if why.is_empty() {
         name
     } else {
         format!("{name} ({why})")
-    };
-    vec![("admitted", "no".into()), ("reason", reason)]
+    }
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_owned()
 }
 
 /// The wire name of an enum value; "-" when unset, "?N" for a value newer than this build.
@@ -800,6 +1065,30 @@ fn fmt_time(ms: i64) -> String {
         Some(t) => t.format("%Y-%m-%d %H:%M:%S").to_string(),
         None => format!("{ms} ms"),
     }
+}
+
+/// Milliseconds as "20m", "1h30m" or "1m2s500ms"; "0s" when zero or less.
+fn fmt_duration_ms(ms: i64) -> String {
+    if ms <= 0 {
+        return "0s".to_owned();
+    }
+    let mut rest = ms;
+    let mut s = String::new();
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if rest >= size {
+            s.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+    }
+    if rest > 0 {
+        s.push_str(&format!("{rest}ms"));
+    }
+    s
 }
 
 fn fmt_time_utc(ms: i64) -> String {
@@ -973,6 +1262,7 @@ mod tests {
                 state: 42,
                 ..Default::default()
             }],
+            ..Default::default()
         };
         let mut out = Vec::new();
         write_balance(&mut out, &b).unwrap();
@@ -1034,6 +1324,338 @@ c1     COUPON  GPU_SHARED,GPU_EXCLUSIVE  20     15.5       CNY   ?42    2026-11-
             "{rows:?}"
         );
         assert_eq!(admitted_rows(true, 0), [("admitted", "yes".to_owned())]);
+    }
+
+    #[test]
+    fn session_and_watch_args_parse_with_defaults() {
+        let a = parse("watch acme").unwrap();
+        let CtlCommand::Watch { account, count } = a.command else {
+            panic!("{:?}", a.command)
+        };
+        assert_eq!((account.as_str(), count), ("acme", None));
+        let a = parse("watch acme --count 3").unwrap();
+        assert!(matches!(
+            a.command,
+            CtlCommand::Watch { count: Some(3), .. }
+        ));
+
+        let a = parse("start-session acme gpu.excl.a100").unwrap();
+        let CtlCommand::StartSession {
+            account,
+            sku,
+            id,
+            no_auto_shutdown,
+            idle_timeout,
+        } = a.command
+        else {
+            panic!("{:?}", a.command)
+        };
+        assert_eq!(
+            (
+                account.as_str(),
+                sku.as_str(),
+                id,
+                no_auto_shutdown,
+                idle_timeout
+            ),
+            ("acme", "gpu.excl.a100", None, false, None)
+        );
+        let a = parse("start-session a s --id s1 --idle-timeout 600000").unwrap();
+        let CtlCommand::StartSession {
+            id, idle_timeout, ..
+        } = a.command
+        else {
+            panic!("{:?}", a.command)
+        };
+        assert_eq!((id.as_deref(), idle_timeout), (Some("s1"), Some(600_000)));
+        let a = parse("start-session a s --no-auto-shutdown").unwrap();
+        assert!(matches!(
+            a.command,
+            CtlCommand::StartSession {
+                no_auto_shutdown: true,
+                idle_timeout: None,
+                ..
+            }
+        ));
+
+        let a = parse("heartbeat s1").unwrap();
+        let CtlCommand::Heartbeat { session_id, idle } = a.command else {
+            panic!("{:?}", a.command)
+        };
+        assert_eq!((session_id.as_str(), idle), ("s1", false));
+        let a = parse("heartbeat s1 --idle").unwrap();
+        assert!(matches!(
+            a.command,
+            CtlCommand::Heartbeat { idle: true, .. }
+        ));
+
+        let a = parse("stop-session s1").unwrap();
+        let CtlCommand::StopSession { session_id } = a.command else {
+            panic!("{:?}", a.command)
+        };
+        assert_eq!(session_id, "s1");
+    }
+
+    #[test]
+    fn bad_session_and_watch_values_are_rejected_with_clear_messages() {
+        let cases = [
+            (
+                "watch a --count 0",
+                "invalid count \"0\": expected a whole number of at least 1",
+            ),
+            ("watch a --count -2", "invalid count \"-2\""),
+            ("watch a --count many", "invalid count \"many\""),
+            ("watch", "<ACCOUNT>"),
+            (
+                "start-session a s --idle-timeout 20m",
+                "invalid idle timeout (ms) \"20m\": expected a whole number of at least 1",
+            ),
+            (
+                "start-session a s --idle-timeout 0",
+                "invalid idle timeout (ms) \"0\"",
+            ),
+            (
+                "start-session a s --idle-timeout -5",
+                "invalid idle timeout (ms) \"-5\"",
+            ),
+            (
+                "start-session a s --no-auto-shutdown --idle-timeout 1000",
+                "'--no-auto-shutdown' cannot be used with '--idle-timeout",
+            ),
+            ("start-session a", "<SKU>"),
+            ("heartbeat s1 --busy", "--busy"),
+            ("stop-session", "<SESSION_ID>"),
+        ];
+        for (line, want) in cases {
+            let e = parse(line).unwrap_err().to_string();
+            assert!(e.contains(want), "{line}: {e}");
+        }
+    }
+
+    fn event(kind: pb::account_event::Kind) -> pb::AccountEvent {
+        pb::AccountEvent {
+            account_id: "acme".into(),
+            kind: kind as i32,
+            at_ms: 1_795_341_600_000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn event_lines_show_time_kind_subject_threshold_and_message() {
+        use pb::account_event::Kind;
+        let e = pb::AccountEvent {
+            grant_id: "c1".into(),
+            threshold: "0.2".into(),
+            message: "coupon c1 has 15% of its quota left".into(),
+            ..event(Kind::LowQuota)
+        };
+        assert_eq!(
+            event_line(&e),
+            "2026-11-22 10:00:00  LOW_QUOTA  grant c1  threshold 0.2  \
+             coupon c1 has 15% of its quota left"
+        );
+        let e = pb::AccountEvent {
+            grant_id: "plan-1".into(),
+            threshold: "86400000".into(),
+            message: "expires tomorrow\nwith 3 CNY left".into(),
+            ..event(Kind::GrantExpiring)
+        };
+        assert_eq!(
+            event_line(&e),
+            "2026-11-22 10:00:00  GRANT_EXPIRING  grant plan-1  within 1d  \
+             expires tomorrow with 3 CNY left"
+        );
+        let e = pb::AccountEvent {
+            grant_id: "job-7".into(),
+            message: "INSUFFICIENT_FUNDS".into(),
+            ..event(Kind::WorkStopped)
+        };
+        assert_eq!(
+            event_line(&e),
+            "2026-11-22 10:00:00  WORK_STOPPED  work job-7  INSUFFICIENT_FUNDS"
+        );
+        let e = pb::AccountEvent {
+            grant_id: "s1".into(),
+            ..event(Kind::SessionIdleShutdown)
+        };
+        assert_eq!(
+            event_line(&e),
+            "2026-11-22 10:00:00  SESSION_IDLE_SHUTDOWN  session s1"
+        );
+        let e = pb::AccountEvent {
+            dropped: 17,
+            message: "watcher fell behind".into(),
+            ..event(Kind::EventsDropped)
+        };
+        assert_eq!(
+            event_line(&e),
+            "2026-11-22 10:00:00  EVENTS_DROPPED  dropped 17  watcher fell behind"
+        );
+        let e = pb::AccountEvent {
+            kind: 99,
+            at_ms: 0,
+            grant_id: "x".into(),
+            ..Default::default()
+        };
+        assert_eq!(event_line(&e), "-  ?99  id x");
+    }
+
+    #[tokio::test]
+    async fn watch_prints_events_until_count_end_of_stream_or_stop() {
+        use pb::account_event::Kind;
+        let evs = || {
+            vec![
+                Ok(event(Kind::Overdue)),
+                Ok(event(Kind::Recovered)),
+                Ok(event(Kind::LowQuota)),
+            ]
+        };
+        let lines = |out: Vec<u8>| String::from_utf8(out).unwrap().lines().count();
+
+        let mut out = Vec::new();
+        let stream = tokio_stream::iter(evs());
+        let n = watch_events(&mut out, stream, Some(2), std::future::pending())
+            .await
+            .unwrap();
+        assert_eq!((n, lines(out)), (2, 2));
+
+        let mut out = Vec::new();
+        let stream = tokio_stream::iter(evs());
+        let n = watch_events(&mut out, stream, None, std::future::pending())
+            .await
+            .unwrap();
+        assert_eq!(n, 3);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("2026-11-22 10:00:00  OVERDUE\n"), "{text}");
+
+        // Ctrl-C while waiting for an event ends the watch without an error.
+        let mut out = Vec::new();
+        let stream = tokio_stream::pending::<Result<pb::AccountEvent, tonic::Status>>();
+        let n = watch_events(&mut out, stream, None, async {})
+            .await
+            .unwrap();
+        assert_eq!((n, out.len()), (0, 0));
+
+        // A broken stream is an error with its status, after the events before it.
+        let mut out = Vec::new();
+        let mut items = evs();
+        items.insert(
+            1,
+            Err(tonic::Status::unavailable("quotad is shutting down")),
+        );
+        let stream = tokio_stream::iter(items);
+        let e = watch_events(&mut out, stream, Some(5), std::future::pending())
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "UNAVAILABLE: quotad is shutting down");
+        assert_eq!(lines(out), 1);
+    }
+
+    #[test]
+    fn balance_view_adds_sessions_and_streams_when_there_are_any() {
+        let b = pb::Balance {
+            account_id: "acme".into(),
+            status: pb::balance::AccountStatus::Active as i32,
+            balance: cny("10"),
+            available: cny("7"),
+            held: cny("3"),
+            sessions: vec![
+                pb::SessionInfo {
+                    session_id: "s1".into(),
+                    sku: "gpu.excl.a100".into(),
+                    started_at_ms: 1_795_341_600_000,
+                    auto_shutdown: true,
+                    idle_timeout_ms: 1_200_000,
+                    last_busy_at_ms: 1_795_342_500_000,
+                    charged: cny("0"),
+                    accrued: cny("1.5"),
+                    hourly: cny("6"),
+                    accrues_without_activity: false,
+                },
+                pb::SessionInfo {
+                    session_id: "s2".into(),
+                    sku: "gpu.excl.h100".into(),
+                    started_at_ms: 1_795_341_600_000,
+                    auto_shutdown: false,
+                    charged: cny("12"),
+                    accrued: cny("0.2"),
+                    hourly: cny("12"),
+                    accrues_without_activity: true,
+                    ..Default::default()
+                },
+            ],
+            streams: vec![pb::WorkInfo {
+                work_id: "job-7".into(),
+                sku: "gpu.shared.t4".into(),
+                charged: cny("0.018"),
+                held: cny("0.0036"),
+                last_seq: 42,
+            }],
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        write_balance(&mut out, &b).unwrap();
+        let want = "\
+account    acme
+status     ACTIVE
+balance    10 CNY
+available  7 CNY
+held       3 CNY
+
+no grants
+
+Exclusive sessions running on this quotad:
+SESSION  SKU            STARTED (UTC)        AUTO-SHUTDOWN  LAST BUSY (UTC)      CHARGED  ACCRUED  HOURLY  ACCRUES IDLE
+s1       gpu.excl.a100  2026-11-22 10:00:00  on, idle 20m   2026-11-22 10:15:00  0 CNY    1.5 CNY  6 CNY   no
+s2       gpu.excl.h100  2026-11-22 10:00:00  off            -                    12 CNY   0.2 CNY  12 CNY  yes
+
+usage streams open on this quotad:
+WORK   SKU            CHARGED    HELD        LAST SEQ
+job-7  gpu.shared.t4  0.018 CNY  0.0036 CNY  42
+";
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+
+        // Neither section (nor its heading) without sessions or streams.
+        let b = pb::Balance {
+            sessions: vec![],
+            streams: vec![],
+            ..b
+        };
+        let mut out = Vec::new();
+        write_balance(&mut out, &b).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("held       3 CNY\n\nno grants\n"), "{text}");
+    }
+
+    #[test]
+    fn session_outcomes_name_and_explain_causes() {
+        assert_eq!(
+            stop_cause(pb::SessionStop::Idle as i32),
+            "SESSION_STOP_IDLE (no busy heartbeat within the idle timeout)"
+        );
+        assert_eq!(stop_cause(0), "-");
+        assert_eq!(stop_cause(9), "?9");
+        assert_eq!(
+            deny_reason(pb::DenyReason::InsufficientFunds as i32),
+            "INSUFFICIENT_FUNDS (grants and balance cannot pay for it)"
+        );
+    }
+
+    #[test]
+    fn durations_print_in_the_largest_units() {
+        let cases = [
+            (1_200_000, "20m"),
+            (5_400_000, "1h30m"),
+            (62_500, "1m2s500ms"),
+            (86_400_000, "1d"),
+            (250, "250ms"),
+            (0, "0s"),
+            (-3, "0s"),
+        ];
+        for (ms, want) in cases {
+            assert_eq!(fmt_duration_ms(ms), want, "{ms}");
+        }
     }
 
     #[test]
