@@ -774,12 +774,11 @@ impl Engine {
 
     /// Under the account's lock: whether `cost` may be held now, by the account's status
     /// and entitlement (R6) and then by its lease, or by its fail-open budget while the
-    /// ledger is unreachable. The caller adds the hold. The one admission rule behind
-    /// Reserve, usage streams and sessions.
-    fn take(
+    /// ledger is unreachable. The one admission rule behind Reserve, Admit, usage streams
+    /// and sessions.
+    fn gate(
         &self,
-        a: &mut Account,
-        account_id: &str,
+        a: &Account,
         resource: Resource,
         cost: Money,
         now_ms: i64,
@@ -791,16 +790,31 @@ impl Engine {
         };
         match a.lease_spendable(now_ms) {
             Some(spendable) if spendable >= cost => Take::Lease(available),
-            _ if fail_open && a.fail_open_left >= cost => {
-                a.fail_open_left -= cost;
-                a.fail_open_spent += cost;
-                tracing::warn!(account_id, %cost, left = %a.fail_open_left,
-                    "admitted fail-open: ledger unreachable");
-                Take::FailOpen(available)
-            }
+            _ if fail_open && a.fail_open_left >= cost => Take::FailOpen(available),
             _ if fail_open => Take::Denied(DenyReason::LedgerUnavailable),
             _ => Take::NeedLease(self.lease_want(Some(a), cost)),
         }
+    }
+
+    /// `gate`, spending the fail-open budget when that is what admits it. The caller adds
+    /// the hold.
+    fn take(
+        &self,
+        a: &mut Account,
+        account_id: &str,
+        resource: Resource,
+        cost: Money,
+        now_ms: i64,
+        fail_open: bool,
+    ) -> Take {
+        let t = self.gate(a, resource, cost, now_ms, fail_open);
+        if let Take::FailOpen(_) = t {
+            a.fail_open_left -= cost;
+            a.fail_open_spent += cost;
+            tracing::warn!(account_id, %cost, left = %a.fail_open_left,
+                "admitted fail-open: ledger unreachable");
+        }
+        t
     }
 
     /// Holds `cost` on the account (outside any reservation), asking the ledger for a
@@ -811,8 +825,32 @@ impl Engine {
         resource: Resource,
         cost: Money,
     ) -> Result<Result<(), DenyReason>, EngineError> {
+        self.gated(account_id, resource, cost, true, |a, take, _| match take {
+            Take::Lease(_) | Take::FailOpen(_) => {
+                a.held += cost;
+                Ok(())
+            }
+            Take::Denied(reason) => Err(reason),
+            Take::NeedLease(_) => Err(DenyReason::InsufficientFunds),
+        })
+        .await
+    }
+
+    /// Under the account's lock, `decide` what to do with the gate's answer for `cost`
+    /// (see `take`); a short lease is first topped up by one bounded request to the
+    /// ledger, and an unreachable ledger turns to the fail-open budget. `consume`: spend
+    /// that budget (a hold) or only look (Admit).
+    async fn gated<T>(
+        &self,
+        account_id: &str,
+        resource: Resource,
+        cost: Money,
+        consume: bool,
+        mut decide: impl FnMut(&mut Account, Take, i64) -> T,
+    ) -> Result<T, EngineError> {
         let mut fail_open = false;
-        for attempt in 0..2 {
+        let mut asked = false;
+        loop {
             let now_ms = self.now_ms();
             let want = {
                 let mut a = self
@@ -821,25 +859,23 @@ impl Engine {
                     .ok_or_else(|| EngineError::UnknownAccount(account_id.to_owned()))?;
                 a.last_touch_ms = now_ms;
                 self.expire_due(&mut a, now_ms);
-                match self.take(&mut a, account_id, resource, cost, now_ms, fail_open) {
-                    Take::Lease(_) | Take::FailOpen(_) => {
-                        a.held += cost;
-                        return Ok(Ok(()));
-                    }
-                    Take::Denied(reason) => return Ok(Err(reason)),
-                    Take::NeedLease(_) if attempt == 1 => {
-                        return Ok(Err(DenyReason::InsufficientFunds));
-                    }
-                    Take::NeedLease(want) => want,
+                let gate = if consume {
+                    self.take(&mut a, account_id, resource, cost, now_ms, fail_open)
+                } else {
+                    self.gate(&a, resource, cost, now_ms, fail_open)
+                };
+                match gate {
+                    Take::NeedLease(want) if !asked => want,
+                    other => return Ok(decide(&mut a, other, now_ms)),
                 }
             };
+            asked = true;
             match self.request_lease(account_id, want).await {
                 Ok(()) => {}
                 Err(EngineError::Ledger(LedgerError::Unavailable(_))) => fail_open = true,
                 Err(e) => return Err(e),
             }
         }
-        Ok(Err(DenyReason::InsufficientFunds))
     }
 
     /// Gives back `amount` held with `hold_money` (or what is left of it).
@@ -1208,7 +1244,6 @@ impl Engine {
         sku: &str,
         quantity: u64,
     ) -> Result<AdmitOutcome, EngineError> {
-        let now_ms = self.now_ms();
         let cost = self.cost(resource, sku, quantity)?;
         match self.ensure_account(account_id).await {
             Err(EngineError::Ledger(LedgerError::Unavailable(_))) => {
@@ -1220,45 +1255,19 @@ impl Engine {
             }
             r => r?,
         }
-        let mut ledger_down = false;
-        for attempt in 0..2 {
-            let want = {
-                let mut a = self
-                    .accounts
-                    .get_mut(account_id)
-                    .ok_or_else(|| EngineError::UnknownAccount(account_id.to_owned()))?;
-                a.last_touch_ms = now_ms;
-                self.expire_due(&mut a, now_ms);
-                let available = a.available(resource, now_ms);
-                let answer = |reason: Option<DenyReason>| AdmitOutcome {
-                    admitted: reason.is_none(),
-                    reason,
-                    available,
-                };
-                if let Err(reason) =
-                    status::admit(a.balance, &a.grants, a.held, resource, cost, now_ms)
-                {
-                    return Ok(answer(Some(reason)));
-                }
-                match a.lease_spendable(now_ms) {
-                    Some(spendable) if spendable >= cost => return Ok(answer(None)),
-                    _ if ledger_down && a.fail_open_left >= cost => return Ok(answer(None)),
-                    _ if ledger_down => return Ok(answer(Some(DenyReason::LedgerUnavailable))),
-                    _ if attempt == 1 => return Ok(answer(Some(DenyReason::InsufficientFunds))),
-                    _ => self.lease_want(Some(&a), cost),
-                }
+        self.gated(account_id, resource, cost, false, |a, take, now_ms| {
+            let reason = match take {
+                Take::Lease(_) | Take::FailOpen(_) => None,
+                Take::Denied(reason) => Some(reason),
+                Take::NeedLease(_) => Some(DenyReason::InsufficientFunds),
             };
-            match self.request_lease(account_id, want).await {
-                Ok(()) => {}
-                Err(EngineError::Ledger(LedgerError::Unavailable(_))) => ledger_down = true,
-                Err(e) => return Err(e),
+            AdmitOutcome {
+                admitted: reason.is_none(),
+                reason,
+                available: a.available(resource, now_ms),
             }
-        }
-        Ok(AdmitOutcome {
-            admitted: false,
-            reason: Some(DenyReason::InsufficientFunds),
-            available: Money::ZERO,
         })
+        .await
     }
 
     pub async fn balance(&self, account_id: &str) -> Result<BalanceView, EngineError> {
