@@ -358,3 +358,35 @@ async fn a_client_that_does_not_read_decisions_is_cut_off() {
     assert_eq!(amount(&b.held), "0");
     assert_eq!(amount(&b.balance), "99.9988");
 }
+
+#[tokio::test]
+async fn pipelined_reports_get_the_same_decisions_as_one_by_one() {
+    let mut h = Harness::start().await;
+    ten_second_account(&mut h).await;
+    let mut job = Job::open(&mut h.quota, "acme", "job-1").await;
+    // The client does not wait for decisions: 14 reports go out at once, and are charged
+    // in rounds that share a journal write.
+    let tx = job.tx.take().unwrap();
+    for seq in 1..=14u64 {
+        tx.send(job.report_msg(seq, 1_000)).await.unwrap();
+    }
+    drop(tx);
+    let mut got = Vec::new();
+    while let Some(d) = job.rx.message().await.unwrap() {
+        got.push((d.seq, stop(&d), d.remaining_quantity));
+    }
+    let want: Vec<(u64, bool, i64)> = (1..=14u64)
+        .map(|s| {
+            (
+                s,
+                s >= 10,
+                if s >= 10 { 0 } else { (10 - s as i64) * 1_000 },
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    // Reports pipelined past STOP are usage the job did: charged, as overrun.
+    let st = h.statement("acme").await;
+    assert_eq!(st.entries.len(), 14);
+    assert_eq!(amount(&h.balance("acme").await.balance), "-0.0024");
+}

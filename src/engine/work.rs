@@ -10,10 +10,10 @@
 //! a break is never charged twice.
 
 use super::events::{Event, EventKind};
-use super::{Engine, EngineError};
+use super::{Account, Engine, EngineError, Take};
 use crate::billing::status::{self, DenyReason};
 use crate::billing::{Money, Price, Resource};
-use crate::journal::{Entry, HoldState, JournalError};
+use crate::journal::{Entry, HoldState, JournalError, ReservationRow};
 
 /// Most usage streams open on one sidecar.
 pub const DEFAULT_STREAMS_MAX: usize = 10_000;
@@ -21,6 +21,9 @@ pub const DEFAULT_STREAMS_MAX: usize = 10_000;
 pub const DEFAULT_STREAM_REPORTS_PER_SEC: u32 = 50;
 /// Decisions buffered for a client that does not read them; beyond, the stream ends.
 pub const DEFAULT_STREAM_BUFFER: usize = 64;
+/// Most pipelined reports of one stream charged in one round (one journal wait); also
+/// bounded by the room left in the stream's decision buffer.
+pub const DEFAULT_STREAM_BATCH_MAX: usize = 256;
 /// GPU time held for the next report when the job has not reported a delta yet.
 pub const DEFAULT_STREAM_INTERVAL_MS: u64 = 1_000;
 /// Jobs whose last report seq is remembered after their stream ended (duplicates of
@@ -166,100 +169,256 @@ impl Engine {
         seq: u64,
         quantity: u64,
     ) -> Result<Decision, EngineError> {
-        let now_ms = self.now_ms();
-        self.limit_rate(work, now_ms)?;
-        if seq <= work.last_seq {
-            return Ok(self.decision(work, seq, true, now_ms));
+        let (mut out, err) = self.report_batch(work, &[(seq, quantity)]).await;
+        match (out.pop(), err) {
+            (_, Some(e)) => Err(e),
+            (Some(d), None) => Ok(d),
+            (None, None) => Err(EngineError::ReportRate(self.cfg.stream_reports_per_sec)),
         }
-        let cost = work.price.cost(quantity)?;
+    }
+
+    /// Charges reports (seq, quantity) that a client pipelined, in order, with one wait
+    /// for the journal per round instead of one per report; a decision per report, as
+    /// `report` would give it. Reports past the rate limit or an error are not charged:
+    /// the decisions returned are for the reports taken, and the error says why the rest
+    /// were not.
+    pub async fn report_batch(
+        &self,
+        work: &mut Work,
+        reports: &[(u64, u64)],
+    ) -> (Vec<Decision>, Option<EngineError>) {
+        let now_ms = self.now_ms();
+        let allowed = self.allow_reports(work, reports.len(), now_ms);
+        let mut err = (allowed < reports.len())
+            .then_some(EngineError::ReportRate(self.cfg.stream_reports_per_sec));
+        let mut out = Vec::with_capacity(allowed);
+        let mut rest = &reports[..allowed];
+        while !rest.is_empty() {
+            match self.report_round(work, rest, now_ms).await {
+                Ok((taken, decisions)) => {
+                    out.extend(decisions);
+                    rest = &rest[taken..];
+                }
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(mut v) = self.works.get_mut(&work.key.work_id) {
+            v.charged = work.charged;
+            v.held = work.held;
+            v.last_seq = work.last_seq;
+        }
+        (out, err)
+    }
+
+    /// One round: under the account's lock, charge reports until one needs a larger lease
+    /// (that one is answered after asking the ledger), journal them, await the journal
+    /// once. Returns how many reports it took and their decisions. On a journal failure
+    /// nothing of the round stands.
+    async fn report_round(
+        &self,
+        work: &mut Work,
+        reports: &[(u64, u64)],
+        now_ms: i64,
+    ) -> Result<(usize, Vec<Decision>), EngineError> {
         let key = work.key.clone();
-        let usage_id = format!("{}/{seq}", key.work_id);
-        let (done, seq_no, row_before, batch) = {
+        let before = (work.last_seq, work.last_delta, work.charged, work.stopped);
+        let held_before = work.held;
+        let mut durables = Vec::with_capacity(reports.len());
+        let mut charged: Vec<(u64, Money)> = Vec::with_capacity(reports.len());
+        let mut decisions = Vec::with_capacity(reports.len());
+        let mut row_before = None;
+        let mut need_lease = false;
+        let mut taken = 0;
+        let mut stopped_now = None;
+        let batch = {
             let mut a = self
                 .accounts
                 .get_mut(&key.account_id)
                 .ok_or_else(|| EngineError::UnknownAccount(key.account_id.clone()))?;
             a.last_touch_ms = now_ms;
             self.expire_due(&mut a, now_ms);
-            // The report is paid from the job's hold first; the rest is an overrun that
-            // the balance absorbs (bounded by one report).
-            let from_hold = cost.min(work.held);
-            a.held -= from_hold;
-            let usage = self.charge_locked(
-                &mut a,
-                usage_id,
-                &key.account_id,
-                key.resource,
-                &key.sku,
-                quantity,
-                cost,
-                now_ms,
-            );
-            let seq_no = usage.seq;
-            let mut row_before = None;
-            let mut row = None;
-            if work.attached
-                && let Some(mut h) = self.holds.get_mut(&key.work_id)
-            {
-                row_before = Some(h.row.clone());
-                h.row.held -= from_hold;
-                h.row.streamed_quantity += quantity;
-                h.row.streamed_cost += cost;
-                row = Some(h.row.clone());
-            }
-            let entry = Entry::Report {
-                usage,
-                work_id: key.work_id.clone(),
-                seq,
-                row,
-            };
-            let done = match self.journal.submit(entry) {
-                Ok(d) => d,
-                Err(e) => {
-                    Self::undo_charge(&mut a, seq_no);
-                    a.held += from_hold;
-                    self.restore_row(&key.work_id, row_before);
-                    return Err(e.into());
+            let mut failed = None;
+            for &(seq, quantity) in reports {
+                taken += 1;
+                if seq <= work.last_seq {
+                    decisions.push(self.decision_locked(&a, work, seq, true, now_ms));
+                    continue;
                 }
-            };
-            work.held -= from_hold;
-            let batch = self.alerts_locked(&mut a, &key.account_id, now_ms);
-            (done, seq_no, (row_before, from_hold), batch)
-        };
-        if let Err(e) = done.await.unwrap_or(Err(JournalError::Closed)) {
-            if let Some(mut a) = self.accounts.get_mut(&key.account_id) {
-                Self::undo_charge(&mut a, seq_no);
-                a.held += row_before.1;
+                let cost = match work.price.cost(quantity) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        failed = Some(e.into());
+                        break;
+                    }
+                };
+                // Paid from the job's hold first; the rest is an overrun that the balance
+                // absorbs (bounded by what is reported after STOP).
+                let from_hold = cost.min(work.held);
+                a.held -= from_hold;
+                work.held -= from_hold;
+                let usage = self.charge_locked(
+                    &mut a,
+                    format!("{}/{seq}", key.work_id),
+                    &key.account_id,
+                    key.resource,
+                    &key.sku,
+                    quantity,
+                    cost,
+                    now_ms,
+                );
+                charged.push((usage.seq, from_hold));
+                let mut row = None;
+                if work.attached
+                    && let Some(mut h) = self.holds.get_mut(&key.work_id)
+                {
+                    if row_before.is_none() {
+                        row_before = Some(h.row.clone());
+                    }
+                    h.row.held -= from_hold;
+                    h.row.streamed_quantity += quantity;
+                    h.row.streamed_cost += cost;
+                    row = Some(h.row.clone());
+                }
+                match self.journal.submit(Entry::Report {
+                    usage,
+                    work_id: key.work_id.clone(),
+                    seq,
+                    row,
+                }) {
+                    Ok(d) => durables.push(d),
+                    Err(e) => {
+                        failed = Some(e.into());
+                        break;
+                    }
+                }
+                work.last_seq = seq;
+                work.charged += cost;
+                if quantity > 0 {
+                    work.last_delta = quantity;
+                }
+                if work.stopped.is_none() {
+                    match self.hold_next_locked(&mut a, work, now_ms) {
+                        Ok(Some(Take::NeedLease(_))) => need_lease = true,
+                        Ok(Some(Take::Denied(reason))) => {
+                            stopped_now = Some(reason);
+                            self.stop_locked(&mut a, work, reason);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if need_lease {
+                    break;
+                }
+                decisions.push(self.decision_locked(&a, work, seq, false, now_ms));
             }
-            work.held += row_before.1;
-            self.restore_row(&key.work_id, row_before.0);
-            return Err(e.into());
+            if let Some(e) = failed {
+                self.undo_round(
+                    &mut a,
+                    work,
+                    &charged,
+                    held_before,
+                    row_before.take(),
+                    before,
+                );
+                return Err(e);
+            }
+            self.alerts_locked(&mut a, &key.account_id, now_ms)
+        };
+        for d in durables {
+            if let Err(e) = d.await.unwrap_or(Err(JournalError::Closed)) {
+                if let Some(mut a) = self.accounts.get_mut(&key.account_id) {
+                    self.undo_round(&mut a, work, &charged, held_before, row_before, before);
+                }
+                return Err(e.into());
+            }
         }
         self.publish(batch);
-        work.last_seq = seq;
-        work.charged += cost;
-        if quantity > 0 {
-            work.last_delta = quantity;
+        if let Some(reason) = stopped_now {
+            self.work_stopped_event(work, reason);
         }
-        if work.stopped.is_none() {
+        if need_lease {
+            // The last report's next interval needs more lease: ask, then answer it.
             self.hold_next(work).await?;
+            let seq = work.last_seq;
+            decisions.push(self.decision(work, seq, false, self.now_ms()));
         }
-        if let Some(mut v) = self.works.get_mut(&key.work_id) {
-            v.charged = work.charged;
-            v.held = work.held;
-            v.last_seq = seq;
+        Ok((taken, decisions))
+    }
+
+    /// Takes back a round whose journal write failed: its charges, its use of the job's
+    /// hold, the reservation row and the job's progress.
+    fn undo_round(
+        &self,
+        a: &mut Account,
+        work: &mut Work,
+        charged: &[(u64, Money)],
+        held_before: Money,
+        row_before: Option<ReservationRow>,
+        before: (u64, u64, Money, Option<DenyReason>),
+    ) {
+        for (seq_no, _) in charged {
+            Self::undo_charge(a, *seq_no);
         }
-        Ok(self.decision(work, seq, false, self.now_ms()))
+        // The job's hold goes back to what it was (whatever the round used or added).
+        a.held = a.held - work.held + held_before;
+        work.held = held_before;
+        self.restore_row(&work.key.work_id, row_before);
+        (work.last_seq, work.last_delta, work.charged, work.stopped) = before;
+    }
+
+    /// Under the account's lock: grows the job's hold to cover the next report interval,
+    /// if the lease allows. Returns the gate's answer when it did not (None: covered).
+    fn hold_next_locked(
+        &self,
+        a: &mut Account,
+        work: &mut Work,
+        now_ms: i64,
+    ) -> Result<Option<Take>, EngineError> {
+        let next = work.price.cost(self.next_interval(work))?;
+        if work.held >= next {
+            return Ok(None);
+        }
+        let extra = next - work.held;
+        match self.take(
+            a,
+            &work.key.account_id,
+            work.key.resource,
+            extra,
+            now_ms,
+            false,
+        ) {
+            Take::Lease(_) | Take::FailOpen(_) => {
+                a.held += extra;
+                work.held += extra;
+                if work.attached
+                    && let Some(mut h) = self.holds.get_mut(&work.key.work_id)
+                {
+                    h.row.held += extra;
+                }
+                Ok(None)
+            }
+            t => Ok(Some(t)),
+        }
+    }
+
+    fn next_interval(&self, work: &Work) -> u64 {
+        if work.last_delta > 0 {
+            work.last_delta
+        } else {
+            self.cfg.stream_interval_ms
+        }
     }
 
     /// Holds the next report interval for the job (growing its hold), or stops it.
     async fn hold_next(&self, work: &mut Work) -> Result<(), EngineError> {
-        let next_q = if work.last_delta > 0 {
-            work.last_delta
-        } else {
-            self.cfg.stream_interval_ms
-        };
-        let next = work.price.cost(next_q)?;
+        let next = work.price.cost(self.next_interval(work))?;
         if work.held >= next {
             return Ok(());
         }
@@ -283,14 +442,25 @@ impl Engine {
 
     /// STOP: gives the job's hold back and tells the account's watchers.
     fn stop_work(&self, work: &mut Work, reason: DenyReason) {
+        if let Some(mut a) = self.accounts.get_mut(&work.key.account_id) {
+            self.stop_locked(&mut a, work, reason);
+        }
+        self.work_stopped_event(work, reason);
+    }
+
+    /// STOP under the account's lock (sticky): the job's hold goes back.
+    fn stop_locked(&self, a: &mut Account, work: &mut Work, reason: DenyReason) {
         work.stopped = Some(reason);
-        self.unhold(&work.key.account_id, work.held);
+        a.held -= work.held;
         if work.attached
             && let Some(mut h) = self.holds.get_mut(&work.key.work_id)
         {
             h.row.held -= work.held;
         }
         work.held = Money::ZERO;
+    }
+
+    fn work_stopped_event(&self, work: &Work, reason: DenyReason) {
         tracing::info!(account_id = %work.key.account_id, work_id = %work.key.work_id,
             reason = reason.name(), charged = %work.charged, "usage stream told to stop");
         self.publish_events(
@@ -312,22 +482,33 @@ impl Engine {
     }
 
     fn decision(&self, work: &Work, seq: u64, ignored: bool, now_ms: i64) -> Decision {
+        match self.accounts.get(&work.key.account_id) {
+            Some(a) => self.decision_locked(&a, work, seq, ignored, now_ms),
+            None => Decision {
+                seq,
+                stop: work.stopped,
+                remaining_quantity: 0,
+                ignored,
+                charged: work.charged,
+            },
+        }
+    }
+
+    /// The answer to a report: STOP (sticky) or how much more the account can pay for at
+    /// the job's price, counting the job's own hold.
+    fn decision_locked(
+        &self,
+        a: &Account,
+        work: &Work,
+        seq: u64,
+        ignored: bool,
+        now_ms: i64,
+    ) -> Decision {
         let remaining_quantity = match work.stopped {
             Some(_) => 0,
             None => {
-                let available = self
-                    .accounts
-                    .get(&work.key.account_id)
-                    .map(|a| {
-                        status::available_for(
-                            a.balance,
-                            &a.grants,
-                            a.held,
-                            work.key.resource,
-                            now_ms,
-                        )
-                    })
-                    .unwrap_or(Money::ZERO);
+                let available =
+                    status::available_for(a.balance, &a.grants, a.held, work.key.resource, now_ms);
                 work.price.quantity_for(available + work.held)
             }
         };
@@ -340,20 +521,19 @@ impl Engine {
         }
     }
 
-    /// Token bucket per stream, on the injected clock.
-    fn limit_rate(&self, work: &mut Work, now_ms: i64) -> Result<(), EngineError> {
+    /// Token bucket per stream, on the injected clock: how many of `n` reports may be
+    /// taken now.
+    fn allow_reports(&self, work: &mut Work, n: usize, now_ms: i64) -> usize {
         let rate = f64::from(self.cfg.stream_reports_per_sec);
         let elapsed_s = (now_ms - work.tokens_at_ms).max(0) as f64 / 1000.0;
         work.tokens = (work.tokens + elapsed_s * rate).min(rate);
         work.tokens_at_ms = now_ms;
-        if work.tokens < 1.0 {
-            return Err(EngineError::ReportRate(self.cfg.stream_reports_per_sec));
-        }
-        work.tokens -= 1.0;
-        Ok(())
+        let allowed = (work.tokens.floor().max(0.0) as usize).min(n);
+        work.tokens -= allowed as f64;
+        allowed
     }
 
-    fn restore_row(&self, work_id: &str, row: Option<crate::journal::ReservationRow>) {
+    fn restore_row(&self, work_id: &str, row: Option<ReservationRow>) {
         if let Some(row) = row
             && let Some(mut h) = self.holds.get_mut(work_id)
         {

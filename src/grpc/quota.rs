@@ -295,46 +295,76 @@ fn work_key(r: &pb::UsageReport) -> Result<WorkKey, Status> {
     })
 }
 
-/// One report: validated, then opened (first report) or checked against the stream's
-/// job, then charged.
-async fn on_report(
+/// A report's job and delta, validated; the first report of a stream opens its job,
+/// later ones must name the same job.
+async fn admit_report(
     engine: &Engine,
-    currency: &str,
     work: &mut Option<Work>,
-    r: pb::UsageReport,
-) -> Result<pb::UsageDecision, Status> {
-    let key = work_key(&r)?;
+    r: &pb::UsageReport,
+) -> Result<(u64, u64), Status> {
+    let key = work_key(r)?;
     let quantity = convert::quantity(r.quantity, true)?;
     if r.seq == 0 {
         return Err(Invalid("seq must be 1 or more, increasing per report".into()).into());
     }
-    let w = match work {
-        Some(w) => {
-            if *w.key() != key {
-                return Err(Invalid(format!(
-                    "one stream meters one job: this stream is work {} of account {} ({}), not work {} of account {} ({})",
-                    w.key().work_id, w.key().account_id, w.key().sku, key.work_id, key.account_id, key.sku
-                ))
-                .into());
-            }
-            w
+    match work {
+        Some(w) if *w.key() != key => Err(Invalid(format!(
+            "one stream meters one job: this stream is work {} of account {} ({}), not work {} of account {} ({})",
+            w.key().work_id, w.key().account_id, w.key().sku, key.work_id, key.account_id, key.sku
+        ))
+        .into()),
+        Some(_) => Ok((r.seq, quantity)),
+        None => {
+            *work = Some(engine.start_work(key).await?);
+            Ok((r.seq, quantity))
         }
-        None => work.insert(engine.start_work(key).await?),
-    };
-    let d = engine.report(w, r.seq, quantity).await?;
+    }
+}
+
+fn decision_out(currency: &str, d: engine::work::Decision) -> pb::UsageDecision {
     let action = if d.stop.is_some() {
         pb::Action::Stop
     } else {
         pb::Action::Continue
     };
-    Ok(pb::UsageDecision {
+    pb::UsageDecision {
         seq: d.seq,
         action: action as i32,
         reason: convert::deny_reason(d.stop),
         remaining_quantity: i64::try_from(d.remaining_quantity).unwrap_or(i64::MAX),
         ignored: d.ignored,
         charged: money_out(currency, d.charged),
-    })
+    }
+}
+
+/// Validates and charges a batch of pipelined reports; the decisions of the reports
+/// taken, and the error that stopped the rest, if any.
+async fn on_reports(
+    engine: &Engine,
+    currency: &str,
+    work: &mut Option<Work>,
+    batch: &[pb::UsageReport],
+) -> (Vec<pb::UsageDecision>, Option<Status>) {
+    let mut pairs = Vec::with_capacity(batch.len());
+    let mut invalid = None;
+    for r in batch {
+        match admit_report(engine, work, r).await {
+            Ok(p) => pairs.push(p),
+            Err(s) => {
+                invalid = Some(s);
+                break;
+            }
+        }
+    }
+    let Some(w) = work.as_mut() else {
+        return (Vec::new(), invalid);
+    };
+    let (decisions, err) = engine.report_batch(w, &pairs).await;
+    let out = decisions
+        .into_iter()
+        .map(|d| decision_out(currency, d))
+        .collect();
+    (out, err.map(Status::from).or(invalid))
 }
 
 /// Longest a failing stream waits for its client to take the error status.
@@ -353,7 +383,8 @@ pub async fn meter<S>(
 {
     let mut work: Option<Work> = None;
     let mut closing = engine.closing();
-    loop {
+    let batch_max = engine::work::DEFAULT_STREAM_BATCH_MAX;
+    'stream: loop {
         let next = tokio::select! {
             m = inbound.next() => m.transpose(),
             _ = closing.wait_for(|c| *c) => {
@@ -361,7 +392,7 @@ pub async fn meter<S>(
                 break;
             }
         };
-        let r = match next {
+        let first = match next {
             Ok(Some(r)) => r,
             Ok(None) => break,
             Err(status) => {
@@ -369,8 +400,27 @@ pub async fn meter<S>(
                 break;
             }
         };
-        match on_report(&engine, &currency, &mut work, r).await {
-            Ok(d) => match tx.try_send(Ok(d)) {
+        // Reports the client pipelined are charged together: one journal wait for all.
+        let mut batch = vec![first];
+        let mut ended = false;
+        while batch.len() < batch_max.min(tx.capacity()) {
+            let ready = tokio::select! {
+                biased;
+                m = inbound.next() => Some(m),
+                _ = std::future::ready(()) => None,
+            };
+            match ready {
+                Some(Some(Ok(r))) => batch.push(r),
+                Some(Some(Err(_)) | None) => {
+                    ended = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        let (decisions, err) = on_reports(&engine, &currency, &mut work, &batch).await;
+        for d in decisions {
+            match tx.try_send(Ok(d)) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     let limit = engine.config().stream_buffer;
@@ -382,18 +432,21 @@ pub async fn meter<S>(
                         tx.send(Err(status)),
                     )
                     .await;
-                    break;
+                    break 'stream;
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => break,
-            },
-            Err(status) => {
-                let _ = tokio::time::timeout(
-                    Duration::from_millis(STREAM_ERROR_SEND_MS),
-                    tx.send(Err(status)),
-                )
-                .await;
-                break;
+                Err(mpsc::error::TrySendError::Closed(_)) => break 'stream,
             }
+        }
+        if let Some(status) = err {
+            let _ = tokio::time::timeout(
+                Duration::from_millis(STREAM_ERROR_SEND_MS),
+                tx.send(Err(status)),
+            )
+            .await;
+            break;
+        }
+        if ended {
+            break;
         }
     }
     if let Some(w) = work {
