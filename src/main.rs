@@ -69,6 +69,10 @@ struct ServeArgs {
     /// Most usage reports per second on one stream (a burst of as many is allowed).
     #[arg(long, default_value_t = quotad::engine::work::DEFAULT_STREAM_REPORTS_PER_SEC)]
     stream_reports_per_sec: u32,
+    /// Decisions a usage stream buffers for a client that does not read them; beyond,
+    /// the stream ends with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = quotad::engine::work::DEFAULT_STREAM_BUFFER)]
+    stream_buffer: usize,
     /// Most Exclusive sessions kept (running and recently stopped).
     #[arg(long, default_value_t = quotad::engine::sessions::DEFAULT_SESSIONS_MAX)]
     sessions_max: usize,
@@ -178,6 +182,7 @@ async fn serve(args: ServeArgs) -> Result<(), server::ServeError> {
     cfg.engine.holds_max = args.holds_max;
     cfg.engine.streams_max = args.streams_max;
     cfg.engine.stream_reports_per_sec = args.stream_reports_per_sec;
+    cfg.engine.stream_buffer = args.stream_buffer.max(1);
     cfg.engine.sessions_max = args.sessions_max;
     cfg.engine.watch.watchers_max = args.watchers_max;
     if let Some(f) = args.alert_low_quota {

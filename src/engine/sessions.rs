@@ -478,18 +478,6 @@ impl Engine {
         out
     }
 
-    pub fn sessions_running(&self) -> usize {
-        self.sessions
-            .iter()
-            .filter(|s| {
-                s.value()
-                    .try_lock()
-                    .map(|r| r.state == SessionState::Running)
-                    .unwrap_or(true)
-            })
-            .count()
-    }
-
     /// Forgets sessions stopped before `cutoff_ms` (they answered retries until then).
     pub(super) fn prune_sessions(&self, cutoff_ms: i64) {
         self.sessions.retain(|_, s| match s.try_lock() {
