@@ -63,6 +63,11 @@ struct ServeArgs {
     /// Most reservations kept in memory.
     #[arg(long, default_value_t = quotad::engine::DEFAULT_HOLDS_MAX)]
     holds_max: usize,
+    /// Journal durability: `full` fsyncs every group commit (an acknowledged call
+    /// survives a power loss); `normal` hands writes to the OS before the ack and
+    /// fsyncs at checkpoints (survives a kill -9 of quotad, not a power loss).
+    #[arg(long, default_value = "full", value_parser = parse_journal_sync)]
+    journal_sync: quotad::journal::JournalSync,
     /// Most usage streams (StreamUsage) open at once.
     #[arg(long, default_value_t = quotad::engine::work::DEFAULT_STREAMS_MAX)]
     streams_max: usize,
@@ -112,6 +117,11 @@ struct LedgerArgs {
     /// Most connections to PostgreSQL.
     #[arg(long, default_value_t = quotad::ledger::postgres::DEFAULT_PG_POOL_MAX)]
     pg_pool_max: u32,
+}
+
+fn parse_journal_sync(s: &str) -> Result<quotad::journal::JournalSync, String> {
+    quotad::journal::JournalSync::from_name(s)
+        .ok_or_else(|| format!("{s:?} is not a journal sync mode: full or normal"))
 }
 
 fn parse_fraction(s: &str) -> Result<rust_decimal::Decimal, String> {
@@ -180,6 +190,7 @@ async fn serve(args: ServeArgs) -> Result<(), server::ServeError> {
     cfg.sync_interval_ms = args.sync_interval_ms;
     cfg.engine.hold_ttl_default_ms = args.hold_ttl_default_ms;
     cfg.engine.holds_max = args.holds_max;
+    cfg.journal_sync = args.journal_sync;
     cfg.engine.streams_max = args.streams_max;
     cfg.engine.stream_reports_per_sec = args.stream_reports_per_sec;
     cfg.engine.stream_buffer = args.stream_buffer.max(1);

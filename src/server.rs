@@ -25,7 +25,9 @@ use crate::engine::{self, Engine, EngineConfig, EngineError};
 use crate::grpc::admin::AdminService;
 use crate::grpc::ledger::{LedgerService, RemoteLedger};
 use crate::grpc::quota::QuotaService;
-use crate::journal::{DEFAULT_JOURNAL_BATCH_MAX, DEFAULT_JOURNAL_QUEUE_MAX, Journal, JournalError};
+use crate::journal::{
+    DEFAULT_JOURNAL_BATCH_MAX, DEFAULT_JOURNAL_QUEUE_MAX, Journal, JournalError, JournalSync,
+};
 use crate::ledger::lease::LeaseConfig;
 use crate::ledger::postgres::{DEFAULT_PG_POOL_MAX, PgStore};
 use crate::ledger::sqlite::SqliteStore;
@@ -68,6 +70,8 @@ pub struct ServeConfig {
     pub sync_batch_max: usize,
     pub journal_queue_max: usize,
     pub journal_batch_max: usize,
+    /// fsync per group commit (default), or only what a kill -9 needs.
+    pub journal_sync: JournalSync,
     pub limits: Limits,
 }
 
@@ -105,6 +109,7 @@ impl ServeConfig {
             sync_batch_max: DEFAULT_SYNC_BATCH_MAX,
             journal_queue_max: DEFAULT_JOURNAL_QUEUE_MAX,
             journal_batch_max: DEFAULT_JOURNAL_BATCH_MAX,
+            journal_sync: JournalSync::default(),
             limits: Limits::default(),
         }
     }
@@ -365,10 +370,11 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
                 sidecar_id(&cfg.data_dir)?,
             ),
         };
-    let (journal, recovered) = Journal::open(
+    let (journal, recovered) = Journal::open_with(
         &cfg.data_dir.join("journal.db"),
         cfg.journal_queue_max,
         cfg.journal_batch_max,
+        cfg.journal_sync,
     )?;
     let engine = Engine::start(
         engine_cfg,
