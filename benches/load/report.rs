@@ -50,6 +50,33 @@ fn at_least(ratio: f64, need: f64) -> (bool, String) {
     }
 }
 
+/// quotad's throughput against a baseline's at `clients`, which must be at least `bar`.
+fn throughput_ratio(
+    target: &str,
+    clients: usize,
+    bar: f64,
+    quotad: String,
+    (q_ops_per_s, base_ops_per_s): (f64, f64),
+    baseline: String,
+) -> Ratio {
+    let ratio = if base_ops_per_s > 0.0 {
+        q_ops_per_s / base_ops_per_s
+    } else {
+        0.0
+    };
+    let (met, by) = at_least(ratio, bar);
+    Ratio {
+        target: target.into(),
+        at: format!("{clients} client{}", if clients == 1 { "" } else { "s" }),
+        quotad,
+        baseline,
+        ratio: round(ratio, 4),
+        needed: format!(">= {bar}x"),
+        met,
+        by,
+    }
+}
+
 pub fn ratios(rs: &[ScenarioResult], concurrency: &[usize], pg_clients: &[usize]) -> Vec<Ratio> {
     let mut out = Vec::new();
     for &c in concurrency {
@@ -57,22 +84,14 @@ pub fn ratios(rs: &[ScenarioResult], concurrency: &[usize], pg_clients: &[usize]
             find(rs, "quotad", "reserve_commit", c),
             find(rs, "noop", "reserve_commit", c),
         ) {
-            let ratio = if n.ops_per_s > 0.0 {
-                q.ops_per_s / n.ops_per_s
-            } else {
-                0.0
-            };
-            let (met, by) = at_least(ratio, 0.8);
-            out.push(Ratio {
-                target: "Reserve throughput >= 0.8x a no-op tonic server".into(),
-                at: format!("{c} client{}", if c == 1 { "" } else { "s" }),
-                quotad: format!("{:.0} Reserve+Commit pairs/s", q.ops_per_s),
-                baseline: format!("{:.0} pairs/s (no-op)", n.ops_per_s),
-                ratio: round(ratio, 4),
-                needed: ">= 0.8x".into(),
-                met,
-                by,
-            });
+            out.push(throughput_ratio(
+                "Reserve throughput >= 0.8x a no-op tonic server",
+                c,
+                0.8,
+                format!("{:.0} Reserve+Commit pairs/s", q.ops_per_s),
+                (q.ops_per_s, n.ops_per_s),
+                format!("{:.0} pairs/s (no-op)", n.ops_per_s),
+            ));
         }
     }
     let q1 = concurrency
@@ -105,22 +124,14 @@ pub fn ratios(rs: &[ScenarioResult], concurrency: &[usize], pg_clients: &[usize]
             find(rs, "quotad", "reserve_commit", k),
             find(rs, "postgres", "update", k),
         ) {
-            let ratio = if p.ops_per_s > 0.0 {
-                q.ops_per_s / p.ops_per_s
-            } else {
-                0.0
-            };
-            let (met, by) = at_least(ratio, 5.0);
-            out.push(Ratio {
-                target: "Reserve throughput >= 5x a PostgreSQL single-UPDATE debit".into(),
-                at: format!("{k} client{}", if k == 1 { "" } else { "s" }),
-                quotad: format!("{:.0} Reserves/s (each with its Commit)", q.ops_per_s),
-                baseline: format!("{:.0} UPDATEs/s", p.ops_per_s),
-                ratio: round(ratio, 3),
-                needed: ">= 5x".into(),
-                met,
-                by,
-            });
+            out.push(throughput_ratio(
+                "Reserve throughput >= 5x a PostgreSQL single-UPDATE debit",
+                k,
+                5.0,
+                format!("{:.0} Reserves/s (each with its Commit)", q.ops_per_s),
+                (q.ops_per_s, p.ops_per_s),
+                format!("{:.0} UPDATEs/s", p.ops_per_s),
+            ));
         }
     }
     if let Some(s) = find(rs, "quotad", "stream_usage", 1) {
