@@ -195,9 +195,14 @@ impl Engine {
         let mut rest = &reports[..allowed];
         while !rest.is_empty() {
             match self.report_round(work, rest, now_ms).await {
-                Ok((taken, decisions)) => {
+                Ok((taken, decisions, None)) => {
                     out.extend(decisions);
                     rest = &rest[taken..];
+                }
+                Ok((_, decisions, Some(e))) => {
+                    out.extend(decisions);
+                    err = Some(e);
+                    break;
                 }
                 Err(e) => {
                     err = Some(e);
@@ -215,14 +220,15 @@ impl Engine {
 
     /// One round: under the account's lock, charge reports until one needs a larger lease
     /// (that one is answered after asking the ledger), journal them, await the journal
-    /// once. Returns how many reports it took and their decisions. On a journal failure
-    /// nothing of the round stands.
+    /// once. Returns how many reports it took, their decisions, and why it stopped short
+    /// if a report could not be taken (its price, a full journal queue): the reports
+    /// before it stand. If the journal then fails to write, nothing of the round stands.
     async fn report_round(
         &self,
         work: &mut Work,
         reports: &[(u64, u64)],
         now_ms: i64,
-    ) -> Result<(usize, Vec<Decision>), EngineError> {
+    ) -> Result<(usize, Vec<Decision>, Option<EngineError>), EngineError> {
         let key = work.key.clone();
         let before = (work.last_seq, work.last_delta, work.charged, work.stopped);
         let held_before = work.held;
@@ -250,6 +256,7 @@ impl Engine {
                 let cost = match work.price.cost(quantity) {
                     Ok(c) => c,
                     Err(e) => {
+                        taken -= 1;
                         failed = Some(e.into());
                         break;
                     }
@@ -271,17 +278,20 @@ impl Engine {
                 );
                 charged.push((usage.seq, from_hold));
                 let mut row = None;
+                let mut row_prev = None;
                 if work.attached
                     && let Some(mut h) = self.holds.get_mut(&key.work_id)
                 {
                     if row_before.is_none() {
                         row_before = Some(h.row.clone());
                     }
+                    row_prev = Some(h.row.clone());
                     h.row.held -= from_hold;
                     h.row.streamed_quantity += quantity;
                     h.row.streamed_cost += cost;
                     row = Some(h.row.clone());
                 }
+                let seq_no = usage.seq;
                 match self.journal.submit(Entry::Report {
                     usage,
                     work_id: key.work_id.clone(),
@@ -290,6 +300,14 @@ impl Engine {
                 }) {
                     Ok(d) => durables.push(d),
                     Err(e) => {
+                        // Not taken (e.g. the journal queue is full): this report is
+                        // undone, the ones before it stand.
+                        Self::undo_charge(&mut a, seq_no);
+                        charged.pop();
+                        a.held += from_hold;
+                        work.held += from_hold;
+                        self.restore_row(&key.work_id, row_prev);
+                        taken -= 1;
                         failed = Some(e.into());
                         break;
                     }
@@ -308,6 +326,8 @@ impl Engine {
                         }
                         Ok(_) => {}
                         Err(e) => {
+                            // Charged and journaled; only its next interval is not held.
+                            decisions.push(self.decision_locked(&a, work, seq, false, now_ms));
                             failed = Some(e);
                             break;
                         }
@@ -318,19 +338,9 @@ impl Engine {
                 }
                 decisions.push(self.decision_locked(&a, work, seq, false, now_ms));
             }
-            if let Some(e) = failed {
-                self.undo_round(
-                    &mut a,
-                    work,
-                    &charged,
-                    held_before,
-                    row_before.take(),
-                    before,
-                );
-                return Err(e);
-            }
-            self.alerts_locked(&mut a, &key.account_id, now_ms)
+            (self.alerts_locked(&mut a, &key.account_id, now_ms), failed)
         };
+        let (batch, failed) = batch;
         for d in durables {
             if let Err(e) = d.await.unwrap_or(Err(JournalError::Closed)) {
                 if let Some(mut a) = self.accounts.get_mut(&key.account_id) {
@@ -345,11 +355,13 @@ impl Engine {
         }
         if need_lease {
             // The last report's next interval needs more lease: ask, then answer it.
-            self.hold_next(work).await?;
+            if let Err(e) = self.hold_next(work).await {
+                return Ok((taken, decisions, Some(e)));
+            }
             let seq = work.last_seq;
             decisions.push(self.decision(work, seq, false, self.now_ms()));
         }
-        Ok((taken, decisions))
+        Ok((taken, decisions, failed))
     }
 
     /// Takes back a round whose journal write failed: its charges, its use of the job's
