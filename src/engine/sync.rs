@@ -19,6 +19,10 @@ pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 1_000;
 pub const DEFAULT_SYNC_BATCH_MAX: usize = 5_000;
 /// Longest the loop waits for the ledger to answer one sync.
 pub const DEFAULT_SYNC_TIMEOUT_MS: u64 = 10_000;
+/// How often the tick scans every cached account for time-driven alerts (expiry warnings
+/// and expiries): a minute is precise enough for a lead time of days, and a scan of a
+/// million accounts each second would not be. Changes of an account are checked at once.
+pub const DEFAULT_ALERT_SCAN_INTERVAL_MS: i64 = 60_000;
 /// Most batches one flush sends before giving up (bounds a flush under steady load).
 pub const FLUSH_BATCHES_MAX: usize = 10_000;
 
@@ -76,6 +80,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    let mut scanned_at_ms = i64::MIN;
     loop {
         let mut ticked = false;
         tokio::select! {
@@ -94,7 +99,10 @@ pub async fn run(
             // Time-driven work: session hours and idle stops, expiry alerts.
             let now_ms = engine.now_ms();
             engine.tick_sessions(now_ms).await;
-            engine.check_alerts(now_ms);
+            if now_ms.saturating_sub(scanned_at_ms) >= DEFAULT_ALERT_SCAN_INTERVAL_MS {
+                engine.check_alerts(now_ms);
+                scanned_at_ms = now_ms;
+            }
         }
         loop {
             match engine.sync_once(batch_max).await {
