@@ -329,8 +329,15 @@ async fn shutdown_ends_open_watches_and_streams() {
     job.report(1, 1_000).await.unwrap();
     // A graceful shutdown does not wait for clients that never hang up.
     h.shutdown().await;
-    assert!(matches!(w.message().await, Ok(None) | Err(_)));
-    let end = job.rx.message().await;
+    // Bounded, so a watch that stays open fails here instead of hanging the suite.
+    let bound = Duration::from_secs(10);
+    let watch_end = tokio::time::timeout(bound, w.message())
+        .await
+        .expect("watch ended");
+    assert!(matches!(watch_end, Ok(None) | Err(_)));
+    let end = tokio::time::timeout(bound, job.rx.message())
+        .await
+        .expect("stream ended");
     assert!(
         matches!(&end, Err(s) if s.code() == Code::Unavailable) || matches!(end, Ok(None)),
         "{end:?}"

@@ -192,6 +192,12 @@ pub fn detect(
 ) -> (Vec<Alert>, MemoChange) {
     let mut out = Vec::new();
     let mut change = MemoChange::default();
+    // Highest threshold first, so a jump past several reads in order; sorted once per
+    // look, not per grant.
+    let mut fractions = cfg.low_quota_fractions.clone();
+    fractions.sort_by(|a, b| b.cmp(a));
+    let mut leads = cfg.expiring_leads_ms.clone();
+    leads.sort_by(|a, b| b.cmp(a));
     let mut sorted: Vec<&Grant> = grants.iter().collect();
     sorted.sort_by(|a, b| a.grant_id.cmp(&b.grant_id));
     for g in sorted {
@@ -218,10 +224,7 @@ pub fn detect(
         }
         if g.quota > Decimal::ZERO {
             let left = g.remaining.max(Decimal::ZERO) / g.quota;
-            // Lowest threshold last, so a jump past several reads in order.
-            let mut fractions = cfg.low_quota_fractions.clone();
-            fractions.sort_by(|a, b| b.cmp(a));
-            for f in fractions {
+            for &f in &fractions {
                 if left <= f && memo.set(fraction_key(id, f), &mut change) {
                     out.push(Alert {
                         kind: AlertKind::LowQuota,
@@ -240,9 +243,7 @@ pub fn detect(
             }
         }
         if g.remaining > Decimal::ZERO {
-            let mut leads = cfg.expiring_leads_ms.clone();
-            leads.sort_by(|a, b| b.cmp(a));
-            for lead in leads {
+            for &lead in &leads {
                 if now_ms >= g.expires_at_ms.saturating_sub(lead)
                     && memo.set(format!("expiring:{id}:{lead}"), &mut change)
                 {
