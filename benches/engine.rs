@@ -260,7 +260,7 @@ impl Fixture {
             ledger.create_account(id, balance).await.expect("account");
         }
         let (journal, recovered) = Journal::open(
-            &dir.path().join("journal.db"),
+            &dir.path().join("journal.log"),
             DEFAULT_JOURNAL_QUEUE_MAX,
             DEFAULT_JOURNAL_BATCH_MAX,
         )
@@ -495,7 +495,7 @@ fn journal_benches(c: &mut Criterion) {
         fixture.get_or_init(|| {
             let dir = tempfile::tempdir().expect("tempdir");
             let (journal, _) = Journal::open(
-                &dir.path().join("journal.db"),
+                &dir.path().join("journal.log"),
                 DEFAULT_JOURNAL_QUEUE_MAX,
                 DEFAULT_JOURNAL_BATCH_MAX,
             )

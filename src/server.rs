@@ -371,7 +371,7 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
             ),
         };
     let (journal, recovered) = Journal::open_with(
-        &cfg.data_dir.join("journal.db"),
+        &cfg.data_dir.join("journal.log"),
         cfg.journal_queue_max,
         cfg.journal_batch_max,
         cfg.journal_sync,

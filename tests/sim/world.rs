@@ -253,7 +253,7 @@ impl Sim {
         for i in 0..n_sidecars {
             sim.sidecars.push(Sidecar {
                 id: format!("sidecar-{i}"),
-                journal_path: dir.join(format!("journal-{i}.db")),
+                journal_path: dir.join(format!("journal-{i}.log")),
                 engine: None,
                 journal: None,
                 next_tick_ms: T0_MS,
