@@ -1304,7 +1304,6 @@ mod tests {
             // Compaction does not depend on the sync mode; skipping 2,000 fsyncs keeps the
             // test fast.
             sync: JournalSync::Normal,
-            ..JournalOptions::default()
         };
         let mut written = 0u64;
         {
