@@ -344,6 +344,7 @@ impl Running {
 
 /// Opens everything under `cfg.data_dir` and starts serving on `cfg.listen`.
 pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, ServeError> {
+    survive_file_size_limit();
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServeError::DataDir {
         path: cfg.data_dir.clone(),
         source,
@@ -468,6 +469,32 @@ impl RunningLedger {
     pub async fn shutdown(self) -> Result<(), ServeError> {
         let _ = self.stop.send(true);
         join(self.server).await
+    }
+}
+
+/// Under a file size limit (`ulimit -f`), a write past it must fail with EFBIG, which the
+/// journal reports and survives like a full disk, rather than kill the process (the
+/// default action of SIGXFSZ). Catching the signal is enough; each one is logged.
+fn survive_file_size_limit() {
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        // SIGXFSZ on x86-64 and aarch64 Linux.
+        const SIGXFSZ: i32 = 25;
+        static INSTALLED: std::sync::Once = std::sync::Once::new();
+        INSTALLED.call_once(|| match signal(SignalKind::from_raw(SIGXFSZ)) {
+            Ok(mut s) => {
+                tokio::spawn(async move {
+                    while s.recv().await.is_some() {
+                        tracing::warn!("a write reached the file size limit (SIGXFSZ)");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot catch SIGXFSZ"),
+        });
     }
 }
 

@@ -22,10 +22,16 @@ fn spawn(data_dir: &std::path::Path) -> Proc {
 }
 
 fn spawn_with(data_dir: &std::path::Path, extra: &[&str]) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_quotad"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quotad"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
-        .args(extra)
+        .args(extra);
+    spawn_cmd(cmd, "quotad listening on ")
+}
+
+/// Starts `cmd` and reads the address from its first stdout line, `PREFIX ADDR`.
+fn spawn_cmd(mut cmd: Command, prefix: &str) -> Proc {
+    let mut child = cmd
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -38,7 +44,7 @@ fn spawn_with(data_dir: &std::path::Path, extra: &[&str]) -> Proc {
         .expect("quotad prints its address");
     let addr = line
         .trim()
-        .strip_prefix("quotad listening on ")
+        .strip_prefix(prefix)
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .parse()
         .expect("an address");
@@ -74,67 +80,103 @@ async fn kill_9_under_load(extra: &[&str]) {
         })
         .await
         .unwrap();
-
-    // Eight workers reserve and commit as fast as they can; each remembers what it was
-    // acknowledged. The process is killed while they run.
-    let acked: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for w in 0..8 {
-        let (mut quota, _) = connect(p.addr).await;
-        let acked = acked.clone();
-        let stop = stop.clone();
-        workers.push(tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) && i < 100_000 {
-                i += 1;
-                let id = format!("w{w}-{i}");
-                let ms = 1_000 + (i % 7) as i64;
-                if quota.reserve(reserve_req("acme", &id, ms)).await.is_err() {
-                    break;
-                }
-                match quota
-                    .commit(pb::CommitRequest {
-                        reservation_id: id.clone(),
-                        quantity: ms,
-                    })
-                    .await
-                {
-                    Ok(_) => acked.lock().await.push((id, ms)),
-                    Err(_) => break,
-                }
-            }
-        }));
-    }
-    // Let a few hundred commits through, then kill.
-    loop {
-        if acked.lock().await.len() >= 300 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    // Let a few hundred commits through, then kill while the workers run.
+    let load = Load::start(p.addr, "acme").await;
+    load.wait_acked(300).await;
     kill9(&mut p);
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        let _ = w.await;
-    }
-    let acked = acked.lock().await.clone();
+    let (acked, _) = load.finish().await;
     assert!(acked.len() >= 300);
 
     let mut p = spawn_with(dir.path(), extra);
     let (mut quota, mut admin) = connect(p.addr).await;
-    let st = admin
-        .get_statement(pb::GetStatementRequest {
-            account_id: "acme".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let st = statement_of(&mut admin, "acme").await;
+    assert_exactly_once(&st, &acked, WORKERS);
+    assert_balance_matches(&mut quota, "acme", "1000", &st).await;
+    kill9(&mut p);
+}
+
+/// Workers of a load: each reserves and commits in a loop.
+const WORKERS: usize = 8;
+
+/// Eight workers reserving and committing as fast as they can; each remembers what it was
+/// acknowledged, and why it stopped.
+struct Load {
+    acked: Arc<Mutex<Vec<(String, i64)>>>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<Option<String>>>,
+}
+
+impl Load {
+    async fn start(addr: std::net::SocketAddr, account: &str) -> Load {
+        let acked: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for w in 0..WORKERS {
+            let (mut quota, _) = connect(addr).await;
+            let (acked, stop, account) = (acked.clone(), stop.clone(), account.to_owned());
+            workers.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) && i < 100_000 {
+                    i += 1;
+                    let id = format!("w{w}-{i}");
+                    let ms = 1_000 + (i % 7) as i64;
+                    match quota.reserve(reserve_req(&account, &id, ms)).await {
+                        Ok(r) if r.get_ref().admitted => {}
+                        Ok(r) => return Some(format!("denied: {:?}", r.get_ref().reason)),
+                        Err(e) => return Some(format!("{:?}: {}", e.code(), e.message())),
+                    }
+                    let c = quota
+                        .commit(pb::CommitRequest {
+                            reservation_id: id.clone(),
+                            quantity: ms,
+                        })
+                        .await;
+                    match c {
+                        Ok(_) => acked.lock().await.push((id, ms)),
+                        Err(e) => return Some(format!("{:?}: {}", e.code(), e.message())),
+                    }
+                }
+                None
+            }));
+        }
+        Load {
+            acked,
+            stop,
+            workers,
+        }
+    }
+
+    async fn wait_acked(&self, n: usize) {
+        loop {
+            if self.acked.lock().await.len() >= n {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Stops the workers; what was acknowledged, and why each worker stopped on its own.
+    async fn finish(self) -> (Vec<(String, i64)>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut stopped = Vec::new();
+        for w in self.workers {
+            if let Ok(Some(why)) = w.await {
+                stopped.push(why);
+            }
+        }
+        let acked = self.acked.lock().await.clone();
+        (acked, stopped)
+    }
+}
+
+/// Every acknowledged commit is in the statement exactly once with its quantity, and at
+/// most `in_flight_max` unacknowledged ones (in flight when the process died) besides.
+fn assert_exactly_once(st: &pb::Statement, acked: &[(String, i64)], in_flight_max: usize) {
     let mut seen = std::collections::HashMap::new();
     for e in &st.entries {
         *seen.entry(e.usage_id.clone()).or_insert(0) += 1;
     }
-    for (id, ms) in &acked {
+    for (id, ms) in acked {
         assert_eq!(
             seen.get(id),
             Some(&1),
@@ -143,24 +185,160 @@ async fn kill_9_under_load(extra: &[&str]) {
         let e = st.entries.iter().find(|e| &e.usage_id == id).unwrap();
         assert_eq!(e.quantity, *ms);
     }
-    // At most one unacknowledged commit per worker was in flight at the kill.
     assert!(
-        st.entries.len() <= acked.len() + 8,
+        st.entries.len() <= acked.len() + in_flight_max,
         "{} entries for {} acks",
         st.entries.len(),
         acked.len()
     );
-    // The balance is the opening balance less exactly what the statement shows.
+}
+
+/// The balance is the opening balance less exactly what the statement shows.
+async fn assert_balance_matches(
+    quota: &mut pb::quota_client::QuotaClient<tonic::transport::Channel>,
+    account: &str,
+    opening: &str,
+    st: &pb::Statement,
+) {
     let total: rust_decimal::Decimal = st
         .entries
         .iter()
         .map(|e| amount(&e.cost).parse::<rust_decimal::Decimal>().unwrap())
         .sum();
-    let b = balance_of(&mut quota, "acme").await;
+    let b = balance_of(quota, account).await;
     assert_eq!(
         amount(&b.balance).parse::<rust_decimal::Decimal>().unwrap(),
-        rust_decimal::Decimal::from(1000) - total
+        opening.parse::<rust_decimal::Decimal>().unwrap() - total
     );
+}
+
+/// Ledger mode: a sidecar (`quotad serve --ledger`) killed with SIGKILL under load, then
+/// started again on its data directory, delivers every acknowledged commit to the ledger
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_a_sidecar_in_ledger_mode_loses_no_acknowledged_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quotad"));
+    cmd.args(["ledger", "--listen", "127.0.0.1:0", "--database-url"])
+        .arg(format!("sqlite:{}", dir.path().join("ledger.db").display()));
+    let mut ledger = spawn_cmd(cmd, "quotad ledger listening on ");
+    let (_, mut admin) = connect(ledger.addr).await;
+    admin
+        .create_account(pb::CreateAccountRequest {
+            account_id: "acme".into(),
+            balance: Some(money("1000")),
+        })
+        .await
+        .unwrap();
+    let sidecar_dir = dir.path().join("sidecar");
+    let ledger_url = format!("http://{}", ledger.addr);
+    let sidecar_args = ["--ledger", ledger_url.as_str(), "--sync-interval-ms", "50"];
+    let mut sidecar = spawn_with(&sidecar_dir, &sidecar_args);
+
+    let load = Load::start(sidecar.addr, "acme").await;
+    load.wait_acked(300).await;
+    kill9(&mut sidecar);
+    let (acked, _) = load.finish().await;
+    assert!(acked.len() >= 300);
+
+    // Started again, the sidecar pushes what its journal holds; the ledger has it all once.
+    let mut sidecar = spawn_with(&sidecar_dir, &sidecar_args);
+    let mut st = statement_of(&mut admin, "acme").await;
+    for _ in 0..600 {
+        let ids: std::collections::HashSet<&str> =
+            st.entries.iter().map(|e| e.usage_id.as_str()).collect();
+        if acked.iter().all(|(id, _)| ids.contains(id.as_str())) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        st = statement_of(&mut admin, "acme").await;
+    }
+    assert_exactly_once(&st, &acked, WORKERS);
+    let (mut quota, _) = connect(sidecar.addr).await;
+    assert_balance_matches(&mut quota, "acme", "1000", &st).await;
+    kill9(&mut sidecar);
+    kill9(&mut ledger);
+}
+
+/// A full disk, played by a file size limit (`prlimit --fsize`): writes past it fail with
+/// EFBIG like ENOSPC. Calls then fail with a clear status (or are denied) instead of the
+/// process dying; started again without the limit, the journal opens intact and every
+/// acknowledged commit is there exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_fails_calls_cleanly_and_corrupts_nothing() {
+    let prlimit = ["/usr/bin/prlimit", "/bin/prlimit"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("prlimit (util-linux) is needed to play a full disk");
+    let dir = tempfile::tempdir().unwrap();
+    // Create the account and the files unlimited first.
+    let mut p = spawn(dir.path());
+    let (_, mut admin) = connect(p.addr).await;
+    admin
+        .create_account(pb::CreateAccountRequest {
+            account_id: "acme".into(),
+            balance: Some(money("1000")),
+        })
+        .await
+        .unwrap();
+    kill9(&mut p);
+    let journal_bytes = std::fs::metadata(dir.path().join("journal.log"))
+        .unwrap()
+        .len();
+    // Room for a few hundred more pairs in the journal.
+    let limit_bytes = journal_bytes + 200_000;
+    let mut cmd = Command::new(prlimit);
+    cmd.arg(format!("--fsize={limit_bytes}"))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_quotad"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path());
+    let mut p = spawn_cmd(cmd, "quotad listening on ");
+    let load = Load::start(p.addr, "acme").await;
+    // Every worker stops by itself once the disk is "full".
+    let mut stopped = Vec::new();
+    let mut acked = Vec::new();
+    for _ in 0..2_400 {
+        if load.workers.iter().all(|w| w.is_finished()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        load.workers.iter().all(|w| w.is_finished()),
+        "the workers did not run into the file size limit within 2 min"
+    );
+    let (a, s) = load.finish().await;
+    acked.extend(a);
+    stopped.extend(s);
+    assert_eq!(stopped.len(), WORKERS, "{stopped:?}");
+    for why in &stopped {
+        assert!(
+            why.contains("File too large") || why.contains("LEDGER_UNAVAILABLE"),
+            "a worker stopped for an unclear reason: {why}"
+        );
+    }
+    assert!(
+        stopped.iter().any(|w| w.contains("journal")),
+        "no call was failed by the journal: {stopped:?}"
+    );
+    // Still serving: reads answer.
+    let (mut quota, _) = connect(p.addr).await;
+    let _ = balance_of(&mut quota, "acme").await;
+    assert!(p.child.try_wait().unwrap().is_none(), "quotad died");
+    kill9(&mut p);
+
+    let mut p = spawn(dir.path());
+    let (mut quota, mut admin) = connect(p.addr).await;
+    let st = statement_of(&mut admin, "acme").await;
+    assert_exactly_once(&st, &acked, WORKERS);
+    assert_balance_matches(&mut quota, "acme", "1000", &st).await;
+    // And it takes new work.
+    let r = quota
+        .reserve(reserve_req("acme", "after", 1_000))
+        .await
+        .unwrap();
+    assert!(r.get_ref().admitted);
     kill9(&mut p);
 }
 
@@ -210,5 +388,124 @@ async fn open_holds_survive_kill_9_and_sigterm_exits_zero() {
     let b = balance_of(&mut quota, "acme").await;
     assert_eq!(amount(&b.balance), "0.7");
     assert_eq!(amount(&b.held), "0");
+    kill9(&mut p);
+}
+
+/// Makes `dir` and the files in it unwritable: `chattr +i` as root (whom permissions do not
+/// stop), `chmod a-w` otherwise. Returns the undo.
+fn make_read_only(dir: &std::path::Path) -> impl FnOnce() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.push(dir.to_path_buf());
+    let (tool, on, off) = if root {
+        ("chattr", "+i", "-i")
+    } else {
+        ("chmod", "a-w", "u+w")
+    };
+    let st = Command::new(tool).arg(on).args(&paths).status();
+    assert!(
+        matches!(st, Ok(s) if s.success()),
+        "`{tool} {on}` failed: cannot make a directory read-only here"
+    );
+    // The protection must really hold, or the test would prove nothing.
+    let probe = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("journal.log"));
+    assert!(
+        probe.is_err(),
+        "journal.log is still writable after {tool} {on}"
+    );
+    move || {
+        let _ = Command::new(tool).arg(off).args(&paths).status();
+    }
+}
+
+/// A read-only data directory: quotad refuses to start, says which file and why, and
+/// changes nothing; made writable again, it starts with everything there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_data_dir_is_refused_at_start_and_left_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut p = spawn(&data);
+    let (mut quota, mut admin) = connect(p.addr).await;
+    admin
+        .create_account(pb::CreateAccountRequest {
+            account_id: "acme".into(),
+            balance: Some(money("1")),
+        })
+        .await
+        .unwrap();
+    quota
+        .reserve(reserve_req("acme", "r1", 1_000))
+        .await
+        .unwrap();
+    quota
+        .commit(pb::CommitRequest {
+            reservation_id: "r1".into(),
+            quantity: 1_000,
+        })
+        .await
+        .unwrap();
+    kill9(&mut p);
+    let before: Vec<(String, Vec<u8>)> = {
+        let mut v: Vec<_> = std::fs::read_dir(&data)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                (p.display().to_string(), std::fs::read(&p).unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+
+    let undo = make_read_only(&data);
+    let out = Command::new(env!("CARGO_BIN_EXE_quotad"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let after: Vec<(String, Vec<u8>)> = {
+        let mut v: Vec<_> = std::fs::read_dir(&data)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                (p.display().to_string(), std::fs::read(&p).unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    undo();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "quotad started on a read-only data dir"
+    );
+    assert!(
+        stderr.contains(&data.display().to_string()),
+        "the error names no file of the data dir: {stderr}"
+    );
+    assert!(
+        stderr.contains("not permitted")
+            || stderr.contains("ermission denied")
+            || stderr.contains("ead-only"),
+        "the error does not say why: {stderr}"
+    );
+    assert!(before == after, "a refused start changed the data dir");
+
+    let mut p = spawn(&data);
+    let (_, mut admin) = connect(p.addr).await;
+    let st = statement_of(&mut admin, "acme").await;
+    assert_eq!(st.entries.len(), 1);
+    assert_eq!(st.entries[0].usage_id, "r1");
     kill9(&mut p);
 }

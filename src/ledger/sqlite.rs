@@ -120,7 +120,17 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
 impl SqliteStore {
     /// Opens (creating if needed) the ledger database at `path` and applies migrations.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let mut conn = Connection::open(path).map_err(db)?;
+        // SQLite says only "unable to open database file"; opening it first gets the
+        // operating system's reason (read-only file system, permission, missing directory).
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| StoreError::Database(format!("{}: {e}", path.display())))?;
+        let in_path = |e: rusqlite::Error| StoreError::Database(format!("{}: {e}", path.display()));
+        let mut conn = Connection::open(path).map_err(in_path)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
         conn.pragma_update(None, "synchronous", "FULL")
