@@ -710,3 +710,216 @@ pub fn check(
     }
     toml::to_string(&out).map_err(|e| vec![ConfigError::Merge(e.to_string())])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use proptest::prelude::*;
+
+    #[derive(Parser, Debug)]
+    struct Flags {
+        #[command(flatten)]
+        s: ServeSettings,
+    }
+
+    fn flags(args: &[&str]) -> ServeSettings {
+        let mut argv = vec!["quotad"];
+        argv.extend_from_slice(args);
+        Flags::try_parse_from(argv).unwrap().s
+    }
+
+    fn file(text: &str) -> FileConfig {
+        FileConfig::parse(Path::new("test.toml"), text).unwrap()
+    }
+
+    fn parse_err(text: &str) -> String {
+        FileConfig::parse(Path::new("dir/q.toml"), text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn flags_beat_the_file_which_beats_the_defaults() {
+        let f = file(
+            "[serve]\nholds_max = 10\nstreams_max = 20\nlisten = \"127.0.0.1:7000\"\n\
+             journal_sync = \"normal\"\n",
+        )
+        .serve
+        .unwrap();
+        let a = flags(&["--holds-max", "99", "--sessions-max", "5"]);
+        let merged = overlay(&f, &a).unwrap();
+        let cfg = merged.to_config().unwrap();
+        assert_eq!(cfg.engine.holds_max, 99, "flag over file");
+        assert_eq!(cfg.engine.streams_max, 20, "file over default");
+        assert_eq!(cfg.engine.sessions_max, 5, "flag over default");
+        assert_eq!(cfg.journal_sync, JournalSync::Normal);
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(
+            cfg.engine.watch.watchers_max,
+            crate::engine::events::DEFAULT_WATCHERS_MAX,
+            "default"
+        );
+        assert_eq!(cfg.data_dir, PathBuf::from(server::DEFAULT_DATA_DIR));
+        assert_eq!(cfg.metrics_listen, None, "metrics are off unless asked for");
+    }
+
+    #[test]
+    fn nothing_set_is_the_built_in_configuration() {
+        let cfg = ServeSettings::default().to_config().unwrap();
+        let builtin = ServeConfig::new(
+            server::DEFAULT_LISTEN.parse().unwrap(),
+            server::DEFAULT_DATA_DIR.into(),
+        );
+        assert_eq!(format!("{cfg:?}"), format!("{builtin:?}"));
+    }
+
+    #[test]
+    fn the_effective_configuration_reads_back_as_itself() {
+        let s = flags(&[
+            "--fail-open-budget",
+            "*=5,acme=1.5",
+            "--alert-low-quota",
+            "0.3,0.05",
+            "--alert-balance-floor",
+            "2",
+            "--metrics-listen",
+            "127.0.0.1:9464",
+            "--concurrency-max",
+            "7",
+        ]);
+        let cfg = s.to_config().unwrap();
+        assert_eq!(cfg.engine.fail_open_default.to_string(), "5");
+        assert_eq!(cfg.engine.fail_open_budgets["acme"].to_string(), "1.5");
+        assert_eq!(cfg.limits.concurrency_max, 7);
+        let eff = ServeSettings::effective(&cfg, LogFormat::Json);
+        let text = toml::to_string(&FileConfig {
+            serve: Some(eff.clone()),
+            ledger: None,
+        })
+        .unwrap();
+        let again = file(&text).serve.unwrap();
+        assert_eq!(again, eff, "{text}");
+        assert_eq!(
+            format!("{:?}", again.to_config().unwrap()),
+            format!("{cfg:?}")
+        );
+        assert_eq!(again.log_format(), LogFormat::Json);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_the_file() {
+        let e = parse_err("[serve]\nhold_max = 1\n");
+        assert!(e.contains("dir/q.toml") && e.contains("hold_max"), "{e}");
+        let e = parse_err("[sevre]\nholds_max = 1\n");
+        assert!(e.contains("dir/q.toml") && e.contains("sevre"), "{e}");
+        let e = parse_err("[ledger]\nlease_ttl = 1\n");
+        assert!(e.contains("lease_ttl"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_key_value_and_what_is_allowed() {
+        let e = parse_err("[serve]\njournal_sync = \"fast\"\n");
+        assert!(
+            e.contains("journal_sync") && e.contains("fast") && e.contains("full or normal"),
+            "{e}"
+        );
+        let e = parse_err("[serve]\nlog_format = \"xml\"\n");
+        assert!(e.contains("xml") && e.contains("text or json"), "{e}");
+        let e = parse_err("[serve]\nholds_max = -3\n");
+        assert!(e.contains("holds_max") && e.contains("-3"), "{e}");
+        let e = parse_err("[serve]\nlisten = \"localhost\"\n");
+        assert!(e.contains("listen") && e.contains("localhost"), "{e}");
+        let e = parse_err("[serve]\nfail_open_budget = [\"acme\"]\n");
+        assert!(e.contains("ACCOUNT=AMOUNT"), "{e}");
+        let e = parse_err("[serve]\nalert_balance_floor = \"-1\"\n");
+        assert!(
+            e.contains("alert_balance_floor") && e.contains("non-negative"),
+            "{e}"
+        );
+
+        let invalid = |text: &str| {
+            file(text)
+                .serve
+                .unwrap()
+                .to_config()
+                .unwrap_err()
+                .to_string()
+        };
+        let e = invalid("[serve]\nholds_max = 0\n");
+        assert_eq!(e, "holds_max = 0: must be positive");
+        let e = invalid("[serve]\nhold_ttl_default_ms = 999999999999\n");
+        assert!(e.contains("hold_ttl_default_ms = 999999999999: must be between 1 and"));
+        let e = invalid("[serve]\nalert_low_quota = [1.5]\n");
+        assert!(e.contains("alert_low_quota") && e.contains("1.5"), "{e}");
+        let e = LedgerSettings::default()
+            .to_config()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("database_url") && e.contains("required"), "{e}");
+    }
+
+    #[test]
+    fn the_ledger_table_configures_the_ledger() {
+        let l = file(
+            "[ledger]\ndatabase_url = \"sqlite:x.db\"\nlease_ttl_ms = 5000\n\
+             concurrency_max = 3\nrequest_timeout_ms = 100\n",
+        )
+        .ledger
+        .unwrap();
+        let cfg = l.to_config().unwrap();
+        assert_eq!(cfg.database_url, "sqlite:x.db");
+        assert_eq!(cfg.lease.ttl_ms, 5000);
+        assert_eq!(cfg.limits.concurrency_max, 3);
+        assert_eq!(cfg.limits.request_timeout_ms, 100);
+        let eff = LedgerSettings::effective(&cfg, LogFormat::Text);
+        assert_eq!(eff.to_config().unwrap().lease.ttl_ms, 5000);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the file holds, parsing it ends in a config or a clean error.
+        #[test]
+        fn arbitrary_files_never_panic(text in "\\PC{0,200}") {
+            if let Ok(f) = FileConfig::parse(Path::new("f.toml"), &text) {
+                if let Some(s) = f.serve {
+                    let _ = s.to_config();
+                }
+                if let Some(l) = f.ledger {
+                    let _ = l.to_config();
+                }
+            }
+        }
+
+        /// Keys we know with values of any TOML shape: a config or a clean error.
+        #[test]
+        fn known_keys_with_arbitrary_values_never_panic(
+            key in prop::sample::select(vec![
+                "listen", "data_dir", "holds_max", "journal_sync", "fail_open_budget",
+                "alert_low_quota", "alert_expiring_ms", "alert_balance_floor",
+                "hold_ttl_default_ms", "stream_buffer", "metrics_listen", "log_format",
+                "concurrency_max", "request_timeout_ms", "sync_interval_ms",
+            ]),
+            value in prop_oneof![
+                any::<i64>().prop_map(|v| v.to_string()),
+                any::<f64>().prop_map(|v| format!("{v:?}")),
+                "[a-z0-9.:=*-]{0,12}".prop_map(|v| format!("{v:?}")),
+                prop::collection::vec("[a-z0-9.=*-]{0,8}", 0..4)
+                    .prop_map(|v| format!("{v:?}")),
+                Just("true".to_owned()),
+                Just("{ a = 1 }".to_owned()),
+            ],
+        ) {
+            let text = format!("[serve]\n{key} = {value}\n");
+            match FileConfig::parse(Path::new("f.toml"), &text) {
+                Ok(f) => {
+                    if let Err(e) = f.serve.unwrap_or_default().to_config() {
+                        prop_assert!(e.to_string().contains(key), "{e}");
+                    }
+                }
+                Err(e) => prop_assert!(e.to_string().contains("f.toml"), "{e}"),
+            }
+        }
+    }
+}
