@@ -502,7 +502,6 @@ mod tests {
         //! The catalog parser under arbitrary and almost-right files: a catalog or a
         //! `CatalogError`, never a panic.
         use super::*;
-        use proptest::prelude::*;
 
         fn lines() -> Vec<&'static str> {
             DEFAULT_CATALOG_TOML.lines().collect()
