@@ -13,6 +13,9 @@
 //!   reached by the engine only through `ledger::LedgerApi`.
 //! - `grpc`: thin adapters from the wire to the engine and the ledger; one error map.
 //! - `server`: wiring, limits, health, reflection and the shutdown order.
+//! - `config`: settings from flags, environment and the TOML file, with one precedence.
+//! - `guard`: the layer in front of every RPC: request ids, load shedding, latency.
+//! - `metrics`: Prometheus counters, histograms and the /metrics endpoint.
 //! - `ctl`: the operator command line.
 //! - `clock`: injected time.
 //! - `pb`: generated protobuf and gRPC code for `quotad.v1`.
@@ -21,11 +24,14 @@
 
 pub mod billing;
 pub mod clock;
+pub mod config;
 pub mod ctl;
 pub mod engine;
 pub mod grpc;
+pub mod guard;
 pub mod journal;
 pub mod ledger;
+pub mod metrics;
 pub mod server;
 
 /// Generated code for proto/quotad/v1, and its descriptor set for reflection.

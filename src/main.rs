@@ -1,9 +1,8 @@
-//! The `quotad` command: `serve` runs the sidecar with its embedded ledger, `ctl` drives a
-//! running one.
+//! The `quotad` command: `serve` runs the sidecar with its embedded ledger, `ledger` the
+//! shared ledger, `ctl` drives a running one, `check-config` checks a configuration file.
 
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,7 +10,8 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use quotad::clock::SystemClock;
-use quotad::server::{self, DEFAULT_DATA_DIR, DEFAULT_LISTEN, ServeConfig};
+use quotad::config::{self, LedgerSettings, LogFormat, ServeSettings};
+use quotad::server::{self, ServeConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -33,125 +33,59 @@ enum Command {
     Ledger(LedgerArgs),
     /// Operator commands against a running quotad.
     Ctl(quotad::ctl::CtlArgs),
+    /// Check a configuration file (and the catalog it names) without starting: prints
+    /// the effective configuration, or every error and exits non-zero.
+    CheckConfig {
+        /// The TOML file, as given to --config.
+        file: PathBuf,
+    },
 }
 
+/// `quotad serve`: the settings (see `quotad::config`) and the file they may come from.
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// Address to serve gRPC on.
-    #[arg(long, env = "QUOTAD_LISTEN", default_value = DEFAULT_LISTEN)]
-    listen: SocketAddr,
-    /// Directory for the ledger and journal files.
-    #[arg(long, env = "QUOTAD_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
-    /// Catalog TOML replacing the one compiled in.
-    #[arg(long, env = "QUOTAD_CATALOG")]
-    catalog: Option<PathBuf>,
-    /// A `quotad ledger` to sync with (http://HOST:PORT) instead of the embedded ledger.
-    #[arg(long, env = "QUOTAD_LEDGER")]
-    ledger: Option<String>,
-    /// Money an account may be admitted for while the ledger is unreachable and its lease
-    /// is spent, as ACCOUNT=AMOUNT (repeatable; `*=AMOUNT` for every account). Default:
-    /// none (fail-closed).
-    #[arg(long = "fail-open-budget", value_parser = parse_budget)]
-    fail_open_budgets: Vec<(String, quotad::billing::Money)>,
-    /// Milliseconds between syncs with the ledger when no usage wakes the loop earlier.
-    #[arg(long, default_value_t = quotad::engine::sync::DEFAULT_SYNC_INTERVAL_MS)]
-    sync_interval_ms: u64,
-    /// Hold lifetime when a Reserve gives ttl_ms = 0.
-    #[arg(long, default_value_t = quotad::engine::DEFAULT_HOLD_TTL_MS)]
-    hold_ttl_default_ms: i64,
-    /// Most reservations kept in memory.
-    #[arg(long, default_value_t = quotad::engine::DEFAULT_HOLDS_MAX)]
-    holds_max: usize,
-    /// Journal durability: `full` fsyncs every group commit (an acknowledged call
-    /// survives a power loss); `normal` hands writes to the OS before the ack and
-    /// fsyncs at checkpoints (survives a kill -9 of quotad, not a power loss).
-    #[arg(long, default_value = "full", value_parser = parse_journal_sync)]
-    journal_sync: quotad::journal::JournalSync,
-    /// Most usage streams (StreamUsage) open at once.
-    #[arg(long, default_value_t = quotad::engine::work::DEFAULT_STREAMS_MAX)]
-    streams_max: usize,
-    /// Most usage reports per second on one stream (a burst of as many is allowed).
-    #[arg(long, default_value_t = quotad::engine::work::DEFAULT_STREAM_REPORTS_PER_SEC)]
-    stream_reports_per_sec: u32,
-    /// Decisions a usage stream buffers for a client that does not read them; beyond,
-    /// the stream ends with RESOURCE_EXHAUSTED.
-    #[arg(long, default_value_t = quotad::engine::work::DEFAULT_STREAM_BUFFER)]
-    stream_buffer: usize,
-    /// Most Exclusive sessions kept (running and recently stopped).
-    #[arg(long, default_value_t = quotad::engine::sessions::DEFAULT_SESSIONS_MAX)]
-    sessions_max: usize,
-    /// Most Watch streams open at once.
-    #[arg(long, default_value_t = quotad::engine::events::DEFAULT_WATCHERS_MAX)]
-    watchers_max: usize,
-    /// LOW_QUOTA fires when a grant's remaining quota falls to these fractions of it
-    /// (comma-separated). Default: 0.2,0.1.
-    #[arg(long, value_delimiter = ',', value_parser = parse_fraction)]
-    alert_low_quota: Option<Vec<rust_decimal::Decimal>>,
-    /// GRANT_EXPIRING fires this long before a grant with quota left expires
-    /// (milliseconds, comma-separated). Default: 7 days and 1 day.
-    #[arg(long, value_delimiter = ',')]
-    alert_expiring_ms: Option<Vec<i64>>,
-    /// LOW_QUOTA also fires when the balance falls below this amount. Default: off.
-    #[arg(long, value_parser = parse_amount)]
-    alert_balance_floor: Option<quotad::billing::Money>,
+    /// TOML file whose [serve] table sets any of these flags (by their names with `_`);
+    /// flags and QUOTAD_* variables override it.
+    #[arg(long, env = "QUOTAD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: ServeSettings,
 }
 
+/// `quotad ledger`: the settings and the file they may come from.
 #[derive(clap::Args, Debug)]
 struct LedgerArgs {
-    /// Address to serve the Admin and Ledger services on.
-    #[arg(long, env = "QUOTAD_LEDGER_LISTEN", default_value = server::DEFAULT_LEDGER_LISTEN)]
-    listen: SocketAddr,
-    /// postgres://USER@HOST:PORT/DB, or a SQLite file (sqlite:PATH).
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
-    /// Catalog TOML replacing the one compiled in.
-    #[arg(long, env = "QUOTAD_CATALOG")]
-    catalog: Option<PathBuf>,
-    /// How long a lease lets a sidecar admit without hearing from the ledger.
-    #[arg(long, default_value_t = quotad::ledger::lease::DEFAULT_LEASE_TTL_MS)]
-    lease_ttl_ms: i64,
-    /// How long an expired lease's money stays set aside for holds admitted under it.
-    #[arg(long, default_value_t = quotad::ledger::lease::DEFAULT_LEASE_HOLD_GRACE_MS)]
-    lease_hold_grace_ms: i64,
-    /// Most connections to PostgreSQL.
-    #[arg(long, default_value_t = quotad::ledger::postgres::DEFAULT_PG_POOL_MAX)]
-    pg_pool_max: u32,
+    /// TOML file whose [ledger] table sets any of these flags; flags and variables
+    /// override it.
+    #[arg(long, env = "QUOTAD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: LedgerSettings,
 }
 
-fn parse_journal_sync(s: &str) -> Result<quotad::journal::JournalSync, String> {
-    quotad::journal::JournalSync::from_name(s)
-        .ok_or_else(|| format!("{s:?} is not a journal sync mode: full or normal"))
+/// The environment's settings alone, for `check-config`.
+#[derive(Parser, Debug)]
+struct ServeEnv {
+    #[command(flatten)]
+    settings: ServeSettings,
 }
 
-fn parse_fraction(s: &str) -> Result<rust_decimal::Decimal, String> {
-    s.trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a fraction such as 0.2"))
+#[derive(Parser, Debug)]
+struct LedgerEnv {
+    #[command(flatten)]
+    settings: LedgerSettings,
 }
 
-fn parse_amount(s: &str) -> Result<quotad::billing::Money, String> {
-    quotad::billing::Money::parse_non_negative(s).map_err(|e| e.to_string())
-}
-
-fn parse_budget(s: &str) -> Result<(String, quotad::billing::Money), String> {
-    let (account, amount) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not ACCOUNT=AMOUNT"))?;
-    let amount = quotad::billing::Money::parse_non_negative(amount).map_err(|e| e.to_string())?;
-    if account.is_empty() {
-        return Err(format!("{s:?} names no account"));
-    }
-    Ok((account.to_owned(), amount))
-}
-
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt.json().with_current_span(true).init(),
+    }
 }
 
 async fn shutdown_signal() {
@@ -176,50 +110,86 @@ async fn shutdown_signal() {
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<(), server::ServeError> {
-    let mut cfg = ServeConfig::new(args.listen, args.data_dir);
-    cfg.catalog_path = args.catalog;
-    cfg.ledger_url = args.ledger;
-    for (account, amount) in args.fail_open_budgets {
-        if account == "*" {
-            cfg.engine.fail_open_default = amount;
-        } else {
-            cfg.engine.fail_open_budgets.insert(account, amount);
-        }
-    }
-    cfg.sync_interval_ms = args.sync_interval_ms;
-    cfg.engine.hold_ttl_default_ms = args.hold_ttl_default_ms;
-    cfg.engine.holds_max = args.holds_max;
-    cfg.journal_sync = args.journal_sync;
-    cfg.engine.streams_max = args.streams_max;
-    cfg.engine.stream_reports_per_sec = args.stream_reports_per_sec;
-    cfg.engine.stream_buffer = args.stream_buffer.max(1);
-    cfg.engine.sessions_max = args.sessions_max;
-    cfg.engine.watch.watchers_max = args.watchers_max;
-    if let Some(f) = args.alert_low_quota {
-        cfg.engine.alerts.low_quota_fractions = f;
-    }
-    if let Some(l) = args.alert_expiring_ms {
-        cfg.engine.alerts.expiring_leads_ms = l;
-    }
-    cfg.engine.alerts.balance_floor = args.alert_balance_floor;
+async fn serve(cfg: ServeConfig) -> Result<(), server::ServeError> {
     let running = server::start(cfg, Arc::new(SystemClock)).await?;
     // One stable line on stdout, for people and for scripts that started us on port 0.
     println!("quotad listening on {}", running.addr);
+    if let Some(m) = running.metrics_addr {
+        println!("quotad metrics on http://{m}/metrics");
+    }
     shutdown_signal().await;
     running.shutdown().await
 }
 
-async fn ledger(args: LedgerArgs) -> Result<(), server::ServeError> {
-    let mut cfg = server::LedgerServeConfig::new(args.listen, args.database_url);
-    cfg.catalog_path = args.catalog;
-    cfg.lease.ttl_ms = args.lease_ttl_ms;
-    cfg.lease.hold_grace_ms = args.lease_hold_grace_ms;
-    cfg.pg_pool_max = args.pg_pool_max;
+async fn ledger(cfg: server::LedgerServeConfig) -> Result<(), server::ServeError> {
     let running = server::start_ledger(cfg, Arc::new(SystemClock)).await?;
     println!("quotad ledger listening on {}", running.addr);
+    if let Some(m) = running.metrics_addr {
+        println!("quotad ledger metrics on http://{m}/metrics");
+    }
     shutdown_signal().await;
     running.shutdown().await
+}
+
+/// Prints the effective configuration, or every error; fails on any error.
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let serve = ServeEnv::try_parse_from(["quotad"]).map(|e| e.settings);
+    let ledger = LedgerEnv::try_parse_from(["quotad"]).map(|e| e.settings);
+    let (serve, ledger) = match (serve, ledger) {
+        (Ok(s), Ok(l)) => (s, l),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("quotad check-config: environment: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match config::check(file, &serve, &ledger) {
+        Ok(effective) => {
+            println!(
+                "# {}: valid. Effective configuration (flags > QUOTAD_* environment > file > \
+                 defaults; flags not included):",
+                file.display()
+            );
+            print!("{effective}");
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in errors {
+                eprintln!("quotad check-config: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Settings, logging, then `run`; a bad configuration exits before anything starts.
+async fn run_with<S, C, F, Fut>(
+    name: &str,
+    resolved: Result<S, config::ConfigError>,
+    to_config: impl FnOnce(&S) -> Result<C, config::ConfigError>,
+    log_format: impl FnOnce(&S) -> LogFormat,
+    run: F,
+) -> ExitCode
+where
+    F: FnOnce(C) -> Fut,
+    Fut: std::future::Future<Output = Result<(), server::ServeError>>,
+{
+    let checked = resolved.and_then(|s| Ok((to_config(&s)?, log_format(&s))));
+    let (cfg, format) = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name}: configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(format);
+    match run(cfg).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("{name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[tokio::main]
@@ -227,27 +197,28 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            init_logging();
-            match serve(args).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("quotad: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            let resolved = config::resolve_serve(args.config.as_deref(), &args.settings);
+            run_with(
+                "quotad",
+                resolved,
+                ServeSettings::to_config,
+                ServeSettings::log_format,
+                serve,
+            )
+            .await
         }
         Command::Ledger(args) => {
-            init_logging();
-            match ledger(args).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("quotad ledger: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            let resolved = config::resolve_ledger(args.config.as_deref(), &args.settings);
+            run_with(
+                "quotad ledger",
+                resolved,
+                LedgerSettings::to_config,
+                LedgerSettings::log_format,
+                ledger,
+            )
+            .await
         }
+        Command::CheckConfig { file } => check_config(&file),
         Command::Ctl(args) => {
             let mut out = std::io::stdout();
             match quotad::ctl::run(args, &mut out).await {

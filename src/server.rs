@@ -10,11 +10,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
+
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -25,6 +27,7 @@ use crate::engine::{self, Engine, EngineConfig, EngineError};
 use crate::grpc::admin::AdminService;
 use crate::grpc::ledger::{LedgerService, RemoteLedger};
 use crate::grpc::quota::QuotaService;
+use crate::guard::GuardLayer;
 use crate::journal::{
     DEFAULT_JOURNAL_BATCH_MAX, DEFAULT_JOURNAL_QUEUE_MAX, Journal, JournalError, JournalSync,
 };
@@ -33,6 +36,7 @@ use crate::ledger::postgres::{DEFAULT_PG_POOL_MAX, PgStore};
 use crate::ledger::sqlite::SqliteStore;
 use crate::ledger::store::{LedgerStore, StoreError};
 use crate::ledger::{EMBEDDED_SIDECAR_ID, Ledger, LedgerApi, LedgerError};
+use crate::metrics::{Metrics, Sample, SharedMetrics};
 use crate::pb;
 
 /// Where `quotad serve` listens by default.
@@ -43,6 +47,12 @@ pub const DEFAULT_LEDGER_LISTEN: &str = "127.0.0.1:50052";
 pub const DEFAULT_DATA_DIR: &str = "quotad-data";
 /// Concurrent requests served per client connection; more wait in HTTP/2 flow control.
 pub const DEFAULT_CONCURRENCY_PER_CONNECTION: usize = 1_024;
+/// Concurrent requests served over all connections; more are refused at once with
+/// RESOURCE_EXHAUSTED (see `guard`).
+pub const DEFAULT_CONCURRENCY_MAX: usize = 4_096;
+/// Longest a request may take to be answered; a client's `grpc-timeout` shortens it.
+/// Streams only need their first response within it.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Concurrent HTTP/2 streams a client may open on one connection.
 pub const DEFAULT_STREAMS_PER_CONNECTION_MAX: u32 = 1_024;
 /// Largest request message accepted by the Quota and Admin services.
@@ -73,22 +83,28 @@ pub struct ServeConfig {
     /// fsync per group commit (default), or only what a kill -9 needs.
     pub journal_sync: JournalSync,
     pub limits: Limits,
+    /// Serve Prometheus metrics over HTTP here (None: no endpoint).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
-/// Per-connection limits of a gRPC server.
+/// Limits of a gRPC server.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    pub concurrency_max: usize,
     pub concurrency_per_connection: usize,
     pub streams_per_connection_max: u32,
     pub message_bytes_max: usize,
+    pub request_timeout_ms: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
+            concurrency_max: DEFAULT_CONCURRENCY_MAX,
             concurrency_per_connection: DEFAULT_CONCURRENCY_PER_CONNECTION,
             streams_per_connection_max: DEFAULT_STREAMS_PER_CONNECTION_MAX,
             message_bytes_max: DEFAULT_MESSAGE_BYTES_MAX,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
         }
     }
 }
@@ -111,6 +127,7 @@ impl ServeConfig {
             journal_batch_max: DEFAULT_JOURNAL_BATCH_MAX,
             journal_sync: JournalSync::default(),
             limits: Limits::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -124,6 +141,7 @@ pub struct LedgerServeConfig {
     pub lease: LeaseConfig,
     pub pg_pool_max: u32,
     pub limits: Limits,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl LedgerServeConfig {
@@ -135,6 +153,7 @@ impl LedgerServeConfig {
             lease: LeaseConfig::default(),
             pg_pool_max: DEFAULT_PG_POOL_MAX,
             limits: Limits::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -168,6 +187,8 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("reflection service: {0}")]
     Reflection(String),
     #[error("gRPC server: {0}")]
@@ -239,13 +260,12 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError>
 }
 
 type Server = JoinHandle<Result<(), tonic::transport::Error>>;
+type Router = tonic::transport::server::Router<
+    tower::layer::util::Stack<GuardLayer, tower::layer::util::Identity>,
+>;
 
 /// Serves `router` on `listener` until `stop` turns true; in-flight calls finish first.
-fn spawn_server(
-    router: tonic::transport::server::Router,
-    listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-) -> Server {
+fn spawn_server(router: Router, listener: TcpListener, mut stop: watch::Receiver<bool>) -> Server {
     // serve_with_incoming ignores the builder's tcp_nodelay: set it per connection, or
     // Nagle and delayed ACKs add ~40 ms to any response that spans two segments.
     let incoming = TcpListenerStream::new(listener).map(|conn| {
@@ -265,11 +285,93 @@ fn spawn_server(
     }))
 }
 
-fn builder(limits: Limits) -> tonic::transport::Server {
+fn builder(
+    limits: Limits,
+    metrics: &SharedMetrics,
+) -> tonic::transport::Server<tower::layer::util::Stack<GuardLayer, tower::layer::util::Identity>> {
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(limits.concurrency_per_connection)
         .http2_max_pending_accept_reset_streams(Some(64))
         .max_concurrent_streams(Some(limits.streams_per_connection_max))
+        .timeout(Duration::from_millis(limits.request_timeout_ms))
+        .layer(GuardLayer::new(limits.concurrency_max, metrics.clone()))
+}
+
+/// Starts the metrics endpoint if one is configured; it stops with `stop`.
+async fn start_metrics(
+    listen: Option<SocketAddr>,
+    metrics: &SharedMetrics,
+    stop: watch::Receiver<bool>,
+) -> Result<Option<SocketAddr>, ServeError> {
+    let Some(addr) = listen else {
+        return Ok(None);
+    };
+    let (listener, local) = crate::metrics::bind(addr).await?;
+    tokio::spawn(crate::metrics::serve(listener, metrics.clone(), stop));
+    tracing::info!(addr = %local, "metrics at http://{local}/metrics");
+    Ok(Some(local))
+}
+
+/// Gauges read from the engine at each scrape.
+fn engine_metrics(metrics: &SharedMetrics, engine: &Arc<Engine>) {
+    let engine = Arc::downgrade(engine);
+    metrics.collect(move |out| {
+        let Some(e) = engine.upgrade() else { return };
+        let s = e.stats();
+        out.extend([
+            Sample::gauge(
+                "quotad_holds",
+                "Reservations in memory: open, and settled ones kept for retries.",
+                s.holds as f64,
+            ),
+            Sample::gauge(
+                "quotad_accounts_cached",
+                "Accounts cached in memory.",
+                s.accounts as f64,
+            ),
+            Sample::gauge(
+                "quotad_leases",
+                "Cached accounts with an unexpired lease from the ledger.",
+                s.leases as f64,
+            ),
+            Sample::gauge(
+                "quotad_usage_streams",
+                "Open StreamUsage streams.",
+                s.streams as f64,
+            ),
+            Sample::gauge(
+                "quotad_sessions_running",
+                "Exclusive sessions running.",
+                s.sessions_running as f64,
+            ),
+            Sample::gauge("quotad_watchers", "Open Watch streams.", s.watchers as f64),
+            Sample::counter(
+                "quotad_events_sent_total",
+                "Account events handed to watchers.",
+                s.events_sent as f64,
+            ),
+            Sample::counter(
+                "quotad_events_dropped_total",
+                "Account events not sent because the event queue was full.",
+                s.events_dropped as f64,
+            ),
+            Sample::gauge(
+                "quotad_journal_backlog",
+                "Usage records acknowledged and journaled, not yet applied by the ledger.",
+                s.journal_backlog as f64,
+            ),
+            Sample::gauge(
+                "quotad_sync_lag_seconds",
+                "Age of the oldest usage record the ledger has not applied (0: none).",
+                s.sync_lag_ms as f64 / 1e3,
+            ),
+            Sample::gauge(
+                "quotad_ledger_up",
+                "1 while the last exchange with the ledger succeeded.",
+                if s.ledger_up { 1.0 } else { 0.0 },
+            ),
+        ]);
+    });
 }
 
 fn reflection() -> Result<
@@ -306,6 +408,9 @@ async fn join(server: Server) -> Result<(), ServeError> {
 /// A sidecar that is serving. Drop without `shutdown` only in tests that simulate a crash.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where the metrics endpoint listens, if it is on.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics: SharedMetrics,
     engine: Arc<Engine>,
     stop: watch::Sender<bool>,
     server: Server,
@@ -318,13 +423,15 @@ impl Running {
         &self.engine
     }
 
+    pub fn metrics(&self) -> &SharedMetrics {
+        &self.metrics
+    }
+
     /// Stops accepting, lets in-flight calls finish, pushes acknowledged usage to the
     /// ledger, gives leases back and closes the journal.
     pub async fn shutdown(self) -> Result<(), ServeError> {
         tracing::info!("draining");
-        self.health
-            .set_not_serving::<pb::quota_server::QuotaServer<QuotaService>>()
-            .await;
+        not_serving(&self.health).await;
         let _ = self.stop.send(true);
         self.engine.close_streams();
         let served = join(self.server).await;
@@ -339,6 +446,21 @@ impl Running {
         self.engine.journal().close().await;
         tracing::info!("stopped");
         served
+    }
+}
+
+/// Draining: every service, and the server as a whole (""), reports NOT_SERVING so load
+/// balancers stop sending before the listener closes.
+async fn not_serving(health: &HealthReporter) {
+    for service in [
+        "",
+        <pb::quota_server::QuotaServer<QuotaService> as tonic::server::NamedService>::NAME,
+        <pb::admin_server::AdminServer<AdminService> as tonic::server::NamedService>::NAME,
+        <pb::ledger_server::LedgerServer<LedgerService> as tonic::server::NamedService>::NAME,
+    ] {
+        health
+            .set_service_status(service, ServingStatus::NotServing)
+            .await;
     }
 }
 
@@ -394,8 +516,13 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         .set_serving::<pb::quota_server::QuotaServer<QuotaService>>()
         .await;
     let (reflection_v1, reflection_v1alpha) = reflection()?;
-    let quota = pb::quota_server::QuotaServer::new(QuotaService::new(engine.clone()))
-        .max_decoding_message_size(cfg.limits.message_bytes_max);
+    let metrics = Metrics::new();
+    engine_metrics(&metrics, &engine);
+    let quota = pb::quota_server::QuotaServer::new(QuotaService::with_metrics(
+        engine.clone(),
+        metrics.clone(),
+    ))
+    .max_decoding_message_size(cfg.limits.message_bytes_max);
     let admin = match embedded {
         Some(ledger) => {
             health
@@ -435,7 +562,8 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         cfg.sync_batch_max,
         stop_rx.clone(),
     ));
-    let router = builder(cfg.limits)
+    let metrics_addr = start_metrics(cfg.metrics_listen, &metrics, stop_rx.clone()).await?;
+    let router = builder(cfg.limits, &metrics)
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -448,6 +576,8 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         "quotad serving");
     Ok(Running {
         addr,
+        metrics_addr,
+        metrics,
         engine,
         stop,
         server,
@@ -459,14 +589,17 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
 /// A ledger process that is serving.
 pub struct RunningLedger {
     pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
     pub ledger: Arc<Ledger>,
     stop: watch::Sender<bool>,
     server: Server,
+    health: HealthReporter,
 }
 
 impl RunningLedger {
     /// Stops accepting and lets in-flight calls finish; the database holds everything.
     pub async fn shutdown(self) -> Result<(), ServeError> {
+        not_serving(&self.health).await;
         let _ = self.stop.send(true);
         join(self.server).await
     }
@@ -520,7 +653,9 @@ pub async fn start_ledger(
     let sync = pb::ledger_server::LedgerServer::new(LedgerService::new(ledger.clone()))
         .max_decoding_message_size(DEFAULT_SYNC_MESSAGE_BYTES_MAX);
     let (stop, stop_rx) = watch::channel(false);
-    let router = builder(cfg.limits)
+    let metrics = Metrics::new();
+    let metrics_addr = start_metrics(cfg.metrics_listen, &metrics, stop_rx.clone()).await?;
+    let router = builder(cfg.limits, &metrics)
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -531,8 +666,10 @@ pub async fn start_ledger(
         "quotad ledger serving");
     Ok(RunningLedger {
         addr,
+        metrics_addr,
         ledger,
         stop,
         server,
+        health,
     })
 }

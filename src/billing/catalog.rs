@@ -497,4 +497,72 @@ mod tests {
         let unknown = format!("{base}colour = \"red\"\n");
         assert!(Catalog::from_toml(&unknown).is_err());
     }
+
+    mod fuzz {
+        //! The catalog parser under arbitrary and almost-right files: a catalog or a
+        //! `CatalogError`, never a panic.
+        use super::*;
+
+        fn lines() -> Vec<&'static str> {
+            DEFAULT_CATALOG_TOML.lines().collect()
+        }
+
+        /// Values a field of the catalog could be given by mistake.
+        fn junk_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<i64>().prop_map(|v| v.to_string()),
+                any::<f64>().prop_map(|v| format!("{v:?}")),
+                "\\PC{0,20}".prop_map(|v| format!("{v:?}")),
+                "[0-9.eE+-]{0,30}".prop_map(|v| format!("{v:?}")),
+                Just("\"99999999999999999999999999999999\"".to_owned()),
+                Just("\"-1\"".to_owned()),
+                Just("[]".to_owned()),
+                Just("{}".to_owned()),
+                Just("true".to_owned()),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn arbitrary_text(text in "\\PC{0,400}") {
+                let _ = Catalog::from_toml(&text);
+            }
+
+            /// The default catalog with one line dropped, duplicated, or its value replaced.
+            #[test]
+            fn mutated_default_catalog(
+                pick in any::<prop::sample::Index>(),
+                how in 0u8..3,
+                value in junk_value(),
+            ) {
+                let mut ls: Vec<String> = lines().into_iter().map(str::to_owned).collect();
+                let i = pick.index(ls.len());
+                match how {
+                    0 => {
+                        ls.remove(i);
+                    }
+                    1 => {
+                        let l = ls[i].clone();
+                        ls.insert(i, l);
+                    }
+                    _ => {
+                        if let Some((k, _)) = ls[i].split_once('=') {
+                            ls[i] = format!("{k}= {value}");
+                        }
+                    }
+                }
+                let text = ls.join("\n");
+                if let Ok(c) = Catalog::from_toml(&text) {
+                    // What loads is usable: every price costs without panicking.
+                    for p in c.prices.values() {
+                        let _ = p.cost(1);
+                        let _ = p.cost(QUANTITY_MAX);
+                        let _ = p.quantity_for(Money::from_decimal(Decimal::from(1_000)));
+                    }
+                }
+            }
+        }
+    }
 }

@@ -40,6 +40,18 @@ pub enum MoneyError {
     NotPositive(String),
 }
 
+/// Longest part of a rejected amount that an error repeats (in characters): enough to
+/// recognise it, never a client's megabyte back at it.
+pub const AMOUNT_SHOWN_MAX: usize = 64;
+
+/// `t` for an error message: whole if short, else its start and "...".
+fn excerpt(t: &str) -> String {
+    match t.char_indices().nth(AMOUNT_SHOWN_MAX) {
+        Some((i, _)) => format!("{}...", &t[..i]),
+        None => t.to_owned(),
+    }
+}
+
 /// An amount of money in the deployment's currency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Money(Decimal);
@@ -70,26 +82,26 @@ impl Money {
         if !unsigned.bytes().all(|b| b.is_ascii_digit() || b == b'.')
             || unsigned.bytes().filter(|&b| b == b'.').count() > 1
         {
-            return Err(MoneyError::NotANumber(t.to_owned()));
+            return Err(MoneyError::NotANumber(excerpt(t)));
         }
         // Check the digits before parsing: Decimal::from_str silently rounds past 28 places.
         let (int_part, frac_part) = unsigned.split_once('.').unwrap_or((unsigned, ""));
         if int_part.is_empty() && frac_part.is_empty() {
-            return Err(MoneyError::NotANumber(t.to_owned()));
+            return Err(MoneyError::NotANumber(excerpt(t)));
         }
         if frac_part.trim_end_matches('0').len() > MONEY_DP_MAX as usize {
-            return Err(MoneyError::TooPrecise(t.to_owned()));
+            return Err(MoneyError::TooPrecise(excerpt(t)));
         }
         if int_part.trim_start_matches('0').len() > 13 {
-            return Err(MoneyError::TooLarge(t.to_owned()));
+            return Err(MoneyError::TooLarge(excerpt(t)));
         }
         // Trailing zeros past the limit carry no value; drop them so parsing is exact.
         let frac_kept = &frac_part[..frac_part.len().min(MONEY_DP_MAX as usize)];
         let exact = format!("{int_part}.{frac_kept}0");
-        let d = Decimal::from_str(&exact).map_err(|_| MoneyError::NotANumber(t.to_owned()))?;
+        let d = Decimal::from_str(&exact).map_err(|_| MoneyError::NotANumber(excerpt(t)))?;
         let d = if t.starts_with('-') { -d } else { d };
         if d.abs() > MONEY_MAX {
-            return Err(MoneyError::TooLarge(t.to_owned()));
+            return Err(MoneyError::TooLarge(excerpt(t)));
         }
         Ok(Money(d.normalize()))
     }
@@ -97,7 +109,7 @@ impl Money {
     pub fn parse_non_negative(s: &str) -> Result<Self, MoneyError> {
         let m = Self::parse(s)?;
         if m.is_negative() {
-            return Err(MoneyError::Negative(s.trim().to_owned()));
+            return Err(MoneyError::Negative(excerpt(s.trim())));
         }
         Ok(m)
     }
@@ -105,7 +117,7 @@ impl Money {
     pub fn parse_positive(s: &str) -> Result<Self, MoneyError> {
         let m = Self::parse_non_negative(s)?;
         if m.is_zero() {
-            return Err(MoneyError::NotPositive(s.trim().to_owned()));
+            return Err(MoneyError::NotPositive(excerpt(s.trim())));
         }
         Ok(m)
     }

@@ -308,6 +308,27 @@ struct Hold {
     streaming: bool,
 }
 
+/// A point-in-time view of the engine's sizes (see `Engine::stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Reservations in memory: open, and settled ones kept for idempotent retries.
+    pub holds: usize,
+    pub accounts: usize,
+    /// Cached accounts whose lease has not expired.
+    pub leases: usize,
+    pub streams: usize,
+    pub sessions_running: usize,
+    pub watchers: usize,
+    pub events_sent: u64,
+    /// Events not sent because the event queue was full.
+    pub events_dropped: u64,
+    /// Usage records acknowledged locally and not yet applied by the ledger.
+    pub journal_backlog: usize,
+    /// Age of the oldest usage record the ledger has not applied (0 when none).
+    pub sync_lag_ms: i64,
+    pub ledger_up: bool,
+}
+
 pub struct Engine {
     sidecar_id: String,
     catalog: Arc<Catalog>,
@@ -497,6 +518,42 @@ impl Engine {
 
     pub fn journal(&self) -> &Arc<Journal> {
         &self.journal
+    }
+
+    /// What the engine holds right now, for metrics. Walks the cached accounts and
+    /// sessions: meant for a scrape every few seconds, not for the request path.
+    pub fn stats(&self) -> EngineStats {
+        let now_ms = self.now_ms();
+        let leases = self
+            .accounts
+            .iter()
+            .filter(|a| a.base.lease.expires_at_ms > now_ms)
+            .count();
+        let sessions_running = self
+            .sessions
+            .iter()
+            .filter(|s| {
+                // One being stepped right now is running (stopped ones are not stepped).
+                s.value()
+                    .try_lock()
+                    .map(|r| r.state == crate::journal::SessionState::Running)
+                    .unwrap_or(true)
+            })
+            .count();
+        let oldest_usage_at_ms = self.journal.outbox_batch(1).first().map(|u| u.at_ms);
+        EngineStats {
+            holds: self.holds_len.load(Ordering::Relaxed),
+            accounts: self.accounts.len(),
+            leases,
+            streams: self.streams_open(),
+            sessions_running,
+            watchers: self.watchers(),
+            events_sent: self.events_sent(),
+            events_dropped: self.events.dropped.load(Ordering::Relaxed),
+            journal_backlog: self.journal.outbox_len(),
+            sync_lag_ms: oldest_usage_at_ms.map_or(0, |at| now_ms.saturating_sub(at).max(0)),
+            ledger_up: self.ledger_reachable(),
+        }
     }
 
     /// Loads the account from the ledger, with a first lease, if it is not cached.

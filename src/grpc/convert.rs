@@ -188,7 +188,12 @@ pub fn grant_in(g: &pb::Grant) -> Result<Grant, Invalid> {
         Ok(pb::grant::Kind::Plan) => GrantKind::Plan,
         Ok(pb::grant::Kind::Coupon) => GrantKind::Coupon,
         Ok(pb::grant::Kind::Trial) => GrantKind::Trial,
-        _ => return Err(Invalid(format!("grant {} has no valid kind", g.grant_id))),
+        _ => {
+            return Err(Invalid(format!(
+                "grant {} has no valid kind",
+                shown(&g.grant_id)
+            )));
+        }
     };
     let covers = if g.covers.is_empty() {
         ResourceSet::ANY
@@ -202,7 +207,7 @@ pub fn grant_in(g: &pb::Grant) -> Result<Grant, Invalid> {
         v.parse::<rust_decimal::Decimal>().map_err(|_| {
             Invalid(format!(
                 "grant {} {field} {} is not a decimal",
-                g.grant_id,
+                shown(&g.grant_id),
                 shown(v)
             ))
         })
@@ -291,5 +296,100 @@ mod tests {
         assert!(quantity(-1, true).is_err());
         assert!(quantity(0, false).is_err());
         assert_eq!(quantity(0, true).unwrap(), 0);
+    }
+
+    mod fuzz {
+        //! Request validation under arbitrary input: never a panic, always a verdict that
+        //! names the field and never echoes more than a short prefix of the value.
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Longest error message: the field, a 40-character excerpt and the rule.
+        const MESSAGE_MAX: usize = 400;
+
+        fn any_text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "\\PC{0,300}",
+                "[a-zA-Z0-9._:@-]{0,140}",
+                "[0-9.eE+-]{0,40}",
+                Just("x".repeat(100_000)),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn ids(s in any_text()) {
+                match id("account_id", &s) {
+                    Ok(v) => {
+                        prop_assert_eq!(v, s.as_str());
+                        prop_assert!(!s.is_empty() && s.len() <= ID_LEN_MAX);
+                        prop_assert!(s.bytes().all(id_char_ok));
+                    }
+                    Err(Invalid(m)) => {
+                        prop_assert!(m.contains("account_id"), "{}", m);
+                        prop_assert!(m.len() <= MESSAGE_MAX, "{}", m.len());
+                    }
+                }
+                if let Err(Invalid(m)) = sku(&s) {
+                    prop_assert!(m.contains("sku") && m.len() <= MESSAGE_MAX, "{}", m);
+                }
+            }
+
+            #[test]
+            fn amounts(amount in any_text(), currency in "[A-Z]{0,4}|\\PC{0,8}") {
+                let m = pb::Money { currency, amount };
+                match money_in("amount", "CNY", Some(&m)) {
+                    Ok(v) => {
+                        // What was accepted reads back as itself.
+                        prop_assert_eq!(Money::parse(&v.to_string()), Ok(v));
+                    }
+                    Err(Invalid(e)) => {
+                        prop_assert!(e.contains("amount"), "{}", e);
+                        prop_assert!(e.len() <= MESSAGE_MAX, "{}", e.len());
+                    }
+                }
+            }
+
+            #[test]
+            fn enums_and_quantities(v in any::<i32>(), q in any::<i64>(), zero_ok in any::<bool>()) {
+                let _ = resource("resource", v);
+                let _ = covers_in(v);
+                if let Err(s) = metered_resource(v) {
+                    prop_assert!(matches!(
+                        s.code(),
+                        tonic::Code::InvalidArgument | tonic::Code::Unimplemented
+                    ));
+                }
+                match quantity(q, zero_ok) {
+                    Ok(n) => prop_assert!(q > 0 || (zero_ok && q == 0) && n == 0),
+                    Err(Invalid(m)) => prop_assert!(m.contains("quantity")),
+                }
+            }
+
+            #[test]
+            fn grants_from_the_wire(
+                grant_id in any_text(),
+                kind in any::<i32>(),
+                covers in proptest::collection::vec(any::<i32>(), 0..4),
+                quota in any_text(),
+                remaining in any_text(),
+                unit in "GB|CNY|\\PC{0,4}",
+            ) {
+                let g = pb::Grant {
+                    grant_id,
+                    kind,
+                    covers,
+                    quota,
+                    remaining,
+                    unit,
+                    ..Default::default()
+                };
+                if let Err(Invalid(m)) = grant_in(&g) {
+                    prop_assert!(m.len() <= MESSAGE_MAX, "{}", m.len());
+                }
+            }
+        }
     }
 }

@@ -18,18 +18,44 @@ use crate::engine::sessions::StartSession;
 use crate::engine::work::{Work, WorkKey};
 use crate::engine::{self, Engine, EngineError};
 use crate::journal::SessionState;
+use crate::metrics::SharedMetrics;
 use crate::pb;
 
 pub struct QuotaService {
     engine: Arc<Engine>,
     currency: String,
+    metrics: SharedMetrics,
 }
 
 impl QuotaService {
     pub fn new(engine: Arc<Engine>) -> QuotaService {
-        let currency = engine.catalog().currency.clone();
-        QuotaService { engine, currency }
+        QuotaService::with_metrics(engine, crate::metrics::Metrics::new())
     }
+
+    /// Counts decisions and Watch lag into `metrics`.
+    pub fn with_metrics(engine: Arc<Engine>, metrics: SharedMetrics) -> QuotaService {
+        let currency = engine.catalog().currency.clone();
+        QuotaService {
+            engine,
+            currency,
+            metrics,
+        }
+    }
+
+    fn decided(&self, rpc: &'static str, admitted: bool, reason: i32) {
+        self.metrics
+            .decision(rpc, admitted, reason_name(admitted, reason));
+    }
+}
+
+/// The deny reason's proto name, the label of decision metrics ("" when admitted).
+fn reason_name(admitted: bool, reason: i32) -> &'static str {
+    if admitted {
+        return "";
+    }
+    pb::DenyReason::try_from(reason)
+        .map(|r| r.as_str_name())
+        .unwrap_or("UNKNOWN")
 }
 
 /// The Balance message for an account view.
@@ -75,9 +101,11 @@ impl pb::quota_server::Quota for QuotaService {
             ttl_ms: r.ttl_ms,
         };
         let o = self.engine.reserve(req).await?;
+        let reason = convert::deny_reason(o.reason);
+        self.decided("Reserve", o.admitted, reason);
         Ok(Response::new(pb::ReserveResponse {
             admitted: o.admitted,
-            reason: convert::deny_reason(o.reason),
+            reason,
             held: money_out(&self.currency, o.held),
             available: money_out(&self.currency, o.available),
             expires_at_ms: o.expires_at_ms,
@@ -124,9 +152,11 @@ impl pb::quota_server::Quota for QuotaService {
             .engine
             .admit(account_id, resource, sku, quantity)
             .await?;
+        let reason = convert::deny_reason(o.reason);
+        self.decided("Admit", o.admitted, reason);
         Ok(Response::new(pb::AdmitResponse {
             admitted: o.admitted,
-            reason: convert::deny_reason(o.reason),
+            reason,
             available: money_out(&self.currency, o.available),
         }))
     }
@@ -187,7 +217,14 @@ impl pb::quota_server::Quota for QuotaService {
         let (tx, rx) = mpsc::channel(cfg.stream_buffer.max(1));
         let engine = self.engine.clone();
         let currency = self.currency.clone();
-        tokio::spawn(meter(engine, currency, request.into_inner(), tx));
+        let metrics = Some(self.metrics.clone());
+        tokio::spawn(meter_with(
+            engine,
+            currency,
+            request.into_inner(),
+            tx,
+            metrics,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -211,9 +248,11 @@ impl pb::quota_server::Quota for QuotaService {
             idle_timeout_ms: r.idle_timeout_ms,
         };
         let o = self.engine.start_session(req).await?;
+        let reason = convert::deny_reason(o.reason);
+        self.decided("StartSession", o.admitted, reason);
         Ok(Response::new(pb::StartSessionResponse {
             admitted: o.admitted,
-            reason: convert::deny_reason(o.reason),
+            reason,
             held: money_out(&self.currency, o.held),
             started_at_ms: o.started_at_ms,
         }))
@@ -259,6 +298,7 @@ impl pb::quota_server::Quota for QuotaService {
         Ok(Response::new(EventStream {
             inner: Box::pin(BroadcastStream::new(rx)),
             account_id: account_id.to_owned(),
+            metrics: self.metrics.clone(),
             _guard: guard,
         }))
     }
@@ -376,8 +416,21 @@ const STREAM_ERROR_SEND_MS: u64 = 5_000;
 pub async fn meter<S>(
     engine: Arc<Engine>,
     currency: String,
+    inbound: S,
+    tx: mpsc::Sender<Result<pb::UsageDecision, Status>>,
+) where
+    S: Stream<Item = Result<pb::UsageReport, Status>> + Unpin,
+{
+    meter_with(engine, currency, inbound, tx, None).await
+}
+
+/// `meter`, counting each decision into `metrics`.
+async fn meter_with<S>(
+    engine: Arc<Engine>,
+    currency: String,
     mut inbound: S,
     tx: mpsc::Sender<Result<pb::UsageDecision, Status>>,
+    metrics: Option<SharedMetrics>,
 ) where
     S: Stream<Item = Result<pb::UsageReport, Status>> + Unpin,
 {
@@ -420,6 +473,10 @@ pub async fn meter<S>(
         }
         let (decisions, err) = on_reports(&engine, &currency, &mut work, &batch).await;
         for d in decisions {
+            if let Some(m) = &metrics {
+                let go_on = d.action == pb::Action::Continue as i32;
+                m.decision("StreamUsage", go_on, reason_name(go_on, d.reason));
+            }
             match tx.try_send(Ok(d)) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -458,6 +515,7 @@ pub async fn meter<S>(
 pub struct EventStream {
     inner: Pin<Box<BroadcastStream<Event>>>,
     account_id: String,
+    metrics: SharedMetrics,
     _guard: WatchGuard,
 }
 
@@ -472,15 +530,18 @@ impl Stream for EventStream {
         };
         Poll::Ready(Some(Ok(match item {
             Ok(e) => event_out(&e),
-            Err(BroadcastStreamRecvError::Lagged(n)) => pb::AccountEvent {
-                account_id: self.account_id.clone(),
-                kind: pb::account_event::Kind::EventsDropped as i32,
-                message: format!(
-                    "{n} events were not delivered: this watcher fell behind (watch buffer)"
-                ),
-                dropped: n,
-                ..Default::default()
-            },
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                self.metrics.watch_lagged(n);
+                pb::AccountEvent {
+                    account_id: self.account_id.clone(),
+                    kind: pb::account_event::Kind::EventsDropped as i32,
+                    message: format!(
+                        "{n} events were not delivered: this watcher fell behind (watch buffer)"
+                    ),
+                    dropped: n,
+                    ..Default::default()
+                }
+            }
         })))
     }
 }

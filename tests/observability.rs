@@ -1,0 +1,258 @@
+//! Observability over the real servers: /metrics is scraped after real RPCs and the named
+//! series move by exactly what the calls did; request ids come back to the caller; the
+//! Grafana dashboard only uses series quotad exports.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use common::*;
+use quotad::pb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// GET `path` over plain HTTP/1.1: (status line, body).
+async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+async fn scrape(h: &Harness) -> String {
+    let addr = h.running.as_ref().unwrap().metrics_addr.unwrap();
+    let (status, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    body
+}
+
+/// The value of the series `series` (name and labels exactly as exported), if present.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn v(text: &str, series: &str) -> f64 {
+    value(text, series).unwrap_or_else(|| panic!("{series} not exported:\n{text}"))
+}
+
+const RESERVE_OK: &str =
+    "quotad_rpc_duration_seconds_count{rpc=\"/quotad.v1.Quota/Reserve\",code=\"OK\"}";
+const RESERVE_INF: &str =
+    "quotad_rpc_duration_seconds_bucket{rpc=\"/quotad.v1.Quota/Reserve\",code=\"OK\",le=\"+Inf\"}";
+const COMMIT_NOT_FOUND: &str =
+    "quotad_rpc_duration_seconds_count{rpc=\"/quotad.v1.Quota/Commit\",code=\"NOT_FOUND\"}";
+const ADMITTED: &str = "quotad_decisions_total{rpc=\"Reserve\",outcome=\"admitted\",reason=\"\"}";
+const NO_ENTITLEMENT: &str =
+    "quotad_decisions_total{rpc=\"Reserve\",outcome=\"denied\",reason=\"NO_ENTITLEMENT\"}";
+const ADMIT_DENIED: &str =
+    "quotad_decisions_total{rpc=\"Admit\",outcome=\"denied\",reason=\"INSUFFICIENT_FUNDS\"}";
+
+#[tokio::test]
+async fn metrics_move_with_the_calls_made() {
+    let mut h =
+        Harness::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let before = scrape(&h).await;
+    assert_eq!(value(&before, RESERVE_OK), None);
+    assert_eq!(v(&before, "quotad_holds"), 0.0);
+    assert_eq!(v(&before, "quotad_requests_shed_total"), 0.0);
+
+    h.create("acme", "0").await;
+    let denied = h.reserve("acme", "r-0", 1_000).await.unwrap();
+    assert!(!denied.admitted);
+    h.create("rich", "1").await;
+    for i in 0..3 {
+        assert!(
+            h.reserve("rich", &format!("r-{i}"), 1_000)
+                .await
+                .unwrap()
+                .admitted
+        );
+    }
+    h.commit("r-0", 500).await.unwrap();
+    assert!(h.commit("no-such", 1).await.is_err());
+    let admit = h
+        .quota
+        .admit(pb::AdmitRequest {
+            account_id: "rich".into(),
+            resource: pb::Resource::GpuShared as i32,
+            sku: A10.into(),
+            quantity: 100_000_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!admit.admitted);
+
+    let after = scrape(&h).await;
+    assert_eq!(v(&after, RESERVE_OK), 4.0);
+    assert_eq!(v(&after, RESERVE_INF), 4.0);
+    assert_eq!(v(&after, COMMIT_NOT_FOUND), 1.0);
+    assert_eq!(v(&after, ADMITTED), 3.0);
+    assert_eq!(v(&after, NO_ENTITLEMENT), 1.0);
+    assert_eq!(v(&after, ADMIT_DENIED), 1.0);
+    // Three reservations: two open, one committed and kept for retries.
+    assert_eq!(v(&after, "quotad_holds"), 3.0);
+    assert_eq!(v(&after, "quotad_accounts_cached"), 2.0);
+    assert!(v(&after, "quotad_leases") >= 1.0);
+    assert_eq!(v(&after, "quotad_ledger_up"), 1.0);
+    for gauge in [
+        "quotad_usage_streams",
+        "quotad_sessions_running",
+        "quotad_watchers",
+        "quotad_journal_backlog",
+        "quotad_sync_lag_seconds",
+        "quotad_events_sent_total",
+        "quotad_events_dropped_total",
+        "quotad_watch_events_lagged_total",
+    ] {
+        assert!(value(&after, gauge).is_some(), "{gauge} missing:\n{after}");
+    }
+    // A usage stream and a watcher show while open.
+    let mut job = Job::open(&mut h.quota, "rich", "w-1").await;
+    job.report(1, 100).await.unwrap();
+    let mut watch = h
+        .quota
+        .watch(pb::WatchRequest {
+            account_id: "rich".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let open = scrape(&h).await;
+    assert_eq!(v(&open, "quotad_usage_streams"), 1.0);
+    assert_eq!(v(&open, "quotad_watchers"), 1.0);
+    assert_eq!(
+        v(
+            &open,
+            "quotad_decisions_total{rpc=\"StreamUsage\",outcome=\"admitted\",reason=\"\"}"
+        ),
+        1.0
+    );
+    job.close().await;
+    drop(watch.message());
+    drop(watch);
+
+    let running = h.running.as_ref().unwrap();
+    let (status, _) = http_get(running.metrics_addr.unwrap(), "/other").await;
+    assert!(status.starts_with("HTTP/1.1 404"), "{status}");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn request_ids_are_kept_or_made() {
+    let mut h = Harness::start().await;
+    h.create("acme", "1").await;
+    let mut req = tonic::Request::new(pb::GetBalanceRequest {
+        account_id: "acme".into(),
+    });
+    req.metadata_mut()
+        .insert("x-request-id", "trace-42".parse().unwrap());
+    let resp = h.quota.get_balance(req).await.unwrap();
+    assert_eq!(resp.metadata().get("x-request-id").unwrap(), "trace-42");
+    let resp = h
+        .quota
+        .get_balance(pb::GetBalanceRequest {
+            account_id: "acme".into(),
+        })
+        .await
+        .unwrap();
+    let made = resp
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(!made.is_empty() && made != "trace-42");
+    // Errors carry it too.
+    let mut req = tonic::Request::new(pb::GetBalanceRequest {
+        account_id: "nobody".into(),
+    });
+    req.metadata_mut()
+        .insert("x-request-id", "trace-43".parse().unwrap());
+    let err = h.quota.get_balance(req).await.unwrap_err();
+    assert_eq!(err.metadata().get("x-request-id").unwrap(), "trace-43");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_ledger_serves_metrics_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = quotad::server::LedgerServeConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        format!("sqlite:{}", dir.path().join("ledger.db").display()),
+    );
+    cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let running = quotad::server::start_ledger(cfg, quotad::clock::ManualClock::new(T0_MS))
+        .await
+        .unwrap();
+    let (_, mut admin) = connect(running.addr).await;
+    create_account(&mut admin, "acme", "1").await;
+    let (_, body) = http_get(running.metrics_addr.unwrap(), "/metrics").await;
+    let series =
+        "quotad_rpc_duration_seconds_count{rpc=\"/quotad.v1.Admin/CreateAccount\",code=\"OK\"}";
+    assert_eq!(v(&body, series), 1.0);
+    running.shutdown().await.unwrap();
+}
+
+/// Every metric name the dashboard queries is one quotad exports (a renamed metric would
+/// leave a panel silently empty).
+#[tokio::test]
+async fn the_grafana_dashboard_uses_exported_metrics() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/quotad.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr", serde_json::Value::String(s)) => out.push(s.clone()),
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    walk(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let used: BTreeSet<String> = exprs
+        .iter()
+        .flat_map(|e| {
+            e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("quotad_"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+
+    let h = Harness::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let mut exported: BTreeSet<String> = BTreeSet::new();
+    for l in scrape(&h).await.lines() {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let name = rest.split(' ').next().unwrap();
+            exported.insert(name.to_owned());
+            for suffix in ["_bucket", "_sum", "_count"] {
+                exported.insert(format!("{name}{suffix}"));
+            }
+        }
+    }
+    let missing: Vec<_> = used.difference(&exported).collect();
+    assert!(missing.is_empty(), "dashboard uses unexported {missing:?}");
+    // And every exported family has a panel.
+    let families: BTreeSet<String> = exported
+        .iter()
+        .filter(|n| !(n.ends_with("_bucket") || n.ends_with("_sum") || n.ends_with("_count")))
+        .cloned()
+        .collect();
+    let shown = |f: &String| used.iter().any(|u| u.starts_with(f.as_str()));
+    let unshown: Vec<_> = families.iter().filter(|f| !shown(f)).collect();
+    assert!(unshown.is_empty(), "no panel for {unshown:?}");
+}
