@@ -20,8 +20,8 @@
 //!   accounts (throughput counted in reports). The stream limits are raised so that they
 //!   never refuse, and every report must be answered CONTINUE.
 //! - `journal/*`: the journal alone, in its own file on the same disk. `submit_awaited` is
-//!   one reservation row submitted and awaited: one SQLite transaction (WAL,
-//!   `synchronous=FULL`), the fsync floor under every acknowledged operation.
+//!   one reservation row submitted and awaited: one append to the journal file and its
+//!   fdatasync (`full` mode), the fsync floor under every acknowledged operation.
 //!   `pair_entries_awaited` is what a pair journals, without the engine: the open row,
 //!   awaited, then the committed row with its usage record, awaited.
 //!   `submit_awaited_x64_concurrent` submits 64 rows at once, so they share group commits.
@@ -33,7 +33,8 @@
 //! There is no configuration that takes the journal's fsync out of the engine, so none is
 //! faked: the journal benches measure the disk part alone, and the engine and journal
 //! benches count the process's CPU time per operation (Linux: `/proc/self/task/*/schedstat`),
-//! split between the journal writer thread (SQLite and the kernel's write and fsync paths)
+//! split between the journal writer thread (encoding, the live state, and the kernel's write
+//! and fsync paths)
 //! and every other thread (the engine's code, the tokio runtime, the bench loop).
 //!
 //! No sync loop runs: usage stays in the outbox and settled holds stay in memory, so

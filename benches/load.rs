@@ -538,7 +538,8 @@ struct Output<'a> {
     quotad_stream_buffer: usize,
     /// Durable-write costs on the quotad data directory's disk, measured before the
     /// scenarios: 4 KiB write + fdatasync appending to a file and overwriting one, and a
-    /// one-row SQLite commit in WAL mode with synchronous=FULL (the journal's settings).
+    /// one-row SQLite commit in WAL mode with synchronous=FULL (what the journal paid per
+    /// group when it was a SQLite file).
     disk_probe: std::collections::BTreeMap<String, stats::Summary>,
     servers: std::collections::BTreeMap<String, String>,
     /// Usage backlogs the sync loop drained into the embedded ledger between scenarios.
