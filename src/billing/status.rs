@@ -60,7 +60,12 @@ pub fn account_status(
         return AccountStatus::Overdue;
     }
     let has_grant = match resource {
-        Some(r) => grant_money_for(grants, r, at_ms) > rust_decimal::Decimal::ZERO,
+        Some(r) => {
+            grant_money_for(grants, r, at_ms) > rust_decimal::Decimal::ZERO
+                || grants
+                    .iter()
+                    .any(|g| super::usage::covers_volume(g, r, at_ms))
+        }
         None => grants
             .iter()
             .any(|g| g.is_valid_at(at_ms) && !g.remaining.is_zero()),
