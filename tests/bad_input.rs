@@ -803,7 +803,6 @@ async fn bad_resources(h: &mut Harness) {
         ["STORAGE"]
     );
     let unmetered = [
-        (R::Traffic, "traffic.outbound"),
         (R::RequestPut, "request.put"),
         (R::RequestGet, "request.get"),
     ];

@@ -23,7 +23,8 @@ use dashmap::mapref::entry::Entry as MapEntry;
 
 use crate::billing::alerts::{AlertConfig, AlertMemo};
 use crate::billing::status::{self, DenyReason};
-use crate::billing::{Catalog, Grant, Money, PriceError, Resource, burn_down};
+use crate::billing::usage;
+use crate::billing::{Catalog, Grant, Money, PriceError, Resource};
 use crate::clock::SharedClock;
 use crate::journal::{Entry, HoldState, Journal, JournalError, Recovered, ReservationRow};
 use crate::ledger::lease::DEFAULT_LEASE_HOLD_GRACE_MS;
@@ -223,6 +224,7 @@ pub use crate::billing::status::BalanceView;
 struct Pending {
     seq: u64,
     resource: Resource,
+    quantity: u64,
     cost: Money,
     at_ms: i64,
 }
@@ -279,11 +281,13 @@ impl Account {
         self.grants.clone_from(&self.base.grants);
         self.pending_cost = self.pending.iter().map(|p| p.cost).sum();
         for p in &self.pending {
-            burn_down(
+            usage::charge(
                 &mut self.grants,
                 &mut self.balance,
                 p.resource,
+                p.quantity,
                 p.cost,
+                0,
                 p.at_ms,
             );
         }
@@ -521,6 +525,7 @@ impl Engine {
             .map(|u| Pending {
                 seq: u.seq,
                 resource: u.resource,
+                quantity: u.quantity,
                 cost: u.cost,
                 at_ms: u.at_ms,
             })
@@ -738,11 +743,13 @@ impl Engine {
         // (or, with the ledger unreachable, from the fail-open budget).
         let mut fail_open = false;
         for attempt in 0..2 {
-            let (done, available, expires_at_ms) = match self
+            let (done, available, expires_at_ms, held) = match self
                 .try_hold(&req, cost, ttl_ms, now_ms, fail_open)?
             {
                 Step::Answer(o) => return Ok(o),
-                Step::Held(done, available, expires_at_ms) => (done, available, expires_at_ms),
+                Step::Held(done, available, expires_at_ms, held) => {
+                    (done, available, expires_at_ms, held)
+                }
                 Step::NeedLease(want) if attempt == 0 => {
                     match self.request_lease(&req.account_id, want).await {
                         Ok(()) => {}
@@ -766,7 +773,7 @@ impl Engine {
                 }
             };
             return self
-                .finish_hold(&req, cost, done, available, expires_at_ms, fail_open)
+                .finish_hold(&req, held, done, available, expires_at_ms, fail_open)
                 .await;
         }
         Ok(denied(DenyReason::InsufficientFunds, Money::ZERO))
@@ -906,10 +913,19 @@ impl Engine {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         a.spent_since_lease += cost;
         a.pending_cost += cost;
-        burn_down(&mut a.grants, &mut a.balance, resource, cost, at_ms);
+        usage::charge(
+            &mut a.grants,
+            &mut a.balance,
+            resource,
+            quantity,
+            cost,
+            0,
+            at_ms,
+        );
         a.pending.push_back(Pending {
             seq,
             resource,
+            quantity,
             cost,
             at_ms,
         });
@@ -946,6 +962,8 @@ impl Engine {
             .ok_or_else(|| EngineError::UnknownAccount(req.account_id.clone()))?;
         a.last_touch_ms = now_ms;
         self.expire_due(&mut a, now_ms);
+        // What volume plans (traffic GB) would take costs no money: hold only the rest.
+        let cost = usage::money_due(&a.grants, req.resource, req.quantity, cost, 0, now_ms);
         let slot = match self.holds.entry(req.reservation_id.clone()) {
             MapEntry::Occupied(o) => {
                 let out = self.replay_reserve(req, o.get())?;
@@ -1004,7 +1022,7 @@ impl Engine {
             streaming: false,
         });
         self.holds_len.fetch_add(1, Ordering::Relaxed);
-        Ok(Step::Held(done, available, expires_at_ms))
+        Ok(Step::Held(done, available, expires_at_ms, cost))
     }
 
     /// Waits for the hold to be durable; undoes it if the journal failed.
@@ -1255,6 +1273,10 @@ impl Engine {
             }
             r => r?,
         }
+        let cost = match self.accounts.get(account_id) {
+            Some(a) => usage::money_due(&a.grants, resource, quantity, cost, 0, self.now_ms()),
+            None => cost,
+        };
         self.gated(account_id, resource, cost, false, |a, take, now_ms| {
             let reason = match take {
                 Take::Lease(_) | Take::FailOpen(_) => None,
@@ -1310,7 +1332,8 @@ enum Take {
 /// What `try_hold` decided.
 enum Step {
     Answer(ReserveOutcome),
-    Held(Durable, Money, i64),
+    /// Held: durable when `Durable` resolves; availability, expiry, amount held.
+    Held(Durable, Money, i64, Money),
     /// The lease is short or expired: ask the ledger for this much.
     NeedLease(Money),
 }

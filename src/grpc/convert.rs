@@ -66,12 +66,12 @@ pub fn resource(field: &str, v: i32) -> Result<Resource, Invalid> {
 pub fn metered_resource(v: i32) -> Result<Resource, tonic::Status> {
     let r = resource("resource", v)?;
     match r {
-        Resource::GpuShared | Resource::GpuExclusive => Ok(r),
+        Resource::GpuShared | Resource::GpuExclusive | Resource::Traffic => Ok(r),
         Resource::Storage => Err(tonic::Status::invalid_argument(
             "STORAGE is billed from stored levels (ReportStorage), not reserved",
         )),
         other => Err(tonic::Status::unimplemented(format!(
-            "{other} is not metered by this quotad; Reserve and Admit take GPU_SHARED and GPU_EXCLUSIVE"
+            "{other} is not metered by this quotad yet; Reserve and Admit take GPU_SHARED, GPU_EXCLUSIVE and TRAFFIC"
         ))),
     }
 }

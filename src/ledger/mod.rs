@@ -148,7 +148,17 @@ fn usage_changes(
         if known.contains(&r.usage_id) || !seen.insert(r.usage_id.as_str()) {
             continue;
         }
-        let deductions = billing::burn_down(&mut grants, &mut balance, r.resource, r.cost, r.at_ms);
+        // Volume plans (traffic GB) change `grants` here and show in `grant_remaining`.
+        let deductions = billing::usage::charge(
+            &mut grants,
+            &mut balance,
+            r.resource,
+            r.quantity,
+            r.cost,
+            0,
+            r.at_ms,
+        )
+        .deductions;
         applied.push(AppliedUsage {
             record: (*r).clone(),
             sidecar_id: sidecar_id.to_owned(),
