@@ -20,6 +20,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use rust_decimal::Decimal;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::billing::storage::StorageMeter;
 use crate::billing::{Money, Resource};
 use crate::ledger::UsageRecord;
 
@@ -194,6 +195,13 @@ pub enum Entry {
     },
     /// Usage with the session row it advances, in one transaction (or the row alone).
     Session(SessionRow, Option<UsageRecord>),
+    /// An account's storage meter with the hours it closed and charged, in one
+    /// transaction (or the meter alone).
+    Storage {
+        account_id: String,
+        meter: StorageMeter,
+        usage: Vec<UsageRecord>,
+    },
     /// Every lease request sequence number this process will use is below this (so a
     /// restart, whatever the clock says, starts above them).
     LeaseSeqFloor(u64),
@@ -232,6 +240,8 @@ pub struct Recovered {
     pub works: Vec<(String, u64, i64)>,
     /// Lease request sequence numbers used so far are below this.
     pub lease_seq_floor: u64,
+    /// Storage meters by account.
+    pub storage: Vec<(String, StorageMeter)>,
 }
 
 pub struct Journal {
@@ -294,6 +304,14 @@ CREATE TABLE IF NOT EXISTS alerts (
     account_id TEXT NOT NULL,
     key        TEXT NOT NULL,
     PRIMARY KEY (account_id, key)
+);
+CREATE TABLE IF NOT EXISTS storage_meters (
+    account_id     TEXT PRIMARY KEY,
+    bytes_stored   INTEGER NOT NULL,
+    level_at_ms    INTEGER NOT NULL,
+    hour_start_ms  INTEGER NOT NULL,
+    excess_byte_ms TEXT NOT NULL,
+    stored_byte_ms TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -651,7 +669,36 @@ fn read_all(conn: &Connection) -> Result<Recovered, JournalError> {
         .map_err(open_err)?
         .collect::<Result<_, _>>()
         .map_err(open_err)?;
+    let mut stmt = conn
+        .prepare(
+            "SELECT account_id, bytes_stored, level_at_ms, hour_start_ms, excess_byte_ms, \
+             stored_byte_ms FROM storage_meters",
+        )
+        .map_err(open_err)?;
+    let rows: Vec<(String, i64, i64, i64, String, String)> = stmt
+        .query_map([], |r| <_>::try_from(r))
+        .map_err(open_err)?
+        .collect::<Result<_, _>>()
+        .map_err(open_err)?;
+    let int = |s: &str| {
+        s.parse::<u128>()
+            .map_err(|_| open_err(format!("corrupt storage integral {s:?}")))
+    };
+    let mut storage = Vec::with_capacity(rows.len());
+    for (account_id, bytes, level_at_ms, hour_start_ms, excess, stored) in rows {
+        storage.push((
+            account_id,
+            StorageMeter {
+                bytes_stored: bytes.max(0) as u64,
+                level_at_ms,
+                hour_start_ms,
+                excess_byte_ms: int(&excess)?,
+                stored_byte_ms: int(&stored)?,
+            },
+        ));
+    }
     Ok(Recovered {
+        storage,
         reservations,
         outbox,
         next_seq,
@@ -712,6 +759,10 @@ impl Writer {
                         {
                             q.push_back(u.clone());
                             any = true;
+                        }
+                        if let Entry::Storage { usage, .. } = e {
+                            q.extend(usage.iter().cloned());
+                            any |= !usage.is_empty();
                         }
                     }
                     self.outbox_len.store(q.len(), Ordering::Relaxed);
@@ -842,6 +893,32 @@ impl Writer {
                             ])
                             .map_err(write_err)?;
                         if let Some(u) = u {
+                            put_usage(u).map_err(write_err)?;
+                            self.next_seq = self.next_seq.max(u.seq + 1);
+                        }
+                    }
+                    Entry::Storage {
+                        account_id,
+                        meter: m,
+                        usage,
+                    } => {
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO storage_meters (account_id, bytes_stored, \
+                             level_at_ms, hour_start_ms, excess_byte_ms, stored_byte_ms) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        )
+                        .and_then(|mut st| {
+                            st.execute(params![
+                                account_id,
+                                i64::try_from(m.bytes_stored).unwrap_or(i64::MAX),
+                                m.level_at_ms,
+                                m.hour_start_ms,
+                                m.excess_byte_ms.to_string(),
+                                m.stored_byte_ms.to_string()
+                            ])
+                        })
+                        .map_err(write_err)?;
+                        for u in usage {
                             put_usage(u).map_err(write_err)?;
                             self.next_seq = self.next_seq.max(u.seq + 1);
                         }

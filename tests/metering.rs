@@ -36,6 +36,14 @@ async fn reserve_traffic(
         .into_inner()
 }
 
+/// Deductions as (source, GB from a volume plan, money).
+fn gb_and_money(e: &pb::StatementEntry) -> Vec<(String, String, String)> {
+    e.deductions
+        .iter()
+        .map(|d| (d.source.clone(), d.gb.clone(), amount(&d.amount)))
+        .collect()
+}
+
 fn remaining(b: &pb::Balance, id: &str) -> String {
     b.grants
         .iter()
@@ -89,19 +97,30 @@ async fn traffic_plans_stack_and_pay_earliest_expiry_first_then_the_balance() {
     assert_eq!(remaining(&b, "t2/1"), "0");
     assert_eq!(amount(&b.balance), "0.5");
 
-    // The ledger agrees: the statement's money deductions are the balance's 0.5 only, and
-    // the plans' remaining GB are the same as the sidecar's.
+    // The ledger agrees: the statement lists the GB each plan gave and the money the
+    // balance paid, and the plans' remaining GB are the same as the sidecar's.
     h.engine().flush().await.unwrap();
     let s = h.statement("acme").await;
     let e = s.entries.iter().find(|e| e.usage_id == "dl-3").unwrap();
     assert_eq!(e.resource, pb::Resource::Traffic as i32);
     assert_eq!(e.quantity, 51 * GB);
+    // 50 GB from t2, then 0.5 of money from the balance.
     assert_eq!(
-        deductions(e),
-        vec![("balance".to_owned(), "0.5".to_owned())]
+        gb_and_money(e),
+        vec![
+            ("t2/1".to_owned(), "50".to_owned(), String::new()),
+            ("balance".to_owned(), String::new(), "0.5".to_owned())
+        ]
     );
+    // dl-1 was paid by the plans alone, t1 first: no money at all.
     let e1 = s.entries.iter().find(|e| e.usage_id == "dl-1").unwrap();
-    assert!(e1.deductions.is_empty(), "{e1:?}");
+    assert_eq!(
+        gb_and_money(e1),
+        vec![
+            ("t1/1".to_owned(), "100".to_owned(), String::new()),
+            ("t2/1".to_owned(), "50".to_owned(), String::new())
+        ]
+    );
     h.engine().refresh_account("acme").await.unwrap();
     let b = h.balance("acme").await;
     assert_eq!(remaining(&b, "t1/1"), "0");

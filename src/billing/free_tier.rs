@@ -9,6 +9,7 @@
 //! sidecars may serve one account); this module only says which month a request falls in
 //! and how a batch splits into free and billable requests.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{Datelike, NaiveDate, TimeZone};
@@ -160,6 +161,55 @@ impl Calendar {
             local += chrono::Duration::minutes(15);
         }
         Err(bad())
+    }
+}
+
+/// Requests counted so far, per (resource, month key): what the month's allowance is
+/// measured against. The ledger stores them; a sidecar caches the ledger's and adds its
+/// own unapplied usage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestCounts(pub BTreeMap<(Resource, i64), u64>);
+
+impl RequestCounts {
+    pub fn from_rows(rows: impl IntoIterator<Item = (Resource, i64, u64)>) -> Self {
+        RequestCounts(rows.into_iter().map(|(r, m, c)| ((r, m), c)).collect())
+    }
+
+    pub fn rows(&self) -> Vec<(Resource, i64, u64)> {
+        self.0.iter().map(|((r, m), c)| (*r, *m, *c)).collect()
+    }
+
+    /// Requests of `resource` counted in the month of `at_ms`.
+    pub fn used(&self, cal: &Calendar, resource: Resource, at_ms: i64) -> u64 {
+        cal.month_of(at_ms)
+            .map(|m| self.0.get(&(resource, m.key())).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// The free part of `quantity` requests at `at_ms` (0 for what has no free tier).
+    pub fn free_part(&self, cal: &Calendar, resource: Resource, quantity: u64, at_ms: i64) -> u64 {
+        let allowance = cal.allowance(resource);
+        if allowance == 0 {
+            return 0;
+        }
+        split(allowance, self.used(cal, resource, at_ms), quantity).0
+    }
+
+    /// Counts `quantity` requests at `at_ms`; returns the (resource, month key) changed.
+    pub fn add(
+        &mut self,
+        cal: &Calendar,
+        resource: Resource,
+        quantity: u64,
+        at_ms: i64,
+    ) -> Option<(Resource, i64)> {
+        if !matches!(resource, Resource::RequestPut | Resource::RequestGet) {
+            return None;
+        }
+        let key = (resource, cal.month_of(at_ms).ok()?.key());
+        let c = self.0.entry(key).or_insert(0);
+        *c = c.saturating_add(quantity);
+        Some(key)
     }
 }
 

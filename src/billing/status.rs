@@ -100,6 +100,11 @@ pub fn admit(
 ) -> Result<Money, DenyReason> {
     match account_status(balance, grants, Some(resource), at_ms) {
         AccountStatus::Overdue => return Err(DenyReason::Overdue),
+        // Requests inside the month's free tier cost nothing: they need no plan or balance
+        // (an overdue account is still refused them, above).
+        AccountStatus::NoEntitlement
+            if cost.is_zero()
+                && matches!(resource, Resource::RequestPut | Resource::RequestGet) => {}
         AccountStatus::NoEntitlement => return Err(DenyReason::NoEntitlement),
         AccountStatus::Active => {}
     }

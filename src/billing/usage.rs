@@ -14,6 +14,7 @@
 use rust_decimal::Decimal;
 
 use super::burndown::{Deduction, Source, burn_down};
+use super::free_tier::{Calendar, RequestCounts};
 use super::grant::{Grant, GrantUnit};
 use super::money::Money;
 use super::resource::Resource;
@@ -164,6 +165,24 @@ pub fn charge(
     }
 }
 
+/// `charge` with the free part taken from this month's request counts, which it then
+/// advances: the one call the sidecar's live view and the ledger's record both make.
+#[allow(clippy::too_many_arguments)]
+pub fn charge_counted(
+    grants: &mut [Grant],
+    balance: &mut Money,
+    counts: &mut RequestCounts,
+    cal: &Calendar,
+    resource: Resource,
+    quantity: u64,
+    list_cost: Money,
+    at_ms: i64,
+) -> Charge {
+    let free = counts.free_part(cal, resource, quantity, at_ms);
+    counts.add(cal, resource, quantity, at_ms);
+    charge(grants, balance, resource, quantity, list_cost, free, at_ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +309,66 @@ mod tests {
             Money::ZERO
         );
         assert_eq!(part_cost(m("0.03"), 0, 30_000), Money::ZERO);
+    }
+
+    #[test]
+    fn the_free_tier_resets_with_the_month_in_the_platforms_zone() {
+        let cal = Calendar {
+            free_get_per_month: 100,
+            ..Calendar::default()
+        };
+        // 2026-11-30T15:59:59Z is the last second of November in Shanghai; 16:00Z is
+        // December 1st there.
+        let nov = 1_796_054_399_000;
+        let dec = nov + 1_000;
+        let mut counts = RequestCounts::default();
+        let mut grants = vec![];
+        let mut balance = m("1");
+        // 150 GET in November: 100 free, 50 at 0.01 / 10,000 = 0.00005.
+        let c = charge_counted(
+            &mut grants,
+            &mut balance,
+            &mut counts,
+            &cal,
+            Resource::RequestGet,
+            150,
+            m("0.00015"),
+            nov,
+        );
+        assert_eq!((c.free_quantity, c.money), (100, m("0.00005")));
+        // 150 more a second later, in December: the allowance is fresh.
+        let c = charge_counted(
+            &mut grants,
+            &mut balance,
+            &mut counts,
+            &cal,
+            Resource::RequestGet,
+            150,
+            m("0.00015"),
+            dec,
+        );
+        assert_eq!((c.free_quantity, c.money), (100, m("0.00005")));
+        assert_eq!(balance, m("0.9999"));
+        assert_eq!(
+            counts.rows(),
+            vec![
+                (Resource::RequestGet, 202_611, 150),
+                (Resource::RequestGet, 202_612, 150)
+            ]
+        );
+        // Traffic has no free tier and is not counted.
+        let c = charge_counted(
+            &mut grants,
+            &mut balance,
+            &mut counts,
+            &cal,
+            Resource::Traffic,
+            10,
+            m("0.1"),
+            dec,
+        );
+        assert_eq!(c.free_quantity, 0);
+        assert_eq!(counts.rows().len(), 2);
     }
 
     proptest! {

@@ -10,6 +10,7 @@
 pub mod events;
 mod leases;
 pub mod sessions;
+pub mod storage;
 pub mod sync;
 pub mod work;
 
@@ -22,7 +23,9 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 
 use crate::billing::alerts::{AlertConfig, AlertMemo};
+use crate::billing::free_tier::{Calendar, RequestCounts};
 use crate::billing::status::{self, DenyReason};
+use crate::billing::storage::StorageMeter;
 use crate::billing::usage;
 use crate::billing::{Catalog, Grant, Money, PriceError, Resource};
 use crate::clock::SharedClock;
@@ -172,6 +175,18 @@ pub enum EngineError {
     IdleTimeout { idle_timeout_ms: i64, max_ms: i64 },
     #[error("{limit} watchers are open{}, the configured maximum", if *per_account { " on this account" } else { "" })]
     WatchersFull { limit: usize, per_account: bool },
+    #[error(
+        "at_ms {at_ms} is more than {ahead_max_ms} ms ahead of this sidecar's clock ({now_ms})"
+    )]
+    StorageInFuture {
+        at_ms: i64,
+        now_ms: i64,
+        ahead_max_ms: i64,
+    },
+    #[error("the catalog has no STORAGE price; storage cannot be metered")]
+    NoStoragePrice,
+    #[error(transparent)]
+    Storage(#[from] crate::billing::storage::StorageError),
     #[error("quotad is shutting down; reconnect (to another instance, or after the restart)")]
     ShuttingDown,
     #[error(transparent)]
@@ -249,6 +264,12 @@ struct Account {
     fail_open_spent: Money,
     /// Alert crossings that fired (persisted in the journal).
     alert_memo: AlertMemo,
+    /// Requests counted per month: the snapshot's plus `pending` (the free tier).
+    counts: RequestCounts,
+    /// The catalog's calendar (months of the free tier).
+    cal: Calendar,
+    /// The last storage level and the hour in progress (see `storage`).
+    storage: Option<StorageMeter>,
 }
 
 impl Account {
@@ -257,6 +278,7 @@ impl Account {
         pending: VecDeque<Pending>,
         fail_open_budget: Money,
         now_ms: i64,
+        cal: Calendar,
     ) -> Account {
         let mut a = Account {
             balance: base.balance,
@@ -271,6 +293,9 @@ impl Account {
             fail_open_left: fail_open_budget,
             fail_open_spent: Money::ZERO,
             alert_memo: AlertMemo::default(),
+            counts: RequestCounts::default(),
+            cal,
+            storage: None,
         };
         a.recompute();
         a
@@ -279,18 +304,27 @@ impl Account {
     fn recompute(&mut self) {
         self.balance = self.base.balance;
         self.grants.clone_from(&self.base.grants);
+        self.counts.clone_from(&self.base.request_counts);
         self.pending_cost = self.pending.iter().map(|p| p.cost).sum();
         for p in &self.pending {
-            usage::charge(
+            usage::charge_counted(
                 &mut self.grants,
                 &mut self.balance,
+                &mut self.counts,
+                &self.cal,
                 p.resource,
                 p.quantity,
                 p.cost,
-                0,
                 p.at_ms,
             );
         }
+    }
+
+    /// The money a charge of `quantity` (list cost `cost`) would take now, after the
+    /// month's free requests and volume plans.
+    fn money_due(&self, resource: Resource, quantity: u64, cost: Money, now_ms: i64) -> Money {
+        let free = self.counts.free_part(&self.cal, resource, quantity, now_ms);
+        usage::money_due(&self.grants, resource, quantity, cost, free, now_ms)
     }
 
     fn available(&self, resource: Resource, now_ms: i64) -> Money {
@@ -338,6 +372,8 @@ pub struct Engine {
     orphan_session_holds: DashMap<String, Money>,
     /// Fired alert keys recovered at start, by account, until it loads.
     recovered_alerts: DashMap<String, Vec<String>>,
+    /// Storage meters recovered at start for accounts the ledger could not load yet.
+    orphan_storage: DashMap<String, crate::billing::storage::StorageMeter>,
     /// Open usage streams by work id, and the last seq of recently ended ones.
     works: DashMap<String, work::WorkView>,
     work_seqs: DashMap<String, (u64, i64)>,
@@ -390,6 +426,7 @@ impl Engine {
             lease_seq: AtomicU64::new(0),
             orphan_session_holds: DashMap::new(),
             recovered_alerts: recovered_alerts.into_iter().collect(),
+            orphan_storage: DashMap::new(),
             works: DashMap::new(),
             work_seqs: DashMap::new(),
             sessions: DashMap::new(),
@@ -409,6 +446,7 @@ impl Engine {
             .unwrap_or(Err(JournalError::Closed))?;
         engine.lease_seq.store(base, Ordering::Relaxed);
         engine.recover_sessions(recovered.sessions);
+        let recovered_storage = recovered.storage;
         engine.recover_works(recovered.works);
         if let Err(e) = engine.flush().await {
             tracing::warn!(error = %e, "could not push recovered usage to the ledger yet");
@@ -461,6 +499,7 @@ impl Engine {
                 }
             }
         }
+        engine.recover_storage(recovered_storage).await;
         engine.sweep(now_ms);
         tracing::info!(
             holds = engine.holds_len.load(Ordering::Relaxed),
@@ -541,7 +580,7 @@ impl Engine {
         let mut a = self
             .accounts
             .entry(account_id.to_owned())
-            .or_insert_with(|| Account::new(snap, pending, budget, now_ms));
+            .or_insert_with(|| Account::new(snap, pending, budget, now_ms, self.catalog.calendar));
         for (expires_at_ms, id, held) in orphans.into_iter().flatten() {
             a.held += held;
             a.expiries.push(Reverse((expires_at_ms, id)));
@@ -551,6 +590,9 @@ impl Engine {
         }
         if let Some((_, keys)) = self.recovered_alerts.remove(account_id) {
             a.alert_memo = AlertMemo::from_keys(keys);
+        }
+        if let Some((_, meter)) = self.orphan_storage.remove(account_id) {
+            a.storage.get_or_insert(meter);
         }
         Ok(())
     }
@@ -913,13 +955,15 @@ impl Engine {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         a.spent_since_lease += cost;
         a.pending_cost += cost;
-        usage::charge(
+        let cal = a.cal;
+        usage::charge_counted(
             &mut a.grants,
             &mut a.balance,
+            &mut a.counts,
+            &cal,
             resource,
             quantity,
             cost,
-            0,
             at_ms,
         );
         a.pending.push_back(Pending {
@@ -962,8 +1006,9 @@ impl Engine {
             .ok_or_else(|| EngineError::UnknownAccount(req.account_id.clone()))?;
         a.last_touch_ms = now_ms;
         self.expire_due(&mut a, now_ms);
-        // What volume plans (traffic GB) would take costs no money: hold only the rest.
-        let cost = usage::money_due(&a.grants, req.resource, req.quantity, cost, 0, now_ms);
+        // What volume plans (traffic GB) or the month's free requests would take costs no
+        // money: hold only the rest.
+        let cost = a.money_due(req.resource, req.quantity, cost, now_ms);
         let slot = match self.holds.entry(req.reservation_id.clone()) {
             MapEntry::Occupied(o) => {
                 let out = self.replay_reserve(req, o.get())?;
@@ -1274,7 +1319,7 @@ impl Engine {
             r => r?,
         }
         let cost = match self.accounts.get(account_id) {
-            Some(a) => usage::money_due(&a.grants, resource, quantity, cost, 0, self.now_ms()),
+            Some(a) => a.money_due(resource, quantity, cost, self.now_ms()),
             None => cost,
         };
         self.gated(account_id, resource, cost, false, |a, take, now_ms| {

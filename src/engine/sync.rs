@@ -99,6 +99,7 @@ pub async fn run(
             // Time-driven work: session hours and idle stops, expiry alerts.
             let now_ms = engine.now_ms();
             engine.tick_sessions(now_ms).await;
+            engine.tick_storage(now_ms).await;
             if now_ms.saturating_sub(scanned_at_ms) >= DEFAULT_ALERT_SCAN_INTERVAL_MS {
                 engine.check_alerts(now_ms);
                 scanned_at_ms = now_ms;
