@@ -240,7 +240,11 @@ struct Pending {
     seq: u64,
     resource: Resource,
     quantity: u64,
+    /// List cost of the quantity (what the record carries).
     cost: Money,
+    /// Money it took in the live view, after free requests and volume plans: what it
+    /// spends of the lease.
+    money: Money,
     at_ms: i64,
 }
 
@@ -305,9 +309,9 @@ impl Account {
         self.balance = self.base.balance;
         self.grants.clone_from(&self.base.grants);
         self.counts.clone_from(&self.base.request_counts);
-        self.pending_cost = self.pending.iter().map(|p| p.cost).sum();
-        for p in &self.pending {
-            usage::charge_counted(
+        self.pending_cost = Money::ZERO;
+        for p in &mut self.pending {
+            p.money = usage::charge_counted(
                 &mut self.grants,
                 &mut self.balance,
                 &mut self.counts,
@@ -316,7 +320,9 @@ impl Account {
                 p.quantity,
                 p.cost,
                 p.at_ms,
-            );
+            )
+            .money;
+            self.pending_cost += p.money;
         }
     }
 
@@ -566,6 +572,7 @@ impl Engine {
                 resource: u.resource,
                 quantity: u.quantity,
                 cost: u.cost,
+                money: u.cost,
                 at_ms: u.at_ms,
             })
             .collect();
@@ -953,10 +960,8 @@ impl Engine {
         at_ms: i64,
     ) -> UsageRecord {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        a.spent_since_lease += cost;
-        a.pending_cost += cost;
         let cal = a.cal;
-        usage::charge_counted(
+        let money = usage::charge_counted(
             &mut a.grants,
             &mut a.balance,
             &mut a.counts,
@@ -965,12 +970,16 @@ impl Engine {
             quantity,
             cost,
             at_ms,
-        );
+        )
+        .money;
+        a.spent_since_lease += money;
+        a.pending_cost += money;
         a.pending.push_back(Pending {
             seq,
             resource,
             quantity,
             cost,
+            money,
             at_ms,
         });
         UsageRecord {
@@ -983,6 +992,13 @@ impl Engine {
             cost,
             at_ms,
         }
+    }
+
+    /// The money pending usage `seq` of the account took in the live view.
+    fn pending_money(&self, account_id: &str, seq: u64) -> Option<Money> {
+        let a = self.accounts.get(account_id)?;
+        let i = a.pending.binary_search_by_key(&seq, |p| p.seq).ok()?;
+        Some(a.pending[i].money)
     }
 
     fn undo_charge(a: &mut Account, seq: u64) {
@@ -1340,6 +1356,7 @@ impl Engine {
     pub async fn balance(&self, account_id: &str) -> Result<BalanceView, EngineError> {
         let now_ms = self.now_ms();
         self.ensure_account(account_id).await?;
+        self.storage_up_to_date(account_id, now_ms).await;
         let mut a = self
             .accounts
             .get_mut(account_id)

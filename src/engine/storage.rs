@@ -79,6 +79,32 @@ impl Engine {
         .await
     }
 
+    /// Closes the hours of the account's storage that ended by `now_ms` (a look at the
+    /// account: GetBalance brings it up to date, as it does sessions).
+    pub(super) async fn storage_up_to_date(&self, account_id: &str, now_ms: i64) {
+        let due = self.accounts.get(account_id).is_some_and(|a| {
+            a.storage
+                .as_ref()
+                .is_some_and(|m| m.hour_start_ms.saturating_add(HOUR_MS) <= now_ms)
+        });
+        let Ok(price) = self.storage_price().map(|p| p.unit_price) else {
+            return;
+        };
+        if due {
+            let r = self
+                .step_storage(account_id, price, |meter, grants| {
+                    Ok(meter
+                        .as_mut()
+                        .map(|m| m.advance(grants, now_ms))
+                        .unwrap_or_default())
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(account_id, error = %e, "storage hours not charged yet");
+            }
+        }
+    }
+
     /// Closes the hours that ended by `now_ms` on every metered account (the sync tick).
     pub async fn tick_storage(&self, now_ms: i64) {
         let Ok(price) = self.storage_price().map(|p| p.unit_price) else {

@@ -35,7 +35,10 @@ impl Engine {
         let batch = self.journal.outbox_batch(batch_max);
         let mut in_batch: HashMap<&str, Money> = HashMap::new();
         for u in &batch {
-            *in_batch.entry(u.account_id.as_str()).or_default() += u.cost;
+            // What the record spends of the lease: its money after free requests and
+            // volume plans (its list cost if the account is not cached).
+            let money = self.pending_money(&u.account_id, u.seq).unwrap_or(u.cost);
+            *in_batch.entry(u.account_id.as_str()).or_default() += money;
         }
         let now_ms = self.now_ms();
         let leases = self.renewals(now_ms, &in_batch);

@@ -300,7 +300,10 @@ mod tests {
         ] {
             assert_eq!(metered_resource(v).unwrap(), r);
         }
-        assert_eq!(usage_id("storage/acme/3600000").unwrap(), "storage/acme/3600000");
+        assert_eq!(
+            usage_id("storage/acme/3600000").unwrap(),
+            "storage/acme/3600000"
+        );
         assert!(usage_id("storage//1").is_err());
         assert!(usage_id("a b").is_err());
         assert_eq!(

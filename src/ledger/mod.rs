@@ -191,7 +191,11 @@ fn usage_changes(
         .map(|(new, _)| (new.grant_id.clone(), new.remaining))
         .collect();
     // What was used came out of this sidecar's lease.
-    let spent: Money = applied.iter().map(|u| u.record.cost).sum();
+    // Money only: free requests and GB from volume plans spend nothing of a lease.
+    let spent: Money = applied
+        .iter()
+        .flat_map(|u| u.deductions.iter().map(|d| d.amount))
+        .sum();
     let leases = state
         .leases
         .iter()
