@@ -272,8 +272,10 @@ struct Account {
     counts: RequestCounts,
     /// The catalog's calendar (months of the free tier).
     cal: Calendar,
-    /// The last storage level and the hour in progress (see `storage`).
-    storage: Option<StorageMeter>,
+    /// The last storage level and the hour in progress (see `storage`). Async-locked
+    /// for the whole of a step, journal wait included, so that a look at the account
+    /// waits for a step in flight instead of missing its charges.
+    storage: Arc<tokio::sync::Mutex<Option<StorageMeter>>>,
 }
 
 impl Account {
@@ -299,7 +301,7 @@ impl Account {
             alert_memo: AlertMemo::default(),
             counts: RequestCounts::default(),
             cal,
-            storage: None,
+            storage: Arc::new(tokio::sync::Mutex::new(None)),
         };
         a.recompute();
         a
@@ -598,8 +600,10 @@ impl Engine {
         if let Some((_, keys)) = self.recovered_alerts.remove(account_id) {
             a.alert_memo = AlertMemo::from_keys(keys);
         }
-        if let Some((_, meter)) = self.orphan_storage.remove(account_id) {
-            a.storage.get_or_insert(meter);
+        if let Some((_, meter)) = self.orphan_storage.remove(account_id)
+            && let Ok(mut m) = a.storage.try_lock()
+        {
+            m.get_or_insert(meter);
         }
         Ok(())
     }

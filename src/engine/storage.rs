@@ -17,6 +17,8 @@ use crate::billing::{Money, Price, Resource};
 use crate::journal::{Entry, JournalError};
 use crate::ledger::UsageRecord;
 
+type Cell = std::sync::Arc<tokio::sync::Mutex<Option<StorageMeter>>>;
+
 /// How far ahead of the sidecar's clock a level's at_ms may be (clock skew between the
 /// storage service and the sidecar); further is refused.
 pub const DEFAULT_STORAGE_AHEAD_MS: i64 = 5 * 60 * 1000;
@@ -80,63 +82,64 @@ impl Engine {
     }
 
     /// Closes the hours of the account's storage that ended by `now_ms` (a look at the
-    /// account: GetBalance brings it up to date, as it does sessions).
+    /// account: GetBalance brings it up to date, as it does sessions). Waits for a step
+    /// in flight, so what it shows is durable.
     pub(super) async fn storage_up_to_date(&self, account_id: &str, now_ms: i64) {
-        let due = self.accounts.get(account_id).is_some_and(|a| {
-            a.storage
-                .as_ref()
-                .is_some_and(|m| m.hour_start_ms.saturating_add(HOUR_MS) <= now_ms)
-        });
         let Ok(price) = self.storage_price().map(|p| p.unit_price) else {
             return;
         };
-        if due {
-            let r = self
-                .step_storage(account_id, price, |meter, grants| {
-                    Ok(meter
-                        .as_mut()
-                        .map(|m| m.advance(grants, now_ms))
-                        .unwrap_or_default())
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::warn!(account_id, error = %e, "storage hours not charged yet");
-            }
+        if let Err(e) = self.close_hours(account_id, price, now_ms).await {
+            tracing::warn!(account_id, error = %e, "storage hours not charged yet");
         }
     }
 
-    /// Closes the hours that ended by `now_ms` on every metered account (the sync tick).
+    async fn close_hours(
+        &self,
+        account_id: &str,
+        unit_price: Money,
+        now_ms: i64,
+    ) -> Result<(), EngineError> {
+        self.step_storage(account_id, unit_price, |meter, grants| {
+            Ok(match meter {
+                Some(m) if m.hour_start_ms.saturating_add(HOUR_MS) <= now_ms => {
+                    m.advance(grants, now_ms)
+                }
+                _ => Vec::new(),
+            })
+        })
+        .await
+    }
+
+    /// Closes the hours that ended by `now_ms` on every metered account (the sync tick,
+    /// once a minute).
     pub async fn tick_storage(&self, now_ms: i64) {
         let Ok(price) = self.storage_price().map(|p| p.unit_price) else {
             return;
         };
-        let due: Vec<String> = self
+        let cells: Vec<(String, Cell)> = self
             .accounts
             .iter()
-            .filter(|a| {
-                a.storage
-                    .as_ref()
-                    .is_some_and(|m| m.hour_start_ms.saturating_add(HOUR_MS) <= now_ms)
-            })
-            .map(|a| a.key().clone())
+            .map(|a| (a.key().clone(), a.storage.clone()))
             .collect();
-        for account_id in due {
-            let r = self
-                .step_storage(&account_id, price, |meter, grants| {
-                    Ok(meter
-                        .as_mut()
-                        .map(|m| m.advance(grants, now_ms))
-                        .unwrap_or_default())
-                })
-                .await;
-            if let Err(e) = r {
+        for (account_id, cell) in cells {
+            // A meter being stepped by a call right now is that call's business.
+            let due = cell.try_lock().is_ok_and(|m| {
+                m.as_ref()
+                    .is_some_and(|m| m.hour_start_ms.saturating_add(HOUR_MS) <= now_ms)
+            });
+            if !due {
+                continue;
+            }
+            if let Err(e) = self.close_hours(&account_id, price, now_ms).await {
                 tracing::warn!(account_id, error = %e, "storage hours not charged; retried next tick");
             }
         }
     }
 
-    /// Under the account's lock, lets `step` move the meter, charges the hours it closed,
-    /// and journals meter and charges together; undone if the journal fails.
+    /// Holding the account's meter for the whole step: lets `step` move a copy, charges
+    /// the hours it closed under the account's lock, journals meter and charges in one
+    /// transaction, and keeps the moved meter once that is durable (the charges are undone
+    /// if it fails). A step that changes nothing writes nothing.
     async fn step_storage(
         &self,
         account_id: &str,
@@ -146,17 +149,25 @@ impl Engine {
             &[crate::billing::Grant],
         ) -> Result<Vec<StorageHour>, EngineError>,
     ) -> Result<(), EngineError> {
-        let (done, seqs, old, new, batch) = {
+        let cell = self
+            .accounts
+            .get(account_id)
+            .map(|a| a.storage.clone())
+            .ok_or_else(|| EngineError::UnknownAccount(account_id.to_owned()))?;
+        let mut meter = cell.lock().await;
+        let mut next = meter.clone();
+        let (done, seqs, batch) = {
             let mut a = self
                 .accounts
                 .get_mut(account_id)
                 .ok_or_else(|| EngineError::UnknownAccount(account_id.to_owned()))?;
-            let old = a.storage.clone();
-            let mut meter = a.storage.clone();
-            let closed = step(&mut meter, &a.grants)?;
-            let Some(new) = meter else {
+            let closed = step(&mut next, &a.grants)?;
+            let Some(new) = next.clone() else {
                 return Ok(());
             };
+            if closed.is_empty() && *meter == next {
+                return Ok(());
+            }
             let sku = self.storage_price()?.sku.clone();
             let usage: Vec<UsageRecord> = closed
                 .iter()
@@ -178,7 +189,7 @@ impl Engine {
             let seqs: Vec<u64> = usage.iter().map(|u| u.seq).collect();
             let entry = Entry::Storage {
                 account_id: account_id.to_owned(),
-                meter: new.clone(),
+                meter: new,
                 usage,
             };
             let done = match self.journal.submit(entry) {
@@ -190,24 +201,22 @@ impl Engine {
                     return Err(e.into());
                 }
             };
-            a.storage = Some(new.clone());
             let now_ms = self.now_ms();
             let batch = (!seqs.is_empty())
                 .then(|| self.alerts_locked(&mut a, account_id, now_ms))
                 .flatten();
-            (done, seqs, old, new, batch)
+            (done, seqs, batch)
         };
         if let Err(e) = done.await.unwrap_or(Err(JournalError::Closed)) {
             if let Some(mut a) = self.accounts.get_mut(account_id) {
                 for seq in &seqs {
                     Self::undo_charge(&mut a, *seq);
                 }
-                if a.storage.as_ref() == Some(&new) {
-                    a.storage = old;
-                }
             }
             return Err(e.into());
         }
+        *meter = next;
+        drop(meter);
         self.publish(batch);
         Ok(())
     }
@@ -217,8 +226,9 @@ impl Engine {
         for (account_id, meter) in meters {
             match self.ensure_account(&account_id).await {
                 Ok(()) => {
-                    if let Some(mut a) = self.accounts.get_mut(&account_id) {
-                        a.storage = Some(meter);
+                    let cell = self.accounts.get(&account_id).map(|a| a.storage.clone());
+                    if let Some(cell) = cell {
+                        *cell.lock().await = Some(meter);
                     }
                 }
                 Err(e) => {
@@ -237,13 +247,19 @@ impl Engine {
         let now_ms = self.now_ms();
         self.ensure_account(account_id).await?;
         let price = self.storage_price().ok().map(|p| p.unit_price);
+        let cell = self
+            .accounts
+            .get(account_id)
+            .map(|a| a.storage.clone())
+            .ok_or_else(|| EngineError::UnknownAccount(account_id.to_owned()))?;
+        let meter = cell.lock().await.clone();
         let a = self
             .accounts
             .get(account_id)
             .ok_or_else(|| EngineError::UnknownAccount(account_id.to_owned()))?;
         let mut view = AccrualsView::default();
         let mut accruals = Vec::new();
-        if let (Some(m), Some(unit_price)) = (&a.storage, price) {
+        if let (Some(m), Some(unit_price)) = (&meter, price) {
             view.bytes_stored = m.bytes_stored;
             view.storage_reported_at_ms = m.level_at_ms;
             view.storage_covered_bytes =

@@ -102,8 +102,10 @@ pub async fn run(
             // Time-driven work: session hours and idle stops, expiry alerts.
             let now_ms = engine.now_ms();
             engine.tick_sessions(now_ms).await;
-            engine.tick_storage(now_ms).await;
             if now_ms.saturating_sub(scanned_at_ms) >= DEFAULT_ALERT_SCAN_INTERVAL_MS {
+                // Storage hours close on reports and looks too; the scan of every account
+                // for hours nobody looked at runs with the alert scan, once a minute.
+                engine.tick_storage(now_ms).await;
                 engine.check_alerts(now_ms);
                 scanned_at_ms = now_ms;
             }
