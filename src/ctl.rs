@@ -1134,7 +1134,7 @@ fn write_statement_sums(
         "ENTRIES",
         "QUANTITY",
         "FREE",
-        "COST",
+        "LIST COST",
         "FROM GRANTS",
         "GB FROM PLANS",
         "FROM BALANCE",
@@ -1167,7 +1167,7 @@ fn write_statement_sums(
     out.write_all(t.render().as_bytes())?;
     writeln!(
         out,
-        "total: {} entries, {} {currency}: {} {currency} from grants, {} {currency} from the balance",
+        "total: {} entries listing {} {currency}; paid {} {currency} from grants and {} {currency} from the balance",
         total.entries, total.cost, total.from_grants, total.from_balance
     )?;
     if unreadable {
@@ -1687,7 +1687,7 @@ c1     COUPON  GPU_SHARED,GPU_EXCLUSIVE  20     15.5       CNY   ?42    2026-11-
         assert!(lines[3].starts_with("2026-12-01  STORAGE"), "{text}");
         assert_eq!(
             lines[4],
-            "total: 4 entries, 1.71 CNY: 0.006 CNY from grants, 1.2 CNY from the balance"
+            "total: 4 entries listing 1.71 CNY; paid 0.006 CNY from grants and 1.2 CNY from the balance"
         );
     }
 
@@ -1719,6 +1719,23 @@ c1     COUPON  GPU_SHARED,GPU_EXCLUSIVE  20     15.5       CNY   ?42    2026-11-
         let a = parse("statement acme --month 2026-11 --by resource --time-zone UTC").unwrap();
         assert!(format!("{a:?}").contains("Resource"));
         assert!(parse("statement acme --month 2026-13").is_err());
+        assert!(matches!(
+            parse("accruals acme").unwrap().command,
+            CtlCommand::Accruals { ref account } if account == "acme"
+        ));
+        match parse("report-storage acme 150000000000 --at 2026-11-01T00:00:00Z")
+            .unwrap()
+            .command
+        {
+            CtlCommand::ReportStorage {
+                bytes_stored, at, ..
+            } => {
+                assert_eq!(bytes_stored, 150_000_000_000);
+                assert_eq!(at.map(|t| t.timestamp_millis()), Some(1_793_491_200_000));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse("report-storage acme -5").is_err());
         assert!(parse("statement acme --time-zone UTC+8").is_err());
     }
 

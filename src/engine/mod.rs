@@ -1239,7 +1239,6 @@ impl Engine {
             let (entry, seq) = match quantity {
                 Some(q) if !extra.is_zero() || old_row.streamed_quantity == 0 => {
                     row.state = HoldState::Committed;
-                    row.charged = old_row.streamed_cost + extra;
                     row.charged_quantity = q;
                     let usage = self.charge_locked(
                         &mut a,
@@ -1251,6 +1250,10 @@ impl Engine {
                         extra,
                         now_ms,
                     );
+                    // Charged is money: what free requests and volume plans (GB) paid is
+                    // not in it (the statement lists those).
+                    let money = a.pending.back().map_or(extra, |p| p.money);
+                    row.charged = old_row.streamed_cost + money;
                     let seq = usage.seq;
                     (Entry::Commit(row.clone(), usage), Some(seq))
                 }
