@@ -11,10 +11,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use tokio_stream::{Stream, StreamExt};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::billing::free_tier::{Calendar, DEFAULT_TIME_ZONE, Month};
 use crate::billing::{Money, MoneyError};
 use crate::pb;
 use crate::pb::admin_client::AdminClient;
@@ -91,8 +93,32 @@ pub enum CtlCommand {
     /// Show an account's balance, holds and grants, and the Exclusive sessions and usage
     /// streams running on this quotad
     Balance { account: String },
-    /// List an account's charges and what paid for them
-    Statement { account: String },
+    /// List an account's charges and what paid for them, one line each or summed by day
+    /// or resource, all of them or one month's
+    Statement {
+        account: String,
+        /// Only the charges of this calendar month (YYYY-MM, in --time-zone)
+        #[arg(long, value_name = "YYYY-MM", value_parser = parse_month)]
+        month: Option<Month>,
+        /// One line per charge, or sums per day (and resource) or per resource
+        #[arg(long, value_enum, default_value_t = StatementBy::Entry)]
+        by: StatementBy,
+        /// The platform's time zone for days and months: the catalog's [calendar] zone
+        #[arg(long, value_name = "ZONE", default_value = DEFAULT_TIME_ZONE, value_parser = parse_zone)]
+        time_zone: Tz,
+    },
+    /// Show what costs an account money every hour while nothing runs (stored data beyond
+    /// its plan, running Exclusive sessions) and when its plans and balance run out
+    Accruals { account: String },
+    /// Record an account's stored bytes (a level, from now or --at)
+    ReportStorage {
+        account: String,
+        #[arg(value_parser = clap::value_parser!(u64))]
+        bytes_stored: u64,
+        /// When the level took effect (RFC 3339; default now)
+        #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+        at: Option<DateTime<Utc>>,
+    },
     /// List the skus quotad sells and their prices
     Catalog,
     /// Hold the cost of work before it starts
@@ -301,15 +327,46 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
             };
             write_balance(out, &quota.get_balance(req).await?.into_inner())?;
         }
-        CtlCommand::Statement { account } => {
+        CtlCommand::Statement {
+            account,
+            month,
+            by,
+            time_zone,
+        } => {
             let req = pb::GetStatementRequest {
                 account_id: account,
             };
-            write_statement(
-                out,
-                &admin.get_statement(req).await?.into_inner(),
-                &currency,
-            )?;
+            let mut st = admin.get_statement(req).await?.into_inner();
+            let cal = Calendar {
+                zone: time_zone,
+                ..Calendar::default()
+            };
+            if let Some(m) = month {
+                keep_month(&mut st, m, &cal);
+            }
+            match by {
+                StatementBy::Entry => write_statement(out, &st, &currency)?,
+                by => write_statement_sums(out, &st, by, &cal, &currency)?,
+            }
+        }
+        CtlCommand::Accruals { account } => {
+            let req = pb::GetBalanceRequest {
+                account_id: account,
+            };
+            write_accruals(out, &quota.get_balance(req).await?.into_inner())?;
+        }
+        CtlCommand::ReportStorage {
+            account,
+            bytes_stored,
+            at,
+        } => {
+            let req = pb::ReportStorageRequest {
+                account_id: account.clone(),
+                bytes_stored: i64::try_from(bytes_stored).unwrap_or(i64::MAX),
+                at_ms: at.map_or(0, |t| t.timestamp_millis()),
+            };
+            quota.report_storage(req).await?;
+            writeln!(out, "storage level of {account}: {bytes_stored} bytes")?;
         }
         CtlCommand::Catalog => {
             let catalog = admin
@@ -936,6 +993,9 @@ fn write_statement(
             .deductions
             .iter()
             .map(|d| {
+                if !d.gb.is_empty() {
+                    return format!("{}:{} GB", d.source, d.gb);
+                }
                 let amount = d.amount.as_ref().map_or("?", |m| m.amount.as_str());
                 format!("{}:{amount}", d.source)
             })
@@ -945,7 +1005,11 @@ fn write_statement(
             e.usage_id.clone(),
             resource_name(e.resource),
             e.sku.clone(),
-            e.quantity.to_string(),
+            if e.free_quantity > 0 {
+                format!("{} ({} free)", e.quantity, e.free_quantity)
+            } else {
+                e.quantity.to_string()
+            },
             fmt_money(&e.cost),
             deductions.join(", "),
         ]);
@@ -974,6 +1038,219 @@ fn write_statement(
             out,
             "(older entries left out: the statement shows the latest {n})"
         )?;
+    }
+    Ok(())
+}
+
+/// How `ctl statement` groups charges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatementBy {
+    /// One line per charge
+    Entry,
+    /// Sums per day (in the time zone) and resource
+    Day,
+    /// Sums per resource
+    Resource,
+}
+
+/// Keeps the entries of calendar month `m` in the calendar's zone.
+fn keep_month(st: &mut pb::Statement, m: Month, cal: &Calendar) {
+    st.entries
+        .retain(|e| cal.month_of(e.at_ms).is_ok_and(|em| em == m));
+}
+
+fn parse_month(s: &str) -> Result<Month, String> {
+    Month::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_zone(s: &str) -> Result<Tz, String> {
+    Calendar::zone_named(s).map_err(|e| e.to_string())
+}
+
+/// Sums of a group of statement entries.
+#[derive(Default)]
+struct Sums {
+    entries: usize,
+    quantity: u128,
+    free_quantity: u128,
+    cost: Money,
+    from_balance: Money,
+    from_grants: Money,
+    gb_from_plans: rust_decimal::Decimal,
+}
+
+fn parse_amount(m: &Option<pb::Money>) -> Option<Money> {
+    m.as_ref().and_then(|m| Money::parse(&m.amount).ok())
+}
+
+/// Statement entries summed per day and resource, or per resource: what each cost, what
+/// the balance and the grants paid, GB taken from volume plans and free requests.
+fn write_statement_sums(
+    out: &mut dyn Write,
+    st: &pb::Statement,
+    by: StatementBy,
+    cal: &Calendar,
+    currency: &str,
+) -> Result<(), CtlError> {
+    if st.entries.is_empty() {
+        writeln!(out, "no charges for account {}", st.account_id)?;
+        return Ok(());
+    }
+    let mut groups: std::collections::BTreeMap<(String, String), Sums> = Default::default();
+    let mut unreadable = false;
+    for e in &st.entries {
+        let day = match by {
+            StatementBy::Day => cal
+                .day_of(e.at_ms)
+                .map(|d| d.to_string())
+                .unwrap_or_else(|_| "?".to_owned()),
+            _ => String::new(),
+        };
+        let g = groups.entry((day, resource_name(e.resource))).or_default();
+        g.entries += 1;
+        g.quantity += u128::from(e.quantity.max(0) as u64);
+        g.free_quantity += u128::from(e.free_quantity.max(0) as u64);
+        match parse_amount(&e.cost) {
+            Some(c) => g.cost += c,
+            None => unreadable = true,
+        }
+        for d in &e.deductions {
+            if !d.gb.is_empty() {
+                match d.gb.parse::<rust_decimal::Decimal>() {
+                    Ok(gb) => g.gb_from_plans += gb,
+                    Err(_) => unreadable = true,
+                }
+                continue;
+            }
+            match parse_amount(&d.amount) {
+                Some(a) if d.source == "balance" => g.from_balance += a,
+                Some(a) => g.from_grants += a,
+                None => unreadable = true,
+            }
+        }
+    }
+    let mut header = vec![
+        "RESOURCE",
+        "ENTRIES",
+        "QUANTITY",
+        "FREE",
+        "LIST COST",
+        "FROM GRANTS",
+        "GB FROM PLANS",
+        "FROM BALANCE",
+    ];
+    if by == StatementBy::Day {
+        header.insert(0, "DAY");
+    }
+    let mut t = Table::new(&header);
+    let mut total = Sums::default();
+    for ((day, resource), g) in &groups {
+        let mut row = vec![
+            resource.clone(),
+            g.entries.to_string(),
+            g.quantity.to_string(),
+            g.free_quantity.to_string(),
+            format!("{} {currency}", g.cost),
+            format!("{} {currency}", g.from_grants),
+            g.gb_from_plans.normalize().to_string(),
+            format!("{} {currency}", g.from_balance),
+        ];
+        if by == StatementBy::Day {
+            row.insert(0, day.clone());
+        }
+        t.row(row);
+        total.entries += g.entries;
+        total.cost += g.cost;
+        total.from_grants += g.from_grants;
+        total.from_balance += g.from_balance;
+    }
+    out.write_all(t.render().as_bytes())?;
+    writeln!(
+        out,
+        "total: {} entries listing {} {currency}; paid {} {currency} from grants and {} {currency} from the balance",
+        total.entries, total.cost, total.from_grants, total.from_balance
+    )?;
+    if unreadable {
+        writeln!(out, "(some amounts were unreadable and are left out)")?;
+    }
+    if st.truncated {
+        writeln!(
+            out,
+            "(older entries left out: the statement holds only the latest ones)"
+        )?;
+    }
+    Ok(())
+}
+
+/// What accrues on an account while nothing runs (R10), with the projection.
+fn write_accruals(out: &mut dyn Write, b: &pb::Balance) -> Result<(), CtlError> {
+    let Some(a) = &b.accruals else {
+        writeln!(out, "this quotad does not report accruals")?;
+        return Ok(());
+    };
+    let gb = |bytes: i64| {
+        (rust_decimal::Decimal::from(bytes) / rust_decimal::Decimal::from(1_000_000_000))
+            .normalize()
+            .to_string()
+    };
+    let mut rows = vec![("account", b.account_id.clone())];
+    if a.storage_reported_at_ms != 0 {
+        rows.push((
+            "stored",
+            format!(
+                "{} GB (reported {})",
+                gb(a.bytes_stored),
+                fmt_time_utc(a.storage_reported_at_ms)
+            ),
+        ));
+        rows.push((
+            "covered by plan",
+            format!("{} GB", gb(a.storage_covered_bytes)),
+        ));
+        rows.push((
+            "charged",
+            format!(
+                "{} GB, {} per hour",
+                gb(a.bytes_stored - a.storage_covered_bytes),
+                fmt_money(&a.storage_hourly)
+            ),
+        ));
+    } else {
+        rows.push(("stored", "nothing reported".to_owned()));
+    }
+    rows.push((
+        "sessions running",
+        format!(
+            "{} ({} with auto-shutdown disabled), {} per hour",
+            a.sessions_running,
+            a.sessions_without_auto_shutdown,
+            fmt_money(&a.sessions_hourly)
+        ),
+    ));
+    rows.push(("accrues per hour", fmt_money(&a.hourly)));
+    let when = |ms: i64| {
+        if ms == 0 {
+            "not within a year".to_owned()
+        } else {
+            fmt_time_utc(ms)
+        }
+    };
+    rows.push(("grants run short", when(a.grants_exhausted_at_ms)));
+    rows.push(("balance runs out", when(a.balance_exhausted_at_ms)));
+    write_kv(out, &rows)?;
+    let idle: Vec<&pb::SessionInfo> = b
+        .sessions
+        .iter()
+        .filter(|s| s.accrues_without_activity)
+        .collect();
+    if !idle.is_empty() {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "sessions billing while nothing runs (auto-shutdown off, or idle):"
+        )?;
+        let idle: Vec<pb::SessionInfo> = idle.into_iter().cloned().collect();
+        write_sessions(out, &idle)?;
     }
     Ok(())
 }
@@ -1292,9 +1569,11 @@ c1     COUPON  GPU_SHARED,GPU_EXCLUSIVE  20     15.5       CNY   ?42    2026-11-
                 .map(|(s, a)| pb::Deduction {
                     source: s.to_string(),
                     amount: cny(a),
+                    gb: String::new(),
                 })
                 .collect(),
             at_ms: 1_795_341_600_000,
+            free_quantity: 0,
         };
         let st = pb::Statement {
             account_id: "acme".into(),
@@ -1313,6 +1592,207 @@ c1     COUPON  GPU_SHARED,GPU_EXCLUSIVE  20     15.5       CNY   ?42    2026-11-
             "{text}"
         );
         assert_eq!(lines[3], "total: 2 entries, 0.3003 CNY");
+    }
+
+    fn entry_at(
+        id: &str,
+        resource: pb::Resource,
+        at_ms: i64,
+        cost: &str,
+        from: &[(&str, &str, &str)],
+    ) -> pb::StatementEntry {
+        pb::StatementEntry {
+            usage_id: id.into(),
+            resource: resource as i32,
+            sku: "s".into(),
+            quantity: 1000,
+            cost: cny(cost),
+            deductions: from
+                .iter()
+                .map(|(s, a, gb)| pb::Deduction {
+                    source: s.to_string(),
+                    amount: (!a.is_empty()).then(|| pb::Money {
+                        currency: "CNY".into(),
+                        amount: a.to_string(),
+                    }),
+                    gb: gb.to_string(),
+                })
+                .collect(),
+            at_ms,
+            free_quantity: if resource == pb::Resource::RequestGet {
+                400
+            } else {
+                0
+            },
+        }
+    }
+
+    /// 2026-11-30T15:59:59Z is 23:59:59 on November 30th in Shanghai; a second later it
+    /// is December 1st there (and still November 30th in UTC).
+    const NOV_LAST: i64 = 1_796_054_399_000;
+    const DEC_FIRST: i64 = NOV_LAST + 1_000;
+
+    fn month_statement() -> pb::Statement {
+        pb::Statement {
+            account_id: "acme".into(),
+            truncated: false,
+            entries: vec![
+                entry_at(
+                    "a",
+                    pb::Resource::Traffic,
+                    NOV_LAST - 3_600_000,
+                    "1",
+                    &[("t1/1", "", "2"), ("balance", "0.5", "")],
+                ),
+                entry_at(
+                    "b",
+                    pb::Resource::Traffic,
+                    NOV_LAST,
+                    "0.5",
+                    &[("balance", "0.5", "")],
+                ),
+                entry_at(
+                    "c",
+                    pb::Resource::RequestGet,
+                    NOV_LAST,
+                    "0.01",
+                    &[("c1", "0.006", "")],
+                ),
+                entry_at(
+                    "d",
+                    pb::Resource::Storage,
+                    DEC_FIRST,
+                    "0.2",
+                    &[("balance", "0.2", "")],
+                ),
+            ],
+        }
+    }
+
+    #[test]
+    fn statement_sums_by_day_use_the_platforms_zone() {
+        let cal = Calendar::default();
+        let mut out = Vec::new();
+        write_statement_sums(&mut out, &month_statement(), StatementBy::Day, &cal, "CNY").unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // Traffic on Nov 30 (Shanghai): cost 1 + 0.5, 2 GB from the plan, 1.0 from the
+        // balance; GET: 0.006 from a coupon, 400 free; storage falls on Dec 1.
+        assert!(lines[1].starts_with("2026-11-30  REQUEST_GET  1"), "{text}");
+        assert!(lines[1].contains("400"), "{text}");
+        assert!(lines[2].starts_with("2026-11-30  TRAFFIC      2"), "{text}");
+        assert!(lines[2].contains("1.5 CNY"), "{text}");
+        assert!(lines[2].contains(" 2  "), "{text}");
+        assert!(lines[2].ends_with(" 1 CNY"), "{text}");
+        assert!(lines[3].starts_with("2026-12-01  STORAGE"), "{text}");
+        assert_eq!(
+            lines[4],
+            "total: 4 entries listing 1.71 CNY; paid 0.006 CNY from grants and 1.2 CNY from the balance"
+        );
+    }
+
+    #[test]
+    fn statement_of_a_month_by_resource_keeps_that_months_entries() {
+        let cal = Calendar::default();
+        let mut st = month_statement();
+        keep_month(&mut st, Month::parse("2026-11").unwrap(), &cal);
+        assert_eq!(st.entries.len(), 3);
+        let mut out = Vec::new();
+        write_statement_sums(&mut out, &st, StatementBy::Resource, &cal, "CNY").unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("STORAGE"), "{text}");
+        assert!(
+            text.lines().nth(2).unwrap().starts_with("TRAFFIC      2"),
+            "{text}"
+        );
+        let mut dec = month_statement();
+        keep_month(&mut dec, Month::parse("2026-12").unwrap(), &cal);
+        assert_eq!(dec.entries.len(), 1);
+        // In UTC all four are November's.
+        let utc = Calendar {
+            zone: chrono_tz::UTC,
+            ..Calendar::default()
+        };
+        let mut st = month_statement();
+        keep_month(&mut st, Month::parse("2026-11").unwrap(), &utc);
+        assert_eq!(st.entries.len(), 4);
+        let a = parse("statement acme --month 2026-11 --by resource --time-zone UTC").unwrap();
+        assert!(format!("{a:?}").contains("Resource"));
+        assert!(parse("statement acme --month 2026-13").is_err());
+        assert!(matches!(
+            parse("accruals acme").unwrap().command,
+            CtlCommand::Accruals { ref account } if account == "acme"
+        ));
+        match parse("report-storage acme 150000000000 --at 2026-11-01T00:00:00Z")
+            .unwrap()
+            .command
+        {
+            CtlCommand::ReportStorage {
+                bytes_stored, at, ..
+            } => {
+                assert_eq!(bytes_stored, 150_000_000_000);
+                assert_eq!(at.map(|t| t.timestamp_millis()), Some(1_793_491_200_000));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse("report-storage acme -5").is_err());
+        assert!(parse("statement acme --time-zone UTC+8").is_err());
+    }
+
+    #[test]
+    fn statement_entries_show_gb_from_plans_and_free_requests() {
+        let mut out = Vec::new();
+        write_statement(&mut out, &month_statement(), "CNY").unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("t1/1:2 GB, balance:0.5"), "{text}");
+        assert!(text.contains("1000 (400 free)"), "{text}");
+    }
+
+    #[test]
+    fn accruals_show_storage_sessions_and_when_money_runs_out() {
+        let b = pb::Balance {
+            account_id: "acme".into(),
+            sessions: vec![pb::SessionInfo {
+                session_id: "s1".into(),
+                sku: "gpu.exclusive.a10.8c30g".into(),
+                started_at_ms: 1_795_341_600_000,
+                auto_shutdown: false,
+                idle_timeout_ms: 1_200_000,
+                last_busy_at_ms: 1_795_341_600_000,
+                charged: cny("0"),
+                accrued: cny("0"),
+                hourly: cny("9.9"),
+                accrues_without_activity: true,
+            }],
+            accruals: Some(pb::Accruals {
+                bytes_stored: 150_000_000_000,
+                storage_reported_at_ms: 1_795_341_600_000,
+                storage_covered_bytes: 100_000_000_000,
+                storage_hourly: cny("0.00833333"),
+                sessions_hourly: cny("9.9"),
+                sessions_running: 1,
+                sessions_without_auto_shutdown: 1,
+                hourly: cny("9.90833333"),
+                grants_exhausted_at_ms: 1_795_341_600_000,
+                balance_exhausted_at_ms: 0,
+            }),
+            ..pb::Balance::default()
+        };
+        let mut out = Vec::new();
+        write_accruals(&mut out, &b).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for want in [
+            "stored            150 GB (reported 2026-11-22 10:00:00 UTC)",
+            "covered by plan   100 GB",
+            "charged           50 GB, 0.00833333 CNY per hour",
+            "sessions running  1 (1 with auto-shutdown disabled), 9.9 CNY per hour",
+            "accrues per hour  9.90833333 CNY",
+            "grants run short  2026-11-22 10:00:00 UTC",
+            "balance runs out  not within a year",
+            "s1",
+        ] {
+            assert!(text.contains(want), "{want:?} not in\n{text}");
+        }
     }
 
     #[test]

@@ -2,12 +2,14 @@
 //!
 //! Layout:
 //! - `billing`: the platform's billing rules as pure functions (money, catalog, grants,
-//!   burn-down, account status, purchases, alert crossings, the Exclusive session clock).
+//!   burn-down, account status, purchases, alert crossings, the Exclusive session clock,
+//!   storage levels, volume plans, the monthly free tier, accrual projections).
 //!   No I/O, no tokio, no prost types.
 //! - `engine`: the sidecar's in-memory admission: cached entitlement per account, holds,
 //!   Reserve / Commit / Release / Admit; `engine::work` meters running jobs,
-//!   `engine::sessions` bills Exclusive instances, `engine::events` feeds Watch;
-//!   `engine::sync` pushes usage to the ledger.
+//!   `engine::sessions` bills Exclusive instances, `engine::storage` meters stored levels
+//!   hourly and reports accruals, `engine::events` feeds Watch; `engine::sync` pushes
+//!   usage to the ledger.
 //! - `journal`: local durability of everything the sidecar acknowledged (group commit).
 //! - `ledger`: the authoritative record and its rules, over a store (`ledger::sqlite`),
 //!   reached by the engine only through `ledger::LedgerApi`.

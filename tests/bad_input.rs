@@ -802,21 +802,6 @@ async fn bad_resources(h: &mut Harness) {
         inv,
         ["STORAGE"]
     );
-    let unmetered = [
-        (R::Traffic, "traffic.outbound"),
-        (R::RequestPut, "request.put"),
-        (R::RequestGet, "request.get"),
-    ];
-    for (res, sku) in unmetered {
-        let v = res as i32;
-        let r = h.quota.reserve(reserve_as("r-res", v, sku)).await;
-        let name = res.as_str_name();
-        let what = format!("Reserve {name}");
-        rejected(h, &before, &what, r, Code::Unimplemented, &[name]).await;
-        let r = h.quota.admit(admit_req(ACME, v, sku, 1)).await;
-        let what = format!("Admit {name}");
-        rejected(h, &before, &what, r, Code::Unimplemented, &[name]).await;
-    }
     let mut g = credit_req(ACME, "g-res", cny("1"));
     g.resource = 99;
     check!(h, before, h.admin.grant_credit(g), inv, ["resource", "99"]);

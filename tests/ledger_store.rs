@@ -84,6 +84,8 @@ fn usage(
                 amount: m(amt),
             })
             .collect(),
+        free_quantity: 0,
+        volume: vec![],
     }
 }
 
@@ -166,6 +168,7 @@ async fn commit_if_version(s: Arc<dyn LedgerStore>) {
         purchase: None,
         cursor: Some((SIDECAR.into(), 7)),
         leases: vec![lease(SIDECAR, "3", T0 + 1000)],
+        request_counts: vec![(Resource::RequestGet, 202_611, 5)],
     };
     match s.commit("acme", 1, stale.clone()).await {
         Err(StoreError::Conflict(a)) => assert_eq!(a, "acme"),
@@ -1040,6 +1043,100 @@ async fn load_many_and_commit_many(s: Arc<dyn LedgerStore>) {
     assert_eq!(vb(&s, "a3").await, (3, m("1")));
 }
 
+/// The free tier's counts (set, not added, under the version check), a usage's free
+/// requests and the GB it took from volume plans before its money deductions.
+async fn request_counts_free_requests_and_volume_deductions(s: Arc<dyn LedgerStore>) {
+    s.create_account("acme", m("1"), T0).await.unwrap();
+    s.create_account("other", m("1"), T0).await.unwrap();
+    let mut get = usage("acme", "g1", 1, T0, "0.02", &[("balance", "0.02")]);
+    get.record.resource = Resource::RequestGet;
+    get.record.quantity = 30_000;
+    get.free_quantity = 10_000;
+    let mut dl = usage("acme", "dl1", 2, T0 + 1, "1.5", &[("balance", "0.5")]);
+    dl.record.resource = Resource::Traffic;
+    dl.volume = vec![quotad::billing::usage::VolumeDeduction {
+        grant_id: "t1/1".into(),
+        gb: d("2.5"),
+    }];
+    s.commit(
+        "acme",
+        1,
+        ChangeSet {
+            balance: m("0.48"),
+            usage: vec![get, dl],
+            request_counts: vec![
+                (Resource::RequestGet, 202_611, 30_000),
+                (Resource::RequestPut, 202_611, 7),
+            ],
+            ..ChangeSet::default()
+        },
+    )
+    .await
+    .unwrap();
+    let st = s.load("acme", SIDECAR).await.unwrap().unwrap();
+    assert_eq!(
+        st.request_counts,
+        vec![
+            (Resource::RequestGet, 202_611, 30_000),
+            (Resource::RequestPut, 202_611, 7)
+        ]
+    );
+    assert!(
+        s.load("other", SIDECAR)
+            .await
+            .unwrap()
+            .unwrap()
+            .request_counts
+            .is_empty()
+    );
+    // A later commit sets the count (the ledger decided it under the version check) and
+    // adds a month; the other row is left as it was.
+    s.commit(
+        "acme",
+        2,
+        ChangeSet {
+            balance: m("0.48"),
+            request_counts: vec![
+                (Resource::RequestGet, 202_611, 30_500),
+                (Resource::RequestGet, 202_612, 1),
+            ],
+            ..ChangeSet::default()
+        },
+    )
+    .await
+    .unwrap();
+    let many = s.load_many(&ids(&["acme"]), SIDECAR).await.unwrap();
+    assert_eq!(
+        many[0].request_counts,
+        vec![
+            (Resource::RequestGet, 202_611, 30_500),
+            (Resource::RequestGet, 202_612, 1),
+            (Resource::RequestPut, 202_611, 7)
+        ]
+    );
+    let (entries, _) = s.statement("acme", 10).await.unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0].usage_id, "g1");
+    assert_eq!(entries[0].free_quantity, 10_000);
+    assert!(entries[0].volume.is_empty());
+    assert_eq!(entries[1].usage_id, "dl1");
+    assert_eq!(entries[1].free_quantity, 0);
+    assert_eq!(
+        entries[1].volume,
+        vec![quotad::billing::usage::VolumeDeduction {
+            grant_id: "t1/1".into(),
+            gb: d("2.5")
+        }]
+    );
+    assert_eq!(
+        entries[1].deductions,
+        vec![Deduction {
+            source: Source::Balance,
+            amount: m("0.5")
+        }]
+    );
+}
+
 /// One test per store for each contract body: `sqlite::NAME` and `postgres::NAME`.
 macro_rules! contract_tests {
     ($($name:ident),* $(,)?) => {
@@ -1084,6 +1181,7 @@ contract_tests!(
     statement_order_limit_and_deductions,
     known_usage_reports_applied_ids,
     load_many_and_commit_many,
+    request_counts_free_requests_and_volume_deductions,
 );
 
 // ---- stores under test --------------------------------------------------------------------
@@ -1233,7 +1331,7 @@ async fn pg_concurrent_connects_migrate_once() {
     let url = db.url.clone();
     let check = async move {
         assert!(failures.is_empty(), "racing connects failed: {failures:?}");
-        assert_eq!(versions, [1, 2, 3], "each migration recorded once");
+        assert_eq!(versions, [1, 2, 3, 4], "each migration recorded once");
         // Every store works, and a later start finds nothing to do.
         for (i, s) in stores.iter().enumerate() {
             assert!(

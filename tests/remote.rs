@@ -247,3 +247,85 @@ async fn fail_open_budget_is_spent_and_reported() {
     assert!(!r.admitted);
     assert_eq!(r.reason(), pb::DenyReason::LedgerUnavailable);
 }
+
+/// The month's free requests are counted at the ledger: two sidecars that each let 15,000,000
+/// GET through as free (neither had seen the other's) are reconciled there, where the
+/// second batch finds only 5,000,000 left and the rest is charged. Storage hours reach the
+/// ledger over the Ledger service with their derived ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_counts_free_requests_across_sidecars_and_takes_storage_hours() {
+    let mut f = Fleet::start(2, |_| {}).await;
+    f.create("acme", "1").await;
+    // Both hold their batch before either commits (a commit is pushed to the ledger at
+    // once), so each sidecar counts the other's as not there.
+    for (i, id) in [(0, "g-a"), (1, "g-b")] {
+        let r = f.sidecars[i]
+            .1
+            .reserve(pb::ReserveRequest {
+                account_id: "acme".into(),
+                reservation_id: id.into(),
+                resource: pb::Resource::RequestGet as i32,
+                sku: "request.get".into(),
+                quantity: 15_000_000,
+                ttl_ms: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.admitted, "{r:?}");
+        assert_eq!(amount(&r.held), "0");
+    }
+    for (i, id) in [(0, "g-a"), (1, "g-b")] {
+        f.sidecars[i]
+            .1
+            .commit(pb::CommitRequest {
+                reservation_id: id.into(),
+                quantity: 15_000_000,
+            })
+            .await
+            .unwrap();
+    }
+    f.sidecars[0]
+        .1
+        .report_storage(pb::ReportStorageRequest {
+            account_id: "acme".into(),
+            bytes_stored: 720_000_000_000,
+            at_ms: 0,
+        })
+        .await
+        .unwrap();
+    f.clock.advance_ms(3_600_000);
+    // 720 GB for an hour: 720 GB-hours x 0.12 / 720 = 0.12.
+    balance_of(&mut f.sidecars[0].1, "acme").await;
+    f.sync_all().await;
+    let st = f.ledger_statement("acme").await;
+    let got: Vec<(String, i64, String)> = st
+        .entries
+        .iter()
+        .map(|e| (e.usage_id.clone(), e.free_quantity, amount(&e.cost)))
+        .collect();
+    // 20,000,000 free a month: g-a takes 15,000,000, g-b the other 5,000,000 and pays for
+    // 10,000,000 (10,000,000 x 0.01 / 10,000 = 10), whatever the sidecars assumed.
+    assert_eq!(
+        got,
+        vec![
+            ("g-a".to_owned(), 15_000_000, "15".to_owned()),
+            ("g-b".to_owned(), 5_000_000, "15".to_owned()),
+            (format!("storage/acme/{T0_MS}"), 0, "0.12".to_owned()),
+        ]
+    );
+    let paid: Vec<Vec<(String, String)>> = st.entries.iter().map(deductions).collect();
+    assert_eq!(paid[0], vec![]);
+    assert_eq!(paid[1], vec![("balance".to_owned(), "10".to_owned())]);
+    assert_eq!(paid[2], vec![("balance".to_owned(), "0.12".to_owned())]);
+    // The sidecars take the ledger's word: 1 - 10 - 0.12 = -9.12, overdue.
+    f.sidecars[1]
+        .0
+        .engine()
+        .refresh_account("acme")
+        .await
+        .unwrap();
+    let b = balance_of(&mut f.sidecars[1].1, "acme").await;
+    assert_eq!(amount(&b.balance), "-9.12");
+    assert_eq!(b.status(), pb::balance::AccountStatus::Overdue);
+}

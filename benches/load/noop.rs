@@ -109,6 +109,13 @@ impl pb::quota_server::Quota for Noop {
         Ok(Response::new(pb::StopSessionResponse::default()))
     }
 
+    async fn report_storage(
+        &self,
+        _r: Request<pb::ReportStorageRequest>,
+    ) -> Result<Response<pb::ReportStorageResponse>, Status> {
+        Ok(Response::new(pb::ReportStorageResponse::default()))
+    }
+
     type WatchStream = Boxed<pb::AccountEvent>;
 
     async fn watch(

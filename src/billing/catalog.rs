@@ -8,6 +8,7 @@ use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 use serde::Deserialize;
 
+use super::free_tier::{Calendar, DEFAULT_FREE_GET_PER_MONTH, DEFAULT_FREE_PUT_PER_MONTH};
 use super::grant::GrantUnit;
 use super::money::{Money, MoneyError};
 use super::resource::{PriceUnit, Resource, ResourceSet};
@@ -143,6 +144,8 @@ pub struct Offer {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     pub currency: String,
+    /// The platform's time zone and monthly free requests (`[calendar]`).
+    pub calendar: Calendar,
     pub prices: BTreeMap<String, Price>,
     pub offers: BTreeMap<String, Offer>,
 }
@@ -152,9 +155,19 @@ pub struct Catalog {
 struct RawCatalog {
     currency: String,
     #[serde(default)]
+    calendar: Option<RawCalendar>,
+    #[serde(default)]
     price: Vec<RawPrice>,
     #[serde(default)]
     offer: Vec<RawOffer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCalendar {
+    time_zone: Option<String>,
+    free_put_per_month: Option<u64>,
+    free_get_per_month: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -311,8 +324,20 @@ impl Catalog {
                 return Err(CatalogError::DuplicateSku(o.sku));
             }
         }
+        let mut calendar = Calendar::default();
+        if let Some(c) = raw.calendar {
+            if let Some(z) = c.time_zone {
+                calendar.zone =
+                    Calendar::zone_named(&z).map_err(|e| invalid("calendar", e.to_string()))?;
+            }
+            calendar.free_put_per_month =
+                c.free_put_per_month.unwrap_or(DEFAULT_FREE_PUT_PER_MONTH);
+            calendar.free_get_per_month =
+                c.free_get_per_month.unwrap_or(DEFAULT_FREE_GET_PER_MONTH);
+        }
         Ok(Catalog {
             currency: raw.currency,
+            calendar,
             prices,
             offers,
         })
@@ -425,6 +450,22 @@ mod tests {
                 .any(|p| p.resource == Resource::GpuExclusive)
         );
         assert!(c.offers.values().all(|o| o.validity_months == 12));
+        assert_eq!(c.calendar, Calendar::default());
+    }
+
+    #[test]
+    fn calendar_section_sets_zone_and_allowances() {
+        let c = Catalog::from_toml(
+            "currency = \"CNY\"\n[calendar]\ntime_zone = \"Europe/Berlin\"\nfree_get_per_month = 7\n",
+        )
+        .unwrap();
+        assert_eq!(c.calendar.zone, chrono_tz::Europe::Berlin);
+        assert_eq!(c.calendar.free_get_per_month, 7);
+        assert_eq!(c.calendar.free_put_per_month, DEFAULT_FREE_PUT_PER_MONTH);
+        let e = Catalog::from_toml("currency = \"CNY\"\n[calendar]\ntime_zone = \"UTC+8\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("UTC+8"), "{e}");
     }
 
     #[test]

@@ -60,7 +60,12 @@ pub fn account_status(
         return AccountStatus::Overdue;
     }
     let has_grant = match resource {
-        Some(r) => grant_money_for(grants, r, at_ms) > rust_decimal::Decimal::ZERO,
+        Some(r) => {
+            grant_money_for(grants, r, at_ms) > rust_decimal::Decimal::ZERO
+                || grants
+                    .iter()
+                    .any(|g| super::usage::covers_volume(g, r, at_ms))
+        }
         None => grants
             .iter()
             .any(|g| g.is_valid_at(at_ms) && !g.remaining.is_zero()),
@@ -95,6 +100,11 @@ pub fn admit(
 ) -> Result<Money, DenyReason> {
     match account_status(balance, grants, Some(resource), at_ms) {
         AccountStatus::Overdue => return Err(DenyReason::Overdue),
+        // Requests inside the month's free tier cost nothing: they need no plan or balance
+        // (an overdue account is still refused them, above).
+        AccountStatus::NoEntitlement
+            if cost.is_zero()
+                && matches!(resource, Resource::RequestPut | Resource::RequestGet) => {}
         AccountStatus::NoEntitlement => return Err(DenyReason::NoEntitlement),
         AccountStatus::Active => {}
     }

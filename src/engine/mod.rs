@@ -10,6 +10,7 @@
 pub mod events;
 mod leases;
 pub mod sessions;
+pub mod storage;
 pub mod sync;
 pub mod work;
 
@@ -22,8 +23,11 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 
 use crate::billing::alerts::{AlertConfig, AlertMemo};
+use crate::billing::free_tier::{Calendar, RequestCounts};
 use crate::billing::status::{self, DenyReason};
-use crate::billing::{Catalog, Grant, Money, PriceError, Resource, burn_down};
+use crate::billing::storage::StorageMeter;
+use crate::billing::usage;
+use crate::billing::{Catalog, Grant, Money, PriceError, Resource};
 use crate::clock::SharedClock;
 use crate::journal::{Entry, HoldState, Journal, JournalError, Recovered, ReservationRow};
 use crate::ledger::lease::DEFAULT_LEASE_HOLD_GRACE_MS;
@@ -171,6 +175,18 @@ pub enum EngineError {
     IdleTimeout { idle_timeout_ms: i64, max_ms: i64 },
     #[error("{limit} watchers are open{}, the configured maximum", if *per_account { " on this account" } else { "" })]
     WatchersFull { limit: usize, per_account: bool },
+    #[error(
+        "at_ms {at_ms} is more than {ahead_max_ms} ms ahead of this sidecar's clock ({now_ms})"
+    )]
+    StorageInFuture {
+        at_ms: i64,
+        now_ms: i64,
+        ahead_max_ms: i64,
+    },
+    #[error("the catalog has no STORAGE price; storage cannot be metered")]
+    NoStoragePrice,
+    #[error(transparent)]
+    Storage(#[from] crate::billing::storage::StorageError),
     #[error("quotad is shutting down; reconnect (to another instance, or after the restart)")]
     ShuttingDown,
     #[error(transparent)]
@@ -223,7 +239,12 @@ pub use crate::billing::status::BalanceView;
 struct Pending {
     seq: u64,
     resource: Resource,
+    quantity: u64,
+    /// List cost of the quantity (what the record carries).
     cost: Money,
+    /// Money it took in the live view, after free requests and volume plans: what it
+    /// spends of the lease.
+    money: Money,
     at_ms: i64,
 }
 
@@ -247,6 +268,14 @@ struct Account {
     fail_open_spent: Money,
     /// Alert crossings that fired (persisted in the journal).
     alert_memo: AlertMemo,
+    /// Requests counted per month: the snapshot's plus `pending` (the free tier).
+    counts: RequestCounts,
+    /// The catalog's calendar (months of the free tier).
+    cal: Calendar,
+    /// The last storage level and the hour in progress (see `storage`). Async-locked
+    /// for the whole of a step, journal wait included, so that a look at the account
+    /// waits for a step in flight instead of missing its charges.
+    storage: Arc<tokio::sync::Mutex<Option<StorageMeter>>>,
 }
 
 impl Account {
@@ -255,6 +284,7 @@ impl Account {
         pending: VecDeque<Pending>,
         fail_open_budget: Money,
         now_ms: i64,
+        cal: Calendar,
     ) -> Account {
         let mut a = Account {
             balance: base.balance,
@@ -269,6 +299,9 @@ impl Account {
             fail_open_left: fail_open_budget,
             fail_open_spent: Money::ZERO,
             alert_memo: AlertMemo::default(),
+            counts: RequestCounts::default(),
+            cal,
+            storage: Arc::new(tokio::sync::Mutex::new(None)),
         };
         a.recompute();
         a
@@ -277,16 +310,29 @@ impl Account {
     fn recompute(&mut self) {
         self.balance = self.base.balance;
         self.grants.clone_from(&self.base.grants);
-        self.pending_cost = self.pending.iter().map(|p| p.cost).sum();
-        for p in &self.pending {
-            burn_down(
+        self.counts.clone_from(&self.base.request_counts);
+        self.pending_cost = Money::ZERO;
+        for p in &mut self.pending {
+            p.money = usage::charge_counted(
                 &mut self.grants,
                 &mut self.balance,
+                &mut self.counts,
+                &self.cal,
                 p.resource,
+                p.quantity,
                 p.cost,
                 p.at_ms,
-            );
+            )
+            .money;
+            self.pending_cost += p.money;
         }
+    }
+
+    /// The money a charge of `quantity` (list cost `cost`) would take now, after the
+    /// month's free requests and volume plans.
+    fn money_due(&self, resource: Resource, quantity: u64, cost: Money, now_ms: i64) -> Money {
+        let free = self.counts.free_part(&self.cal, resource, quantity, now_ms);
+        usage::money_due(&self.grants, resource, quantity, cost, free, now_ms)
     }
 
     fn available(&self, resource: Resource, now_ms: i64) -> Money {
@@ -355,6 +401,8 @@ pub struct Engine {
     orphan_session_holds: DashMap<String, Money>,
     /// Fired alert keys recovered at start, by account, until it loads.
     recovered_alerts: DashMap<String, Vec<String>>,
+    /// Storage meters recovered at start for accounts the ledger could not load yet.
+    orphan_storage: DashMap<String, crate::billing::storage::StorageMeter>,
     /// Open usage streams by work id, and the last seq of recently ended ones.
     works: DashMap<String, work::WorkView>,
     work_seqs: DashMap<String, (u64, i64)>,
@@ -407,6 +455,7 @@ impl Engine {
             lease_seq: AtomicU64::new(0),
             orphan_session_holds: DashMap::new(),
             recovered_alerts: recovered_alerts.into_iter().collect(),
+            orphan_storage: DashMap::new(),
             works: DashMap::new(),
             work_seqs: DashMap::new(),
             sessions: DashMap::new(),
@@ -426,6 +475,7 @@ impl Engine {
             .unwrap_or(Err(JournalError::Closed))?;
         engine.lease_seq.store(base, Ordering::Relaxed);
         engine.recover_sessions(recovered.sessions);
+        let recovered_storage = recovered.storage;
         engine.recover_works(recovered.works);
         if let Err(e) = engine.flush().await {
             tracing::warn!(error = %e, "could not push recovered usage to the ledger yet");
@@ -478,6 +528,7 @@ impl Engine {
                 }
             }
         }
+        engine.recover_storage(recovered_storage).await;
         engine.sweep(now_ms);
         tracing::info!(
             holds = engine.holds_len.load(Ordering::Relaxed),
@@ -578,7 +629,9 @@ impl Engine {
             .map(|u| Pending {
                 seq: u.seq,
                 resource: u.resource,
+                quantity: u.quantity,
                 cost: u.cost,
+                money: u.cost,
                 at_ms: u.at_ms,
             })
             .collect();
@@ -593,7 +646,7 @@ impl Engine {
         let mut a = self
             .accounts
             .entry(account_id.to_owned())
-            .or_insert_with(|| Account::new(snap, pending, budget, now_ms));
+            .or_insert_with(|| Account::new(snap, pending, budget, now_ms, self.catalog.calendar));
         for (expires_at_ms, id, held) in orphans.into_iter().flatten() {
             a.held += held;
             a.expiries.push(Reverse((expires_at_ms, id)));
@@ -603,6 +656,11 @@ impl Engine {
         }
         if let Some((_, keys)) = self.recovered_alerts.remove(account_id) {
             a.alert_memo = AlertMemo::from_keys(keys);
+        }
+        if let Some((_, meter)) = self.orphan_storage.remove(account_id)
+            && let Ok(mut m) = a.storage.try_lock()
+        {
+            m.get_or_insert(meter);
         }
         Ok(())
     }
@@ -795,11 +853,13 @@ impl Engine {
         // (or, with the ledger unreachable, from the fail-open budget).
         let mut fail_open = false;
         for attempt in 0..2 {
-            let (done, available, expires_at_ms) = match self
+            let (done, available, expires_at_ms, held) = match self
                 .try_hold(&req, cost, ttl_ms, now_ms, fail_open)?
             {
                 Step::Answer(o) => return Ok(o),
-                Step::Held(done, available, expires_at_ms) => (done, available, expires_at_ms),
+                Step::Held(done, available, expires_at_ms, held) => {
+                    (done, available, expires_at_ms, held)
+                }
                 Step::NeedLease(want) if attempt == 0 => {
                     match self.request_lease(&req.account_id, want).await {
                         Ok(()) => {}
@@ -823,7 +883,7 @@ impl Engine {
                 }
             };
             return self
-                .finish_hold(&req, cost, done, available, expires_at_ms, fail_open)
+                .finish_hold(&req, held, done, available, expires_at_ms, fail_open)
                 .await;
         }
         Ok(denied(DenyReason::InsufficientFunds, Money::ZERO))
@@ -961,13 +1021,26 @@ impl Engine {
         at_ms: i64,
     ) -> UsageRecord {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        a.spent_since_lease += cost;
-        a.pending_cost += cost;
-        burn_down(&mut a.grants, &mut a.balance, resource, cost, at_ms);
+        let cal = a.cal;
+        let money = usage::charge_counted(
+            &mut a.grants,
+            &mut a.balance,
+            &mut a.counts,
+            &cal,
+            resource,
+            quantity,
+            cost,
+            at_ms,
+        )
+        .money;
+        a.spent_since_lease += money;
+        a.pending_cost += money;
         a.pending.push_back(Pending {
             seq,
             resource,
+            quantity,
             cost,
+            money,
             at_ms,
         });
         UsageRecord {
@@ -980,6 +1053,13 @@ impl Engine {
             cost,
             at_ms,
         }
+    }
+
+    /// The money pending usage `seq` of the account took in the live view.
+    fn pending_money(&self, account_id: &str, seq: u64) -> Option<Money> {
+        let a = self.accounts.get(account_id)?;
+        let i = a.pending.binary_search_by_key(&seq, |p| p.seq).ok()?;
+        Some(a.pending[i].money)
     }
 
     fn undo_charge(a: &mut Account, seq: u64) {
@@ -1003,6 +1083,9 @@ impl Engine {
             .ok_or_else(|| EngineError::UnknownAccount(req.account_id.clone()))?;
         a.last_touch_ms = now_ms;
         self.expire_due(&mut a, now_ms);
+        // What volume plans (traffic GB) or the month's free requests would take costs no
+        // money: hold only the rest.
+        let cost = a.money_due(req.resource, req.quantity, cost, now_ms);
         let slot = match self.holds.entry(req.reservation_id.clone()) {
             MapEntry::Occupied(o) => {
                 let out = self.replay_reserve(req, o.get())?;
@@ -1061,7 +1144,7 @@ impl Engine {
             streaming: false,
         });
         self.holds_len.fetch_add(1, Ordering::Relaxed);
-        Ok(Step::Held(done, available, expires_at_ms))
+        Ok(Step::Held(done, available, expires_at_ms, cost))
     }
 
     /// Waits for the hold to be durable; undoes it if the journal failed.
@@ -1213,7 +1296,6 @@ impl Engine {
             let (entry, seq) = match quantity {
                 Some(q) if !extra.is_zero() || old_row.streamed_quantity == 0 => {
                     row.state = HoldState::Committed;
-                    row.charged = old_row.streamed_cost + extra;
                     row.charged_quantity = q;
                     let usage = self.charge_locked(
                         &mut a,
@@ -1225,6 +1307,10 @@ impl Engine {
                         extra,
                         now_ms,
                     );
+                    // Charged is money: what free requests and volume plans (GB) paid is
+                    // not in it (the statement lists those).
+                    let money = a.pending.back().map_or(extra, |p| p.money);
+                    row.charged = old_row.streamed_cost + money;
                     let seq = usage.seq;
                     (Entry::Commit(row.clone(), usage), Some(seq))
                 }
@@ -1312,6 +1398,10 @@ impl Engine {
             }
             r => r?,
         }
+        let cost = match self.accounts.get(account_id) {
+            Some(a) => a.money_due(resource, quantity, cost, self.now_ms()),
+            None => cost,
+        };
         self.gated(account_id, resource, cost, false, |a, take, now_ms| {
             let reason = match take {
                 Take::Lease(_) | Take::FailOpen(_) => None,
@@ -1330,6 +1420,7 @@ impl Engine {
     pub async fn balance(&self, account_id: &str) -> Result<BalanceView, EngineError> {
         let now_ms = self.now_ms();
         self.ensure_account(account_id).await?;
+        self.storage_up_to_date(account_id, now_ms).await;
         let mut a = self
             .accounts
             .get_mut(account_id)
@@ -1367,7 +1458,8 @@ enum Take {
 /// What `try_hold` decided.
 enum Step {
     Answer(ReserveOutcome),
-    Held(Durable, Money, i64),
+    /// Held: durable when `Durable` resolves; availability, expiry, amount held.
+    Held(Durable, Money, i64, Money),
     /// The lease is short or expired: ask the ledger for this much.
     NeedLease(Money),
 }

@@ -35,7 +35,10 @@ impl Engine {
         let batch = self.journal.outbox_batch(batch_max);
         let mut in_batch: HashMap<&str, Money> = HashMap::new();
         for u in &batch {
-            *in_batch.entry(u.account_id.as_str()).or_default() += u.cost;
+            // What the record spends of the lease: its money after free requests and
+            // volume plans (its list cost if the account is not cached).
+            let money = self.pending_money(&u.account_id, u.seq).unwrap_or(u.cost);
+            *in_batch.entry(u.account_id.as_str()).or_default() += money;
         }
         let now_ms = self.now_ms();
         let leases = self.renewals(now_ms, &in_batch);
@@ -100,6 +103,9 @@ pub async fn run(
             let now_ms = engine.now_ms();
             engine.tick_sessions(now_ms).await;
             if now_ms.saturating_sub(scanned_at_ms) >= DEFAULT_ALERT_SCAN_INTERVAL_MS {
+                // Storage hours close on reports and looks too; the scan of every account
+                // for hours nobody looked at runs with the alert scan, once a minute.
+                engine.tick_storage(now_ms).await;
                 engine.check_alerts(now_ms);
                 scanned_at_ms = now_ms;
             }

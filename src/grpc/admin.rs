@@ -219,14 +219,21 @@ impl pb::admin_server::Admin for AdminService {
                     quantity: e.quantity as i64,
                     cost: money_out(&self.currency, e.cost),
                     deductions: e
-                        .deductions
+                        .volume
                         .iter()
-                        .map(|d| pb::Deduction {
+                        .map(|v| pb::Deduction {
+                            source: v.grant_id.clone(),
+                            amount: None,
+                            gb: v.gb.normalize().to_string(),
+                        })
+                        .chain(e.deductions.iter().map(|d| pb::Deduction {
                             source: d.source.label().to_owned(),
                             amount: money_out(&self.currency, d.amount),
-                        })
+                            gb: String::new(),
+                        }))
                         .collect(),
                     at_ms: e.at_ms,
+                    free_quantity: e.free_quantity as i64,
                 })
                 .collect(),
         }))

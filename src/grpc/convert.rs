@@ -42,6 +42,18 @@ pub fn id<'a>(field: &str, s: &'a str) -> Result<&'a str, Invalid> {
     Ok(s)
 }
 
+/// A usage id from a sidecar: a client id, or one quotad derives with '/' (storage hours:
+/// `storage/ACCOUNT/HOUR_START_MS`), which no client id can contain.
+pub fn usage_id(s: &str) -> Result<&str, Invalid> {
+    for part in s.split('/') {
+        id("usage_id", part)?;
+    }
+    if s.len() > 3 * ID_LEN_MAX {
+        return Err(Invalid(format!("usage_id is {} bytes long", s.len())));
+    }
+    Ok(s)
+}
+
 pub fn sku(s: &str) -> Result<&str, Invalid> {
     if s.is_empty() {
         return Err(Invalid("sku is required (see GetCatalog)".into()));
@@ -66,13 +78,14 @@ pub fn resource(field: &str, v: i32) -> Result<Resource, Invalid> {
 pub fn metered_resource(v: i32) -> Result<Resource, tonic::Status> {
     let r = resource("resource", v)?;
     match r {
-        Resource::GpuShared | Resource::GpuExclusive => Ok(r),
+        Resource::GpuShared
+        | Resource::GpuExclusive
+        | Resource::Traffic
+        | Resource::RequestPut
+        | Resource::RequestGet => Ok(r),
         Resource::Storage => Err(tonic::Status::invalid_argument(
             "STORAGE is billed from stored levels (ReportStorage), not reserved",
         )),
-        other => Err(tonic::Status::unimplemented(format!(
-            "{other} is not metered by this quotad; Reserve and Admit take GPU_SHARED and GPU_EXCLUSIVE"
-        ))),
     }
 }
 
@@ -285,10 +298,19 @@ mod tests {
         assert!(resource("resource", 0).is_err());
         assert!(resource("resource", 99).is_err());
         assert_eq!(resource("resource", 1).unwrap(), Resource::GpuShared);
+        for (v, r) in [
+            (4, Resource::Traffic),
+            (5, Resource::RequestPut),
+            (6, Resource::RequestGet),
+        ] {
+            assert_eq!(metered_resource(v).unwrap(), r);
+        }
         assert_eq!(
-            metered_resource(4).unwrap_err().code(),
-            tonic::Code::Unimplemented
+            usage_id("storage/acme/3600000").unwrap(),
+            "storage/acme/3600000"
         );
+        assert!(usage_id("storage//1").is_err());
+        assert!(usage_id("a b").is_err());
         assert_eq!(
             metered_resource(3).unwrap_err().code(),
             tonic::Code::InvalidArgument

@@ -3,6 +3,7 @@
 
 use tonic::{Code, Status};
 
+use crate::billing::storage::StorageError;
 use crate::billing::{PriceError, PurchaseError};
 use crate::engine::EngineError;
 use crate::journal::JournalError;
@@ -47,7 +48,12 @@ impl From<EngineError> for Status {
             | EngineError::ReservationMismatch { .. }
             | EngineError::WorkStreaming(_) => Status::failed_precondition(msg),
             EngineError::InProgress(_) => Status::aborted(msg),
-            EngineError::TtlTooLong { .. } => Status::invalid_argument(msg),
+            EngineError::TtlTooLong { .. }
+            | EngineError::StorageInFuture { .. }
+            | EngineError::Storage(StorageError::TooLarge(_)) => Status::invalid_argument(msg),
+            EngineError::Storage(StorageError::OutOfOrder { .. }) | EngineError::NoStoragePrice => {
+                Status::failed_precondition(msg)
+            }
             EngineError::HoldsFull(_) | EngineError::AccountsFull(_) | EngineError::Backlog(_) => {
                 Status::resource_exhausted(msg)
             }

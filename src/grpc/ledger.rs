@@ -46,7 +46,7 @@ fn usage_in(u: &pb::UsageRecord) -> Result<UsageRecord, Invalid> {
     }
     Ok(UsageRecord {
         seq: u.seq,
-        usage_id: convert::id("usage_id", &u.usage_id)?.to_owned(),
+        usage_id: convert::usage_id(&u.usage_id)?.to_owned(),
         account_id: convert::id("account_id", &u.account_id)?.to_owned(),
         resource: convert::resource("resource", u.resource)?,
         sku: convert::sku(&u.sku)?.to_owned(),
@@ -71,6 +71,16 @@ fn snapshot_out(currency: &str, s: &AccountSnapshot, now_ms: i64) -> pb::Account
             remaining: money_out(currency, s.lease.remaining),
             expires_at_ms: s.lease.expires_at_ms,
         }),
+        request_counts: s
+            .request_counts
+            .rows()
+            .into_iter()
+            .map(|(r, month, count)| pb::RequestCount {
+                resource: convert::to_pb_resource(r) as i32,
+                month,
+                count,
+            })
+            .collect(),
     }
 }
 
@@ -93,6 +103,12 @@ fn snapshot_in(s: &pb::AccountSnapshot) -> Result<AccountSnapshot, Invalid> {
             .collect::<Result<_, _>>()?,
         applied_seq: s.applied_seq,
         lease,
+        request_counts: crate::billing::free_tier::RequestCounts::from_rows(
+            s.request_counts
+                .iter()
+                .map(|c| Ok((convert::resource("resource", c.resource)?, c.month, c.count)))
+                .collect::<Result<Vec<_>, Invalid>>()?,
+        ),
     })
 }
 

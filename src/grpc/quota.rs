@@ -79,6 +79,7 @@ pub fn balance_out(currency: &str, v: &engine::BalanceView) -> pb::Balance {
             .collect(),
         sessions: Vec::new(),
         streams: Vec::new(),
+        accruals: None,
     }
 }
 
@@ -200,7 +201,33 @@ impl pb::quota_server::Quota for QuotaService {
                 last_seq: w.last_seq,
             })
             .collect();
+        let a = self.engine.accruals(account_id).await?;
+        b.accruals = Some(accruals_out(c, &a));
         Ok(Response::new(b))
+    }
+
+    async fn report_storage(
+        &self,
+        request: Request<pb::ReportStorageRequest>,
+    ) -> Result<Response<pb::ReportStorageResponse>, Status> {
+        let r = request.into_inner();
+        let account_id = convert::id("account_id", &r.account_id)?;
+        let bytes = u64::try_from(r.bytes_stored).map_err(|_| {
+            Status::invalid_argument(format!(
+                "bytes_stored {} is negative; report the bytes stored now",
+                r.bytes_stored
+            ))
+        })?;
+        if r.at_ms < 0 {
+            return Err(Status::invalid_argument(format!(
+                "at_ms {} is negative (0 = now)",
+                r.at_ms
+            )));
+        }
+        self.engine
+            .report_storage(account_id, bytes, r.at_ms)
+            .await?;
+        Ok(Response::new(pb::ReportStorageResponse {}))
     }
 
     type StreamUsageStream = ReceiverStream<Result<pb::UsageDecision, Status>>;
@@ -567,5 +594,21 @@ fn event_out(e: &Event) -> pb::AccountEvent {
         at_ms: e.at_ms,
         threshold: e.threshold.clone(),
         dropped: 0,
+    }
+}
+
+fn accruals_out(c: &str, a: &crate::engine::storage::AccrualsView) -> pb::Accruals {
+    pb::Accruals {
+        bytes_stored: i64::try_from(a.bytes_stored).unwrap_or(i64::MAX),
+        storage_reported_at_ms: a.storage_reported_at_ms,
+        storage_covered_bytes: i64::try_from(a.storage_covered_bytes).unwrap_or(i64::MAX),
+        storage_hourly: money_out(c, a.storage_hourly),
+        sessions_hourly: money_out(c, a.sessions_hourly),
+        sessions_running: i32::try_from(a.sessions_running).unwrap_or(i32::MAX),
+        sessions_without_auto_shutdown: i32::try_from(a.sessions_without_auto_shutdown)
+            .unwrap_or(i32::MAX),
+        hourly: money_out(c, a.projection.hourly),
+        grants_exhausted_at_ms: a.projection.grants_exhausted_at_ms.unwrap_or(0),
+        balance_exhausted_at_ms: a.projection.balance_exhausted_at_ms.unwrap_or(0),
     }
 }

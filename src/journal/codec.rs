@@ -10,6 +10,7 @@
 use rust_decimal::Decimal;
 
 use super::{Entry, HoldState, ReservationRow, SessionRow, SessionState};
+use crate::billing::storage::StorageMeter;
 use crate::billing::{Money, Resource};
 use crate::ledger::UsageRecord;
 
@@ -36,6 +37,7 @@ const TAG_PRUNE: u8 = 8;
 const TAG_NEXT_SEQ: u8 = 9;
 const TAG_WORK: u8 = 10;
 const TAG_USAGE: u8 = 11;
+const TAG_STORAGE: u8 = 12;
 
 /// What one record holds: a journal entry as written by the engine, or one of the rows a
 /// compacted file starts with.
@@ -125,6 +127,19 @@ pub fn encode_entry(out: &mut Vec<u8>, e: &Entry) {
                 None => b.push(0),
             }
         }
+        Entry::Storage {
+            account_id,
+            meter,
+            usage,
+        } => {
+            b.push(TAG_STORAGE);
+            put_str(b, account_id);
+            put_meter(b, meter);
+            put_u32(b, usage.len() as u32);
+            for u in usage {
+                put_usage(b, u);
+            }
+        }
         Entry::LeaseSeqFloor(f) => {
             b.push(TAG_LEASE_SEQ_FLOOR);
             put_u64(b, *f);
@@ -165,6 +180,16 @@ pub fn encode_session(out: &mut Vec<u8>, r: &SessionRow) {
         b.push(TAG_SESSION);
         put_session(b, r);
         b.push(0);
+    })
+}
+
+/// An account's storage meter alone (snapshot).
+pub fn encode_storage(out: &mut Vec<u8>, account_id: &str, meter: &StorageMeter) {
+    frame(out, |b| {
+        b.push(TAG_STORAGE);
+        put_str(b, account_id);
+        put_meter(b, meter);
+        put_u32(b, 0);
     })
 }
 
@@ -216,6 +241,23 @@ pub fn decode(payload: &[u8]) -> Result<Record, DecodeError> {
             let r = d.session()?;
             let u = if d.flag()? { Some(d.usage()?) } else { None };
             Record::Entry(Entry::Session(r, u))
+        }
+        TAG_STORAGE => {
+            let account_id = d.string()?;
+            let meter = d.meter()?;
+            let n = d.u32()? as usize;
+            // A usage record takes well over 8 bytes: a count the payload cannot hold is
+            // damage, and must not size an allocation.
+            d.need(n.saturating_mul(8))?;
+            let mut usage = Vec::with_capacity(n);
+            for _ in 0..n {
+                usage.push(d.usage()?);
+            }
+            Record::Entry(Entry::Storage {
+                account_id,
+                meter,
+                usage,
+            })
         }
         TAG_LEASE_SEQ_FLOOR => Record::Entry(Entry::LeaseSeqFloor(d.u64()?)),
         TAG_ALERTS => {
@@ -320,6 +362,14 @@ fn put_usage(b: &mut Vec<u8>, u: &UsageRecord) {
     put_i64(b, u.at_ms);
 }
 
+fn put_meter(b: &mut Vec<u8>, m: &StorageMeter) {
+    put_u64(b, m.bytes_stored);
+    put_i64(b, m.level_at_ms);
+    put_i64(b, m.hour_start_ms);
+    b.extend_from_slice(&m.excess_byte_ms.to_le_bytes());
+    b.extend_from_slice(&m.stored_byte_ms.to_le_bytes());
+}
+
 fn put_session(b: &mut Vec<u8>, r: &SessionRow) {
     put_str(b, &r.session_id);
     put_str(b, &r.account_id);
@@ -385,6 +435,20 @@ impl<'a> Dec<'a> {
 
     fn i64(&mut self) -> Result<i64, DecodeError> {
         Ok(i64::from_le_bytes(self.array()?))
+    }
+
+    fn u128(&mut self) -> Result<u128, DecodeError> {
+        Ok(u128::from_le_bytes(self.array()?))
+    }
+
+    fn meter(&mut self) -> Result<StorageMeter, DecodeError> {
+        Ok(StorageMeter {
+            bytes_stored: self.u64()?,
+            level_at_ms: self.i64()?,
+            hour_start_ms: self.i64()?,
+            excess_byte_ms: self.u128()?,
+            stored_byte_ms: self.u128()?,
+        })
     }
 
     fn string(&mut self) -> Result<String, DecodeError> {

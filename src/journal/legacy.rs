@@ -292,5 +292,7 @@ fn read_all(conn: &Connection) -> Result<Recovered, JournalError> {
             .map(|(w, s, at)| (w, s.max(0) as u64, at))
             .collect(),
         lease_seq_floor: lease_seq_floor.unwrap_or(0).max(0) as u64,
+        // Storage meters came after the SQLite journal.
+        storage: Vec::new(),
     })
 }

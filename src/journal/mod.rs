@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::billing::storage::StorageMeter;
 use crate::billing::{Money, Resource};
 use crate::ledger::UsageRecord;
 use codec::Record;
@@ -240,6 +241,13 @@ pub enum Entry {
     },
     /// Usage with the session row it advances, in one transaction (or the row alone).
     Session(SessionRow, Option<UsageRecord>),
+    /// An account's storage meter with the hours it closed and charged, in one
+    /// transaction (or the meter alone).
+    Storage {
+        account_id: String,
+        meter: StorageMeter,
+        usage: Vec<UsageRecord>,
+    },
     /// Every lease request sequence number this process will use is below this (so a
     /// restart, whatever the clock says, starts above them).
     LeaseSeqFloor(u64),
@@ -278,6 +286,8 @@ pub struct Recovered {
     pub works: Vec<(String, u64, i64)>,
     /// Lease request sequence numbers used so far are below this.
     pub lease_seq_floor: u64,
+    /// Storage meters by account.
+    pub storage: Vec<(String, StorageMeter)>,
 }
 
 pub struct Journal {
@@ -472,6 +482,7 @@ struct Tables {
     sessions: HashMap<String, SessionRow>,
     works: HashMap<String, (u64, i64)>,
     alerts: BTreeSet<(String, String)>,
+    storage: HashMap<String, StorageMeter>,
     next_seq: u64,
     lease_seq_floor: u64,
     /// Unacknowledged usage by seq, kept only while the file is read at start; after that
@@ -501,6 +512,7 @@ impl Tables {
             t.works.insert(w, (seq, at));
         }
         t.alerts.extend(r.alerts);
+        t.storage.extend(r.storage);
         for u in r.outbox {
             t.next_seq = t.next_seq.max(u.seq + 1);
             t.outbox.insert(u.seq, u);
@@ -516,7 +528,9 @@ impl Tables {
     fn replay(&mut self, record: Record) {
         match record {
             Record::Entry(e) => {
-                if let Some(u) = self.apply(e) {
+                let mut usage = Vec::new();
+                self.apply(e, &mut usage);
+                for u in usage {
                     self.outbox.insert(u.seq, u);
                 }
             }
@@ -535,17 +549,16 @@ impl Tables {
         }
     }
 
-    /// Applies a written entry; returns the usage it carries, if any, for the outbox.
-    fn apply(&mut self, e: Entry) -> Option<UsageRecord> {
+    /// Applies a written entry; the usage it carries goes to `usage` (for the outbox).
+    fn apply(&mut self, e: Entry, usage_out: &mut Vec<UsageRecord>) {
         match e {
             Entry::Reservation(r) => {
                 self.reservations.insert(r.reservation_id.clone(), r);
-                None
             }
             Entry::Commit(r, u) => {
                 self.reservations.insert(r.reservation_id.clone(), r);
                 self.note_usage(&u);
-                Some(u)
+                usage_out.push(u);
             }
             Entry::Report {
                 usage,
@@ -558,18 +571,28 @@ impl Tables {
                 }
                 self.works.insert(work_id, (seq, usage.at_ms));
                 self.note_usage(&usage);
-                Some(usage)
+                usage_out.push(usage);
             }
             Entry::Session(r, u) => {
                 self.sessions.insert(r.session_id.clone(), r);
-                if let Some(u) = &u {
-                    self.note_usage(u);
+                if let Some(u) = u {
+                    self.note_usage(&u);
+                    usage_out.push(u);
                 }
-                u
+            }
+            Entry::Storage {
+                account_id,
+                meter,
+                usage,
+            } => {
+                self.storage.insert(account_id, meter);
+                for u in usage {
+                    self.note_usage(&u);
+                    usage_out.push(u);
+                }
             }
             Entry::LeaseSeqFloor(f) => {
                 self.lease_seq_floor = f;
-                None
             }
             Entry::Alerts {
                 account_id,
@@ -582,13 +605,11 @@ impl Tables {
                 for k in set {
                     self.alerts.insert((account_id.clone(), k));
                 }
-                None
             }
             Entry::Trim(seqs) => {
                 for s in seqs {
                     self.outbox.remove(&s);
                 }
-                None
             }
             Entry::Prune { settled_before_ms } => {
                 self.reservations.retain(|_, r| {
@@ -598,7 +619,6 @@ impl Tables {
                     s.state == SessionState::Running || s.stopped_at_ms >= settled_before_ms
                 });
                 self.works.retain(|_, (_, at)| *at >= settled_before_ms);
-                None
             }
         }
     }
@@ -618,6 +638,11 @@ impl Tables {
                 .map(|(w, (s, at))| (w.clone(), *s, *at))
                 .collect(),
             lease_seq_floor: self.lease_seq_floor,
+            storage: self
+                .storage
+                .iter()
+                .map(|(a, m)| (a.clone(), m.clone()))
+                .collect(),
         }
     }
 
@@ -648,6 +673,9 @@ impl Tables {
                     unset: Vec::new(),
                 },
             );
+        }
+        for (a, m) in &self.storage {
+            codec::encode_storage(out, a, m);
         }
         for u in outbox {
             codec::encode_usage(out, u);
@@ -883,9 +911,7 @@ impl Writer {
             } else {
                 let mut usage = Vec::new();
                 for (e, d) in batch {
-                    if let Some(u) = self.tables.apply(e) {
-                        usage.push(u);
-                    }
+                    self.tables.apply(e, &mut usage);
                     done.push(d);
                 }
                 if !usage.is_empty() {
@@ -1078,6 +1104,16 @@ mod tests {
         }
     }
 
+    fn meter() -> StorageMeter {
+        StorageMeter {
+            bytes_stored: 5_000_000_000,
+            level_at_ms: 3_600_500,
+            hour_start_ms: 3_600_000,
+            excess_byte_ms: u128::from(u64::MAX) * 3,
+            stored_byte_ms: 2_500_000_000_000,
+        }
+    }
+
     async fn put(j: &Journal, e: Entry) {
         j.submit(e).unwrap().await.unwrap().unwrap();
     }
@@ -1152,6 +1188,17 @@ mod tests {
             put(&j, Entry::Session(session("s1"), Some(usage(2)))).await;
             put(&j, Entry::Session(stopped.clone(), None)).await;
             put(&j, Entry::LeaseSeqFloor(77)).await;
+            let mut hour = usage(3);
+            hour.usage_id = "storage/a/0".into();
+            put(
+                &j,
+                Entry::Storage {
+                    account_id: "a".into(),
+                    meter: meter(),
+                    usage: vec![hour.clone()],
+                },
+            )
+            .await;
             put(
                 &j,
                 Entry::Alerts {
@@ -1173,8 +1220,11 @@ mod tests {
             j.close().await;
         }
         let (_j, rec) = Journal::open(&path, 16, 4).unwrap();
-        assert_eq!(rec.outbox, vec![usage(1), usage(2)]);
-        assert_eq!(rec.next_seq, 3);
+        let mut hour = usage(3);
+        hour.usage_id = "storage/a/0".into();
+        assert_eq!(rec.outbox, vec![usage(1), usage(2), hour]);
+        assert_eq!(rec.next_seq, 4);
+        assert_eq!(rec.storage, vec![("a".to_string(), meter())]);
         assert_eq!(rec.reservations.len(), 1);
         assert_eq!(rec.reservations[0].streamed_quantity, 2_000);
         assert_eq!(rec.reservations[0].streamed_cost.to_string(), "0.0012");
@@ -1308,6 +1358,16 @@ mod tests {
         let mut written = 0u64;
         {
             let (j, _) = Journal::open_opts(&path, opts.clone()).unwrap();
+            // Written first: only a compaction carries it to the end.
+            put(
+                &j,
+                Entry::Storage {
+                    account_id: "a".into(),
+                    meter: meter(),
+                    usage: Vec::new(),
+                },
+            )
+            .await;
             for i in 1..=2_000u64 {
                 // Ten ids rewritten over and over, each commit's usage acked at once
                 // except the last ten.
@@ -1336,6 +1396,7 @@ mod tests {
         let seqs: Vec<u64> = rec.outbox.iter().map(|u| u.seq).collect();
         assert_eq!(seqs, (1_991..=2_000).collect::<Vec<_>>());
         assert_eq!(rec.next_seq, 2_001);
+        assert_eq!(rec.storage, vec![("a".to_string(), meter())]);
         assert_eq!(rec.lease_seq_floor, 5);
         let r7 = rec
             .reservations

@@ -61,6 +61,8 @@ pub struct AccountSnapshot {
     pub applied_seq: u64,
     /// The asking sidecar's lease, as of `applied_seq`.
     pub lease: Lease,
+    /// Requests counted this month and before (the free tier), as of `applied_seq`.
+    pub request_counts: billing::free_tier::RequestCounts,
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +74,10 @@ pub struct StatementEntry {
     pub cost: Money,
     pub at_ms: i64,
     pub deductions: Vec<Deduction>,
+    /// Requests inside the month's free tier.
+    pub free_quantity: u64,
+    /// GB taken from volume plans.
+    pub volume: Vec<billing::usage::VolumeDeduction>,
 }
 
 #[derive(Debug, Clone)]
@@ -137,9 +143,12 @@ fn usage_changes(
     records: &[&UsageRecord],
     known: &HashSet<String>,
     sidecar_id: &str,
+    cal: &billing::free_tier::Calendar,
 ) -> Option<ChangeSet> {
     let mut grants = state.grants.clone();
     let mut balance = state.balance;
+    let mut counts = billing::free_tier::RequestCounts::from_rows(state.request_counts.clone());
+    let mut counted = std::collections::BTreeSet::new();
     let mut seen = HashSet::new();
     let mut applied = Vec::new();
     let mut max_seq = state.applied_seq;
@@ -148,11 +157,28 @@ fn usage_changes(
         if known.contains(&r.usage_id) || !seen.insert(r.usage_id.as_str()) {
             continue;
         }
-        let deductions = billing::burn_down(&mut grants, &mut balance, r.resource, r.cost, r.at_ms);
+        // Volume plans (traffic GB) change `grants` here and show in `grant_remaining`;
+        // the free tier is measured against the ledger's own counts (authoritative when
+        // several sidecars serve the account).
+        if let Some(key) = counts.add(cal, r.resource, 0, r.at_ms) {
+            counted.insert(key);
+        }
+        let c = billing::usage::charge_counted(
+            &mut grants,
+            &mut balance,
+            &mut counts,
+            cal,
+            r.resource,
+            r.quantity,
+            r.cost,
+            r.at_ms,
+        );
         applied.push(AppliedUsage {
             record: (*r).clone(),
             sidecar_id: sidecar_id.to_owned(),
-            deductions,
+            deductions: c.deductions,
+            free_quantity: c.free_quantity,
+            volume: c.volume,
         });
     }
     if applied.is_empty() && max_seq == state.applied_seq {
@@ -165,7 +191,11 @@ fn usage_changes(
         .map(|(new, _)| (new.grant_id.clone(), new.remaining))
         .collect();
     // What was used came out of this sidecar's lease.
-    let spent: Money = applied.iter().map(|u| u.record.cost).sum();
+    // Money only: free requests and GB from volume plans spend nothing of a lease.
+    let spent: Money = applied
+        .iter()
+        .flat_map(|u| u.deductions.iter().map(|d| d.amount))
+        .sum();
     let leases = state
         .leases
         .iter()
@@ -175,9 +205,14 @@ fn usage_changes(
             ..l.clone()
         })
         .collect();
+    let request_counts = counted
+        .into_iter()
+        .map(|(r, m)| (r, m, counts.0.get(&(r, m)).copied().unwrap_or(0)))
+        .collect();
     Some(ChangeSet {
         balance,
         grant_remaining,
+        request_counts,
         usage: applied,
         cursor: Some((sidecar_id.to_owned(), max_seq)),
         leases,
@@ -519,7 +554,7 @@ impl Ledger {
                 .iter()
                 .filter_map(|state| {
                     let records = &by_account[state.account_id.as_str()];
-                    usage_changes(state, records, &known, sidecar_id)
+                    usage_changes(state, records, &known, sidecar_id, &self.catalog.calendar)
                         .map(|c| (state.account_id.clone(), state.version, c))
                 })
                 .collect();
@@ -557,6 +592,7 @@ impl Ledger {
             grants: s.grants,
             applied_seq: s.applied_seq,
             lease,
+            request_counts: billing::free_tier::RequestCounts::from_rows(s.request_counts),
         }
     }
 

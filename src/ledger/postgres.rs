@@ -40,9 +40,7 @@ use super::StatementEntry;
 use super::store::{
     AccountState, ChangeSet, LeaseRow, LedgerStore, PurchaseRecord, StoreError, TopUpRecord,
 };
-use crate::billing::{
-    Deduction, Grant, GrantKind, GrantUnit, Money, Resource, ResourceSet, Source,
-};
+use crate::billing::{Grant, GrantKind, GrantUnit, Money, Resource, ResourceSet};
 
 /// Default most connections one ledger process keeps to PostgreSQL. A commit holds one
 /// connection for a few round trips, so 16 keep a few thousand commits per second in flight
@@ -154,6 +152,17 @@ CREATE TABLE leases (
 "#,
     r#"
 ALTER TABLE leases ADD COLUMN request_seq BIGINT NOT NULL DEFAULT 0;
+"#,
+    r#"
+CREATE TABLE request_counts (
+    account_id TEXT NOT NULL REFERENCES accounts(account_id),
+    resource   TEXT NOT NULL,
+    month      BIGINT NOT NULL,
+    count      BIGINT NOT NULL,
+    PRIMARY KEY (account_id, resource, month)
+);
+ALTER TABLE usage ADD COLUMN free_quantity BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE usage_deductions ADD COLUMN unit TEXT NOT NULL DEFAULT 'money';
 "#,
 ];
 
@@ -326,11 +335,17 @@ const LOAD_SQL: &str = "SELECT a.version, a.balance::text, \
     ARRAY(SELECT l.expires_at_ms FROM leases l \
           WHERE l.account_id = a.account_id ORDER BY l.sidecar_id), \
     ARRAY(SELECT l.request_seq FROM leases l \
-          WHERE l.account_id = a.account_id ORDER BY l.sidecar_id) \
+          WHERE l.account_id = a.account_id ORDER BY l.sidecar_id), \
+    ARRAY(SELECT r.resource FROM request_counts r \
+          WHERE r.account_id = a.account_id ORDER BY r.resource, r.month), \
+    ARRAY(SELECT r.month FROM request_counts r \
+          WHERE r.account_id = a.account_id ORDER BY r.resource, r.month), \
+    ARRAY(SELECT r.count FROM request_counts r \
+          WHERE r.account_id = a.account_id ORDER BY r.resource, r.month) \
     FROM accounts a WHERE a.account_id = $1";
 
 /// Columns of LOAD_SQL (the account id follows them in `load_many`).
-const LOAD_COLUMNS: usize = 18;
+const LOAD_COLUMNS: usize = 21;
 
 fn read_state(account_id: &str, row: &PgRow) -> Result<AccountState, StoreError> {
     fn col<'r, T>(row: &'r PgRow, i: usize) -> Result<T, StoreError>
@@ -357,6 +372,24 @@ fn read_state(account_id: &str, row: &PgRow) -> Result<AccountState, StoreError>
     let lease_remaining: Vec<String> = col(row, 15)?;
     let lease_expires: Vec<i64> = col(row, 16)?;
     let lease_seqs: Vec<i64> = col(row, 17)?;
+    let rc_resources: Vec<String> = col(row, 18)?;
+    let rc_months: Vec<i64> = col(row, 19)?;
+    let rc_counts: Vec<i64> = col(row, 20)?;
+    if rc_months.len() != rc_resources.len() || rc_counts.len() != rc_resources.len() {
+        return Err(StoreError::Corrupt(format!(
+            "account {account_id}: request count columns of unequal length"
+        )));
+    }
+    let request_counts = rc_resources
+        .into_iter()
+        .zip(rc_months)
+        .zip(rc_counts)
+        .map(|((r, month), count)| {
+            let r = Resource::from_name(&r)
+                .ok_or_else(|| StoreError::Corrupt(format!("resource {r:?}")))?;
+            Ok((r, month, count.max(0) as u64))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
     let n = ids.len();
     if [
         kinds.len(),
@@ -418,6 +451,7 @@ fn read_state(account_id: &str, row: &PgRow) -> Result<AccountState, StoreError>
         once_skus,
         applied_seq: applied_seq.max(0) as u64,
         leases,
+        request_counts,
     })
 }
 
@@ -680,6 +714,8 @@ async fn write_batch(tx: &mut PgConnection, entries: &[Entry<'_>]) -> Result<Vec
         let mut d_ordinals = Vec::with_capacity(n);
         let mut d_sources = Vec::with_capacity(n);
         let mut d_amounts = Vec::with_capacity(n);
+        let mut d_units = Vec::with_capacity(n);
+        let mut frees = Vec::with_capacity(n);
         for (a, c) in &live {
             for u in &c.usage {
                 let r = &u.record;
@@ -692,21 +728,33 @@ async fn write_batch(tx: &mut PgConnection, entries: &[Entry<'_>]) -> Result<Vec
                 ats.push(r.at_ms);
                 sidecars.push(u.sidecar_id.as_str());
                 seqs.push(r.seq as i64);
-                for (i, d) in u.deductions.iter().enumerate() {
+                frees.push(u.free_quantity as i64);
+                // Volume (GB) first, in the order taken, then money: one ordinal sequence.
+                let rows = u
+                    .volume
+                    .iter()
+                    .map(|v| (v.grant_id.as_str(), v.gb.to_string(), GrantUnit::Gigabytes))
+                    .chain(
+                        u.deductions
+                            .iter()
+                            .map(|d| (d.source.label(), d.amount.to_string(), GrantUnit::Money)),
+                    );
+                for (i, (source, amount, unit)) in rows.enumerate() {
                     d_ids.push(r.usage_id.as_str());
                     d_ordinals.push(i as i32);
-                    d_sources.push(d.source.label());
-                    d_amounts.push(d.amount.to_string());
+                    d_sources.push(source);
+                    d_amounts.push(amount);
+                    d_units.push(unit.code());
                 }
             }
         }
         sqlx::query(
             "INSERT INTO usage (usage_id, account_id, resource, sku, quantity, cost, at_ms, \
-             sidecar_id, seq) \
-             SELECT id, a, res, sku, qty, cost::numeric, at, sc, seq \
+             sidecar_id, seq, free_quantity) \
+             SELECT id, a, res, sku, qty, cost::numeric, at, sc, seq, fq \
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], \
-             $6::text[], $7::int8[], $8::text[], $9::int8[]) \
-             AS v(id, a, res, sku, qty, cost, at, sc, seq)",
+             $6::text[], $7::int8[], $8::text[], $9::int8[], $10::int8[]) \
+             AS v(id, a, res, sku, qty, cost, at, sc, seq, fq)",
         )
         .bind(ids)
         .bind(accounts)
@@ -717,20 +765,22 @@ async fn write_batch(tx: &mut PgConnection, entries: &[Entry<'_>]) -> Result<Vec
         .bind(ats)
         .bind(sidecars)
         .bind(seqs)
+        .bind(frees)
         .execute(&mut *tx)
         .await
         .map_err(write_err(scope, Some("usage")))?;
         if !d_ids.is_empty() {
             sqlx::query(
-                "INSERT INTO usage_deductions (usage_id, ordinal, source, amount) \
-                 SELECT id, ord, src, amt::numeric \
-                 FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[]) \
-                 AS v(id, ord, src, amt)",
+                "INSERT INTO usage_deductions (usage_id, ordinal, source, amount, unit) \
+                 SELECT id, ord, src, amt::numeric, u \
+                 FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[]) \
+                 AS v(id, ord, src, amt, u)",
             )
             .bind(d_ids)
             .bind(d_ordinals)
             .bind(d_sources)
             .bind(d_amounts)
+            .bind(d_units)
             .execute(&mut *tx)
             .await
             .map_err(write_err(scope, None))?;
@@ -768,6 +818,35 @@ async fn write_batch(tx: &mut PgConnection, entries: &[Entry<'_>]) -> Result<Vec
         .bind(l_rem)
         .bind(l_exp)
         .bind(l_seq)
+        .execute(&mut *tx)
+        .await
+        .map_err(write_err(scope, None))?;
+    }
+
+    // Request counts: absolute values decided under the version check just passed.
+    let mut rc_acc = Vec::new();
+    let mut rc_res = Vec::new();
+    let mut rc_month = Vec::new();
+    let mut rc_count = Vec::new();
+    for (a, c) in &live {
+        for (r, m, n) in last_per_key(&c.request_counts, |(r, m, _)| (*r, *m)) {
+            rc_acc.push(*a);
+            rc_res.push(r.name());
+            rc_month.push(*m);
+            rc_count.push(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+    }
+    if !rc_acc.is_empty() {
+        sqlx::query(
+            "INSERT INTO request_counts (account_id, resource, month, count) \
+             SELECT a, r, m, n FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[]) \
+             AS v(a, r, m, n) \
+             ON CONFLICT (account_id, resource, month) DO UPDATE SET count = excluded.count",
+        )
+        .bind(rc_acc)
+        .bind(rc_res)
+        .bind(rc_month)
+        .bind(rc_count)
         .execute(&mut *tx)
         .await
         .map_err(write_err(scope, None))?;
@@ -1396,8 +1475,9 @@ impl LedgerStore for PgStore {
         account_id: &str,
         limit: usize,
     ) -> Result<(Vec<StatementEntry>, bool), StoreError> {
-        let rows: Vec<(String, String, String, i64, String, i64)> = sqlx::query_as(
-            "SELECT usage_id, resource, sku, quantity, cost::text, at_ms FROM usage \
+        let rows: Vec<(String, String, String, i64, String, i64, i64)> = sqlx::query_as(
+            "SELECT usage_id, resource, sku, quantity, cost::text, at_ms, free_quantity \
+             FROM usage \
              WHERE account_id = $1 ORDER BY at_ms DESC, usage_id DESC LIMIT $2",
         )
         .bind(account_id)
@@ -1407,34 +1487,33 @@ impl LedgerStore for PgStore {
         .map_err(db)?;
         let truncated = rows.len() > limit;
         let rows: Vec<_> = rows.into_iter().take(limit).collect();
-        let mut deductions: HashMap<String, Vec<Deduction>> = HashMap::new();
+        let mut raw: HashMap<String, Vec<(String, String, String)>> = HashMap::new();
         if !rows.is_empty() {
             let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-            let found: Vec<(String, String, String)> = sqlx::query_as(
-                "SELECT usage_id, source, amount::text FROM usage_deductions \
+            let found: Vec<(String, String, String, String)> = sqlx::query_as(
+                "SELECT usage_id, source, amount::text, unit FROM usage_deductions \
                  WHERE usage_id = ANY($1::text[]) ORDER BY usage_id, ordinal",
             )
             .bind(&ids)
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            for (usage_id, source, amount) in found {
-                deductions.entry(usage_id).or_default().push(Deduction {
-                    source: if source == "balance" {
-                        Source::Balance
-                    } else {
-                        Source::Grant(source)
-                    },
-                    amount: money(&amount)?,
-                });
+            for (usage_id, source, amount, unit) in found {
+                raw.entry(usage_id)
+                    .or_default()
+                    .push((source, amount, unit));
             }
         }
         let mut out = Vec::with_capacity(rows.len());
-        for (usage_id, resource, sku, quantity, cost, at_ms) in rows {
+        for (usage_id, resource, sku, quantity, cost, at_ms, free) in rows {
+            let (deductions, volume) =
+                super::store::split_deductions(raw.remove(&usage_id).unwrap_or_default())?;
             out.push(StatementEntry {
                 resource: Resource::from_name(&resource)
                     .ok_or_else(|| StoreError::Corrupt(format!("resource {resource:?}")))?,
-                deductions: deductions.remove(&usage_id).unwrap_or_default(),
+                deductions,
+                free_quantity: free.max(0) as u64,
+                volume,
                 usage_id,
                 sku,
                 quantity: quantity.max(0) as u64,

@@ -15,9 +15,7 @@ use super::StatementEntry;
 use super::store::{
     AccountState, ChangeSet, LeaseRow, LedgerStore, PurchaseRecord, StoreError, TopUpRecord,
 };
-use crate::billing::{
-    Deduction, Grant, GrantKind, GrantUnit, Money, Resource, ResourceSet, Source,
-};
+use crate::billing::{Grant, GrantKind, GrantUnit, Money, Resource, ResourceSet};
 
 /// Schema, applied in order; `PRAGMA user_version` records how many ran. Types and SQL are
 /// kept to what PostgreSQL accepts as well (TEXT money, BIGINT times, no SQLite-only syntax).
@@ -97,6 +95,17 @@ CREATE TABLE leases (
 "#,
     r#"
 ALTER TABLE leases ADD COLUMN request_seq BIGINT NOT NULL DEFAULT 0;
+"#,
+    r#"
+CREATE TABLE request_counts (
+    account_id TEXT NOT NULL REFERENCES accounts(account_id),
+    resource   TEXT NOT NULL,
+    month      BIGINT NOT NULL,
+    count      BIGINT NOT NULL,
+    PRIMARY KEY (account_id, resource, month)
+);
+ALTER TABLE usage ADD COLUMN free_quantity BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE usage_deductions ADD COLUMN unit TEXT NOT NULL DEFAULT 'money';
 "#,
 ];
 
@@ -323,13 +332,13 @@ fn write_changes(
         let mut ins = tx
             .prepare_cached(
                 "INSERT INTO usage (usage_id, account_id, resource, sku, quantity, cost, at_ms, \
-                 sidecar_id, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 sidecar_id, seq, free_quantity) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .map_err(db)?;
         let mut ded = tx
             .prepare_cached(
-                "INSERT INTO usage_deductions (usage_id, ordinal, source, amount) \
-                 VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO usage_deductions (usage_id, ordinal, source, amount, unit) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .map_err(db)?;
         for u in &c.usage {
@@ -343,17 +352,23 @@ fn write_changes(
                 r.cost.to_string(),
                 r.at_ms,
                 u.sidecar_id,
-                r.seq as i64
+                r.seq as i64,
+                u.free_quantity as i64
             ])
             .map_err(dup("usage", &r.usage_id))?;
-            for (i, d) in u.deductions.iter().enumerate() {
-                ded.execute(params![
-                    r.usage_id,
-                    i as i64,
-                    d.source.label(),
-                    d.amount.to_string()
-                ])
-                .map_err(db)?;
+            // Volume (GB) first, in the order taken, then money: one ordinal sequence.
+            let rows = u
+                .volume
+                .iter()
+                .map(|v| (v.grant_id.as_str(), v.gb.to_string(), GrantUnit::Gigabytes))
+                .chain(
+                    u.deductions
+                        .iter()
+                        .map(|d| (d.source.label(), d.amount.to_string(), GrantUnit::Money)),
+                );
+            for (i, (source, amount, unit)) in rows.enumerate() {
+                ded.execute(params![r.usage_id, i as i64, source, amount, unit.code()])
+                    .map_err(db)?;
             }
         }
     }
@@ -369,6 +384,20 @@ fn write_changes(
                 l.remaining.to_string(),
                 l.expires_at_ms,
                 l.request_seq as i64
+            ],
+        )
+        .map_err(db)?;
+    }
+    for (resource, month, count) in &c.request_counts {
+        tx.execute(
+            "INSERT INTO request_counts (account_id, resource, month, count) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (account_id, resource, month) \
+             DO UPDATE SET count = excluded.count",
+            params![
+                account_id,
+                resource.name(),
+                month,
+                i64::try_from(*count).unwrap_or(i64::MAX)
             ],
         )
         .map_err(db)?;
@@ -474,8 +503,29 @@ impl LedgerStore for SqliteStore {
                     })
                     .collect::<Result<Vec<_>, StoreError>>()?
             };
+            let request_counts = {
+                let mut s = tx
+                    .prepare_cached(
+                        "SELECT resource, month, count FROM request_counts \
+                         WHERE account_id = ?1 ORDER BY resource, month",
+                    )
+                    .map_err(db)?;
+                let rows = s
+                    .query_map([&id], |r| <(String, i64, i64)>::try_from(r))
+                    .map_err(db)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(db)?;
+                rows.into_iter()
+                    .map(|(r, month, count)| {
+                        let r = Resource::from_name(&r)
+                            .ok_or_else(|| StoreError::Corrupt(format!("resource {r:?}")))?;
+                        Ok((r, month, count.max(0) as u64))
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?
+            };
             tx.commit().map_err(db)?;
             Ok(Some(AccountState {
+                request_counts,
                 leases,
                 account_id: id,
                 version,
@@ -608,13 +658,13 @@ impl LedgerStore for SqliteStore {
         self.with(move |c| {
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT usage_id, resource, sku, quantity, cost, at_ms FROM usage \
+                    "SELECT usage_id, resource, sku, quantity, cost, at_ms, free_quantity FROM usage \
                      WHERE account_id = ?1 ORDER BY at_ms DESC, usage_id DESC LIMIT ?2",
                 )
                 .map_err(db)?;
             let rows = stmt
                 .query_map(params![id, (limit as i64).saturating_add(1)], |r| {
-                    <(String, String, String, i64, String, i64)>::try_from(r)
+                    <(String, String, String, i64, String, i64, i64)>::try_from(r)
                 })
                 .map_err(db)?
                 .collect::<Result<Vec<_>, _>>()
@@ -622,31 +672,20 @@ impl LedgerStore for SqliteStore {
             let truncated = rows.len() > limit;
             let mut ded = c
                 .prepare_cached(
-                    "SELECT source, amount FROM usage_deductions WHERE usage_id = ?1 \
+                    "SELECT source, amount, unit FROM usage_deductions WHERE usage_id = ?1 \
                      ORDER BY ordinal",
                 )
                 .map_err(db)?;
             let mut out = Vec::with_capacity(rows.len().min(limit));
-            for (usage_id, resource, sku, quantity, cost, at_ms) in rows.into_iter().take(limit) {
-                let deductions = ded
-                    .query_map([&usage_id], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                    })
+            for (usage_id, resource, sku, quantity, cost, at_ms, free) in
+                rows.into_iter().take(limit)
+            {
+                let raw = ded
+                    .query_map([&usage_id], |r| <(String, String, String)>::try_from(r))
                     .map_err(db)?
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(db)?
-                    .into_iter()
-                    .map(|(source, amount)| {
-                        Ok(Deduction {
-                            source: if source == "balance" {
-                                Source::Balance
-                            } else {
-                                Source::Grant(source)
-                            },
-                            amount: Money::from_decimal(dec(&amount)?),
-                        })
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()?;
+                    .map_err(db)?;
+                let (deductions, volume) = super::store::split_deductions(raw)?;
                 out.push(StatementEntry {
                     resource: Resource::from_name(&resource)
                         .ok_or_else(|| StoreError::Corrupt(format!("resource {resource:?}")))?,
@@ -656,6 +695,8 @@ impl LedgerStore for SqliteStore {
                     cost: Money::from_decimal(dec(&cost)?),
                     at_ms,
                     deductions,
+                    free_quantity: free.max(0) as u64,
+                    volume,
                 });
             }
             out.reverse();

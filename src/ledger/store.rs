@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use rust_decimal::Decimal;
 
 use super::{StatementEntry, UsageRecord};
-use crate::billing::{Deduction, Grant, Money};
+use crate::billing::usage::VolumeDeduction;
+use crate::billing::{Deduction, Grant, GrantUnit, Money, Resource, Source};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -39,6 +40,8 @@ pub struct AccountState {
     pub applied_seq: u64,
     /// Every sidecar's lease on this account, expired ones included.
     pub leases: Vec<LeaseRow>,
+    /// Requests counted per (resource, month key YYYYMM): the free tier's measure.
+    pub request_counts: Vec<(Resource, i64, u64)>,
 }
 
 /// Money the ledger has set aside for one sidecar to admit on one account.
@@ -77,6 +80,10 @@ pub struct AppliedUsage {
     pub record: UsageRecord,
     pub sidecar_id: String,
     pub deductions: Vec<Deduction>,
+    /// Requests of the record inside the month's free tier.
+    pub free_quantity: u64,
+    /// GB taken from volume plans (traffic), before the money deductions.
+    pub volume: Vec<VolumeDeduction>,
 }
 
 /// Everything one ledger operation changes on one account, written in one transaction.
@@ -92,6 +99,8 @@ pub struct ChangeSet {
     pub cursor: Option<(String, u64)>,
     /// Leases to insert or replace (one row per sidecar and account).
     pub leases: Vec<LeaseRow>,
+    /// Request counts to set (resource, month key, new count).
+    pub request_counts: Vec<(Resource, i64, u64)>,
 }
 
 #[async_trait]
@@ -175,4 +184,35 @@ pub trait LedgerStore: Send + Sync + 'static {
         account_id: &str,
         limit: usize,
     ) -> Result<(Vec<StatementEntry>, bool), StoreError>;
+}
+
+/// Stored deduction rows (source, amount, unit) into money deductions and volume (GB).
+pub fn split_deductions(
+    rows: Vec<(String, String, String)>,
+) -> Result<(Vec<Deduction>, Vec<VolumeDeduction>), StoreError> {
+    let mut money = Vec::new();
+    let mut volume = Vec::new();
+    for (source, amount, unit) in rows {
+        match GrantUnit::from_code(&unit) {
+            Some(GrantUnit::Gigabytes) => volume.push(VolumeDeduction {
+                grant_id: source,
+                gb: dec(&amount)?,
+            }),
+            Some(GrantUnit::Money) => money.push(Deduction {
+                source: if source == "balance" {
+                    Source::Balance
+                } else {
+                    Source::Grant(source)
+                },
+                amount: Money::from_decimal(dec(&amount)?),
+            }),
+            None => return Err(StoreError::Corrupt(format!("deduction unit {unit:?}"))),
+        }
+    }
+    Ok((money, volume))
+}
+
+fn dec(s: &str) -> Result<Decimal, StoreError> {
+    use std::str::FromStr;
+    Decimal::from_str(s).map_err(|_| StoreError::Corrupt(format!("{s:?} is not a decimal")))
 }

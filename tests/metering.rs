@@ -1,0 +1,481 @@
+//! Metering beyond GPU time over real gRPC, with time moved by hand: outbound traffic
+//! against stackable volume plans (earliest expiry first, then the balance), storage plans
+//! that do not stack (a package's storage included), stored levels charged hourly beyond
+//! the plan's capacity (also across a restart), the monthly free requests resetting at
+//! midnight in Asia/Shanghai, an overdue account refused uploads and traffic, and what
+//! accrues while nothing runs with its projection (R1, R2, R3, R5, R6, R10).
+
+mod common;
+
+use common::*;
+use quotad::clock::Clock;
+use quotad::pb;
+use tonic::Code;
+
+const GB: i64 = 1_000_000_000;
+const TRAFFIC: &str = "traffic.outbound";
+const HOUR_MS: i64 = 3_600_000;
+
+async fn report(
+    h: &mut Harness,
+    account: &str,
+    bytes: i64,
+    at_ms: i64,
+) -> Result<pb::ReportStorageResponse, tonic::Status> {
+    h.quota
+        .report_storage(pb::ReportStorageRequest {
+            account_id: account.into(),
+            bytes_stored: bytes,
+            at_ms,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn requests_req(account: &str, id: &str, resource: pb::Resource, n: i64) -> pb::ReserveRequest {
+    pb::ReserveRequest {
+        account_id: account.into(),
+        reservation_id: id.into(),
+        resource: resource as i32,
+        sku: if resource == pb::Resource::RequestGet {
+            "request.get".into()
+        } else {
+            "request.put".into()
+        },
+        quantity: n,
+        ttl_ms: 0,
+    }
+}
+
+async fn requests(
+    h: &mut Harness,
+    id: &str,
+    resource: pb::Resource,
+    n: i64,
+) -> pb::ReserveResponse {
+    let r = h
+        .quota
+        .reserve(requests_req("acme", id, resource, n))
+        .await
+        .unwrap()
+        .into_inner();
+    if r.admitted {
+        h.commit(id, n).await.unwrap();
+    }
+    r
+}
+
+fn traffic_req(account: &str, id: &str, bytes: i64) -> pb::ReserveRequest {
+    pb::ReserveRequest {
+        account_id: account.into(),
+        reservation_id: id.into(),
+        resource: pb::Resource::Traffic as i32,
+        sku: TRAFFIC.into(),
+        quantity: bytes,
+        ttl_ms: 0,
+    }
+}
+
+async fn reserve_traffic(
+    h: &mut Harness,
+    account: &str,
+    id: &str,
+    bytes: i64,
+) -> pb::ReserveResponse {
+    h.quota
+        .reserve(traffic_req(account, id, bytes))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Deductions as (source, GB from a volume plan, money).
+fn gb_and_money(e: &pb::StatementEntry) -> Vec<(String, String, String)> {
+    e.deductions
+        .iter()
+        .map(|d| (d.source.clone(), d.gb.clone(), amount(&d.amount)))
+        .collect()
+}
+
+fn remaining(b: &pb::Balance, id: &str) -> String {
+    b.grants
+        .iter()
+        .find(|g| g.grant_id == id)
+        .map(|g| g.remaining.clone())
+        .unwrap_or_else(|| panic!("no grant {id} in {b:?}"))
+}
+
+#[tokio::test]
+async fn traffic_plans_stack_and_pay_earliest_expiry_first_then_the_balance() {
+    let mut h = Harness::start().await;
+    h.create("acme", "0").await;
+    // Two 100 GB traffic plans a day apart: both accepted (traffic plans stack); t1
+    // expires a day before t2.
+    h.buy("acme", "plan.traffic.100gb", "t1").await;
+    h.clock.advance_ms(DAY_MS);
+    h.buy("acme", "plan.traffic.100gb", "t2").await;
+
+    // 150 GB with a zero balance: the plans cover it all (list cost 150 x 0.5 = 75), so
+    // nothing is held in money and the account, with plans, is entitled (scenario 3).
+    let r = reserve_traffic(&mut h, "acme", "dl-1", 150 * GB).await;
+    assert!(r.admitted, "{r:?}");
+    assert_eq!(amount(&r.held), "0");
+    // Charged is money: the plans paid it all in GB.
+    let c = h.commit("dl-1", 150 * GB).await.unwrap();
+    assert_eq!(amount(&c.charged), "0");
+    // t1 (earlier expiry) gives its 100 GB first, then t2 50 GB.
+    let b = h.balance("acme").await;
+    assert_eq!(remaining(&b, "t1/1"), "0");
+    assert_eq!(remaining(&b, "t2/1"), "50");
+    assert_eq!(amount(&b.balance), "0");
+
+    // 60 GB: 50 GB from t2, 10 GB = 5.00 in money, which a zero balance cannot pay.
+    let r = reserve_traffic(&mut h, "acme", "dl-2", 60 * GB).await;
+    assert!(!r.admitted);
+    assert_eq!(r.reason, pb::DenyReason::InsufficientFunds as i32);
+
+    // With 1.00 on the balance, 51 GB fit: 50 GB from t2 and 1 GB x 0.5 = 0.5 held.
+    h.admin
+        .top_up(pb::TopUpRequest {
+            account_id: "acme".into(),
+            amount: Some(money("1")),
+            topup_id: "tu-1".into(),
+        })
+        .await
+        .unwrap();
+    let r = reserve_traffic(&mut h, "acme", "dl-3", 51 * GB).await;
+    assert!(r.admitted, "{r:?}");
+    assert_eq!(amount(&r.held), "0.5");
+    let c = h.commit("dl-3", 51 * GB).await.unwrap();
+    assert_eq!(amount(&c.charged), "0.5");
+    let b = h.balance("acme").await;
+    assert_eq!(remaining(&b, "t2/1"), "0");
+    assert_eq!(amount(&b.balance), "0.5");
+
+    // The ledger agrees: the statement lists the GB each plan gave and the money the
+    // balance paid, and the plans' remaining GB are the same as the sidecar's.
+    h.engine().flush().await.unwrap();
+    let s = h.statement("acme").await;
+    let e = s.entries.iter().find(|e| e.usage_id == "dl-3").unwrap();
+    assert_eq!(e.resource, pb::Resource::Traffic as i32);
+    assert_eq!(e.quantity, 51 * GB);
+    // 50 GB from t2, then 0.5 of money from the balance.
+    assert_eq!(
+        gb_and_money(e),
+        vec![
+            ("t2/1".to_owned(), "50".to_owned(), String::new()),
+            ("balance".to_owned(), String::new(), "0.5".to_owned())
+        ]
+    );
+    // dl-1 was paid by the plans alone, t1 first: no money at all.
+    let e1 = s.entries.iter().find(|e| e.usage_id == "dl-1").unwrap();
+    assert_eq!(
+        gb_and_money(e1),
+        vec![
+            ("t1/1".to_owned(), "100".to_owned(), String::new()),
+            ("t2/1".to_owned(), "50".to_owned(), String::new())
+        ]
+    );
+    h.engine().refresh_account("acme").await.unwrap();
+    let b = h.balance("acme").await;
+    assert_eq!(remaining(&b, "t1/1"), "0");
+    assert_eq!(remaining(&b, "t2/1"), "0");
+    assert_eq!(amount(&b.balance), "0.5");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn storage_plans_do_not_stack_and_neither_do_package_storage_grants() {
+    let mut h = Harness::start().await;
+    h.create("acme", "0").await;
+    h.buy("acme", "plan.storage.100gb", "s1").await;
+    let second = h
+        .admin
+        .purchase(pb::PurchaseRequest {
+            account_id: "acme".into(),
+            sku: "plan.storage.100gb".into(),
+            purchase_id: "s2".into(),
+            effective_at_ms: 0,
+        })
+        .await;
+    assert_status(
+        "second storage plan",
+        second,
+        Code::FailedPrecondition,
+        &["not stackable", "s1/1"],
+    );
+    // A package carries a storage grant: refused for the same reason, and nothing of it
+    // (compute, traffic) is granted.
+    let package = h
+        .admin
+        .purchase(pb::PurchaseRequest {
+            account_id: "acme".into(),
+            sku: "package.basic".into(),
+            purchase_id: "b1".into(),
+            effective_at_ms: 0,
+        })
+        .await;
+    assert_status("package", package, Code::FailedPrecondition, &["s1/1"]);
+    assert_eq!(h.balance("acme").await.grants.len(), 1);
+
+    // A year later the first has expired: a new one is accepted.
+    h.clock.advance_ms(366 * DAY_MS);
+    h.buy("acme", "plan.storage.100gb", "s3").await;
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_overdue_account_is_refused_new_traffic_whatever_plans_remain() {
+    let mut h = Harness::start().await;
+    h.create("acme", "0.01").await;
+    h.buy("acme", "plan.traffic.100gb", "t1").await;
+    // 2 GB with a 100 GB plan: covered. Then GPU time past the balance: overdue.
+    assert!(
+        reserve_traffic(&mut h, "acme", "dl-1", 2 * GB)
+            .await
+            .admitted
+    );
+    h.commit("dl-1", 2 * GB).await.unwrap();
+    assert!(h.reserve("acme", "gpu", 1_000).await.unwrap().admitted);
+    h.commit("gpu", 60_000).await.unwrap(); // 60 s x 0.0006 = 0.036 > 0.01
+    let b = h.balance("acme").await;
+    assert_eq!(amount(&b.balance), "-0.026");
+    assert_eq!(remaining(&b, "t1/1"), "98");
+
+    let r = reserve_traffic(&mut h, "acme", "dl-2", GB).await;
+    assert!(!r.admitted);
+    assert_eq!(r.reason, pb::DenyReason::Overdue as i32);
+    let a = h
+        .quota
+        .admit(pb::AdmitRequest {
+            account_id: "acme".into(),
+            resource: pb::Resource::Traffic as i32,
+            sku: TRAFFIC.into(),
+            quantity: GB,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!a.admitted);
+    assert_eq!(a.reason, pb::DenyReason::Overdue as i32);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn stored_data_beyond_the_plan_is_charged_every_hour_once_also_across_a_restart() {
+    let mut h = Harness::start().await;
+    h.create("acme", "10").await;
+    h.buy("acme", "plan.storage.100gb", "s1").await;
+    // 150 GB from T0 (an hour boundary) under a 100 GB plan: 50 GB beyond it.
+    report(&mut h, "acme", 150 * GB, 0).await.unwrap();
+    h.clock.advance_ms(2 * HOUR_MS + 60_000);
+    // Each hour: 50 GB-hours x 0.12 / 720 = 0.0083333... -> 0.00833333 (8 places, half up).
+    // Two hours: 0.01666666; balance 10 - 0.01666666 = 9.98333334.
+    let b = h.balance("acme").await;
+    assert_eq!(amount(&b.balance), "9.98333334");
+    // The plan's capacity is not used up: it stays 100 GB.
+    assert_eq!(remaining(&b, "s1/1"), "100");
+    let a = b.accruals.clone().unwrap();
+    assert_eq!(a.bytes_stored, 150 * GB);
+    assert_eq!(a.storage_covered_bytes, 100 * GB);
+    assert_eq!(amount(&a.storage_hourly), "0.00833333");
+    assert_eq!(amount(&a.hourly), "0.00833333");
+    // No money grant pays storage: the balance pays from this hour on. It pays 1198 hours
+    // (1198 x 0.00833333 = 9.98332934 <= 9.98333334) and is below zero after the 1199th,
+    // the hour starting 1198 h from now.
+    let now = T0_MS + 2 * HOUR_MS + 60_000;
+    assert_eq!(a.grants_exhausted_at_ms, now);
+    assert_eq!(a.balance_exhausted_at_ms, now + 1198 * HOUR_MS);
+
+    // A restart resumes the meter from the journal: the third hour is charged once, the
+    // first two are not charged again.
+    h.restart().await;
+    h.clock.advance_ms(HOUR_MS);
+    assert_eq!(amount(&h.balance("acme").await.balance), "9.97500001");
+    let now = h.clock.now_ms();
+    h.engine().tick_storage(now).await;
+    let st = h.statement("acme").await;
+    let storage: Vec<(String, i64, String)> = st
+        .entries
+        .iter()
+        .filter(|e| e.resource == pb::Resource::Storage as i32)
+        .map(|e| (e.usage_id.clone(), e.quantity, amount(&e.cost)))
+        .collect();
+    let hour = |k: i64| format!("storage/acme/{}", T0_MS + k * HOUR_MS);
+    assert_eq!(
+        storage,
+        (0..3)
+            .map(|k| (hour(k), 50 * GB, "0.00833333".to_owned()))
+            .collect::<Vec<_>>()
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn storage_levels_are_integrated_between_reports_and_bad_reports_are_refused() {
+    let mut h = Harness::start().await;
+    h.create("acme", "1").await;
+    // No plan: 0 GB until :15, 40 GB until :45, then 10 GB: 40 x 0.5 + 10 x 0.25 = 22.5
+    // GB-hours in the first hour; 22.5 x 0.12 / 720 = 0.00375.
+    report(&mut h, "acme", 0, 0).await.unwrap();
+    h.clock.advance_ms(15 * 60_000);
+    report(&mut h, "acme", 40 * GB, T0_MS + 15 * 60_000)
+        .await
+        .unwrap();
+    // A retry of the same report is harmless.
+    report(&mut h, "acme", 40 * GB, T0_MS + 15 * 60_000)
+        .await
+        .unwrap();
+    h.clock.advance_ms(30 * 60_000);
+    report(&mut h, "acme", 10 * GB, 0).await.unwrap();
+    h.clock.advance_ms(15 * 60_000);
+    assert_eq!(amount(&h.balance("acme").await.balance), "0.99625");
+
+    let r = report(&mut h, "acme", GB, T0_MS).await;
+    assert_status(
+        "older than the last",
+        r,
+        Code::FailedPrecondition,
+        &["older"],
+    );
+    let r = report(&mut h, "acme", -1, 0).await;
+    assert_status(
+        "negative",
+        r,
+        Code::InvalidArgument,
+        &["bytes_stored", "-1"],
+    );
+    let later = h.clock.now_ms() + 3_600_000;
+    let r = report(&mut h, "acme", GB, later).await;
+    assert_status("future", r, Code::InvalidArgument, &["at_ms"]);
+    let r = report(&mut h, "nobody", GB, 0).await;
+    assert_status("unknown account", r, Code::NotFound, &["nobody"]);
+    let r = report(&mut h, "acme", 2_000_000_000_000_000, 0).await;
+    assert_status("too large", r, Code::InvalidArgument, &["bytes_stored"]);
+    // Nothing of that changed the balance.
+    assert_eq!(amount(&h.balance("acme").await.balance), "0.99625");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn free_requests_reset_at_midnight_in_shanghai_and_survive_a_restart() {
+    let mut h = Harness::start().await;
+    h.create("acme", "1").await;
+    // 2026-11-30T15:00:00Z: 23:00 on November 30th in Shanghai.
+    h.clock.set_ms(T0_MS + 29 * DAY_MS + 15 * HOUR_MS);
+    // The month's 20,000,000 free GET in one go: nothing held or charged in money.
+    let r = requests(&mut h, "g1", pb::Resource::RequestGet, 20_000_000).await;
+    assert!(r.admitted);
+    assert_eq!(amount(&r.held), "0");
+    assert_eq!(amount(&h.balance("acme").await.balance), "1");
+    // After a restart the count comes back from the ledger: 30,000 more are billable,
+    // 30,000 x 0.01 / 10,000 = 0.03.
+    h.restart().await;
+    let r = requests(&mut h, "g2", pb::Resource::RequestGet, 30_000).await;
+    assert_eq!(amount(&r.held), "0.03");
+    assert_eq!(amount(&h.balance("acme").await.balance), "0.97");
+    // One hour later, 16:00Z, it is December 1st 00:00 in Shanghai (still November 30th in
+    // UTC): a fresh allowance.
+    h.clock.advance_ms(HOUR_MS);
+    let r = requests(&mut h, "g3", pb::Resource::RequestGet, 30_000).await;
+    assert_eq!(amount(&r.held), "0");
+    assert_eq!(amount(&h.balance("acme").await.balance), "0.97");
+    // PUT has its own 5,000,000.
+    let r = requests(&mut h, "p1", pb::Resource::RequestPut, 5_000_001).await;
+    assert_eq!(amount(&r.held), "0.000001");
+
+    let st = h.statement("acme").await;
+    let free: Vec<(String, i64, String)> = st
+        .entries
+        .iter()
+        .map(|e| {
+            (
+                e.usage_id.clone(),
+                e.free_quantity,
+                gb_and_money(e).iter().map(|d| d.2.clone()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        free,
+        vec![
+            ("g1".to_owned(), 20_000_000, String::new()),
+            ("g2".to_owned(), 0, "0.03".to_owned()),
+            ("g3".to_owned(), 30_000, String::new()),
+            ("p1".to_owned(), 5_000_000, "0.000001".to_owned()),
+        ]
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn free_requests_need_no_plan_but_an_overdue_account_is_refused_uploads() {
+    let mut h = Harness::start().await;
+    // Nothing at all: free requests are still admitted, billable ones are not.
+    h.create("acme", "0").await;
+    assert!(
+        requests(&mut h, "p1", pb::Resource::RequestPut, 100)
+            .await
+            .admitted
+    );
+    let r = h
+        .quota
+        .reserve(requests_req(
+            "acme",
+            "p2",
+            pb::Resource::RequestPut,
+            5_000_000,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.admitted);
+    assert_eq!(r.reason, pb::DenyReason::NoEntitlement as i32);
+
+    // Overdue: even free uploads are refused (R6).
+    h.create("late", "0.01").await;
+    assert!(h.reserve("late", "gpu", 1_000).await.unwrap().admitted);
+    h.commit("gpu", 60_000).await.unwrap();
+    let r = h
+        .quota
+        .reserve(requests_req("late", "up", pb::Resource::RequestPut, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.admitted);
+    assert_eq!(r.reason, pb::DenyReason::Overdue as i32);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn accruals_list_sessions_without_auto_shutdown_and_storage_with_the_day_money_runs_out() {
+    let mut h = Harness::start().await;
+    h.create("acme", "100").await;
+    h.buy("acme", "plan.storage.100gb", "s1").await;
+    report(&mut h, "acme", 150 * GB, 0).await.unwrap();
+    let s = h
+        .quota
+        .start_session(pb::StartSessionRequest {
+            account_id: "acme".into(),
+            session_id: "s1".into(),
+            sku: "gpu.exclusive.a10.8c30g".into(),
+            auto_shutdown: Some(false),
+            idle_timeout_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(s.admitted);
+    let b = h.balance("acme").await;
+    let a = b.accruals.clone().unwrap();
+    assert_eq!(a.sessions_running, 1);
+    assert_eq!(a.sessions_without_auto_shutdown, 1);
+    assert_eq!(amount(&a.sessions_hourly), "9.9");
+    // 9.9 + 0.00833333 per hour, paid by the balance of 100: ten hours take 99.0833333,
+    // the eleventh (starting 10 h from now) takes it below zero.
+    assert_eq!(amount(&a.hourly), "9.90833333");
+    assert_eq!(a.grants_exhausted_at_ms, T0_MS);
+    assert_eq!(a.balance_exhausted_at_ms, T0_MS + 10 * HOUR_MS);
+    assert!(b.sessions[0].accrues_without_activity);
+    h.shutdown().await;
+}
