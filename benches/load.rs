@@ -405,11 +405,13 @@ impl Run {
             })
             .collect::<Vec<_>>()
             .join("; ");
+        let (rss, _) = stats::rss_mib();
         eprintln!(
-            "load: done {:<34} {:>10.0} {}/s  {lat}{}{}",
+            "load: done {:<34} {:>10.0} {}/s  {lat}  rss {} MiB{}{}",
             r.key(),
             r.ops_per_s,
             r.unit,
+            rss.map_or("-".to_string(), |m| format!("{m:.0}")),
             if r.denied > 0 {
                 format!("  denied {}", r.denied)
             } else {
@@ -421,6 +423,7 @@ impl Run {
             }
         );
         r.run_order = self.results.len() + 1;
+        (r.rss_mib, r.rss_peak_mib) = stats::rss_mib();
         self.results.push(r);
     }
 

@@ -74,6 +74,8 @@ fn result(
         latency: rec.summaries(),
         cpu: None,
         run_order: 0,
+        rss_mib: None,
+        rss_peak_mib: None,
     }
 }
 

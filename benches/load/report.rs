@@ -193,8 +193,8 @@ pub fn ratios_markdown(rs: &[Ratio]) -> String {
 
 pub fn raw_markdown(rs: &[ScenarioResult]) -> String {
     let mut s = String::new();
-    s.push_str("| target | scenario | mode | clients | ops/s | op | latency of | p50 µs | p99 µs | p99.9 µs | max µs | denied | errors | CPU cores: all / bench / other |\n");
-    s.push_str("|---|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---|\n");
+    s.push_str("| target | scenario | mode | clients | ops/s | op | latency of | p50 µs | p99 µs | p99.9 µs | max µs | denied | errors | CPU cores: all / bench / other | RSS MiB |\n");
+    s.push_str("|---|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|\n");
     for r in rs {
         let clients = match r.rate {
             Some(rate) => format!("{} lanes @ {rate:.0}/s", r.clients),
@@ -209,12 +209,13 @@ pub fn raw_markdown(rs: &[ScenarioResult]) -> String {
                 )
             })
             .unwrap_or_else(|| "-".into());
+        let rss = r.rss_mib.map_or("-".to_string(), |m| format!("{m:.0}"));
         let mut first = true;
         let rows: Vec<(&String, &Summary)> = r.latency.iter().collect();
         if rows.is_empty() {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {clients} | {:.0} | {} | - | - | - | - | - | {} | {} | {cpu} |",
+                "| {} | {} | {} | {clients} | {:.0} | {} | - | - | - | - | - | {} | {} | {cpu} | {rss} |",
                 r.target, r.scenario, r.mode, r.ops_per_s, r.unit, r.denied, r.errors
             );
         }
@@ -222,7 +223,7 @@ pub fn raw_markdown(rs: &[ScenarioResult]) -> String {
             if first {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {clients} | {:.0} | {} | {metric} | {} | {} | {} | {} | {} | {} | {cpu} |",
+                    "| {} | {} | {} | {clients} | {:.0} | {} | {metric} | {} | {} | {} | {} | {} | {} | {cpu} | {rss} |",
                     r.target,
                     r.scenario,
                     r.mode,
@@ -239,7 +240,7 @@ pub fn raw_markdown(rs: &[ScenarioResult]) -> String {
             } else {
                 let _ = writeln!(
                     s,
-                    "| | | | | | | {metric} | {} | {} | {} | {} | | | |",
+                    "| | | | | | | {metric} | {} | {} | {} | {} | | | | |",
                     l.p50_us, l.p99_us, l.p999_us, l.max_us
                 );
             }

@@ -127,6 +127,25 @@ pub struct ScenarioResult {
     pub cpu: Option<CpuUse>,
     /// Position in the run (1 = first measured).
     pub run_order: usize,
+    /// Resident memory of the bench process (client and in-process quotad or no-op server)
+    /// right after the scenario, and its peak so far, in MiB (Linux `/proc/self/status`).
+    pub rss_mib: Option<f64>,
+    pub rss_peak_mib: Option<f64>,
+}
+
+/// `VmRSS` and `VmHWM` of this process in MiB, where the OS tells.
+pub fn rss_mib() -> (Option<f64>, Option<f64>) {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return (None, None);
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kib| (kib / 1024.0 * 10.0).round() / 10.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 impl ScenarioResult {
