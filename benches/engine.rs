@@ -72,10 +72,21 @@ use quotad::clock::{Clock, SharedClock, SystemClock};
 use quotad::engine::work::{Work, WorkKey};
 use quotad::engine::{Engine, EngineConfig, ReserveRequest};
 use quotad::journal::{
-    DEFAULT_JOURNAL_BATCH_MAX, DEFAULT_JOURNAL_QUEUE_MAX, Entry, HoldState, Journal, ReservationRow,
+    DEFAULT_JOURNAL_BATCH_MAX, DEFAULT_JOURNAL_QUEUE_MAX, Entry, HoldState, Journal, JournalSync,
+    ReservationRow,
 };
 use quotad::ledger::sqlite::SqliteStore;
 use quotad::ledger::{EMBEDDED_SIDECAR_ID, LeaseConfig, Ledger, UsageRecord};
+
+/// The journal's durability for the engine and journal benches: `full` (the default, as
+/// `quotad serve` runs) or, with `QUOTAD_BENCH_JOURNAL_SYNC=normal`, `normal` (no fsync
+/// per group; what is left is the CPU of the write path).
+fn journal_sync() -> JournalSync {
+    match std::env::var("QUOTAD_BENCH_JOURNAL_SYNC").as_deref() {
+        Ok("normal") => JournalSync::Normal,
+        _ => JournalSync::Full,
+    }
+}
 
 const A10: &str = "gpu.shared.a10";
 const ACCOUNTS: usize = 1_000;
@@ -260,10 +271,11 @@ impl Fixture {
         for id in &accounts {
             ledger.create_account(id, balance).await.expect("account");
         }
-        let (journal, recovered) = Journal::open(
+        let (journal, recovered) = Journal::open_with(
             &dir.path().join("journal.log"),
             DEFAULT_JOURNAL_QUEUE_MAX,
             DEFAULT_JOURNAL_BATCH_MAX,
+            journal_sync(),
         )
         .expect("journal");
         // One sidecar on its own ledger, as `quotad serve` runs embedded.
@@ -495,10 +507,11 @@ fn journal_benches(c: &mut Criterion) {
     let journal = || {
         fixture.get_or_init(|| {
             let dir = tempfile::tempdir().expect("tempdir");
-            let (journal, _) = Journal::open(
+            let (journal, _) = Journal::open_with(
                 &dir.path().join("journal.log"),
                 DEFAULT_JOURNAL_QUEUE_MAX,
                 DEFAULT_JOURNAL_BATCH_MAX,
+                journal_sync(),
             )
             .expect("journal");
             (journal, dir)
@@ -913,6 +926,11 @@ fn summary(since: SystemTime) {
         opt_fmt(report8_cpu, split)
     );
     println!("available parallelism: {cpus}");
+    let sync = match journal_sync() {
+        JournalSync::Full => "full",
+        JournalSync::Normal => "normal",
+    };
+    println!("journal sync: {sync} (QUOTAD_BENCH_JOURNAL_SYNC)");
 
     let mut json = String::from("{\n  \"bench\": \"engine\",\n");
     let unix_s = SystemTime::now()
@@ -920,6 +938,7 @@ fn summary(since: SystemTime) {
         .map_or(0, |d| d.as_secs());
     let _ = writeln!(json, "  \"unix_time_s\": {unix_s},");
     let _ = writeln!(json, "  \"available_parallelism\": {cpus},");
+    let _ = writeln!(json, "  \"journal_sync\": {},", json_str(sync));
     let tmp = std::env::temp_dir();
     let _ = writeln!(
         json,
