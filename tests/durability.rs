@@ -427,6 +427,19 @@ fn make_read_only(dir: &std::path::Path) -> impl FnOnce() {
     }
 }
 
+/// Every file of `dir` with its bytes, by path.
+fn dir_contents(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (p.display().to_string(), std::fs::read(&p).unwrap())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// A read-only data directory: quotad refuses to start, says which file and why, and
 /// changes nothing; made writable again, it starts with everything there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -454,17 +467,7 @@ async fn a_read_only_data_dir_is_refused_at_start_and_left_intact() {
         .await
         .unwrap();
     kill9(&mut p);
-    let before: Vec<(String, Vec<u8>)> = {
-        let mut v: Vec<_> = std::fs::read_dir(&data)
-            .unwrap()
-            .map(|e| {
-                let p = e.unwrap().path();
-                (p.display().to_string(), std::fs::read(&p).unwrap())
-            })
-            .collect();
-        v.sort();
-        v
-    };
+    let before = dir_contents(&data);
 
     let undo = make_read_only(&data);
     let out = Command::new(env!("CARGO_BIN_EXE_quotad"))
@@ -473,17 +476,7 @@ async fn a_read_only_data_dir_is_refused_at_start_and_left_intact() {
         .env("RUST_LOG", "off")
         .output()
         .unwrap();
-    let after: Vec<(String, Vec<u8>)> = {
-        let mut v: Vec<_> = std::fs::read_dir(&data)
-            .unwrap()
-            .map(|e| {
-                let p = e.unwrap().path();
-                (p.display().to_string(), std::fs::read(&p).unwrap())
-            })
-            .collect();
-        v.sort();
-        v
-    };
+    let after = dir_contents(&data);
     undo();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
