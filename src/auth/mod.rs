@@ -417,7 +417,23 @@ impl Authenticator {
         {
             return e.0.clone().ok_or(AuthError::Unknown);
         }
-        let found = source.identify(&hash).await?;
+        let found = match source.identify(&hash).await {
+            Ok(found) => found,
+            // The source (a remote ledger) cannot be asked: an earlier answer, however
+            // old, still holds, so a sidecar keeps serving known callers from its leases
+            // through a ledger outage. A revocation cannot reach it then anyway.
+            Err(e) => match self.cache.get(&hash) {
+                Some(stale) => {
+                    tracing::debug!(error = %e, "token source unavailable; using the last answer");
+                    let found = stale.0.clone();
+                    drop(stale);
+                    // Trusted for one more TTL: calls do not each wait on a dead ledger.
+                    self.remember(hash, found.clone(), now_ms, ttl_ms);
+                    return found.ok_or(AuthError::Unknown);
+                }
+                None => return Err(e),
+            },
+        };
         if ttl_ms > 0 {
             self.remember(hash, found.clone(), now_ms, ttl_ms);
         }
@@ -523,6 +539,37 @@ pub fn read_token_file(path: &Path) -> std::io::Result<String> {
     let text = std::fs::read_to_string(path)?;
     Ok(text.lines().next().unwrap_or("").trim().to_owned())
 }
+
+/// A client-side interceptor that sends `authorization: Bearer TOKEN` on every call (none
+/// without a token): for `quotad ctl`, the examples and tests.
+#[derive(Clone, Default)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    /// None if the token cannot be a header value (it is then not one of ours).
+    pub fn new(token: Option<&str>) -> Option<Bearer> {
+        match token {
+            None => Some(Bearer(None)),
+            Some(t) => format!("Bearer {}", t.trim()).parse().ok().map(|v| Bearer(Some(v))),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut req: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel that sends a bearer token.
+pub type BearerChannel =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
 
 #[cfg(test)]
 mod tests {
