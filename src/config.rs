@@ -18,9 +18,9 @@ use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthConfig;
 use crate::billing::Money;
 use crate::journal::JournalSync;
-use crate::auth::AuthConfig;
 use crate::server::{self, LedgerServeConfig, ServeConfig};
 use crate::tls::{ClientTls, ServerTls};
 
@@ -607,13 +607,15 @@ impl ServeSettings {
             });
         }
         cfg.ledger_token = match &s.ledger_token_file {
-            Some(path) => Some(crate::auth::read_token_file(path).map_err(|e| {
-                ConfigError::Invalid {
-                    key: "ledger_token_file",
-                    value: path.display().to_string(),
-                    allowed: format!("a readable file holding a token: {e}"),
-                }
-            })?),
+            Some(path) => {
+                Some(
+                    crate::auth::read_token_file(path).map_err(|e| ConfigError::Invalid {
+                        key: "ledger_token_file",
+                        value: path.display().to_string(),
+                        allowed: format!("a readable file holding a token: {e}"),
+                    })?,
+                )
+            }
             None => std::env::var("QUOTAD_LEDGER_TOKEN")
                 .ok()
                 .map(|t| t.trim().to_owned())

@@ -330,13 +330,14 @@ fn builder(
     if let Some(tls) = tls {
         b = b.tls_config(tls.config()?)?;
     }
-    Ok(b
-        .concurrency_limit_per_connection(limits.concurrency_per_connection)
-        .http2_max_pending_accept_reset_streams(Some(64))
-        .max_concurrent_streams(Some(limits.streams_per_connection_max))
-        .timeout(Duration::from_millis(limits.request_timeout_ms))
-        .layer(GuardLayer::new(limits.concurrency_max, metrics.clone()))
-        .layer(AuthLayer::new(auth)))
+    Ok(
+        b.concurrency_limit_per_connection(limits.concurrency_per_connection)
+            .http2_max_pending_accept_reset_streams(Some(64))
+            .max_concurrent_streams(Some(limits.streams_per_connection_max))
+            .timeout(Duration::from_millis(limits.request_timeout_ms))
+            .layer(GuardLayer::new(limits.concurrency_max, metrics.clone()))
+            .layer(AuthLayer::new(auth)),
+    )
 }
 
 /// Makes the first operator token (if there is none) and says where it is, or warns that
@@ -593,19 +594,10 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
                 cfg.ledger_token.as_deref(),
                 tls,
             )?);
-            (
-                remote.clone(),
-                None,
-                sidecar_id(&cfg.data_dir)?,
-                remote,
-            )
+            (remote.clone(), None, sidecar_id(&cfg.data_dir)?, remote)
         }
     };
-    let authenticator = Arc::new(Authenticator::new(
-        cfg.auth.clone(),
-        tokens,
-        clock.clone(),
-    ));
+    let authenticator = Arc::new(Authenticator::new(cfg.auth.clone(), tokens, clock.clone()));
     let (journal, recovered) = Journal::open_with(
         &cfg.data_dir.join("journal.log"),
         cfg.journal_queue_max,

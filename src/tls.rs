@@ -63,9 +63,11 @@ impl ServerTls {
                 key_file: k.clone(),
                 client_ca_file: client_ca.cloned(),
             })),
-            _ => Err("tls_cert_file and tls_key_file go together (and tls_client_ca_file \
+            _ => Err(
+                "tls_cert_file and tls_key_file go together (and tls_client_ca_file \
                       needs both)"
-                .into()),
+                    .into(),
+            ),
         }
     }
 

@@ -33,13 +33,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::Ch;
 use common::{amount, connect, money, reserve_req};
 use quotad::pb;
 use quotad::pb::admin_client::AdminClient;
 use quotad::pb::quota_client::QuotaClient;
 use rust_decimal::Decimal;
 use sqlx::Connection;
-use common::Ch;
 
 /// Lease lifetime given to the ledger: short, so that an outage of a few seconds outlives
 /// every lease several times over.

@@ -28,7 +28,11 @@ fn spawn_with(data_dir: &std::path::Path, extra: &[&str]) -> Proc {
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .args(extra);
-    spawn_cmd(cmd, "quotad listening on ", &data_dir.join("operator.token"))
+    spawn_cmd(
+        cmd,
+        "quotad listening on ",
+        &data_dir.join("operator.token"),
+    )
 }
 
 /// Starts `cmd` and reads the address from its first stdout line, `PREFIX ADDR`.
@@ -310,7 +314,11 @@ async fn a_full_disk_fails_calls_cleanly_and_corrupts_nothing() {
         .arg(env!("CARGO_BIN_EXE_quotad"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path());
-    let mut p = spawn_cmd(cmd, "quotad listening on ", &dir.path().join("operator.token"));
+    let mut p = spawn_cmd(
+        cmd,
+        "quotad listening on ",
+        &dir.path().join("operator.token"),
+    );
     let load = Load::start(p.addr, &p.token, "acme").await;
     // Every worker stops by itself once the disk is "full".
     let mut stopped = Vec::new();

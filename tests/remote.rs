@@ -54,7 +54,8 @@ impl Fleet {
         let ledger_addr = ledger.addr;
         // The ledger's operator token serves for everything: Admin at the ledger, the
         // sidecars' Sync, and the Quota calls the sidecars check with the ledger.
-        let token = quotad::auth::read_token_file(&dir.path().join("ledger-operator.token")).unwrap();
+        let token =
+            quotad::auth::read_token_file(&dir.path().join("ledger-operator.token")).unwrap();
         let (_, admin) = connect(ledger_addr, &token).await;
         let mut sidecars = Vec::new();
         for i in 0..n {

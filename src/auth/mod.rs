@@ -550,16 +550,16 @@ impl Bearer {
     pub fn new(token: Option<&str>) -> Option<Bearer> {
         match token {
             None => Some(Bearer(None)),
-            Some(t) => format!("Bearer {}", t.trim()).parse().ok().map(|v| Bearer(Some(v))),
+            Some(t) => format!("Bearer {}", t.trim())
+                .parse()
+                .ok()
+                .map(|v| Bearer(Some(v))),
         }
     }
 }
 
 impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut req: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
         }

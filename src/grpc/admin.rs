@@ -345,7 +345,9 @@ impl pb::admin_server::Admin for AdminService {
             .await
             .map_err(AuthError::from)?;
         if !found {
-            return Err(Status::not_found(format!("token {token_id} does not exist")));
+            return Err(Status::not_found(format!(
+                "token {token_id} does not exist"
+            )));
         }
         self.changed();
         tracing::info!(%token_id, "token revoked");
@@ -367,8 +369,7 @@ impl pb::admin_server::Admin for AdminService {
         let perms = Perms::parse(&r.permissions)?;
         if perms.0 == 0 {
             return Err(Invalid(
-                "permissions: name at least one of reserve, admit, sessions, balance, watch"
-                    .into(),
+                "permissions: name at least one of reserve, admit, sessions, balance, watch".into(),
             )
             .into());
         }

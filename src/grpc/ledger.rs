@@ -286,9 +286,7 @@ impl RemoteLedger {
             None => None,
             Some(t) => Some(
                 MetadataValue::try_from(format!("Bearer {}", t.trim())).map_err(|_| {
-                    LedgerError::Unavailable(
-                        "the ledger token is not a valid header value".into(),
-                    )
+                    LedgerError::Unavailable("the ledger token is not a valid header value".into())
                 })?,
             ),
         };

@@ -222,6 +222,9 @@ pub trait LedgerStore: Send + Sync + 'static {
     ) -> Result<u8, StoreError>;
 
     /// Every account `sub_user` holds permissions on, at most `limit`.
-    async fn access_of(&self, sub_user: &str, limit: usize)
-    -> Result<Vec<(String, u8)>, StoreError>;
+    async fn access_of(
+        &self,
+        sub_user: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, u8)>, StoreError>;
 }

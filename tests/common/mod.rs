@@ -5,11 +5,11 @@
 
 use std::sync::Arc;
 
+use quotad::auth::{Bearer, BearerChannel};
 use quotad::clock::ManualClock;
 use quotad::pb;
 use quotad::pb::admin_client::AdminClient;
 use quotad::pb::quota_client::QuotaClient;
-use quotad::auth::{Bearer, BearerChannel};
 use quotad::server::{self, Running, ServeConfig};
 use tonic::transport::Channel;
 
@@ -192,7 +192,10 @@ pub async fn statement_of(admin: &mut AdminClient<Ch>, account: &str) -> pb::Sta
 }
 
 /// Clients of the quotad at `addr` that send `token` (empty: no token).
-pub async fn connect(addr: std::net::SocketAddr, token: &str) -> (QuotaClient<Ch>, AdminClient<Ch>) {
+pub async fn connect(
+    addr: std::net::SocketAddr,
+    token: &str,
+) -> (QuotaClient<Ch>, AdminClient<Ch>) {
     let ch = with_token(
         Channel::from_shared(format!("http://{addr}"))
             .unwrap()
