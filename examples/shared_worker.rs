@@ -87,8 +87,7 @@ async fn run(args: Args) -> Result<(), String> {
         .connect()
         .await
         .map_err(|e| format!("cannot reach quotad at {}: {}", args.addr, source_of(&e)))?;
-    let bearer =
-        Bearer::new(args.token.as_deref()).ok_or("--token is not a valid header value")?;
+    let bearer = Bearer::new(args.token.as_deref()).ok_or("--token is not a valid header value")?;
     let mut quota = QuotaClient::with_interceptor(channel, bearer);
 
     // 1. Reserve the estimate. A retry with the same reservation id returns the first

@@ -534,6 +534,15 @@ async fn not_serving(health: &HealthReporter) {
     }
 }
 
+/// The ledger a sidecar talks to, the embedded one if any, the sidecar's id at it, and
+/// where its callers' tokens are checked.
+type LedgerParts = (
+    Arc<dyn LedgerApi>,
+    Option<Arc<Ledger>>,
+    String,
+    Arc<dyn TokenSource>,
+);
+
 /// Opens everything under `cfg.data_dir` and starts serving on `cfg.listen`.
 pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, ServeError> {
     survive_file_size_limit();
@@ -544,12 +553,7 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
     let catalog = Arc::new(load_catalog(cfg.catalog_path.as_ref())?);
     cfg.engine.alerts.validate()?;
     let mut engine_cfg = cfg.engine.clone();
-    let (ledger_api, embedded, sidecar_id, tokens): (
-        Arc<dyn LedgerApi>,
-        Option<Arc<Ledger>>,
-        String,
-        Arc<dyn TokenSource>,
-    ) = match &cfg.ledger_url {
+    let (ledger_api, embedded, sidecar_id, tokens): LedgerParts = match &cfg.ledger_url {
         None => {
             let store: Arc<dyn LedgerStore> =
                 Arc::new(SqliteStore::open(&cfg.data_dir.join("ledger.db"))?);
