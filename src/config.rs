@@ -677,7 +677,7 @@ impl ServeSettings {
             tls_cert_file: cfg.tls.as_ref().map(|t| t.cert_file.clone()),
             tls_key_file: cfg.tls.as_ref().map(|t| t.key_file.clone()),
             tls_client_ca_file: cfg.tls.as_ref().and_then(|t| t.client_ca_file.clone()),
-            // The token itself is never printed; only where it came from.
+            // The configuration holds the token, not its file, and never prints it.
             ledger_token_file: None,
             ledger_tls_ca_file: cfg.ledger_tls.ca_file.clone(),
             ledger_tls_cert_file: cfg.ledger_tls.cert_file.clone(),

@@ -489,6 +489,11 @@ async fn nobody_settles_or_probes_another_accounts_reservation_or_session() {
     let s = r.unwrap_err();
     assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
     assert!(!s.message().contains("acme"), "{s:?}");
+    // A usage stream of globex's own taking over acme's job: refused without naming acme.
+    let mut job = Job::open(&mut qg, "globex", "secret-job").await;
+    let s = job.report(1, 1_000).await.unwrap_err();
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    assert!(!s.message().contains("acme"), "{s:?}");
     // A usage stream naming acme's job on acme is refused at its first report.
     let mut job = Job::open(&mut qg, "acme", "secret-job").await;
     let r = job.report(1, 1_000).await;

@@ -420,6 +420,16 @@ async fn admit_report(
         .into()),
         Some(_) => Ok((r.seq, quantity)),
         None => {
+            // A work id that is another account's reservation: refused without naming it.
+            if let Some(other) = engine.reservation_account(&key.work_id)
+                && !caller.sees(&other)
+            {
+                return Err(EngineError::ReservationMismatch {
+                    id: key.work_id,
+                    detail: "the id is taken".into(),
+                }
+                .into());
+            }
             *work = Some(engine.start_work(key).await?);
             Ok((r.seq, quantity))
         }
