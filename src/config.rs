@@ -1011,6 +1011,40 @@ mod tests {
         assert_eq!(eff.to_config().unwrap().lease.ttl_ms, 5000);
     }
 
+    #[test]
+    fn auth_and_tls_keys() {
+        let s = file(
+            "[serve]\nauth_disabled = true\nauth_cache_ttl_ms = 0\n\
+             tls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\n",
+        )
+        .serve
+        .unwrap();
+        let cfg = s.to_config().unwrap();
+        assert!(cfg.auth.disabled);
+        assert_eq!(cfg.auth.cache_ttl_ms, 0);
+        assert_eq!(cfg.tls.as_ref().unwrap().key_file, PathBuf::from("k.pem"));
+        let eff = ServeSettings::effective(&cfg, LogFormat::Text);
+        assert!(eff.to_config().unwrap().auth.disabled);
+        // Auth is on unless turned off.
+        assert!(!ServeSettings::default().to_config().unwrap().auth.disabled);
+        let e = file("[serve]\ntls_cert_file = \"c.pem\"\n")
+            .serve
+            .unwrap()
+            .to_config()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls_key_file"), "{e}");
+        let l = file("[ledger]\ndatabase_url = \"sqlite:x.db\"\n")
+            .ledger
+            .unwrap()
+            .to_config()
+            .unwrap();
+        assert_eq!(
+            l.operator_token_file.as_deref(),
+            Some(Path::new(crate::auth::DEFAULT_LEDGER_OPERATOR_TOKEN_FILE))
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
