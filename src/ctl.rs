@@ -51,13 +51,13 @@ pub struct CtlArgs {
     #[arg(long, env = "QUOTAD_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
     /// CA (PEM) the server's TLS certificate must chain to; implies https
-    #[arg(long, env = "QUOTAD_TLS_CA_FILE", global = true)]
+    #[arg(long, env = "QUOTAD_CTL_TLS_CA_FILE", global = true)]
     pub tls_ca_file: Option<PathBuf>,
     /// Client certificate (PEM) for a server that requires mTLS
-    #[arg(long, env = "QUOTAD_TLS_CERT_FILE", global = true)]
+    #[arg(long, env = "QUOTAD_CTL_TLS_CERT_FILE", global = true)]
     pub tls_cert_file: Option<PathBuf>,
     /// The client certificate's key (PEM)
-    #[arg(long, env = "QUOTAD_TLS_KEY_FILE", global = true)]
+    #[arg(long, env = "QUOTAD_CTL_TLS_KEY_FILE", global = true)]
     pub tls_key_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: CtlCommand,
