@@ -58,9 +58,9 @@ done
 [ -n "$addr" ] || fail "quotad printed no 'quotad listening on ADDR' line within 10 s"
 echo "quotad listening on $addr"
 
-# quotad ctl, quiet unless it fails.
+# quotad ctl as the operator (the token quotad wrote on first start), quiet unless it fails.
 ctl() {
-    "$quotad" ctl --addr "$addr" "$@" >"$work/ctl.out" 2>&1 || {
+    "$quotad" ctl --addr "$addr" --token-file "$work/data/operator.token" "$@" >"$work/ctl.out" 2>&1 || {
         cat "$work/ctl.out" >&2
         fail "quotad ctl $* failed"
     }
@@ -82,7 +82,12 @@ field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
 expect() {
     local want="$1" account="$2" job="$3" out summary
     shift 3
-    if ! out="$("$@" --addr "http://$addr" --account "$account" --job "$job" "${job_args[@]}" 2>&1)"; then
+    # The worker runs as the account's owner, with a token made for it.
+    ctl create-token owner "$account"
+    local token
+    token="$(sed -n 's/.*\(qdt_[0-9a-f]*\).*/\1/p' "$work/ctl.out")"
+    [ -n "$token" ] || fail "$job: no token in 'quotad ctl create-token owner $account'"
+    if ! out="$(QUOTAD_TOKEN="$token" "$@" --addr "http://$addr" --account "$account" --job "$job" "${job_args[@]}" 2>&1)"; then
         printf '%s\n' "$out" >&2
         fail "$job: the worker exited with an error (output above)"
     fi

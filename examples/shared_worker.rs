@@ -16,7 +16,8 @@
 //!
 //! ```text
 //! quotad ctl create-account acme && quotad ctl top-up acme 1
-//! cargo run --example shared_worker -- --account acme --job job-1 --job-ms 20000
+//! quotad ctl create-token owner acme     # prints the token once
+//! QUOTAD_TOKEN=qdt_... cargo run --example shared_worker -- --account acme --job job-1 --job-ms 20000
 //! ```
 
 use std::process::ExitCode;
@@ -27,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
+use quotad::auth::Bearer;
 use quotad::pb;
 use quotad::pb::quota_client::QuotaClient;
 
@@ -57,6 +59,10 @@ struct Args {
     /// Real milliseconds each simulated tick takes
     #[arg(long, default_value_t = 10)]
     sleep_ms: u64,
+    /// Token of the account's owner (or of a sub-user granted `reserve`), sent as
+    /// `authorization: Bearer TOKEN`
+    #[arg(long, env = "QUOTAD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[tokio::main]
@@ -81,7 +87,8 @@ async fn run(args: Args) -> Result<(), String> {
         .connect()
         .await
         .map_err(|e| format!("cannot reach quotad at {}: {}", args.addr, source_of(&e)))?;
-    let mut quota = QuotaClient::new(channel);
+    let bearer = Bearer::new(args.token.as_deref()).ok_or("--token is not a valid header value")?;
+    let mut quota = QuotaClient::with_interceptor(channel, bearer);
 
     // 1. Reserve the estimate. A retry with the same reservation id returns the first
     //    outcome, so it is safe to retry this call after a network error.

@@ -18,9 +18,11 @@ use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthConfig;
 use crate::billing::Money;
 use crate::journal::JournalSync;
 use crate::server::{self, LedgerServeConfig, ServeConfig};
+use crate::tls::{ClientTls, ServerTls};
 
 /// Where the metrics endpoint listens when asked for without an address (`metrics_listen`
 /// has no default: the endpoint is off unless configured).
@@ -273,6 +275,35 @@ pub struct ServeSettings {
     /// larger limit). [default: 65536]
     #[arg(long, env = "QUOTAD_MESSAGE_BYTES_MAX")]
     pub message_bytes_max: Option<usize>,
+    /// Turn authentication off: every caller may do anything. Local development only.
+    #[arg(long, env = "QUOTAD_AUTH_DISABLED", num_args = 0..=1, default_missing_value = "true")]
+    pub auth_disabled: Option<bool>,
+    /// How long a token lookup is trusted (ms): how long a revoked token or permission may
+    /// still work on a sidecar of a remote ledger. 0: look up every call. [default: 5000]
+    #[arg(long, env = "QUOTAD_AUTH_CACHE_TTL_MS")]
+    pub auth_cache_ttl_ms: Option<u64>,
+    /// Serve over TLS with this certificate (PEM); needs tls_key_file. Default: plaintext.
+    #[arg(long, env = "QUOTAD_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The TLS certificate's private key (PEM).
+    #[arg(long, env = "QUOTAD_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, env = "QUOTAD_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// The token to present to a remote ledger (a sidecar or operator token), in a file.
+    /// Without it, QUOTAD_LEDGER_TOKEN holds the token itself.
+    #[arg(long, env = "QUOTAD_LEDGER_TOKEN_FILE")]
+    pub ledger_token_file: Option<PathBuf>,
+    /// CA (PEM) the remote ledger's TLS certificate must chain to.
+    #[arg(long, env = "QUOTAD_LEDGER_TLS_CA_FILE")]
+    pub ledger_tls_ca_file: Option<PathBuf>,
+    /// This sidecar's client certificate (PEM) for a ledger that requires mTLS.
+    #[arg(long, env = "QUOTAD_LEDGER_TLS_CERT_FILE")]
+    pub ledger_tls_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "QUOTAD_LEDGER_TLS_KEY_FILE")]
+    pub ledger_tls_key_file: Option<PathBuf>,
 }
 
 /// The settings both processes have, gathered to be applied and printed in one place.
@@ -331,6 +362,26 @@ pub struct LedgerSettings {
     /// larger limit). [default: 65536]
     #[arg(long, env = "QUOTAD_MESSAGE_BYTES_MAX")]
     pub message_bytes_max: Option<usize>,
+    /// Turn authentication off: every caller may do anything. Local development only.
+    #[arg(long, env = "QUOTAD_AUTH_DISABLED", num_args = 0..=1, default_missing_value = "true")]
+    pub auth_disabled: Option<bool>,
+    /// How long a token lookup is trusted (ms): how long a revoked token or permission may
+    /// still work on a sidecar of a remote ledger. 0: look up every call. [default: 5000]
+    #[arg(long, env = "QUOTAD_AUTH_CACHE_TTL_MS")]
+    pub auth_cache_ttl_ms: Option<u64>,
+    /// Serve over TLS with this certificate (PEM); needs tls_key_file. Default: plaintext.
+    #[arg(long, env = "QUOTAD_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The TLS certificate's private key (PEM).
+    #[arg(long, env = "QUOTAD_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, env = "QUOTAD_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Where the first operator token is written if the database has none.
+    /// [default: quotad-ledger/operator.token]
+    #[arg(long, env = "QUOTAD_OPERATOR_TOKEN_FILE")]
+    pub operator_token_file: Option<PathBuf>,
 }
 
 /// The whole file: a `[serve]` table and a `[ledger]` table, both optional.
@@ -536,6 +587,40 @@ impl ServeSettings {
             })?;
         cfg.metrics_listen = s.metrics_listen;
         common!(s).apply(&mut cfg.limits)?;
+        cfg.auth = auth_config(s.auth_disabled, s.auth_cache_ttl_ms);
+        cfg.tls = server_tls(
+            s.tls_cert_file.as_ref(),
+            s.tls_key_file.as_ref(),
+            s.tls_client_ca_file.as_ref(),
+        )?;
+        cfg.ledger_tls = ClientTls {
+            ca_file: s.ledger_tls_ca_file.clone(),
+            cert_file: s.ledger_tls_cert_file.clone(),
+            key_file: s.ledger_tls_key_file.clone(),
+            domain: None,
+        };
+        if s.ledger_tls_cert_file.is_some() != s.ledger_tls_key_file.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "ledger_tls_cert_file / ledger_tls_key_file",
+                value: "only one set".into(),
+                allowed: "a client certificate and its key go together".into(),
+            });
+        }
+        cfg.ledger_token = match &s.ledger_token_file {
+            Some(path) => {
+                Some(
+                    crate::auth::read_token_file(path).map_err(|e| ConfigError::Invalid {
+                        key: "ledger_token_file",
+                        value: path.display().to_string(),
+                        allowed: format!("a readable file holding a token: {e}"),
+                    })?,
+                )
+            }
+            None => std::env::var("QUOTAD_LEDGER_TOKEN")
+                .ok()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty()),
+        };
         Ok(cfg)
     }
 
@@ -587,6 +672,16 @@ impl ServeSettings {
             ),
             alert_expiring_ms: Some(cfg.engine.alerts.expiring_leads_ms.clone()),
             alert_balance_floor: cfg.engine.alerts.balance_floor.map(Text),
+            auth_disabled: Some(cfg.auth.disabled),
+            auth_cache_ttl_ms: Some(cfg.auth.cache_ttl_ms),
+            tls_cert_file: cfg.tls.as_ref().map(|t| t.cert_file.clone()),
+            tls_key_file: cfg.tls.as_ref().map(|t| t.key_file.clone()),
+            tls_client_ca_file: cfg.tls.as_ref().and_then(|t| t.client_ca_file.clone()),
+            // The configuration holds the token, not its file, and never prints it.
+            ledger_token_file: None,
+            ledger_tls_ca_file: cfg.ledger_tls.ca_file.clone(),
+            ledger_tls_cert_file: cfg.ledger_tls.cert_file.clone(),
+            ledger_tls_key_file: cfg.ledger_tls.key_file.clone(),
             ..CommonSettings::effective(&cfg.limits, cfg.metrics_listen, log).serve()
         }
     }
@@ -626,6 +721,17 @@ impl LedgerSettings {
         }
         cfg.metrics_listen = s.metrics_listen;
         common!(s).apply(&mut cfg.limits)?;
+        cfg.auth = auth_config(s.auth_disabled, s.auth_cache_ttl_ms);
+        cfg.tls = server_tls(
+            s.tls_cert_file.as_ref(),
+            s.tls_key_file.as_ref(),
+            s.tls_client_ca_file.as_ref(),
+        )?;
+        cfg.operator_token_file = Some(
+            s.operator_token_file
+                .clone()
+                .unwrap_or_else(|| crate::auth::DEFAULT_LEDGER_OPERATOR_TOKEN_FILE.into()),
+        );
         Ok(cfg)
     }
 
@@ -637,6 +743,12 @@ impl LedgerSettings {
             lease_ttl_ms: Some(cfg.lease.ttl_ms),
             lease_hold_grace_ms: Some(cfg.lease.hold_grace_ms),
             pg_pool_max: Some(cfg.pg_pool_max),
+            auth_disabled: Some(cfg.auth.disabled),
+            auth_cache_ttl_ms: Some(cfg.auth.cache_ttl_ms),
+            tls_cert_file: cfg.tls.as_ref().map(|t| t.cert_file.clone()),
+            tls_key_file: cfg.tls.as_ref().map(|t| t.key_file.clone()),
+            tls_client_ca_file: cfg.tls.as_ref().and_then(|t| t.client_ca_file.clone()),
+            operator_token_file: cfg.operator_token_file.clone(),
             ..CommonSettings::effective(&cfg.limits, cfg.metrics_listen, log).ledger()
         }
     }
@@ -644,6 +756,29 @@ impl LedgerSettings {
     pub fn log_format(&self) -> LogFormat {
         self.log_format.clone().map(|t| t.0).unwrap_or_default()
     }
+}
+
+fn auth_config(disabled: Option<bool>, cache_ttl_ms: Option<u64>) -> AuthConfig {
+    let mut a = AuthConfig::default();
+    if let Some(d) = disabled {
+        a.disabled = d;
+    }
+    if let Some(t) = cache_ttl_ms {
+        a.cache_ttl_ms = t;
+    }
+    a
+}
+
+fn server_tls(
+    cert: Option<&PathBuf>,
+    key: Option<&PathBuf>,
+    client_ca: Option<&PathBuf>,
+) -> Result<Option<ServerTls>, ConfigError> {
+    ServerTls::from_files(cert, key, client_ca).map_err(|allowed| ConfigError::Invalid {
+        key: "tls_cert_file / tls_key_file / tls_client_ca_file",
+        value: format!("{cert:?} / {key:?} / {client_ca:?}"),
+        allowed,
+    })
 }
 
 /// Flags and environment over the file's table (if any).
@@ -874,6 +1009,40 @@ mod tests {
         assert_eq!(cfg.limits.request_timeout_ms, 100);
         let eff = LedgerSettings::effective(&cfg, LogFormat::Text);
         assert_eq!(eff.to_config().unwrap().lease.ttl_ms, 5000);
+    }
+
+    #[test]
+    fn auth_and_tls_keys() {
+        let s = file(
+            "[serve]\nauth_disabled = true\nauth_cache_ttl_ms = 0\n\
+             tls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\n",
+        )
+        .serve
+        .unwrap();
+        let cfg = s.to_config().unwrap();
+        assert!(cfg.auth.disabled);
+        assert_eq!(cfg.auth.cache_ttl_ms, 0);
+        assert_eq!(cfg.tls.as_ref().unwrap().key_file, PathBuf::from("k.pem"));
+        let eff = ServeSettings::effective(&cfg, LogFormat::Text);
+        assert!(eff.to_config().unwrap().auth.disabled);
+        // Auth is on unless turned off.
+        assert!(!ServeSettings::default().to_config().unwrap().auth.disabled);
+        let e = file("[serve]\ntls_cert_file = \"c.pem\"\n")
+            .serve
+            .unwrap()
+            .to_config()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls_key_file"), "{e}");
+        let l = file("[ledger]\ndatabase_url = \"sqlite:x.db\"\n")
+            .ledger
+            .unwrap()
+            .to_config()
+            .unwrap();
+        assert_eq!(
+            l.operator_token_file.as_deref(),
+            Some(Path::new(crate::auth::DEFAULT_LEDGER_OPERATOR_TOKEN_FILE))
+        );
     }
 
     proptest! {

@@ -14,7 +14,12 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use tokio_stream::{Stream, StreamExt};
 use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::auth::{Bearer, BearerChannel};
+use crate::tls::ClientTls;
+use std::path::{Path, PathBuf};
 
 use crate::billing::free_tier::{Calendar, DEFAULT_TIME_ZONE, Month};
 use crate::billing::{Money, MoneyError};
@@ -39,6 +44,23 @@ pub struct CtlArgs {
     /// Currency of the amounts given on the command line
     #[arg(long, default_value = "CNY", global = true)]
     pub currency: String,
+    /// Token to send (`authorization: Bearer TOKEN`); prefer --token-file or QUOTAD_TOKEN
+    /// (a flag shows in the process list)
+    #[arg(long, env = "QUOTAD_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// File holding the token [default: quotad-data/operator.token, where `quotad serve`
+    /// writes the operator token on first start, if it exists]
+    #[arg(long, env = "QUOTAD_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// CA (PEM) the server's TLS certificate must chain to; implies https
+    #[arg(long, env = "QUOTAD_CTL_TLS_CA_FILE", global = true)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for a server that requires mTLS
+    #[arg(long, env = "QUOTAD_CTL_TLS_CERT_FILE", global = true)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The client certificate's key (PEM)
+    #[arg(long, env = "QUOTAD_CTL_TLS_KEY_FILE", global = true)]
+    pub tls_key_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -188,6 +210,38 @@ pub enum CtlCommand {
     },
     /// Stop an Exclusive session and bill it up to now
     StopSession { session_id: String },
+    /// Make a token (operator only); it is printed once and stored only as a hash
+    CreateToken {
+        #[arg(value_enum)]
+        kind: TokenKind,
+        /// The owner's account, or the name of a sub-user, sidecar or operator
+        subject: String,
+    },
+    /// Revoke a token by its id (operator only)
+    RevokeToken { token_id: String },
+    /// Let a sub-user do these on an account (operator or the account's owner):
+    /// reserve, admit, sessions, balance, watch
+    GrantAccess {
+        account: String,
+        sub_user: String,
+        #[arg(required = true)]
+        permissions: Vec<String>,
+    },
+    /// Take permissions away from a sub-user on an account (none named: all)
+    RevokeAccess {
+        account: String,
+        sub_user: String,
+        permissions: Vec<String>,
+    },
+}
+
+/// Whom a token is for.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenKind {
+    Operator,
+    Owner,
+    SubUser,
+    Sidecar,
 }
 
 /// Kinds of credit an operator can grant (plans come from `purchase`).
@@ -230,6 +284,12 @@ pub enum CtlError {
     NoCatalog(String),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+    #[error("token file {path}: {reason}")]
+    TokenFile { path: PathBuf, reason: String },
+    #[error("the token is not a valid header value")]
+    BadToken,
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl From<tonic::Status> for CtlError {
@@ -252,7 +312,15 @@ impl From<tonic::Status> for CtlError {
 /// Runs one `quotad ctl` command against the quotad at `args.addr`, printing to `out`.
 pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
     let currency = parse_currency(&args.currency)?;
-    let channel = connect(&args.addr).await?;
+    let tls = ClientTls {
+        ca_file: args.tls_ca_file.clone(),
+        cert_file: args.tls_cert_file.clone(),
+        key_file: args.tls_key_file.clone(),
+        domain: None,
+    };
+    let channel = connect(&args.addr, &tls).await?;
+    let bearer = Bearer::new(token(&args)?.as_deref()).ok_or(CtlError::BadToken)?;
+    let channel = InterceptedService::new(channel, bearer);
     let mut quota = QuotaClient::new(channel.clone());
     let mut admin = AdminClient::new(channel);
     let money = |m: Money| pb::Money {
@@ -516,6 +584,70 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 ],
             )?;
         }
+        CtlCommand::CreateToken { kind, subject } => {
+            use pb::principal::Kind as K;
+            let (kind, account_id, name) = match kind {
+                TokenKind::Owner => (K::Owner, subject, String::new()),
+                TokenKind::SubUser => (K::SubUser, String::new(), subject),
+                TokenKind::Sidecar => (K::Sidecar, String::new(), subject),
+                TokenKind::Operator => (K::Operator, String::new(), subject),
+            };
+            let r = admin
+                .create_token(pb::CreateTokenRequest {
+                    principal: Some(pb::Principal {
+                        kind: kind as i32,
+                        account_id,
+                        name,
+                    }),
+                })
+                .await?
+                .into_inner();
+            write_kv(
+                out,
+                &[
+                    ("token id", r.token_id),
+                    ("token", r.token),
+                    ("note", "shown once; quotad keeps only its hash".into()),
+                ],
+            )?;
+        }
+        CtlCommand::RevokeToken { token_id } => {
+            let r = admin
+                .revoke_token(pb::RevokeTokenRequest { token_id })
+                .await?
+                .into_inner();
+            write_kv(out, &[("revoked", r.token_id)])?;
+        }
+        CtlCommand::GrantAccess {
+            account,
+            sub_user,
+            permissions,
+        } => {
+            let r = admin
+                .grant_access(pb::GrantAccessRequest {
+                    account_id: account,
+                    sub_user,
+                    permissions,
+                })
+                .await?
+                .into_inner();
+            write_access(out, &r)?;
+        }
+        CtlCommand::RevokeAccess {
+            account,
+            sub_user,
+            permissions,
+        } => {
+            let r = admin
+                .revoke_access(pb::RevokeAccessRequest {
+                    account_id: account,
+                    sub_user,
+                    permissions,
+                })
+                .await?
+                .into_inner();
+            write_access(out, &r)?;
+        }
     }
     Ok(())
 }
@@ -555,6 +687,33 @@ where
 // --- Connection -----------------------------------------------------------------------
 
 /// Adds `http://` to a bare `host:port`; an address with a scheme is kept as it is.
+/// The token to send: --token / QUOTAD_TOKEN, else --token-file / QUOTAD_TOKEN_FILE, else
+/// the operator token `quotad serve` wrote in ./quotad-data, if it is there.
+fn token(args: &CtlArgs) -> Result<Option<String>, CtlError> {
+    if let Some(t) = &args.token {
+        return Ok(Some(t.trim().to_owned()));
+    }
+    let (path, required) = match &args.token_file {
+        Some(p) => (p.clone(), true),
+        None => (
+            Path::new(crate::server::DEFAULT_DATA_DIR).join(crate::auth::OPERATOR_TOKEN_FILE),
+            false,
+        ),
+    };
+    match crate::auth::read_token_file(&path) {
+        Ok(t) if !t.is_empty() => Ok(Some(t)),
+        Ok(_) => Err(CtlError::TokenFile {
+            path,
+            reason: "empty".into(),
+        }),
+        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CtlError::TokenFile {
+            path,
+            reason: e.to_string(),
+        }),
+    }
+}
+
 fn normalize_addr(addr: &str) -> Result<String, CtlError> {
     let a = addr.trim();
     if a.is_empty() {
@@ -565,20 +724,31 @@ fn normalize_addr(addr: &str) -> Result<String, CtlError> {
     }
     match a.split_once("://") {
         None => Ok(format!("http://{a}")),
-        Some(("http", _)) => Ok(a.to_owned()),
+        Some(("http" | "https", _)) => Ok(a.to_owned()),
         Some(_) => Err(CtlError::BadAddr {
             addr: addr.to_owned(),
-            reason: "quotad serves plaintext gRPC; use http:// or no scheme".into(),
+            reason: "use http://, https:// (TLS) or no scheme".into(),
         }),
     }
 }
 
-async fn connect(addr: &str) -> Result<Channel, CtlError> {
-    let uri = normalize_addr(addr)?;
-    let endpoint = Endpoint::from_shared(uri.clone()).map_err(|e| CtlError::BadAddr {
+async fn connect(addr: &str, tls: &ClientTls) -> Result<Channel, CtlError> {
+    let mut uri = normalize_addr(addr)?;
+    if tls.is_set() && !addr.contains("://") {
+        uri = uri.replacen("http://", "https://", 1);
+    }
+    let mut endpoint = Endpoint::from_shared(uri.clone()).map_err(|e| CtlError::BadAddr {
         addr: addr.to_owned(),
         reason: error_chain(&e),
     })?;
+    if tls.is_set() || uri.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(tls.config()?)
+            .map_err(|e| CtlError::BadAddr {
+                addr: addr.to_owned(),
+                reason: error_chain(&e),
+            })?;
+    }
     endpoint
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
@@ -630,7 +800,7 @@ fn code_name(code: Code) -> &'static str {
 
 /// The resource given on the command line, else the one the catalog lists for `sku`.
 async fn resolve_resource(
-    admin: &mut AdminClient<Channel>,
+    admin: &mut AdminClient<BearerChannel>,
     given: Option<pb::Resource>,
     sku: &str,
 ) -> Result<pb::Resource, CtlError> {
@@ -810,6 +980,22 @@ fn one_line(s: &str) -> String {
     s.chars()
         .map(|ch| if ch.is_control() { ' ' } else { ch })
         .collect()
+}
+
+fn write_access(out: &mut dyn Write, r: &pb::AccessResponse) -> Result<(), CtlError> {
+    let perms = if r.permissions.is_empty() {
+        "(none)".to_owned()
+    } else {
+        r.permissions.join(", ")
+    };
+    write_kv(
+        out,
+        &[
+            ("account", r.account_id.clone()),
+            ("sub-user", r.sub_user.clone()),
+            ("permissions", perms),
+        ],
+    )
 }
 
 fn write_kv(out: &mut dyn Write, rows: &[(&str, String)]) -> Result<(), CtlError> {
@@ -1432,7 +1618,7 @@ mod tests {
         assert_eq!(ok("127.0.0.1:50051"), "http://127.0.0.1:50051");
         assert_eq!(ok(" [::1]:7 "), "http://[::1]:7");
         assert_eq!(ok("http://q:1"), "http://q:1");
-        for bad in ["https://q:1", "  "] {
+        for bad in ["ftp://q:1", "  "] {
             assert!(matches!(normalize_addr(bad), Err(CtlError::BadAddr { .. })));
         }
     }

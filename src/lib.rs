@@ -17,13 +17,16 @@
 //! - `server`: wiring, limits, health, reflection and the shutdown order.
 //! - `config`: settings from flags, environment and the TOML file, with one precedence.
 //! - `guard`: the layer in front of every RPC: request ids, load shedding, latency.
+//! - `auth`: tokens, principals and permissions (R9); its layer authenticates every RPC.
 //! - `metrics`: Prometheus counters, histograms and the /metrics endpoint.
 //! - `ctl`: the operator command line.
 //! - `clock`: injected time.
+//! - `tls`: optional TLS and mTLS (rustls) of the servers and their clients.
 //! - `pb`: generated protobuf and gRPC code for `quotad.v1`.
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod billing;
 pub mod clock;
 pub mod config;
@@ -35,6 +38,7 @@ pub mod journal;
 pub mod ledger;
 pub mod metrics;
 pub mod server;
+pub mod tls;
 
 /// Generated code for proto/quotad/v1, and its descriptor set for reflection.
 pub mod pb {

@@ -28,11 +28,11 @@ struct Cli {
 enum Command {
     /// Run the sidecar: with its embedded ledger (SQLite in --data-dir), or against a
     /// `quotad ledger` with --ledger.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run the authoritative ledger (Admin and Ledger services) over PostgreSQL or SQLite.
-    Ledger(LedgerArgs),
+    Ledger(Box<LedgerArgs>),
     /// Operator commands against a running quotad.
-    Ctl(quotad::ctl::CtlArgs),
+    Ctl(Box<quotad::ctl::CtlArgs>),
     /// Check a configuration file (and the catalog it names) without starting: prints
     /// the effective configuration, or every error and exits non-zero.
     CheckConfig {
@@ -221,7 +221,7 @@ async fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(&file),
         Command::Ctl(args) => {
             let mut out = std::io::stdout();
-            match quotad::ctl::run(args, &mut out).await {
+            match quotad::ctl::run(*args, &mut out).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("quotad ctl: {e}");

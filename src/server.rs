@@ -20,6 +20,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::auth::layer::AuthLayer;
+use crate::auth::{self, AuthConfig, Authenticator, StoreSource, TokenSource};
 use crate::billing::{Catalog, CatalogError};
 use crate::clock::SharedClock;
 use crate::engine::sync::{DEFAULT_SYNC_BATCH_MAX, DEFAULT_SYNC_INTERVAL_MS};
@@ -38,6 +40,7 @@ use crate::ledger::store::{LedgerStore, StoreError};
 use crate::ledger::{EMBEDDED_SIDECAR_ID, Ledger, LedgerApi, LedgerError};
 use crate::metrics::{Metrics, Sample, SharedMetrics};
 use crate::pb;
+use crate::tls::{ClientTls, ServerTls, TlsError};
 
 /// Where `quotad serve` listens by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -85,6 +88,13 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// Serve Prometheus metrics over HTTP here (None: no endpoint).
     pub metrics_listen: Option<SocketAddr>,
+    pub auth: AuthConfig,
+    /// The token this sidecar presents to a remote ledger (a sidecar or operator token).
+    pub ledger_token: Option<String>,
+    /// TLS of the channel to a remote ledger.
+    pub ledger_tls: ClientTls,
+    /// TLS of this server (None: plaintext).
+    pub tls: Option<ServerTls>,
 }
 
 /// Limits of a gRPC server.
@@ -128,7 +138,16 @@ impl ServeConfig {
             journal_sync: JournalSync::default(),
             limits: Limits::default(),
             metrics_listen: None,
+            auth: AuthConfig::default(),
+            ledger_token: None,
+            ledger_tls: ClientTls::default(),
+            tls: None,
         }
+    }
+
+    /// Where the embedded ledger's first operator token is written.
+    pub fn operator_token_file(&self) -> PathBuf {
+        self.data_dir.join(auth::OPERATOR_TOKEN_FILE)
     }
 }
 
@@ -142,6 +161,11 @@ pub struct LedgerServeConfig {
     pub pg_pool_max: u32,
     pub limits: Limits,
     pub metrics_listen: Option<SocketAddr>,
+    pub auth: AuthConfig,
+    /// Where the first operator token is written if the database has none (None: no
+    /// token is made; the command line defaults to `auth::DEFAULT_LEDGER_OPERATOR_TOKEN_FILE`).
+    pub operator_token_file: Option<PathBuf>,
+    pub tls: Option<ServerTls>,
 }
 
 impl LedgerServeConfig {
@@ -154,6 +178,9 @@ impl LedgerServeConfig {
             pg_pool_max: DEFAULT_PG_POOL_MAX,
             limits: Limits::default(),
             metrics_listen: None,
+            auth: AuthConfig::default(),
+            operator_token_file: None,
+            tls: None,
         }
     }
 }
@@ -195,6 +222,10 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("server task failed: {0}")]
     Task(String),
+    #[error("operator token: {0}")]
+    Bootstrap(#[from] auth::BootstrapError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 pub fn load_catalog(path: Option<&PathBuf>) -> Result<Catalog, ServeError> {
@@ -260,9 +291,11 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError>
 }
 
 type Server = JoinHandle<Result<(), tonic::transport::Error>>;
-type Router = tonic::transport::server::Router<
+type Layers = tower::layer::util::Stack<
+    AuthLayer,
     tower::layer::util::Stack<GuardLayer, tower::layer::util::Identity>,
 >;
+type Router = tonic::transport::server::Router<Layers>;
 
 /// Serves `router` on `listener` until `stop` turns true; in-flight calls finish first.
 fn spawn_server(router: Router, listener: TcpListener, mut stop: watch::Receiver<bool>) -> Server {
@@ -285,16 +318,53 @@ fn spawn_server(router: Router, listener: TcpListener, mut stop: watch::Receiver
     }))
 }
 
+/// The server builder: limits, TLS if configured, then the guard (outermost: request
+/// ids, shedding, metrics) and authentication, before any service.
 fn builder(
     limits: Limits,
     metrics: &SharedMetrics,
-) -> tonic::transport::Server<tower::layer::util::Stack<GuardLayer, tower::layer::util::Identity>> {
-    tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(limits.concurrency_per_connection)
-        .http2_max_pending_accept_reset_streams(Some(64))
-        .max_concurrent_streams(Some(limits.streams_per_connection_max))
-        .timeout(Duration::from_millis(limits.request_timeout_ms))
-        .layer(GuardLayer::new(limits.concurrency_max, metrics.clone()))
+    auth: Arc<Authenticator>,
+    tls: Option<&ServerTls>,
+) -> Result<tonic::transport::Server<Layers>, ServeError> {
+    let mut b = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        b = b.tls_config(tls.config()?)?;
+    }
+    Ok(
+        b.concurrency_limit_per_connection(limits.concurrency_per_connection)
+            .http2_max_pending_accept_reset_streams(Some(64))
+            .max_concurrent_streams(Some(limits.streams_per_connection_max))
+            .timeout(Duration::from_millis(limits.request_timeout_ms))
+            .layer(GuardLayer::new(limits.concurrency_max, metrics.clone()))
+            .layer(AuthLayer::new(auth)),
+    )
+}
+
+/// Makes the first operator token (if there is none) and says where it is, or warns that
+/// authentication is off.
+async fn bootstrap_auth(
+    cfg: &AuthConfig,
+    store: &dyn LedgerStore,
+    now_ms: i64,
+    token_file: Option<&Path>,
+) -> Result<(), ServeError> {
+    if cfg.disabled {
+        tracing::warn!(
+            "authentication is OFF (auth_disabled): anyone who reaches this port can do \
+             anything; for local development only"
+        );
+        return Ok(());
+    }
+    match token_file {
+        Some(path) => {
+            if !auth::ensure_operator_token(store, now_ms, path).await? {
+                tracing::info!(path = %path.display(),
+                    "operator token exists; `quotad ctl` reads it from this file if present");
+            }
+        }
+        None => tracing::info!("no operator token file configured; tokens come from CreateToken"),
+    }
+    Ok(())
 }
 
 /// Starts the metrics endpoint if one is configured; it stops with `stop`.
@@ -464,6 +534,15 @@ async fn not_serving(health: &HealthReporter) {
     }
 }
 
+/// The ledger a sidecar talks to, the embedded one if any, the sidecar's id at it, and
+/// where its callers' tokens are checked.
+type LedgerParts = (
+    Arc<dyn LedgerApi>,
+    Option<Arc<Ledger>>,
+    String,
+    Arc<dyn TokenSource>,
+);
+
 /// Opens everything under `cfg.data_dir` and starts serving on `cfg.listen`.
 pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, ServeError> {
     survive_file_size_limit();
@@ -474,25 +553,55 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
     let catalog = Arc::new(load_catalog(cfg.catalog_path.as_ref())?);
     cfg.engine.alerts.validate()?;
     let mut engine_cfg = cfg.engine.clone();
-    let (ledger_api, embedded, sidecar_id): (Arc<dyn LedgerApi>, Option<Arc<Ledger>>, String) =
-        match &cfg.ledger_url {
-            None => {
-                let store = SqliteStore::open(&cfg.data_dir.join("ledger.db"))?;
-                let ledger = Arc::new(Ledger::new(
-                    Arc::new(store),
-                    catalog.clone(),
-                    clock.clone(),
-                    cfg.embedded_lease,
-                ));
-                engine_cfg.lease_whole_account = true;
-                (ledger.clone(), Some(ledger), EMBEDDED_SIDECAR_ID.to_owned())
+    let (ledger_api, embedded, sidecar_id, tokens): LedgerParts = match &cfg.ledger_url {
+        None => {
+            let store: Arc<dyn LedgerStore> =
+                Arc::new(SqliteStore::open(&cfg.data_dir.join("ledger.db"))?);
+            bootstrap_auth(
+                &cfg.auth,
+                store.as_ref(),
+                clock.now_ms(),
+                Some(&cfg.operator_token_file()),
+            )
+            .await?;
+            let ledger = Arc::new(Ledger::new(
+                store.clone(),
+                catalog.clone(),
+                clock.clone(),
+                cfg.embedded_lease,
+            ));
+            engine_cfg.lease_whole_account = true;
+            (
+                ledger.clone(),
+                Some(ledger),
+                EMBEDDED_SIDECAR_ID.to_owned(),
+                Arc::new(StoreSource(store)),
+            )
+        }
+        Some(url) => {
+            if cfg.auth.disabled {
+                tracing::warn!("authentication is OFF (auth_disabled): local development only");
+            } else if cfg.ledger_token.is_none() {
+                tracing::warn!(
+                    "no ledger token (ledger_token_file or QUOTAD_LEDGER_TOKEN): the ledger \
+                     will refuse this sidecar unless it runs with auth_disabled"
+                );
             }
-            Some(url) => (
-                Arc::new(RemoteLedger::new(url, &catalog.currency)?),
-                None,
-                sidecar_id(&cfg.data_dir)?,
-            ),
-        };
+            let tls = if cfg.ledger_tls.is_set() || url.starts_with("https://") {
+                Some(cfg.ledger_tls.config()?)
+            } else {
+                None
+            };
+            let remote = Arc::new(RemoteLedger::connect(
+                url,
+                &catalog.currency,
+                cfg.ledger_token.as_deref(),
+                tls,
+            )?);
+            (remote.clone(), None, sidecar_id(&cfg.data_dir)?, remote)
+        }
+    };
+    let authenticator = Arc::new(Authenticator::new(cfg.auth.clone(), tokens, clock.clone()));
     let (journal, recovered) = Journal::open_with(
         &cfg.data_dir.join("journal.log"),
         cfg.journal_queue_max,
@@ -529,8 +638,11 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
                 .set_serving::<pb::admin_server::AdminServer<AdminService>>()
                 .await;
             Some(
-                pb::admin_server::AdminServer::new(AdminService::new(ledger, Some(engine.clone())))
-                    .max_decoding_message_size(cfg.limits.message_bytes_max),
+                pb::admin_server::AdminServer::new(
+                    AdminService::new(ledger, Some(engine.clone()))
+                        .with_auth(authenticator.clone()),
+                )
+                .max_decoding_message_size(cfg.limits.message_bytes_max),
             )
         }
         None => None,
@@ -563,7 +675,7 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         stop_rx.clone(),
     ));
     let metrics_addr = start_metrics(cfg.metrics_listen, &metrics, stop_rx.clone()).await?;
-    let router = builder(cfg.limits, &metrics)
+    let router = builder(cfg.limits, &metrics, authenticator, cfg.tls.as_ref())?
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -638,6 +750,18 @@ pub async fn start_ledger(
 ) -> Result<RunningLedger, ServeError> {
     let catalog = Arc::new(load_catalog(cfg.catalog_path.as_ref())?);
     let store = open_store(&cfg.database_url, cfg.pg_pool_max).await?;
+    bootstrap_auth(
+        &cfg.auth,
+        store.as_ref(),
+        clock.now_ms(),
+        cfg.operator_token_file.as_deref(),
+    )
+    .await?;
+    let authenticator = Arc::new(Authenticator::new(
+        cfg.auth.clone(),
+        Arc::new(StoreSource(store.clone())),
+        clock.clone(),
+    ));
     let ledger = Arc::new(Ledger::new(store, catalog.clone(), clock, cfg.lease));
     let (listener, addr) = bind(cfg.listen).await?;
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -648,14 +772,16 @@ pub async fn start_ledger(
         .set_serving::<pb::ledger_server::LedgerServer<LedgerService>>()
         .await;
     let (reflection_v1, reflection_v1alpha) = reflection()?;
-    let admin = pb::admin_server::AdminServer::new(AdminService::new(ledger.clone(), None))
-        .max_decoding_message_size(cfg.limits.message_bytes_max);
+    let admin = pb::admin_server::AdminServer::new(
+        AdminService::new(ledger.clone(), None).with_auth(authenticator.clone()),
+    )
+    .max_decoding_message_size(cfg.limits.message_bytes_max);
     let sync = pb::ledger_server::LedgerServer::new(LedgerService::new(ledger.clone()))
         .max_decoding_message_size(DEFAULT_SYNC_MESSAGE_BYTES_MAX);
     let (stop, stop_rx) = watch::channel(false);
     let metrics = Metrics::new();
     let metrics_addr = start_metrics(cfg.metrics_listen, &metrics, stop_rx.clone()).await?;
-    let router = builder(cfg.limits, &metrics)
+    let router = builder(cfg.limits, &metrics, authenticator, cfg.tls.as_ref())?
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -33,13 +33,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::Ch;
 use common::{amount, connect, money, reserve_req};
 use quotad::pb;
 use quotad::pb::admin_client::AdminClient;
 use quotad::pb::quota_client::QuotaClient;
 use rust_decimal::Decimal;
 use sqlx::Connection;
-use tonic::transport::Channel;
 
 /// Lease lifetime given to the ledger: short, so that an outage of a few seconds outlives
 /// every lease several times over.
@@ -121,10 +121,19 @@ async fn sidecars_survive_a_ledger_outage_without_overspend_or_lost_usage() {
     let mut cluster = Cluster::new(&url).await;
 
     // The ledger, its accounts, and three sidecars.
-    let ledger = spawn_ledger(&cluster.ledger_url, "127.0.0.1:0".parse().unwrap(), 1).await;
+    let token_file = cluster.tokens.path().join("operator.token");
+    let ledger = spawn_ledger(
+        &cluster.ledger_url,
+        "127.0.0.1:0".parse().unwrap(),
+        1,
+        &token_file,
+    )
+    .await;
     let ledger_addr = ledger.addr;
     cluster.ledger = Some(ledger);
-    let mut admin = admin_client(ledger_addr).await;
+    // The ledger's operator token: Admin, the sidecars' Sync, and the workers' calls.
+    let token = quotad::auth::read_token_file(&token_file).unwrap();
+    let mut admin = admin_client(ledger_addr, &token).await;
     let far_ms = now_ms() + 30 * common::DAY_MS;
     let mut opening: HashMap<&str, Decimal> = HashMap::new();
     for (account, balance, coupon) in ACCOUNTS {
@@ -156,7 +165,7 @@ async fn sidecars_survive_a_ledger_outage_without_overspend_or_lost_usage() {
     }
     for i in 0..SIDECARS {
         let dir = tempfile::tempdir().unwrap();
-        let p = spawn_sidecar(ledger_addr, dir.path(), i).await;
+        let p = spawn_sidecar(ledger_addr, dir.path(), i, &token_file).await;
         cluster.sidecars.push((p, dir));
     }
 
@@ -166,7 +175,7 @@ async fn sidecars_survive_a_ledger_outage_without_overspend_or_lost_usage() {
     let mut workers = Vec::new();
     for (s, (p, _)) in cluster.sidecars.iter().enumerate() {
         for t in 0..TASKS_PER_SIDECAR {
-            let (quota, _) = connect(p.addr).await;
+            let (quota, _) = connect(p.addr, &token).await;
             workers.push(tokio::spawn(worker(s, t, quota, shared.clone())));
         }
     }
@@ -196,7 +205,7 @@ async fn sidecars_survive_a_ledger_outage_without_overspend_or_lost_usage() {
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let ledger = spawn_ledger(&cluster.ledger_url, ledger_addr, 50).await;
+    let ledger = spawn_ledger(&cluster.ledger_url, ledger_addr, 50, &token_file).await;
     shared.phase.store(AFTER, Ordering::SeqCst);
     let outage = killed_at.elapsed();
     cluster.ledger = Some(ledger);
@@ -206,7 +215,7 @@ async fn sidecars_survive_a_ledger_outage_without_overspend_or_lost_usage() {
     .await;
     // Keep the load on until SMALL has run dry (bounded): the sidecars compete for its last
     // money, which is where leases lapsed during the outage could let it be spent twice.
-    let mut admin = admin_client(ledger_addr).await;
+    let mut admin = admin_client(ledger_addr, &token).await;
     let mut small_left = String::new();
     for _ in 0..SMALL_DRY_POLLS_MAX {
         // Retrying the opening top-up adds nothing and answers the ledger's current view.
@@ -484,7 +493,7 @@ impl Tally {
 async fn worker(
     sidecar: usize,
     task: usize,
-    mut quota: QuotaClient<Channel>,
+    mut quota: QuotaClient<Ch>,
     shared: Arc<Shared>,
 ) -> Tally {
     let mut t = Tally::default();
@@ -652,13 +661,20 @@ fn spawn_proc(name: &str, args: &[String], prefix: &str) -> Result<Proc, String>
 }
 
 /// `quotad ledger` on `listen`; retries up to `attempts` times (a restart on the same port).
-async fn spawn_ledger(database_url: &str, listen: SocketAddr, attempts: usize) -> Proc {
+async fn spawn_ledger(
+    database_url: &str,
+    listen: SocketAddr,
+    attempts: usize,
+    token_file: &std::path::Path,
+) -> Proc {
     let args: Vec<String> = [
         "ledger",
         "--database-url",
         database_url,
         "--listen",
         &listen.to_string(),
+        "--operator-token-file",
+        &token_file.display().to_string(),
         "--lease-ttl-ms",
         &LEASE_TTL_MS.to_string(),
         "--lease-hold-grace-ms",
@@ -684,9 +700,16 @@ async fn spawn_ledger(database_url: &str, listen: SocketAddr, attempts: usize) -
     panic!("the ledger did not start on {listen}: {last}");
 }
 
-async fn spawn_sidecar(ledger: SocketAddr, data_dir: &std::path::Path, i: usize) -> Proc {
+async fn spawn_sidecar(
+    ledger: SocketAddr,
+    data_dir: &std::path::Path,
+    i: usize,
+    token_file: &std::path::Path,
+) -> Proc {
     let args: Vec<String> = vec![
         "serve".into(),
+        "--ledger-token-file".into(),
+        token_file.display().to_string(),
         "--ledger".into(),
         format!("http://{ledger}"),
         "--listen".into(),
@@ -701,8 +724,8 @@ async fn spawn_sidecar(ledger: SocketAddr, data_dir: &std::path::Path, i: usize)
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-async fn admin_client(addr: SocketAddr) -> AdminClient<Channel> {
-    connect(addr).await.1
+async fn admin_client(addr: SocketAddr, token: &str) -> AdminClient<Ch> {
+    connect(addr, token).await.1
 }
 
 /// The processes and the database of one run. Dropping it (also on a failed assertion)
@@ -713,6 +736,8 @@ struct Cluster {
     ledger_url: String,
     ledger: Option<Proc>,
     sidecars: Vec<(Proc, tempfile::TempDir)>,
+    /// Where the ledger writes its operator token.
+    tokens: tempfile::TempDir,
     dropped: bool,
 }
 
@@ -736,6 +761,7 @@ impl Cluster {
             database,
             ledger: None,
             sidecars: Vec::new(),
+            tokens: tempfile::tempdir().unwrap(),
             dropped: false,
         }
     }

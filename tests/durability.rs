@@ -15,6 +15,8 @@ use tokio::sync::Mutex;
 struct Proc {
     child: Child,
     addr: std::net::SocketAddr,
+    /// The operator token clients send (read from the file the process wrote).
+    token: String,
 }
 
 fn spawn(data_dir: &std::path::Path) -> Proc {
@@ -26,11 +28,15 @@ fn spawn_with(data_dir: &std::path::Path, extra: &[&str]) -> Proc {
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .args(extra);
-    spawn_cmd(cmd, "quotad listening on ")
+    spawn_cmd(
+        cmd,
+        "quotad listening on ",
+        &data_dir.join("operator.token"),
+    )
 }
 
 /// Starts `cmd` and reads the address from its first stdout line, `PREFIX ADDR`.
-fn spawn_cmd(mut cmd: Command, prefix: &str) -> Proc {
+fn spawn_cmd(mut cmd: Command, prefix: &str, token_file: &std::path::Path) -> Proc {
     let mut child = cmd
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -48,7 +54,9 @@ fn spawn_cmd(mut cmd: Command, prefix: &str) -> Proc {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .parse()
         .expect("an address");
-    Proc { child, addr }
+    // A sidecar of a remote ledger writes no token: the test gives it the ledger's.
+    let token = quotad::auth::read_token_file(token_file).unwrap_or_default();
+    Proc { child, addr, token }
 }
 
 fn kill9(p: &mut Proc) {
@@ -72,7 +80,7 @@ async fn kill_9_under_load_loses_no_acknowledged_commit_without_fsync() {
 async fn kill_9_under_load(extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let mut p = spawn_with(dir.path(), extra);
-    let (_, mut admin) = connect(p.addr).await;
+    let (_, mut admin) = connect(p.addr, &p.token).await;
     admin
         .create_account(pb::CreateAccountRequest {
             account_id: "acme".into(),
@@ -81,14 +89,14 @@ async fn kill_9_under_load(extra: &[&str]) {
         .await
         .unwrap();
     // Let a few hundred commits through, then kill while the workers run.
-    let load = Load::start(p.addr, "acme").await;
+    let load = Load::start(p.addr, &p.token, "acme").await;
     load.wait_acked(300).await;
     kill9(&mut p);
     let (acked, _) = load.finish().await;
     assert!(acked.len() >= 300);
 
     let mut p = spawn_with(dir.path(), extra);
-    let (mut quota, mut admin) = connect(p.addr).await;
+    let (mut quota, mut admin) = connect(p.addr, &p.token).await;
     let st = statement_of(&mut admin, "acme").await;
     assert_exactly_once(&st, &acked, WORKERS);
     assert_balance_matches(&mut quota, "acme", "1000", &st).await;
@@ -107,12 +115,12 @@ struct Load {
 }
 
 impl Load {
-    async fn start(addr: std::net::SocketAddr, account: &str) -> Load {
+    async fn start(addr: std::net::SocketAddr, token: &str, account: &str) -> Load {
         let acked: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
         for w in 0..WORKERS {
-            let (mut quota, _) = connect(addr).await;
+            let (mut quota, _) = connect(addr, token).await;
             let (acked, stop, account) = (acked.clone(), stop.clone(), account.to_owned());
             workers.push(tokio::spawn(async move {
                 let mut i = 0u64;
@@ -195,7 +203,7 @@ fn assert_exactly_once(st: &pb::Statement, acked: &[(String, i64)], in_flight_ma
 
 /// The balance is the opening balance less exactly what the statement shows.
 async fn assert_balance_matches(
-    quota: &mut pb::quota_client::QuotaClient<tonic::transport::Channel>,
+    quota: &mut pb::quota_client::QuotaClient<Ch>,
     account: &str,
     opening: &str,
     st: &pb::Statement,
@@ -219,10 +227,13 @@ async fn assert_balance_matches(
 async fn kill_9_of_a_sidecar_in_ledger_mode_loses_no_acknowledged_commit() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_quotad"));
+    let token_file = dir.path().join("ledger-operator.token");
     cmd.args(["ledger", "--listen", "127.0.0.1:0", "--database-url"])
-        .arg(format!("sqlite:{}", dir.path().join("ledger.db").display()));
-    let mut ledger = spawn_cmd(cmd, "quotad ledger listening on ");
-    let (_, mut admin) = connect(ledger.addr).await;
+        .arg(format!("sqlite:{}", dir.path().join("ledger.db").display()))
+        .arg("--operator-token-file")
+        .arg(&token_file);
+    let mut ledger = spawn_cmd(cmd, "quotad ledger listening on ", &token_file);
+    let (_, mut admin) = connect(ledger.addr, &ledger.token).await;
     admin
         .create_account(pb::CreateAccountRequest {
             account_id: "acme".into(),
@@ -232,10 +243,19 @@ async fn kill_9_of_a_sidecar_in_ledger_mode_loses_no_acknowledged_commit() {
         .unwrap();
     let sidecar_dir = dir.path().join("sidecar");
     let ledger_url = format!("http://{}", ledger.addr);
-    let sidecar_args = ["--ledger", ledger_url.as_str(), "--sync-interval-ms", "50"];
+    let token_arg = token_file.display().to_string();
+    let sidecar_args = [
+        "--ledger",
+        ledger_url.as_str(),
+        "--sync-interval-ms",
+        "50",
+        "--ledger-token-file",
+        token_arg.as_str(),
+    ];
     let mut sidecar = spawn_with(&sidecar_dir, &sidecar_args);
+    sidecar.token = ledger.token.clone();
 
-    let load = Load::start(sidecar.addr, "acme").await;
+    let load = Load::start(sidecar.addr, &sidecar.token, "acme").await;
     load.wait_acked(300).await;
     kill9(&mut sidecar);
     let (acked, _) = load.finish().await;
@@ -243,6 +263,7 @@ async fn kill_9_of_a_sidecar_in_ledger_mode_loses_no_acknowledged_commit() {
 
     // Started again, the sidecar pushes what its journal holds; the ledger has it all once.
     let mut sidecar = spawn_with(&sidecar_dir, &sidecar_args);
+    sidecar.token = ledger.token.clone();
     let mut st = statement_of(&mut admin, "acme").await;
     for _ in 0..600 {
         let ids: std::collections::HashSet<&str> =
@@ -254,7 +275,7 @@ async fn kill_9_of_a_sidecar_in_ledger_mode_loses_no_acknowledged_commit() {
         st = statement_of(&mut admin, "acme").await;
     }
     assert_exactly_once(&st, &acked, WORKERS);
-    let (mut quota, _) = connect(sidecar.addr).await;
+    let (mut quota, _) = connect(sidecar.addr, &sidecar.token).await;
     assert_balance_matches(&mut quota, "acme", "1000", &st).await;
     kill9(&mut sidecar);
     kill9(&mut ledger);
@@ -273,7 +294,7 @@ async fn a_full_disk_fails_calls_cleanly_and_corrupts_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // Create the account and the files unlimited first.
     let mut p = spawn(dir.path());
-    let (_, mut admin) = connect(p.addr).await;
+    let (_, mut admin) = connect(p.addr, &p.token).await;
     admin
         .create_account(pb::CreateAccountRequest {
             account_id: "acme".into(),
@@ -293,8 +314,12 @@ async fn a_full_disk_fails_calls_cleanly_and_corrupts_nothing() {
         .arg(env!("CARGO_BIN_EXE_quotad"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path());
-    let mut p = spawn_cmd(cmd, "quotad listening on ");
-    let load = Load::start(p.addr, "acme").await;
+    let mut p = spawn_cmd(
+        cmd,
+        "quotad listening on ",
+        &dir.path().join("operator.token"),
+    );
+    let load = Load::start(p.addr, &p.token, "acme").await;
     // Every worker stops by itself once the disk is "full".
     let mut stopped = Vec::new();
     let mut acked = Vec::new();
@@ -323,13 +348,13 @@ async fn a_full_disk_fails_calls_cleanly_and_corrupts_nothing() {
         "no call was failed by the journal: {stopped:?}"
     );
     // Still serving: reads answer.
-    let (mut quota, _) = connect(p.addr).await;
+    let (mut quota, _) = connect(p.addr, &p.token).await;
     let _ = balance_of(&mut quota, "acme").await;
     assert!(p.child.try_wait().unwrap().is_none(), "quotad died");
     kill9(&mut p);
 
     let mut p = spawn(dir.path());
-    let (mut quota, mut admin) = connect(p.addr).await;
+    let (mut quota, mut admin) = connect(p.addr, &p.token).await;
     let st = statement_of(&mut admin, "acme").await;
     assert_exactly_once(&st, &acked, WORKERS);
     assert_balance_matches(&mut quota, "acme", "1000", &st).await;
@@ -346,7 +371,7 @@ async fn a_full_disk_fails_calls_cleanly_and_corrupts_nothing() {
 async fn open_holds_survive_kill_9_and_sigterm_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = spawn(dir.path());
-    let (mut quota, mut admin) = connect(p.addr).await;
+    let (mut quota, mut admin) = connect(p.addr, &p.token).await;
     admin
         .create_account(pb::CreateAccountRequest {
             account_id: "acme".into(),
@@ -363,7 +388,7 @@ async fn open_holds_survive_kill_9_and_sigterm_exits_zero() {
     kill9(&mut p);
 
     let mut p = spawn(dir.path());
-    let (mut quota, _) = connect(p.addr).await;
+    let (mut quota, _) = connect(p.addr, &p.token).await;
     let b = balance_of(&mut quota, "acme").await;
     assert_eq!(amount(&b.held), "0.36", "the hold survived the crash");
     let c = quota
@@ -384,7 +409,7 @@ async fn open_holds_survive_kill_9_and_sigterm_exits_zero() {
     assert_eq!(code.code(), Some(0), "graceful shutdown exits 0");
 
     let mut p = spawn(dir.path());
-    let (mut quota, _) = connect(p.addr).await;
+    let (mut quota, _) = connect(p.addr, &p.token).await;
     let b = balance_of(&mut quota, "acme").await;
     assert_eq!(amount(&b.balance), "0.7");
     assert_eq!(amount(&b.held), "0");
@@ -447,7 +472,7 @@ async fn a_read_only_data_dir_is_refused_at_start_and_left_intact() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut p = spawn(&data);
-    let (mut quota, mut admin) = connect(p.addr).await;
+    let (mut quota, mut admin) = connect(p.addr, &p.token).await;
     admin
         .create_account(pb::CreateAccountRequest {
             account_id: "acme".into(),
@@ -496,7 +521,7 @@ async fn a_read_only_data_dir_is_refused_at_start_and_left_intact() {
     assert!(before == after, "a refused start changed the data dir");
 
     let mut p = spawn(&data);
-    let (_, mut admin) = connect(p.addr).await;
+    let (_, mut admin) = connect(p.addr, &p.token).await;
     let st = statement_of(&mut admin, "acme").await;
     assert_eq!(st.entries.len(), 1);
     assert_eq!(st.entries[0].usage_id, "r1");

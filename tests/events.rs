@@ -280,6 +280,12 @@ async fn ctl_watch_prints_events_live() {
             "ctl",
             "--addr",
             &addr.to_string(),
+            "--token-file",
+            &h.dir
+                .path()
+                .join(quotad::auth::OPERATOR_TOKEN_FILE)
+                .display()
+                .to_string(),
             "watch",
             "acme",
             "--count",

@@ -109,7 +109,7 @@ async fn reserve_retry_returns_first_outcome_and_holds_once() {
 
     // Later, and over another connection: the first outcome, not a second hold.
     h.clock.advance_ms(1_000);
-    let (mut quota, _) = connect(h.running.as_ref().unwrap().addr).await;
+    let (mut quota, _) = connect(h.running.as_ref().unwrap().addr, &h.token).await;
     let again = quota
         .reserve(reserve_req(ACME, "r1", MS_100S))
         .await

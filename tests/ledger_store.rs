@@ -821,6 +821,62 @@ async fn statement_order_limit_and_deductions(s: Arc<dyn LedgerStore>) {
     assert!(entries.is_empty() && !truncated);
 }
 
+/// Tokens: stored by hash, found by hash, revoked once (the first time is kept), unique;
+/// access: permissions added and taken away as bit sets, the row gone at zero.
+async fn tokens_and_access(s: Arc<dyn LedgerStore>) {
+    use quotad::ledger::store::TokenRow;
+    let row = |id: &str, hash: &str, kind: &str| TokenRow {
+        token_id: id.into(),
+        token_sha256: hash.into(),
+        kind: kind.into(),
+        account_id: String::new(),
+        name: "n".into(),
+        created_at_ms: 5,
+        revoked_at_ms: None,
+    };
+    assert!(!s.has_operator_token().await.unwrap());
+    s.insert_token(row("t1", "h1", "sub_user")).await.unwrap();
+    assert!(!s.has_operator_token().await.unwrap());
+    s.insert_token(row("t2", "h2", "operator")).await.unwrap();
+    assert!(s.has_operator_token().await.unwrap());
+    for dup in [row("t1", "h9", "owner"), row("t9", "h1", "owner")] {
+        assert!(matches!(
+            s.insert_token(dup).await,
+            Err(StoreError::Duplicate { .. })
+        ));
+    }
+    assert_eq!(
+        s.token_by_hash("h1").await.unwrap(),
+        Some(row("t1", "h1", "sub_user"))
+    );
+    assert_eq!(s.token_by_hash("nope").await.unwrap(), None);
+    assert!(s.revoke_token("t2", 10).await.unwrap());
+    assert!(s.revoke_token("t2", 20).await.unwrap());
+    assert!(!s.revoke_token("t404", 20).await.unwrap());
+    assert_eq!(
+        s.token_by_hash("h2").await.unwrap().unwrap().revoked_at_ms,
+        Some(10)
+    );
+    assert!(!s.has_operator_token().await.unwrap());
+
+    assert_eq!(s.grant_access("a", "bob", 0b00001).await.unwrap(), 0b00001);
+    assert_eq!(s.grant_access("a", "bob", 0b01010).await.unwrap(), 0b01011);
+    assert_eq!(s.grant_access("b", "bob", 0b10000).await.unwrap(), 0b10000);
+    assert_eq!(s.grant_access("a", "eve", 0b00001).await.unwrap(), 0b00001);
+    assert_eq!(
+        s.access_of("bob", 10).await.unwrap(),
+        vec![("a".to_owned(), 0b01011), ("b".to_owned(), 0b10000)]
+    );
+    assert_eq!(s.access_of("bob", 1).await.unwrap().len(), 1);
+    assert_eq!(s.revoke_access("a", "bob", 0b00011).await.unwrap(), 0b01000);
+    assert_eq!(s.revoke_access("b", "bob", 0b11111).await.unwrap(), 0);
+    assert_eq!(s.revoke_access("z", "bob", 0b11111).await.unwrap(), 0);
+    assert_eq!(
+        s.access_of("bob", 10).await.unwrap(),
+        vec![("a".to_owned(), 0b01000)]
+    );
+}
+
 async fn known_usage_reports_applied_ids(s: Arc<dyn LedgerStore>) {
     s.create_account("acme", m("10"), T0).await.unwrap();
     s.create_account("other", m("10"), T0).await.unwrap();
@@ -1182,6 +1238,7 @@ contract_tests!(
     known_usage_reports_applied_ids,
     load_many_and_commit_many,
     request_counts_free_requests_and_volume_deductions,
+    tokens_and_access,
 );
 
 // ---- stores under test --------------------------------------------------------------------
@@ -1331,7 +1388,7 @@ async fn pg_concurrent_connects_migrate_once() {
     let url = db.url.clone();
     let check = async move {
         assert!(failures.is_empty(), "racing connects failed: {failures:?}");
-        assert_eq!(versions, [1, 2, 3, 4], "each migration recorded once");
+        assert_eq!(versions, [1, 2, 3, 4, 5], "each migration recorded once");
         // Every store works, and a later start finds nothing to do.
         for (i, s) in stores.iter().enumerate() {
             assert!(

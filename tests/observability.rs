@@ -187,10 +187,11 @@ async fn the_ledger_serves_metrics_too() {
         format!("sqlite:{}", dir.path().join("ledger.db").display()),
     );
     cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.operator_token_file = Some(dir.path().join("operator.token"));
     let running = quotad::server::start_ledger(cfg, quotad::clock::ManualClock::new(T0_MS))
         .await
         .unwrap();
-    let (_, mut admin) = connect(running.addr).await;
+    let (_, mut admin) = connect(running.addr, &operator_token(dir.path())).await;
     create_account(&mut admin, "acme", "1").await;
     let (_, body) = http_get(running.metrics_addr.unwrap(), "/metrics").await;
     let series =

@@ -33,7 +33,13 @@ fn msg(body: &[u8]) -> Bytes {
     frame(false, body.len() as u32, body)
 }
 
-async fn call(addr: std::net::SocketAddr, path: &str, content_type: &str, body: Bytes) -> Answer {
+async fn call(
+    addr: std::net::SocketAddr,
+    token: &str,
+    path: &str,
+    content_type: &str,
+    body: Bytes,
+) -> Answer {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(async move {
@@ -45,6 +51,7 @@ async fn call(addr: std::net::SocketAddr, path: &str, content_type: &str, body: 
         .uri(format!("http://{addr}{path}"))
         .header("content-type", content_type)
         .header("te", "trailers")
+        .header("authorization", format!("Bearer {token}"))
         .body(())
         .unwrap();
     let (resp, mut send) = h2.send_request(req, false).unwrap();
@@ -254,7 +261,7 @@ async fn malformed_bytes_get_clean_statuses_and_the_server_stays_up() {
         ),
     ];
     for (what, path, ct, body, want, needle) in cases {
-        let a = call(addr, path, ct, body).await;
+        let a = call(addr, &h.token, path, ct, body).await;
         assert_eq!(a.http_status, 200, "{what}: {a:?}");
         let code = a.grpc_status.map(tonic::Code::from_i32);
         assert_eq!(code, Some(want), "{what}: {a:?}");

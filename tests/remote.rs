@@ -16,7 +16,6 @@ use quotad::pb::admin_client::AdminClient;
 use quotad::pb::quota_client::QuotaClient;
 use quotad::server::{self, LedgerServeConfig, Running, RunningLedger, ServeConfig};
 use rust_decimal::Decimal;
-use tonic::transport::Channel;
 
 const LEASE_TTL_MS: i64 = 2_000;
 
@@ -25,8 +24,8 @@ struct Fleet {
     dir: tempfile::TempDir,
     ledger: Option<RunningLedger>,
     ledger_addr: std::net::SocketAddr,
-    admin: AdminClient<Channel>,
-    sidecars: Vec<(Running, QuotaClient<Channel>)>,
+    admin: AdminClient<Ch>,
+    sidecars: Vec<(Running, QuotaClient<Ch>)>,
 }
 
 fn ledger_config(dir: &std::path::Path, listen: std::net::SocketAddr) -> LedgerServeConfig {
@@ -38,6 +37,7 @@ fn ledger_config(dir: &std::path::Path, listen: std::net::SocketAddr) -> LedgerS
         ttl_ms: LEASE_TTL_MS,
         hold_grace_ms: 10_000,
     };
+    cfg.operator_token_file = Some(dir.join("ledger-operator.token"));
     cfg
 }
 
@@ -52,7 +52,11 @@ impl Fleet {
         .await
         .unwrap();
         let ledger_addr = ledger.addr;
-        let (_, admin) = connect(ledger_addr).await;
+        // The ledger's operator token serves for everything: Admin at the ledger, the
+        // sidecars' Sync, and the Quota calls the sidecars check with the ledger.
+        let token =
+            quotad::auth::read_token_file(&dir.path().join("ledger-operator.token")).unwrap();
+        let (_, admin) = connect(ledger_addr, &token).await;
         let mut sidecars = Vec::new();
         for i in 0..n {
             let mut cfg = config(&dir.path().join(format!("sidecar-{i}")));
@@ -60,9 +64,10 @@ impl Fleet {
             cfg.engine.lease_want_min = Money::parse("0.1").unwrap();
             // The tests drive syncs themselves.
             cfg.sync_interval_ms = 3_600_000;
+            cfg.ledger_token = Some(token.clone());
             tweak(&mut cfg);
             let running = server::start(cfg, clock.clone()).await.unwrap();
-            let (quota, _) = connect(running.addr).await;
+            let (quota, _) = connect(running.addr, &token).await;
             sidecars.push((running, quota));
         }
         Fleet {

@@ -24,6 +24,7 @@ import argparse
 import atexit
 import contextlib
 import importlib.resources
+import os
 import pathlib
 import queue
 import shutil
@@ -94,6 +95,8 @@ def run(args):
         raise WorkerError(
             f"cannot reach quotad at {args.addr} (is `quotad serve` running?)") from None
     quota = pb_grpc.QuotaStub(channel)
+    # Every call carries the account owner's (or a granted sub-user's) token.
+    md = [("authorization", f"Bearer {args.token}")] if args.token else None
 
     # 1. Reserve the estimate. A retry with the same reservation id returns the first
     #    outcome, so it is safe to retry this call after a network error.
@@ -105,7 +108,7 @@ def run(args):
             sku=args.sku,
             quantity=args.estimate_ms,
             ttl_ms=0,  # the server's default hold lifetime
-        ))
+        ), metadata=md)
     if not reserved.admitted:
         # Not an error: the account cannot pay for the job now. Do not start it.
         print(f"job {args.job} not admitted: {pb.DenyReason.Name(reserved.reason)} "
@@ -127,7 +130,7 @@ def run(args):
                               quantity=quantity, seq=seq)
 
     reported, seq, stop_reason = 0, 0, None
-    decisions = quota.StreamUsage(report_stream())
+    decisions = quota.StreamUsage(report_stream(), metadata=md)
     try:
         with rpc("StreamUsage"):
             while True:
@@ -169,7 +172,8 @@ def run(args):
 
     # 4. Commit with the total reported: confirms the settlement and returns the charge.
     with rpc("Commit"):
-        committed = quota.Commit(pb.CommitRequest(reservation_id=args.job, quantity=reported))
+        committed = quota.Commit(pb.CommitRequest(reservation_id=args.job, quantity=reported),
+                                 metadata=md)
 
     # One line, key=value, for people and for scripts.
     outcome = "stopped" if stop_reason else "finished"
@@ -195,6 +199,9 @@ def main():
     p.add_argument("--tick-ms", type=int, default=1_000, help="GPU milliseconds reported per tick")
     p.add_argument("--sleep-ms", type=int, default=10,
                    help="real milliseconds each simulated tick takes")
+    p.add_argument("--token", default=os.environ.get("QUOTAD_TOKEN"),
+                   help="token of the account's owner or a granted sub-user "
+                        "(default: $QUOTAD_TOKEN)")
     p.add_argument("--proto-dir", default=DEFAULT_PROTO_DIR,
                    help="directory holding quotad/v1/quotad.proto (default: this repository's)")
     try:

@@ -1223,6 +1223,14 @@ impl Engine {
         Ok(CommitOutcome { charged, available })
     }
 
+    /// The account a reservation (open or settled and remembered) belongs to, for
+    /// authorising Commit and Release against it.
+    pub fn reservation_account(&self, reservation_id: &str) -> Option<String> {
+        self.holds
+            .get(reservation_id)
+            .map(|h| h.row.account_id.clone())
+    }
+
     /// Releases an open hold; returns the amount it held.
     pub async fn release(&self, reservation_id: &str) -> Result<Money, EngineError> {
         Ok(self.settle(reservation_id, None).await?.0)

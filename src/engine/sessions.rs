@@ -92,6 +92,14 @@ impl Engine {
             .ok_or_else(|| EngineError::UnknownSession(session_id.to_owned()))
     }
 
+    /// The account a session belongs to, if this sidecar knows the session (for
+    /// authorising Heartbeat and StopSession against it).
+    pub async fn session_account(&self, session_id: &str) -> Option<String> {
+        let shared = self.session(session_id).ok()?;
+        let row = shared.lock().await;
+        Some(row.account_id.clone())
+    }
+
     /// Admits an Exclusive session if the account is not OVERDUE and one hour of the
     /// spec can be held; the hour is pre-authorised. A retry returns the first outcome.
     pub async fn start_session(&self, req: StartSession) -> Result<SessionStarted, EngineError> {

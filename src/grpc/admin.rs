@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, money_out};
 use super::error::Invalid;
 use super::quota::balance_out;
+use crate::auth::{self, AuthError, Authenticator, Caller, Kind, Perms};
 use crate::billing::{GrantKind, Money, OfferKind};
 use crate::engine::Engine;
 use crate::ledger::Ledger;
@@ -20,6 +21,8 @@ pub struct AdminService {
     /// The embedded sidecar, if any.
     engine: Option<Arc<Engine>>,
     currency: String,
+    /// This process's token cache, cleared when a token or an access changes here.
+    auth: Option<Arc<Authenticator>>,
 }
 
 impl AdminService {
@@ -29,6 +32,44 @@ impl AdminService {
             ledger,
             engine,
             currency,
+            auth: None,
+        }
+    }
+
+    /// Clears `auth`'s cache on every token or access change.
+    pub fn with_auth(mut self, auth: Arc<Authenticator>) -> AdminService {
+        self.auth = Some(auth);
+        self
+    }
+
+    fn changed(&self) {
+        if let Some(a) = &self.auth {
+            a.forget_all();
+        }
+    }
+
+    /// GrantAccess and RevokeAccess: the operator, or the owner of the account.
+    fn allow_access_change(caller: &Caller, account_id: &str, rpc: &str) -> Result<(), Status> {
+        match caller {
+            c if c.is_operator() => Ok(()),
+            Caller::Owner { account_id: own } if own == account_id => Ok(()),
+            Caller::Owner { account_id: own } => Err(AuthError::OtherAccount {
+                owner: own.clone(),
+                account: account_id.to_owned(),
+            }
+            .into()),
+            _ => Err(AuthError::OperatorOnly {
+                rpc: format!("{rpc} (or the account owner)"),
+            }
+            .into()),
+        }
+    }
+
+    fn access_out(account_id: &str, sub_user: &str, bits: u8) -> pb::AccessResponse {
+        pb::AccessResponse {
+            account_id: account_id.to_owned(),
+            sub_user: sub_user.to_owned(),
+            permissions: Perms(bits).names(),
         }
     }
 
@@ -237,5 +278,140 @@ impl pb::admin_server::Admin for AdminService {
                 })
                 .collect(),
         }))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let r = request.into_inner();
+        let p = r
+            .principal
+            .ok_or_else(|| Invalid("principal is required".into()))?;
+        let (kind, account_id, name) = match pb::principal::Kind::try_from(p.kind) {
+            Ok(pb::principal::Kind::Owner) => {
+                let account_id = convert::id("principal.account_id", &p.account_id)?;
+                // The account must exist: a token for a typo would act on nothing.
+                self.ledger.balance_view(account_id).await?;
+                (Kind::Owner, account_id.to_owned(), account_id.to_owned())
+            }
+            Ok(pb::principal::Kind::SubUser) => (
+                Kind::SubUser,
+                String::new(),
+                convert::id("principal.name", &p.name)?.to_owned(),
+            ),
+            Ok(pb::principal::Kind::Sidecar) => (
+                Kind::Sidecar,
+                String::new(),
+                convert::id("principal.name", &p.name)?.to_owned(),
+            ),
+            Ok(pb::principal::Kind::Operator) => (
+                Kind::Operator,
+                String::new(),
+                convert::id("principal.name", &p.name)?.to_owned(),
+            ),
+            _ => {
+                return Err(Invalid(format!(
+                    "principal.kind {} must be OPERATOR, OWNER, SUB_USER or SIDECAR",
+                    p.kind
+                ))
+                .into());
+            }
+        };
+        let (row, token) = auth::create_token(
+            self.ledger.store().as_ref(),
+            self.ledger.now_ms(),
+            kind,
+            &account_id,
+            &name,
+        )
+        .await?;
+        tracing::info!(token_id = %row.token_id, kind = kind.name(), %account_id, %name,
+            "token created");
+        Ok(Response::new(pb::CreateTokenResponse {
+            token_id: row.token_id,
+            token,
+            principal: Some(pb::Principal {
+                kind: p.kind,
+                account_id,
+                name,
+            }),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let r = request.into_inner();
+        let token_id = convert::id("token_id", &r.token_id)?;
+        let found = self
+            .ledger
+            .store()
+            .revoke_token(token_id, self.ledger.now_ms())
+            .await
+            .map_err(AuthError::from)?;
+        if !found {
+            return Err(Status::not_found(format!(
+                "token {token_id} does not exist"
+            )));
+        }
+        self.changed();
+        tracing::info!(%token_id, "token revoked");
+        Ok(Response::new(pb::RevokeTokenResponse {
+            token_id: token_id.to_owned(),
+            revoked: true,
+        }))
+    }
+
+    async fn grant_access(
+        &self,
+        request: Request<pb::GrantAccessRequest>,
+    ) -> Result<Response<pb::AccessResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let r = request.into_inner();
+        let account_id = convert::id("account_id", &r.account_id)?;
+        let sub_user = convert::id("sub_user", &r.sub_user)?;
+        Self::allow_access_change(&caller, account_id, "GrantAccess")?;
+        let perms = Perms::parse(&r.permissions)?;
+        if perms.0 == 0 {
+            return Err(Invalid(
+                "permissions: name at least one of reserve, admit, sessions, balance, watch".into(),
+            )
+            .into());
+        }
+        self.ledger.balance_view(account_id).await?;
+        let bits = self
+            .ledger
+            .store()
+            .grant_access(account_id, sub_user, perms.0)
+            .await
+            .map_err(AuthError::from)?;
+        self.changed();
+        Ok(Response::new(Self::access_out(account_id, sub_user, bits)))
+    }
+
+    async fn revoke_access(
+        &self,
+        request: Request<pb::RevokeAccessRequest>,
+    ) -> Result<Response<pb::AccessResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let r = request.into_inner();
+        let account_id = convert::id("account_id", &r.account_id)?;
+        let sub_user = convert::id("sub_user", &r.sub_user)?;
+        Self::allow_access_change(&caller, account_id, "RevokeAccess")?;
+        let perms = if r.permissions.is_empty() {
+            Perms::all()
+        } else {
+            Perms::parse(&r.permissions)?
+        };
+        let bits = self
+            .ledger
+            .store()
+            .revoke_access(account_id, sub_user, perms.0)
+            .await
+            .map_err(AuthError::from)?;
+        self.changed();
+        Ok(Response::new(Self::access_out(account_id, sub_user, bits)))
     }
 }

@@ -3,6 +3,7 @@
 
 use tonic::{Code, Status};
 
+use crate::auth::AuthError;
 use crate::billing::storage::StorageError;
 use crate::billing::{PriceError, PurchaseError};
 use crate::engine::EngineError;
@@ -105,6 +106,25 @@ impl From<LedgerError> for Status {
             }
             LedgerError::Store(StoreError::Database(_)) => internal(Code::Unavailable, &msg),
             LedgerError::Store(StoreError::Corrupt(_)) => internal(Code::Internal, &msg),
+        }
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Status {
+        let msg = e.to_string();
+        match e {
+            AuthError::Missing | AuthError::Malformed | AuthError::Unknown => {
+                Status::unauthenticated(msg)
+            }
+            AuthError::NotGranted { .. }
+            | AuthError::OtherAccount { .. }
+            | AuthError::OperatorOnly { .. }
+            | AuthError::SidecarOnly { .. }
+            | AuthError::SidecarElsewhere { .. } => Status::permission_denied(msg),
+            AuthError::UnknownPermission(_) => Status::invalid_argument(msg),
+            AuthError::Unavailable(_) => Status::unavailable(msg),
+            AuthError::Store(s) => LedgerError::Store(s).into(),
         }
     }
 }

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, money_out};
 use super::error::Invalid;
+use crate::auth::{AuthError, Caller, Perms, TokenSource};
 use crate::billing::Money;
 use crate::ledger::{
     AccountSnapshot, Lease, LeaseRequest, Ledger, LedgerApi, LedgerError, SyncRequest,
@@ -165,6 +167,96 @@ impl pb::ledger_server::Ledger for LedgerService {
             hold_grace_ms: resp.hold_grace_ms,
         }))
     }
+
+    async fn authenticate(
+        &self,
+        request: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        let r = request.into_inner();
+        let hash = r.token_sha256.as_str();
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Invalid("token_sha256 must be 64 hex digits".into()).into());
+        }
+        let hash = hash.to_ascii_lowercase();
+        let store = self.ledger.store();
+        let Some(row) = store.token_by_hash(&hash).await.map_err(AuthError::from)? else {
+            return Ok(Response::new(pb::AuthenticateResponse::default()));
+        };
+        let access = if row.kind == crate::auth::Kind::SubUser.name() {
+            store
+                .access_of(&row.name, crate::auth::DEFAULT_ACCESS_ACCOUNTS_MAX)
+                .await
+                .map_err(AuthError::from)?
+        } else {
+            Vec::new()
+        };
+        let Some(caller) = Caller::from_row(&row, access) else {
+            return Ok(Response::new(pb::AuthenticateResponse::default()));
+        };
+        Ok(Response::new(caller_out(row.token_id, &caller)))
+    }
+}
+
+fn caller_out(token_id: String, caller: &Caller) -> pb::AuthenticateResponse {
+    use pb::principal::Kind as K;
+    let (kind, account_id, name, access) = match caller {
+        Caller::Unchecked | Caller::Operator { .. } => {
+            let name = match caller {
+                Caller::Operator { name } => name.clone(),
+                _ => String::new(),
+            };
+            (K::Operator, String::new(), name, Vec::new())
+        }
+        Caller::Owner { account_id } => (K::Owner, account_id.clone(), String::new(), Vec::new()),
+        Caller::SubUser { name, access } => (
+            K::SubUser,
+            String::new(),
+            name.clone(),
+            access
+                .iter()
+                .map(|(a, p)| pb::AccessEntry {
+                    account_id: a.clone(),
+                    permissions: p.names(),
+                })
+                .collect(),
+        ),
+        Caller::Sidecar { name } => (K::Sidecar, String::new(), name.clone(), Vec::new()),
+    };
+    pb::AuthenticateResponse {
+        known: true,
+        principal: Some(pb::Principal {
+            kind: kind as i32,
+            account_id,
+            name,
+        }),
+        token_id,
+        access,
+    }
+}
+
+fn caller_in(r: pb::AuthenticateResponse) -> Result<Option<Caller>, AuthError> {
+    if !r.known {
+        return Ok(None);
+    }
+    let bad = |what: &str| AuthError::Unavailable(format!("bad answer from the ledger: {what}"));
+    let p = r.principal.ok_or_else(|| bad("no principal"))?;
+    use pb::principal::Kind as K;
+    Ok(Some(match K::try_from(p.kind) {
+        Ok(K::Operator) => Caller::Operator { name: p.name },
+        Ok(K::Owner) => Caller::Owner {
+            account_id: p.account_id,
+        },
+        Ok(K::SubUser) => Caller::SubUser {
+            name: p.name,
+            access: r
+                .access
+                .into_iter()
+                .map(|a| Ok((a.account_id, Perms::parse(&a.permissions)?)))
+                .collect::<Result<_, AuthError>>()?,
+        },
+        Ok(K::Sidecar) => Caller::Sidecar { name: p.name },
+        _ => return Err(bad("unknown principal kind")),
+    }))
 }
 
 /// A ledger reached over gRPC. The channel connects lazily and reconnects by itself, so a
@@ -172,18 +264,79 @@ impl pb::ledger_server::Ledger for LedgerService {
 pub struct RemoteLedger {
     client: pb::ledger_client::LedgerClient<Channel>,
     currency: String,
+    /// `Bearer TOKEN` of this sidecar's token at the ledger, if it has one.
+    authorization: Option<MetadataValue<Ascii>>,
 }
 
 impl RemoteLedger {
     pub fn new(url: &str, currency: &str) -> Result<RemoteLedger, LedgerError> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
+        Self::with_token(url, currency, None)
+    }
+
+    /// A ledger reached with `token` (the sidecar's, or an operator's) on every call.
+    pub fn with_token(
+        url: &str,
+        currency: &str,
+        token: Option<&str>,
+    ) -> Result<RemoteLedger, LedgerError> {
+        Self::connect(url, currency, token, None)
+    }
+
+    /// `with_token` over TLS when `tls` is given.
+    pub fn connect(
+        url: &str,
+        currency: &str,
+        token: Option<&str>,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Result<RemoteLedger, LedgerError> {
+        let mut endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| LedgerError::Unavailable(format!("ledger address {url:?}: {e}")))?
             .connect_timeout(Duration::from_millis(DEFAULT_LEDGER_CONNECT_TIMEOUT_MS))
             .tcp_nodelay(true);
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| LedgerError::Unavailable(format!("ledger TLS: {e}")))?;
+        }
+        let authorization = match token {
+            None => None,
+            Some(t) => Some(
+                MetadataValue::try_from(format!("Bearer {}", t.trim())).map_err(|_| {
+                    LedgerError::Unavailable("the ledger token is not a valid header value".into())
+                })?,
+            ),
+        };
         Ok(RemoteLedger {
             client: pb::ledger_client::LedgerClient::new(endpoint.connect_lazy()),
             currency: currency.to_owned(),
+            authorization,
         })
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut req = Request::new(message);
+        if let Some(v) = &self.authorization {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        req
+    }
+}
+
+#[async_trait]
+impl TokenSource for RemoteLedger {
+    async fn identify(&self, token_sha256: &str) -> Result<Option<Caller>, AuthError> {
+        let resp = self
+            .client
+            .clone()
+            .authenticate(self.request(pb::AuthenticateRequest {
+                token_sha256: token_sha256.to_owned(),
+            }))
+            .await
+            .map_err(|s| {
+                AuthError::Unavailable(format!("the ledger did not answer: {}", s.message()))
+            })?
+            .into_inner();
+        caller_in(resp)
     }
 }
 
@@ -199,6 +352,13 @@ fn status_to_ledger(s: Status) -> LedgerError {
             LedgerError::UnknownAccount(id.to_owned())
         }
         tonic::Code::Aborted => LedgerError::Contended(s.message().to_owned()),
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            LedgerError::Unavailable(format!(
+                "the ledger refused this sidecar ({}): give it a sidecar or operator token \
+                 (ledger_token_file or QUOTAD_LEDGER_TOKEN)",
+                s.message()
+            ))
+        }
         _ => LedgerError::Unavailable(format!("{:?}: {}", s.code(), s.message())),
     }
 }
@@ -226,7 +386,7 @@ impl LedgerApi for RemoteLedger {
         let resp = self
             .client
             .clone()
-            .sync(wire)
+            .sync(self.request(wire))
             .await
             .map_err(status_to_ledger)?
             .into_inner();

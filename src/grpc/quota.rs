@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, money_out};
 use super::error::Invalid;
+use crate::auth::{Caller, Permission};
 use crate::engine::events::{Event, EventKind, WatchGuard};
 use crate::engine::sessions::StartSession;
 use crate::engine::work::{Work, WorkKey};
@@ -40,6 +41,30 @@ impl QuotaService {
             currency,
             metrics,
         }
+    }
+
+    /// Commit and Release act on the reservation's account. A reservation of an account the
+    /// caller has nothing to do with is answered as unknown, so its existence does not
+    /// leak; a sub-user with some access there but not `reserve` is told what to ask for.
+    fn allow_reservation(&self, caller: &Caller, id: &str) -> Result<(), Status> {
+        if let Some(account) = self.engine.reservation_account(id) {
+            if !caller.sees(&account) {
+                return Err(EngineError::UnknownReservation(id.to_owned()).into());
+            }
+            caller.allow(&account, Permission::Reserve)?;
+        }
+        Ok(())
+    }
+
+    /// Heartbeat and StopSession act on the session's account, with the same rule.
+    async fn allow_session(&self, caller: &Caller, id: &str) -> Result<(), Status> {
+        if let Some(account) = self.engine.session_account(id).await {
+            if !caller.sees(&account) {
+                return Err(EngineError::UnknownSession(id.to_owned()).into());
+            }
+            caller.allow(&account, Permission::Sessions)?;
+        }
+        Ok(())
     }
 
     fn decided(&self, rpc: &'static str, admitted: bool, reason: i32) {
@@ -89,6 +114,7 @@ impl pb::quota_server::Quota for QuotaService {
         &self,
         request: Request<pb::ReserveRequest>,
     ) -> Result<Response<pb::ReserveResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         if r.ttl_ms < 0 {
             return Err(Invalid(format!("ttl_ms {} must not be negative", r.ttl_ms)).into());
@@ -101,6 +127,16 @@ impl pb::quota_server::Quota for QuotaService {
             quantity: convert::quantity(r.quantity, false)?,
             ttl_ms: r.ttl_ms,
         };
+        caller.allow(&req.account_id, Permission::Reserve)?;
+        if let Some(other) = self.engine.reservation_account(&req.reservation_id)
+            && !caller.sees(&other)
+        {
+            return Err(EngineError::ReservationMismatch {
+                id: req.reservation_id,
+                detail: "the id is taken".into(),
+            }
+            .into());
+        }
         let o = self.engine.reserve(req).await?;
         let reason = convert::deny_reason(o.reason);
         self.decided("Reserve", o.admitted, reason);
@@ -118,8 +154,10 @@ impl pb::quota_server::Quota for QuotaService {
         &self,
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         let id = convert::id("reservation_id", &r.reservation_id)?;
+        self.allow_reservation(&caller, id)?;
         let quantity = convert::quantity(r.quantity, true)?;
         let o = self.engine.commit(id, quantity).await?;
         Ok(Response::new(pb::CommitResponse {
@@ -132,8 +170,10 @@ impl pb::quota_server::Quota for QuotaService {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         let id = convert::id("reservation_id", &r.reservation_id)?;
+        self.allow_reservation(&caller, id)?;
         let released = self.engine.release(id).await?;
         Ok(Response::new(pb::ReleaseResponse {
             released: money_out(&self.currency, released),
@@ -144,8 +184,10 @@ impl pb::quota_server::Quota for QuotaService {
         &self,
         request: Request<pb::AdmitRequest>,
     ) -> Result<Response<pb::AdmitResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         let account_id = convert::id("account_id", &r.account_id)?;
+        caller.allow(account_id, Permission::Admit)?;
         let resource = convert::metered_resource(r.resource)?;
         let sku = convert::sku(&r.sku)?;
         let quantity = convert::quantity(r.quantity, false)?;
@@ -166,8 +208,10 @@ impl pb::quota_server::Quota for QuotaService {
         &self,
         request: Request<pb::GetBalanceRequest>,
     ) -> Result<Response<pb::Balance>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         let account_id = convert::id("account_id", &r.account_id)?;
+        caller.allow(account_id, Permission::Balance)?;
         let v = self.engine.balance(account_id).await?;
         let mut b = balance_out(&self.currency, &v);
         let c = &self.currency;
@@ -210,8 +254,11 @@ impl pb::quota_server::Quota for QuotaService {
         &self,
         request: Request<pb::ReportStorageRequest>,
     ) -> Result<Response<pb::ReportStorageResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         let account_id = convert::id("account_id", &r.account_id)?;
+        // A storage level is metered usage like a Commit: the same permission charges it.
+        caller.allow(account_id, Permission::Reserve)?;
         let bytes = u64::try_from(r.bytes_stored).map_err(|_| {
             Status::invalid_argument(format!(
                 "bytes_stored {} is negative; report the bytes stored now",
@@ -237,6 +284,7 @@ impl pb::quota_server::Quota for QuotaService {
         &self,
         request: Request<Streaming<pb::UsageReport>>,
     ) -> Result<Response<Self::StreamUsageStream>, Status> {
+        let caller = Caller::of(&request)?;
         let cfg = self.engine.config();
         if self.engine.streams_open() >= cfg.streams_max {
             return Err(EngineError::StreamsFull(cfg.streams_max).into());
@@ -251,6 +299,7 @@ impl pb::quota_server::Quota for QuotaService {
             request.into_inner(),
             tx,
             metrics,
+            caller,
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -259,6 +308,7 @@ impl pb::quota_server::Quota for QuotaService {
         &self,
         request: Request<pb::StartSessionRequest>,
     ) -> Result<Response<pb::StartSessionResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         if r.idle_timeout_ms < 0 {
             return Err(Invalid(format!(
@@ -274,6 +324,16 @@ impl pb::quota_server::Quota for QuotaService {
             auto_shutdown: r.auto_shutdown.unwrap_or(true),
             idle_timeout_ms: r.idle_timeout_ms,
         };
+        caller.allow(&req.account_id, Permission::Sessions)?;
+        if let Some(other) = self.engine.session_account(&req.session_id).await
+            && !caller.sees(&other)
+        {
+            return Err(EngineError::SessionMismatch {
+                id: req.session_id,
+                detail: "the id is taken".into(),
+            }
+            .into());
+        }
         let o = self.engine.start_session(req).await?;
         let reason = convert::deny_reason(o.reason);
         self.decided("StartSession", o.admitted, reason);
@@ -289,8 +349,10 @@ impl pb::quota_server::Quota for QuotaService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         let id = convert::id("session_id", &r.session_id)?;
+        self.allow_session(&caller, id).await?;
         let st = self.engine.heartbeat(id, r.busy).await?;
         let (action, reason, cause) = session_outcome(st.state);
         Ok(Response::new(pb::HeartbeatResponse {
@@ -305,8 +367,10 @@ impl pb::quota_server::Quota for QuotaService {
         &self,
         request: Request<pb::StopSessionRequest>,
     ) -> Result<Response<pb::StopSessionResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         let id = convert::id("session_id", &r.session_id)?;
+        self.allow_session(&caller, id).await?;
         let st = self.engine.stop_session(id).await?;
         Ok(Response::new(pb::StopSessionResponse {
             charged: money_out(&self.currency, st.charged),
@@ -319,8 +383,10 @@ impl pb::quota_server::Quota for QuotaService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         let account_id = convert::id("account_id", &r.account_id)?;
+        caller.allow(account_id, Permission::Watch)?;
         let (rx, guard) = self.engine.watch(account_id).await?;
         Ok(Response::new(EventStream {
             inner: Box::pin(BroadcastStream::new(rx)),
@@ -368,8 +434,10 @@ async fn admit_report(
     engine: &Engine,
     work: &mut Option<Work>,
     r: &pb::UsageReport,
+    caller: &Caller,
 ) -> Result<(u64, u64), Status> {
     let key = work_key(r)?;
+    caller.allow(&key.account_id, Permission::Reserve)?;
     let quantity = convert::quantity(r.quantity, true)?;
     if r.seq == 0 {
         return Err(Invalid("seq must be 1 or more, increasing per report".into()).into());
@@ -382,6 +450,16 @@ async fn admit_report(
         .into()),
         Some(_) => Ok((r.seq, quantity)),
         None => {
+            // A work id that is another account's reservation: refused without naming it.
+            if let Some(other) = engine.reservation_account(&key.work_id)
+                && !caller.sees(&other)
+            {
+                return Err(EngineError::ReservationMismatch {
+                    id: key.work_id,
+                    detail: "the id is taken".into(),
+                }
+                .into());
+            }
             *work = Some(engine.start_work(key).await?);
             Ok((r.seq, quantity))
         }
@@ -411,11 +489,12 @@ async fn on_reports(
     currency: &str,
     work: &mut Option<Work>,
     batch: &[pb::UsageReport],
+    caller: &Caller,
 ) -> (Vec<pb::UsageDecision>, Option<Status>) {
     let mut pairs = Vec::with_capacity(batch.len());
     let mut invalid = None;
     for r in batch {
-        match admit_report(engine, work, r).await {
+        match admit_report(engine, work, r, caller).await {
             Ok(p) => pairs.push(p),
             Err(s) => {
                 invalid = Some(s);
@@ -439,7 +518,7 @@ const STREAM_ERROR_SEND_MS: u64 = 5_000;
 
 /// Drives one StreamUsage call: a decision per report; on the stream's end, break or
 /// error, the job is settled. Public for tests that play a client the network cannot
-/// (one that stops reading decisions).
+/// (one that stops reading decisions); it has no caller to check (in-process only).
 pub async fn meter<S>(
     engine: Arc<Engine>,
     currency: String,
@@ -448,7 +527,7 @@ pub async fn meter<S>(
 ) where
     S: Stream<Item = Result<pb::UsageReport, Status>> + Unpin,
 {
-    meter_with(engine, currency, inbound, tx, None).await
+    meter_with(engine, currency, inbound, tx, None, Caller::Unchecked).await
 }
 
 /// `meter`, counting each decision into `metrics`.
@@ -458,6 +537,7 @@ async fn meter_with<S>(
     mut inbound: S,
     tx: mpsc::Sender<Result<pb::UsageDecision, Status>>,
     metrics: Option<SharedMetrics>,
+    caller: Caller,
 ) where
     S: Stream<Item = Result<pb::UsageReport, Status>> + Unpin,
 {
@@ -498,7 +578,7 @@ async fn meter_with<S>(
                 None => break,
             }
         }
-        let (decisions, err) = on_reports(&engine, &currency, &mut work, &batch).await;
+        let (decisions, err) = on_reports(&engine, &currency, &mut work, &batch, &caller).await;
         for d in decisions {
             if let Some(m) = &metrics {
                 let go_on = d.action == pb::Action::Continue as i32;

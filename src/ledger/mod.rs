@@ -255,6 +255,15 @@ impl Ledger {
         self.clock.now_ms()
     }
 
+    /// The store, for what lives beside the accounts (tokens and access, see `auth`).
+    pub fn store(&self) -> &Arc<dyn LedgerStore> {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
     async fn load(
         &self,
         account_id: &str,

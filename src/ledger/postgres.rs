@@ -38,7 +38,8 @@ use sqlx::{Connection, PgConnection, PgPool, Row};
 
 use super::StatementEntry;
 use super::store::{
-    AccountState, ChangeSet, LeaseRow, LedgerStore, PurchaseRecord, StoreError, TopUpRecord,
+    AccountState, ChangeSet, LeaseRow, LedgerStore, PurchaseRecord, StoreError, TokenRow,
+    TopUpRecord,
 };
 use crate::billing::{Grant, GrantKind, GrantUnit, Money, Resource, ResourceSet};
 
@@ -163,6 +164,24 @@ CREATE TABLE request_counts (
 );
 ALTER TABLE usage ADD COLUMN free_quantity BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE usage_deductions ADD COLUMN unit TEXT NOT NULL DEFAULT 'money';
+"#,
+    r#"
+CREATE TABLE auth_tokens (
+    token_id      TEXT PRIMARY KEY,
+    token_sha256  TEXT NOT NULL UNIQUE,
+    kind          TEXT NOT NULL,
+    account_id    TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    revoked_at_ms BIGINT
+);
+CREATE TABLE auth_access (
+    account_id  TEXT NOT NULL,
+    sub_user    TEXT NOT NULL,
+    permissions INT4 NOT NULL,
+    PRIMARY KEY (account_id, sub_user)
+);
+CREATE INDEX auth_access_by_sub_user ON auth_access(sub_user);
 "#,
 ];
 
@@ -1523,5 +1542,147 @@ impl LedgerStore for PgStore {
         }
         out.reverse();
         Ok((out, truncated))
+    }
+
+    async fn insert_token(&self, t: TokenRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO auth_tokens (token_id, token_sha256, kind, account_id, name, \
+             created_at_ms, revoked_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&t.token_id)
+        .bind(&t.token_sha256)
+        .bind(&t.kind)
+        .bind(&t.account_id)
+        .bind(&t.name)
+        .bind(t.created_at_ms)
+        .bind(t.revoked_at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            if sqlstate(&e).as_deref() == Some(UNIQUE_VIOLATION) {
+                StoreError::Duplicate {
+                    what: "token",
+                    id: t.token_id.clone(),
+                }
+            } else {
+                db(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn token_by_hash(&self, token_sha256: &str) -> Result<Option<TokenRow>, StoreError> {
+        let row: Option<(String, String, String, String, String, i64, Option<i64>)> =
+            sqlx::query_as(
+                "SELECT token_id, token_sha256, kind, account_id, name, created_at_ms, \
+                 revoked_at_ms FROM auth_tokens WHERE token_sha256 = $1",
+            )
+            .bind(token_sha256)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(row.map(
+            |(token_id, token_sha256, kind, account_id, name, created_at_ms, revoked_at_ms)| {
+                TokenRow {
+                    token_id,
+                    token_sha256,
+                    kind,
+                    account_id,
+                    name,
+                    created_at_ms,
+                    revoked_at_ms,
+                }
+            },
+        ))
+    }
+
+    async fn revoke_token(&self, token_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE auth_tokens SET revoked_at_ms = COALESCE(revoked_at_ms, $2) \
+             WHERE token_id = $1",
+        )
+        .bind(token_id)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn has_operator_token(&self) -> Result<bool, StoreError> {
+        let (found,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM auth_tokens WHERE kind = 'operator' \
+             AND revoked_at_ms IS NULL)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(found)
+    }
+
+    async fn grant_access(
+        &self,
+        account_id: &str,
+        sub_user: &str,
+        permissions: u8,
+    ) -> Result<u8, StoreError> {
+        let (p,): (i32,) = sqlx::query_as(
+            "INSERT INTO auth_access (account_id, sub_user, permissions) VALUES ($1, $2, $3) \
+             ON CONFLICT (account_id, sub_user) DO UPDATE \
+             SET permissions = auth_access.permissions | excluded.permissions \
+             RETURNING permissions",
+        )
+        .bind(account_id)
+        .bind(sub_user)
+        .bind(i32::from(permissions))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(p as u8)
+    }
+
+    async fn revoke_access(
+        &self,
+        account_id: &str,
+        sub_user: &str,
+        permissions: u8,
+    ) -> Result<u8, StoreError> {
+        let left: Option<(i32,)> = sqlx::query_as(
+            "UPDATE auth_access SET permissions = permissions & ~($3::int4) \
+             WHERE account_id = $1 AND sub_user = $2 RETURNING permissions",
+        )
+        .bind(account_id)
+        .bind(sub_user)
+        .bind(i32::from(permissions))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        sqlx::query(
+            "DELETE FROM auth_access WHERE account_id = $1 AND sub_user = $2 AND permissions = 0",
+        )
+        .bind(account_id)
+        .bind(sub_user)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(left.map_or(0, |(p,)| p as u8))
+    }
+
+    async fn access_of(
+        &self,
+        sub_user: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, u8)>, StoreError> {
+        let rows: Vec<(String, i32)> = sqlx::query_as(
+            "SELECT account_id, permissions FROM auth_access WHERE sub_user = $1 \
+             ORDER BY account_id LIMIT $2",
+        )
+        .bind(sub_user)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows.into_iter().map(|(a, p)| (a, p as u8)).collect())
     }
 }

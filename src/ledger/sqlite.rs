@@ -13,7 +13,8 @@ use rust_decimal::Decimal;
 
 use super::StatementEntry;
 use super::store::{
-    AccountState, ChangeSet, LeaseRow, LedgerStore, PurchaseRecord, StoreError, TopUpRecord,
+    AccountState, ChangeSet, LeaseRow, LedgerStore, PurchaseRecord, StoreError, TokenRow,
+    TopUpRecord,
 };
 use crate::billing::{Grant, GrantKind, GrantUnit, Money, Resource, ResourceSet};
 
@@ -106,6 +107,24 @@ CREATE TABLE request_counts (
 );
 ALTER TABLE usage ADD COLUMN free_quantity BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE usage_deductions ADD COLUMN unit TEXT NOT NULL DEFAULT 'money';
+"#,
+    r#"
+CREATE TABLE auth_tokens (
+    token_id      TEXT PRIMARY KEY,
+    token_sha256  TEXT NOT NULL UNIQUE,
+    kind          TEXT NOT NULL,
+    account_id    TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    revoked_at_ms BIGINT
+);
+CREATE TABLE auth_access (
+    account_id  TEXT NOT NULL,
+    sub_user    TEXT NOT NULL,
+    permissions INTEGER NOT NULL,
+    PRIMARY KEY (account_id, sub_user)
+);
+CREATE INDEX auth_access_by_sub_user ON auth_access(sub_user);
 "#,
 ];
 
@@ -701,6 +720,162 @@ impl LedgerStore for SqliteStore {
             }
             out.reverse();
             Ok((out, truncated))
+        })
+        .await
+    }
+
+    async fn insert_token(&self, t: TokenRow) -> Result<(), StoreError> {
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO auth_tokens (token_id, token_sha256, kind, account_id, name, \
+                 created_at_ms, revoked_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    t.token_id,
+                    t.token_sha256,
+                    t.kind,
+                    t.account_id,
+                    t.name,
+                    t.created_at_ms,
+                    t.revoked_at_ms
+                ],
+            )
+            .map_err(dup("token", &t.token_id))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn token_by_hash(&self, token_sha256: &str) -> Result<Option<TokenRow>, StoreError> {
+        let h = token_sha256.to_owned();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT token_id, token_sha256, kind, account_id, name, created_at_ms, \
+                 revoked_at_ms FROM auth_tokens WHERE token_sha256 = ?1",
+                [&h],
+                |r| {
+                    Ok(TokenRow {
+                        token_id: r.get(0)?,
+                        token_sha256: r.get(1)?,
+                        kind: r.get(2)?,
+                        account_id: r.get(3)?,
+                        name: r.get(4)?,
+                        created_at_ms: r.get(5)?,
+                        revoked_at_ms: r.get(6)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, token_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let id = token_id.to_owned();
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE auth_tokens SET revoked_at_ms = COALESCE(revoked_at_ms, ?2) \
+                     WHERE token_id = ?1",
+                    params![id, now_ms],
+                )
+                .map_err(db)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn has_operator_token(&self) -> Result<bool, StoreError> {
+        self.with(move |c| {
+            c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM auth_tokens WHERE kind = 'operator' \
+                 AND revoked_at_ms IS NULL)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn grant_access(
+        &self,
+        account_id: &str,
+        sub_user: &str,
+        permissions: u8,
+    ) -> Result<u8, StoreError> {
+        let (a, u) = (account_id.to_owned(), sub_user.to_owned());
+        self.with(move |c| {
+            c.query_row(
+                "INSERT INTO auth_access (account_id, sub_user, permissions) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (account_id, sub_user) DO UPDATE \
+                 SET permissions = auth_access.permissions | excluded.permissions \
+                 RETURNING permissions",
+                params![a, u, i64::from(permissions)],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|p| p as u8)
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn revoke_access(
+        &self,
+        account_id: &str,
+        sub_user: &str,
+        permissions: u8,
+    ) -> Result<u8, StoreError> {
+        let (a, u) = (account_id.to_owned(), sub_user.to_owned());
+        self.with(move |c| {
+            let tx = c.transaction().map_err(db)?;
+            tx.execute(
+                "UPDATE auth_access SET permissions = permissions & ~?3 \
+                 WHERE account_id = ?1 AND sub_user = ?2",
+                params![a, u, i64::from(permissions)],
+            )
+            .map_err(db)?;
+            tx.execute(
+                "DELETE FROM auth_access WHERE account_id = ?1 AND sub_user = ?2 \
+                 AND permissions = 0",
+                params![a, u],
+            )
+            .map_err(db)?;
+            let left: Option<i64> = tx
+                .query_row(
+                    "SELECT permissions FROM auth_access WHERE account_id = ?1 AND sub_user = ?2",
+                    params![a, u],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            tx.commit().map_err(db)?;
+            Ok(left.unwrap_or(0) as u8)
+        })
+        .await
+    }
+
+    async fn access_of(
+        &self,
+        sub_user: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, u8)>, StoreError> {
+        let u = sub_user.to_owned();
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT account_id, permissions FROM auth_access WHERE sub_user = ?1 \
+                     ORDER BY account_id LIMIT ?2",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(params![u, limit as i64], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u8))
+                })
+                .map_err(db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db)?;
+            Ok(rows)
         })
         .await
     }

@@ -103,6 +103,21 @@ pub struct ChangeSet {
     pub request_counts: Vec<(Resource, i64, u64)>,
 }
 
+/// An API token as stored: never the token, only its SHA-256 (lower-case hex).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    pub token_id: String,
+    pub token_sha256: String,
+    /// `operator`, `owner`, `sub_user` or `sidecar` (see `auth::Kind`).
+    pub kind: String,
+    /// The account an owner token acts for; empty for the other kinds.
+    pub account_id: String,
+    /// The sub-user's, sidecar's or operator's name; the account for owners.
+    pub name: String,
+    pub created_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+}
+
 #[async_trait]
 pub trait LedgerStore: Send + Sync + 'static {
     /// Creates the account; false if it already exists.
@@ -184,6 +199,43 @@ pub trait LedgerStore: Send + Sync + 'static {
         account_id: &str,
         limit: usize,
     ) -> Result<(Vec<StatementEntry>, bool), StoreError>;
+
+    /// Records a new token; `Duplicate` if its id or hash is already recorded.
+    async fn insert_token(&self, token: TokenRow) -> Result<(), StoreError>;
+
+    /// The token with this hash, revoked or not.
+    async fn token_by_hash(&self, token_sha256: &str) -> Result<Option<TokenRow>, StoreError>;
+
+    /// Marks the token revoked at `now_ms` (a second revocation keeps the first time);
+    /// false if no token has this id.
+    async fn revoke_token(&self, token_id: &str, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// Whether an unrevoked operator token exists.
+    async fn has_operator_token(&self) -> Result<bool, StoreError>;
+
+    /// Adds `permissions` (a bit set, see `auth::Perms`) to what `sub_user` holds on
+    /// `account_id`; returns what it holds afterwards.
+    async fn grant_access(
+        &self,
+        account_id: &str,
+        sub_user: &str,
+        permissions: u8,
+    ) -> Result<u8, StoreError>;
+
+    /// Takes `permissions` away; returns what is left (0: the row is gone).
+    async fn revoke_access(
+        &self,
+        account_id: &str,
+        sub_user: &str,
+        permissions: u8,
+    ) -> Result<u8, StoreError>;
+
+    /// Every account `sub_user` holds permissions on, at most `limit`.
+    async fn access_of(
+        &self,
+        sub_user: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, u8)>, StoreError>;
 }
 
 /// Stored deduction rows (source, amount, unit) into money deductions and volume (GB).

@@ -5,12 +5,16 @@
 
 use std::sync::Arc;
 
+use quotad::auth::{Bearer, BearerChannel};
 use quotad::clock::ManualClock;
 use quotad::pb;
 use quotad::pb::admin_client::AdminClient;
 use quotad::pb::quota_client::QuotaClient;
 use quotad::server::{self, Running, ServeConfig};
 use tonic::transport::Channel;
+
+/// Clients send the operator token of the server they were made for (see `connect`).
+pub type Ch = BearerChannel;
 
 /// 2026-11-01T00:00:00Z: tests start here unless they say otherwise.
 pub const T0_MS: i64 = 1_793_491_200_000;
@@ -20,9 +24,11 @@ pub const A10: &str = "gpu.shared.a10";
 pub struct Harness {
     pub running: Option<Running>,
     pub clock: Arc<ManualClock>,
-    pub quota: QuotaClient<Channel>,
-    pub admin: AdminClient<Channel>,
+    pub quota: QuotaClient<Ch>,
+    pub admin: AdminClient<Ch>,
     pub dir: tempfile::TempDir,
+    /// The operator token the sidecar wrote in its data directory on first start.
+    pub token: String,
 }
 
 pub fn config(dir: &std::path::Path) -> ServeConfig {
@@ -40,13 +46,15 @@ impl Harness {
         let mut cfg = config(dir.path());
         tweak(&mut cfg);
         let running = server::start(cfg, clock.clone()).await.unwrap();
-        let (quota, admin) = connect(running.addr).await;
+        let token = operator_token(dir.path());
+        let (quota, admin) = connect(running.addr, &token).await;
         Harness {
             running: Some(running),
             clock,
             quota,
             admin,
             dir,
+            token,
         }
     }
 
@@ -66,7 +74,7 @@ impl Harness {
         let running = server::start(config(self.dir.path()), self.clock.clone())
             .await
             .unwrap();
-        let (quota, admin) = connect(running.addr).await;
+        let (quota, admin) = connect(running.addr, &self.token).await;
         self.quota = quota;
         self.admin = admin;
         self.running = Some(running);
@@ -149,7 +157,7 @@ impl Harness {
 }
 
 pub async fn create_account(
-    admin: &mut AdminClient<Channel>,
+    admin: &mut AdminClient<Ch>,
     account: &str,
     balance: &str,
 ) -> pb::Balance {
@@ -163,7 +171,7 @@ pub async fn create_account(
         .into_inner()
 }
 
-pub async fn balance_of(quota: &mut QuotaClient<Channel>, account: &str) -> pb::Balance {
+pub async fn balance_of(quota: &mut QuotaClient<Ch>, account: &str) -> pb::Balance {
     quota
         .get_balance(pb::GetBalanceRequest {
             account_id: account.into(),
@@ -173,7 +181,7 @@ pub async fn balance_of(quota: &mut QuotaClient<Channel>, account: &str) -> pb::
         .into_inner()
 }
 
-pub async fn statement_of(admin: &mut AdminClient<Channel>, account: &str) -> pb::Statement {
+pub async fn statement_of(admin: &mut AdminClient<Ch>, account: &str) -> pb::Statement {
     admin
         .get_statement(pb::GetStatementRequest {
             account_id: account.into(),
@@ -183,13 +191,33 @@ pub async fn statement_of(admin: &mut AdminClient<Channel>, account: &str) -> pb
         .into_inner()
 }
 
-pub async fn connect(addr: std::net::SocketAddr) -> (QuotaClient<Channel>, AdminClient<Channel>) {
-    let ch = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+/// Clients of the quotad at `addr` that send `token` (empty: no token).
+pub async fn connect(
+    addr: std::net::SocketAddr,
+    token: &str,
+) -> (QuotaClient<Ch>, AdminClient<Ch>) {
+    let ch = with_token(
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+        token,
+    );
     (QuotaClient::new(ch.clone()), AdminClient::new(ch))
+}
+
+/// A channel that sends `token` (empty: none).
+pub fn with_token(ch: Channel, token: &str) -> Ch {
+    let t = (!token.is_empty()).then_some(token);
+    tonic::service::interceptor::InterceptedService::new(ch, Bearer::new(t).unwrap())
+}
+
+/// The operator token `quotad serve` wrote in `data_dir` on first start.
+pub fn operator_token(data_dir: &std::path::Path) -> String {
+    let path = data_dir.join(quotad::auth::OPERATOR_TOKEN_FILE);
+    quotad::auth::read_token_file(&path)
+        .unwrap_or_else(|e| panic!("operator token {}: {e}", path.display()))
 }
 
 pub fn money(amount: &str) -> pb::Money {
@@ -270,12 +298,12 @@ pub struct Job {
 }
 
 impl Job {
-    pub async fn open(quota: &mut QuotaClient<Channel>, account: &str, work_id: &str) -> Job {
+    pub async fn open(quota: &mut QuotaClient<Ch>, account: &str, work_id: &str) -> Job {
         Self::open_result(quota, account, work_id).await.unwrap()
     }
 
     pub async fn open_result(
-        quota: &mut QuotaClient<Channel>,
+        quota: &mut QuotaClient<Ch>,
         account: &str,
         work_id: &str,
     ) -> Result<Job, tonic::Status> {

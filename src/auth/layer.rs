@@ -1,0 +1,170 @@
+//! The tower layer that authenticates every RPC before a service sees it, and applies the
+//! rules that depend only on the method: Admin is the operator's (but GrantAccess and
+//! RevokeAccess, which an owner may call on its own account), the Ledger service is for
+//! sidecars and the operator, and the Quota calls that name an account, a reservation or
+//! a session go on to their adapter, which checks the account (`Caller::allow`). Any other
+//! method, such as one added later without an account check, is the operator's: the rule
+//! is deny unless listed. Health and reflection are open (an orchestrator probes them).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::codegen::http;
+use tower::{Layer, Service};
+
+use super::{AuthError, Authenticator, Caller};
+
+/// Quota methods whose adapter checks the account they act on.
+const ACCOUNT_CHECKED: &[&str] = &[
+    "/quotad.v1.Quota/Reserve",
+    "/quotad.v1.Quota/Commit",
+    "/quotad.v1.Quota/Release",
+    "/quotad.v1.Quota/Admit",
+    "/quotad.v1.Quota/GetBalance",
+    "/quotad.v1.Quota/StreamUsage",
+    "/quotad.v1.Quota/StartSession",
+    "/quotad.v1.Quota/Heartbeat",
+    "/quotad.v1.Quota/StopSession",
+    "/quotad.v1.Quota/Watch",
+    "/quotad.v1.Quota/ReportStorage",
+    "/quotad.v1.Admin/GrantAccess",
+    "/quotad.v1.Admin/RevokeAccess",
+];
+
+#[derive(Debug, PartialEq, Eq)]
+enum Rule {
+    Open,
+    /// Any authenticated caller; the adapter checks the account.
+    Adapter,
+    Ledger,
+    Operator,
+}
+
+fn rule(path: &str) -> Rule {
+    if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") {
+        Rule::Open
+    } else if ACCOUNT_CHECKED.contains(&path) {
+        Rule::Adapter
+    } else if path.starts_with("/quotad.v1.Ledger/") {
+        Rule::Ledger
+    } else {
+        Rule::Operator
+    }
+}
+
+/// The method's name for messages: `Quota/Reserve`.
+fn method(path: &str) -> String {
+    path.trim_start_matches('/')
+        .trim_start_matches("quotad.v1.")
+        .chars()
+        .take(128)
+        .collect()
+}
+
+fn check(path: &str, caller: &Caller) -> Result<(), AuthError> {
+    match (rule(path), caller) {
+        (Rule::Open, _) | (_, Caller::Unchecked | Caller::Operator { .. }) => Ok(()),
+        (Rule::Ledger, Caller::Sidecar { .. }) => Ok(()),
+        (Rule::Ledger, _) => Err(AuthError::SidecarOnly { rpc: method(path) }),
+        (_, Caller::Sidecar { .. }) => Err(AuthError::SidecarElsewhere { rpc: method(path) }),
+        (Rule::Adapter, _) => Ok(()),
+        (Rule::Operator, _) => Err(AuthError::OperatorOnly { rpc: method(path) }),
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthLayer {
+    auth: Arc<Authenticator>,
+}
+
+impl AuthLayer {
+    pub fn new(auth: Arc<Authenticator>) -> AuthLayer {
+        AuthLayer { auth }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    auth: Arc<Authenticator>,
+}
+
+type Response = http::Response<tonic::body::Body>;
+
+impl<S, B> Service<http::Request<B>> for Auth<S>
+where
+    S: Service<http::Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let auth = self.auth.clone();
+        Box::pin(async move {
+            let path = req.uri().path().to_owned();
+            if rule(&path) != Rule::Open {
+                let checked = match auth.authenticate(req.headers()).await {
+                    Ok(caller) => check(&path, &caller).map(|()| caller),
+                    Err(e) => Err(e),
+                };
+                match checked {
+                    Ok(caller) => {
+                        req.extensions_mut().insert(caller);
+                    }
+                    Err(e) => {
+                        tracing::debug!(rpc = %path, error = %e, "refused");
+                        return Ok(tonic::Status::from(e).into_http());
+                    }
+                }
+            }
+            inner.call(req).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_by_method() {
+        let owner = Caller::Owner {
+            account_id: "a".into(),
+        };
+        let sidecar = Caller::Sidecar { name: "s".into() };
+        let op = Caller::Operator { name: "o".into() };
+        assert!(check("/quotad.v1.Quota/Reserve", &owner).is_ok());
+        assert!(check("/quotad.v1.Admin/GrantAccess", &owner).is_ok());
+        assert!(check("/quotad.v1.Admin/TopUp", &owner).is_err());
+        assert!(check("/quotad.v1.Admin/TopUp", &op).is_ok());
+        assert!(check("/quotad.v1.Ledger/Sync", &owner).is_err());
+        assert!(check("/quotad.v1.Ledger/Sync", &sidecar).is_ok());
+        assert!(check("/quotad.v1.Quota/Reserve", &sidecar).is_err());
+        // A method not listed is the operator's.
+        assert!(check("/quotad.v1.Quota/SomethingNew", &owner).is_err());
+        assert!(check("/quotad.v1.Quota/SomethingNew", &op).is_ok());
+        assert!(check("/grpc.health.v1.Health/Check", &sidecar).is_ok());
+    }
+}
