@@ -479,3 +479,52 @@ async fn accruals_list_sessions_without_auto_shutdown_and_storage_with_the_day_m
     assert!(b.sessions[0].accrues_without_activity);
     h.shutdown().await;
 }
+
+/// Open reservations come first: a concurrent Reserve cannot count on plan GB or free
+/// requests that an open hold will take (G1). With a 100 GB plan and no money, one open
+/// 100 GB download leaves nothing for another; released, it does.
+#[tokio::test]
+async fn open_holds_keep_their_plan_gb_and_free_requests_from_concurrent_reserves() {
+    let mut h = Harness::start().await;
+    h.create("acme", "0").await;
+    h.buy("acme", "plan.traffic.100gb", "t1").await;
+    let first = reserve_traffic(&mut h, "acme", "dl-1", 100 * GB).await;
+    assert!(first.admitted, "{first:?}");
+    assert_eq!(amount(&first.held), "0");
+    // The plan's 100 GB are spoken for: 1 GB more needs money the account does not have.
+    let second = reserve_traffic(&mut h, "acme", "dl-2", GB).await;
+    assert!(!second.admitted, "{second:?}");
+    h.release("dl-1").await.unwrap();
+    let third = reserve_traffic(&mut h, "acme", "dl-3", GB).await;
+    assert!(third.admitted, "{third:?}");
+    assert_eq!(amount(&third.held), "0");
+
+    // The same for the month's 5,000,000 free PUT requests.
+    let put = |id: &str, n: i64| requests_req("acme", id, pb::Resource::RequestPut, n);
+    let all_free = h
+        .quota
+        .reserve(put("put-1", 5_000_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(all_free.admitted, "{all_free:?}");
+    assert_eq!(amount(&all_free.held), "0");
+    let beyond = h
+        .quota
+        .reserve(put("put-2", 10_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!beyond.admitted, "{beyond:?}");
+    // Committed with 10,000 fewer: those are free again.
+    h.commit("put-1", 4_990_000).await.unwrap();
+    let back = h
+        .quota
+        .reserve(put("put-3", 10_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(back.admitted, "{back:?}");
+    assert_eq!(amount(&back.held), "0");
+    h.shutdown().await;
+}

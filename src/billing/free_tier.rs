@@ -188,11 +188,25 @@ impl RequestCounts {
 
     /// The free part of `quantity` requests at `at_ms` (0 for what has no free tier).
     pub fn free_part(&self, cal: &Calendar, resource: Resource, quantity: u64, at_ms: i64) -> u64 {
+        self.free_part_after(cal, resource, 0, quantity, at_ms)
+    }
+
+    /// `free_part` of `quantity` requests that come after `earlier` more of this month's
+    /// (open reservations, say), which take the free tier first.
+    pub fn free_part_after(
+        &self,
+        cal: &Calendar,
+        resource: Resource,
+        earlier: u64,
+        quantity: u64,
+        at_ms: i64,
+    ) -> u64 {
         let allowance = cal.allowance(resource);
         if allowance == 0 {
             return 0;
         }
-        split(allowance, self.used(cal, resource, at_ms), quantity).0
+        let used = self.used(cal, resource, at_ms).saturating_add(earlier);
+        split(allowance, used, quantity).0
     }
 
     /// Counts `quantity` requests at `at_ms`; returns the (resource, month key) changed.

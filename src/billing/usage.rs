@@ -96,17 +96,20 @@ pub fn part_cost(list_cost: Money, part: u64, quantity: u64) -> Money {
 }
 
 /// What charging `quantity` (costing `list_cost` in full) would cost in money now, without
-/// changing anything: what a Reserve must hold.
+/// changing anything: what a Reserve must hold. `volume_held`: bytes of open holds that
+/// will take volume plans first, so they are not counted on twice.
 pub fn money_due(
     grants: &[Grant],
     resource: Resource,
     quantity: u64,
     list_cost: Money,
     free_quantity: u64,
+    volume_held: u64,
     at_ms: i64,
 ) -> Money {
     let counted = quantity.saturating_sub(free_quantity);
-    let left = counted.saturating_sub(volume_bytes(grants, resource, at_ms));
+    let volume = volume_bytes(grants, resource, at_ms).saturating_sub(volume_held);
+    let left = counted.saturating_sub(volume);
     part_cost(list_cost, left, quantity)
 }
 
@@ -282,7 +285,7 @@ mod tests {
         assert!(c.volume.is_empty());
         assert_eq!(balance, m("0.5"));
         assert_eq!(
-            money_due(&grants, Resource::RequestGet, 10, m("1"), 0, 1),
+            money_due(&grants, Resource::RequestGet, 10, m("1"), 0, 0, 1),
             m("1")
         );
     }
@@ -305,7 +308,15 @@ mod tests {
         assert_eq!(c.money, m("0.02"));
         assert_eq!(balance, m("0.98"));
         assert_eq!(
-            money_due(&grants, Resource::RequestGet, 30_000, m("0.03"), 30_000, 1),
+            money_due(
+                &grants,
+                Resource::RequestGet,
+                30_000,
+                m("0.03"),
+                30_000,
+                0,
+                1
+            ),
             Money::ZERO
         );
         assert_eq!(part_cost(m("0.03"), 0, 30_000), Money::ZERO);
@@ -382,7 +393,7 @@ mod tests {
             let mut grants: Vec<Grant> = plans.iter().enumerate()
                 .map(|(i, (gb, exp))| traffic_plan(&format!("t{i}"), *gb, *exp)).collect();
             let list = Money::round_charge(Decimal::from(quantity) * Decimal::new(5, 1) / Decimal::from(GB));
-            let due = money_due(&grants, Resource::Traffic, quantity, list, free, 500);
+            let due = money_due(&grants, Resource::Traffic, quantity, list, free, 0, 500);
             let mut balance = Money::from_decimal(Decimal::new(balance_cents, 2));
             let before = balance;
             let c = charge(&mut grants, &mut balance, Resource::Traffic, quantity, list, free, 500);

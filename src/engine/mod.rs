@@ -256,6 +256,10 @@ struct Account {
     grants: Vec<Grant>,
     /// Sum of open holds.
     held: Money,
+    /// Quantities of the open holds by resource (`Resource as usize`): what they will take
+    /// of the month's free requests and of volume plans (traffic GB) once committed, so a
+    /// concurrent Reserve cannot count on the same free requests or plan GB (G1).
+    held_units: [u64; 6],
     /// Open holds by expiry, earliest first (entries of settled holds are skipped).
     expiries: BinaryHeap<Reverse<(i64, String)>>,
     /// Sum of `pending` costs: spent from the lease but not yet at the ledger.
@@ -292,6 +296,7 @@ impl Account {
             base,
             pending,
             held: Money::ZERO,
+            held_units: [0; 6],
             expiries: BinaryHeap::new(),
             pending_cost: Money::ZERO,
             spent_since_lease: Money::ZERO,
@@ -331,8 +336,22 @@ impl Account {
     /// The money a charge of `quantity` (list cost `cost`) would take now, after the
     /// month's free requests and volume plans.
     fn money_due(&self, resource: Resource, quantity: u64, cost: Money, now_ms: i64) -> Money {
-        let free = self.counts.free_part(&self.cal, resource, quantity, now_ms);
-        usage::money_due(&self.grants, resource, quantity, cost, free, now_ms)
+        // Open holds come first: they take the free requests and plan GB before this one.
+        let held = self.held_units[resource as usize];
+        let free = self
+            .counts
+            .free_part_after(&self.cal, resource, held, quantity, now_ms);
+        usage::money_due(&self.grants, resource, quantity, cost, free, held, now_ms)
+    }
+
+    /// A reservation of `quantity` of `resource` is open (`true`) or no longer (`false`).
+    fn count_units(&mut self, resource: Resource, quantity: u64, open: bool) {
+        let u = &mut self.held_units[resource as usize];
+        *u = if open {
+            u.saturating_add(quantity)
+        } else {
+            u.saturating_sub(quantity)
+        };
     }
 
     fn available(&self, resource: Resource, now_ms: i64) -> Money {
@@ -344,6 +363,16 @@ impl Account {
         let l = &self.base.lease;
         (now_ms < l.expires_at_ms).then(|| l.remaining - self.pending_cost - self.held)
     }
+}
+
+/// An open reservation recovered from the journal, counted against its account once the
+/// account is loaded.
+struct OrphanHold {
+    expires_at_ms: i64,
+    reservation_id: String,
+    held: Money,
+    resource: Resource,
+    quantity: u64,
 }
 
 struct Hold {
@@ -396,7 +425,7 @@ pub struct Engine {
     /// Last lease request sequence number (see `next_lease_seq`).
     lease_seq: AtomicU64,
     /// Open holds recovered at start for accounts the ledger could not load yet.
-    orphan_holds: DashMap<String, Vec<(i64, String, Money)>>,
+    orphan_holds: DashMap<String, Vec<OrphanHold>>,
     /// Running sessions' hour holds recovered at start, by account, until it loads.
     orphan_session_holds: DashMap<String, Money>,
     /// Fired alert keys recovered at start, by account, until it loads.
@@ -489,7 +518,13 @@ impl Engine {
                     .orphan_holds
                     .entry(row.account_id.clone())
                     .or_default()
-                    .push((row.expires_at_ms, row.reservation_id.clone(), row.held));
+                    .push(OrphanHold {
+                        expires_at_ms: row.expires_at_ms,
+                        reservation_id: row.reservation_id.clone(),
+                        held: row.held,
+                        resource: row.resource,
+                        quantity: row.quantity,
+                    });
                 open += 1;
             }
             engine.holds.insert(
@@ -619,7 +654,7 @@ impl Engine {
         let held = self
             .orphan_holds
             .get(account_id)
-            .map(|h| h.iter().map(|(_, _, m)| *m).sum())
+            .map(|h| h.iter().map(|o| o.held).sum())
             .unwrap_or(Money::ZERO);
         let snap = self.fetch_lease(account_id, want, held).await?;
         let pending: VecDeque<Pending> = self
@@ -647,9 +682,11 @@ impl Engine {
             .accounts
             .entry(account_id.to_owned())
             .or_insert_with(|| Account::new(snap, pending, budget, now_ms, self.catalog.calendar));
-        for (expires_at_ms, id, held) in orphans.into_iter().flatten() {
-            a.held += held;
-            a.expiries.push(Reverse((expires_at_ms, id)));
+        for o in orphans.into_iter().flatten() {
+            a.held += o.held;
+            a.count_units(o.resource, o.quantity, true);
+            a.expiries
+                .push(Reverse((o.expires_at_ms, o.reservation_id)));
         }
         if let Some((_, held)) = self.orphan_session_holds.remove(account_id) {
             a.held += held;
@@ -729,6 +766,7 @@ impl Engine {
             h.row.state = HoldState::Expired;
             h.row.settled_at_ms = now_ms;
             a.held -= h.row.held;
+            a.count_units(h.row.resource, h.row.quantity, false);
             tracing::debug!(reservation_id = %id, held = %h.row.held, "hold expired");
             // A restart re-derives expiry from the time, so losing this write is harmless.
             if let Err(e) = self
@@ -1136,6 +1174,7 @@ impl Engine {
         };
         let done = self.journal.submit(Entry::Reservation(row.clone()))?;
         a.held += cost;
+        a.count_units(req.resource, req.quantity, true);
         a.expiries
             .push(Reverse((expires_at_ms, req.reservation_id.clone())));
         slot.insert(Hold {
@@ -1174,6 +1213,7 @@ impl Engine {
             Err(e) => {
                 if let Some(mut a) = self.accounts.get_mut(&req.account_id) {
                     a.held -= cost;
+                    a.count_units(req.resource, req.quantity, false);
                     if fail_open {
                         a.fail_open_left += cost;
                         a.fail_open_spent -= cost;
@@ -1343,6 +1383,7 @@ impl Engine {
                 }
             };
             a.held -= old_row.held;
+            a.count_units(old_row.resource, old_row.quantity, false);
             a.last_touch_ms = now_ms;
             h.row = row.clone();
             let batch = seq.and_then(|_| self.alerts_locked(&mut a, &account_id, now_ms));
@@ -1371,6 +1412,7 @@ impl Engine {
             Err(e) => {
                 if let Some(mut a) = self.accounts.get_mut(&account_id) {
                     a.held += old_row.held;
+                    a.count_units(old_row.resource, old_row.quantity, true);
                     if let Some(seq) = seq {
                         Self::undo_charge(&mut a, seq);
                     }
