@@ -10,7 +10,8 @@
 //!   `engine::sessions` bills Exclusive instances, `engine::storage` meters stored levels
 //!   hourly and reports accruals, `engine::events` feeds Watch; `engine::sync` pushes
 //!   usage to the ledger.
-//! - `journal`: local durability of everything the sidecar acknowledged (group commit).
+//! - `journal`: local durability of everything the sidecar acknowledged: an append-only
+//!   file of checksummed records, group-committed and compacted (`journal::codec`).
 //! - `ledger`: the authoritative record and its rules, over a store (`ledger::sqlite`),
 //!   reached by the engine only through `ledger::LedgerApi`.
 //! - `grpc`: thin adapters from the wire to the engine and the ledger; one error map.

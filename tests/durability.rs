@@ -19,6 +19,14 @@ struct Proc {
     token: String,
 }
 
+/// A test that fails half-way leaves no quotad running behind it.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn spawn(data_dir: &std::path::Path) -> Proc {
     spawn_with(data_dir, &[])
 }
@@ -302,12 +310,24 @@ async fn a_full_disk_fails_calls_cleanly_and_corrupts_nothing() {
         })
         .await
         .unwrap();
-    kill9(&mut p);
+    // Stopped cleanly, the journal is its records alone (no space written ahead).
+    let pid = p.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(p.child.wait().unwrap().code(), Some(0));
     let journal_bytes = std::fs::metadata(dir.path().join("journal.log"))
         .unwrap()
         .len();
-    // Room for a few hundred more pairs in the journal.
+    // Room for a few hundred more pairs in the journal, and less than the space it writes
+    // ahead: that fails first, and the records then go on being appended until the limit.
+    // (Few enough pairs that the statement, at most 10,000 entries, shows them all.)
     let limit_bytes = journal_bytes + 200_000;
+    const { assert!(200_000 < quotad::journal::DEFAULT_JOURNAL_PREALLOCATE_BYTES) };
     let mut cmd = Command::new(prlimit);
     cmd.arg(format!("--fsize={limit_bytes}"))
         .arg("--")
@@ -337,6 +357,11 @@ async fn a_full_disk_fails_calls_cleanly_and_corrupts_nothing() {
     acked.extend(a);
     stopped.extend(s);
     assert_eq!(stopped.len(), WORKERS, "{stopped:?}");
+    assert!(
+        acked.len() < 10_000,
+        "{} pairs: more than a statement shows",
+        acked.len()
+    );
     for why in &stopped {
         assert!(
             why.contains("File too large") || why.contains("LEDGER_UNAVAILABLE"),

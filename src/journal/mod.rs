@@ -49,6 +49,12 @@ pub const DEFAULT_JOURNAL_BATCH_MAX: usize = 4_096;
 /// costs a bounded fraction of the writes, and the file stays a few times the live state.
 pub const DEFAULT_JOURNAL_COMPACT_MIN_BYTES: u64 = 64 << 20;
 
+/// Space written ahead of the records, as zeros, so that a group's fdatasync flushes its
+/// data only: appending past the end of a file also commits its new size (a file system
+/// journal transaction), which on ext4 costs about twice as much. Cleanly closed journals
+/// are cut back to their records; zeros after the last record read as its end.
+pub const DEFAULT_JOURNAL_PREALLOCATE_BYTES: u64 = 8 << 20;
+
 /// In `Normal` mode, the longest a written group may wait for an fdatasync while writes
 /// keep coming (the OS writes it back on its own schedule otherwise).
 pub const NORMAL_SYNC_INTERVAL_MS: u64 = 1_000;
@@ -84,6 +90,7 @@ pub struct JournalOptions {
     pub batch_max: usize,
     pub sync: JournalSync,
     pub compact_min_bytes: u64,
+    pub preallocate_bytes: u64,
 }
 
 impl Default for JournalOptions {
@@ -93,6 +100,7 @@ impl Default for JournalOptions {
             batch_max: DEFAULT_JOURNAL_BATCH_MAX,
             sync: JournalSync::Full,
             compact_min_bytes: DEFAULT_JOURNAL_COMPACT_MIN_BYTES,
+            preallocate_bytes: DEFAULT_JOURNAL_PREALLOCATE_BYTES,
         }
     }
 }
@@ -359,6 +367,7 @@ impl Journal {
             path: path.to_path_buf(),
             file,
             file_bytes,
+            allocated_bytes: file_bytes,
             compacted_bytes: file_bytes,
             tables,
             rx,
@@ -718,13 +727,18 @@ fn load(path: &Path) -> Result<(File, Tables, u64), JournalError> {
     } else {
         let end = replay(path, &bytes, &mut tables)?;
         if end < bytes.len() {
-            tracing::warn!(
-                path = %path.display(),
-                offset = end,
-                dropped_bytes = bytes.len() - end,
-                "journal ends in a torn record (a write cut short by a crash, never \
-                 acknowledged); cutting it off"
-            );
+            if bytes[end..].iter().all(|b| *b == 0) {
+                // Space written ahead and not used before a kill: the records end here.
+                tracing::debug!(offset = end, "journal ends before its preallocated space");
+            } else {
+                tracing::warn!(
+                    path = %path.display(),
+                    offset = end,
+                    dropped_bytes = bytes.len() - end,
+                    "journal ends in a torn record (a write cut short by a crash, never \
+                     acknowledged); cutting it off"
+                );
+            }
             file.set_len(end as u64).map_err(open_err)?;
             file.sync_all().map_err(open_err)?;
         }
@@ -858,8 +872,10 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 struct Writer {
     path: PathBuf,
     file: File,
-    /// Length of the file: where the next group goes.
+    /// End of the records: where the next group goes.
     file_bytes: u64,
+    /// Length of the file: the records and the zeros written ahead of them.
+    allocated_bytes: u64,
     /// Length of the file right after the last compaction (or the start).
     compacted_bytes: u64,
     tables: Tables,
@@ -929,9 +945,15 @@ impl Writer {
                 self.compact();
             }
         }
-        if self.unsynced
-            && let Err(e) = self.file.sync_data()
-        {
+        // A cleanly closed journal is its records alone.
+        let closed = self.file.set_len(self.file_bytes).and_then(|()| {
+            if self.unsynced || self.allocated_bytes != self.file_bytes {
+                self.file.sync_all()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = closed {
             tracing::error!(error = %e, "journal sync at close failed");
         }
         tracing::debug!("journal writer stopped");
@@ -946,9 +968,12 @@ impl Writer {
         for (e, _) in batch {
             codec::encode_entry(&mut self.buf, e);
         }
+        let end = self.file_bytes + self.buf.len() as u64;
+        self.preallocate(end);
         let written = self
             .file
-            .write_all(&self.buf)
+            .seek(SeekFrom::Start(self.file_bytes))
+            .and_then(|_| self.file.write_all(&self.buf))
             .and_then(|()| match self.opts.sync {
                 JournalSync::Full => self.file.sync_data(),
                 JournalSync::Normal => {
@@ -969,12 +994,14 @@ impl Writer {
         match written {
             Ok(()) => {
                 self.file_bytes += group_bytes;
+                self.allocated_bytes = self.allocated_bytes.max(self.file_bytes);
                 Ok(())
             }
             Err(e) => {
                 let error = format!("{}: {e}", self.path.display());
                 // Cut off whatever part of the group reached the file, so that the next
                 // group does not land after a partial record.
+                self.allocated_bytes = self.file_bytes;
                 let restored = self
                     .file
                     .set_len(self.file_bytes)
@@ -988,6 +1015,35 @@ impl Writer {
                     self.broken = Some(why);
                 }
                 Err(write_err(error))
+            }
+        }
+    }
+
+    /// Writes zeros ahead of `end` in steps of `preallocate_bytes`, syncing the new length
+    /// once per step. Space written ahead only saves time: where it cannot be had (a disk
+    /// nearly full), the file is cut back and the group is appended as it is.
+    fn preallocate(&mut self, end: u64) {
+        if end <= self.allocated_bytes || self.opts.preallocate_bytes == 0 {
+            return;
+        }
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let target = end.max(self.allocated_bytes + self.opts.preallocate_bytes);
+        let from = self.allocated_bytes;
+        let written = (|| {
+            self.file.seek(SeekFrom::Start(from))?;
+            let mut at = from;
+            while at < target {
+                let n = (target - at).min(ZEROS.len() as u64) as usize;
+                self.file.write_all(&ZEROS[..n])?;
+                at += n as u64;
+            }
+            self.file.sync_all()
+        })();
+        match written {
+            Ok(()) => self.allocated_bytes = target,
+            Err(e) => {
+                tracing::debug!(error = %e, "journal space not written ahead");
+                let _ = self.file.set_len(from);
             }
         }
     }
@@ -1026,6 +1082,7 @@ impl Writer {
             Ok(f) => {
                 self.file = f;
                 self.file_bytes = bytes.len() as u64;
+                self.allocated_bytes = self.file_bytes;
                 self.compacted_bytes = self.file_bytes;
                 self.unsynced = false;
                 self.synced_at = Instant::now();
@@ -1301,6 +1358,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn space_is_written_ahead_and_cut_back_at_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.log");
+        let (j, _) = Journal::open(&path, 16, 4).unwrap();
+        put(&j, Entry::Commit(row("r1", HoldState::Committed), usage(1))).await;
+        let open_len = std::fs::metadata(&path).unwrap().len();
+        assert!(open_len >= DEFAULT_JOURNAL_PREALLOCATE_BYTES, "{open_len}");
+        // What a kill -9 leaves: records, then zeros. They read as the end, not damage.
+        std::fs::copy(&path, dir.path().join("killed.log")).unwrap();
+        j.close().await;
+        let closed_len = std::fs::metadata(&path).unwrap().len();
+        assert!(closed_len < 1_000, "{closed_len}");
+        let (_j, rec) = Journal::open(&dir.path().join("killed.log"), 16, 4).unwrap();
+        assert_eq!(rec.outbox, vec![usage(1)]);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("killed.log"))
+                .unwrap()
+                .len(),
+            closed_len
+        );
+    }
+
+    #[tokio::test]
     async fn zeros_after_the_last_record_are_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.log");
@@ -1354,6 +1434,8 @@ mod tests {
             // Compaction does not depend on the sync mode; skipping 2,000 fsyncs keeps the
             // test fast.
             sync: JournalSync::Normal,
+            // Small, so that space written ahead and compactions interleave.
+            preallocate_bytes: 16_384,
         };
         let mut written = 0u64;
         {
