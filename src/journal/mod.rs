@@ -14,9 +14,12 @@
 //! file and renames it over the old one: the file stays proportional to what is live, and a
 //! start reads it in one pass.
 //!
-//! An append-only file replaced a SQLite database here: the database's row updates cost
-//! about 90% of the CPU of a Reserve+Commit pair (BENCHMARKS.md). A journal left by a
-//! version that used it (`journal.db`) is read once at start and carried over.
+//! Zeros are written ahead of the records, so that a group's fdatasync flushes data and
+//! not also a growing file size, which costs about twice as much (BENCHMARKS.md).
+//!
+//! An append-only file replaced a SQLite database here: the same group commit without
+//! row updates, with a checksum per record and the sync above. A journal left by a version
+//! that used it (`journal.db`) is read once at start and carried over.
 
 mod codec;
 mod legacy;
