@@ -89,13 +89,7 @@ async fn kill_9_under_load(extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let mut p = spawn_with(dir.path(), extra);
     let (_, mut admin) = connect(p.addr, &p.token).await;
-    admin
-        .create_account(pb::CreateAccountRequest {
-            account_id: "acme".into(),
-            balance: Some(money("1000")),
-        })
-        .await
-        .unwrap();
+    create_account(&mut admin, "acme", "1000").await;
     // Let a few hundred commits through, then kill while the workers run.
     let load = Load::start(p.addr, &p.token, "acme").await;
     load.wait_acked(300).await;
@@ -242,13 +236,7 @@ async fn kill_9_of_a_sidecar_in_ledger_mode_loses_no_acknowledged_commit() {
         .arg(&token_file);
     let mut ledger = spawn_cmd(cmd, "quotad ledger listening on ", &token_file);
     let (_, mut admin) = connect(ledger.addr, &ledger.token).await;
-    admin
-        .create_account(pb::CreateAccountRequest {
-            account_id: "acme".into(),
-            balance: Some(money("1000")),
-        })
-        .await
-        .unwrap();
+    create_account(&mut admin, "acme", "1000").await;
     let sidecar_dir = dir.path().join("sidecar");
     let ledger_url = format!("http://{}", ledger.addr);
     let token_arg = token_file.display().to_string();
@@ -303,13 +291,7 @@ async fn a_full_disk_fails_calls_cleanly_and_corrupts_nothing() {
     // Create the account and the files unlimited first.
     let mut p = spawn(dir.path());
     let (_, mut admin) = connect(p.addr, &p.token).await;
-    admin
-        .create_account(pb::CreateAccountRequest {
-            account_id: "acme".into(),
-            balance: Some(money("1000")),
-        })
-        .await
-        .unwrap();
+    create_account(&mut admin, "acme", "1000").await;
     // Stopped cleanly, the journal is its records alone (no space written ahead).
     let pid = p.child.id().to_string();
     assert!(
@@ -397,13 +379,7 @@ async fn open_holds_survive_kill_9_and_sigterm_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = spawn(dir.path());
     let (mut quota, mut admin) = connect(p.addr, &p.token).await;
-    admin
-        .create_account(pb::CreateAccountRequest {
-            account_id: "acme".into(),
-            balance: Some(money("1")),
-        })
-        .await
-        .unwrap();
+    create_account(&mut admin, "acme", "1").await;
     let r = quota
         .reserve(reserve_req("acme", "open-1", 600_000))
         .await
@@ -498,13 +474,7 @@ async fn a_read_only_data_dir_is_refused_at_start_and_left_intact() {
     let data = dir.path().join("data");
     let mut p = spawn(&data);
     let (mut quota, mut admin) = connect(p.addr, &p.token).await;
-    admin
-        .create_account(pb::CreateAccountRequest {
-            account_id: "acme".into(),
-            balance: Some(money("1")),
-        })
-        .await
-        .unwrap();
+    create_account(&mut admin, "acme", "1").await;
     quota
         .reserve(reserve_req("acme", "r1", 1_000))
         .await
