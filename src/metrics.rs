@@ -128,7 +128,11 @@ type Collector = Box<dyn Fn(&mut Vec<Sample>) + Send + Sync>;
 #[derive(Default)]
 pub struct Metrics {
     decisions: DashMap<(&'static str, &'static str, &'static str), AtomicU64>,
-    rpc: DashMap<(String, &'static str), Histogram>,
+    /// Latency by method, then by status code: keyed by path first so that a finished
+    /// call finds its histogram without building a key.
+    rpc: DashMap<String, DashMap<&'static str, Histogram>>,
+    /// Series in `rpc` (method and code pairs), bounded by `DEFAULT_SERIES_MAX`.
+    rpc_series: std::sync::atomic::AtomicUsize,
     shed: AtomicU64,
     watch_lagged: AtomicU64,
     collectors: std::sync::RwLock<Vec<Collector>>,
@@ -163,23 +167,31 @@ impl Metrics {
 
     /// A finished RPC (its response headers sent): path and gRPC status code name.
     pub fn rpc_done(&self, path: &str, code: &'static str, elapsed: Duration) {
-        if let Some(h) = self.rpc.get(&(path.to_owned(), code)) {
+        if let Some(by_code) = self.rpc.get(path)
+            && let Some(h) = by_code.get(code)
+        {
             h.observe(elapsed);
             return;
         }
-        let path = if self.rpc.len() < DEFAULT_SERIES_MAX && known_path(path) {
-            path.to_owned()
-        } else {
-            "other".to_owned()
-        };
-        self.rpc.entry((path, code)).or_default().observe(elapsed);
+        let path =
+            if self.rpc_series.load(Ordering::Relaxed) < DEFAULT_SERIES_MAX && known_path(path) {
+                path
+            } else {
+                "other"
+            };
+        let by_code = self.rpc.entry(path.to_owned()).or_default();
+        let h = by_code.entry(code).or_insert_with(|| {
+            self.rpc_series.fetch_add(1, Ordering::Relaxed);
+            Histogram::default()
+        });
+        h.observe(elapsed);
     }
 
     /// RPCs of `path` finished with `code` so far (tests and the shutdown log).
     pub fn rpc_count(&self, path: &str, code: &'static str) -> u64 {
         self.rpc
-            .get(&(path.to_owned(), code))
-            .map(|h| h.count())
+            .get(path)
+            .and_then(|by_code| by_code.get(code).map(|h| h.count()))
             .unwrap_or(0)
     }
 
@@ -206,12 +218,23 @@ impl Metrics {
             "# HELP {RPC_DURATION} Time from a request's arrival to its response headers, by \
              method and gRPC status.\n# TYPE {RPC_DURATION} histogram"
         );
-        let mut keys: Vec<(String, &'static str)> =
-            self.rpc.iter().map(|e| e.key().clone()).collect();
+        let mut keys: Vec<(String, &'static str)> = self
+            .rpc
+            .iter()
+            .flat_map(|e| {
+                let path = e.key().clone();
+                e.value()
+                    .iter()
+                    .map(|c| (path.clone(), *c.key()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         keys.sort();
-        for key in keys {
-            if let Some(h) = self.rpc.get(&key) {
-                let labels = format!("rpc=\"{}\",code=\"{}\"", key.0, key.1);
+        for (path, code) in keys {
+            if let Some(by_code) = self.rpc.get(&path)
+                && let Some(h) = by_code.get(code)
+            {
+                let labels = format!("rpc=\"{path}\",code=\"{code}\"");
                 h.encode(&mut out, RPC_DURATION, &labels);
             }
         }

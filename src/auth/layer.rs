@@ -123,10 +123,9 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
         Box::pin(async move {
-            let path = req.uri().path().to_owned();
-            if rule(&path) != Rule::Open {
+            if rule(req.uri().path()) != Rule::Open {
                 let checked = match auth.authenticate(req.headers()).await {
-                    Ok(caller) => check(&path, &caller).map(|()| caller),
+                    Ok(caller) => check(req.uri().path(), &caller).map(|()| caller),
                     Err(e) => Err(e),
                 };
                 match checked {
@@ -134,7 +133,7 @@ where
                         req.extensions_mut().insert(caller);
                     }
                     Err(e) => {
-                        tracing::debug!(rpc = %path, error = %e, "refused");
+                        tracing::debug!(rpc = %req.uri().path(), error = %e, "refused");
                         return Ok(tonic::Status::from(e).into_http());
                     }
                 }
