@@ -387,6 +387,7 @@ async fn run(scratch: &str, plan: Plan) -> Result<(), String> {
             usage,
             leases: Vec::new(),
             accounts: Vec::new(),
+            reset_seq: 0,
         };
         ledger.sync(req).await.map_err(|e| format!("sync: {e}"))?;
     }

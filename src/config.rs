@@ -217,6 +217,29 @@ pub struct ServeSettings {
     /// Hold lifetime when a Reserve gives ttl_ms = 0.
     #[arg(long, env = "QUOTAD_HOLD_TTL_DEFAULT_MS")]
     pub hold_ttl_default_ms: Option<i64>,
+    /// With a remote ledger: the least headroom a sidecar asks for above what it has
+    /// committed on an active account (its demand is twice its recent spend, at least
+    /// this). [default: 1]
+    #[arg(long, env = "QUOTAD_LEASE_WANT_MIN")]
+    pub lease_want_min: Option<Text<Money>>,
+    /// With a remote ledger: an account's lease is renewed and its snapshot refreshed every
+    /// sync for this long after its last request; then the lease is given back (once
+    /// nothing depends on it). [default: 300000]
+    #[arg(long, env = "QUOTAD_LEASE_ACTIVE_MS")]
+    pub lease_active_ms: Option<i64>,
+    /// With a remote ledger: renew an active account's lease this long before it expires.
+    /// [default: 10000]
+    #[arg(long, env = "QUOTAD_LEASE_RENEW_BEFORE_MS")]
+    pub lease_renew_before_ms: Option<i64>,
+    /// With a remote ledger: longest a request waits for the ledger to answer a lease
+    /// request before it is answered without it. [default: 2000]
+    #[arg(long, env = "QUOTAD_LEASE_REQUEST_TIMEOUT_MS")]
+    pub lease_request_timeout_ms: Option<u64>,
+    /// With a remote ledger: longest a request the account can pay waits for other
+    /// sidecars to give back unused lease the ledger asked them for (they do at their next
+    /// sync); 0: deny at once. [default: 2500]
+    #[arg(long, env = "QUOTAD_LEASE_RECALL_WAIT_MS")]
+    pub lease_recall_wait_ms: Option<u64>,
     /// Most reservations kept in memory.
     #[arg(long, env = "QUOTAD_HOLDS_MAX")]
     pub holds_max: Option<usize>,
@@ -549,6 +572,7 @@ impl ServeSettings {
         if let Some(v) = s.holds_max {
             cfg.engine.holds_max = positive("holds_max", v)?;
         }
+        apply_lease_settings(s, &mut cfg.engine)?;
         if let Some(Text(v)) = s.journal_sync {
             cfg.journal_sync = v;
         }
@@ -655,6 +679,11 @@ impl ServeSettings {
             fail_open_budget: Some(budgets),
             sync_interval_ms: Some(cfg.sync_interval_ms),
             hold_ttl_default_ms: Some(cfg.engine.hold_ttl_default_ms),
+            lease_want_min: Some(Text(cfg.engine.lease_want_min)),
+            lease_active_ms: Some(cfg.engine.lease_active_ms),
+            lease_renew_before_ms: Some(cfg.engine.lease_renew_before_ms),
+            lease_request_timeout_ms: Some(cfg.engine.lease_request_timeout_ms),
+            lease_recall_wait_ms: Some(cfg.engine.lease_recall_wait_ms),
             holds_max: Some(cfg.engine.holds_max),
             journal_sync: Some(Text(cfg.journal_sync)),
             streams_max: Some(cfg.engine.streams_max),
@@ -689,6 +718,36 @@ impl ServeSettings {
     pub fn log_format(&self) -> LogFormat {
         self.log_format.clone().map(|t| t.0).unwrap_or_default()
     }
+}
+
+/// The sidecar's lease settings (used with a remote ledger), checked.
+fn apply_lease_settings(
+    s: &ServeSettings,
+    e: &mut crate::engine::EngineConfig,
+) -> Result<(), ConfigError> {
+    if let Some(Text(v)) = s.lease_want_min {
+        if v.is_negative() {
+            return Err(ConfigError::Invalid {
+                key: "lease_want_min",
+                value: v.to_string(),
+                allowed: "must not be negative".into(),
+            });
+        }
+        e.lease_want_min = v;
+    }
+    if let Some(v) = s.lease_active_ms {
+        e.lease_active_ms = positive("lease_active_ms", v)?;
+    }
+    if let Some(v) = s.lease_renew_before_ms {
+        e.lease_renew_before_ms = positive("lease_renew_before_ms", v)?;
+    }
+    if let Some(v) = s.lease_request_timeout_ms {
+        e.lease_request_timeout_ms = positive("lease_request_timeout_ms", v)?;
+    }
+    if let Some(v) = s.lease_recall_wait_ms {
+        e.lease_recall_wait_ms = v;
+    }
+    Ok(())
 }
 
 impl LedgerSettings {

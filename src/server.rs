@@ -130,6 +130,7 @@ impl ServeConfig {
             embedded_lease: LeaseConfig {
                 ttl_ms: DEFAULT_EMBEDDED_LEASE_TTL_MS,
                 hold_grace_ms: crate::engine::DEFAULT_HOLD_TTL_MAX_MS,
+                fleet: false,
             },
             sync_interval_ms: DEFAULT_SYNC_INTERVAL_MS,
             sync_batch_max: DEFAULT_SYNC_BATCH_MAX,

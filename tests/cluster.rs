@@ -25,21 +25,19 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::Ch;
+use common::procs::{self, PROCESS_TIMEOUT, Proc, TestDatabase};
 use common::{amount, connect, money, reserve_req};
 use quotad::pb;
 use quotad::pb::admin_client::AdminClient;
 use quotad::pb::quota_client::QuotaClient;
 use rust_decimal::Decimal;
-use sqlx::Connection;
 
 /// Lease lifetime given to the ledger: short, so that an outage of a few seconds outlives
 /// every lease several times over.
@@ -74,8 +72,6 @@ const ADMITTED_AFTER_RESTART: u64 = 100;
 const PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound on one gRPC call of the load.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bound on a process printing its address, or exiting after SIGTERM.
-const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// (account, opening balance, coupon): SMALL, a large one, and a large one with a coupon
 /// that pays first. The load reserves GPU time of `common::A10` (0.0006 CNY per GPU-second
@@ -581,123 +577,19 @@ async fn wait_for(what: &str, done: impl Fn() -> bool) {
 
 // ---- processes and the database --------------------------------------------------------
 
-/// A running `quotad` child process and the address it printed.
-struct Proc {
-    name: String,
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Proc {
-    /// SIGKILL: no drain, no flush.
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then waits (bounded) for the exit; returns the exit code.
-    async fn terminate(&mut self) -> Option<i32> {
-        let pid = self.child.id().to_string();
-        let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(st.success(), "kill -TERM {pid} ({})", self.name);
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            if start.elapsed() > PROCESS_TIMEOUT {
-                self.kill9();
-                panic!(
-                    "{} did not exit within {PROCESS_TIMEOUT:?} of SIGTERM",
-                    self.name
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// Starts `quotad ARGS` and reads the address from its first stdout line, which must be
-/// `PREFIX ADDR`. Err if it exits first (e.g. the port is still taken).
-fn spawn_proc(name: &str, args: &[String], prefix: &str) -> Result<Proc, String> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_quotad"))
-        .args(args)
-        .env(
-            "RUST_LOG",
-            std::env::var("QUOTAD_CLUSTER_LOG").unwrap_or("warn".into()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the quotad binary starts");
-    let stdout = child.stdout.take().expect("stdout piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Reads the first line, then drains stdout so the child never blocks on it.
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let _ = tx.send(lines.next());
-        for _ in lines {}
-    });
-    let line = match rx.recv_timeout(PROCESS_TIMEOUT) {
-        Ok(Some(Ok(line))) => line,
-        other => {
-            let _ = child.kill();
-            let status = child.wait();
-            return Err(format!(
-                "{name} printed no address ({other:?}); exit {status:?}"
-            ));
-        }
-    };
-    let addr = line
-        .trim()
-        .strip_prefix(prefix)
-        .and_then(|a| a.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name}: unexpected first line {line:?}"));
-    Ok(Proc {
-        name: name.to_owned(),
-        child,
-        addr,
-    })
-}
-
-/// `quotad ledger` on `listen`; retries up to `attempts` times (a restart on the same port).
 async fn spawn_ledger(
     database_url: &str,
     listen: SocketAddr,
     attempts: usize,
     token_file: &std::path::Path,
 ) -> Proc {
-    let args: Vec<String> = [
-        "ledger",
-        "--database-url",
-        database_url,
-        "--listen",
-        &listen.to_string(),
-        "--operator-token-file",
-        &token_file.display().to_string(),
-        "--lease-ttl-ms",
-        &LEASE_TTL_MS.to_string(),
-        "--lease-hold-grace-ms",
-        &LEASE_HOLD_GRACE_MS.to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut last = String::new();
-    for _ in 0..attempts.max(1) {
-        let a = args.clone();
-        match tokio::task::spawn_blocking(move || {
-            spawn_proc("ledger", &a, "quotad ledger listening on ")
-        })
-        .await
-        .unwrap()
-        {
-            Ok(p) => return p,
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("the ledger did not start on {listen}: {last}");
+    let extra = [
+        "--lease-ttl-ms".to_owned(),
+        LEASE_TTL_MS.to_string(),
+        "--lease-hold-grace-ms".to_owned(),
+        LEASE_HOLD_GRACE_MS.to_string(),
+    ];
+    procs::spawn_ledger(database_url, listen, attempts, token_file, &extra).await
 }
 
 async fn spawn_sidecar(
@@ -706,22 +598,7 @@ async fn spawn_sidecar(
     i: usize,
     token_file: &std::path::Path,
 ) -> Proc {
-    let args: Vec<String> = vec![
-        "serve".into(),
-        "--ledger-token-file".into(),
-        token_file.display().to_string(),
-        "--ledger".into(),
-        format!("http://{ledger}"),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--data-dir".into(),
-        data_dir.display().to_string(),
-    ];
-    let name = format!("sidecar {i}");
-    tokio::task::spawn_blocking(move || spawn_proc(&name, &args, "quotad listening on "))
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{e}"))
+    procs::spawn_sidecar(ledger, data_dir, &format!("sidecar {i}"), token_file, &[]).await
 }
 
 async fn admin_client(addr: SocketAddr, token: &str) -> AdminClient<Ch> {
@@ -731,133 +608,38 @@ async fn admin_client(addr: SocketAddr, token: &str) -> AdminClient<Ch> {
 /// The processes and the database of one run. Dropping it (also on a failed assertion)
 /// kills what is still running and drops the database.
 struct Cluster {
-    server_url: String,
-    database: String,
+    db: TestDatabase,
     ledger_url: String,
     ledger: Option<Proc>,
     sidecars: Vec<(Proc, tempfile::TempDir)>,
     /// Where the ledger writes its operator token.
     tokens: tempfile::TempDir,
-    dropped: bool,
 }
 
 impl Cluster {
     async fn new(server_url: &str) -> Cluster {
-        let mut bytes = [0u8; 6];
-        getrandom::getrandom(&mut bytes).unwrap();
-        let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let database = format!("quotad_cluster_{suffix}");
-        let mut conn = sqlx::PgConnection::connect(server_url)
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to DATABASE_URL {server_url}: {e}"));
-        sqlx::raw_sql(&format!("CREATE DATABASE {database}"))
-            .execute(&mut conn)
-            .await
-            .unwrap_or_else(|e| panic!("CREATE DATABASE {database}: {e}"));
-        let _ = conn.close().await;
+        let db = TestDatabase::create(server_url, "quotad_cluster").await;
         Cluster {
-            server_url: server_url.to_owned(),
-            ledger_url: with_database(server_url, &database),
-            database,
+            ledger_url: db.url.clone(),
+            db,
             ledger: None,
             sidecars: Vec::new(),
             tokens: tempfile::tempdir().unwrap(),
-            dropped: false,
         }
     }
 
     async fn drop_database(&mut self) {
-        if !self.dropped {
-            self.dropped = true;
-            drop_database(&self.server_url, &self.database).await;
-        }
+        self.db.drop_now().await;
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for p in self
-            .ledger
-            .iter_mut()
-            .chain(self.sidecars.iter_mut().map(|s| &mut s.0))
-        {
-            if matches!(p.child.try_wait(), Ok(None)) {
-                p.kill9();
-            }
-        }
-        if !self.dropped && std::env::var_os("QUOTAD_CLUSTER_KEEP_DB").is_some() {
-            eprintln!(
-                "cluster test: database {} kept (QUOTAD_CLUSTER_KEEP_DB is set)",
-                self.database
-            );
-            self.dropped = true;
-        }
-        if !self.dropped {
-            self.dropped = true;
-            let (url, db) = (self.server_url.clone(), self.database.clone());
-            // Drop runs inside the test's runtime: do the async work on a thread of its own.
-            let _ = std::thread::spawn(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(drop_database(&url, &db))
-            })
-            .join();
-        }
-    }
-}
-
-async fn drop_database(server_url: &str, database: &str) {
-    match sqlx::PgConnection::connect(server_url).await {
-        Ok(mut conn) => {
-            if let Err(e) =
-                sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await
-            {
-                eprintln!("cluster test: could not drop database {database}: {e}");
-            }
-            let _ = conn.close().await;
-        }
-        Err(e) => eprintln!("cluster test: could not drop database {database}: {e}"),
-    }
-}
-
-/// DATABASE_URL, or None after saying why the test is skipped; with CI set, a missing
-/// DATABASE_URL fails the test instead.
 fn database_url() -> Option<String> {
-    match std::env::var("DATABASE_URL") {
-        Ok(url) if !url.trim().is_empty() => Some(url.trim().to_owned()),
-        _ if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) => {
-            panic!("CI is set but DATABASE_URL is not: the cluster test needs PostgreSQL")
-        }
-        _ => {
-            println!("skipping cluster test: set DATABASE_URL=postgres://... to run it");
-            None
-        }
-    }
-}
-
-/// `url` with its database name replaced by `database` (query parameters kept).
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let authority = base.find("://").map_or(0, |i| i + 3);
-    let head = match base[authority..].find('/') {
-        Some(i) => &base[..authority + i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{head}/{database}?{q}"),
-        None => format!("{head}/{database}"),
-    }
+    procs::database_url("cluster")
 }
 
 #[test]
 fn with_database_replaces_only_the_database_name() {
+    use procs::with_database;
     assert_eq!(
         with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
         "postgres://postgres@127.0.0.1:5432/x"

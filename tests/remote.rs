@@ -36,6 +36,7 @@ fn ledger_config(dir: &std::path::Path, listen: std::net::SocketAddr) -> LedgerS
     cfg.lease = LeaseConfig {
         ttl_ms: LEASE_TTL_MS,
         hold_grace_ms: 10_000,
+        fleet: true,
     };
     cfg.operator_token_file = Some(dir.join("ledger-operator.token"));
     cfg

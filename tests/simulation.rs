@@ -2,7 +2,7 @@
 //! network, crashes, restarts and a clock that only moves when told. Each seed is one
 //! reproducible run; a failing seed prints how to replay it alone.
 //!
-//! Per seed (`sim/world.rs`): one `Ledger` over SQLite, 3-4 sidecars (`Engine` + own
+//! Per seed (`sim/world.rs`): one `Ledger` over SQLite, 3-4 sidecars (8-12 on fleet seeds) (`Engine` + own
 //! `Journal` + own sidecar id) that reach it only through `SimNet` (`sim/net.rs`), which
 //! loses requests and responses, duplicates, delivers stale copies late and partitions
 //! sidecars. A few hundred random steps (`sim/actions.rs`: Reserve, Commit, Release and
@@ -20,7 +20,14 @@
 //!    silent for hold_grace_ms past its lease's expiry is presumed gone and its lease
 //!    reclaimed; the overspend may reach what such sidecars have out, not more;
 //! 4. balances, grants and each charge's deductions equal an independent model's
-//!    burn-down (`sim/model.rs`) of the same charges in the order the ledger applied them.
+//!    burn-down (`sim/model.rs`) of the same charges in the order the ledger applied them;
+//! 5. liveness (G7, `sim/liveness.rs`): a Reserve the model says the account can pay,
+//!    reaching a sidecar whose ledger link works, is admitted at once, or after every
+//!    sidecar synced one round (the others' unused leases come back in that sync); and no
+//!    denial for INSUFFICIENT_FUNDS or NO_ENTITLEMENT reports an `available` covering it.
+//!
+//! One seed in four is a fleet: 8 to 12 sidecars on four small accounts (0.05 to 1 CNY),
+//! with jobs small against them, so that sidecars compete for an account's last money.
 //!
 //! Along the way every answer is checked on the spot: prices, hold expiries, no Commit
 //! or Release acknowledged after its hold expired (G3), retries answer the first outcome
@@ -185,7 +192,22 @@ fn summary(s: &Stats, failed: usize, secs: f64) -> String {
             s.seeds as usize + failed,
             s.steps
         ),
-        format!("passed: {} fail-open seeds", s.fail_open_seeds),
+        format!(
+            "passed: {} fail-open seeds, {} fleet seeds (8-12 sidecars on small accounts)",
+            s.fail_open_seeds, s.fleet_seeds
+        ),
+        format!(
+            "liveness: {} payable Reserves over a working link, {} admitted at once, {} after \
+             one sync round of every sidecar, {} sent again while the network failed or the \
+             money went, 0 left denied; {} more excused by the network; {} denials checked \
+             for a truthful `available`",
+            s.liveness.payable,
+            s.liveness.admitted_at_once,
+            s.liveness.admitted_after_sync,
+            s.liveness.retry_excused,
+            s.liveness.excused_network,
+            s.liveness.truthful_checked
+        ),
         format!(
             "reserves admitted {} ({} fail-open), denied {} [{}], retried {}",
             s.admitted,

@@ -56,10 +56,18 @@ pub const DEFAULT_LEASE_RENEW_BEFORE_MS: i64 = 10_000;
 pub const DEFAULT_LEASE_ACTIVE_MS: i64 = 5 * 60 * 1000;
 /// Longest a Reserve waits for a lease from the ledger before answering without it.
 pub const DEFAULT_LEASE_REQUEST_TIMEOUT_MS: u64 = 2_000;
+/// Longest a request waits for other sidecars to give back unused lease the ledger asked
+/// them for (they do at their next sync, `sync_interval_ms` apart) before it is denied.
+pub const DEFAULT_LEASE_RECALL_WAIT_MS: u64 = 2_500;
+/// How often a request waiting for recalled lease looks at the ledger again.
+pub const DEFAULT_LEASE_RECALL_POLL_MS: u64 = 50;
 /// Lease request sequence numbers one run may use (far more than it ever will).
 const LEASE_SEQ_BLOCK: u64 = 1_000_000_000_000;
 /// Most lease requests in one sync.
 pub const DEFAULT_SYNC_LEASES_MAX: usize = 1_000;
+/// Most lease requests one Reserve makes: one, and up to this many while concurrent
+/// requests on the same sidecar take the money granted for it first.
+const LEASE_ASKS_MAX: usize = 3;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -75,6 +83,8 @@ pub struct EngineConfig {
     pub lease_renew_before_ms: i64,
     pub lease_active_ms: i64,
     pub lease_request_timeout_ms: u64,
+    pub lease_recall_wait_ms: u64,
+    pub lease_recall_poll_ms: u64,
     pub sync_leases_max: usize,
     /// Money an account may still be admitted for while the ledger is unreachable and its
     /// lease is spent or expired, by account id; `fail_open_default` for the others.
@@ -110,6 +120,8 @@ impl Default for EngineConfig {
             lease_renew_before_ms: DEFAULT_LEASE_RENEW_BEFORE_MS,
             lease_active_ms: DEFAULT_LEASE_ACTIVE_MS,
             lease_request_timeout_ms: DEFAULT_LEASE_REQUEST_TIMEOUT_MS,
+            lease_recall_wait_ms: DEFAULT_LEASE_RECALL_WAIT_MS,
+            lease_recall_poll_ms: DEFAULT_LEASE_RECALL_POLL_MS,
             sync_leases_max: DEFAULT_SYNC_LEASES_MAX,
             fail_open_budgets: HashMap::new(),
             fail_open_default: Money::ZERO,
@@ -266,6 +278,15 @@ struct Account {
     pending_cost: Money,
     /// Charged since the current lease was granted: the spend rate that sizes the next.
     spent_since_lease: Money,
+    /// Sequence number of the last give-back sent: a lease set by an older request is not
+    /// spent from (the ledger may have shrunk it to what was committed then).
+    lease_floor_seq: u64,
+    /// Costs of the lease requests in flight for this account (requests waiting on the
+    /// ledger): every request's `need` counts them, so concurrent ones do not starve.
+    lease_inflight: Money,
+    /// Holds settled but not yet durable: still committed until the journal confirms
+    /// (a failed write puts them back), so a give-back keeps covering them.
+    unsettled: Money,
     last_touch_ms: i64,
     /// What is left of the fail-open budget, and what was admitted from it.
     fail_open_left: Money,
@@ -300,6 +321,9 @@ impl Account {
             expiries: BinaryHeap::new(),
             pending_cost: Money::ZERO,
             spent_since_lease: Money::ZERO,
+            lease_floor_seq: 0,
+            lease_inflight: Money::ZERO,
+            unsettled: Money::ZERO,
             last_touch_ms: now_ms,
             fail_open_left: fail_open_budget,
             fail_open_spent: Money::ZERO,
@@ -354,14 +378,40 @@ impl Account {
         };
     }
 
-    fn available(&self, resource: Resource, now_ms: i64) -> Money {
+    /// What the account can pay after this sidecar's holds, by the billing rules alone.
+    fn billing_available(&self, resource: Resource, now_ms: i64) -> Money {
         status::available_for(self.balance, &self.grants, self.held, resource, now_ms)
     }
 
-    /// What the lease still lets this sidecar admit, or None once it has expired.
+    /// What this sidecar could admit now: the billing view, and with several sidecars
+    /// (`whole_account` false) no more than its lease's unspent part plus the money no
+    /// sidecar holds a lease on, as of the last snapshot.
+    fn available(&self, resource: Resource, now_ms: i64, whole_account: bool) -> Money {
+        let billing = self.billing_available(resource, now_ms);
+        if whole_account {
+            return billing;
+        }
+        let spendable = self.lease_spendable(now_ms).unwrap_or_default();
+        billing.min(spendable.non_negative() + self.base.unleased)
+    }
+
+    /// What the lease still lets this sidecar admit, or None once it has expired or a
+    /// give-back may have shrunk it at the ledger.
     fn lease_spendable(&self, now_ms: i64) -> Option<Money> {
         let l = &self.base.lease;
-        (now_ms < l.expires_at_ms).then(|| l.remaining - self.pending_cost - self.held)
+        (now_ms < l.expires_at_ms && l.seq >= self.lease_floor_seq)
+            .then(|| l.remaining - self.pending_cost - self.held)
+    }
+
+    /// The account is near the edge (or the ledger wants unused lease back): keep no
+    /// headroom.
+    fn lease_recalled(&self) -> bool {
+        self.base.lease.edge || self.base.lease.give_back
+    }
+
+    /// What this sidecar has committed: open holds and usage the ledger has not applied.
+    fn committed(&self) -> Money {
+        self.held + self.pending_cost + self.unsettled
     }
 }
 
@@ -424,6 +474,20 @@ pub struct Engine {
     ledger_state: tokio::sync::watch::Sender<bool>,
     /// Last lease request sequence number (see `next_lease_seq`).
     lease_seq: AtomicU64,
+    /// Accounts whose unused lease the ledger asked back (`SyncResponse::recalls`), for
+    /// the next sync; bounded by `leases::DEFAULT_RECALLED_UNCACHED_MAX`.
+    recalled: DashMap<String, ()>,
+    /// Highest seq of a give-back sent for an account that was not cached: an account
+    /// loaded concurrently does not spend a lease set by an older request.
+    uncached_floor_seq: AtomicU64,
+    /// Something wants a sync before the next tick (lease to give back).
+    sync_wanted: AtomicBool,
+    sync_wake: tokio::sync::Notify,
+    /// When the ledger last answered (ms), to poll it when there is nothing to send.
+    ledger_heard_ms: AtomicI64,
+    /// The leases a previous run of this sidecar left are still to be given back (set at
+    /// start once the journal's commitments are known; see `leases::reset_keeps`).
+    reset_pending: AtomicBool,
     /// Open holds recovered at start for accounts the ledger could not load yet.
     orphan_holds: DashMap<String, Vec<OrphanHold>>,
     /// Running sessions' hour holds recovered at start, by account, until it loads.
@@ -482,6 +546,12 @@ impl Engine {
             ledger_state: tokio::sync::watch::Sender::new(true),
             orphan_holds: DashMap::new(),
             lease_seq: AtomicU64::new(0),
+            recalled: DashMap::new(),
+            uncached_floor_seq: AtomicU64::new(0),
+            sync_wanted: AtomicBool::new(false),
+            sync_wake: tokio::sync::Notify::new(),
+            ledger_heard_ms: AtomicI64::new(i64::MIN / 2),
+            reset_pending: AtomicBool::new(false),
             orphan_session_holds: DashMap::new(),
             recovered_alerts: recovered_alerts.into_iter().collect(),
             orphan_storage: DashMap::new(),
@@ -549,6 +619,12 @@ impl Engine {
                 .map(|e| e.key().clone())
                 .filter(|k| !engine.orphan_holds.contains_key(k)),
         );
+        // Everything this sidecar owes is known now: give back what a previous run leased
+        // and did not use, before asking for anything new.
+        engine.reset_pending.store(true, Ordering::Relaxed);
+        if let Err(e) = engine.sync_once(sync::DEFAULT_SYNC_BATCH_MAX).await {
+            tracing::warn!(error = %e, "leases of the previous run not given back yet");
+        }
         for account_id in accounts {
             match engine.ensure_account(&account_id).await {
                 Ok(()) => {}
@@ -644,19 +720,27 @@ impl Engine {
 
     /// Loads the account from the ledger, with a first lease, if it is not cached.
     async fn ensure_account(&self, account_id: &str) -> Result<(), EngineError> {
+        self.ensure_account_for(account_id, Money::ZERO).await
+    }
+
+    /// `ensure_account`, asking for a first lease that covers `first` (the request that
+    /// loads it), so that it needs no second round trip.
+    async fn ensure_account_for(&self, account_id: &str, first: Money) -> Result<(), EngineError> {
         if self.accounts.contains_key(account_id) {
             return Ok(());
         }
         if self.accounts.len() >= self.cfg.accounts_max {
             return Err(EngineError::AccountsFull(self.cfg.accounts_max));
         }
-        let want = self.lease_want(None, Money::ZERO);
         let held = self
             .orphan_holds
             .get(account_id)
             .map(|h| h.iter().map(|o| o.held).sum())
             .unwrap_or(Money::ZERO);
-        let snap = self.fetch_lease(account_id, want, held).await?;
+        let want = self.lease_want(None, first) + held;
+        let snap = self
+            .fetch_lease(account_id, want, held + first, held)
+            .await?;
         let pending: VecDeque<Pending> = self
             .journal
             .outbox_of(account_id, snap.applied_seq)
@@ -682,6 +766,9 @@ impl Engine {
             .accounts
             .entry(account_id.to_owned())
             .or_insert_with(|| Account::new(snap, pending, budget, now_ms, self.catalog.calendar));
+        a.lease_floor_seq = a
+            .lease_floor_seq
+            .max(self.uncached_floor_seq.load(Ordering::Relaxed));
         for o in orphans.into_iter().flatten() {
             a.held += o.held;
             a.count_units(o.resource, o.quantity, true);
@@ -713,11 +800,21 @@ impl Engine {
                 if snap.lease.expires_at_ms != a.base.lease.expires_at_ms {
                     a.spent_since_lease = Money::ZERO;
                 }
+                tracing::trace!(account_id = %snap.account_id, version = snap.version,
+                    lease = %snap.lease.remaining, lease_seq = snap.lease.seq,
+                    applied_seq = snap.applied_seq, balance = %snap.balance, "snapshot");
                 let applied = snap.applied_seq;
                 a.pending.retain(|p| p.seq > applied);
                 let account_id = snap.account_id.clone();
                 a.base = snap;
                 a.recompute();
+                if a.base.lease.give_back
+                    || a.lease_recalled() && a.base.lease.remaining > a.committed()
+                {
+                    // The ledger wants unused lease back (or the account reached the
+                    // edge while this sidecar held some): give it back now.
+                    self.wake_sync();
+                }
                 // Top-ups, purchases and grants arrive here: they may cross back.
                 self.alerts_locked(&mut a, &account_id, now_ms)
             } else {
@@ -733,13 +830,12 @@ impl Engine {
             return self.ensure_account(account_id).await;
         }
         let (want, held) = match self.accounts.get(account_id) {
-            Some(a) => (
-                self.lease_want(Some(&a), Money::ZERO),
-                a.held + a.pending_cost,
-            ),
+            Some(a) => (self.lease_want(Some(&a), Money::ZERO), a.committed()),
             None => return Ok(()),
         };
-        let snap = self.fetch_lease(account_id, want, held).await?;
+        let snap = self
+            .fetch_lease(account_id, want, held + self.inflight(account_id), held)
+            .await?;
         self.apply_snapshots(vec![snap]);
         Ok(())
     }
@@ -767,6 +863,9 @@ impl Engine {
             h.row.settled_at_ms = now_ms;
             a.held -= h.row.held;
             a.count_units(h.row.resource, h.row.quantity, false);
+            if a.lease_recalled() {
+                self.wake_sync();
+            }
             tracing::debug!(reservation_id = %id, held = %h.row.held, "hold expired");
             // A restart re-derives expiry from the time, so losing this write is harmless.
             if let Err(e) = self
@@ -850,7 +949,7 @@ impl Engine {
         let now_ms = self.now_ms();
         if let Some(mut a) = self.accounts.get_mut(account_id) {
             self.expire_due(&mut a, now_ms);
-            o.available = a.available(resource, now_ms);
+            o.available = a.available(resource, now_ms, self.cfg.lease_whole_account);
         }
         o
     }
@@ -880,7 +979,7 @@ impl Engine {
         if self.journal.outbox_len() >= self.cfg.outbox_max {
             return Err(EngineError::Backlog(self.cfg.outbox_max));
         }
-        match self.ensure_account(&req.account_id).await {
+        match self.ensure_account_for(&req.account_id, cost).await {
             Err(EngineError::Ledger(LedgerError::Unavailable(e))) => {
                 tracing::warn!(account_id = %req.account_id, error = %e, "account not cached and ledger unreachable");
                 return Ok(denied(DenyReason::LedgerUnavailable, Money::ZERO));
@@ -888,49 +987,71 @@ impl Engine {
             r => r?,
         }
         // First from the lease; if it is short, once more after asking the ledger for more
-        // (or, with the ledger unreachable, from the fail-open budget).
-        let mut fail_open = false;
-        for attempt in 0..2 {
-            let (done, available, expires_at_ms, held) = match self
-                .try_hold(&req, cost, ttl_ms, now_ms, fail_open)?
-            {
-                Step::Answer(o) => return Ok(o),
-                Step::Held(done, available, expires_at_ms, held) => {
-                    (done, available, expires_at_ms, held)
+        // (or, with the ledger unreachable, from the fail-open budget). A denial by the
+        // cached view is first checked with the ledger (a top-up or a grant may not have
+        // reached this sidecar yet).
+        let (mut fail_open, mut asks, mut confirmed) = (false, 0usize, false);
+        loop {
+            match self.try_hold(&req, cost, ttl_ms, now_ms, fail_open)? {
+                Step::Answer(o) if !confirmed && self.confirmable(&o.reason) => {
+                    confirmed = true;
+                    match self.refresh_snapshot(&req.account_id).await {
+                        Ok(()) => {}
+                        Err(EngineError::Ledger(LedgerError::Unavailable(_))) => return Ok(o),
+                        Err(e) => return Err(e),
+                    }
                 }
-                Step::NeedLease(want) if attempt == 0 => {
-                    match self.request_lease(&req.account_id, want).await {
+                Step::Answer(o) => return Ok(o),
+                Step::Held(done, available, expires_at_ms, held, from_budget) => {
+                    return self
+                        .finish_hold(&req, held, done, available, expires_at_ms, from_budget)
+                        .await;
+                }
+                // Asked once; again only while what this sidecar could get covers it (a
+                // concurrent request took the money granted for this one).
+                Step::NeedLease(money, available)
+                    if asks == 0 || !fail_open && available >= money && asks < LEASE_ASKS_MAX =>
+                {
+                    asks += 1;
+                    match self.ask_lease(&req.account_id, money).await {
                         Ok(()) => {}
                         Err(EngineError::Ledger(LedgerError::Unavailable(_))) => fail_open = true,
                         Err(e) => return Err(e),
                     }
-                    continue;
                 }
-                Step::NeedLease(_) => {
+                Step::NeedLease(_, available) => {
                     let reason = if fail_open {
                         DenyReason::LedgerUnavailable
                     } else {
                         DenyReason::InsufficientFunds
                     };
-                    let available = self.with_available(
-                        denied(reason, Money::ZERO),
-                        &req.account_id,
-                        req.resource,
-                    );
-                    return Ok(available);
+                    // What this sidecar could get when it decided: short of the request.
+                    return Ok(denied(reason, available));
                 }
-            };
-            return self
-                .finish_hold(&req, held, done, available, expires_at_ms, fail_open)
-                .await;
+            }
         }
-        Ok(denied(DenyReason::InsufficientFunds, Money::ZERO))
+    }
+
+    /// Whether a denial by the cached view is worth one look at the ledger before it is
+    /// answered: with a remote ledger a top-up or a grant reaches the cache only at the next
+    /// sync. (Embedded, the cache is refreshed with every admin change.)
+    fn confirmable(&self, reason: &Option<DenyReason>) -> bool {
+        !self.cfg.lease_whole_account
+            && self.ledger_reachable()
+            && matches!(
+                reason,
+                Some(
+                    DenyReason::InsufficientFunds | DenyReason::NoEntitlement | DenyReason::Overdue
+                )
+            )
     }
 
     /// Under the account's lock: whether `cost` may be held now, by the account's status
     /// and entitlement (R6) and then by its lease, or by its fail-open budget while the
     /// ledger is unreachable. The one admission rule behind Reserve, Admit, usage streams
     /// and sessions.
+    /// `unleased`: count the money no sidecar holds a lease on as if it were in this
+    /// sidecar's lease (Admit, which holds nothing and so needs no grant).
     fn gate(
         &self,
         a: &Account,
@@ -938,16 +1059,25 @@ impl Engine {
         cost: Money,
         now_ms: i64,
         fail_open: bool,
+        unleased: bool,
     ) -> Take {
-        let available = match status::admit(a.balance, &a.grants, a.held, resource, cost, now_ms) {
+        let billing = match status::admit(a.balance, &a.grants, a.held, resource, cost, now_ms) {
             Ok(av) => av - cost,
             Err(reason) => return Take::Denied(reason),
         };
+        let extra = if unleased {
+            a.base.unleased
+        } else {
+            Money::ZERO
+        };
         match a.lease_spendable(now_ms) {
-            Some(spendable) if spendable >= cost => Take::Lease(available),
-            _ if fail_open && a.fail_open_left >= cost => Take::FailOpen(available),
+            Some(spendable) if spendable + extra >= cost => {
+                let left = a.available(resource, now_ms, self.cfg.lease_whole_account) - cost;
+                Take::Lease(billing.min(left.non_negative()))
+            }
+            _ if fail_open && a.fail_open_left >= cost => Take::FailOpen(billing),
             _ if fail_open => Take::Denied(DenyReason::LedgerUnavailable),
-            _ => Take::NeedLease(self.lease_want(Some(a), cost)),
+            _ => Take::NeedLease,
         }
     }
 
@@ -962,7 +1092,7 @@ impl Engine {
         now_ms: i64,
         fail_open: bool,
     ) -> Take {
-        let t = self.gate(a, resource, cost, now_ms, fail_open);
+        let t = self.gate(a, resource, cost, now_ms, fail_open, false);
         if let Take::FailOpen(_) = t {
             a.fail_open_left -= cost;
             a.fail_open_spent += cost;
@@ -986,15 +1116,16 @@ impl Engine {
                 Ok(())
             }
             Take::Denied(reason) => Err(reason),
-            Take::NeedLease(_) => Err(DenyReason::InsufficientFunds),
+            Take::NeedLease => Err(DenyReason::InsufficientFunds),
         })
         .await
     }
 
     /// Under the account's lock, `decide` what to do with the gate's answer for `cost`
     /// (see `take`); a short lease is first topped up by one bounded request to the
-    /// ledger, and an unreachable ledger turns to the fail-open budget. `consume`: spend
-    /// that budget (a hold) or only look (Admit).
+    /// ledger (Admit, which holds nothing, only looks at the account again), and an
+    /// unreachable ledger turns to the fail-open budget. `consume`: spend that budget (a
+    /// hold) or only look (Admit).
     async fn gated<T>(
         &self,
         account_id: &str,
@@ -1003,11 +1134,10 @@ impl Engine {
         consume: bool,
         mut decide: impl FnMut(&mut Account, Take, i64) -> T,
     ) -> Result<T, EngineError> {
-        let mut fail_open = false;
-        let mut asked = false;
+        let (mut fail_open, mut asked, mut confirmed) = (false, false, false);
         loop {
             let now_ms = self.now_ms();
-            let want = {
+            {
                 let mut a = self
                     .accounts
                     .get_mut(account_id)
@@ -1017,15 +1147,24 @@ impl Engine {
                 let gate = if consume {
                     self.take(&mut a, account_id, resource, cost, now_ms, fail_open)
                 } else {
-                    self.gate(&a, resource, cost, now_ms, fail_open)
+                    self.gate(&a, resource, cost, now_ms, fail_open, true)
                 };
                 match gate {
-                    Take::NeedLease(want) if !asked => want,
+                    Take::NeedLease if !asked => {}
+                    Take::Denied(r) if !confirmed && self.confirmable(&Some(r)) => {}
                     other => return Ok(decide(&mut a, other, now_ms)),
                 }
+            }
+            let asking = if consume && !asked {
+                asked = true;
+                self.ask_lease(account_id, cost).await
+            } else {
+                // A denial by the cached view (or Admit, which holds nothing): look again.
+                confirmed = true;
+                asked |= !consume;
+                self.refresh_snapshot(account_id).await
             };
-            asked = true;
-            match self.request_lease(account_id, want).await {
+            match asking {
                 Ok(()) => {}
                 Err(EngineError::Ledger(LedgerError::Unavailable(_))) => fail_open = true,
                 Err(e) => return Err(e),
@@ -1040,6 +1179,9 @@ impl Engine {
         }
         if let Some(mut a) = self.accounts.get_mut(account_id) {
             a.held -= amount;
+            if a.lease_recalled() {
+                self.wake_sync();
+            }
         }
     }
 
@@ -1127,13 +1269,13 @@ impl Engine {
         let slot = match self.holds.entry(req.reservation_id.clone()) {
             MapEntry::Occupied(o) => {
                 let out = self.replay_reserve(req, o.get())?;
-                let available = a.available(req.resource, now_ms);
+                let available = a.available(req.resource, now_ms, self.cfg.lease_whole_account);
                 return Ok(Step::Answer(ReserveOutcome { available, ..out }));
             }
             MapEntry::Vacant(v) => v,
         };
         let mut expires_at_ms = now_ms.saturating_add(ttl_ms);
-        let available = match self.take(
+        let (available, from_budget) = match self.take(
             &mut a,
             &req.account_id,
             req.resource,
@@ -1142,20 +1284,26 @@ impl Engine {
             fail_open,
         ) {
             Take::Lease(available) => {
+                tracing::trace!(account_id = %req.account_id, %cost, lease = %a.base.lease.remaining,
+                    lease_seq = a.base.lease.seq, floor = a.lease_floor_seq, held = %a.held,
+                    pending = %a.pending_cost, version = a.base.version, "held from lease");
                 // The ledger keeps the lease set aside until expiry plus grace: no hold may
                 // outlive that.
                 let grace = self.hold_grace_ms.load(Ordering::Relaxed);
                 expires_at_ms = expires_at_ms.min(a.base.lease.expires_at_ms.saturating_add(grace));
-                available
+                (available, false)
             }
-            Take::FailOpen(available) => available,
+            Take::FailOpen(available) => (available, true),
             Take::Denied(reason) => {
                 return Ok(Step::Answer(denied(
                     reason,
-                    a.available(req.resource, now_ms),
+                    a.available(req.resource, now_ms, self.cfg.lease_whole_account),
                 )));
             }
-            Take::NeedLease(want) => return Ok(Step::NeedLease(want)),
+            Take::NeedLease => {
+                let available = a.available(req.resource, now_ms, self.cfg.lease_whole_account);
+                return Ok(Step::NeedLease(cost, available));
+            }
         };
         let row = ReservationRow {
             reservation_id: req.reservation_id.clone(),
@@ -1183,7 +1331,13 @@ impl Engine {
             streaming: false,
         });
         self.holds_len.fetch_add(1, Ordering::Relaxed);
-        Ok(Step::Held(done, available, expires_at_ms, cost))
+        Ok(Step::Held(
+            done,
+            available,
+            expires_at_ms,
+            cost,
+            from_budget,
+        ))
     }
 
     /// Waits for the hold to be durable; undoes it if the journal failed.
@@ -1315,7 +1469,10 @@ impl Engine {
             match (self.settled_or_err(reservation_id, &h, now_ms)?, quantity) {
                 (None, _) => {}
                 (Some(Settled::Committed(charged)), Some(q)) if h.row.charged_quantity == q => {
-                    return Ok((charged, a.available(resource, now_ms)));
+                    return Ok((
+                        charged,
+                        a.available(resource, now_ms, self.cfg.lease_whole_account),
+                    ));
                 }
                 (Some(Settled::Committed(_)), Some(q)) => {
                     return Err(EngineError::ReservationMismatch {
@@ -1327,7 +1484,10 @@ impl Engine {
                     });
                 }
                 (Some(Settled::Released(held)), None) => {
-                    return Ok((held, a.available(resource, now_ms)));
+                    return Ok((
+                        held,
+                        a.available(resource, now_ms, self.cfg.lease_whole_account),
+                    ));
                 }
                 (Some(Settled::Released(_)), Some(_)) => return Err(settled("released")),
                 (Some(Settled::Committed(_)), None) => return Err(settled("committed")),
@@ -1383,6 +1543,7 @@ impl Engine {
                 }
             };
             a.held -= old_row.held;
+            a.unsettled += old_row.held;
             a.count_units(old_row.resource, old_row.quantity, false);
             a.last_touch_ms = now_ms;
             h.row = row.clone();
@@ -1397,20 +1558,32 @@ impl Engine {
                 done,
                 seq,
                 old_row,
-                (out, a.available(resource, now_ms)),
+                (
+                    out,
+                    a.available(resource, now_ms, self.cfg.lease_whole_account),
+                ),
                 batch,
             )
         };
+        let settled = |a: &mut Account| a.unsettled = (a.unsettled - old_row.held).non_negative();
         match done.await.unwrap_or(Err(JournalError::Closed)) {
             Ok(()) => {
                 if let Some(mut h) = self.holds.get_mut(reservation_id) {
                     h.busy = false;
+                }
+                if let Some(mut a) = self.accounts.get_mut(&account_id) {
+                    settled(&mut a);
+                    if a.lease_recalled() {
+                        // Near the edge what this freed goes back to the ledger at once.
+                        self.wake_sync();
+                    }
                 }
                 self.publish(batch);
                 Ok(out)
             }
             Err(e) => {
                 if let Some(mut a) = self.accounts.get_mut(&account_id) {
+                    settled(&mut a);
                     a.held += old_row.held;
                     a.count_units(old_row.resource, old_row.quantity, true);
                     if let Some(seq) = seq {
@@ -1456,12 +1629,12 @@ impl Engine {
             let reason = match take {
                 Take::Lease(_) | Take::FailOpen(_) => None,
                 Take::Denied(reason) => Some(reason),
-                Take::NeedLease(_) => Some(DenyReason::InsufficientFunds),
+                Take::NeedLease => Some(DenyReason::InsufficientFunds),
             };
             AdmitOutcome {
                 admitted: reason.is_none(),
                 reason,
-                available: a.available(resource, now_ms),
+                available: a.available(resource, now_ms, self.cfg.lease_whole_account),
             }
         })
         .await
@@ -1481,7 +1654,7 @@ impl Engine {
             account_id: account_id.to_owned(),
             status: status::account_status(a.balance, &a.grants, None, now_ms),
             balance: a.balance,
-            available: a.available(Resource::GpuShared, now_ms),
+            available: a.billing_available(Resource::GpuShared, now_ms),
             held: a.held,
             grants: a.grants.clone(),
             now_ms,
@@ -1501,17 +1674,19 @@ enum Take {
     /// From the fail-open budget (ledger unreachable); availability once held.
     FailOpen(Money),
     Denied(DenyReason),
-    /// The lease is short or expired: ask the ledger for this much.
-    NeedLease(Money),
+    /// The lease is short or expired: ask the ledger.
+    NeedLease,
 }
 
 /// What `try_hold` decided.
 enum Step {
     Answer(ReserveOutcome),
-    /// Held: durable when `Durable` resolves; availability, expiry, amount held.
-    Held(Durable, Money, i64, Money),
-    /// The lease is short or expired: ask the ledger for this much.
-    NeedLease(Money),
+    /// Held: durable when `Durable` resolves; availability, expiry, amount held, and
+    /// whether it came from the fail-open budget.
+    Held(Durable, Money, i64, Money, bool),
+    /// The lease is short or expired: ask the ledger for enough to hold this much; and
+    /// what this sidecar could get as it decided.
+    NeedLease(Money, Money),
 }
 
 fn denied(reason: DenyReason, available: Money) -> ReserveOutcome {

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -32,18 +33,37 @@ impl Engine {
     /// records the ledger acknowledged.
     pub async fn sync_once(&self, batch_max: usize) -> Result<usize, EngineError> {
         let _one_at_a_time = self.sync_lock.lock().await;
+        self.take_sync_wanted();
         let batch = self.journal.outbox_batch(batch_max);
         let mut in_batch: HashMap<&str, Money> = HashMap::new();
         for u in &batch {
             // What the record spends of the lease: its money after free requests and
-            // volume plans (its list cost if the account is not cached).
-            let money = self.pending_money(&u.account_id, u.seq).unwrap_or(u.cost);
-            *in_batch.entry(u.account_id.as_str()).or_default() += money;
+            // volume plans. Only records still pending count: one the ledger already
+            // applied (sent again after a lost answer) is no longer in what this sidecar
+            // reports as committed, so taking it off again would under-report (and a
+            // give-back would then hand its money to another sidecar).
+            if let Some(money) = self.pending_money(&u.account_id, u.seq) {
+                *in_batch.entry(u.account_id.as_str()).or_default() += money;
+            }
         }
         let now_ms = self.now_ms();
-        let leases = self.renewals(now_ms, &in_batch);
+        let reset_seq = if self.reset_pending.load(Ordering::Relaxed) {
+            self.next_lease_seq()
+        } else {
+            0
+        };
+        let mut leases = self.renewals(now_ms, &in_batch);
+        if reset_seq != 0 {
+            leases = self.reset_keeps(reset_seq, &in_batch);
+        }
         let accounts = self.refreshes(now_ms, &leases);
-        if batch.is_empty() && leases.is_empty() && accounts.is_empty() && self.ledger_reachable() {
+        if batch.is_empty()
+            && leases.is_empty()
+            && accounts.is_empty()
+            && reset_seq == 0
+            && self.ledger_reachable()
+            && !self.poll_due(now_ms)
+        {
             return Ok(0);
         }
         let req = SyncRequest {
@@ -51,8 +71,16 @@ impl Engine {
             usage: batch.clone(),
             leases,
             accounts,
+            reset_seq,
         };
+        for l in &req.leases {
+            tracing::trace!(account_id = %l.account_id, seq = l.seq, held = %l.held,
+                give_back = l.give_back, release = l.release, "lease in sync");
+        }
         let resp = self.call_ledger(req, DEFAULT_SYNC_TIMEOUT_MS).await?;
+        if reset_seq != 0 {
+            self.reset_pending.store(false, Ordering::Relaxed);
+        }
         self.journal.ack(&batch);
         self.apply_snapshots(resp.snapshots);
         Ok(batch.len())
@@ -89,6 +117,7 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = engine.journal.usage_written(), if !failing => {}
+            _ = engine.sync_wanted(), if !failing => {}
             _ = tick.tick() => {
                 engine.sweep(engine.now_ms());
                 failing = false;
@@ -110,9 +139,11 @@ pub async fn run(
                 scanned_at_ms = now_ms;
             }
         }
-        loop {
+        // Until a batch comes back short and nothing asked for another round (lease to give
+        // back that the last answer revealed); bounded all the same.
+        for _ in 0..FLUSH_BATCHES_MAX {
             match engine.sync_once(batch_max).await {
-                Ok(n) if n < batch_max => break,
+                Ok(n) if n < batch_max && !engine.take_sync_wanted() => break,
                 Ok(_) => continue,
                 Err(e) => {
                     // Back off to the tick; the outbox keeps everything meanwhile.

@@ -11,7 +11,7 @@
 
 use super::events::{Event, EventKind};
 use super::{Account, Engine, EngineError, Take};
-use crate::billing::status::{self, DenyReason};
+use crate::billing::status::DenyReason;
 use crate::billing::{Money, Price, Resource};
 use crate::journal::{Entry, HoldState, JournalError, ReservationRow};
 
@@ -319,7 +319,7 @@ impl Engine {
                 }
                 if work.stopped.is_none() {
                     match self.hold_next_locked(&mut a, work, now_ms) {
-                        Ok(Some(Take::NeedLease(_))) => need_lease = true,
+                        Ok(Some(Take::NeedLease)) => need_lease = true,
                         Ok(Some(Take::Denied(reason))) => {
                             stopped_now = Some(reason);
                             self.stop_locked(&mut a, work, reason);
@@ -520,7 +520,7 @@ impl Engine {
             Some(_) => 0,
             None => {
                 let available =
-                    status::available_for(a.balance, &a.grants, a.held, work.key.resource, now_ms);
+                    a.available(work.key.resource, now_ms, self.cfg.lease_whole_account);
                 work.price.quantity_for(available + work.held)
             }
         };

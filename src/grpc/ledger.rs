@@ -28,6 +28,11 @@ fn money_in(field: &str, m: Option<&pb::Money>) -> Result<Money, Invalid> {
     Money::parse(&m.amount).map_err(|e| Invalid(format!("{field}: {e}")))
 }
 
+/// An optional amount (fields added after the first version): unset is zero.
+fn money_or_zero(field: &str, m: Option<&pb::Money>) -> Result<Money, Invalid> {
+    m.map_or(Ok(Money::ZERO), |m| money_in(field, Some(m)))
+}
+
 fn usage_out(currency: &str, u: &UsageRecord) -> pb::UsageRecord {
     pb::UsageRecord {
         seq: u.seq,
@@ -72,7 +77,12 @@ fn snapshot_out(currency: &str, s: &AccountSnapshot, now_ms: i64) -> pb::Account
         lease: Some(pb::Lease {
             remaining: money_out(currency, s.lease.remaining),
             expires_at_ms: s.lease.expires_at_ms,
+            seq: s.lease.seq,
+            edge: s.lease.edge,
+            give_back: s.lease.give_back,
         }),
+        unleased: money_out(currency, s.unleased),
+        recalling: money_out(currency, s.recalling),
         request_counts: s
             .request_counts
             .rows()
@@ -91,6 +101,9 @@ fn snapshot_in(s: &pb::AccountSnapshot) -> Result<AccountSnapshot, Invalid> {
         Some(l) => Lease {
             remaining: money_in("lease.remaining", l.remaining.as_ref())?,
             expires_at_ms: l.expires_at_ms,
+            seq: l.seq,
+            edge: l.edge,
+            give_back: l.give_back,
         },
         None => Lease::default(),
     };
@@ -105,6 +118,8 @@ fn snapshot_in(s: &pb::AccountSnapshot) -> Result<AccountSnapshot, Invalid> {
             .collect::<Result<_, _>>()?,
         applied_seq: s.applied_seq,
         lease,
+        unleased: money_or_zero("unleased", s.unleased.as_ref())?,
+        recalling: money_or_zero("recalling", s.recalling.as_ref())?,
         request_counts: crate::billing::free_tier::RequestCounts::from_rows(
             s.request_counts
                 .iter()
@@ -141,11 +156,17 @@ impl pb::ledger_server::Ledger for LedgerService {
                 .leases
                 .iter()
                 .map(|l| {
+                    let held = money_in("held", l.held.as_ref())?;
                     Ok(LeaseRequest {
                         account_id: convert::id("account_id", &l.account_id)?.to_owned(),
                         want: money_in("want", l.want.as_ref())?,
-                        held: money_in("held", l.held.as_ref())?,
+                        need: match &l.need {
+                            Some(n) => money_in("need", Some(n))?,
+                            None => held,
+                        },
+                        held,
                         release: l.release,
+                        give_back: l.give_back,
                         seq: l.seq,
                     })
                 })
@@ -155,6 +176,7 @@ impl pb::ledger_server::Ledger for LedgerService {
                 .iter()
                 .map(|a| convert::id("accounts", a).map(str::to_owned))
                 .collect::<Result<_, _>>()?,
+            reset_seq: r.reset_seq,
         };
         let resp = self.ledger.sync_as_ledger(req).await?;
         Ok(Response::new(pb::SyncResponse {
@@ -165,6 +187,7 @@ impl pb::ledger_server::Ledger for LedgerService {
                 .collect(),
             now_ms: resp.now_ms,
             hold_grace_ms: resp.hold_grace_ms,
+            recalls: resp.recalls,
         }))
     }
 
@@ -376,12 +399,15 @@ impl LedgerApi for RemoteLedger {
                 .map(|l| pb::LeaseRequest {
                     account_id: l.account_id.clone(),
                     want: money_out(c, l.want),
+                    need: money_out(c, l.need),
                     held: money_out(c, l.held),
                     release: l.release,
+                    give_back: l.give_back,
                     seq: l.seq,
                 })
                 .collect(),
             accounts: req.accounts,
+            reset_seq: req.reset_seq,
         };
         let resp = self
             .client
@@ -401,6 +427,7 @@ impl LedgerApi for RemoteLedger {
                 })?,
             now_ms: resp.now_ms,
             hold_grace_ms: resp.hold_grace_ms,
+            recalls: resp.recalls,
         })
     }
 }

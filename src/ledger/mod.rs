@@ -31,6 +31,13 @@ pub const DEFAULT_STATEMENT_ENTRIES_MAX: usize = 10_000;
 /// Times an operation reloads and retries after a concurrent change of the same account.
 pub const COMMIT_RETRIES_MAX: usize = 32;
 
+/// Most recalled accounts one Sync answer lists (the rest follow in later syncs).
+pub const DEFAULT_RECALLS_MAX: usize = 1_000;
+/// Most leases a restarted sidecar's first Sync gives back (far more than one sidecar
+/// ever holds), written `RESET_CHUNK` at a time.
+pub const DEFAULT_RESET_LEASES_MAX: usize = 1_000_000;
+const RESET_CHUNK: usize = 1_000;
+
 /// Sidecar id of the sidecar embedded with its ledger in `quotad serve`.
 pub const EMBEDDED_SIDECAR_ID: &str = "embedded";
 
@@ -63,6 +70,12 @@ pub struct AccountSnapshot {
     pub lease: Lease,
     /// Requests counted this month and before (the free tier), as of `applied_seq`.
     pub request_counts: billing::free_tier::RequestCounts,
+    /// Money of the account no sidecar holds a lease on: what any sidecar could be granted
+    /// at once.
+    pub unleased: Money,
+    /// Unused money of other sidecars the ledger asked back for this sidecar's unmet need
+    /// (0 unless this answer is to such a request): it frees up at their next sync.
+    pub recalling: Money,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +102,10 @@ pub struct SyncRequest {
     pub leases: Vec<LeaseRequest>,
     /// Accounts to return snapshots of (besides those in `usage` and `leases`).
     pub accounts: Vec<String>,
+    /// Non-zero: the sidecar has just started, and gives back every lease a previous run
+    /// of it left (on accounts not in `leases`), with this lease request sequence number.
+    /// Its journal tells it what it still owes; what it does not name, it does not use.
+    pub reset_seq: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +116,9 @@ pub struct SyncResponse {
     pub now_ms: i64,
     /// Holds must expire by their lease's expiry plus this (see `lease`).
     pub hold_grace_ms: i64,
+    /// Accounts on which the ledger asks this sidecar to give back its unused lease
+    /// (also those it has not cached), at most `DEFAULT_RECALLS_MAX`.
+    pub recalls: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +222,7 @@ fn usage_changes(
         .filter(|l| l.sidecar_id == sidecar_id && spent.is_positive())
         .map(|l| LeaseRow {
             remaining: (l.remaining - spent).non_negative(),
+            held: (l.held - spent).non_negative(),
             ..l.clone()
         })
         .collect();
@@ -584,7 +605,10 @@ impl Ledger {
         }
     }
 
-    fn snapshot_of(s: store::AccountState, sidecar_id: &str) -> AccountSnapshot {
+    /// The account as `sidecar_id` should cache it.
+    fn snapshot_of(&self, s: store::AccountState, sidecar_id: &str) -> AccountSnapshot {
+        let now_ms = self.now_ms();
+        let grace = self.lease_cfg.hold_grace_ms;
         let lease = s
             .leases
             .iter()
@@ -592,9 +616,15 @@ impl Ledger {
             .map(|l| Lease {
                 remaining: l.remaining,
                 expires_at_ms: l.expires_at_ms,
+                seq: l.request_seq,
+                edge: l.edge,
+                give_back: l.give_back,
             })
             .unwrap_or_default();
+        let payable = lease::payable(s.balance, &s.grants, now_ms);
         AccountSnapshot {
+            unleased: lease::unleased(payable, &s.leases, now_ms, grace),
+            recalling: Money::ZERO,
             account_id: s.account_id,
             version: s.version,
             balance: s.balance,
@@ -634,68 +664,142 @@ impl Ledger {
         sidecar_id: &str,
         account_id: &str,
     ) -> Result<AccountSnapshot, LedgerError> {
-        Ok(Self::snapshot_of(
-            self.load(account_id, sidecar_id).await?,
-            sidecar_id,
-        ))
+        let state = self.load(account_id, sidecar_id).await?;
+        Ok(self.snapshot_of(state, sidecar_id))
     }
 
-    /// Grants, renews or gives back one lease; returns the snapshot with it.
-    async fn lease(
+    /// Snapshots of many accounts for `sidecar_id`, with one set-based load.
+    async fn snapshots(
         &self,
         sidecar_id: &str,
-        req: &LeaseRequest,
-    ) -> Result<AccountSnapshot, LedgerError> {
-        let cfg = self.lease_cfg;
-        for _ in 0..COMMIT_RETRIES_MAX {
-            let now_ms = self.now_ms();
-            let mut state = self.load(&req.account_id, sidecar_id).await?;
-            let payable = lease::payable(state.balance, &state.grants, now_ms);
-            let others =
-                lease::occupied_by_others(&state.leases, sidecar_id, now_ms, cfg.hold_grace_ms);
-            let row_now = state.leases.iter().find(|l| l.sidecar_id == sidecar_id);
-            if let Some(r) = row_now
+        account_ids: &[String],
+    ) -> Result<Vec<AccountSnapshot>, LedgerError> {
+        let states = self.store.load_many(account_ids, sidecar_id).await?;
+        if let Some(missing) = account_ids
+            .iter()
+            .find(|id| !states.iter().any(|s| &s.account_id == *id))
+        {
+            return Err(LedgerError::UnknownAccount(missing.clone()));
+        }
+        Ok(states
+            .into_iter()
+            .map(|s| self.snapshot_of(s, sidecar_id))
+            .collect())
+    }
+
+    /// Applies one account's lease requests (oldest first) to its loaded state: the
+    /// changes to write (None: nothing changes) and the snapshot to answer with.
+    fn lease_changes(
+        &self,
+        sidecar_id: &str,
+        mut state: store::AccountState,
+        reqs: &[&LeaseRequest],
+    ) -> (Option<ChangeSet>, AccountSnapshot) {
+        let now_ms = self.now_ms();
+        let payable = lease::payable(state.balance, &state.grants, now_ms);
+        let mut changed: Vec<LeaseRow> = Vec::new();
+        let mut recalling = Money::ZERO;
+        for req in reqs {
+            let current = state.leases.iter().find(|l| l.sidecar_id == sidecar_id);
+            if let Some(r) = current
                 && req.seq <= r.request_seq
             {
                 // A late copy of an older request: the lease already reflects a newer one.
                 tracing::debug!(account_id = %req.account_id, sidecar_id, seq = req.seq,
                     newer = r.request_seq, "stale lease request ignored");
-                return Ok(Self::snapshot_of(state, sidecar_id));
+                continue;
             }
-            let current = row_now.map(|l| Lease {
-                remaining: l.remaining,
-                expires_at_ms: l.expires_at_ms,
-            });
-            let granted = lease::grant(req, current.as_ref(), payable, others, now_ms, cfg);
-            let row = LeaseRow {
-                sidecar_id: sidecar_id.to_owned(),
-                remaining: granted.remaining,
-                expires_at_ms: granted.expires_at_ms,
-                request_seq: req.seq,
-            };
-            let changes = ChangeSet {
-                balance: state.balance,
-                leases: vec![row.clone()],
-                ..ChangeSet::default()
-            };
-            match self
-                .store
-                .commit(&req.account_id, state.version, changes)
-                .await
-            {
-                Ok(()) => {
-                    tracing::debug!(account_id = %req.account_id, sidecar_id, remaining = %granted.remaining,
-                        %payable, %others, "lease");
-                    state.version += 1;
-                    state.leases.retain(|l| l.sidecar_id != sidecar_id);
-                    state.leases.push(row);
-                    return Ok(Self::snapshot_of(state, sidecar_id));
-                }
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e.into()),
+            let d = lease::decide(
+                req,
+                sidecar_id,
+                &state.leases,
+                payable,
+                now_ms,
+                self.lease_cfg,
+            );
+            tracing::debug!(account_id = %req.account_id, sidecar_id, remaining = %d.row.remaining,
+                need = %req.need, edge = d.row.edge, recalling = %d.recalling, %payable, "lease");
+            if !d.others.is_empty() {
+                tracing::info!(account_id = %req.account_id, sidecar_id, need = %req.need,
+                    recalling = %d.recalling, sidecars = d.others.len(),
+                    "account near the edge: other sidecars' unused leases asked back");
+            }
+            recalling = d.recalling;
+            for row in std::iter::once(d.row).chain(d.others) {
+                state.leases.retain(|l| l.sidecar_id != row.sidecar_id);
+                changed.retain(|l| l.sidecar_id != row.sidecar_id);
+                changed.push(row.clone());
+                state.leases.push(row);
             }
         }
-        Err(LedgerError::Contended(req.account_id.clone()))
+        let changes = (!changed.is_empty()).then(|| ChangeSet {
+            balance: state.balance,
+            leases: changed,
+            ..ChangeSet::default()
+        });
+        if changes.is_some() {
+            state.version += 1;
+        }
+        let mut snap = self.snapshot_of(state, sidecar_id);
+        snap.recalling = recalling;
+        (changes, snap)
+    }
+
+    /// Grants, renews or gives back leases, one set-based load and write per round;
+    /// accounts that changed concurrently are reloaded and retried alone. Returns the
+    /// snapshots of the accounts named.
+    async fn apply_leases(
+        &self,
+        sidecar_id: &str,
+        reqs: &[LeaseRequest],
+    ) -> Result<Vec<AccountSnapshot>, LedgerError> {
+        let mut by_account: BTreeMap<&str, Vec<&LeaseRequest>> = BTreeMap::new();
+        for r in reqs {
+            by_account.entry(r.account_id.as_str()).or_default().push(r);
+        }
+        for v in by_account.values_mut() {
+            v.sort_by_key(|r| r.seq);
+        }
+        let mut todo: Vec<String> = by_account.keys().map(|k| (*k).to_owned()).collect();
+        let mut out = Vec::with_capacity(todo.len());
+        for _ in 0..COMMIT_RETRIES_MAX {
+            if todo.is_empty() {
+                return Ok(out);
+            }
+            let states = self.store.load_many(&todo, sidecar_id).await?;
+            if let Some(missing) = todo
+                .iter()
+                .find(|id| !states.iter().any(|s| &s.account_id == *id))
+            {
+                return Err(LedgerError::UnknownAccount(missing.clone()));
+            }
+            let mut commits = Vec::new();
+            let mut pending = Vec::new();
+            for state in states {
+                let (account_id, version) = (state.account_id.clone(), state.version);
+                let reqs = &by_account[account_id.as_str()];
+                match self.lease_changes(sidecar_id, state, reqs) {
+                    (None, snap) => out.push(snap),
+                    (Some(c), snap) => {
+                        commits.push((account_id, version, c));
+                        pending.push(snap);
+                    }
+                }
+            }
+            let results = self.store.commit_many(commits).await?;
+            todo.clear();
+            for (snap, r) in pending.into_iter().zip(results) {
+                match r {
+                    Ok(()) => out.push(snap),
+                    Err(StoreError::Conflict(_)) => todo.push(snap.account_id),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        match todo.first() {
+            None => Ok(out),
+            Some(a) => Err(LedgerError::Contended(a.clone())),
+        }
     }
 }
 
@@ -706,30 +810,76 @@ impl Ledger {
     }
 }
 
+impl Ledger {
+    /// A restarted sidecar gives back the leases its previous runs left, but on `keep`.
+    async fn reset_leases(
+        &self,
+        sidecar_id: &str,
+        seq: u64,
+        keep: &[LeaseRequest],
+    ) -> Result<(), LedgerError> {
+        let accounts: Vec<String> = self
+            .store
+            .leased_accounts(sidecar_id, DEFAULT_RESET_LEASES_MAX)
+            .await?
+            .into_iter()
+            .filter(|a| !keep.iter().any(|l| &l.account_id == a))
+            .collect();
+        for chunk in accounts.chunks(RESET_CHUNK) {
+            let reqs: Vec<LeaseRequest> = chunk
+                .iter()
+                .map(|account_id| LeaseRequest {
+                    account_id: account_id.clone(),
+                    want: Money::ZERO,
+                    need: Money::ZERO,
+                    held: Money::ZERO,
+                    release: true,
+                    give_back: false,
+                    seq,
+                })
+                .collect();
+            self.apply_leases(sidecar_id, &reqs).await?;
+        }
+        if !accounts.is_empty() {
+            tracing::info!(
+                sidecar_id,
+                leases = accounts.len(),
+                "sidecar restarted: leases of its previous run given back"
+            );
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl LedgerApi for Ledger {
     async fn sync(&self, req: SyncRequest) -> Result<SyncResponse, LedgerError> {
         self.apply_usage(&req.sidecar_id, &req.usage).await?;
-        let mut snapshots = Vec::new();
-        for l in &req.leases {
-            snapshots.push(self.lease(&req.sidecar_id, l).await?);
+        if req.reset_seq != 0 {
+            self.reset_leases(&req.sidecar_id, req.reset_seq, &req.leases)
+                .await?;
         }
-        let mut ids: Vec<&str> = req
+        let mut snapshots = self.apply_leases(&req.sidecar_id, &req.leases).await?;
+        let mut ids: Vec<String> = req
             .usage
             .iter()
             .map(|u| u.account_id.as_str())
             .chain(req.accounts.iter().map(String::as_str))
             .filter(|id| !req.leases.iter().any(|l| l.account_id == *id))
+            .map(str::to_owned)
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        for id in ids {
-            snapshots.push(self.snapshot(&req.sidecar_id, id).await?);
-        }
+        snapshots.extend(self.snapshots(&req.sidecar_id, &ids).await?);
+        let recalls = self
+            .store
+            .recalls(&req.sidecar_id, DEFAULT_RECALLS_MAX)
+            .await?;
         Ok(SyncResponse {
             snapshots,
             now_ms: self.now_ms(),
             hold_grace_ms: self.lease_cfg.hold_grace_ms,
+            recalls,
         })
     }
 }

@@ -183,7 +183,17 @@ CREATE TABLE auth_access (
 );
 CREATE INDEX auth_access_by_sub_user ON auth_access(sub_user);
 "#,
+    r#"
+ALTER TABLE leases ADD COLUMN held NUMERIC NOT NULL DEFAULT 0;
+ALTER TABLE leases ADD COLUMN want NUMERIC NOT NULL DEFAULT 0;
+ALTER TABLE leases ADD COLUMN edge BOOLEAN NOT NULL DEFAULT FALSE;
+ALTER TABLE leases ADD COLUMN give_back BOOLEAN NOT NULL DEFAULT FALSE;
+CREATE INDEX leases_by_sidecar ON leases(sidecar_id);
+"#,
 ];
+
+/// The schema version this build migrates to (the number of migrations).
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
 /// SQLSTATE of a unique violation.
 const UNIQUE_VIOLATION: &str = "23505";
@@ -355,6 +365,14 @@ const LOAD_SQL: &str = "SELECT a.version, a.balance::text, \
           WHERE l.account_id = a.account_id ORDER BY l.sidecar_id), \
     ARRAY(SELECT l.request_seq FROM leases l \
           WHERE l.account_id = a.account_id ORDER BY l.sidecar_id), \
+    ARRAY(SELECT l.held::text FROM leases l \
+          WHERE l.account_id = a.account_id ORDER BY l.sidecar_id), \
+    ARRAY(SELECT l.want::text FROM leases l \
+          WHERE l.account_id = a.account_id ORDER BY l.sidecar_id), \
+    ARRAY(SELECT l.edge FROM leases l \
+          WHERE l.account_id = a.account_id ORDER BY l.sidecar_id), \
+    ARRAY(SELECT l.give_back FROM leases l \
+          WHERE l.account_id = a.account_id ORDER BY l.sidecar_id), \
     ARRAY(SELECT r.resource FROM request_counts r \
           WHERE r.account_id = a.account_id ORDER BY r.resource, r.month), \
     ARRAY(SELECT r.month FROM request_counts r \
@@ -364,7 +382,7 @@ const LOAD_SQL: &str = "SELECT a.version, a.balance::text, \
     FROM accounts a WHERE a.account_id = $1";
 
 /// Columns of LOAD_SQL (the account id follows them in `load_many`).
-const LOAD_COLUMNS: usize = 21;
+const LOAD_COLUMNS: usize = 25;
 
 fn read_state(account_id: &str, row: &PgRow) -> Result<AccountState, StoreError> {
     fn col<'r, T>(row: &'r PgRow, i: usize) -> Result<T, StoreError>
@@ -391,9 +409,13 @@ fn read_state(account_id: &str, row: &PgRow) -> Result<AccountState, StoreError>
     let lease_remaining: Vec<String> = col(row, 15)?;
     let lease_expires: Vec<i64> = col(row, 16)?;
     let lease_seqs: Vec<i64> = col(row, 17)?;
-    let rc_resources: Vec<String> = col(row, 18)?;
-    let rc_months: Vec<i64> = col(row, 19)?;
-    let rc_counts: Vec<i64> = col(row, 20)?;
+    let lease_held: Vec<String> = col(row, 18)?;
+    let lease_want: Vec<String> = col(row, 19)?;
+    let lease_edge: Vec<bool> = col(row, 20)?;
+    let lease_give_back: Vec<bool> = col(row, 21)?;
+    let rc_resources: Vec<String> = col(row, 22)?;
+    let rc_months: Vec<i64> = col(row, 23)?;
+    let rc_counts: Vec<i64> = col(row, 24)?;
     if rc_months.len() != rc_resources.len() || rc_counts.len() != rc_resources.len() {
         return Err(StoreError::Corrupt(format!(
             "account {account_id}: request count columns of unequal length"
@@ -426,6 +448,10 @@ fn read_state(account_id: &str, row: &PgRow) -> Result<AccountState, StoreError>
         || lease_remaining.len() != lease_sidecars.len()
         || lease_expires.len() != lease_sidecars.len()
         || lease_seqs.len() != lease_sidecars.len()
+        || lease_held.len() != lease_sidecars.len()
+        || lease_want.len() != lease_sidecars.len()
+        || lease_edge.len() != lease_sidecars.len()
+        || lease_give_back.len() != lease_sidecars.len()
     {
         return Err(StoreError::Corrupt(format!(
             "account {account_id}: grant or lease columns of unequal length"
@@ -448,20 +474,19 @@ fn read_state(account_id: &str, row: &PgRow) -> Result<AccountState, StoreError>
             stackable: stackables[i],
         });
     }
-    let leases = lease_sidecars
-        .into_iter()
-        .zip(lease_remaining)
-        .zip(lease_expires)
-        .zip(lease_seqs)
-        .map(|(((sidecar_id, remaining), expires_at_ms), request_seq)| {
-            Ok(LeaseRow {
-                sidecar_id,
-                remaining: money(&remaining)?,
-                expires_at_ms,
-                request_seq: request_seq.max(0) as u64,
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
+    let mut leases = Vec::with_capacity(lease_sidecars.len());
+    for (i, sidecar_id) in lease_sidecars.into_iter().enumerate() {
+        leases.push(LeaseRow {
+            sidecar_id,
+            remaining: money(&lease_remaining[i])?,
+            expires_at_ms: lease_expires[i],
+            request_seq: u64::try_from(lease_seqs[i]).unwrap_or(0),
+            held: money(&lease_held[i])?,
+            want: money(&lease_want[i])?,
+            edge: lease_edge[i],
+            give_back: lease_give_back[i],
+        });
+    }
     Ok(AccountState {
         account_id: account_id.to_owned(),
         version,
@@ -813,30 +838,45 @@ async fn write_batch(tx: &mut PgConnection, entries: &[Entry<'_>]) -> Result<Vec
     let mut l_rem = Vec::new();
     let mut l_exp = Vec::new();
     let mut l_seq = Vec::new();
+    let mut l_held = Vec::new();
+    let mut l_want = Vec::new();
+    let mut l_edge = Vec::new();
+    let mut l_give = Vec::new();
     for (a, c) in &live {
         for l in last_per_key(&c.leases, |l| l.sidecar_id.as_str()) {
             l_acc.push(*a);
             l_sc.push(l.sidecar_id.as_str());
             l_rem.push(l.remaining.to_string());
             l_exp.push(l.expires_at_ms);
-            l_seq.push(l.request_seq as i64);
+            l_seq.push(i64::try_from(l.request_seq).unwrap_or(i64::MAX));
+            l_held.push(l.held.to_string());
+            l_want.push(l.want.to_string());
+            l_edge.push(l.edge);
+            l_give.push(l.give_back);
         }
     }
     if !l_acc.is_empty() {
         sqlx::query(
-            "INSERT INTO leases (account_id, sidecar_id, remaining, expires_at_ms, request_seq) \
-             SELECT a, sc, rem::numeric, exp, rs \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[]) \
-             AS v(a, sc, rem, exp, rs) \
+            "INSERT INTO leases (account_id, sidecar_id, remaining, expires_at_ms, request_seq, \
+             held, want, edge, give_back) \
+             SELECT a, sc, rem::numeric, exp, rs, h::numeric, w::numeric, e, g \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], \
+             $6::text[], $7::text[], $8::bool[], $9::bool[]) \
+             AS v(a, sc, rem, exp, rs, h, w, e, g) \
              ON CONFLICT (account_id, sidecar_id) DO UPDATE SET \
              remaining = excluded.remaining, expires_at_ms = excluded.expires_at_ms, \
-             request_seq = excluded.request_seq",
+             request_seq = excluded.request_seq, held = excluded.held, want = excluded.want, \
+             edge = excluded.edge, give_back = excluded.give_back",
         )
         .bind(l_acc)
         .bind(l_sc)
         .bind(l_rem)
         .bind(l_exp)
         .bind(l_seq)
+        .bind(l_held)
+        .bind(l_want)
+        .bind(l_edge)
+        .bind(l_give)
         .execute(&mut *tx)
         .await
         .map_err(write_err(scope, None))?;
@@ -1487,6 +1527,36 @@ impl LedgerStore for PgStore {
                 .await
                 .map_err(db)?;
         Ok(known.into_iter().collect())
+    }
+
+    async fn leased_accounts(
+        &self,
+        sidecar_id: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT account_id FROM leases WHERE sidecar_id = $1 AND remaining > 0 \
+             ORDER BY account_id LIMIT $2",
+        )
+        .bind(sidecar_id)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows.into_iter().map(|(a,)| a).collect())
+    }
+
+    async fn recalls(&self, sidecar_id: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT account_id FROM leases WHERE sidecar_id = $1 AND give_back \
+             ORDER BY account_id LIMIT $2",
+        )
+        .bind(sidecar_id)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows.into_iter().map(|(a,)| a).collect())
     }
 
     async fn statement(

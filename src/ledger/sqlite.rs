@@ -126,6 +126,13 @@ CREATE TABLE auth_access (
 );
 CREATE INDEX auth_access_by_sub_user ON auth_access(sub_user);
 "#,
+    r#"
+ALTER TABLE leases ADD COLUMN held TEXT NOT NULL DEFAULT '0';
+ALTER TABLE leases ADD COLUMN want TEXT NOT NULL DEFAULT '0';
+ALTER TABLE leases ADD COLUMN edge BOOLEAN NOT NULL DEFAULT FALSE;
+ALTER TABLE leases ADD COLUMN give_back BOOLEAN NOT NULL DEFAULT FALSE;
+CREATE INDEX leases_by_sidecar ON leases(sidecar_id);
+"#,
 ];
 
 pub struct SqliteStore {
@@ -393,16 +400,22 @@ fn write_changes(
     }
     for l in &c.leases {
         tx.execute(
-            "INSERT INTO leases (account_id, sidecar_id, remaining, expires_at_ms, request_seq) \
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (account_id, sidecar_id) DO UPDATE SET \
+            "INSERT INTO leases (account_id, sidecar_id, remaining, expires_at_ms, request_seq, \
+             held, want, edge, give_back) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+             ON CONFLICT (account_id, sidecar_id) DO UPDATE SET \
              remaining = excluded.remaining, expires_at_ms = excluded.expires_at_ms, \
-             request_seq = excluded.request_seq",
+             request_seq = excluded.request_seq, held = excluded.held, want = excluded.want, \
+             edge = excluded.edge, give_back = excluded.give_back",
             params![
                 account_id,
                 l.sidecar_id,
                 l.remaining.to_string(),
                 l.expires_at_ms,
-                l.request_seq as i64
+                i64::try_from(l.request_seq).unwrap_or(i64::MAX),
+                l.held.to_string(),
+                l.want.to_string(),
+                l.edge,
+                l.give_back
             ],
         )
         .map_err(db)?;
@@ -502,24 +515,40 @@ impl LedgerStore for SqliteStore {
             let leases = {
                 let mut s = tx
                     .prepare_cached(
-                        "SELECT sidecar_id, remaining, expires_at_ms, request_seq FROM leases \
-                         WHERE account_id = ?1 ORDER BY sidecar_id",
+                        "SELECT sidecar_id, remaining, expires_at_ms, request_seq, held, want, \
+                         edge, give_back FROM leases WHERE account_id = ?1 ORDER BY sidecar_id",
                     )
                     .map_err(db)?;
+                type Row = (String, String, i64, i64, String, String, bool, bool);
                 let rows = s
-                    .query_map([&id], |r| <(String, String, i64, i64)>::try_from(r))
+                    .query_map([&id], |r| <Row>::try_from(r))
                     .map_err(db)?
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(db)?;
                 rows.into_iter()
-                    .map(|(sidecar_id, remaining, expires_at_ms, request_seq)| {
-                        Ok(LeaseRow {
+                    .map(
+                        |(
                             sidecar_id,
-                            remaining: Money::from_decimal(dec(&remaining)?),
+                            remaining,
                             expires_at_ms,
-                            request_seq: request_seq.max(0) as u64,
-                        })
-                    })
+                            seq,
+                            held,
+                            want,
+                            edge,
+                            give_back,
+                        )| {
+                            Ok(LeaseRow {
+                                sidecar_id,
+                                remaining: Money::from_decimal(dec(&remaining)?),
+                                expires_at_ms,
+                                request_seq: u64::try_from(seq).unwrap_or(0),
+                                held: Money::from_decimal(dec(&held)?),
+                                want: Money::from_decimal(dec(&want)?),
+                                edge,
+                                give_back,
+                            })
+                        },
+                    )
                     .collect::<Result<Vec<_>, StoreError>>()?
             };
             let request_counts = {
@@ -664,6 +693,56 @@ impl LedgerStore for SqliteStore {
                 }
             }
             Ok(known)
+        })
+        .await
+    }
+
+    async fn leased_accounts(
+        &self,
+        sidecar_id: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let id = sidecar_id.to_owned();
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT account_id, remaining FROM leases WHERE sidecar_id = ?1 \
+                     ORDER BY account_id",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([&id], |r| <(String, String)>::try_from(r))
+                .map_err(db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db)?;
+            let mut out = Vec::new();
+            for (account, remaining) in rows {
+                if out.len() >= limit {
+                    break;
+                }
+                if dec(&remaining)? > Decimal::ZERO {
+                    out.push(account);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn recalls(&self, sidecar_id: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let id = sidecar_id.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT account_id FROM leases WHERE sidecar_id = ?1 AND give_back \
+                     ORDER BY account_id LIMIT ?2",
+                )
+                .map_err(db)?;
+            stmt.query_map(params![id, limit], |r| r.get::<_, String>(0))
+                .map_err(db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db)
         })
         .await
     }

@@ -54,6 +54,15 @@ pub struct LeaseRow {
     /// Sequence of the sidecar's request that set this lease: an older request arriving
     /// late (a retry, a slow network) is not applied over a newer one.
     pub request_seq: u64,
+    /// What the sidecar reported as committed (open holds, unapplied usage) with that
+    /// request, less the usage applied since: the part of the lease that is not headroom.
+    pub held: Money,
+    /// The lease the sidecar wanted with that request (its demand).
+    pub want: Money,
+    /// The account is near the edge: this sidecar keeps no headroom (see `lease`).
+    pub edge: bool,
+    /// The ledger asked this sidecar to give back what it does not use.
+    pub give_back: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -191,6 +200,17 @@ pub trait LedgerStore: Send + Sync + 'static {
         }
         Ok(out)
     }
+
+    /// Accounts on which `sidecar_id`'s lease is flagged `give_back`, at most `limit`.
+    async fn recalls(&self, sidecar_id: &str, limit: usize) -> Result<Vec<String>, StoreError>;
+
+    /// Accounts on which `sidecar_id` holds a lease with money in it, at most `limit`, in
+    /// account order (a restarted sidecar gives them back).
+    async fn leased_accounts(
+        &self,
+        sidecar_id: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
 
     /// The latest `limit` usage entries of the account, oldest first, and whether older
     /// ones were left out.

@@ -13,6 +13,8 @@ use quotad::pb::quota_client::QuotaClient;
 use quotad::server::{self, Running, ServeConfig};
 use tonic::transport::Channel;
 
+pub mod procs;
+
 /// Clients send the operator token of the server they were made for (see `connect`).
 pub type Ch = BearerChannel;
 

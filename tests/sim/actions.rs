@@ -112,8 +112,13 @@ impl Sim {
         }
     }
 
-    /// A job length in ms: mostly short, sometimes long enough to drain an account.
+    /// A job length in ms: mostly short, sometimes long enough to drain an account. In a
+    /// fleet, jobs are small against the accounts (0.0006 to 0.12 each), so that many
+    /// sidecars compete for an account's last money job by job.
     fn quantity(&mut self) -> u64 {
+        if self.fleet {
+            return self.rng.range(1_000, 200_000) as u64;
+        }
         let q = match self.rng.weighted(&[60, 30, 10]) {
             0 => self.rng.range(1_000, 400_000),
             1 => self.rng.range(400_000, 2_000_000),
@@ -136,26 +141,22 @@ impl Sim {
         let id = self.new_id(&format!("s{i}-r"));
         let account_id = self.model.accounts[account].account_id.clone();
         let now = self.now();
-        let r = self
-            .engine(i)
-            .reserve(ReserveRequest {
-                account_id: account_id.clone(),
-                reservation_id: id.clone(),
-                resource: Resource::GpuShared,
-                sku: A10.into(),
-                quantity,
-                ttl_ms,
-            })
-            .await;
+        let req = super::liveness::reserve_request(&account_id, &id, quantity, ttl_ms);
+        let sent = self.before_reserve(i, account).await;
+        let r = self.engine(i).reserve(req.clone()).await;
         let o = r.unwrap_or_else(|e| self.fail(format!("reserve {id} on sidecar-{i}: {e}")));
         if !o.admitted {
             let reason = o.reason.map(|r| r.name()).unwrap_or("NONE");
             *self.stats.denied.entry(reason).or_default() += 1;
             self.note(format!(
-                "reserve {id} sidecar-{i} {account_id} {quantity} ms: denied {reason}"
+                "reserve {id} sidecar-{i} {account_id} {quantity} ms: denied {reason} (available {})",
+                o.available
             ));
-            return;
         }
+        let Some((id, o)) = self.judge_reserve(i, account, &req, o, sent).await else {
+            return;
+        };
+        let now = now.max(self.now());
         let held = o.held.as_decimal();
         if held != a10_cost(quantity) {
             self.fail(format!(

@@ -208,6 +208,21 @@ impl SimNet {
         self.st().sticky = None;
     }
 
+    /// Whether `sidecar_id` is cut off from the ledger at `now_ms`.
+    pub fn is_partitioned(&self, sidecar_id: &str, now_ms: i64) -> bool {
+        self.st()
+            .partitioned_until
+            .get(sidecar_id)
+            .is_some_and(|&u| now_ms < u)
+    }
+
+    /// Calls that did not get through so far (partitioned, request or response lost): a
+    /// change across an operation means the network failed it somewhere.
+    pub fn failures(&self) -> u64 {
+        let s = self.st().stats;
+        s.partition_drops + s.request_lost + s.response_lost
+    }
+
     /// Ends every partition and fault, and forgets the stashed requests (end of a run).
     pub fn heal(&self) {
         let mut s = self.st();

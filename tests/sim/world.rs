@@ -25,6 +25,8 @@ use crate::rng::Rng;
 mod actions;
 #[path = "audit.rs"]
 mod audit;
+#[path = "liveness.rs"]
+mod liveness;
 
 /// 2026-11-01T00:00:00Z, as in the black-box tests.
 pub const T0_MS: i64 = 1_793_491_200_000;
@@ -87,6 +89,11 @@ pub struct Stats {
     /// Sum of the seeds' history fingerprints: equal across runs of the same seeds, or the
     /// simulation is not deterministic.
     pub fingerprint: u64,
+    /// Seeds with many sidecars sharing small accounts.
+    pub fleet_seeds: u64,
+    /// Liveness (G7): denials of work the model says the account could pay, and what came
+    /// of each (see `sim/liveness.rs`).
+    pub liveness: liveness::LivenessStats,
 }
 
 impl Stats {
@@ -122,6 +129,8 @@ impl Stats {
         self.silent_overruns += o.silent_overruns;
         self.max_silent_overrun = self.max_silent_overrun.max(o.max_silent_overrun);
         self.fingerprint = self.fingerprint.wrapping_add(o.fingerprint);
+        self.fleet_seeds += o.fleet_seeds;
+        self.liveness.add(&o.liveness);
     }
 }
 
@@ -158,6 +167,8 @@ pub struct Sim {
     setup: String,
     /// Fail-open amounts admitted, by (sidecar, incarnation, account).
     fail_open: BTreeMap<(usize, u32, usize), Decimal>,
+    /// Many sidecars (8 to 12) share small accounts, and jobs are small against them.
+    fleet: bool,
 }
 
 /// FNV-1a, to fingerprint a run's history: the same seed must give the same history.
@@ -185,6 +196,7 @@ impl Sim {
         let lease = LeaseConfig {
             ttl_ms: rng.range(1_000, 4_000),
             hold_grace_ms: rng.range(5_000, 15_000),
+            fleet: true,
         };
         let store = SqliteStore::open(&dir.join("ledger.db")).expect("ledger store");
         let ledger = Arc::new(Ledger::new(
@@ -200,7 +212,13 @@ impl Sim {
             rng.fork(),
             faults,
         ));
-        let n_sidecars = rng.range(3, 4) as usize;
+        // One seed in four is a fleet: many sidecars on a few small accounts.
+        let fleet = cfg.seed % 4 == 2;
+        let n_sidecars = if fleet {
+            rng.range(8, 12) as usize
+        } else {
+            rng.range(3, 4) as usize
+        };
         // One seed in five runs fail-open: a budget per account on every sidecar.
         let fail_open = if cfg.seed.is_multiple_of(5) {
             [Decimal::new(5, 2), Decimal::new(3, 1), Decimal::ONE][rng.index(3)]
@@ -214,13 +232,17 @@ impl Sim {
             lease_active_ms: 60_000,
             // Real time: the SimNet answers at once; this must never fire.
             lease_request_timeout_ms: 60_000,
+            // Nothing runs beside a step: the other sidecars' syncs are steps of their own
+            // (see `sim/liveness.rs`), so a request must not wait for them.
+            lease_recall_wait_ms: 0,
             hold_ttl_default_ms: 10_000,
             settled_retention_ms: SETTLED_RETENTION_MS,
             fail_open_default: money(fail_open),
             ..EngineConfig::default()
         };
         let setup = format!(
-            "sidecars {n_sidecars}, lease {lease:?}, fail-open budget {fail_open}, faults {faults:?}"
+            "sidecars {n_sidecars}{}, lease {lease:?}, fail-open budget {fail_open}, faults {faults:?}",
+            if fleet { " (fleet)" } else { "" }
         );
         let mut sim = Sim {
             cfg,
@@ -239,6 +261,7 @@ impl Sim {
                 seeds: 1,
                 fingerprint: 0xCBF2_9CE4_8422_2325,
                 fail_open_seeds: u64::from(!fail_open.is_zero()),
+                fleet_seeds: u64::from(fleet),
                 ..Stats::default()
             },
             next_id: 0,
@@ -246,6 +269,7 @@ impl Sim {
             log: VecDeque::new(),
             setup,
             fail_open: BTreeMap::new(),
+            fleet,
         };
         for i in 0..4 {
             sim.create_account(i).await;
@@ -310,6 +334,8 @@ impl Sim {
         let account_id = format!("acct-{i}");
         let balance = if self.rng.chance(200) {
             Decimal::ZERO
+        } else if self.fleet {
+            cents(&mut self.rng, 5, 100)
         } else {
             cents(&mut self.rng, 50, 600)
         };
@@ -406,8 +432,19 @@ impl Sim {
     /// sync until a batch comes back short or a sync fails.
     async fn sync_loop_round(&mut self, i: usize, why: &str) {
         let engine = self.engine(i);
+        let mut rounds = 0;
         loop {
+            rounds += 1;
             match engine.sync_once(DEFAULT_SYNC_BATCH_MAX).await {
+                // The answer asked for another round (lease to give back): the loop runs
+                // again at once, as `engine::sync::run` does.
+                Ok(n) if n < DEFAULT_SYNC_BATCH_MAX && rounds < 8 && engine.take_sync_wanted() => {
+                    if n > 0 {
+                        self.note(format!(
+                            "  sync loop sidecar-{i} ({why}): {n} usage acknowledged"
+                        ));
+                    }
+                }
                 Ok(n) if n < DEFAULT_SYNC_BATCH_MAX => {
                     if n > 0 {
                         self.note(format!(
@@ -424,6 +461,16 @@ impl Sim {
                     return;
                 }
                 Err(e) => self.fail(format!("sync loop of sidecar-{i}: {e}")),
+            }
+        }
+    }
+
+    /// The sync loops that something woke before their tick (lease to give back): they run
+    /// at once, as `engine::sync::run` does on `Engine::sync_wanted`.
+    async fn woken_sync_loops(&mut self) {
+        for i in 0..self.sidecars.len() {
+            if !self.sidecars[i].failing && self.engine(i).take_sync_wanted() {
+                self.sync_loop_round(i, "woken").await;
             }
         }
     }
@@ -480,6 +527,7 @@ impl Sim {
         for step in 0..self.cfg.steps {
             self.step = step;
             self.play_step().await;
+            self.woken_sync_loops().await;
             for line in self.net.take_notes() {
                 self.note(line);
             }
