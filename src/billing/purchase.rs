@@ -88,12 +88,14 @@ pub fn plan_purchase(
             sku: offer.sku.clone(),
         });
     }
-    // An import that is already void cannot conflict with anything valid.
+    // An import that is already void cannot conflict with anything valid. A grant that
+    // has not expired conflicts even if it has not started by `now_ms`: it will be valid
+    // (a ledger process whose clock is behind the one that sold it must not sell another).
     let will_be_valid = ctx.now_ms < expires;
     if will_be_valid {
         for og in offer.grants.iter().filter(|g| !g.stackable) {
             if let Some(existing) = ctx.grants.iter().find(|g| {
-                !g.stackable && g.covers.bits() & og.covers.bits() != 0 && g.is_valid_at(ctx.now_ms)
+                !g.stackable && g.covers.bits() & og.covers.bits() != 0 && ctx.now_ms < g.expires_at_ms
             }) {
                 return Err(PurchaseError::NotStackable {
                     sku: offer.sku.clone(),
@@ -200,6 +202,14 @@ mod tests {
         // A package's storage component follows the same rule.
         let basic = c.offer("package.basic").unwrap();
         assert!(plan_purchase(basic, &ctx(&first, &[]), "b1", 0).is_err());
+        // A plan that starts a moment after this ledger's "now" (sold by a ledger process
+        // whose clock is ahead) is as good as valid.
+        let ahead = PurchaseContext {
+            grants: &first,
+            once_skus_bought: &[],
+            now_ms: NOW - 5,
+        };
+        assert!(plan_purchase(storage, &ahead, "s4", 0).is_err());
         // Once the first expired, a new one is accepted.
         let later = PurchaseContext {
             grants: &first,

@@ -394,9 +394,17 @@ impl Ledger {
             .catalog
             .offer(sku)
             .ok_or_else(|| LedgerError::UnknownOffer(sku.to_owned()))?;
-        let now_ms = self.now_ms();
+        let first_grant = billing::purchase_grant_id(purchase_id, 1);
         let r = self
             .update(account_id, EMBEDDED_SIDECAR_ID, |s| {
+                if s.grants.iter().any(|g| g.grant_id == first_grant) {
+                    // A concurrent call with this purchase id won: answer with its outcome
+                    // rather than judge this copy against the grants it created.
+                    return Ok(None);
+                }
+                // "Now" of this attempt, read after the account was loaded: a plan a
+                // concurrent purchase sold before the load started no later than this.
+                let now_ms = self.now_ms();
                 let plan = billing::plan_purchase(
                     offer,
                     &PurchaseContext {
@@ -433,8 +441,8 @@ impl Ledger {
                 tracing::info!(account_id, sku, purchase_id, price_paid = %out.1, "purchase");
                 Ok(out)
             }
-            Ok(None) => Err(LedgerError::Contended(account_id.to_owned())),
-            Err(LedgerError::Store(StoreError::Duplicate { .. })) => {
+            // A concurrent copy of this purchase won the race.
+            Ok(None) | Err(LedgerError::Store(StoreError::Duplicate { .. })) => {
                 match self.store.find_purchase(purchase_id).await? {
                     Some(found) => check(found),
                     None => Err(LedgerError::Contended(account_id.to_owned())),
