@@ -95,7 +95,9 @@ pub fn plan_purchase(
     if will_be_valid {
         for og in offer.grants.iter().filter(|g| !g.stackable) {
             if let Some(existing) = ctx.grants.iter().find(|g| {
-                !g.stackable && g.covers.bits() & og.covers.bits() != 0 && ctx.now_ms < g.expires_at_ms
+                !g.stackable
+                    && g.covers.bits() & og.covers.bits() != 0
+                    && ctx.now_ms < g.expires_at_ms
             }) {
                 return Err(PurchaseError::NotStackable {
                     sku: offer.sku.clone(),

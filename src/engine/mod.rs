@@ -139,7 +139,9 @@ pub enum EngineError {
     ReservationSettled { id: String, state: &'static str },
     #[error("reservation_id {id} was already used for a different request: {detail}")]
     ReservationMismatch { id: String, detail: String },
-    #[error("reservation {0} is being recorded by a concurrent call; retry")]
+    /// Internal: a concurrent call is journaling this reservation. `reserve` and `settle`
+    /// wait for it and try again, so this never reaches a client.
+    #[error("reservation {0} is being recorded by a concurrent call")]
     InProgress(String),
     #[error(
         "reservation {0} has an open usage stream; close the stream (it settles the reported usage) before Commit or Release"
@@ -377,10 +379,32 @@ struct OrphanHold {
 
 struct Hold {
     row: ReservationRow,
-    /// A transition of this hold is being journaled; retries wait for it.
+    /// A transition of this hold is being journaled; a concurrent copy of the call waits
+    /// for it (`wait_idle`) and answers with its outcome.
     busy: bool,
+    /// Calls waiting for `busy` to clear, woken by `Hold::idle`.
+    waiters: Option<Arc<tokio::sync::Notify>>,
     /// A usage stream has taken over the hold (see `work`); Commit waits for its end.
     streaming: bool,
+}
+
+impl Hold {
+    fn new(row: ReservationRow, busy: bool) -> Hold {
+        Hold {
+            row,
+            busy,
+            waiters: None,
+            streaming: false,
+        }
+    }
+
+    /// The transition being journaled is over (done, or undone): wake its waiters.
+    fn idle(&mut self) {
+        self.busy = false;
+        if let Some(w) = self.waiters.take() {
+            w.notify_waiters();
+        }
+    }
 }
 
 /// A point-in-time view of the engine's sizes (see `Engine::stats`).
@@ -405,6 +429,8 @@ pub struct EngineStats {
 }
 
 pub struct Engine {
+    /// This engine, for work that must finish after its caller is gone (see `when_durable`).
+    me: std::sync::Weak<Engine>,
     sidecar_id: String,
     catalog: Arc<Catalog>,
     clock: SharedClock,
@@ -465,7 +491,8 @@ impl Engine {
         for (account_id, key) in recovered.alerts {
             recovered_alerts.entry(account_id).or_default().push(key);
         }
-        let engine = Arc::new(Engine {
+        let engine = Arc::new_cyclic(|me| Engine {
+            me: me.clone(),
             sidecar_id,
             catalog,
             clock,
@@ -527,14 +554,9 @@ impl Engine {
                     });
                 open += 1;
             }
-            engine.holds.insert(
-                row.reservation_id.clone(),
-                Hold {
-                    row,
-                    busy: false,
-                    streaming: false,
-                },
-            );
+            engine
+                .holds
+                .insert(row.reservation_id.clone(), Hold::new(row, false));
             engine.holds_len.fetch_add(1, Ordering::Relaxed);
         }
         let mut accounts: Vec<String> = engine
@@ -855,7 +877,18 @@ impl Engine {
         o
     }
 
+    /// Holds the cost of a job. A concurrent copy of a Reserve being journaled waits for it
+    /// and answers with its outcome (G4, G6).
     pub async fn reserve(&self, req: ReserveRequest) -> Result<ReserveOutcome, EngineError> {
+        loop {
+            match self.reserve_once(&req).await {
+                Err(EngineError::InProgress(id)) => self.wait_idle(&id).await,
+                r => return r,
+            }
+        }
+    }
+
+    async fn reserve_once(&self, req: &ReserveRequest) -> Result<ReserveOutcome, EngineError> {
         let now_ms = self.now_ms();
         let cost = self.cost(req.resource, &req.sku, req.quantity)?;
         let ttl_ms = if req.ttl_ms == 0 {
@@ -870,7 +903,7 @@ impl Engine {
             });
         }
         if let Some(h) = self.holds.get(&req.reservation_id) {
-            let o = self.replay_reserve(&req, &h)?;
+            let o = self.replay_reserve(req, &h)?;
             drop(h);
             return Ok(self.with_available(o, &req.account_id, req.resource));
         }
@@ -892,7 +925,7 @@ impl Engine {
         let mut fail_open = false;
         for attempt in 0..2 {
             let (done, available, expires_at_ms, held) = match self
-                .try_hold(&req, cost, ttl_ms, now_ms, fail_open)?
+                .try_hold(req, cost, ttl_ms, now_ms, fail_open)?
             {
                 Step::Answer(o) => return Ok(o),
                 Step::Held(done, available, expires_at_ms, held) => {
@@ -921,7 +954,7 @@ impl Engine {
                 }
             };
             return self
-                .finish_hold(&req, held, done, available, expires_at_ms, fail_open)
+                .finish_hold(req, held, done, available, expires_at_ms, fail_open)
                 .await;
         }
         Ok(denied(DenyReason::InsufficientFunds, Money::ZERO))
@@ -1177,11 +1210,7 @@ impl Engine {
         a.count_units(req.resource, req.quantity, true);
         a.expiries
             .push(Reverse((expires_at_ms, req.reservation_id.clone())));
-        slot.insert(Hold {
-            row,
-            busy: true,
-            streaming: false,
-        });
+        slot.insert(Hold::new(row, true));
         self.holds_len.fetch_add(1, Ordering::Relaxed);
         Ok(Step::Held(done, available, expires_at_ms, cost))
     }
@@ -1196,35 +1225,78 @@ impl Engine {
         expires_at_ms: i64,
         fail_open: bool,
     ) -> Result<ReserveOutcome, EngineError> {
-        match done.await.unwrap_or(Err(JournalError::Closed)) {
-            Ok(()) => {
-                if let Some(mut h) = self.holds.get_mut(&req.reservation_id) {
-                    h.busy = false;
-                }
-                Ok(ReserveOutcome {
-                    admitted: true,
-                    reason: None,
-                    held: cost,
-                    available,
-                    expires_at_ms,
-                    fail_open,
-                })
-            }
-            Err(e) => {
-                if let Some(mut a) = self.accounts.get_mut(&req.account_id) {
+        let (account_id, id) = (req.account_id.clone(), req.reservation_id.clone());
+        let (resource, quantity) = (req.resource, req.quantity);
+        self.when_durable(done, move |e, written| {
+            if let Err(err) = written {
+                if let Some(mut a) = e.accounts.get_mut(&account_id) {
                     a.held -= cost;
-                    a.count_units(req.resource, req.quantity, false);
+                    a.count_units(resource, quantity, false);
                     if fail_open {
                         a.fail_open_left += cost;
                         a.fail_open_spent -= cost;
                     }
-                    if self.holds.remove(&req.reservation_id).is_some() {
-                        self.holds_len.fetch_sub(1, Ordering::Relaxed);
-                    }
                 }
-                Err(e.into())
+                // Its waiters find no reservation and make their own attempt.
+                if let Some((_, mut h)) = e.holds.remove(&id) {
+                    e.holds_len.fetch_sub(1, Ordering::Relaxed);
+                    h.idle();
+                }
+                return Err(err.into());
             }
+            if let Some(mut h) = e.holds.get_mut(&id) {
+                h.idle();
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(ReserveOutcome {
+            admitted: true,
+            reason: None,
+            held: cost,
+            available,
+            expires_at_ms,
+            fail_open,
+        })
+    }
+
+    /// Waits until no transition of the reservation is being journaled; at once if none
+    /// is, or if the reservation is gone.
+    async fn wait_idle(&self, reservation_id: &str) {
+        let waiters: Arc<tokio::sync::Notify>;
+        let woken;
+        {
+            let Some(mut h) = self.holds.get_mut(reservation_id) else {
+                return;
+            };
+            if !h.busy {
+                return;
+            }
+            waiters = h.waiters.get_or_insert_with(Default::default).clone();
+            // Made under the hold's lock: `Hold::idle` cannot wake the waiters before
+            // this one counts among them.
+            woken = waiters.notified();
         }
+        woken.await;
+    }
+
+    /// Runs `finish` with the journal's answer for `done`. If the caller stops waiting
+    /// first (its request was cancelled or timed out), `finish` still runs, on a task of
+    /// its own: a hold must not stay busy, nor a failed write stay applied.
+    async fn when_durable<F>(&self, done: Durable, finish: F) -> Result<(), EngineError>
+    where
+        F: FnOnce(&Engine, Written) -> Result<(), EngineError> + Send + 'static,
+    {
+        let mut f = Finisher {
+            engine: self.me.clone(),
+            done,
+            finish: Some(finish),
+        };
+        let written = (&mut f.done).await.unwrap_or(Err(JournalError::Closed));
+        let Some(finish) = f.finish.take() else {
+            unreachable!("only Finisher::drop takes `finish`, and it has not run");
+        };
+        finish(self, written)
     }
 
     /// The settled outcome of a reservation, or why it cannot be committed/released.
@@ -1277,10 +1349,24 @@ impl Engine {
     }
 
     /// Takes an open hold to Committed (`quantity` given: charges it, burning down grants
-    /// and balance) or Released. Answers a retry with the first outcome. The change is
-    /// applied under the account's lock, journaled, and rolled back if the journal fails.
+    /// and balance) or Released. Answers a retry with the first outcome; a concurrent copy
+    /// waits for the first to be journaled (G4, G6). The change is applied under the
+    /// account's lock, journaled, and rolled back if the journal fails.
     /// Returns (charged or released, available afterwards).
     async fn settle(
+        &self,
+        reservation_id: &str,
+        quantity: Option<u64>,
+    ) -> Result<(Money, Money), EngineError> {
+        loop {
+            match self.settle_once(reservation_id, quantity).await {
+                Err(EngineError::InProgress(_)) => self.wait_idle(reservation_id).await,
+                r => return r,
+            }
+        }
+    }
+
+    async fn settle_once(
         &self,
         reservation_id: &str,
         quantity: Option<u64>,
@@ -1401,31 +1487,32 @@ impl Engine {
                 batch,
             )
         };
-        match done.await.unwrap_or(Err(JournalError::Closed)) {
-            Ok(()) => {
-                if let Some(mut h) = self.holds.get_mut(reservation_id) {
-                    h.busy = false;
-                }
-                self.publish(batch);
-                Ok(out)
-            }
-            Err(e) => {
-                if let Some(mut a) = self.accounts.get_mut(&account_id) {
+        let id = reservation_id.to_owned();
+        self.when_durable(done, move |e, written| {
+            if let Err(err) = written {
+                if let Some(mut a) = e.accounts.get_mut(&account_id) {
                     a.held += old_row.held;
                     a.count_units(old_row.resource, old_row.quantity, true);
                     if let Some(seq) = seq {
                         Self::undo_charge(&mut a, seq);
                     }
                     a.expiries
-                        .push(Reverse((old_row.expires_at_ms, reservation_id.to_owned())));
-                    if let Some(mut h) = self.holds.get_mut(reservation_id) {
-                        h.row = old_row;
-                        h.busy = false;
-                    }
+                        .push(Reverse((old_row.expires_at_ms, id.clone())));
                 }
-                Err(e.into())
+                if let Some(mut h) = e.holds.get_mut(&id) {
+                    h.row = old_row;
+                    h.idle();
+                }
+                return Err(err.into());
             }
-        }
+            if let Some(mut h) = e.holds.get_mut(&id) {
+                h.idle();
+            }
+            e.publish(batch);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
     }
 
     /// Whether work of this cost could start now, by the same rules as Reserve (the lease
@@ -1493,6 +1580,45 @@ impl Engine {
 }
 
 type Durable = tokio::sync::oneshot::Receiver<Result<(), JournalError>>;
+
+/// The journal's answer for one write.
+type Written = Result<(), JournalError>;
+
+/// A write's follow-up (see `Engine::when_durable`); run on a task of its own if dropped
+/// before it ran.
+struct Finisher<F>
+where
+    F: FnOnce(&Engine, Written) -> Result<(), EngineError> + Send + 'static,
+{
+    engine: std::sync::Weak<Engine>,
+    done: Durable,
+    finish: Option<F>,
+}
+
+impl<F> Drop for Finisher<F>
+where
+    F: FnOnce(&Engine, Written) -> Result<(), EngineError> + Send + 'static,
+{
+    fn drop(&mut self) {
+        let Some(finish) = self.finish.take() else {
+            return;
+        };
+        let done = std::mem::replace(&mut self.done, tokio::sync::oneshot::channel().1);
+        let engine = self.engine.clone();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("a cancelled call's journal write cannot be followed up: no runtime");
+            return;
+        };
+        rt.spawn(async move {
+            let written = done.await.unwrap_or(Err(JournalError::Closed));
+            if let Some(engine) = engine.upgrade()
+                && let Err(e) = finish(&engine, written)
+            {
+                tracing::warn!(error = %e, "the journal write of a cancelled call failed; undone");
+            }
+        });
+    }
+}
 
 /// What `take` decided.
 enum Take {
