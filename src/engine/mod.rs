@@ -681,7 +681,7 @@ impl Engine {
         let snap = self.fetch_lease(account_id, want, held).await?;
         let pending: VecDeque<Pending> = self
             .journal
-            .outbox_of(account_id, snap.applied_seq)
+            .outbox_of(account_id, snap.applied_seq, usize::MAX)
             .into_iter()
             .map(|u| Pending {
                 seq: u.seq,

@@ -243,9 +243,10 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::Statement>, Status> {
         let r = request.into_inner();
         let account_id = convert::id("account_id", &r.account_id)?;
-        // Everything acknowledged so far is in the statement.
+        // Everything acknowledged on the account so far is in the statement; other
+        // accounts' usage is not waited for.
         if let Some(engine) = &self.engine {
-            engine.flush().await?;
+            engine.flush_account(account_id).await?;
         }
         let (entries, truncated) = self.ledger.statement(account_id).await?;
         Ok(Response::new(pb::Statement {
