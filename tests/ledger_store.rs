@@ -47,6 +47,7 @@ fn grant(id: &str, quota: &str, remaining: &str) -> Grant {
         remaining: d(remaining),
         starts_at_ms: T0,
         expires_at_ms: T0 + 86_400_000,
+        created_at_ms: T0,
         source: "coupon".into(),
         stackable: true,
     }
@@ -215,12 +216,15 @@ async fn commit_if_version(s: Arc<dyn LedgerStore>) {
 async fn grants_purchases_and_topups(s: Arc<dyn LedgerStore>) {
     s.create_account("acme", m("100"), T0).await.unwrap();
     s.create_account("other", m("0"), T0).await.unwrap();
+    // An import: bought a day before it was recorded.
     let plan_a = Grant {
         kind: GrantKind::Plan,
         unit: GrantUnit::Gigabytes,
         covers: ResourceSet::of(Resource::Storage),
         source: "storage-1tb".into(),
         stackable: false,
+        starts_at_ms: T0 - 86_400_000,
+        created_at_ms: T0 + 5,
         ..grant("p1/storage", "1000", "1000")
     };
     let plan_b = Grant {
@@ -1388,7 +1392,7 @@ async fn pg_concurrent_connects_migrate_once() {
     let url = db.url.clone();
     let check = async move {
         assert!(failures.is_empty(), "racing connects failed: {failures:?}");
-        assert_eq!(versions, [1, 2, 3, 4, 5], "each migration recorded once");
+        assert_eq!(versions, [1, 2, 3, 4, 5, 6], "each migration recorded once");
         // Every store works, and a later start finds nothing to do.
         for (i, s) in stores.iter().enumerate() {
             assert!(

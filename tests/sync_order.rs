@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use common::*;
-use quotad::billing::{Catalog, Resource};
+use quotad::billing::{AccountStatus, Catalog, Resource};
 use quotad::clock::ManualClock;
 use quotad::engine::{Engine, EngineConfig, ReserveRequest};
 use quotad::grpc::admin::AdminService;
@@ -67,6 +67,7 @@ struct Sidecar {
     engine: Arc<Engine>,
     ledger: Arc<Ledger>,
     gate: Arc<Gate>,
+    clock: Arc<ManualClock>,
     _dir: tempfile::TempDir,
 }
 
@@ -111,6 +112,7 @@ impl Sidecar {
             engine,
             ledger,
             gate,
+            clock,
             _dir: dir,
         }
     }
@@ -199,4 +201,127 @@ async fn a_statement_pushes_only_its_accounts_usage() {
 
 fn money_of(s: &str) -> quotad::billing::Money {
     quotad::billing::Money::parse(s).unwrap()
+}
+
+/// What an account looks like: in the sidecar's live view (status, balance, the plan's
+/// remaining) and at the ledger (the same, and who paid each charge).
+#[derive(Debug, PartialEq, Eq)]
+struct Bill {
+    live: (AccountStatus, String, String),
+    ledger: (String, String),
+    paid_by: Vec<(String, String)>,
+}
+
+async fn bill(s: &Sidecar, account: &str, plan: &str) -> Bill {
+    let remaining = |grants: &[quotad::billing::Grant]| {
+        grants
+            .iter()
+            .find(|g| g.grant_id == plan)
+            .map(|g| g.remaining.normalize().to_string())
+            .unwrap_or_default()
+    };
+    let v = s.engine.balance(account).await.unwrap();
+    let l = s.ledger.balance_view(account).await.unwrap();
+    let (entries, _) = s.ledger.statement(account).await.unwrap();
+    Bill {
+        live: (v.status, v.balance.to_string(), remaining(&v.grants)),
+        ledger: (l.balance.to_string(), remaining(&l.grants)),
+        paid_by: entries
+            .iter()
+            .flat_map(|e| {
+                e.deductions
+                    .iter()
+                    .map(|d| (d.source.label().to_owned(), d.amount.to_string()))
+            })
+            .collect(),
+    }
+}
+
+/// Issue 12, item 1: balance 1, a Commit charged 3 (from the balance: OVERDUE at -2), then
+/// a plan bought 30 days ago is imported. The import pays for usage from its recording on
+/// only, so the charge stays the balance's whether the usage reached the ledger before
+/// the import (`usage_first`) or after it, in the live view as at the ledger. Returns the
+/// bill before the usage was pushed (the second time) and after.
+async fn import_after_a_charge(usage_first: bool) -> (Bill, Bill) {
+    let s = Sidecar::start().await;
+    s.ledger
+        .create_account("acme", money_of("1"))
+        .await
+        .unwrap();
+    // 5,000 s of A10 at 0.0006/s.
+    assert_eq!(s.charge("acme", "r1", 5_000_000).await, "3");
+    s.clock.advance_ms(1_000);
+    if usage_first {
+        s.engine.flush_account("acme").await.unwrap();
+    } else {
+        s.gate.hold("acme", true);
+    }
+    let imported_at_ms = T0_MS - 30 * DAY_MS;
+    let (grants, _) = s
+        .ledger
+        .purchase("acme", "plan.compute.500", "imp", imported_at_ms)
+        .await
+        .unwrap();
+    assert_eq!(grants[0].starts_at_ms, imported_at_ms);
+    // What the Admin service does after a purchase: the sidecar takes the new snapshot.
+    s.engine.refresh_account("acme").await.unwrap();
+    let before_sync = bill(&s, "acme", "imp/1").await;
+    s.gate.hold("acme", false);
+    s.engine.flush_account("acme").await.unwrap();
+    assert_eq!(s.engine.journal().outbox_len(), 0);
+    (before_sync, bill(&s, "acme", "imp/1").await)
+}
+
+#[tokio::test]
+async fn an_import_does_not_reach_back_whatever_the_sync_order() {
+    let (usage_first, usage_first_after) = import_after_a_charge(true).await;
+    let (import_first, import_first_after) = import_after_a_charge(false).await;
+    let want = Bill {
+        live: (AccountStatus::Overdue, "-2".into(), "500".into()),
+        ledger: ("-2".into(), "500".into()),
+        paid_by: vec![("balance".into(), "3".into())],
+    };
+    assert_eq!(usage_first, want, "usage applied before the import");
+    assert_eq!(usage_first_after, want, "usage applied before the import");
+    assert_eq!(import_first_after, want, "import recorded before the usage");
+    // Before its usage reached the ledger, the live view already said the same.
+    assert_eq!(
+        import_first.live, want.live,
+        "import recorded before the usage"
+    );
+}
+
+/// The rule is about when the grant was recorded, not about the import as such: usage
+/// acknowledged after the import is paid by it, in either order of sync.
+#[tokio::test]
+async fn an_import_pays_for_usage_after_it() {
+    for usage_first in [true, false] {
+        let s = Sidecar::start().await;
+        s.ledger
+            .create_account("acme", money_of("1"))
+            .await
+            .unwrap();
+        s.ledger
+            .purchase("acme", "plan.compute.500", "imp", T0_MS - 30 * DAY_MS)
+            .await
+            .unwrap();
+        s.clock.advance_ms(1_000);
+        s.gate.hold("acme", !usage_first);
+        assert_eq!(s.charge("acme", "r1", 5_000_000).await, "3");
+        if usage_first {
+            s.engine.flush_account("acme").await.unwrap();
+        }
+        s.gate.hold("acme", false);
+        s.engine.flush_account("acme").await.unwrap();
+        let b = bill(&s, "acme", "imp/1").await;
+        assert_eq!(
+            b,
+            Bill {
+                live: (AccountStatus::Active, "1".into(), "497".into()),
+                ledger: ("1".into(), "497".into()),
+                paid_by: vec![("imp/1".into(), "3".into())],
+            },
+            "usage first: {usage_first}"
+        );
+    }
 }

@@ -120,6 +120,7 @@ pub fn plan_purchase(
             remaining: og.amount,
             starts_at_ms: effective,
             expires_at_ms: expires,
+            created_at_ms: ctx.now_ms,
             source: offer.sku.clone(),
             stackable: og.stackable,
         })
@@ -237,6 +238,9 @@ mod tests {
         let recent = NOW - 30 * 86_400_000;
         let ok = plan_purchase(offer, &ctx(&[], &[]), "recent", recent).unwrap();
         assert_eq!(ok.grants[0].state_at(NOW), GrantState::Valid);
+        // Valid from its purchase, paying from its import on.
+        assert_eq!(ok.grants[0].starts_at_ms, recent);
+        assert_eq!(ok.grants[0].created_at_ms, NOW);
         assert!(matches!(
             plan_purchase(offer, &ctx(&[], &[]), "f", NOW + 1),
             Err(PurchaseError::EffectiveInFuture { .. })

@@ -66,7 +66,7 @@ pub fn covers_volume(g: &Grant, resource: Resource, at_ms: i64) -> bool {
     g.unit == GrantUnit::Gigabytes
         && resource == Resource::Traffic
         && g.covers.contains(resource)
-        && g.is_valid_at(at_ms)
+        && g.pays_usage_at(at_ms)
         && g.remaining > Decimal::ZERO
 }
 
@@ -205,6 +205,7 @@ mod tests {
             remaining: Decimal::from(gb),
             starts_at_ms: 0,
             expires_at_ms: expires,
+            created_at_ms: 0,
             source: "plan.traffic.100gb".into(),
             stackable: true,
         }

@@ -192,6 +192,7 @@ pub fn grant_out(currency: &str, g: &Grant, now_ms: i64) -> pb::Grant {
         covers,
         state: state as i32,
         stackable: g.stackable,
+        created_at_ms: g.created_at_ms,
     }
 }
 
@@ -238,6 +239,7 @@ pub fn grant_in(g: &pb::Grant) -> Result<Grant, Invalid> {
         remaining: dec("remaining", &g.remaining)?,
         starts_at_ms: g.starts_at_ms,
         expires_at_ms: g.expires_at_ms,
+        created_at_ms: g.created_at_ms,
         source: g.source.clone(),
         stackable: g.stackable,
     })

@@ -488,34 +488,41 @@ impl Ledger {
                 now_ms,
             });
         }
-        let grant = Grant {
-            grant_id: grant_id.to_owned(),
-            kind,
-            covers,
-            unit: GrantUnit::Money,
-            quota: amount.as_decimal(),
-            remaining: amount.as_decimal(),
-            starts_at_ms: now_ms,
-            expires_at_ms,
-            source: kind.name().to_ascii_lowercase(),
-            stackable: true,
-        };
         let r = self
             .update(account_id, EMBEDDED_SIDECAR_ID, |s| {
+                if s.grants.iter().any(|g| g.grant_id == grant_id) {
+                    // A concurrent call with this grant id won: answer with its outcome.
+                    return Ok(None);
+                }
+                // Valid, and paying for usage, from when it is recorded: this attempt.
+                let now_ms = self.now_ms();
+                let grant = Grant {
+                    grant_id: grant_id.to_owned(),
+                    kind,
+                    covers,
+                    unit: GrantUnit::Money,
+                    quota: amount.as_decimal(),
+                    remaining: amount.as_decimal(),
+                    starts_at_ms: now_ms,
+                    expires_at_ms,
+                    created_at_ms: now_ms,
+                    source: kind.name().to_ascii_lowercase(),
+                    stackable: true,
+                };
                 let c = ChangeSet {
                     balance: s.balance,
                     new_grants: vec![(grant.clone(), None)],
                     ..ChangeSet::default()
                 };
-                Ok(Some((c, ())))
+                Ok(Some((c, grant)))
             })
             .await;
         match r {
-            Ok(_) => {
+            Ok(Some(grant)) => {
                 tracing::info!(account_id, grant_id, %amount, kind = kind.name(), "credit granted");
                 Ok(grant)
             }
-            Err(LedgerError::Store(StoreError::Duplicate { .. })) => {
+            Ok(None) | Err(LedgerError::Store(StoreError::Duplicate { .. })) => {
                 match self.store.find_grant(grant_id).await? {
                     Some(found) => check(found),
                     None => Err(LedgerError::Contended(account_id.to_owned())),

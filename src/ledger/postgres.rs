@@ -183,6 +183,14 @@ CREATE TABLE auth_access (
 );
 CREATE INDEX auth_access_by_sub_user ON auth_access(sub_user);
 "#,
+    // When each grant was recorded: it pays for usage from then on. A purchase's grants
+    // were recorded with the purchase; a credit's when it started.
+    r#"
+ALTER TABLE grants ADD COLUMN created_at_ms BIGINT NOT NULL DEFAULT 0;
+UPDATE grants SET created_at_ms = COALESCE(
+    (SELECT p.at_ms FROM purchases p WHERE p.purchase_id = grants.purchase_id),
+    starts_at_ms);
+"#,
 ];
 
 /// SQLSTATE of a unique violation.
@@ -317,12 +325,13 @@ fn read_grant(row: &PgRow, at: usize) -> Result<Grant, StoreError> {
         expires_at_ms: row.try_get(at + 7).map_err(db)?,
         source: row.try_get(at + 8).map_err(db)?,
         stackable: row.try_get(at + 9).map_err(db)?,
+        created_at_ms: row.try_get(at + 10).map_err(db)?,
     })
 }
 
 /// Grant columns as `read_grant` reads them (NUMERIC as text).
 const GRANT_COLUMNS: &str = "grant_id, kind, covers, unit, quota::text, remaining::text, \
-                             starts_at_ms, expires_at_ms, source, stackable";
+                             starts_at_ms, expires_at_ms, source, stackable, created_at_ms";
 
 /// Loads one account in one statement, so that version, balance, grants, cursor and leases
 /// come from one snapshot on every engine, in one round trip. Grants and leases come as one
@@ -360,11 +369,13 @@ const LOAD_SQL: &str = "SELECT a.version, a.balance::text, \
     ARRAY(SELECT r.month FROM request_counts r \
           WHERE r.account_id = a.account_id ORDER BY r.resource, r.month), \
     ARRAY(SELECT r.count FROM request_counts r \
-          WHERE r.account_id = a.account_id ORDER BY r.resource, r.month) \
+          WHERE r.account_id = a.account_id ORDER BY r.resource, r.month), \
+    ARRAY(SELECT g.created_at_ms FROM grants g \
+          WHERE g.account_id = a.account_id ORDER BY g.grant_id) \
     FROM accounts a WHERE a.account_id = $1";
 
 /// Columns of LOAD_SQL (the account id follows them in `load_many`).
-const LOAD_COLUMNS: usize = 21;
+const LOAD_COLUMNS: usize = 22;
 
 fn read_state(account_id: &str, row: &PgRow) -> Result<AccountState, StoreError> {
     fn col<'r, T>(row: &'r PgRow, i: usize) -> Result<T, StoreError>
@@ -394,6 +405,7 @@ fn read_state(account_id: &str, row: &PgRow) -> Result<AccountState, StoreError>
     let rc_resources: Vec<String> = col(row, 18)?;
     let rc_months: Vec<i64> = col(row, 19)?;
     let rc_counts: Vec<i64> = col(row, 20)?;
+    let created: Vec<i64> = col(row, 21)?;
     if rc_months.len() != rc_resources.len() || rc_counts.len() != rc_resources.len() {
         return Err(StoreError::Corrupt(format!(
             "account {account_id}: request count columns of unequal length"
@@ -420,6 +432,7 @@ fn read_state(account_id: &str, row: &PgRow) -> Result<AccountState, StoreError>
         expires.len(),
         sources.len(),
         stackables.len(),
+        created.len(),
     ]
     .iter()
     .any(|&l| l != n)
@@ -444,6 +457,7 @@ fn read_state(account_id: &str, row: &PgRow) -> Result<AccountState, StoreError>
             remaining: dec(&remainings[i])?,
             starts_at_ms: starts[i],
             expires_at_ms: expires[i],
+            created_at_ms: created[i],
             source: sources[i].clone(),
             stackable: stackables[i],
         });
@@ -604,11 +618,11 @@ async fn write_batch(tx: &mut PgConnection, entries: &[Entry<'_>]) -> Result<Vec
         let g = &new_grants;
         sqlx::query(
             "INSERT INTO grants (grant_id, kind, covers, unit, quota, remaining, starts_at_ms, \
-             expires_at_ms, source, stackable, purchase_id, account_id) \
-             SELECT g, k, c, u, q::numeric, r::numeric, s, e, src, st, p, a \
+             expires_at_ms, source, stackable, purchase_id, account_id, created_at_ms) \
+             SELECT g, k, c, u, q::numeric, r::numeric, s, e, src, st, p, a, cr \
              FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[], \
              $6::text[], $7::int8[], $8::int8[], $9::text[], $10::bool[], $11::text[], \
-             $12::text[]) AS v(g, k, c, u, q, r, s, e, src, st, p, a)",
+             $12::text[], $13::int8[]) AS v(g, k, c, u, q, r, s, e, src, st, p, a, cr)",
         )
         .bind(
             g.iter()
@@ -646,6 +660,11 @@ async fn write_batch(tx: &mut PgConnection, entries: &[Entry<'_>]) -> Result<Vec
         .bind(g.iter().map(|(_, g, _)| g.stackable).collect::<Vec<_>>())
         .bind(g.iter().map(|(_, _, p)| *p).collect::<Vec<_>>())
         .bind(g.iter().map(|(a, _, _)| *a).collect::<Vec<_>>())
+        .bind(
+            g.iter()
+                .map(|(_, g, _)| g.created_at_ms)
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *tx)
         .await
         .map_err(write_err(scope, Some("grant")))?;
@@ -1351,7 +1370,7 @@ impl LedgerStore for PgStore {
         .await
         .map_err(db)?;
         row.map(|r| {
-            let account: String = r.try_get(10).map_err(db)?;
+            let account: String = r.try_get(11).map_err(db)?;
             Ok((account, read_grant(&r, 0)?))
         })
         .transpose()

@@ -126,6 +126,14 @@ CREATE TABLE auth_access (
 );
 CREATE INDEX auth_access_by_sub_user ON auth_access(sub_user);
 "#,
+    // When each grant was recorded: it pays for usage from then on. A purchase's grants
+    // were recorded with the purchase; a credit's when it started.
+    r#"
+ALTER TABLE grants ADD COLUMN created_at_ms BIGINT NOT NULL DEFAULT 0;
+UPDATE grants SET created_at_ms = COALESCE(
+    (SELECT p.at_ms FROM purchases p WHERE p.purchase_id = grants.purchase_id),
+    starts_at_ms);
+"#,
 ];
 
 pub struct SqliteStore {
@@ -216,11 +224,12 @@ fn read_grant(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawGrant> {
         expires_at_ms: r.get(7)?,
         source: r.get(8)?,
         stackable: r.get(9)?,
+        created_at_ms: r.get(10)?,
     })
 }
 
 const GRANT_COLUMNS: &str = "grant_id, kind, covers, unit, quota, remaining, starts_at_ms, \
-                             expires_at_ms, source, stackable";
+                             expires_at_ms, source, stackable, created_at_ms";
 
 struct RawGrant {
     grant_id: String,
@@ -233,6 +242,7 @@ struct RawGrant {
     expires_at_ms: i64,
     source: String,
     stackable: bool,
+    created_at_ms: i64,
 }
 
 impl RawGrant {
@@ -247,6 +257,7 @@ impl RawGrant {
             remaining: dec(&self.remaining)?,
             starts_at_ms: self.starts_at_ms,
             expires_at_ms: self.expires_at_ms,
+            created_at_ms: self.created_at_ms,
             source: self.source,
             stackable: self.stackable,
             grant_id: self.grant_id,
@@ -305,7 +316,7 @@ fn write_changes(
         tx.execute(
             &format!(
                 "INSERT INTO grants ({GRANT_COLUMNS}, account_id, purchase_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
             ),
             params![
                 g.grant_id,
@@ -318,6 +329,7 @@ fn write_changes(
                 g.expires_at_ms,
                 g.source,
                 g.stackable,
+                g.created_at_ms,
                 account_id,
                 purchase_id,
             ],
@@ -878,5 +890,44 @@ impl LedgerStore for SqliteStore {
             Ok(rows)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ledger file of the schema before grants kept `created_at_ms`: the migration takes
+    /// a purchase's grants as recorded with the purchase, a credit's as of its start.
+    #[tokio::test]
+    async fn grants_recorded_before_created_at_get_their_purchase_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        {
+            let mut c = Connection::open(&path).unwrap();
+            let tx = c.transaction().unwrap();
+            for m in &MIGRATIONS[..5] {
+                tx.execute_batch(m).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 5i64).unwrap();
+            tx.execute_batch(
+                "INSERT INTO accounts VALUES ('acme', 1, '0', 0);
+                 INSERT INTO purchases VALUES ('imp', 'acme', 'plan.compute.500', '450', 100, 900, 0);
+                 INSERT INTO grants VALUES ('imp/1', 'acme', 'PLAN', 3, 'money', '500', '500',
+                     100, 5000, 'plan.compute.500', 1, 'imp');
+                 INSERT INTO grants VALUES ('c1', 'acme', 'COUPON', 3, 'money', '5', '5',
+                     300, 5000, 'coupon', 1, NULL);",
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let st = s.load("acme", "x").await.unwrap().unwrap();
+        let got: Vec<(&str, i64, i64)> = st
+            .grants
+            .iter()
+            .map(|g| (g.grant_id.as_str(), g.starts_at_ms, g.created_at_ms))
+            .collect();
+        assert_eq!(got, vec![("c1", 300, 300), ("imp/1", 100, 900)]);
     }
 }
