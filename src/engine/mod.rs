@@ -976,8 +976,13 @@ impl Engine {
             Ok(av) => av - cost,
             Err(reason) => return Take::Denied(reason),
         };
+        // With one sidecar (embedded) the lease is the whole account, and the rules above
+        // bound what it can pay exactly, money grants of every resource included (the
+        // ledger's lease counts only those that can pay for GPU work, see
+        // `ledger::lease::payable`): a live lease admits whatever they allow.
+        let whole = self.cfg.lease_whole_account;
         match a.lease_spendable(now_ms) {
-            Some(spendable) if spendable >= cost => Take::Lease(available),
+            Some(spendable) if whole || spendable >= cost => Take::Lease(available),
             _ if fail_open && a.fail_open_left >= cost => Take::FailOpen(available),
             _ if fail_open => Take::Denied(DenyReason::LedgerUnavailable),
             _ => Take::NeedLease(self.lease_want(Some(a), cost)),

@@ -71,13 +71,14 @@ pub struct StatementEntry {
     pub resource: Resource,
     pub sku: String,
     pub quantity: u64,
+    /// The list cost of the quantity.
     pub cost: Money,
     pub at_ms: i64,
+    /// What paid each part of the cost, in the order taken (they sum to `cost`): the free
+    /// tier, grants (volume plans with their GB), the balance.
     pub deductions: Vec<Deduction>,
     /// Requests inside the month's free tier.
     pub free_quantity: u64,
-    /// GB taken from volume plans.
-    pub volume: Vec<billing::usage::VolumeDeduction>,
 }
 
 #[derive(Debug, Clone)]
@@ -178,7 +179,6 @@ fn usage_changes(
             sidecar_id: sidecar_id.to_owned(),
             deductions: c.deductions,
             free_quantity: c.free_quantity,
-            volume: c.volume,
         });
     }
     if applied.is_empty() && max_seq == state.applied_seq {
@@ -194,7 +194,8 @@ fn usage_changes(
     // Money only: free requests and GB from volume plans spend nothing of a lease.
     let spent: Money = applied
         .iter()
-        .flat_map(|u| u.deductions.iter().map(|d| d.amount))
+        .flat_map(|u| u.deductions.iter().filter(|d| d.is_money()))
+        .map(|d| d.amount)
         .sum();
     let leases = state
         .leases

@@ -191,6 +191,11 @@ UPDATE grants SET created_at_ms = COALESCE(
     (SELECT p.at_ms FROM purchases p WHERE p.purchase_id = grants.purchase_id),
     starts_at_ms);
 "#,
+    // Every deduction carries money: a volume plan's row keeps its GB here and the money
+    // they stand for in `amount` (rows written before keep the GB in `amount`, NULL here).
+    r#"
+ALTER TABLE usage_deductions ADD COLUMN gb NUMERIC;
+"#,
 ];
 
 /// SQLSTATE of a unique violation.
@@ -753,6 +758,7 @@ async fn write_batch(tx: &mut PgConnection, entries: &[Entry<'_>]) -> Result<Vec
         let mut d_sources = Vec::with_capacity(n);
         let mut d_amounts = Vec::with_capacity(n);
         let mut d_units = Vec::with_capacity(n);
+        let mut d_gbs = Vec::with_capacity(n);
         let mut frees = Vec::with_capacity(n);
         for (a, c) in &live {
             for u in &c.usage {
@@ -767,22 +773,15 @@ async fn write_batch(tx: &mut PgConnection, entries: &[Entry<'_>]) -> Result<Vec
                 sidecars.push(u.sidecar_id.as_str());
                 seqs.push(r.seq as i64);
                 frees.push(u.free_quantity as i64);
-                // Volume (GB) first, in the order taken, then money: one ordinal sequence.
-                let rows = u
-                    .volume
-                    .iter()
-                    .map(|v| (v.grant_id.as_str(), v.gb.to_string(), GrantUnit::Gigabytes))
-                    .chain(
-                        u.deductions
-                            .iter()
-                            .map(|d| (d.source.label(), d.amount.to_string(), GrantUnit::Money)),
-                    );
-                for (i, (source, amount, unit)) in rows.enumerate() {
+                // In the order taken: one ordinal sequence.
+                for (i, d) in u.deductions.iter().enumerate() {
+                    let (source, amount, unit, gb) = super::store::deduction_row(d);
                     d_ids.push(r.usage_id.as_str());
-                    d_ordinals.push(i as i32);
+                    d_ordinals.push(i32::try_from(i).unwrap_or(i32::MAX));
                     d_sources.push(source);
                     d_amounts.push(amount);
-                    d_units.push(unit.code());
+                    d_units.push(unit);
+                    d_gbs.push(gb);
                 }
             }
         }
@@ -809,16 +808,17 @@ async fn write_batch(tx: &mut PgConnection, entries: &[Entry<'_>]) -> Result<Vec
         .map_err(write_err(scope, Some("usage")))?;
         if !d_ids.is_empty() {
             sqlx::query(
-                "INSERT INTO usage_deductions (usage_id, ordinal, source, amount, unit) \
-                 SELECT id, ord, src, amt::numeric, u \
-                 FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[]) \
-                 AS v(id, ord, src, amt, u)",
+                "INSERT INTO usage_deductions (usage_id, ordinal, source, amount, unit, gb) \
+                 SELECT id, ord, src, amt::numeric, u, gb::numeric \
+                 FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[], \
+                 $6::text[]) AS v(id, ord, src, amt, u, gb)",
             )
             .bind(d_ids)
             .bind(d_ordinals)
             .bind(d_sources)
             .bind(d_amounts)
             .bind(d_units)
+            .bind(d_gbs)
             .execute(&mut *tx)
             .await
             .map_err(write_err(scope, None))?;
@@ -1525,37 +1525,41 @@ impl LedgerStore for PgStore {
         .map_err(db)?;
         let truncated = rows.len() > limit;
         let rows: Vec<_> = rows.into_iter().take(limit).collect();
-        let mut raw: HashMap<String, Vec<(String, String, String)>> = HashMap::new();
+        let mut raw: HashMap<String, Vec<super::store::DeductionRow>> = HashMap::new();
         if !rows.is_empty() {
             let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-            let found: Vec<(String, String, String, String)> = sqlx::query_as(
-                "SELECT usage_id, source, amount::text, unit FROM usage_deductions \
+            let found: Vec<(String, String, String, String, Option<String>)> = sqlx::query_as(
+                "SELECT usage_id, source, amount::text, unit, gb::text FROM usage_deductions \
                  WHERE usage_id = ANY($1::text[]) ORDER BY usage_id, ordinal",
             )
             .bind(&ids)
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            for (usage_id, source, amount, unit) in found {
+            for (usage_id, source, amount, unit, gb) in found {
                 raw.entry(usage_id)
                     .or_default()
-                    .push((source, amount, unit));
+                    .push((source, amount, unit, gb));
             }
         }
         let mut out = Vec::with_capacity(rows.len());
         for (usage_id, resource, sku, quantity, cost, at_ms, free) in rows {
-            let (deductions, volume) =
-                super::store::split_deductions(raw.remove(&usage_id).unwrap_or_default())?;
+            let cost = money(&cost)?;
+            let free = free.max(0) as u64;
+            let deductions = super::store::read_deductions(
+                raw.remove(&usage_id).unwrap_or_default(),
+                cost,
+                free,
+            )?;
             out.push(StatementEntry {
                 resource: Resource::from_name(&resource)
                     .ok_or_else(|| StoreError::Corrupt(format!("resource {resource:?}")))?,
                 deductions,
-                free_quantity: free.max(0) as u64,
-                volume,
+                free_quantity: free,
                 usage_id,
                 sku,
                 quantity: quantity.max(0) as u64,
-                cost: money(&cost)?,
+                cost,
                 at_ms,
             });
         }

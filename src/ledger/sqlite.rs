@@ -134,6 +134,11 @@ UPDATE grants SET created_at_ms = COALESCE(
     (SELECT p.at_ms FROM purchases p WHERE p.purchase_id = grants.purchase_id),
     starts_at_ms);
 "#,
+    // Every deduction carries money: a volume plan's row keeps its GB here and the money
+    // they stand for in `amount` (rows written before keep the GB in `amount`, NULL here).
+    r#"
+ALTER TABLE usage_deductions ADD COLUMN gb TEXT;
+"#,
 ];
 
 pub struct SqliteStore {
@@ -368,8 +373,8 @@ fn write_changes(
             .map_err(db)?;
         let mut ded = tx
             .prepare_cached(
-                "INSERT INTO usage_deductions (usage_id, ordinal, source, amount, unit) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO usage_deductions (usage_id, ordinal, source, amount, unit, gb) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
             .map_err(db)?;
         for u in &c.usage {
@@ -387,18 +392,10 @@ fn write_changes(
                 u.free_quantity as i64
             ])
             .map_err(dup("usage", &r.usage_id))?;
-            // Volume (GB) first, in the order taken, then money: one ordinal sequence.
-            let rows = u
-                .volume
-                .iter()
-                .map(|v| (v.grant_id.as_str(), v.gb.to_string(), GrantUnit::Gigabytes))
-                .chain(
-                    u.deductions
-                        .iter()
-                        .map(|d| (d.source.label(), d.amount.to_string(), GrantUnit::Money)),
-                );
-            for (i, (source, amount, unit)) in rows.enumerate() {
-                ded.execute(params![r.usage_id, i as i64, source, amount, unit.code()])
+            // In the order taken: one ordinal sequence.
+            for (i, d) in u.deductions.iter().enumerate() {
+                let (source, amount, unit, gb) = super::store::deduction_row(d);
+                ded.execute(params![r.usage_id, i as i64, source, amount, unit, gb])
                     .map_err(db)?;
             }
         }
@@ -703,7 +700,7 @@ impl LedgerStore for SqliteStore {
             let truncated = rows.len() > limit;
             let mut ded = c
                 .prepare_cached(
-                    "SELECT source, amount, unit FROM usage_deductions WHERE usage_id = ?1 \
+                    "SELECT source, amount, unit, gb FROM usage_deductions WHERE usage_id = ?1 \
                      ORDER BY ordinal",
                 )
                 .map_err(db)?;
@@ -712,22 +709,25 @@ impl LedgerStore for SqliteStore {
                 rows.into_iter().take(limit)
             {
                 let raw = ded
-                    .query_map([&usage_id], |r| <(String, String, String)>::try_from(r))
+                    .query_map([&usage_id], |r| {
+                        <(String, String, String, Option<String>)>::try_from(r)
+                    })
                     .map_err(db)?
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(db)?;
-                let (deductions, volume) = super::store::split_deductions(raw)?;
+                let cost = Money::from_decimal(dec(&cost)?);
+                let free = free.max(0) as u64;
+                let deductions = super::store::read_deductions(raw, cost, free)?;
                 out.push(StatementEntry {
                     resource: Resource::from_name(&resource)
                         .ok_or_else(|| StoreError::Corrupt(format!("resource {resource:?}")))?,
                     usage_id,
                     sku,
                     quantity: quantity.max(0) as u64,
-                    cost: Money::from_decimal(dec(&cost)?),
+                    cost,
                     at_ms,
                     deductions,
-                    free_quantity: free.max(0) as u64,
-                    volume,
+                    free_quantity: free,
                 });
             }
             out.reverse();
