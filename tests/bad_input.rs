@@ -914,7 +914,8 @@ async fn bad_grant_credits(h: &mut Harness) {
     check!(
         h,
         before,
-        h.admin.grant_credit(credit_req(ACME, "free_tier", cny("1"))),
+        h.admin
+            .grant_credit(credit_req(ACME, "free_tier", cny("1"))),
         inv,
         ["grant_id", "free_tier", "reserved"]
     );

@@ -1395,7 +1395,11 @@ async fn pg_concurrent_connects_migrate_once() {
     let url = db.url.clone();
     let check = async move {
         assert!(failures.is_empty(), "racing connects failed: {failures:?}");
-        assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7], "each migration recorded once");
+        assert_eq!(
+            versions,
+            [1, 2, 3, 4, 5, 6, 7],
+            "each migration recorded once"
+        );
         // Every store works, and a later start finds nothing to do.
         for (i, s) in stores.iter().enumerate() {
             assert!(
