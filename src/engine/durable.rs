@@ -17,16 +17,17 @@ type Written = Result<(), JournalError>;
 
 /// A write's follow-up (see `Engine::when_durable`); run on a task of its own if dropped
 /// before it ran.
-struct Finisher<F>
+struct Finisher<'a, F>
 where
     F: FnOnce(&Engine, Written) -> Result<(), EngineError> + Send + 'static,
 {
-    engine: std::sync::Weak<Engine>,
+    /// Upgraded only if the follow-up must run on its own task.
+    engine: &'a std::sync::Weak<Engine>,
     done: Durable,
     finish: Option<F>,
 }
 
-impl<F> Drop for Finisher<F>
+impl<F> Drop for Finisher<'_, F>
 where
     F: FnOnce(&Engine, Written) -> Result<(), EngineError> + Send + 'static,
 {
@@ -80,7 +81,7 @@ impl Engine {
         F: FnOnce(&Engine, Written) -> Result<(), EngineError> + Send + 'static,
     {
         let mut f = Finisher {
-            engine: self.me.clone(),
+            engine: &self.me,
             done,
             finish: Some(finish),
         };
