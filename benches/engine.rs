@@ -123,6 +123,7 @@ fn money_grants(n: usize, now_ms: i64) -> Vec<Grant> {
             remaining: Decimal::from(100),
             starts_at_ms: now_ms - DAY_MS,
             expires_at_ms: now_ms + ((i * 37) % n + 1) as i64 * DAY_MS,
+            created_at_ms: now_ms - DAY_MS,
             source: "bench".to_owned(),
             stackable: true,
         })

@@ -21,6 +21,7 @@ use crate::auth::{Bearer, BearerChannel};
 use crate::tls::ClientTls;
 use std::path::{Path, PathBuf};
 
+use crate::billing::burndown::FREE_TIER_LABEL;
 use crate::billing::free_tier::{Calendar, DEFAULT_TIME_ZONE, Month};
 use crate::billing::{Money, MoneyError};
 use crate::pb;
@@ -1179,10 +1180,10 @@ fn write_statement(
             .deductions
             .iter()
             .map(|d| {
-                if !d.gb.is_empty() {
-                    return format!("{}:{} GB", d.source, d.gb);
-                }
                 let amount = d.amount.as_ref().map_or("?", |m| m.amount.as_str());
+                if !d.gb.is_empty() {
+                    return format!("{}:{} GB ({amount})", d.source, d.gb);
+                }
                 format!("{}:{amount}", d.source)
             })
             .collect();
@@ -1306,6 +1307,10 @@ fn write_statement_sums(
                     Ok(gb) => g.gb_from_plans += gb,
                     Err(_) => unreadable = true,
                 }
+                continue;
+            }
+            if d.source == FREE_TIER_LABEL {
+                // Counted as FREE quantity; no one paid it.
                 continue;
             }
             match parse_amount(&d.amount) {
@@ -1827,8 +1832,8 @@ c1     COUPON  GPU_SHARED,GPU_EXCLUSIVE  20     15.5       CNY   ?42    2026-11-
                     "a",
                     pb::Resource::Traffic,
                     NOV_LAST - 3_600_000,
-                    "1",
-                    &[("t1/1", "", "2"), ("balance", "0.5", "")],
+                    "1.5",
+                    &[("t1/1", "1", "2"), ("balance", "0.5", "")],
                 ),
                 entry_at(
                     "b",
@@ -1842,7 +1847,7 @@ c1     COUPON  GPU_SHARED,GPU_EXCLUSIVE  20     15.5       CNY   ?42    2026-11-
                     pb::Resource::RequestGet,
                     NOV_LAST,
                     "0.01",
-                    &[("c1", "0.006", "")],
+                    &[("free_tier", "0.004", ""), ("c1", "0.006", "")],
                 ),
                 entry_at(
                     "d",
@@ -1862,18 +1867,18 @@ c1     COUPON  GPU_SHARED,GPU_EXCLUSIVE  20     15.5       CNY   ?42    2026-11-
         write_statement_sums(&mut out, &month_statement(), StatementBy::Day, &cal, "CNY").unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        // Traffic on Nov 30 (Shanghai): cost 1 + 0.5, 2 GB from the plan, 1.0 from the
+        // Traffic on Nov 30 (Shanghai): cost 1.5 + 0.5, 2 GB from the plan, 1.0 from the
         // balance; GET: 0.006 from a coupon, 400 free; storage falls on Dec 1.
         assert!(lines[1].starts_with("2026-11-30  REQUEST_GET  1"), "{text}");
         assert!(lines[1].contains("400"), "{text}");
         assert!(lines[2].starts_with("2026-11-30  TRAFFIC      2"), "{text}");
-        assert!(lines[2].contains("1.5 CNY"), "{text}");
+        assert!(lines[2].contains(" 2 CNY"), "{text}");
         assert!(lines[2].contains(" 2  "), "{text}");
         assert!(lines[2].ends_with(" 1 CNY"), "{text}");
         assert!(lines[3].starts_with("2026-12-01  STORAGE"), "{text}");
         assert_eq!(
             lines[4],
-            "total: 4 entries listing 1.71 CNY; paid 0.006 CNY from grants and 1.2 CNY from the balance"
+            "total: 4 entries listing 2.21 CNY; paid 0.006 CNY from grants and 1.2 CNY from the balance"
         );
     }
 
@@ -1930,8 +1935,10 @@ c1     COUPON  GPU_SHARED,GPU_EXCLUSIVE  20     15.5       CNY   ?42    2026-11-
         let mut out = Vec::new();
         write_statement(&mut out, &month_statement(), "CNY").unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(text.contains("t1/1:2 GB, balance:0.5"), "{text}");
+        // A volume plan's GB with the money they stand for; what free requests stand for.
+        assert!(text.contains("t1/1:2 GB (1), balance:0.5"), "{text}");
         assert!(text.contains("1000 (400 free)"), "{text}");
+        assert!(text.contains("free_tier:0.004, c1:0.006"), "{text}");
     }
 
     #[test]

@@ -911,6 +911,14 @@ async fn bad_grant_credits(h: &mut Harness) {
         inv,
         ["grant_id", "balance"]
     );
+    check!(
+        h,
+        before,
+        h.admin
+            .grant_credit(credit_req(ACME, "free_tier", cny("1"))),
+        inv,
+        ["grant_id", "free_tier", "reserved"]
+    );
     let g = h.coupon(ACME, "g-bad", "1", T0_MS + 1).await;
     assert_eq!(g.expires_at_ms, T0_MS + 1);
 }

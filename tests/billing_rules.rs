@@ -243,6 +243,64 @@ async fn plan_imported_more_than_a_year_ago_is_void() {
     assert!(h.reserve("acme", "r2", 1_000).await.unwrap().admitted);
 }
 
+/// An import pays for usage from when it is recorded, never for usage charged before
+/// (issue 12: which it did or did not, depending on when the sync loop pushed the usage).
+/// tests/sync_order.rs forces both orders; this is the rule as a client sees it.
+#[tokio::test]
+async fn an_imported_plan_does_not_pay_for_earlier_usage() {
+    let mut h = Harness::start().await;
+    h.create("acme", "1").await;
+    assert!(h.reserve("acme", "r1", 1_000).await.unwrap().admitted);
+    assert_eq!(
+        amount(&h.commit("r1", 5_000_000).await.unwrap().charged),
+        "3"
+    );
+    h.clock.advance_ms(1_000);
+    let p = h
+        .admin
+        .purchase(pb::PurchaseRequest {
+            account_id: "acme".into(),
+            sku: "plan.compute.500".into(),
+            purchase_id: "imp".into(),
+            effective_at_ms: T0_MS - 30 * DAY_MS,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let g = &p.grants[0];
+    assert_eq!(
+        (g.starts_at_ms, g.created_at_ms),
+        (T0_MS - 30 * DAY_MS, T0_MS + 1_000)
+    );
+    let b = h.balance("acme").await;
+    assert_eq!(b.status(), AccountStatus::Overdue);
+    assert_eq!(amount(&b.balance), "-2");
+    assert_eq!(grant(&b, "imp/1").remaining, "500");
+    let s = h.statement("acme").await;
+    assert_eq!(
+        deductions(&s.entries[0]),
+        vec![("balance".into(), "3".into())]
+    );
+    // Once topped up, new usage is the plan's.
+    h.admin
+        .top_up(pb::TopUpRequest {
+            account_id: "acme".into(),
+            amount: Some(money("2")),
+            topup_id: "t1".into(),
+        })
+        .await
+        .unwrap();
+    assert!(h.reserve("acme", "r2", 1_000).await.unwrap().admitted);
+    assert_eq!(
+        amount(&h.commit("r2", 1_000).await.unwrap().charged),
+        "0.0006"
+    );
+    assert_eq!(
+        grant(&h.balance("acme").await, "imp/1").remaining,
+        "499.9994"
+    );
+}
+
 #[tokio::test]
 async fn starter_once_storage_not_stackable_traffic_stackable() {
     let mut h = Harness::start().await;

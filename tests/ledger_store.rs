@@ -47,6 +47,7 @@ fn grant(id: &str, quota: &str, remaining: &str) -> Grant {
         remaining: d(remaining),
         starts_at_ms: T0,
         expires_at_ms: T0 + 86_400_000,
+        created_at_ms: T0,
         source: "coupon".into(),
         stackable: true,
     }
@@ -75,17 +76,9 @@ fn usage(
         sidecar_id: SIDECAR.into(),
         deductions: deductions
             .iter()
-            .map(|(src, amt)| Deduction {
-                source: if *src == "balance" {
-                    Source::Balance
-                } else {
-                    Source::Grant((*src).into())
-                },
-                amount: m(amt),
-            })
+            .map(|(src, amt)| Deduction::money(Source::from_label(src), m(amt)))
             .collect(),
         free_quantity: 0,
-        volume: vec![],
     }
 }
 
@@ -222,12 +215,15 @@ async fn commit_if_version(s: Arc<dyn LedgerStore>) {
 async fn grants_purchases_and_topups(s: Arc<dyn LedgerStore>) {
     s.create_account("acme", m("100"), T0).await.unwrap();
     s.create_account("other", m("0"), T0).await.unwrap();
+    // An import: bought a day before it was recorded.
     let plan_a = Grant {
         kind: GrantKind::Plan,
         unit: GrantUnit::Gigabytes,
         covers: ResourceSet::of(Resource::Storage),
         source: "storage-1tb".into(),
         stackable: false,
+        starts_at_ms: T0 - 86_400_000,
+        created_at_ms: T0 + 5,
         ..grant("p1/storage", "1000", "1000")
     };
     let plan_b = Grant {
@@ -1147,20 +1143,34 @@ async fn load_many_and_commit_many(s: Arc<dyn LedgerStore>) {
 }
 
 /// The free tier's counts (set, not added, under the version check), a usage's free
-/// requests and the GB it took from volume plans before its money deductions.
+/// requests, and deductions of every kind in the order taken: the free tier, a money
+/// grant, a volume plan (its GB and the money they stand for), the balance.
 async fn request_counts_free_requests_and_volume_deductions(s: Arc<dyn LedgerStore>) {
     s.create_account("acme", m("1"), T0).await.unwrap();
     s.create_account("other", m("1"), T0).await.unwrap();
-    let mut get = usage("acme", "g1", 1, T0, "0.02", &[("balance", "0.02")]);
+    let mut get = usage(
+        "acme",
+        "g1",
+        1,
+        T0,
+        "0.03",
+        &[("free_tier", "0.01"), ("balance", "0.02")],
+    );
     get.record.resource = Resource::RequestGet;
     get.record.quantity = 30_000;
     get.free_quantity = 10_000;
-    let mut dl = usage("acme", "dl1", 2, T0 + 1, "1.5", &[("balance", "0.5")]);
+    // 3.5 GB at 0.5: 0.5 GB from a coupon, 2.5 GB from a plan, 0.5 GB from the balance.
+    let mut dl = usage(
+        "acme",
+        "dl1",
+        2,
+        T0 + 1,
+        "1.75",
+        &[("c1", "0.25"), ("t1/1", "1.25"), ("balance", "0.25")],
+    );
     dl.record.resource = Resource::Traffic;
-    dl.volume = vec![quotad::billing::usage::VolumeDeduction {
-        grant_id: "t1/1".into(),
-        gb: d("2.5"),
-    }];
+    dl.deductions[1].gb = Some(d("2.5"));
+    let dl_deductions = dl.deductions.clone();
     s.commit(
         "acme",
         1,
@@ -1221,23 +1231,20 @@ async fn request_counts_free_requests_and_volume_deductions(s: Arc<dyn LedgerSto
     assert_eq!(entries.len(), 2);
     assert_eq!(entries[0].usage_id, "g1");
     assert_eq!(entries[0].free_quantity, 10_000);
-    assert!(entries[0].volume.is_empty());
+    assert_eq!(
+        entries[0].deductions,
+        vec![
+            Deduction::money(Source::FreeTier, m("0.01")),
+            Deduction::money(Source::Balance, m("0.02"))
+        ]
+    );
     assert_eq!(entries[1].usage_id, "dl1");
     assert_eq!(entries[1].free_quantity, 0);
-    assert_eq!(
-        entries[1].volume,
-        vec![quotad::billing::usage::VolumeDeduction {
-            grant_id: "t1/1".into(),
-            gb: d("2.5")
-        }]
-    );
-    assert_eq!(
-        entries[1].deductions,
-        vec![Deduction {
-            source: Source::Balance,
-            amount: m("0.5")
-        }]
-    );
+    assert_eq!(entries[1].deductions, dl_deductions);
+    for e in &entries {
+        let total: Money = e.deductions.iter().map(|d| d.amount).sum();
+        assert_eq!(total, e.cost, "{}", e.usage_id);
+    }
 }
 
 /// One test per store for each contract body: `sqlite::NAME` and `postgres::NAME`.

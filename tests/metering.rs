@@ -89,8 +89,11 @@ async fn reserve_traffic(
         .into_inner()
 }
 
-/// Deductions as (source, GB from a volume plan, money).
-fn gb_and_money(e: &pb::StatementEntry) -> Vec<(String, String, String)> {
+/// A deduction as (source, GB from a volume plan, money it stands for).
+type Part = (String, String, String);
+
+/// Deductions as (source, GB from a volume plan, money it stands for).
+fn gb_and_money(e: &pb::StatementEntry) -> Vec<Part> {
     e.deductions
         .iter()
         .map(|d| (d.source.clone(), d.gb.clone(), amount(&d.amount)))
@@ -159,11 +162,13 @@ async fn traffic_plans_stack_and_pay_earliest_expiry_first_then_the_balance() {
     let e = s.entries.iter().find(|e| e.usage_id == "dl-3").unwrap();
     assert_eq!(e.resource, pb::Resource::Traffic as i32);
     assert_eq!(e.quantity, 51 * GB);
-    // 50 GB from t2, then 0.5 of money from the balance.
+    // 50 GB from t2 (standing for 25 of the 25.5 listed), then 0.5 of money from the
+    // balance: the deductions sum to the cost.
+    assert_eq!(amount(&e.cost), "25.5");
     assert_eq!(
         gb_and_money(e),
         vec![
-            ("t2/1".to_owned(), "50".to_owned(), String::new()),
+            ("t2/1".to_owned(), "50".to_owned(), "25".to_owned()),
             ("balance".to_owned(), String::new(), "0.5".to_owned())
         ]
     );
@@ -172,8 +177,8 @@ async fn traffic_plans_stack_and_pay_earliest_expiry_first_then_the_balance() {
     assert_eq!(
         gb_and_money(e1),
         vec![
-            ("t1/1".to_owned(), "100".to_owned(), String::new()),
-            ("t2/1".to_owned(), "50".to_owned(), String::new())
+            ("t1/1".to_owned(), "100".to_owned(), "50".to_owned()),
+            ("t2/1".to_owned(), "50".to_owned(), "25".to_owned())
         ]
     );
     h.engine().refresh_account("acme").await.unwrap();
@@ -181,6 +186,83 @@ async fn traffic_plans_stack_and_pay_earliest_expiry_first_then_the_balance() {
     assert_eq!(remaining(&b, "t1/1"), "0");
     assert_eq!(remaining(&b, "t2/1"), "0");
     assert_eq!(amount(&b.balance), "0.5");
+    h.shutdown().await;
+}
+
+/// Issue 12, item 4: a 100 GB traffic plan expiring in a year and a 1 CNY traffic coupon
+/// expiring in 30 days. R3 (earliest expiry first) orders grants of both kinds: the coupon
+/// pays first, in money, then the plan in GB. Every entry's deductions sum to its cost (a
+/// GB deduction carries the money it stands for), and each Commit's `charged` is the money
+/// its entry's money grants and balance paid.
+#[tokio::test]
+async fn an_earlier_expiring_coupon_pays_before_a_traffic_plan() {
+    let mut h = Harness::start().await;
+    h.create("acme", "0").await;
+    h.buy("acme", "plan.traffic.100gb", "t1").await;
+    h.admin
+        .grant_credit(pb::GrantCreditRequest {
+            resource: pb::Resource::Traffic as i32,
+            ..coupon_req("acme", "c1", "1", T0_MS + 30 * DAY_MS)
+        })
+        .await
+        .unwrap();
+
+    // 1 GB (0.5): the coupon's, so 0.5 is held and charged in money.
+    let r = reserve_traffic(&mut h, "acme", "dl-1", GB).await;
+    assert!(r.admitted, "{r:?}");
+    assert_eq!(amount(&r.held), "0.5");
+    let mut charged = vec![amount(&h.commit("dl-1", GB).await.unwrap().charged)];
+    // 3 GB (1.5): the coupon's last 0.5 pays for 1 GB, the plan gives 2 GB.
+    let r = reserve_traffic(&mut h, "acme", "dl-2", 3 * GB).await;
+    assert_eq!(amount(&r.held), "0.5");
+    charged.push(amount(&h.commit("dl-2", 3 * GB).await.unwrap().charged));
+    // 1 GB more: the plan alone, nothing in money.
+    let r = reserve_traffic(&mut h, "acme", "dl-3", GB).await;
+    assert_eq!(amount(&r.held), "0");
+    charged.push(amount(&h.commit("dl-3", GB).await.unwrap().charged));
+    assert_eq!(charged, vec!["0.5", "0.5", "0"]);
+    let b = h.balance("acme").await;
+    assert_eq!(remaining(&b, "c1"), "0");
+    assert_eq!(remaining(&b, "t1/1"), "97");
+    assert_eq!(amount(&b.balance), "0");
+
+    let s = h.statement("acme").await;
+    let got: Vec<(String, String, Vec<Part>)> = s
+        .entries
+        .iter()
+        .map(|e| (e.usage_id.clone(), amount(&e.cost), gb_and_money(e)))
+        .collect();
+    let d = |s: &str, gb: &str, a: &str| (s.to_owned(), gb.to_owned(), a.to_owned());
+    assert_eq!(
+        got,
+        vec![
+            ("dl-1".into(), "0.5".into(), vec![d("c1", "", "0.5")]),
+            (
+                "dl-2".into(),
+                "1.5".into(),
+                vec![d("c1", "", "0.5"), d("t1/1", "2", "1")]
+            ),
+            ("dl-3".into(), "0.5".into(), vec![d("t1/1", "1", "0.5")]),
+        ]
+    );
+    for (e, charged) in s.entries.iter().zip(&charged) {
+        let sum = |pick: &dyn Fn(&pb::Deduction) -> bool| -> rust_decimal::Decimal {
+            e.deductions
+                .iter()
+                .filter(|d| pick(d))
+                .map(|d| amount(&d.amount).parse::<rust_decimal::Decimal>().unwrap())
+                .sum()
+        };
+        let cost: rust_decimal::Decimal = amount(&e.cost).parse().unwrap();
+        assert_eq!(
+            sum(&|_| true),
+            cost,
+            "{}: deductions sum to the cost",
+            e.usage_id
+        );
+        let money = sum(&|d| d.gb.is_empty() && d.source != "free_tier");
+        assert_eq!(money, charged.parse().unwrap(), "{}: charged", e.usage_id);
+    }
     h.shutdown().await;
 }
 
@@ -384,25 +466,27 @@ async fn free_requests_reset_at_midnight_in_shanghai_and_survive_a_restart() {
     let r = requests(&mut h, "p1", pb::Resource::RequestPut, 5_000_001).await;
     assert_eq!(amount(&r.held), "0.000001");
 
+    // The free requests are a deduction of their own (what they would have cost), so
+    // each entry's deductions sum to its list cost.
     let st = h.statement("acme").await;
-    let free: Vec<(String, i64, String)> = st
+    type Paid = Vec<(String, String)>;
+    let free: Vec<(String, i64, Paid)> = st
         .entries
         .iter()
-        .map(|e| {
-            (
-                e.usage_id.clone(),
-                e.free_quantity,
-                gb_and_money(e).iter().map(|d| d.2.clone()).collect(),
-            )
-        })
+        .map(|e| (e.usage_id.clone(), e.free_quantity, deductions(e)))
         .collect();
+    let d = |s: &str, a: &str| (s.to_owned(), a.to_owned());
     assert_eq!(
         free,
         vec![
-            ("g1".to_owned(), 20_000_000, String::new()),
-            ("g2".to_owned(), 0, "0.03".to_owned()),
-            ("g3".to_owned(), 30_000, String::new()),
-            ("p1".to_owned(), 5_000_000, "0.000001".to_owned()),
+            ("g1".to_owned(), 20_000_000, vec![d("free_tier", "20")]),
+            ("g2".to_owned(), 0, vec![d("balance", "0.03")]),
+            ("g3".to_owned(), 30_000, vec![d("free_tier", "0.03")]),
+            (
+                "p1".to_owned(),
+                5_000_000,
+                vec![d("free_tier", "5"), d("balance", "0.000001")]
+            ),
         ]
     );
     h.shutdown().await;

@@ -320,9 +320,16 @@ async fn the_ledger_counts_free_requests_across_sidecars_and_takes_storage_hours
             (format!("storage/acme/{T0_MS}"), 0, "0.12".to_owned()),
         ]
     );
+    // The free requests are a deduction of their own, so each entry sums to its cost.
     let paid: Vec<Vec<(String, String)>> = st.entries.iter().map(deductions).collect();
-    assert_eq!(paid[0], vec![]);
-    assert_eq!(paid[1], vec![("balance".to_owned(), "10".to_owned())]);
+    assert_eq!(paid[0], vec![("free_tier".to_owned(), "15".to_owned())]);
+    assert_eq!(
+        paid[1],
+        vec![
+            ("free_tier".to_owned(), "5".to_owned()),
+            ("balance".to_owned(), "10".to_owned())
+        ]
+    );
     assert_eq!(paid[2], vec![("balance".to_owned(), "0.12".to_owned())]);
     // The sidecars take the ledger's word: 1 - 10 - 0.12 = -9.12, overdue.
     f.sidecars[1]

@@ -146,6 +146,7 @@ mod tests {
             remaining: Decimal::from(100),
             starts_at_ms: 0,
             expires_at_ms: 10 * H,
+            created_at_ms: 0,
             source: "plan.storage.100gb".into(),
             stackable: false,
         };

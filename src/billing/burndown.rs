@@ -17,22 +17,58 @@ use super::resource::Resource;
 pub enum Source {
     Grant(String),
     Balance,
+    /// The month's free requests (see `free_tier`): the part of the list cost no one pays.
+    FreeTier,
 }
 
+/// The label of `Source::FreeTier` in statements; no grant may have it as its id.
+pub const FREE_TIER_LABEL: &str = "free_tier";
+
 impl Source {
-    /// The label statements show: a grant id or "balance".
+    /// The label statements show: a grant id, "balance" or "free_tier".
     pub fn label(&self) -> &str {
         match self {
             Source::Grant(id) => id,
             Source::Balance => "balance",
+            Source::FreeTier => FREE_TIER_LABEL,
+        }
+    }
+
+    /// The source a statement label names.
+    pub fn from_label(label: &str) -> Source {
+        match label {
+            "balance" => Source::Balance,
+            FREE_TIER_LABEL => Source::FreeTier,
+            id => Source::Grant(id.to_owned()),
         }
     }
 }
 
+/// One part of a charge and what paid it. The parts of a charge sum to its list cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deduction {
     pub source: Source,
+    /// The money this part of the charge stands for.
     pub amount: Money,
+    /// For a volume plan (traffic GB): the GB it gave, which is what it lost; `amount` is
+    /// then the list price of those GB, paid by the plan and not in money.
+    pub gb: Option<Decimal>,
+}
+
+impl Deduction {
+    pub fn money(source: Source, amount: Money) -> Deduction {
+        Deduction {
+            source,
+            amount,
+            gb: None,
+        }
+    }
+
+    /// Whether this part was paid in money, by a money grant or the balance: what a
+    /// Commit answers as charged and what spends a lease (not free requests, not GB).
+    pub fn is_money(&self) -> bool {
+        self.gb.is_none() && self.source != Source::FreeTier
+    }
 }
 
 /// Pays `cost` for `resource` at `at_ms` from `grants`, then from `balance`. Mutates both and
@@ -63,17 +99,14 @@ pub fn burn_down(
         let take = left.min(g.remaining);
         g.remaining -= take;
         left -= take;
-        out.push(Deduction {
-            source: Source::Grant(g.grant_id.clone()),
-            amount: Money::from_decimal(take),
-        });
+        out.push(Deduction::money(
+            Source::Grant(g.grant_id.clone()),
+            Money::from_decimal(take),
+        ));
     }
     if left > Decimal::ZERO {
         *balance -= Money::from_decimal(left);
-        out.push(Deduction {
-            source: Source::Balance,
-            amount: Money::from_decimal(left),
-        });
+        out.push(Deduction::money(Source::Balance, Money::from_decimal(left)));
     }
     out
 }
@@ -122,13 +155,7 @@ mod tests {
         ];
         let mut balance = m("1");
         let d = burn_down(&mut grants, &mut balance, Resource::GpuShared, m("3"), 500);
-        assert_eq!(
-            d,
-            vec![Deduction {
-                source: Source::Balance,
-                amount: m("3")
-            }]
-        );
+        assert_eq!(d, vec![Deduction::money(Source::Balance, m("3"))]);
         assert_eq!(balance, m("-2"));
         assert_eq!(grants[0].state_at(500), GrantState::Expired);
         assert_eq!(grants[0].remaining, Decimal::from(10));
@@ -203,7 +230,7 @@ mod tests {
             // sorts after it.
             let used: Vec<&Grant> = d.iter().filter_map(|x| match &x.source {
                 Source::Grant(id) => before.iter().find(|g| &g.grant_id == id),
-                Source::Balance => None,
+                Source::Balance | Source::FreeTier => None,
             }).collect();
             for w in used.windows(2) {
                 prop_assert!((w[0].expires_at_ms, &w[0].grant_id) <= (w[1].expires_at_ms, &w[1].grant_id));

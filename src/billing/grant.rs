@@ -1,5 +1,10 @@
 //! Grants: prepaid sources of payment (plans, package components, coupons, trial credit).
 //! A grant is valid in [starts_at_ms, expires_at_ms); outside it, it is never charged.
+//! It pays only for usage from when the ledger recorded it (`created_at_ms`) on: an
+//! import of a plan bought earlier (`starts_at_ms` in the past) does not reach back to
+//! usage that was acknowledged, and so charged elsewhere, before the import. Without this
+//! the payer of such usage would depend on whether the import or the usage reached the
+//! ledger first, and what a Commit's answer said would not stand (G8).
 
 use rust_decimal::Decimal;
 
@@ -80,6 +85,9 @@ pub struct Grant {
     pub remaining: Decimal,
     pub starts_at_ms: i64,
     pub expires_at_ms: i64,
+    /// When the ledger recorded the grant (the purchase or credit was made). Equal to
+    /// `starts_at_ms` except for imports; 0 for grants recorded before it was kept.
+    pub created_at_ms: i64,
     /// Catalog sku of the plan or package, or "coupon" / "trial".
     pub source: String,
     /// False for grants of which an account may hold only one valid at a time (storage).
@@ -92,11 +100,17 @@ impl Grant {
         self.starts_at_ms <= at_ms && at_ms < self.expires_at_ms
     }
 
+    /// Can pay for usage at `at_ms` (whatever its resource): valid then, and recorded by
+    /// then.
+    pub fn pays_usage_at(&self, at_ms: i64) -> bool {
+        self.is_valid_at(at_ms) && self.created_at_ms <= at_ms
+    }
+
     /// Can pay for `resource` at `at_ms` with money (what a GPU charge draws on).
     pub fn pays_money_for(&self, resource: Resource, at_ms: i64) -> bool {
         self.unit == GrantUnit::Money
             && self.covers.contains(resource)
-            && self.is_valid_at(at_ms)
+            && self.pays_usage_at(at_ms)
             && self.remaining > Decimal::ZERO
     }
 
@@ -133,6 +147,7 @@ pub(crate) fn money_grant(id: &str, remaining: i64, starts: i64, expires: i64) -
         remaining: Decimal::from(remaining),
         starts_at_ms: starts,
         expires_at_ms: expires,
+        created_at_ms: starts,
         source: "test".to_owned(),
         stackable: true,
     }
@@ -152,6 +167,18 @@ mod tests {
         assert_eq!(g.state_at(50), GrantState::Pending);
         assert_eq!(g.state_at(150), GrantState::Valid);
         assert_eq!(g.state_at(200), GrantState::Expired);
+    }
+
+    #[test]
+    fn an_import_pays_from_its_recording_on() {
+        // Bought at 100 (imported), recorded at 150.
+        let mut g = money_grant("g", 5, 100, 200);
+        g.created_at_ms = 150;
+        assert!(g.is_valid_at(120));
+        assert!(!g.pays_usage_at(120));
+        assert!(!g.pays_money_for(Resource::GpuShared, 149));
+        assert!(g.pays_money_for(Resource::GpuShared, 150));
+        assert!(!g.pays_usage_at(200));
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub use burndown::{Deduction, Source, burn_down};
 pub use catalog::{Catalog, CatalogError, Offer, OfferKind, Price, PriceError};
 pub use grant::{Grant, GrantKind, GrantState, GrantUnit};
 pub use money::{Money, MoneyError};
-pub use purchase::{PurchaseContext, PurchaseError, PurchasePlan, plan_purchase};
+pub use purchase::{
+    PurchaseContext, PurchaseError, PurchasePlan, plan_purchase, purchase_grant_id,
+};
 pub use resource::{PriceUnit, Resource, ResourceSet};
 pub use status::{AccountStatus, DenyReason};

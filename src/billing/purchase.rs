@@ -88,12 +88,16 @@ pub fn plan_purchase(
             sku: offer.sku.clone(),
         });
     }
-    // An import that is already void cannot conflict with anything valid.
+    // An import that is already void cannot conflict with anything valid. A grant that
+    // has not expired conflicts even if it has not started by `now_ms`: it will be valid
+    // (a ledger process whose clock is behind the one that sold it must not sell another).
     let will_be_valid = ctx.now_ms < expires;
     if will_be_valid {
         for og in offer.grants.iter().filter(|g| !g.stackable) {
             if let Some(existing) = ctx.grants.iter().find(|g| {
-                !g.stackable && g.covers.bits() & og.covers.bits() != 0 && g.is_valid_at(ctx.now_ms)
+                !g.stackable
+                    && g.covers.bits() & og.covers.bits() != 0
+                    && ctx.now_ms < g.expires_at_ms
             }) {
                 return Err(PurchaseError::NotStackable {
                     sku: offer.sku.clone(),
@@ -116,6 +120,7 @@ pub fn plan_purchase(
             remaining: og.amount,
             starts_at_ms: effective,
             expires_at_ms: expires,
+            created_at_ms: ctx.now_ms,
             source: offer.sku.clone(),
             stackable: og.stackable,
         })
@@ -200,6 +205,14 @@ mod tests {
         // A package's storage component follows the same rule.
         let basic = c.offer("package.basic").unwrap();
         assert!(plan_purchase(basic, &ctx(&first, &[]), "b1", 0).is_err());
+        // A plan that starts a moment after this ledger's "now" (sold by a ledger process
+        // whose clock is ahead) is as good as valid.
+        let ahead = PurchaseContext {
+            grants: &first,
+            once_skus_bought: &[],
+            now_ms: NOW - 5,
+        };
+        assert!(plan_purchase(storage, &ahead, "s4", 0).is_err());
         // Once the first expired, a new one is accepted.
         let later = PurchaseContext {
             grants: &first,
@@ -225,6 +238,9 @@ mod tests {
         let recent = NOW - 30 * 86_400_000;
         let ok = plan_purchase(offer, &ctx(&[], &[]), "recent", recent).unwrap();
         assert_eq!(ok.grants[0].state_at(NOW), GrantState::Valid);
+        // Valid from its purchase, paying from its import on.
+        assert_eq!(ok.grants[0].starts_at_ms, recent);
+        assert_eq!(ok.grants[0].created_at_ms, NOW);
         assert!(matches!(
             plan_purchase(offer, &ctx(&[], &[]), "f", NOW + 1),
             Err(PurchaseError::EffectiveInFuture { .. })

@@ -52,7 +52,7 @@ pub fn capacity_bytes(grants: &[Grant], at_ms: i64) -> u64 {
         .filter(|g| {
             g.unit == GrantUnit::Gigabytes
                 && g.covers.contains(Resource::Storage)
-                && g.is_valid_at(at_ms)
+                && g.pays_usage_at(at_ms)
         })
         .map(|g| g.quota)
         .sum();
@@ -212,6 +212,7 @@ mod tests {
             remaining: Decimal::from(gb),
             starts_at_ms: starts,
             expires_at_ms: expires,
+            created_at_ms: starts,
             source: "plan.storage.100gb".into(),
             stackable: false,
         }

@@ -339,7 +339,7 @@ impl Engine {
             }
             let owed: Money = self
                 .journal
-                .outbox_of(&account_id, 0)
+                .outbox_of(&account_id, 0, self.cfg.outbox_max)
                 .iter()
                 .map(|u| u.cost)
                 .sum::<Money>()

@@ -7,6 +7,7 @@
 //! Lock order (deadlock freedom): an `accounts` entry may be held while taking a `holds`
 //! entry, never the reverse.
 
+mod durable;
 pub mod events;
 mod leases;
 pub mod sessions;
@@ -151,7 +152,9 @@ pub enum EngineError {
     ReservationSettled { id: String, state: &'static str },
     #[error("reservation_id {id} was already used for a different request: {detail}")]
     ReservationMismatch { id: String, detail: String },
-    #[error("reservation {0} is being recorded by a concurrent call; retry")]
+    /// Internal: a concurrent call is journaling this reservation. `reserve` and `settle`
+    /// wait for it and try again, so this never reaches a client.
+    #[error("reservation {0} is being recorded by a concurrent call")]
     InProgress(String),
     #[error(
         "reservation {0} has an open usage stream; close the stream (it settles the reported usage) before Commit or Release"
@@ -427,10 +430,32 @@ struct OrphanHold {
 
 struct Hold {
     row: ReservationRow,
-    /// A transition of this hold is being journaled; retries wait for it.
+    /// A transition of this hold is being journaled; a concurrent copy of the call waits
+    /// for it (`wait_idle`) and answers with its outcome.
     busy: bool,
+    /// Calls waiting for `busy` to clear, woken by `Hold::idle`.
+    waiters: Option<Arc<tokio::sync::Notify>>,
     /// A usage stream has taken over the hold (see `work`); Commit waits for its end.
     streaming: bool,
+}
+
+impl Hold {
+    fn new(row: ReservationRow, busy: bool) -> Hold {
+        Hold {
+            row,
+            busy,
+            waiters: None,
+            streaming: false,
+        }
+    }
+
+    /// The transition being journaled is over (done, or undone): wake its waiters.
+    fn idle(&mut self) {
+        self.busy = false;
+        if let Some(w) = self.waiters.take() {
+            w.notify_waiters();
+        }
+    }
 }
 
 /// A point-in-time view of the engine's sizes (see `Engine::stats`).
@@ -455,6 +480,8 @@ pub struct EngineStats {
 }
 
 pub struct Engine {
+    /// This engine, for work that must finish after its caller is gone (see `when_durable`).
+    me: std::sync::Weak<Engine>,
     sidecar_id: String,
     catalog: Arc<Catalog>,
     clock: SharedClock,
@@ -529,7 +556,8 @@ impl Engine {
         for (account_id, key) in recovered.alerts {
             recovered_alerts.entry(account_id).or_default().push(key);
         }
-        let engine = Arc::new(Engine {
+        let engine = Arc::new_cyclic(|me| Engine {
+            me: me.clone(),
             sidecar_id,
             catalog,
             clock,
@@ -597,14 +625,9 @@ impl Engine {
                     });
                 open += 1;
             }
-            engine.holds.insert(
-                row.reservation_id.clone(),
-                Hold {
-                    row,
-                    busy: false,
-                    streaming: false,
-                },
-            );
+            engine
+                .holds
+                .insert(row.reservation_id.clone(), Hold::new(row, false));
             engine.holds_len.fetch_add(1, Ordering::Relaxed);
         }
         let mut accounts: Vec<String> = engine
@@ -743,7 +766,7 @@ impl Engine {
             .await?;
         let pending: VecDeque<Pending> = self
             .journal
-            .outbox_of(account_id, snap.applied_seq)
+            .outbox_of(account_id, snap.applied_seq, usize::MAX)
             .into_iter()
             .map(|u| Pending {
                 seq: u.seq,
@@ -954,7 +977,18 @@ impl Engine {
         o
     }
 
+    /// Holds the cost of a job. A concurrent copy of a Reserve being journaled waits for it
+    /// and answers with its outcome (G4, G6).
     pub async fn reserve(&self, req: ReserveRequest) -> Result<ReserveOutcome, EngineError> {
+        loop {
+            match self.reserve_once(&req).await {
+                Err(EngineError::InProgress(id)) => self.wait_idle(&id).await,
+                r => return r,
+            }
+        }
+    }
+
+    async fn reserve_once(&self, req: &ReserveRequest) -> Result<ReserveOutcome, EngineError> {
         let now_ms = self.now_ms();
         let cost = self.cost(req.resource, &req.sku, req.quantity)?;
         let ttl_ms = if req.ttl_ms == 0 {
@@ -969,7 +1003,7 @@ impl Engine {
             });
         }
         if let Some(h) = self.holds.get(&req.reservation_id) {
-            let o = self.replay_reserve(&req, &h)?;
+            let o = self.replay_reserve(req, &h)?;
             drop(h);
             return Ok(self.with_available(o, &req.account_id, req.resource));
         }
@@ -992,7 +1026,7 @@ impl Engine {
         // reached this sidecar yet).
         let (mut fail_open, mut asks, mut confirmed) = (false, 0usize, false);
         loop {
-            match self.try_hold(&req, cost, ttl_ms, now_ms, fail_open)? {
+            match self.try_hold(req, cost, ttl_ms, now_ms, fail_open)? {
                 Step::Answer(o) if !confirmed && self.confirmable(&o.reason) => {
                     confirmed = true;
                     match self.refresh_snapshot(&req.account_id).await {
@@ -1004,7 +1038,7 @@ impl Engine {
                 Step::Answer(o) => return Ok(o),
                 Step::Held(done, available, expires_at_ms, held, from_budget) => {
                     return self
-                        .finish_hold(&req, held, done, available, expires_at_ms, from_budget)
+                        .finish_hold(req, held, done, available, expires_at_ms, from_budget)
                         .await;
                 }
                 // Asked once; again only while what this sidecar could get covers it (a
@@ -1070,9 +1104,14 @@ impl Engine {
         } else {
             Money::ZERO
         };
+        // With one sidecar (embedded) the lease is the whole account, and the rules above
+        // bound what it can pay exactly, money grants of every resource included (the
+        // ledger's lease counts only those that can pay for GPU work, see
+        // `ledger::lease::payable`): a live lease admits whatever they allow.
+        let whole = self.cfg.lease_whole_account;
         match a.lease_spendable(now_ms) {
-            Some(spendable) if spendable + extra >= cost => {
-                let left = a.available(resource, now_ms, self.cfg.lease_whole_account) - cost;
+            Some(spendable) if whole || spendable + extra >= cost => {
+                let left = a.available(resource, now_ms, whole) - cost;
                 Take::Lease(billing.min(left.non_negative()))
             }
             _ if fail_open && a.fail_open_left >= cost => Take::FailOpen(billing),
@@ -1325,11 +1364,7 @@ impl Engine {
         a.count_units(req.resource, req.quantity, true);
         a.expiries
             .push(Reverse((expires_at_ms, req.reservation_id.clone())));
-        slot.insert(Hold {
-            row,
-            busy: true,
-            streaming: false,
-        });
+        slot.insert(Hold::new(row, true));
         self.holds_len.fetch_add(1, Ordering::Relaxed);
         Ok(Step::Held(
             done,
@@ -1350,35 +1385,39 @@ impl Engine {
         expires_at_ms: i64,
         fail_open: bool,
     ) -> Result<ReserveOutcome, EngineError> {
-        match done.await.unwrap_or(Err(JournalError::Closed)) {
-            Ok(()) => {
-                if let Some(mut h) = self.holds.get_mut(&req.reservation_id) {
-                    h.busy = false;
-                }
-                Ok(ReserveOutcome {
-                    admitted: true,
-                    reason: None,
-                    held: cost,
-                    available,
-                    expires_at_ms,
-                    fail_open,
-                })
-            }
-            Err(e) => {
-                if let Some(mut a) = self.accounts.get_mut(&req.account_id) {
+        let (account_id, id) = (req.account_id.clone(), req.reservation_id.clone());
+        let (resource, quantity) = (req.resource, req.quantity);
+        self.when_durable(done, move |e, written| {
+            if let Err(err) = written {
+                if let Some(mut a) = e.accounts.get_mut(&account_id) {
                     a.held -= cost;
-                    a.count_units(req.resource, req.quantity, false);
+                    a.count_units(resource, quantity, false);
                     if fail_open {
                         a.fail_open_left += cost;
                         a.fail_open_spent -= cost;
                     }
-                    if self.holds.remove(&req.reservation_id).is_some() {
-                        self.holds_len.fetch_sub(1, Ordering::Relaxed);
-                    }
                 }
-                Err(e.into())
+                // Its waiters find no reservation and make their own attempt.
+                if let Some((_, mut h)) = e.holds.remove(&id) {
+                    e.holds_len.fetch_sub(1, Ordering::Relaxed);
+                    h.idle();
+                }
+                return Err(err.into());
             }
-        }
+            if let Some(mut h) = e.holds.get_mut(&id) {
+                h.idle();
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(ReserveOutcome {
+            admitted: true,
+            reason: None,
+            held: cost,
+            available,
+            expires_at_ms,
+            fail_open,
+        })
     }
 
     /// The settled outcome of a reservation, or why it cannot be committed/released.
@@ -1431,10 +1470,24 @@ impl Engine {
     }
 
     /// Takes an open hold to Committed (`quantity` given: charges it, burning down grants
-    /// and balance) or Released. Answers a retry with the first outcome. The change is
-    /// applied under the account's lock, journaled, and rolled back if the journal fails.
+    /// and balance) or Released. Answers a retry with the first outcome; a concurrent copy
+    /// waits for the first to be journaled (G4, G6). The change is applied under the
+    /// account's lock, journaled, and rolled back if the journal fails.
     /// Returns (charged or released, available afterwards).
     async fn settle(
+        &self,
+        reservation_id: &str,
+        quantity: Option<u64>,
+    ) -> Result<(Money, Money), EngineError> {
+        loop {
+            match self.settle_once(reservation_id, quantity).await {
+                Err(EngineError::InProgress(_)) => self.wait_idle(reservation_id).await,
+                r => return r,
+            }
+        }
+    }
+
+    async fn settle_once(
         &self,
         reservation_id: &str,
         quantity: Option<u64>,
@@ -1565,40 +1618,40 @@ impl Engine {
                 batch,
             )
         };
-        let settled = |a: &mut Account| a.unsettled = (a.unsettled - old_row.held).non_negative();
-        match done.await.unwrap_or(Err(JournalError::Closed)) {
-            Ok(()) => {
-                if let Some(mut h) = self.holds.get_mut(reservation_id) {
-                    h.busy = false;
+        let id = reservation_id.to_owned();
+        let old_held = old_row.held;
+        self.when_durable(done, move |e, written| {
+            if let Some(mut a) = e.accounts.get_mut(&account_id) {
+                a.unsettled = (a.unsettled - old_held).non_negative();
+                if written.is_ok() && a.lease_recalled() {
+                    // Near the edge what this freed goes back to the ledger at once.
+                    e.wake_sync();
                 }
-                if let Some(mut a) = self.accounts.get_mut(&account_id) {
-                    settled(&mut a);
-                    if a.lease_recalled() {
-                        // Near the edge what this freed goes back to the ledger at once.
-                        self.wake_sync();
-                    }
-                }
-                self.publish(batch);
-                Ok(out)
             }
-            Err(e) => {
-                if let Some(mut a) = self.accounts.get_mut(&account_id) {
-                    settled(&mut a);
+            if let Err(err) = written {
+                if let Some(mut a) = e.accounts.get_mut(&account_id) {
                     a.held += old_row.held;
                     a.count_units(old_row.resource, old_row.quantity, true);
                     if let Some(seq) = seq {
                         Self::undo_charge(&mut a, seq);
                     }
                     a.expiries
-                        .push(Reverse((old_row.expires_at_ms, reservation_id.to_owned())));
-                    if let Some(mut h) = self.holds.get_mut(reservation_id) {
-                        h.row = old_row;
-                        h.busy = false;
-                    }
+                        .push(Reverse((old_row.expires_at_ms, id.clone())));
                 }
-                Err(e.into())
+                if let Some(mut h) = e.holds.get_mut(&id) {
+                    h.row = old_row;
+                    h.idle();
+                }
+                return Err(err.into());
             }
-        }
+            if let Some(mut h) = e.holds.get_mut(&id) {
+                h.idle();
+            }
+            e.publish(batch);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
     }
 
     /// Whether work of this cost could start now, by the same rules as Reserve (the lease
@@ -1665,7 +1718,7 @@ impl Engine {
     }
 }
 
-type Durable = tokio::sync::oneshot::Receiver<Result<(), JournalError>>;
+use durable::Durable;
 
 /// What `take` decided.
 enum Take {

@@ -86,7 +86,44 @@ impl Engine {
         Ok(batch.len())
     }
 
-    /// Pushes everything durable so far (bounded), e.g. before a statement or at shutdown.
+    /// Pushes one account's usage the ledger has not acknowledged yet, oldest first, e.g.
+    /// before its statement: everything acknowledged on the account before the call, in
+    /// batches, and nothing of the other accounts' backlog, which the sync loop pushes at
+    /// its own pace. It does not wait for the sync loop either: the ledger applies each
+    /// record once and per account in seq order, and both push each account's records
+    /// from its oldest one, so whichever arrives first applies them and the other finds
+    /// them applied.
+    pub async fn flush_account(&self, account_id: &str) -> Result<(), EngineError> {
+        let mut after_seq = 0;
+        for _ in 0..FLUSH_BATCHES_MAX {
+            let usage = self
+                .journal
+                .outbox_of(account_id, after_seq, DEFAULT_SYNC_BATCH_MAX);
+            let Some(last) = usage.last() else {
+                return Ok(());
+            };
+            after_seq = last.seq;
+            let full = usage.len() == DEFAULT_SYNC_BATCH_MAX;
+            let req = SyncRequest {
+                sidecar_id: self.sidecar_id.clone(),
+                usage: usage.clone(),
+                leases: Vec::new(),
+                accounts: Vec::new(),
+                reset_seq: 0,
+            };
+            let resp = self.call_ledger(req, DEFAULT_SYNC_TIMEOUT_MS).await?;
+            // Trims them from the journal if they lead its outbox; else the sync loop
+            // sends them again and the ledger answers that it has them.
+            self.journal.ack(&usage);
+            self.apply_snapshots(resp.snapshots);
+            if !full {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Pushes everything durable so far (bounded), e.g. at shutdown.
     pub async fn flush(&self) -> Result<(), EngineError> {
         for _ in 0..FLUSH_BATCHES_MAX {
             if self.sync_once(super::sync::DEFAULT_SYNC_BATCH_MAX).await? == 0

@@ -11,6 +11,7 @@ use super::convert::{self, money_out};
 use super::error::Invalid;
 use super::quota::balance_out;
 use crate::auth::{self, AuthError, Authenticator, Caller, Kind, Perms};
+use crate::billing::burndown::FREE_TIER_LABEL;
 use crate::billing::{GrantKind, Money, OfferKind};
 use crate::engine::Engine;
 use crate::ledger::Ledger;
@@ -165,10 +166,12 @@ impl pb::admin_server::Admin for AdminService {
         let r = request.into_inner();
         let account_id = convert::id("account_id", &r.account_id)?;
         let grant_id = convert::id("grant_id", &r.grant_id)?;
-        if grant_id == "balance" {
-            return Err(
-                Invalid("grant_id \"balance\" is reserved for the account balance".into()).into(),
-            );
+        if grant_id == "balance" || grant_id == FREE_TIER_LABEL {
+            return Err(Invalid(format!(
+                "grant_id {grant_id:?} is reserved: statements name the account balance and \
+                 the free tier so"
+            ))
+            .into());
         }
         let kind = match pb::grant::Kind::try_from(r.kind) {
             Ok(pb::grant::Kind::Coupon) => GrantKind::Coupon,
@@ -243,9 +246,10 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::Statement>, Status> {
         let r = request.into_inner();
         let account_id = convert::id("account_id", &r.account_id)?;
-        // Everything acknowledged so far is in the statement.
+        // Everything acknowledged on the account so far is in the statement; other
+        // accounts' usage is not waited for.
         if let Some(engine) = &self.engine {
-            engine.flush().await?;
+            engine.flush_account(account_id).await?;
         }
         let (entries, truncated) = self.ledger.statement(account_id).await?;
         Ok(Response::new(pb::Statement {
@@ -260,18 +264,9 @@ impl pb::admin_server::Admin for AdminService {
                     quantity: e.quantity as i64,
                     cost: money_out(&self.currency, e.cost),
                     deductions: e
-                        .volume
+                        .deductions
                         .iter()
-                        .map(|v| pb::Deduction {
-                            source: v.grant_id.clone(),
-                            amount: None,
-                            gb: v.gb.normalize().to_string(),
-                        })
-                        .chain(e.deductions.iter().map(|d| pb::Deduction {
-                            source: d.source.label().to_owned(),
-                            amount: money_out(&self.currency, d.amount),
-                            gb: String::new(),
-                        }))
+                        .map(|d| convert::deduction_out(&self.currency, d))
                         .collect(),
                     at_ms: e.at_ms,
                     free_quantity: e.free_quantity as i64,

@@ -1,7 +1,9 @@
 //! Validation and conversion between wire types and the engine's: ids, amounts, resources,
 //! grants. Nothing here decides anything about billing.
 
-use crate::billing::{Grant, GrantKind, GrantState, GrantUnit, Money, Resource, ResourceSet};
+use crate::billing::{
+    Deduction, Grant, GrantKind, GrantState, GrantUnit, Money, Resource, ResourceSet,
+};
 use crate::pb;
 
 use super::error::Invalid;
@@ -192,6 +194,19 @@ pub fn grant_out(currency: &str, g: &Grant, now_ms: i64) -> pb::Grant {
         covers,
         state: state as i32,
         stackable: g.stackable,
+        created_at_ms: g.created_at_ms,
+    }
+}
+
+/// A statement's deduction: its money, and for a volume plan the GB it gave.
+pub fn deduction_out(currency: &str, d: &Deduction) -> pb::Deduction {
+    pb::Deduction {
+        source: d.source.label().to_owned(),
+        amount: money_out(currency, d.amount),
+        gb: d
+            .gb
+            .map(|gb| gb.normalize().to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -238,6 +253,7 @@ pub fn grant_in(g: &pb::Grant) -> Result<Grant, Invalid> {
         remaining: dec("remaining", &g.remaining)?,
         starts_at_ms: g.starts_at_ms,
         expires_at_ms: g.expires_at_ms,
+        created_at_ms: g.created_at_ms,
         source: g.source.clone(),
         stackable: g.stackable,
     })

@@ -48,7 +48,8 @@ impl From<EngineError> for Status {
             | EngineError::ReservationSettled { .. }
             | EngineError::ReservationMismatch { .. }
             | EngineError::WorkStreaming(_) => Status::failed_precondition(msg),
-            EngineError::InProgress(_) => Status::aborted(msg),
+            // Waited on inside the engine (G6); reaching here would be a bug.
+            EngineError::InProgress(_) => internal(Code::Internal, &msg),
             EngineError::TtlTooLong { .. }
             | EngineError::StorageInFuture { .. }
             | EngineError::Storage(StorageError::TooLarge(_)) => Status::invalid_argument(msg),

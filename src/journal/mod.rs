@@ -431,12 +431,14 @@ impl Journal {
         }
     }
 
-    /// Unacknowledged usage of one account with a seq above `after_seq`, oldest first.
-    pub fn outbox_of(&self, account_id: &str, after_seq: u64) -> Vec<UsageRecord> {
+    /// Unacknowledged usage of one account with a seq above `after_seq`, oldest first, at
+    /// most `max` records.
+    pub fn outbox_of(&self, account_id: &str, after_seq: u64, max: usize) -> Vec<UsageRecord> {
         match self.outbox.lock() {
             Ok(q) => q
                 .iter()
                 .filter(|u| u.account_id == account_id && u.seq > after_seq)
+                .take(max)
                 .cloned()
                 .collect(),
             Err(_) => Vec::new(),

@@ -84,13 +84,14 @@ pub struct StatementEntry {
     pub resource: Resource,
     pub sku: String,
     pub quantity: u64,
+    /// The list cost of the quantity.
     pub cost: Money,
     pub at_ms: i64,
+    /// What paid each part of the cost, in the order taken (they sum to `cost`): the free
+    /// tier, grants (volume plans with their GB), the balance.
     pub deductions: Vec<Deduction>,
     /// Requests inside the month's free tier.
     pub free_quantity: u64,
-    /// GB taken from volume plans.
-    pub volume: Vec<billing::usage::VolumeDeduction>,
 }
 
 #[derive(Debug, Clone)]
@@ -198,7 +199,6 @@ fn usage_changes(
             sidecar_id: sidecar_id.to_owned(),
             deductions: c.deductions,
             free_quantity: c.free_quantity,
-            volume: c.volume,
         });
     }
     if applied.is_empty() && max_seq == state.applied_seq {
@@ -214,7 +214,8 @@ fn usage_changes(
     // Money only: free requests and GB from volume plans spend nothing of a lease.
     let spent: Money = applied
         .iter()
-        .flat_map(|u| u.deductions.iter().map(|d| d.amount))
+        .flat_map(|u| u.deductions.iter().filter(|d| d.is_money()))
+        .map(|d| d.amount)
         .sum();
     let leases = state
         .leases
@@ -415,9 +416,17 @@ impl Ledger {
             .catalog
             .offer(sku)
             .ok_or_else(|| LedgerError::UnknownOffer(sku.to_owned()))?;
-        let now_ms = self.now_ms();
+        let first_grant = billing::purchase_grant_id(purchase_id, 1);
         let r = self
             .update(account_id, EMBEDDED_SIDECAR_ID, |s| {
+                if s.grants.iter().any(|g| g.grant_id == first_grant) {
+                    // A concurrent call with this purchase id won: answer with its outcome
+                    // rather than judge this copy against the grants it created.
+                    return Ok(None);
+                }
+                // "Now" of this attempt, read after the account was loaded: a plan a
+                // concurrent purchase sold before the load started no later than this.
+                let now_ms = self.now_ms();
                 let plan = billing::plan_purchase(
                     offer,
                     &PurchaseContext {
@@ -454,8 +463,8 @@ impl Ledger {
                 tracing::info!(account_id, sku, purchase_id, price_paid = %out.1, "purchase");
                 Ok(out)
             }
-            Ok(None) => Err(LedgerError::Contended(account_id.to_owned())),
-            Err(LedgerError::Store(StoreError::Duplicate { .. })) => {
+            // A concurrent copy of this purchase won the race.
+            Ok(None) | Err(LedgerError::Store(StoreError::Duplicate { .. })) => {
                 match self.store.find_purchase(purchase_id).await? {
                     Some(found) => check(found),
                     None => Err(LedgerError::Contended(account_id.to_owned())),
@@ -501,34 +510,41 @@ impl Ledger {
                 now_ms,
             });
         }
-        let grant = Grant {
-            grant_id: grant_id.to_owned(),
-            kind,
-            covers,
-            unit: GrantUnit::Money,
-            quota: amount.as_decimal(),
-            remaining: amount.as_decimal(),
-            starts_at_ms: now_ms,
-            expires_at_ms,
-            source: kind.name().to_ascii_lowercase(),
-            stackable: true,
-        };
         let r = self
             .update(account_id, EMBEDDED_SIDECAR_ID, |s| {
+                if s.grants.iter().any(|g| g.grant_id == grant_id) {
+                    // A concurrent call with this grant id won: answer with its outcome.
+                    return Ok(None);
+                }
+                // Valid, and paying for usage, from when it is recorded: this attempt.
+                let now_ms = self.now_ms();
+                let grant = Grant {
+                    grant_id: grant_id.to_owned(),
+                    kind,
+                    covers,
+                    unit: GrantUnit::Money,
+                    quota: amount.as_decimal(),
+                    remaining: amount.as_decimal(),
+                    starts_at_ms: now_ms,
+                    expires_at_ms,
+                    created_at_ms: now_ms,
+                    source: kind.name().to_ascii_lowercase(),
+                    stackable: true,
+                };
                 let c = ChangeSet {
                     balance: s.balance,
                     new_grants: vec![(grant.clone(), None)],
                     ..ChangeSet::default()
                 };
-                Ok(Some((c, ())))
+                Ok(Some((c, grant)))
             })
             .await;
         match r {
-            Ok(_) => {
+            Ok(Some(grant)) => {
                 tracing::info!(account_id, grant_id, %amount, kind = kind.name(), "credit granted");
                 Ok(grant)
             }
-            Err(LedgerError::Store(StoreError::Duplicate { .. })) => {
+            Ok(None) | Err(LedgerError::Store(StoreError::Duplicate { .. })) => {
                 match self.store.find_grant(grant_id).await? {
                     Some(found) => check(found),
                     None => Err(LedgerError::Contended(account_id.to_owned())),

@@ -190,6 +190,19 @@ ALTER TABLE leases ADD COLUMN edge BOOLEAN NOT NULL DEFAULT FALSE;
 ALTER TABLE leases ADD COLUMN give_back BOOLEAN NOT NULL DEFAULT FALSE;
 CREATE INDEX leases_by_sidecar ON leases(sidecar_id);
 "#,
+    // When each grant was recorded: it pays for usage from then on. A purchase's grants
+    // were recorded with the purchase; a credit's when it started.
+    r#"
+ALTER TABLE grants ADD COLUMN created_at_ms BIGINT NOT NULL DEFAULT 0;
+UPDATE grants SET created_at_ms = COALESCE(
+    (SELECT p.at_ms FROM purchases p WHERE p.purchase_id = grants.purchase_id),
+    starts_at_ms);
+"#,
+    // Every deduction carries money: a volume plan's row keeps its GB here and the money
+    // they stand for in `amount` (rows written before keep the GB in `amount`, NULL here).
+    r#"
+ALTER TABLE usage_deductions ADD COLUMN gb NUMERIC;
+"#,
 ];
 
 /// The schema version this build migrates to (the number of migrations).
@@ -327,12 +340,13 @@ fn read_grant(row: &PgRow, at: usize) -> Result<Grant, StoreError> {
         expires_at_ms: row.try_get(at + 7).map_err(db)?,
         source: row.try_get(at + 8).map_err(db)?,
         stackable: row.try_get(at + 9).map_err(db)?,
+        created_at_ms: row.try_get(at + 10).map_err(db)?,
     })
 }
 
 /// Grant columns as `read_grant` reads them (NUMERIC as text).
 const GRANT_COLUMNS: &str = "grant_id, kind, covers, unit, quota::text, remaining::text, \
-                             starts_at_ms, expires_at_ms, source, stackable";
+                             starts_at_ms, expires_at_ms, source, stackable, created_at_ms";
 
 /// Loads one account in one statement, so that version, balance, grants, cursor and leases
 /// come from one snapshot on every engine, in one round trip. Grants and leases come as one
@@ -378,11 +392,13 @@ const LOAD_SQL: &str = "SELECT a.version, a.balance::text, \
     ARRAY(SELECT r.month FROM request_counts r \
           WHERE r.account_id = a.account_id ORDER BY r.resource, r.month), \
     ARRAY(SELECT r.count FROM request_counts r \
-          WHERE r.account_id = a.account_id ORDER BY r.resource, r.month) \
+          WHERE r.account_id = a.account_id ORDER BY r.resource, r.month), \
+    ARRAY(SELECT g.created_at_ms FROM grants g \
+          WHERE g.account_id = a.account_id ORDER BY g.grant_id) \
     FROM accounts a WHERE a.account_id = $1";
 
 /// Columns of LOAD_SQL (the account id follows them in `load_many`).
-const LOAD_COLUMNS: usize = 25;
+const LOAD_COLUMNS: usize = 26;
 
 fn read_state(account_id: &str, row: &PgRow) -> Result<AccountState, StoreError> {
     fn col<'r, T>(row: &'r PgRow, i: usize) -> Result<T, StoreError>
@@ -416,6 +432,7 @@ fn read_state(account_id: &str, row: &PgRow) -> Result<AccountState, StoreError>
     let rc_resources: Vec<String> = col(row, 22)?;
     let rc_months: Vec<i64> = col(row, 23)?;
     let rc_counts: Vec<i64> = col(row, 24)?;
+    let created: Vec<i64> = col(row, 25)?;
     if rc_months.len() != rc_resources.len() || rc_counts.len() != rc_resources.len() {
         return Err(StoreError::Corrupt(format!(
             "account {account_id}: request count columns of unequal length"
@@ -442,6 +459,7 @@ fn read_state(account_id: &str, row: &PgRow) -> Result<AccountState, StoreError>
         expires.len(),
         sources.len(),
         stackables.len(),
+        created.len(),
     ]
     .iter()
     .any(|&l| l != n)
@@ -470,6 +488,7 @@ fn read_state(account_id: &str, row: &PgRow) -> Result<AccountState, StoreError>
             remaining: dec(&remainings[i])?,
             starts_at_ms: starts[i],
             expires_at_ms: expires[i],
+            created_at_ms: created[i],
             source: sources[i].clone(),
             stackable: stackables[i],
         });
@@ -629,11 +648,11 @@ async fn write_batch(tx: &mut PgConnection, entries: &[Entry<'_>]) -> Result<Vec
         let g = &new_grants;
         sqlx::query(
             "INSERT INTO grants (grant_id, kind, covers, unit, quota, remaining, starts_at_ms, \
-             expires_at_ms, source, stackable, purchase_id, account_id) \
-             SELECT g, k, c, u, q::numeric, r::numeric, s, e, src, st, p, a \
+             expires_at_ms, source, stackable, purchase_id, account_id, created_at_ms) \
+             SELECT g, k, c, u, q::numeric, r::numeric, s, e, src, st, p, a, cr \
              FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[], \
              $6::text[], $7::int8[], $8::int8[], $9::text[], $10::bool[], $11::text[], \
-             $12::text[]) AS v(g, k, c, u, q, r, s, e, src, st, p, a)",
+             $12::text[], $13::int8[]) AS v(g, k, c, u, q, r, s, e, src, st, p, a, cr)",
         )
         .bind(
             g.iter()
@@ -671,6 +690,11 @@ async fn write_batch(tx: &mut PgConnection, entries: &[Entry<'_>]) -> Result<Vec
         .bind(g.iter().map(|(_, g, _)| g.stackable).collect::<Vec<_>>())
         .bind(g.iter().map(|(_, _, p)| *p).collect::<Vec<_>>())
         .bind(g.iter().map(|(a, _, _)| *a).collect::<Vec<_>>())
+        .bind(
+            g.iter()
+                .map(|(_, g, _)| g.created_at_ms)
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *tx)
         .await
         .map_err(write_err(scope, Some("grant")))?;
@@ -759,6 +783,7 @@ async fn write_batch(tx: &mut PgConnection, entries: &[Entry<'_>]) -> Result<Vec
         let mut d_sources = Vec::with_capacity(n);
         let mut d_amounts = Vec::with_capacity(n);
         let mut d_units = Vec::with_capacity(n);
+        let mut d_gbs = Vec::with_capacity(n);
         let mut frees = Vec::with_capacity(n);
         for (a, c) in &live {
             for u in &c.usage {
@@ -773,22 +798,15 @@ async fn write_batch(tx: &mut PgConnection, entries: &[Entry<'_>]) -> Result<Vec
                 sidecars.push(u.sidecar_id.as_str());
                 seqs.push(r.seq as i64);
                 frees.push(u.free_quantity as i64);
-                // Volume (GB) first, in the order taken, then money: one ordinal sequence.
-                let rows = u
-                    .volume
-                    .iter()
-                    .map(|v| (v.grant_id.as_str(), v.gb.to_string(), GrantUnit::Gigabytes))
-                    .chain(
-                        u.deductions
-                            .iter()
-                            .map(|d| (d.source.label(), d.amount.to_string(), GrantUnit::Money)),
-                    );
-                for (i, (source, amount, unit)) in rows.enumerate() {
+                // In the order taken: one ordinal sequence.
+                for (i, d) in u.deductions.iter().enumerate() {
+                    let (source, amount, unit, gb) = super::store::deduction_row(d);
                     d_ids.push(r.usage_id.as_str());
-                    d_ordinals.push(i as i32);
+                    d_ordinals.push(i32::try_from(i).unwrap_or(i32::MAX));
                     d_sources.push(source);
                     d_amounts.push(amount);
-                    d_units.push(unit.code());
+                    d_units.push(unit);
+                    d_gbs.push(gb);
                 }
             }
         }
@@ -815,16 +833,17 @@ async fn write_batch(tx: &mut PgConnection, entries: &[Entry<'_>]) -> Result<Vec
         .map_err(write_err(scope, Some("usage")))?;
         if !d_ids.is_empty() {
             sqlx::query(
-                "INSERT INTO usage_deductions (usage_id, ordinal, source, amount, unit) \
-                 SELECT id, ord, src, amt::numeric, u \
-                 FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[]) \
-                 AS v(id, ord, src, amt, u)",
+                "INSERT INTO usage_deductions (usage_id, ordinal, source, amount, unit, gb) \
+                 SELECT id, ord, src, amt::numeric, u, gb::numeric \
+                 FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[], \
+                 $6::text[]) AS v(id, ord, src, amt, u, gb)",
             )
             .bind(d_ids)
             .bind(d_ordinals)
             .bind(d_sources)
             .bind(d_amounts)
             .bind(d_units)
+            .bind(d_gbs)
             .execute(&mut *tx)
             .await
             .map_err(write_err(scope, None))?;
@@ -1391,7 +1410,7 @@ impl LedgerStore for PgStore {
         .await
         .map_err(db)?;
         row.map(|r| {
-            let account: String = r.try_get(10).map_err(db)?;
+            let account: String = r.try_get(11).map_err(db)?;
             Ok((account, read_grant(&r, 0)?))
         })
         .transpose()
@@ -1576,37 +1595,41 @@ impl LedgerStore for PgStore {
         .map_err(db)?;
         let truncated = rows.len() > limit;
         let rows: Vec<_> = rows.into_iter().take(limit).collect();
-        let mut raw: HashMap<String, Vec<(String, String, String)>> = HashMap::new();
+        let mut raw: HashMap<String, Vec<super::store::DeductionRow>> = HashMap::new();
         if !rows.is_empty() {
             let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-            let found: Vec<(String, String, String, String)> = sqlx::query_as(
-                "SELECT usage_id, source, amount::text, unit FROM usage_deductions \
+            let found: Vec<(String, String, String, String, Option<String>)> = sqlx::query_as(
+                "SELECT usage_id, source, amount::text, unit, gb::text FROM usage_deductions \
                  WHERE usage_id = ANY($1::text[]) ORDER BY usage_id, ordinal",
             )
             .bind(&ids)
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            for (usage_id, source, amount, unit) in found {
+            for (usage_id, source, amount, unit, gb) in found {
                 raw.entry(usage_id)
                     .or_default()
-                    .push((source, amount, unit));
+                    .push((source, amount, unit, gb));
             }
         }
         let mut out = Vec::with_capacity(rows.len());
         for (usage_id, resource, sku, quantity, cost, at_ms, free) in rows {
-            let (deductions, volume) =
-                super::store::split_deductions(raw.remove(&usage_id).unwrap_or_default())?;
+            let cost = money(&cost)?;
+            let free = free.max(0) as u64;
+            let deductions = super::store::read_deductions(
+                raw.remove(&usage_id).unwrap_or_default(),
+                cost,
+                free,
+            )?;
             out.push(StatementEntry {
                 resource: Resource::from_name(&resource)
                     .ok_or_else(|| StoreError::Corrupt(format!("resource {resource:?}")))?,
                 deductions,
-                free_quantity: free.max(0) as u64,
-                volume,
+                free_quantity: free,
                 usage_id,
                 sku,
                 quantity: quantity.max(0) as u64,
-                cost: money(&cost)?,
+                cost,
                 at_ms,
             });
         }

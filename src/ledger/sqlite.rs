@@ -133,6 +133,19 @@ ALTER TABLE leases ADD COLUMN edge BOOLEAN NOT NULL DEFAULT FALSE;
 ALTER TABLE leases ADD COLUMN give_back BOOLEAN NOT NULL DEFAULT FALSE;
 CREATE INDEX leases_by_sidecar ON leases(sidecar_id);
 "#,
+    // When each grant was recorded: it pays for usage from then on. A purchase's grants
+    // were recorded with the purchase; a credit's when it started.
+    r#"
+ALTER TABLE grants ADD COLUMN created_at_ms BIGINT NOT NULL DEFAULT 0;
+UPDATE grants SET created_at_ms = COALESCE(
+    (SELECT p.at_ms FROM purchases p WHERE p.purchase_id = grants.purchase_id),
+    starts_at_ms);
+"#,
+    // Every deduction carries money: a volume plan's row keeps its GB here and the money
+    // they stand for in `amount` (rows written before keep the GB in `amount`, NULL here).
+    r#"
+ALTER TABLE usage_deductions ADD COLUMN gb TEXT;
+"#,
 ];
 
 pub struct SqliteStore {
@@ -223,11 +236,12 @@ fn read_grant(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawGrant> {
         expires_at_ms: r.get(7)?,
         source: r.get(8)?,
         stackable: r.get(9)?,
+        created_at_ms: r.get(10)?,
     })
 }
 
 const GRANT_COLUMNS: &str = "grant_id, kind, covers, unit, quota, remaining, starts_at_ms, \
-                             expires_at_ms, source, stackable";
+                             expires_at_ms, source, stackable, created_at_ms";
 
 struct RawGrant {
     grant_id: String,
@@ -240,6 +254,7 @@ struct RawGrant {
     expires_at_ms: i64,
     source: String,
     stackable: bool,
+    created_at_ms: i64,
 }
 
 impl RawGrant {
@@ -254,6 +269,7 @@ impl RawGrant {
             remaining: dec(&self.remaining)?,
             starts_at_ms: self.starts_at_ms,
             expires_at_ms: self.expires_at_ms,
+            created_at_ms: self.created_at_ms,
             source: self.source,
             stackable: self.stackable,
             grant_id: self.grant_id,
@@ -312,7 +328,7 @@ fn write_changes(
         tx.execute(
             &format!(
                 "INSERT INTO grants ({GRANT_COLUMNS}, account_id, purchase_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
             ),
             params![
                 g.grant_id,
@@ -325,6 +341,7 @@ fn write_changes(
                 g.expires_at_ms,
                 g.source,
                 g.stackable,
+                g.created_at_ms,
                 account_id,
                 purchase_id,
             ],
@@ -363,8 +380,8 @@ fn write_changes(
             .map_err(db)?;
         let mut ded = tx
             .prepare_cached(
-                "INSERT INTO usage_deductions (usage_id, ordinal, source, amount, unit) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO usage_deductions (usage_id, ordinal, source, amount, unit, gb) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
             .map_err(db)?;
         for u in &c.usage {
@@ -382,18 +399,10 @@ fn write_changes(
                 u.free_quantity as i64
             ])
             .map_err(dup("usage", &r.usage_id))?;
-            // Volume (GB) first, in the order taken, then money: one ordinal sequence.
-            let rows = u
-                .volume
-                .iter()
-                .map(|v| (v.grant_id.as_str(), v.gb.to_string(), GrantUnit::Gigabytes))
-                .chain(
-                    u.deductions
-                        .iter()
-                        .map(|d| (d.source.label(), d.amount.to_string(), GrantUnit::Money)),
-                );
-            for (i, (source, amount, unit)) in rows.enumerate() {
-                ded.execute(params![r.usage_id, i as i64, source, amount, unit.code()])
+            // In the order taken: one ordinal sequence.
+            for (i, d) in u.deductions.iter().enumerate() {
+                let (source, amount, unit, gb) = super::store::deduction_row(d);
+                ded.execute(params![r.usage_id, i as i64, source, amount, unit, gb])
                     .map_err(db)?;
             }
         }
@@ -770,7 +779,7 @@ impl LedgerStore for SqliteStore {
             let truncated = rows.len() > limit;
             let mut ded = c
                 .prepare_cached(
-                    "SELECT source, amount, unit FROM usage_deductions WHERE usage_id = ?1 \
+                    "SELECT source, amount, unit, gb FROM usage_deductions WHERE usage_id = ?1 \
                      ORDER BY ordinal",
                 )
                 .map_err(db)?;
@@ -779,22 +788,25 @@ impl LedgerStore for SqliteStore {
                 rows.into_iter().take(limit)
             {
                 let raw = ded
-                    .query_map([&usage_id], |r| <(String, String, String)>::try_from(r))
+                    .query_map([&usage_id], |r| {
+                        <(String, String, String, Option<String>)>::try_from(r)
+                    })
                     .map_err(db)?
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(db)?;
-                let (deductions, volume) = super::store::split_deductions(raw)?;
+                let cost = Money::from_decimal(dec(&cost)?);
+                let free = free.max(0) as u64;
+                let deductions = super::store::read_deductions(raw, cost, free)?;
                 out.push(StatementEntry {
                     resource: Resource::from_name(&resource)
                         .ok_or_else(|| StoreError::Corrupt(format!("resource {resource:?}")))?,
                     usage_id,
                     sku,
                     quantity: quantity.max(0) as u64,
-                    cost: Money::from_decimal(dec(&cost)?),
+                    cost,
                     at_ms,
                     deductions,
-                    free_quantity: free.max(0) as u64,
-                    volume,
+                    free_quantity: free,
                 });
             }
             out.reverse();
@@ -957,5 +969,44 @@ impl LedgerStore for SqliteStore {
             Ok(rows)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ledger file of the schema before grants kept `created_at_ms`: the migration takes
+    /// a purchase's grants as recorded with the purchase, a credit's as of its start.
+    #[tokio::test]
+    async fn grants_recorded_before_created_at_get_their_purchase_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        {
+            let mut c = Connection::open(&path).unwrap();
+            let tx = c.transaction().unwrap();
+            for m in &MIGRATIONS[..5] {
+                tx.execute_batch(m).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 5i64).unwrap();
+            tx.execute_batch(
+                "INSERT INTO accounts VALUES ('acme', 1, '0', 0);
+                 INSERT INTO purchases VALUES ('imp', 'acme', 'plan.compute.500', '450', 100, 900, 0);
+                 INSERT INTO grants VALUES ('imp/1', 'acme', 'PLAN', 3, 'money', '500', '500',
+                     100, 5000, 'plan.compute.500', 1, 'imp');
+                 INSERT INTO grants VALUES ('c1', 'acme', 'COUPON', 3, 'money', '5', '5',
+                     300, 5000, 'coupon', 1, NULL);",
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let st = s.load("acme", "x").await.unwrap().unwrap();
+        let got: Vec<(&str, i64, i64)> = st
+            .grants
+            .iter()
+            .map(|g| (g.grant_id.as_str(), g.starts_at_ms, g.created_at_ms))
+            .collect();
+        assert_eq!(got, vec![("c1", 300, 300), ("imp/1", 100, 900)]);
     }
 }
