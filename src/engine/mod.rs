@@ -1271,15 +1271,6 @@ impl Engine {
             .map(|h| h.row.account_id.clone())
     }
 
-    /// Whether a reservation (open, or settled and remembered) can no longer be committed:
-    /// committed, released or past its expiry. None if the id is unknown.
-    pub fn reservation_settled(&self, reservation_id: &str) -> Option<bool> {
-        let now_ms = self.now_ms();
-        self.holds
-            .get(reservation_id)
-            .map(|h| h.row.state != HoldState::Open || h.row.expires_at_ms <= now_ms)
-    }
-
     /// Releases an open hold; returns the amount it held.
     pub async fn release(&self, reservation_id: &str) -> Result<Money, EngineError> {
         Ok(self.settle(reservation_id, None).await?.0)

@@ -97,11 +97,10 @@ impl AuthzService {
         };
         let resource = price.resource;
         let reservation_id = mapping::reservation_id(&account_id, request_id);
-        if route.mode == Mode::Enforce
-            && self.engine.reservation_settled(&reservation_id) == Some(true)
+        if route.mode == Mode::Enforce && self.engine.reservation_account(&reservation_id).is_some()
         {
-            // The request with this id was served and settled: another request under it
-            // would run uncharged. A duplicate of one still running shares its hold.
+            // Envoy checks a request once; a second request under the same x-request-id
+            // (a client's replay) would run on the first one's hold and charge, uncharged.
             return Decision::Deny(mapping::request_id_used());
         }
         let outcome = match route.mode {

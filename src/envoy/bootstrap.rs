@@ -306,6 +306,9 @@ static_resources:
               domains: ["*"]
               routes:
               - match: {{ prefix: "/" }}
+                # The end user's quotad token is never forwarded, also when ext_authz lets
+                # a request through in failure mode without looking at it.
+                request_headers_to_remove: [authorization]
                 route:
                   cluster: upstream
                   timeout: {timeout}

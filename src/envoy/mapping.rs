@@ -251,12 +251,12 @@ pub fn account_required() -> Denial {
     )
 }
 
-/// The x-request-id names a request that was already served and settled.
+/// The x-request-id names a request that was already admitted.
 pub fn request_id_used() -> Denial {
     Denial::new(
         409,
         "REQUEST_ID_USED",
-        "this x-request-id was already served and settled; send the request with a new id",
+        "this x-request-id was already admitted once; send the request with a new id (or none)",
     )
 }
 
