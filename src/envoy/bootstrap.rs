@@ -404,6 +404,28 @@ mod tests {
         }
     }
 
+    /// deploy/envoy/envoy.yaml is this function's output for the guide's example (with a
+    /// placeholder token); `QUOTAD_BLESS=1 cargo test --lib envoy::bootstrap` rewrites it.
+    #[test]
+    fn the_deployed_example_is_current() {
+        let mut a = args();
+        a.listen = "0.0.0.0:8080".into();
+        let b = a
+            .bootstrap(
+                "http://quotad:50051",
+                QuotadTls::default(),
+                "qdt_REPLACE_WITH_THE_PROXY_TOKEN".into(),
+            )
+            .unwrap();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/envoy/envoy.yaml");
+        let want = render(&b);
+        if std::env::var_os("QUOTAD_BLESS").is_some() {
+            std::fs::write(path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(have == want, "{path} is stale: QUOTAD_BLESS=1 cargo test --lib envoy::bootstrap");
+    }
+
     #[test]
     fn addresses_parse() {
         let h = HostPort::parse("addr", "http://127.0.0.1:50051").unwrap();
