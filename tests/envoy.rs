@@ -511,3 +511,53 @@ async fn check_is_for_proxies_only() {
         &["proxy token"],
     );
 }
+
+/// A proxy token made at a `quotad ledger` is checked by its sidecars like any other: it
+/// reaches Check there, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_token_made_at_the_ledger_works_at_its_sidecars() {
+    use quotad::clock::ManualClock;
+    use quotad::server::{self, LedgerServeConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0_MS);
+    let mut lcfg = LedgerServeConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        format!("sqlite:{}", dir.path().join("ledger.db").display()),
+    );
+    lcfg.operator_token_file = Some(dir.path().join("operator.token"));
+    let ledger = server::start_ledger(lcfg, clock.clone()).await.unwrap();
+    let operator = quotad::auth::read_token_file(&dir.path().join("operator.token")).unwrap();
+    let (_, mut admin) = connect(ledger.addr, &operator).await;
+    create_account(&mut admin, "acme", "10").await;
+    let sidecar_token = token(&mut admin, pb::principal::Kind::Sidecar, "s1").await;
+    let proxy = token(&mut admin, pb::principal::Kind::Proxy, "edge").await;
+    let mut cfg = config(&dir.path().join("sidecar"));
+    cfg.ledger_url = Some(format!("http://{}", ledger.addr));
+    cfg.ledger_token = Some(sidecar_token);
+    let sidecar = server::start(cfg, clock.clone()).await.unwrap();
+    let ch = Channel::from_shared(format!("http://{}", sidecar.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut check = AuthorizationClient::new(with_token(ch, &proxy));
+    assert_status(
+        "proxy at the sidecar",
+        check.check(CheckRequest::default()).await,
+        tonic::Code::InvalidArgument,
+        &["HTTP"],
+    );
+    let (mut quota, _) = connect(sidecar.addr, &proxy).await;
+    assert_status(
+        "proxy on the sidecar's Quota",
+        quota
+            .get_balance(pb::GetBalanceRequest {
+                account_id: "acme".into(),
+            })
+            .await,
+        tonic::Code::PermissionDenied,
+        &["proxy token"],
+    );
+    sidecar.shutdown().await.unwrap();
+    ledger.shutdown().await.unwrap();
+}

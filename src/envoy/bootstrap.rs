@@ -21,6 +21,8 @@ pub const CHECK_TIMEOUT_MS: u64 = 3_000;
 /// How often Envoy flushes access log entries to quotad (its default is 1 s): charges land
 /// sooner, and fewer are in Envoy's buffer if it stops.
 pub const ACCESS_LOG_FLUSH_MS: u64 = 100;
+/// Largest estimate: the engine's quantities are i64 on the wire.
+pub const QUANTITY_MAX: u64 = i64::MAX.unsigned_abs();
 /// The name of the ext_authz filter, under which its dynamic metadata is kept.
 pub const EXT_AUTHZ_FILTER: &str = "envoy.filters.http.ext_authz";
 
@@ -36,7 +38,7 @@ pub struct EnvoyConfigArgs {
     #[arg(long)]
     pub sku: String,
     /// The estimate held per request, in the sku's unit (GPU time: milliseconds)
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=i64::MAX as u64))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=QUANTITY_MAX))]
     pub quantity: u64,
     /// Response header in which the upstream reports what a request used
     #[arg(long, value_name = "H", default_value = DEFAULT_USAGE_HEADER)]
@@ -423,7 +425,10 @@ mod tests {
             std::fs::write(path, &want).unwrap();
         }
         let have = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(have == want, "{path} is stale: QUOTAD_BLESS=1 cargo test --lib envoy::bootstrap");
+        assert!(
+            have == want,
+            "{path} is stale: QUOTAD_BLESS=1 cargo test --lib envoy::bootstrap"
+        );
     }
 
     #[test]
