@@ -47,16 +47,21 @@ pub struct Settler {
     engine: Arc<Engine>,
     stats: Arc<SettleStats>,
     slots: Arc<Semaphore>,
+    /// The semaphore's permits: `settle_concurrency_max`, at least 1, at most u32::MAX.
+    slots_max: u32,
     limits: EnvoyLimits,
 }
 
 impl Settler {
     pub fn new(engine: Arc<Engine>, stats: Arc<SettleStats>, limits: EnvoyLimits) -> Arc<Self> {
         debug_assert!(limits.settle_concurrency_max > 0);
+        let slots_max = u32::try_from(limits.settle_concurrency_max.max(1)).unwrap_or(u32::MAX);
+        let permits = usize::try_from(slots_max).unwrap_or(Semaphore::MAX_PERMITS);
         Arc::new(Settler {
             engine,
             stats,
-            slots: Arc::new(Semaphore::new(limits.settle_concurrency_max.max(1))),
+            slots: Arc::new(Semaphore::new(permits.min(Semaphore::MAX_PERMITS))),
+            slots_max,
             limits,
         })
     }
@@ -64,8 +69,7 @@ impl Settler {
     /// Waits (up to `settle_drain_ms`) until no settlement is in flight: at shutdown,
     /// before the journal closes. Returns whether it drained.
     pub async fn drain(&self) -> bool {
-        let all = u32::try_from(self.limits.settle_concurrency_max.max(1)).unwrap_or(u32::MAX);
-        let wait = self.slots.acquire_many(all);
+        let wait = self.slots.acquire_many(self.slots_max);
         matches!(
             tokio::time::timeout(Duration::from_millis(self.limits.settle_drain_ms), wait).await,
             Ok(Ok(_))
