@@ -182,7 +182,7 @@ async fn funded_requests_pass_and_each_is_charged_once() {
         assert!(r.starts_with("envoy:"), "{r}");
         reservations.push(r);
     }
-    // The same x-request-id again, once settled: refused, never served for free.
+    // The same x-request-id again: refused, never served on the first one's hold.
     let again = get(
         at,
         "/work?usage=1500",

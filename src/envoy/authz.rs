@@ -165,10 +165,14 @@ impl Authorization for AuthzService {
             Err(e) => {
                 tracing::error!(error = %e, path = %http.path.chars().take(128).collect::<String>(),
                     "ext_authz route misconfigured");
-                return Ok(Response::new(deny(
-                    &mapping::misconfigured(&e),
-                    &self.currency,
-                )));
+                let d = mapping::misconfigured(&e);
+                // A route meant to be shadowed is never denied, misconfigured or not.
+                if mapping::is_shadow(&attrs.context_extensions) {
+                    self.metrics.decision(RPC_SHADOW, false, d.reason);
+                    return Ok(Response::new(shadow_pass(d.reason)));
+                }
+                self.metrics.decision(RPC_ENFORCE, false, d.reason);
+                return Ok(Response::new(deny(&d, &self.currency)));
             }
         };
         // Not `http.id`: Envoy fills that with its internal stream id, new for every Check.
@@ -282,6 +286,18 @@ fn allow(
             ..OkHttpResponse::default()
         })),
     }
+}
+
+/// Lets a request of a shadow route through whose route could not be read.
+fn shadow_pass(decision: &str) -> CheckResponse {
+    let route = Route {
+        sku: String::new(),
+        quantity: 0,
+        mode: Mode::Shadow,
+        ttl_ms: 0,
+        usage_header: String::new(),
+    };
+    allow(&route, None, None, decision)
 }
 
 /// Stops the request with the denial's status and JSON body.

@@ -138,6 +138,11 @@ pub fn route(ext: &HashMap<String, String>) -> Result<Route, RouteError> {
     })
 }
 
+/// Whether the route says it is shadowed, even if the rest of it cannot be read.
+pub fn is_shadow(ext: &HashMap<String, String>) -> bool {
+    ext.get(MODE_KEY).map(|m| m.trim()) == Some(Mode::Shadow.name())
+}
+
 /// A lower-case HTTP header name (as Envoy hands headers over), of bounded length.
 pub fn header_name_ok(h: &str) -> bool {
     !h.is_empty()
@@ -392,6 +397,8 @@ mod tests {
             (Mode::Shadow, 900_000, "x-gpu-ms")
         );
         assert_eq!(route(&ext(&[])), Err(RouteError::MissingSku));
+        assert!(is_shadow(&ext(&[(MODE_KEY, "shadow")])));
+        assert!(!is_shadow(&ext(&[(MODE_KEY, "enforce")])) && !is_shadow(&ext(&[])));
         assert_eq!(
             route(&ext(&[(SKU_KEY, "s")])),
             Err(RouteError::MissingQuantity)
