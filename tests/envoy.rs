@@ -93,7 +93,7 @@ impl Rig {
     }
 
     /// Waits until nothing is held on `account` any more (every request settled) and
-    /// returns its statement.
+    /// returns its statement at the ledger.
     async fn settled(&mut self, account: &str) -> pb::Statement {
         let quota = self.h.quota.clone();
         eventually(&format!("{account}'s holds settled"), || {
@@ -102,6 +102,8 @@ impl Rig {
             async move { amount(&balance_of(&mut q, &account).await.held) == "0" }
         })
         .await;
+        // The statement is the ledger's: push what the sidecar charged first.
+        self.h.engine().flush().await.unwrap();
         self.h.statement(account).await
     }
 
@@ -249,15 +251,17 @@ async fn funded_requests_pass_and_each_is_charged_once() {
     let b = rig.h.balance("acme").await;
     assert_eq!(amount(&b.balance), "99.8818", "100 - 0.1182");
     rig.assert_no_token_upstream();
-    let text = rig.h.running.as_ref().unwrap().metrics().encode();
-    assert!(
-        text.contains("quotad_envoy_settlements_total{outcome=\"committed\"} 6"),
-        "{text}"
-    );
-    assert!(
-        text.contains("quotad_envoy_settlements_total{outcome=\"released\"} 2"),
-        "{text}"
-    );
+    // Counted once the settling task has its answer (just after the hold is gone).
+    let metrics = rig.h.running.as_ref().unwrap().metrics().clone();
+    eventually("settlements counted", || {
+        let text = metrics.encode();
+        async move {
+            text.contains("quotad_envoy_settlements_total{outcome=\"committed\"} 6")
+                && text.contains("quotad_envoy_settlements_total{outcome=\"released\"} 2")
+                && text.contains("quotad_envoy_settlements_total{outcome=\"failed\"} 0")
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
