@@ -264,6 +264,15 @@ pub struct ServeSettings {
     /// Most Watch streams open at once.
     #[arg(long, env = "QUOTAD_WATCHERS_MAX")]
     pub watchers_max: Option<usize>,
+    /// Largest ext_authz CheckRequest from Envoy, in bytes.
+    #[arg(long, env = "QUOTAD_ENVOY_CHECK_MESSAGE_BYTES_MAX")]
+    pub envoy_check_message_bytes_max: Option<usize>,
+    /// Largest access log message from Envoy (one batch of entries), in bytes.
+    #[arg(long, env = "QUOTAD_ENVOY_ACCESS_LOG_MESSAGE_BYTES_MAX")]
+    pub envoy_access_log_message_bytes_max: Option<usize>,
+    /// Requests finished behind Envoy settled (committed or released) at once.
+    #[arg(long, env = "QUOTAD_ENVOY_SETTLE_CONCURRENCY_MAX")]
+    pub envoy_settle_concurrency_max: Option<usize>,
     /// LOW_QUOTA fires when a grant's remaining quota falls to these fractions of it
     /// (comma-separated). Default: 0.2,0.1.
     #[arg(long, env = "QUOTAD_ALERT_LOW_QUOTA", value_delimiter = ',')]
@@ -591,6 +600,16 @@ impl ServeSettings {
         if let Some(v) = s.watchers_max {
             cfg.engine.watch.watchers_max = positive("watchers_max", v)?;
         }
+        if let Some(v) = s.envoy_check_message_bytes_max {
+            cfg.envoy.check_message_bytes_max = positive("envoy_check_message_bytes_max", v)?;
+        }
+        if let Some(v) = s.envoy_access_log_message_bytes_max {
+            cfg.envoy.access_log_message_bytes_max =
+                positive("envoy_access_log_message_bytes_max", v)?;
+        }
+        if let Some(v) = s.envoy_settle_concurrency_max {
+            cfg.envoy.settle_concurrency_max = positive("envoy_settle_concurrency_max", v)?;
+        }
         if let Some(v) = &s.alert_low_quota {
             cfg.engine.alerts.low_quota_fractions = v.iter().map(|Text(f)| *f).collect();
         }
@@ -691,6 +710,9 @@ impl ServeSettings {
             stream_buffer: Some(cfg.engine.stream_buffer),
             sessions_max: Some(cfg.engine.sessions_max),
             watchers_max: Some(cfg.engine.watch.watchers_max),
+            envoy_check_message_bytes_max: Some(cfg.envoy.check_message_bytes_max),
+            envoy_access_log_message_bytes_max: Some(cfg.envoy.access_log_message_bytes_max),
+            envoy_settle_concurrency_max: Some(cfg.envoy.settle_concurrency_max),
             alert_low_quota: Some(
                 cfg.engine
                     .alerts

@@ -220,6 +220,9 @@ pub enum CtlCommand {
     },
     /// Revoke a token by its id (operator only)
     RevokeToken { token_id: String },
+    /// Print an Envoy bootstrap (YAML) that puts quotad in front of a tool runtime: makes a
+    /// proxy token for it (operator only) and points it at the quotad of --addr
+    EnvoyConfig(crate::envoy::bootstrap::EnvoyConfigArgs),
     /// Let a sub-user do these on an account (operator or the account's owner):
     /// reserve, admit, sessions, balance, watch
     GrantAccess {
@@ -243,6 +246,7 @@ pub enum TokenKind {
     Owner,
     SubUser,
     Sidecar,
+    Proxy,
 }
 
 /// Kinds of credit an operator can grant (plans come from `purchase`).
@@ -291,6 +295,8 @@ pub enum CtlError {
     BadToken,
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    EnvoyConfig(#[from] crate::envoy::bootstrap::BootstrapError),
 }
 
 impl From<tonic::Status> for CtlError {
@@ -321,7 +327,7 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
     };
     let channel = connect(&args.addr, &tls).await?;
     let bearer = Bearer::new(token(&args)?.as_deref()).ok_or(CtlError::BadToken)?;
-    let channel = InterceptedService::new(channel, bearer);
+    let channel = InterceptedService::new(channel, bearer.clone());
     let mut quota = QuotaClient::new(channel.clone());
     let mut admin = AdminClient::new(channel);
     let money = |m: Money| pb::Money {
@@ -591,6 +597,7 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 TokenKind::Owner => (K::Owner, subject, String::new()),
                 TokenKind::SubUser => (K::SubUser, String::new(), subject),
                 TokenKind::Sidecar => (K::Sidecar, String::new(), subject),
+                TokenKind::Proxy => (K::Proxy, String::new(), subject),
                 TokenKind::Operator => (K::Operator, String::new(), subject),
             };
             let r = admin
@@ -611,6 +618,15 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                     ("note", "shown once; quotad keeps only its hash".into()),
                 ],
             )?;
+        }
+        CtlCommand::EnvoyConfig(e) => {
+            let admin = match &e.admin_addr {
+                Some(a) => {
+                    AdminClient::new(InterceptedService::new(connect(a, &tls).await?, bearer))
+                }
+                None => admin,
+            };
+            envoy_config(out, admin, &e, &args.addr, &tls).await?;
         }
         CtlCommand::RevokeToken { token_id } => {
             let r = admin
@@ -650,6 +666,41 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
             write_access(out, &r)?;
         }
     }
+    Ok(())
+}
+
+/// Makes the proxy token and prints the bootstrap that uses it.
+async fn envoy_config(
+    out: &mut dyn Write,
+    mut admin: AdminClient<BearerChannel>,
+    e: &crate::envoy::bootstrap::EnvoyConfigArgs,
+    addr: &str,
+    tls: &ClientTls,
+) -> Result<(), CtlError> {
+    use crate::envoy::bootstrap::{QuotadTls, render};
+    let tls = QuotadTls {
+        ca_file: tls.ca_file.clone(),
+        cert_file: tls.cert_file.clone(),
+        key_file: tls.key_file.clone(),
+    };
+    // Checked before a token is made for nothing.
+    e.bootstrap(addr, tls.clone(), String::new())?;
+    let r = admin
+        .create_token(pb::CreateTokenRequest {
+            principal: Some(pb::Principal {
+                kind: pb::principal::Kind::Proxy as i32,
+                account_id: String::new(),
+                name: e.name.clone(),
+            }),
+        })
+        .await?
+        .into_inner();
+    out.write_all(render(&e.bootstrap(addr, tls, r.token)?).as_bytes())?;
+    writeln!(
+        out,
+        "# proxy token id: {} (quotad ctl revoke-token {})",
+        r.token_id, r.token_id
+    )?;
     Ok(())
 }
 

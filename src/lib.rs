@@ -14,6 +14,9 @@
 //!   file of checksummed records, group-committed and compacted (`journal::codec`).
 //! - `ledger`: the authoritative record and its rules, over a store (`ledger::sqlite`),
 //!   reached by the engine only through `ledger::LedgerApi`.
+//! - `envoy`: quotad behind Envoy: ext_authz Check (a Reserve per HTTP request) and the
+//!   access log service that charges each finished request once; the HTTP mapping; the
+//!   bootstrap `ctl envoy-config` prints.
 //! - `grpc`: thin adapters from the wire to the engine and the ledger; one error map.
 //! - `server`: wiring, limits, health, reflection and the shutdown order.
 //! - `config`: settings from flags, environment and the TOML file, with one precedence.
@@ -33,6 +36,7 @@ pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod engine;
+pub mod envoy;
 pub mod grpc;
 pub mod guard;
 pub mod journal;

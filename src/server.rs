@@ -26,6 +26,7 @@ use crate::billing::{Catalog, CatalogError};
 use crate::clock::SharedClock;
 use crate::engine::sync::{DEFAULT_SYNC_BATCH_MAX, DEFAULT_SYNC_INTERVAL_MS};
 use crate::engine::{self, Engine, EngineConfig, EngineError};
+use crate::envoy::{self, EnvoyLimits, SettleStats};
 use crate::grpc::admin::AdminService;
 use crate::grpc::ledger::{LedgerService, RemoteLedger};
 use crate::grpc::quota::QuotaService;
@@ -95,6 +96,8 @@ pub struct ServeConfig {
     pub ledger_tls: ClientTls,
     /// TLS of this server (None: plaintext).
     pub tls: Option<ServerTls>,
+    /// Limits of the Envoy services (ext_authz Check, access logs).
+    pub envoy: EnvoyLimits,
 }
 
 /// Limits of a gRPC server.
@@ -143,6 +146,7 @@ impl ServeConfig {
             ledger_token: None,
             ledger_tls: ClientTls::default(),
             tls: None,
+            envoy: EnvoyLimits::default(),
         }
     }
 
@@ -487,6 +491,7 @@ pub struct Running {
     server: Server,
     sync: JoinHandle<()>,
     health: HealthReporter,
+    settler: Arc<envoy::accesslog::Settler>,
 }
 
 impl Running {
@@ -506,6 +511,9 @@ impl Running {
         let _ = self.stop.send(true);
         self.engine.close_streams();
         let served = join(self.server).await;
+        if !self.settler.drain().await {
+            tracing::warn!("requests finished behind Envoy still settling at shutdown");
+        }
         let _ = self.sync.await;
         if let Err(e) = self.engine.flush().await {
             tracing::warn!(error = %e, backlog = self.engine.journal().outbox_len(),
@@ -633,6 +641,8 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         metrics.clone(),
     ))
     .max_decoding_message_size(cfg.limits.message_bytes_max);
+    let (ext_authz, access_log, settler) =
+        envoy_services(&engine, &authenticator, &metrics, cfg.envoy);
     let admin = match embedded {
         Some(ledger) => {
             health
@@ -681,6 +691,8 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(quota)
+        .add_service(ext_authz)
+        .add_service(access_log)
         .add_optional_service(admin);
     let server = spawn_server(router, listener, stop_rx);
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), %sidecar_id,
@@ -696,7 +708,30 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         server,
         sync,
         health,
+        settler,
     })
+}
+
+type ExtAuthz = envoy_types::ext_authz::v3::pb::AuthorizationServer<envoy::authz::AuthzService>;
+
+/// Envoy's ext_authz Check and the access log service (`crate::envoy`), for proxy tokens.
+fn envoy_services(
+    engine: &Arc<Engine>,
+    auth: &Arc<Authenticator>,
+    metrics: &SharedMetrics,
+    limits: EnvoyLimits,
+) -> (
+    ExtAuthz,
+    envoy::accesslog::AccessLogServer,
+    Arc<envoy::accesslog::Settler>,
+) {
+    let authz = envoy::authz::AuthzService::new(engine.clone(), auth.clone(), metrics.clone());
+    let ext_authz = ExtAuthz::new(authz).max_decoding_message_size(limits.check_message_bytes_max);
+    let stats = SettleStats::new();
+    stats.export(metrics);
+    let settler = envoy::accesslog::Settler::new(engine.clone(), stats, limits);
+    let access_log = envoy::accesslog::AccessLogServer::new(settler.clone());
+    (ext_authz, access_log, settler)
 }
 
 /// A ledger process that is serving.

@@ -1,7 +1,8 @@
 //! The tower layer that authenticates every RPC before a service sees it, and applies the
 //! rules that depend only on the method: Admin is the operator's (but GrantAccess and
 //! RevokeAccess, which an owner may call on its own account), the Ledger service is for
-//! sidecars and the operator, and the Quota calls that name an account, a reservation or
+//! sidecars and the operator, the Envoy services (ext_authz Check, the access log stream)
+//! are for proxies and the operator, and the Quota calls that name an account, a reservation or
 //! a session go on to their adapter, which checks the account (`Caller::allow`). Any other
 //! method, such as one added later without an account check, is the operator's: the rule
 //! is deny unless listed. Health and reflection are open (an orchestrator probes them).
@@ -39,8 +40,16 @@ enum Rule {
     /// Any authenticated caller; the adapter checks the account.
     Adapter,
     Ledger,
+    /// The Envoy services: a `proxy` token or the operator.
+    Proxy,
     Operator,
 }
+
+/// The Envoy services quotad serves (`crate::envoy`); a proxy token reaches only these.
+const PROXY_SERVICES: &[&str] = &[
+    "/envoy.service.auth.v3.Authorization/",
+    "/envoy.service.accesslog.v3.AccessLogService/",
+];
 
 fn rule(path: &str) -> Rule {
     if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") {
@@ -49,6 +58,8 @@ fn rule(path: &str) -> Rule {
         Rule::Adapter
     } else if path.starts_with("/quotad.v1.Ledger/") {
         Rule::Ledger
+    } else if PROXY_SERVICES.iter().any(|p| path.starts_with(p)) {
+        Rule::Proxy
     } else {
         Rule::Operator
     }
@@ -68,7 +79,10 @@ fn check(path: &str, caller: &Caller) -> Result<(), AuthError> {
         (Rule::Open, _) | (_, Caller::Unchecked | Caller::Operator { .. }) => Ok(()),
         (Rule::Ledger, Caller::Sidecar { .. }) => Ok(()),
         (Rule::Ledger, _) => Err(AuthError::SidecarOnly { rpc: method(path) }),
+        (Rule::Proxy, Caller::Proxy { .. }) => Ok(()),
+        (Rule::Proxy, _) => Err(AuthError::ProxyOnly { rpc: method(path) }),
         (_, Caller::Sidecar { .. }) => Err(AuthError::SidecarElsewhere { rpc: method(path) }),
+        (_, Caller::Proxy { .. }) => Err(AuthError::ProxyElsewhere { rpc: method(path) }),
         (Rule::Adapter, _) => Ok(()),
         (Rule::Operator, _) => Err(AuthError::OperatorOnly { rpc: method(path) }),
     }
@@ -165,5 +179,20 @@ mod tests {
         assert!(check("/quotad.v1.Quota/SomethingNew", &owner).is_err());
         assert!(check("/quotad.v1.Quota/SomethingNew", &op).is_ok());
         assert!(check("/grpc.health.v1.Health/Check", &sidecar).is_ok());
+        // The Envoy services are the proxies' (and the operator's), and only theirs.
+        let proxy = Caller::Proxy {
+            name: "edge".into(),
+        };
+        let envoy_check = "/envoy.service.auth.v3.Authorization/Check";
+        let envoy_log = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs";
+        for path in [envoy_check, envoy_log] {
+            assert!(check(path, &proxy).is_ok());
+            assert!(check(path, &op).is_ok());
+            assert!(check(path, &owner).is_err());
+            assert!(check(path, &sidecar).is_err());
+        }
+        assert!(check("/quotad.v1.Quota/Reserve", &proxy).is_err());
+        assert!(check("/quotad.v1.Admin/CreateToken", &proxy).is_err());
+        assert!(check("/quotad.v1.Ledger/Sync", &proxy).is_err());
     }
 }

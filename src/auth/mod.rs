@@ -6,7 +6,9 @@
 //! - operator: everything (Admin, every account, the Ledger service);
 //! - owner of one account: every Quota call on it, and GrantAccess / RevokeAccess there;
 //! - sub-user: on each account, exactly the permissions its owner granted;
-//! - sidecar: the Ledger service only (a `quotad serve` syncing with `quotad ledger`).
+//! - sidecar: the Ledger service only (a `quotad serve` syncing with `quotad ledger`);
+//! - proxy: the Envoy services only (ext_authz Check and the access log stream), so that
+//!   nobody but the operator's proxies can ask Check about accounts.
 //!
 //! `layer` authenticates every RPC before it reaches a service (UNAUTHENTICATED without a
 //! valid token) and applies the per-service rules; the Quota adapters then check the
@@ -72,6 +74,10 @@ pub enum AuthError {
     SidecarOnly { rpc: String },
     #[error("a sidecar token may only call the Ledger service, not {rpc}")]
     SidecarElsewhere { rpc: String },
+    #[error("{rpc} is for proxies (a `proxy` token) and the operator only")]
+    ProxyOnly { rpc: String },
+    #[error("a proxy token may only call the Envoy services (Check, access logs), not {rpc}")]
+    ProxyElsewhere { rpc: String },
     #[error("{0:?} is not a permission: reserve, admit, sessions, balance or watch")]
     UnknownPermission(String),
     #[error("cannot check the token now: {0}")]
@@ -167,6 +173,7 @@ pub enum Kind {
     Owner,
     SubUser,
     Sidecar,
+    Proxy,
 }
 
 impl Kind {
@@ -176,13 +183,20 @@ impl Kind {
             Kind::Owner => "owner",
             Kind::SubUser => "sub_user",
             Kind::Sidecar => "sidecar",
+            Kind::Proxy => "proxy",
         }
     }
 
     pub fn from_name(s: &str) -> Option<Kind> {
-        [Kind::Operator, Kind::Owner, Kind::SubUser, Kind::Sidecar]
-            .into_iter()
-            .find(|k| k.name() == s)
+        [
+            Kind::Operator,
+            Kind::Owner,
+            Kind::SubUser,
+            Kind::Sidecar,
+            Kind::Proxy,
+        ]
+        .into_iter()
+        .find(|k| k.name() == s)
     }
 }
 
@@ -202,6 +216,10 @@ pub enum Caller {
         access: HashMap<String, Perms>,
     },
     Sidecar {
+        name: String,
+    },
+    /// An Envoy (or Istio / Envoy Gateway) proxy calling Check and the access log service.
+    Proxy {
         name: String,
     },
 }
@@ -237,6 +255,9 @@ impl Caller {
             Caller::Sidecar { .. } => Err(AuthError::SidecarElsewhere {
                 rpc: format!("a Quota call on account {account_id}"),
             }),
+            Caller::Proxy { .. } => Err(AuthError::ProxyElsewhere {
+                rpc: format!("a call on account {account_id}"),
+            }),
         }
     }
 
@@ -249,7 +270,7 @@ impl Caller {
             Caller::Unchecked | Caller::Operator { .. } => true,
             Caller::Owner { account_id: own } => own == account_id,
             Caller::SubUser { access, .. } => access.get(account_id).is_some_and(|p| p.0 != 0),
-            Caller::Sidecar { .. } => false,
+            Caller::Sidecar { .. } | Caller::Proxy { .. } => false,
         }
     }
 
@@ -281,6 +302,9 @@ impl Caller {
                 access: access.into_iter().map(|(a, p)| (a, Perms(p))).collect(),
             },
             Kind::Sidecar => Caller::Sidecar {
+                name: row.name.clone(),
+            },
+            Kind::Proxy => Caller::Proxy {
                 name: row.name.clone(),
             },
         })
@@ -646,5 +670,11 @@ mod tests {
         let sidecar = Caller::Sidecar { name: "s".into() };
         assert!(sidecar.allow("a", Permission::Balance).is_err());
         assert!(Caller::Unchecked.allow("a", Permission::Reserve).is_ok());
+        let proxy = Caller::Proxy {
+            name: "edge".into(),
+        };
+        assert!(proxy.allow("a", Permission::Admit).is_err());
+        assert!(!proxy.sees("a"));
+        assert_eq!(Kind::from_name("proxy"), Some(Kind::Proxy));
     }
 }

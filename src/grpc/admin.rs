@@ -300,6 +300,11 @@ impl pb::admin_server::Admin for AdminService {
                 String::new(),
                 convert::id("principal.name", &p.name)?.to_owned(),
             ),
+            Ok(pb::principal::Kind::Proxy) => (
+                Kind::Proxy,
+                String::new(),
+                convert::id("principal.name", &p.name)?.to_owned(),
+            ),
             Ok(pb::principal::Kind::Operator) => (
                 Kind::Operator,
                 String::new(),
@@ -307,7 +312,7 @@ impl pb::admin_server::Admin for AdminService {
             ),
             _ => {
                 return Err(Invalid(format!(
-                    "principal.kind {} must be OPERATOR, OWNER, SUB_USER or SIDECAR",
+                    "principal.kind {} must be OPERATOR, OWNER, SUB_USER, SIDECAR or PROXY",
                     p.kind
                 ))
                 .into());

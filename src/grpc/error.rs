@@ -122,7 +122,9 @@ impl From<AuthError> for Status {
             | AuthError::OtherAccount { .. }
             | AuthError::OperatorOnly { .. }
             | AuthError::SidecarOnly { .. }
-            | AuthError::SidecarElsewhere { .. } => Status::permission_denied(msg),
+            | AuthError::SidecarElsewhere { .. }
+            | AuthError::ProxyOnly { .. }
+            | AuthError::ProxyElsewhere { .. } => Status::permission_denied(msg),
             AuthError::UnknownPermission(_) => Status::invalid_argument(msg),
             AuthError::Unavailable(_) => Status::unavailable(msg),
             AuthError::Store(s) => LedgerError::Store(s).into(),

@@ -244,6 +244,7 @@ fn caller_out(token_id: String, caller: &Caller) -> pb::AuthenticateResponse {
                 .collect(),
         ),
         Caller::Sidecar { name } => (K::Sidecar, String::new(), name.clone(), Vec::new()),
+        Caller::Proxy { name } => (K::Proxy, String::new(), name.clone(), Vec::new()),
     };
     pb::AuthenticateResponse {
         known: true,
@@ -278,6 +279,7 @@ fn caller_in(r: pb::AuthenticateResponse) -> Result<Option<Caller>, AuthError> {
                 .collect::<Result<_, AuthError>>()?,
         },
         Ok(K::Sidecar) => Caller::Sidecar { name: p.name },
+        Ok(K::Proxy) => Caller::Proxy { name: p.name },
         _ => return Err(bad("unknown principal kind")),
     }))
 }
