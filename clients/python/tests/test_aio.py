@@ -100,8 +100,7 @@ def test_background_meter_task(server: Server, new_account: NewAccount) -> None:
 
     async def main() -> None:
         async with quotad.aio.Client(server.addr, server.token) as client:
-            async with client.meter(acct, "aio-bg", A10) as m:
-                m.start(interval_ms=20, gpus=50)
+            async with client.meter(acct, "aio-bg", A10, interval_ms=20, gpus=50) as m:
                 await asyncio.wait_for(m.stop_event.wait(), 30)
             assert m.error is None
             assert m.reported > 0

@@ -103,12 +103,15 @@ class Client(Connection):
         resource: cv.ResourceArg | None = None,
         *,
         on_stop: Callable[[m.Decision], None] | None = None,
+        interval_ms: int | None = None,
+        gpus: int = 1,
     ) -> Meter:
         """A usage stream for a running Shared-Edition job (a context manager): report
         GPU ms with `m.report(ms)`, or `m.start(interval_ms)` to report elapsed time from
         a thread; stop the job when `m.stopped` (`on_stop` is called once, with the STOP
         decision). Closing settles the job. A `work_id` that is an open reservation's id
-        takes over its hold (`Reservation.meter()` does that for you)."""
+        takes over its hold (`Reservation.meter()` does that for you). With
+        `interval_ms`, entering the block starts the background mode (`m.start`)."""
         return Meter(
             self,
             account=account,
@@ -116,6 +119,7 @@ class Client(Connection):
             sku=sku,
             resource=cv.resource_in(resource),
             on_stop=on_stop,
+            background=(interval_ms, gpus),
         )
 
     def session(

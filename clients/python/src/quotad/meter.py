@@ -46,6 +46,7 @@ class Meter:
         resource: pb.Resource.ValueType,
         on_stop: Callable[[m.Decision], None] | None,
         reservation: Reservation | None = None,
+        background: tuple[int | None, int] = (None, 1),
     ) -> None:
         self._client = client
         self.account = account
@@ -54,6 +55,8 @@ class Meter:
         self._resource = resource
         self._on_stop = on_stop
         self._reservation = reservation
+        #: (interval_ms, gpus) of the background mode entering the block starts, if any.
+        self._background = background
         #: The last seq sent, and the quantity charged (or accepted) in all.
         self.seq = 0
         self.reported = 0
@@ -233,6 +236,9 @@ class Meter:
             raise self.error
 
     def __enter__(self) -> Meter:
+        interval_ms, gpus = self._background
+        if interval_ms is not None and self._thread is None:
+            return self.start(interval_ms, gpus)
         return self.open()
 
     def __exit__(

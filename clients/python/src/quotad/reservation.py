@@ -137,7 +137,13 @@ class Reservation:
         self.state = State.RELEASED
         return released
 
-    def meter(self, *, on_stop: Callable[[m.Decision], None] | None = None) -> Meter:
+    def meter(
+        self,
+        *,
+        on_stop: Callable[[m.Decision], None] | None = None,
+        interval_ms: int | None = None,
+        gpus: int = 1,
+    ) -> Meter:
         """A usage stream for this reservation's job: it takes over the hold, reports are
         charged as they come, and leaving this reservation's block afterwards commits
         the reported total."""
@@ -149,6 +155,7 @@ class Reservation:
             resource=self._request.resource,
             on_stop=on_stop,
             reservation=self,
+            background=(interval_ms, gpus),
         )
 
     def _meter_closed(self, reported: int, reconnected: bool) -> None:

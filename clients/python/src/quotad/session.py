@@ -83,6 +83,7 @@ class Session:
         #: The last heartbeat failure, if any (the thread keeps beating through them).
         self.error: Error | None = None
         self._opened = False
+        self._stop_lock = threading.Lock()  # one on_stop call, whichever thread sees STOP
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._request = pb.StartSessionRequest(
@@ -129,11 +130,15 @@ class Session:
         if busy is None:
             busy = self._busy() if self._busy is not None else True
         hb = self._client.heartbeat(self.id, busy)
-        if hb.stop and not self.stop_event.is_set():
-            self.stop_heartbeat = hb
-            self.stop_event.set()
-            if self._on_stop is not None:
-                self._on_stop(hb)
+        if not hb.stop:
+            return hb
+        with self._stop_lock:
+            first_stop = not self.stop_event.is_set()
+            if first_stop:
+                self.stop_heartbeat = hb
+                self.stop_event.set()
+        if first_stop and self._on_stop is not None:
+            self._on_stop(hb)
         return hb
 
     def _run(self) -> None:

@@ -2,9 +2,10 @@
 
 quotad subscribes a watcher before it answers with response headers, so waiting for them
 makes "every event after watch() returned" a guarantee a caller can build on. A watcher
-that falls behind is told how many events it missed (EventKind.EVENTS_DROPPED); a stream
-that breaks raises `quotad.Unavailable` (events meanwhile are not replayed: read the
-balance again after watching anew).
+that falls behind is told how many events it missed (EventKind.EVENTS_DROPPED). The
+iteration ends when quotad ends the stream (at its shutdown) or `close()` is called, and
+raises `quotad.Unavailable` if the connection breaks; events in between are not replayed
+(watch anew, then read the balance).
 """
 
 from __future__ import annotations

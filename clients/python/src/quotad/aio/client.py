@@ -88,6 +88,8 @@ class Client(Connection):
         resource: cv.ResourceArg | None = None,
         *,
         on_stop: MeterOnStop | None = None,
+        interval_ms: int | None = None,
+        gpus: int = 1,
     ) -> Meter:
         """A usage stream (an async context manager); see `quotad.Client.meter`."""
         return Meter(
@@ -97,6 +99,7 @@ class Client(Connection):
             sku=sku,
             resource=cv.resource_in(resource),
             on_stop=on_stop,
+            background=(interval_ms, gpus),
         )
 
     def session(

@@ -43,6 +43,7 @@ class Meter:
         resource: pb.Resource.ValueType,
         on_stop: OnStop | None,
         reservation: Reservation | None = None,
+        background: tuple[int | None, int] = (None, 1),
     ) -> None:
         self._client = client
         self.account = account
@@ -51,6 +52,8 @@ class Meter:
         self._resource = resource
         self._on_stop = on_stop
         self._reservation = reservation
+        #: (interval_ms, gpus) of the background mode entering the block starts, if any.
+        self._background = background
         self.seq = 0
         self.reported = 0
         self.decision: m.Decision | None = None
@@ -205,7 +208,11 @@ class Meter:
             raise self.error
 
     async def __aenter__(self) -> Meter:
-        return await self.open()
+        await self.open()
+        interval_ms, gpus = self._background
+        if interval_ms is not None and self._task is None:
+            self.start(interval_ms, gpus)
+        return self
 
     async def __aexit__(
         self,

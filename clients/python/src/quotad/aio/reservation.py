@@ -114,6 +114,8 @@ class Reservation:
         self,
         *,
         on_stop: MeterOnStop | None = None,
+        interval_ms: int | None = None,
+        gpus: int = 1,
     ) -> Meter:
         """A usage stream for this reservation's job (see the blocking one)."""
         return Meter(
@@ -124,6 +126,7 @@ class Reservation:
             resource=self._request.resource,
             on_stop=on_stop,
             reservation=self,
+            background=(interval_ms, gpus),
         )
 
     def _meter_closed(self, reported: int, reconnected: bool) -> None:
