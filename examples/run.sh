@@ -160,6 +160,9 @@ command -v python3 >/dev/null || fail "python3 is not installed"
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv" || fail "cannot create a venv in $venv (is python3-venv installed?)"
 fi
+# The requirements name ./clients/python: the quotad package as it is in this tree.
+"$venv/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps ./clients/python ||
+    fail "pip install ./clients/python failed"
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r examples/python/requirements.txt ||
     fail "pip install -r examples/python/requirements.txt failed"
 
