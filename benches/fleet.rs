@@ -309,7 +309,7 @@ impl Sim {
         let mut leases = Vec::new();
         for (k, account) in all.iter().enumerate() {
             let stagger = u64::try_from(k + self.index).unwrap_or(0);
-            if self.syncs == 1 || (self.syncs + stagger) % args.renew_every.max(1) == 0 {
+            if self.syncs == 1 || (self.syncs + stagger).is_multiple_of(args.renew_every.max(1)) {
                 self.lease_seq = self.lease_seq.max(now_ms.saturating_mul(1_000)) + 1;
                 leases.push(pb::LeaseRequest {
                     account_id: account.clone(),
