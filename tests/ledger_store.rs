@@ -166,7 +166,7 @@ async fn commit_if_version(s: Arc<dyn LedgerStore>) {
             at_ms: T0,
         }),
         purchase: None,
-        cursor: Some((SIDECAR.into(), 7)),
+        cursors: vec![(SIDECAR.into(), 7)],
         leases: vec![lease(SIDECAR, "3", T0 + 1000)],
         request_counts: vec![(Resource::RequestGet, 202_611, 5)],
     };
@@ -384,7 +384,7 @@ async fn assert_duplicate(
         "1",
         &[("balance", "1")],
     ));
-    bad.cursor = Some((SIDECAR.into(), 99));
+    bad.cursors = vec![(SIDECAR.into(), 99)];
     bad.leases.push(lease("sc-dup", "1", T0));
     match s.commit(account, version, bad).await {
         Err(StoreError::Duplicate { what: w, id: i }) => {
@@ -725,7 +725,7 @@ async fn cursor_only_moves_forward(s: Arc<dyn LedgerStore>) {
             version,
             ChangeSet {
                 balance: m("1"),
-                cursor: Some((sidecar.into(), seq)),
+                cursors: vec![(sidecar.into(), seq)],
                 ..ChangeSet::default()
             },
         )
@@ -742,7 +742,7 @@ async fn cursor_only_moves_forward(s: Arc<dyn LedgerStore>) {
         1,
         ChangeSet {
             balance: m("1"),
-            cursor: Some(("sc-1".into(), i64::MAX as u64)),
+            cursors: vec![("sc-1".into(), i64::MAX as u64)],
             ..ChangeSet::default()
         },
     )
@@ -934,7 +934,7 @@ async fn known_usage_reports_applied_ids(s: Arc<dyn LedgerStore>) {
                 usage("acme", "u1", 1, T0, "1", &[("balance", "1")]),
                 usage("acme", "u2", 2, T0, "1", &[("balance", "1")]),
             ],
-            cursor: Some((SIDECAR.into(), 2)),
+            cursors: vec![(SIDECAR.into(), 2)],
             ..ChangeSet::default()
         },
     )
@@ -973,7 +973,7 @@ async fn load_many_and_commit_many(s: Arc<dyn LedgerStore>) {
         ChangeSet {
             balance: m("9"),
             new_grants: vec![(grant("g2", "1", "1"), None)],
-            cursor: Some((SIDECAR.into(), 4)),
+            cursors: vec![(SIDECAR.into(), 4)],
             leases: vec![lease(SIDECAR, "2", T0 + 5)],
             ..ChangeSet::default()
         },
@@ -1018,13 +1018,13 @@ async fn load_many_and_commit_many(s: Arc<dyn LedgerStore>) {
     let ok_a1 = ChangeSet {
         balance: m("8"),
         usage: vec![usage("a1", "m-1", 1, T0, "2", &[("balance", "2")])],
-        cursor: Some((SIDECAR.into(), 1)),
+        cursors: vec![(SIDECAR.into(), 1)],
         ..ChangeSet::default()
     };
     let stale_a2 = ChangeSet {
         balance: m("0"),
         usage: vec![usage("a2", "m-2", 5, T0, "9", &[("balance", "9")])],
-        cursor: Some((SIDECAR.into(), 5)),
+        cursors: vec![(SIDECAR.into(), 5)],
         ..ChangeSet::default()
     };
     let ok_a3 = ChangeSet {
@@ -1035,7 +1035,7 @@ async fn load_many_and_commit_many(s: Arc<dyn LedgerStore>) {
         ],
         grant_remaining: vec![],
         leases: vec![lease("sc-x", "1", T0)],
-        cursor: Some((SIDECAR.into(), 2)),
+        cursors: vec![(SIDECAR.into(), 2)],
         ..ChangeSet::default()
     };
     let results = s
@@ -1084,7 +1084,7 @@ async fn load_many_and_commit_many(s: Arc<dyn LedgerStore>) {
                         usage("a1", "m-5", 2, T0, "1", &[("balance", "1")]),
                         usage("a1", "m-3", 3, T0, "1", &[("balance", "1")]),
                     ],
-                    cursor: Some((SIDECAR.into(), 3)),
+                    cursors: vec![(SIDECAR.into(), 3)],
                     ..ChangeSet::default()
                 },
             ),
@@ -1094,7 +1094,7 @@ async fn load_many_and_commit_many(s: Arc<dyn LedgerStore>) {
                 ChangeSet {
                     balance: m("8"),
                     usage: vec![usage("a2", "m-6", 5, T0, "1", &[("balance", "1")])],
-                    cursor: Some((SIDECAR.into(), 5)),
+                    cursors: vec![(SIDECAR.into(), 5)],
                     ..ChangeSet::default()
                 },
             ),
@@ -1573,7 +1573,7 @@ async fn ingest_rate(s: Arc<dyn LedgerStore>, store_name: &'static str) {
             versions[a],
             ChangeSet {
                 balance: m("999"),
-                cursor: Some((SIDECAR.into(), next_id)),
+                cursors: vec![(SIDECAR.into(), next_id)],
                 usage,
                 ..ChangeSet::default()
             },
@@ -1609,7 +1609,7 @@ async fn ingest_rate(s: Arc<dyn LedgerStore>, store_name: &'static str) {
                     version,
                     ChangeSet {
                         balance: m("999"),
-                        cursor: Some((SIDECAR.into(), 1)),
+                        cursors: vec![(SIDECAR.into(), 1)],
                         usage,
                         ..ChangeSet::default()
                     },
@@ -1633,7 +1633,7 @@ async fn ingest_rate(s: Arc<dyn LedgerStore>, store_name: &'static str) {
                     let usage = batch(a, per_account, &mut next_id);
                     let change = ChangeSet {
                         balance: m("999"),
-                        cursor: Some((SIDECAR.into(), next_id)),
+                        cursors: vec![(SIDECAR.into(), next_id)],
                         usage,
                         ..ChangeSet::default()
                     };

@@ -6,10 +6,10 @@
 
 pub mod lease;
 pub mod postgres;
+mod round;
 pub mod sqlite;
 pub mod store;
 
-use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -21,9 +21,7 @@ use crate::billing::{
 };
 use crate::clock::SharedClock;
 pub use lease::{Lease, LeaseConfig, LeaseRequest};
-use store::{
-    AppliedUsage, ChangeSet, LeaseRow, LedgerStore, PurchaseRecord, StoreError, TopUpRecord,
-};
+use store::{ChangeSet, LedgerStore, PurchaseRecord, StoreError, TopUpRecord};
 
 /// Most entries one statement returns (the latest ones).
 pub const DEFAULT_STATEMENT_ENTRIES_MAX: usize = 10_000;
@@ -157,97 +155,15 @@ pub trait LedgerApi: Send + Sync + 'static {
     async fn sync(&self, req: SyncRequest) -> Result<SyncResponse, LedgerError>;
 }
 
-/// What applying `records` to the account changes: burn-down of each record not applied
-/// before, its sidecar's cursor, and its lease less what was used. None if nothing.
-fn usage_changes(
-    state: &store::AccountState,
-    records: &[&UsageRecord],
-    known: &HashSet<String>,
-    sidecar_id: &str,
-    cal: &billing::free_tier::Calendar,
-) -> Option<ChangeSet> {
-    let mut grants = state.grants.clone();
-    let mut balance = state.balance;
-    let mut counts = billing::free_tier::RequestCounts::from_rows(state.request_counts.clone());
-    let mut counted = std::collections::BTreeSet::new();
-    let mut seen = HashSet::new();
-    let mut applied = Vec::new();
-    let mut max_seq = state.applied_seq;
-    for r in records {
-        max_seq = max_seq.max(r.seq);
-        if known.contains(&r.usage_id) || !seen.insert(r.usage_id.as_str()) {
-            continue;
-        }
-        // Volume plans (traffic GB) change `grants` here and show in `grant_remaining`;
-        // the free tier is measured against the ledger's own counts (authoritative when
-        // several sidecars serve the account).
-        if let Some(key) = counts.add(cal, r.resource, 0, r.at_ms) {
-            counted.insert(key);
-        }
-        let c = billing::usage::charge_counted(
-            &mut grants,
-            &mut balance,
-            &mut counts,
-            cal,
-            r.resource,
-            r.quantity,
-            r.cost,
-            r.at_ms,
-        );
-        applied.push(AppliedUsage {
-            record: (*r).clone(),
-            sidecar_id: sidecar_id.to_owned(),
-            deductions: c.deductions,
-            free_quantity: c.free_quantity,
-        });
-    }
-    if applied.is_empty() && max_seq == state.applied_seq {
-        return None;
-    }
-    let grant_remaining = grants
-        .iter()
-        .zip(&state.grants)
-        .filter(|(new, old)| new.remaining != old.remaining)
-        .map(|(new, _)| (new.grant_id.clone(), new.remaining))
-        .collect();
-    // What was used came out of this sidecar's lease.
-    // Money only: free requests and GB from volume plans spend nothing of a lease.
-    let spent: Money = applied
-        .iter()
-        .flat_map(|u| u.deductions.iter().filter(|d| d.is_money()))
-        .map(|d| d.amount)
-        .sum();
-    let leases = state
-        .leases
-        .iter()
-        .filter(|l| l.sidecar_id == sidecar_id && spent.is_positive())
-        .map(|l| LeaseRow {
-            remaining: (l.remaining - spent).non_negative(),
-            held: (l.held - spent).non_negative(),
-            ..l.clone()
-        })
-        .collect();
-    let request_counts = counted
-        .into_iter()
-        .map(|(r, m)| (r, m, counts.0.get(&(r, m)).copied().unwrap_or(0)))
-        .collect();
-    Some(ChangeSet {
-        balance,
-        grant_remaining,
-        request_counts,
-        usage: applied,
-        cursor: Some((sidecar_id.to_owned(), max_seq)),
-        leases,
-        ..ChangeSet::default()
-    })
-}
-
-/// The ledger's rules over a store.
+/// The ledger's rules over a store. Cheap to clone: every clone shares the store and the
+/// round queue (see `round`).
+#[derive(Clone)]
 pub struct Ledger {
     store: Arc<dyn LedgerStore>,
     catalog: Arc<Catalog>,
     clock: SharedClock,
     lease_cfg: LeaseConfig,
+    rounds: Arc<round::Rounds>,
 }
 
 impl Ledger {
@@ -262,6 +178,7 @@ impl Ledger {
             catalog,
             clock,
             lease_cfg,
+            rounds: Arc::default(),
         }
     }
 
@@ -567,58 +484,20 @@ impl Ledger {
             .await?)
     }
 
-    /// Applies usage exactly once, per account in the order given. The whole batch is
-    /// loaded, decided and written with a handful of set-based store calls; accounts that
-    /// changed concurrently (another ledger process) are reloaded and retried alone.
+    /// Applies usage exactly once, per account in the order given (in the next round,
+    /// with whatever other Syncs wait for it).
     pub async fn apply_usage(
         &self,
         sidecar_id: &str,
         usage: &[UsageRecord],
     ) -> Result<(), LedgerError> {
-        let mut by_account: BTreeMap<&str, Vec<&UsageRecord>> = BTreeMap::new();
-        for u in usage {
-            by_account.entry(u.account_id.as_str()).or_default().push(u);
-        }
-        let mut todo: Vec<String> = by_account.keys().map(|k| (*k).to_owned()).collect();
-        for _ in 0..COMMIT_RETRIES_MAX {
-            if todo.is_empty() {
-                return Ok(());
-            }
-            let states = self.store.load_many(&todo, sidecar_id).await?;
-            if let Some(missing) = todo
-                .iter()
-                .find(|id| !states.iter().any(|s| &s.account_id == *id))
-            {
-                return Err(LedgerError::UnknownAccount(missing.clone()));
-            }
-            let ids: Vec<String> = todo
-                .iter()
-                .flat_map(|a| by_account[a.as_str()].iter().map(|r| r.usage_id.clone()))
-                .collect();
-            let known = self.store.known_usage(&ids).await?;
-            let commits: Vec<(String, i64, ChangeSet)> = states
-                .iter()
-                .filter_map(|state| {
-                    let records = &by_account[state.account_id.as_str()];
-                    usage_changes(state, records, &known, sidecar_id, &self.catalog.calendar)
-                        .map(|c| (state.account_id.clone(), state.version, c))
-                })
-                .collect();
-            let accounts: Vec<String> = commits.iter().map(|c| c.0.clone()).collect();
-            let results = self.store.commit_many(commits).await?;
-            // Another ledger process applied some of the same usage, or changed the
-            // account: reload those and apply only what is still missing.
-            todo = accounts
-                .into_iter()
-                .zip(results)
-                .filter(|(_, r)| r.is_err())
-                .map(|(a, _)| a)
-                .collect();
-        }
-        match todo.first() {
-            None => Ok(()),
-            Some(a) => Err(LedgerError::Contended(a.clone())),
-        }
+        self.write(round::Writes {
+            sidecar_id: sidecar_id.to_owned(),
+            usage: usage.to_vec(),
+            ..round::Writes::default()
+        })
+        .await
+        .map(drop)
     }
 
     /// The account as `sidecar_id` should cache it.
@@ -702,121 +581,6 @@ impl Ledger {
             .map(|s| self.snapshot_of(s, sidecar_id))
             .collect())
     }
-
-    /// Applies one account's lease requests (oldest first) to its loaded state: the
-    /// changes to write (None: nothing changes) and the snapshot to answer with.
-    fn lease_changes(
-        &self,
-        sidecar_id: &str,
-        mut state: store::AccountState,
-        reqs: &[&LeaseRequest],
-    ) -> (Option<ChangeSet>, AccountSnapshot) {
-        let now_ms = self.now_ms();
-        let payable = lease::payable(state.balance, &state.grants, now_ms);
-        let mut changed: Vec<LeaseRow> = Vec::new();
-        let mut recalling = Money::ZERO;
-        for req in reqs {
-            let current = state.leases.iter().find(|l| l.sidecar_id == sidecar_id);
-            if let Some(r) = current
-                && req.seq <= r.request_seq
-            {
-                // A late copy of an older request: the lease already reflects a newer one.
-                tracing::debug!(account_id = %req.account_id, sidecar_id, seq = req.seq,
-                    newer = r.request_seq, "stale lease request ignored");
-                continue;
-            }
-            let d = lease::decide(
-                req,
-                sidecar_id,
-                &state.leases,
-                payable,
-                now_ms,
-                self.lease_cfg,
-            );
-            tracing::debug!(account_id = %req.account_id, sidecar_id, remaining = %d.row.remaining,
-                need = %req.need, edge = d.row.edge, recalling = %d.recalling, %payable, "lease");
-            if !d.others.is_empty() {
-                tracing::info!(account_id = %req.account_id, sidecar_id, need = %req.need,
-                    recalling = %d.recalling, sidecars = d.others.len(),
-                    "account near the edge: other sidecars' unused leases asked back");
-            }
-            recalling = d.recalling;
-            for row in std::iter::once(d.row).chain(d.others) {
-                state.leases.retain(|l| l.sidecar_id != row.sidecar_id);
-                changed.retain(|l| l.sidecar_id != row.sidecar_id);
-                changed.push(row.clone());
-                state.leases.push(row);
-            }
-        }
-        let changes = (!changed.is_empty()).then(|| ChangeSet {
-            balance: state.balance,
-            leases: changed,
-            ..ChangeSet::default()
-        });
-        if changes.is_some() {
-            state.version += 1;
-        }
-        let mut snap = self.snapshot_of(state, sidecar_id);
-        snap.recalling = recalling;
-        (changes, snap)
-    }
-
-    /// Grants, renews or gives back leases, one set-based load and write per round;
-    /// accounts that changed concurrently are reloaded and retried alone. Returns the
-    /// snapshots of the accounts named.
-    async fn apply_leases(
-        &self,
-        sidecar_id: &str,
-        reqs: &[LeaseRequest],
-    ) -> Result<Vec<AccountSnapshot>, LedgerError> {
-        let mut by_account: BTreeMap<&str, Vec<&LeaseRequest>> = BTreeMap::new();
-        for r in reqs {
-            by_account.entry(r.account_id.as_str()).or_default().push(r);
-        }
-        for v in by_account.values_mut() {
-            v.sort_by_key(|r| r.seq);
-        }
-        let mut todo: Vec<String> = by_account.keys().map(|k| (*k).to_owned()).collect();
-        let mut out = Vec::with_capacity(todo.len());
-        for _ in 0..COMMIT_RETRIES_MAX {
-            if todo.is_empty() {
-                return Ok(out);
-            }
-            let states = self.store.load_many(&todo, sidecar_id).await?;
-            if let Some(missing) = todo
-                .iter()
-                .find(|id| !states.iter().any(|s| &s.account_id == *id))
-            {
-                return Err(LedgerError::UnknownAccount(missing.clone()));
-            }
-            let mut commits = Vec::new();
-            let mut pending = Vec::new();
-            for state in states {
-                let (account_id, version) = (state.account_id.clone(), state.version);
-                let reqs = &by_account[account_id.as_str()];
-                match self.lease_changes(sidecar_id, state, reqs) {
-                    (None, snap) => out.push(snap),
-                    (Some(c), snap) => {
-                        commits.push((account_id, version, c));
-                        pending.push(snap);
-                    }
-                }
-            }
-            let results = self.store.commit_many(commits).await?;
-            todo.clear();
-            for (snap, r) in pending.into_iter().zip(results) {
-                match r {
-                    Ok(()) => out.push(snap),
-                    Err(StoreError::Conflict(_)) => todo.push(snap.account_id),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        match todo.first() {
-            None => Ok(out),
-            Some(a) => Err(LedgerError::Contended(a.clone())),
-        }
-    }
 }
 
 impl Ledger {
@@ -826,71 +590,34 @@ impl Ledger {
     }
 }
 
-impl Ledger {
-    /// A restarted sidecar gives back the leases its previous runs left, but on `keep`.
-    async fn reset_leases(
-        &self,
-        sidecar_id: &str,
-        seq: u64,
-        keep: &[LeaseRequest],
-    ) -> Result<(), LedgerError> {
-        let accounts: Vec<String> = self
-            .store
-            .leased_accounts(sidecar_id, DEFAULT_RESET_LEASES_MAX)
-            .await?
-            .into_iter()
-            .filter(|a| !keep.iter().any(|l| &l.account_id == a))
-            .collect();
-        for chunk in accounts.chunks(RESET_CHUNK) {
-            let reqs: Vec<LeaseRequest> = chunk
-                .iter()
-                .map(|account_id| LeaseRequest {
-                    account_id: account_id.clone(),
-                    want: Money::ZERO,
-                    need: Money::ZERO,
-                    held: Money::ZERO,
-                    release: true,
-                    give_back: false,
-                    seq,
-                })
-                .collect();
-            self.apply_leases(sidecar_id, &reqs).await?;
-        }
-        if !accounts.is_empty() {
-            tracing::info!(
-                sidecar_id,
-                leases = accounts.len(),
-                "sidecar restarted: leases of its previous run given back"
-            );
-        }
-        Ok(())
-    }
-}
-
 #[async_trait]
 impl LedgerApi for Ledger {
     async fn sync(&self, req: SyncRequest) -> Result<SyncResponse, LedgerError> {
-        self.apply_usage(&req.sidecar_id, &req.usage).await?;
-        if req.reset_seq != 0 {
-            self.reset_leases(&req.sidecar_id, req.reset_seq, &req.leases)
-                .await?;
-        }
-        let mut snapshots = self.apply_leases(&req.sidecar_id, &req.leases).await?;
+        let sidecar_id = req.sidecar_id;
         let mut ids: Vec<String> = req
             .usage
             .iter()
-            .map(|u| u.account_id.as_str())
-            .chain(req.accounts.iter().map(String::as_str))
-            .filter(|id| !req.leases.iter().any(|l| l.account_id == *id))
-            .map(str::to_owned)
+            .map(|u| u.account_id.clone())
+            .chain(req.leases.iter().map(|l| l.account_id.clone()))
+            .chain(req.accounts)
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        snapshots.extend(self.snapshots(&req.sidecar_id, &ids).await?);
-        let recalls = self
-            .store
-            .recalls(&req.sidecar_id, DEFAULT_RECALLS_MAX)
+        let written = self
+            .write(round::Writes {
+                sidecar_id: sidecar_id.clone(),
+                usage: req.usage,
+                leases: req.leases,
+                reset_seq: req.reset_seq,
+            })
             .await?;
+        let mut snapshots = self.snapshots(&sidecar_id, &ids).await?;
+        for s in &mut snapshots {
+            if let Some(m) = written.recalling.get(&s.account_id) {
+                s.recalling = *m;
+            }
+        }
+        let recalls = self.store.recalls(&sidecar_id, DEFAULT_RECALLS_MAX).await?;
         Ok(SyncResponse {
             snapshots,
             now_ms: self.now_ms(),

@@ -930,13 +930,14 @@ async fn write_batch(tx: &mut PgConnection, entries: &[Entry<'_>]) -> Result<Vec
         .map_err(write_err(scope, None))?;
     }
 
-    // Cursors: at most one per live entry, and live entries are of distinct accounts.
+    // Cursors: one per sidecar of a live entry (ON CONFLICT DO UPDATE may not touch a row
+    // twice in one statement), and live entries are of distinct accounts.
     let cursors: Vec<(&str, &str, i64)> = live
         .iter()
-        .filter_map(|(a, c)| {
-            c.cursor
-                .as_ref()
-                .map(|(sc, seq)| (*a, sc.as_str(), *seq as i64))
+        .flat_map(|(a, c)| {
+            last_per_key(&c.cursors, |(sc, _)| sc.as_str())
+                .into_iter()
+                .map(move |(sc, seq)| (*a, sc.as_str(), i64::try_from(*seq).unwrap_or(i64::MAX)))
         })
         .collect();
     if !cursors.is_empty() {

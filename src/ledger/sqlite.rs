@@ -443,13 +443,13 @@ fn write_changes(
         )
         .map_err(db)?;
     }
-    if let Some((sidecar, seq)) = &c.cursor {
+    for (sidecar, seq) in &c.cursors {
         tx.execute(
             "INSERT INTO sidecar_cursors (sidecar_id, account_id, applied_seq) VALUES (?1, ?2, ?3) \
              ON CONFLICT (sidecar_id, account_id) DO UPDATE SET applied_seq = \
              CASE WHEN excluded.applied_seq > sidecar_cursors.applied_seq \
              THEN excluded.applied_seq ELSE sidecar_cursors.applied_seq END",
-            params![sidecar, account_id, *seq as i64],
+            params![sidecar, account_id, i64::try_from(*seq).unwrap_or(i64::MAX)],
         )
         .map_err(db)?;
     }

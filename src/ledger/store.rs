@@ -103,7 +103,7 @@ pub struct ChangeSet {
     pub topup: Option<TopUpRecord>,
     pub purchase: Option<PurchaseRecord>,
     /// (sidecar id, highest seq applied) to record for this account.
-    pub cursor: Option<(String, u64)>,
+    pub cursors: Vec<(String, u64)>,
     /// Leases to insert or replace (one row per sidecar and account).
     pub leases: Vec<LeaseRow>,
     /// Request counts to set (resource, month key, new count).
