@@ -309,7 +309,9 @@ class Balance(_message.Message):
     @_builtins.property
     def available(self) -> Global___Money:
         """What the account can still pay for GPU work now: valid money grants covering GPU time
-        plus a non-negative balance, less what open holds keep aside.
+        plus a non-negative balance, less what this server's open holds keep aside (on a
+        sidecar of a remote ledger, other sidecars' holds and leases are not counted; see
+        ReserveResponse.available for what this caller can be admitted for).
         """
 
     @_builtins.property
@@ -561,7 +563,15 @@ class ReserveResponse(_message.Message):
     @_builtins.property
     def held(self) -> Global___Money: ...
     @_builtins.property
-    def available(self) -> Global___Money: ...
+    def available(self) -> Global___Money:
+        """What this caller could be admitted for now on the resource, after this answer: what
+        the account's rules allow (its grants and balance, less this sidecar's holds) and, with
+        a remote ledger, no more than this sidecar's unspent lease plus the money no sidecar
+        holds a lease on, as of the ledger's last word (other sidecars' holds and unused
+        leases are not the caller's). A denial for INSUFFICIENT_FUNDS or NO_ENTITLEMENT always
+        reports less than the request.
+        """
+
     def __init__(
         self,
         *,
@@ -617,7 +627,9 @@ class CommitResponse(_message.Message):
         """
 
     @_builtins.property
-    def available(self) -> Global___Money: ...
+    def available(self) -> Global___Money:
+        """As in ReserveResponse."""
+
     def __init__(
         self,
         *,
@@ -709,7 +721,9 @@ class AdmitResponse(_message.Message):
     admitted: _builtins.bool
     reason: Global___DenyReason.ValueType
     @_builtins.property
-    def available(self) -> Global___Money: ...
+    def available(self) -> Global___Money:
+        """As in ReserveResponse (nothing is held by an Admit)."""
+
     def __init__(
         self,
         *,
