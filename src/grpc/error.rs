@@ -107,6 +107,7 @@ impl From<LedgerError> for Status {
             }
             LedgerError::Store(StoreError::Database(_)) => internal(Code::Unavailable, &msg),
             LedgerError::Store(StoreError::Corrupt(_)) => internal(Code::Internal, &msg),
+            LedgerError::Store(StoreError::TooLarge { .. }) => Status::invalid_argument(msg),
         }
     }
 }
