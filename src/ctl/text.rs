@@ -536,7 +536,7 @@ fn write_catalog(out: &mut dyn Write, c: &pb::Catalog) -> Result<(), CtlError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::billing::free_tier::{Calendar, Month};
     use crate::ctl::statement::keep_month;
@@ -734,7 +734,8 @@ c1     COUPON  GPU_SHARED,GPU_EXCLUSIVE  20     15.5       CNY   ?42    2026-11-
         }
     }
 
-    fn event(kind: pb::account_event::Kind) -> pb::AccountEvent {
+    /// An event of `kind` on acme at 2026-11-22 10:00:00 UTC.
+    pub fn event(kind: pb::account_event::Kind) -> pb::AccountEvent {
         pb::AccountEvent {
             account_id: "acme".into(),
             kind: kind as i32,

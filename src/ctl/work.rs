@@ -262,15 +262,7 @@ async fn resolve_resource(
 mod tests {
     use super::*;
     use crate::ctl::Text;
-
-    fn event(kind: pb::account_event::Kind) -> pb::AccountEvent {
-        pb::AccountEvent {
-            account_id: "acme".into(),
-            kind: kind as i32,
-            at_ms: 1_795_341_600_000,
-            ..Default::default()
-        }
-    }
+    use crate::ctl::text::tests::event;
 
     #[tokio::test]
     async fn watch_prints_events_until_count_end_of_stream_or_stop() {
