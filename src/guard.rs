@@ -21,6 +21,7 @@ use tonic::codegen::http;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
+use crate::grpc::error::Overload;
 use crate::metrics::SharedMetrics;
 
 /// Longest client-given request id kept; a longer or non-printable one is replaced.
@@ -97,11 +98,7 @@ where
                     metrics.shed();
                     metrics.rpc_done(&path, "RESOURCE_EXHAUSTED", std::time::Duration::ZERO);
                     tracing::debug!(rpc = %path, %request_id, "shed: concurrency limit reached");
-                    let status = tonic::Status::resource_exhausted(format!(
-                        "server busy: {} requests in flight (concurrency_max); retry with \
-                         backoff",
-                        self.layer.limit
-                    ));
+                    let status = tonic::Status::from(Overload::Busy(self.layer.limit));
                     let mut resp: Response = status.into_http();
                     if let Some(v) = id_value {
                         resp.headers_mut().insert(REQUEST_ID_HEADER, v);

@@ -21,7 +21,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::auth::layer::AuthLayer;
-use crate::auth::{self, AuthConfig, Authenticator, StoreSource, TokenSource};
+use crate::auth::{self, AuthConfig, Authenticator, LedgerSource, TokenSource};
 use crate::billing::{Catalog, CatalogError};
 use crate::clock::SharedClock;
 use crate::engine::sync::{DEFAULT_SYNC_BATCH_MAX, DEFAULT_SYNC_INTERVAL_MS};
@@ -349,8 +349,7 @@ fn builder(
 /// authentication is off.
 async fn bootstrap_auth(
     cfg: &AuthConfig,
-    store: &dyn LedgerStore,
-    now_ms: i64,
+    ledger: &Ledger,
     token_file: Option<&Path>,
 ) -> Result<(), ServeError> {
     if cfg.disabled {
@@ -362,7 +361,7 @@ async fn bootstrap_auth(
     }
     match token_file {
         Some(path) => {
-            if !auth::ensure_operator_token(store, now_ms, path).await? {
+            if !auth::ensure_operator_token(ledger, path).await? {
                 tracing::info!(path = %path.display(),
                     "operator token exists; `quotad ctl` reads it from this file if present");
             }
@@ -566,25 +565,19 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         None => {
             let store: Arc<dyn LedgerStore> =
                 Arc::new(SqliteStore::open(&cfg.data_dir.join("ledger.db"))?);
-            bootstrap_auth(
-                &cfg.auth,
-                store.as_ref(),
-                clock.now_ms(),
-                Some(&cfg.operator_token_file()),
-            )
-            .await?;
             let ledger = Arc::new(Ledger::new(
-                store.clone(),
+                store,
                 catalog.clone(),
                 clock.clone(),
                 cfg.embedded_lease,
             ));
+            bootstrap_auth(&cfg.auth, &ledger, Some(&cfg.operator_token_file())).await?;
             engine_cfg.lease_whole_account = true;
             (
                 ledger.clone(),
-                Some(ledger),
+                Some(ledger.clone()),
                 EMBEDDED_SIDECAR_ID.to_owned(),
-                Arc::new(StoreSource(store)),
+                Arc::new(LedgerSource(ledger)),
             )
         }
         Some(url) => {
@@ -786,19 +779,18 @@ pub async fn start_ledger(
 ) -> Result<RunningLedger, ServeError> {
     let catalog = Arc::new(load_catalog(cfg.catalog_path.as_ref())?);
     let store = open_store(&cfg.database_url, cfg.pg_pool_max).await?;
-    bootstrap_auth(
-        &cfg.auth,
-        store.as_ref(),
-        clock.now_ms(),
-        cfg.operator_token_file.as_deref(),
-    )
-    .await?;
+    let ledger = Arc::new(Ledger::new(
+        store,
+        catalog.clone(),
+        clock.clone(),
+        cfg.lease,
+    ));
+    bootstrap_auth(&cfg.auth, &ledger, cfg.operator_token_file.as_deref()).await?;
     let authenticator = Arc::new(Authenticator::new(
         cfg.auth.clone(),
-        Arc::new(StoreSource(store.clone())),
-        clock.clone(),
+        Arc::new(LedgerSource(ledger.clone())),
+        clock,
     ));
-    let ledger = Arc::new(Ledger::new(store, catalog.clone(), clock, cfg.lease));
     let (listener, addr) = bind(cfg.listen).await?;
     let (health, health_svc) = tonic_health::server::health_reporter();
     health

@@ -9,94 +9,27 @@ mod common;
 use common::*;
 use quotad::clock::ManualClock;
 use quotad::pb;
-use quotad::pb::admin_client::AdminClient;
 use quotad::pb::quota_client::QuotaClient;
 use quotad::server::{self, LedgerServeConfig};
 use tonic::Code;
 
-async fn token_for(h: &mut Harness, kind: pb::principal::Kind, subject: &str) -> (String, String) {
-    token_at(&mut h.admin, kind, subject).await
-}
-
 /// (token id, token) of a new token for `kind` (owner: `subject` is the account).
-async fn token_at(
-    admin: &mut AdminClient<Ch>,
-    kind: pb::principal::Kind,
-    subject: &str,
-) -> (String, String) {
-    let (account_id, name) = if kind == pb::principal::Kind::Owner {
-        (subject.to_owned(), String::new())
+async fn token(c: &mut Client, kind: pb::principal::Kind, subject: &str) -> (String, String) {
+    let (account_id, name) = if kind == OWNER {
+        (subject, "")
     } else {
-        (String::new(), subject.to_owned())
+        ("", subject)
     };
-    let r = admin
-        .create_token(pb::CreateTokenRequest {
-            principal: Some(pb::Principal {
-                kind: kind as i32,
-                account_id,
-                name,
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = c.create_token(kind, account_id, name).await.unwrap();
     assert!(r.token.starts_with("qdt_"), "{r:?}");
     (r.token_id, r.token)
-}
-
-async fn clients(h: &Harness, token: &str) -> (QuotaClient<Ch>, AdminClient<Ch>) {
-    connect(h.running.as_ref().unwrap().addr, token).await
-}
-
-async fn grant(
-    admin: &mut AdminClient<Ch>,
-    account: &str,
-    user: &str,
-    perms: &[&str],
-) -> Vec<String> {
-    admin
-        .grant_access(pb::GrantAccessRequest {
-            account_id: account.into(),
-            sub_user: user.into(),
-            permissions: perms.iter().map(|p| p.to_string()).collect(),
-        })
-        .await
-        .map(|r| r.into_inner().permissions)
-        .unwrap()
-}
-
-async fn balance(q: &mut QuotaClient<Ch>, account: &str) -> Result<pb::Balance, tonic::Status> {
-    q.get_balance(pb::GetBalanceRequest {
-        account_id: account.into(),
-    })
-    .await
-    .map(|r| r.into_inner())
-}
-
-async fn reserve(
-    q: &mut QuotaClient<Ch>,
-    account: &str,
-    id: &str,
-) -> Result<pb::ReserveResponse, tonic::Status> {
-    q.reserve(reserve_req(account, id, 1_000))
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn commit(q: &mut QuotaClient<Ch>, id: &str) -> Result<pb::CommitResponse, tonic::Status> {
-    q.commit(pb::CommitRequest {
-        reservation_id: id.into(),
-        quantity: 1_000,
-    })
-    .await
-    .map(|r| r.into_inner())
 }
 
 /// Two accounts with money, acme and globex.
 async fn two_accounts() -> Harness {
     let mut h = Harness::start().await;
-    h.create("acme", "10").await;
-    h.create("globex", "10").await;
+    h.create_account("acme", "10").await.unwrap();
+    h.create_account("globex", "10").await.unwrap();
     h
 }
 
@@ -121,26 +54,21 @@ async fn first_start_writes_a_private_operator_token_once() {
     );
     h.restart().await;
     assert_eq!(std::fs::read_to_string(&path).unwrap(), first);
-    h.create("acme", "1").await;
+    h.create_account("acme", "1").await.unwrap();
 }
 
 #[tokio::test]
 async fn a_missing_malformed_garbage_or_revoked_token_is_unauthenticated() {
     let mut h = two_accounts().await;
     let addr = h.running.as_ref().unwrap().addr;
-    let (mut q, mut a) = connect(addr, "").await;
+    let mut q = Client::connect(addr, "").await;
     assert_status(
         "no token",
-        balance(&mut q, "acme").await,
+        q.get_balance("acme").await,
         Code::Unauthenticated,
         &["missing bearer token"],
     );
-    let r = a
-        .create_account(pb::CreateAccountRequest {
-            account_id: "evil".into(),
-            balance: None,
-        })
-        .await;
+    let r = q.create_account("evil", None).await;
     assert_status(
         "no token, Admin",
         r,
@@ -148,23 +76,20 @@ async fn a_missing_malformed_garbage_or_revoked_token_is_unauthenticated() {
         &["missing bearer token"],
     );
 
-    let (mut q, _) = connect(
-        addr,
-        "qdt_0000000000000000000000000000000000000000000000000000000000000000",
-    )
-    .await;
+    let garbage = "qdt_0000000000000000000000000000000000000000000000000000000000000000";
+    let mut q = Client::connect(addr, garbage).await;
     assert_status(
         "garbage",
-        balance(&mut q, "acme").await,
+        q.get_balance("acme").await,
         Code::Unauthenticated,
         &["unknown or revoked token"],
     );
     // The hash of a real token, sent as the token, is not the token.
     let hash = quotad::auth::token_sha256(&h.token);
-    let (mut q, _) = connect(addr, &hash).await;
+    let mut q = Client::connect(addr, &hash).await;
     assert_status(
         "hash as token",
-        balance(&mut q, "acme").await,
+        q.get_balance("acme").await,
         Code::Unauthenticated,
         &["unknown or revoked token"],
     );
@@ -176,6 +101,7 @@ async fn a_missing_malformed_garbage_or_revoked_token_is_unauthenticated() {
         .await
         .unwrap();
     let basic = h.token.clone();
+    // A header of the test's own: the raw client, not `Client`.
     let mut q = QuotaClient::with_interceptor(ch, move |mut req: tonic::Request<()>| {
         req.metadata_mut()
             .insert("authorization", format!("Basic {basic}").parse().unwrap());
@@ -189,73 +115,54 @@ async fn a_missing_malformed_garbage_or_revoked_token_is_unauthenticated() {
     assert_status("Basic scheme", r, Code::Unauthenticated, &["Bearer"]);
 
     // Revoked: refused at once (the embedded ledger clears the cache on revocation).
-    let (id, token) = token_for(&mut h, pb::principal::Kind::Owner, "acme").await;
-    let (mut q, _) = clients(&h, &token).await;
-    balance(&mut q, "acme").await.unwrap();
-    h.admin
-        .revoke_token(pb::RevokeTokenRequest {
-            token_id: id.clone(),
-        })
-        .await
-        .unwrap();
+    let (id, token) = token(&mut h, OWNER, "acme").await;
+    let mut q = Client::connect(h.addr(), &token).await;
+    q.get_balance("acme").await.unwrap();
+    h.revoke_token(&id).await.unwrap();
     assert_status(
         "revoked",
-        balance(&mut q, "acme").await,
+        q.get_balance("acme").await,
         Code::Unauthenticated,
         &["unknown or revoked token"],
     );
-    let r = h
-        .admin
-        .revoke_token(pb::RevokeTokenRequest {
-            token_id: "tok_nope".into(),
-        })
-        .await;
+    let r = h.revoke_token("tok_nope").await;
     assert_status("unknown token id", r, Code::NotFound, &["tok_nope"]);
     // Nothing was changed by any refused call.
-    assert_eq!(amount(&h.balance("acme").await.balance), "10");
+    assert_eq!(amount(&h.get_balance("acme").await.unwrap().balance), "10");
 }
 
 #[tokio::test]
 async fn an_owner_acts_on_its_own_account_only() {
     let mut h = two_accounts().await;
-    let (_, token) = token_for(&mut h, pb::principal::Kind::Owner, "acme").await;
-    let (mut q, mut a) = clients(&h, &token).await;
-    assert!(reserve(&mut q, "acme", "a1").await.unwrap().admitted);
-    commit(&mut q, "a1").await.unwrap();
-    balance(&mut q, "acme").await.unwrap();
-    q.admit(pb::AdmitRequest {
-        account_id: "acme".into(),
-        resource: pb::Resource::GpuShared as i32,
-        sku: A10.into(),
-        quantity: 1,
-    })
-    .await
-    .unwrap();
+    let (_, token) = token(&mut h, OWNER, "acme").await;
+    let mut q = Client::connect(h.addr(), &token).await;
+    assert!(
+        q.reserve("acme", "a1", GPU_SHARED, A10, 1_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
+    q.commit("a1", 1_000).await.unwrap();
+    q.get_balance("acme").await.unwrap();
+    q.admit("acme", pb::Resource::GpuShared, A10, 1)
+        .await
+        .unwrap();
 
     for (what, r) in [
-        ("balance", balance(&mut q, "globex").await.map(drop)),
-        ("reserve", reserve(&mut q, "globex", "g1").await.map(drop)),
+        ("balance", q.get_balance("globex").await.map(drop)),
+        (
+            "reserve",
+            q.reserve("globex", "g1", GPU_SHARED, A10, 1_000, 0)
+                .await
+                .map(drop),
+        ),
     ] {
         assert_status(what, r, Code::PermissionDenied, &["acme", "globex"]);
     }
     // Admin is the operator's, but an owner manages access to its own account.
-    let r = a
-        .top_up(pb::TopUpRequest {
-            account_id: "acme".into(),
-            amount: Some(money("100")),
-            topup_id: "free-money".into(),
-        })
-        .await;
+    let r = q.top_up("acme", "100", "free-money").await;
     assert_status("owner TopUp", r, Code::PermissionDenied, &["operator"]);
-    let r = a
-        .create_token(pb::CreateTokenRequest {
-            principal: Some(pb::Principal {
-                kind: pb::principal::Kind::Operator as i32,
-                account_id: String::new(),
-                name: "me".into(),
-            }),
-        })
-        .await;
+    let r = q.create_token(OPERATOR, "", "me").await;
     assert_status(
         "owner CreateToken",
         r,
@@ -263,64 +170,57 @@ async fn an_owner_acts_on_its_own_account_only() {
         &["operator"],
     );
     assert_eq!(
-        grant(&mut a, "acme", "bob", &["balance"]).await,
+        q.grant_access("acme", "bob", &["balance"])
+            .await
+            .unwrap()
+            .permissions,
         vec!["balance"]
     );
-    let r = a
-        .grant_access(pb::GrantAccessRequest {
-            account_id: "globex".into(),
-            sub_user: "bob".into(),
-            permissions: vec!["reserve".into()],
-        })
-        .await;
+    let r = q.grant_access("globex", "bob", &["reserve"]).await;
     assert_status(
         "owner grants on another account",
         r,
         Code::PermissionDenied,
         &["globex"],
     );
-    assert_eq!(amount(&h.balance("globex").await.balance), "10");
+    assert_eq!(
+        amount(&h.get_balance("globex").await.unwrap().balance),
+        "10"
+    );
 }
 
 /// Each permission opens exactly its calls, only on the account it was granted on.
 #[tokio::test]
 async fn a_sub_user_has_exactly_what_its_owner_granted() {
     let mut h = two_accounts().await;
-    let (_, owner) = token_for(&mut h, pb::principal::Kind::Owner, "acme").await;
-    let (_, bob) = token_for(&mut h, pb::principal::Kind::SubUser, "bob").await;
-    let (_, mut owner_admin) = clients(&h, &owner).await;
-    let (mut q, mut bob_admin) = clients(&h, &bob).await;
+    let (_, owner) = token(&mut h, OWNER, "acme").await;
+    let (_, bob) = token(&mut h, SUB_USER, "bob").await;
+    let mut owner_admin = Client::connect(h.addr(), &owner).await;
+    let mut q = Client::connect(h.addr(), &bob).await;
 
     // One call per permission; each returns Ok or the status.
-    async fn try_call(q: &mut QuotaClient<Ch>, perm: &str, n: usize) -> Result<(), tonic::Status> {
+    async fn try_call(q: &mut Client, perm: &str, n: usize) -> Result<(), tonic::Status> {
         match perm {
-            "reserve" => reserve(q, "acme", &format!("bob-{n}")).await.map(drop),
+            "reserve" => q
+                .reserve("acme", &format!("bob-{n}"), GPU_SHARED, A10, 1_000, 0)
+                .await
+                .map(drop),
             "admit" => q
-                .admit(pb::AdmitRequest {
-                    account_id: "acme".into(),
-                    resource: pb::Resource::GpuShared as i32,
-                    sku: A10.into(),
-                    quantity: 1,
-                })
+                .admit("acme", pb::Resource::GpuShared, A10, 1)
                 .await
                 .map(drop),
             "sessions" => q
-                .start_session(pb::StartSessionRequest {
-                    account_id: "acme".into(),
-                    session_id: format!("bob-s{n}"),
-                    sku: "gpu.exclusive.a10.8c30g".into(),
-                    auto_shutdown: None,
-                    idle_timeout_ms: 0,
-                })
+                .start_session(
+                    "acme",
+                    &format!("bob-s{n}"),
+                    "gpu.exclusive.a10.8c30g",
+                    None,
+                    0,
+                )
                 .await
                 .map(drop),
-            "balance" => balance(q, "acme").await.map(drop),
-            "watch" => q
-                .watch(pb::WatchRequest {
-                    account_id: "acme".into(),
-                })
-                .await
-                .map(drop),
+            "balance" => q.get_balance("acme").await.map(drop),
+            "watch" => q.watch("acme").await.map(drop),
             _ => unreachable!(),
         }
     }
@@ -344,7 +244,7 @@ async fn a_sub_user_has_exactly_what_its_owner_granted() {
     }
     let mut granted: Vec<&str> = Vec::new();
     for p in PERMS {
-        grant(&mut owner_admin, "acme", "bob", &[p]).await;
+        owner_admin.grant_access("acme", "bob", &[p]).await.unwrap();
         granted.push(p);
         for other in PERMS {
             n += 1;
@@ -364,17 +264,11 @@ async fn a_sub_user_has_exactly_what_its_owner_granted() {
     // Not on another account, and a sub-user manages nothing.
     assert_status(
         "other account",
-        balance(&mut q, "globex").await,
+        q.get_balance("globex").await,
         Code::PermissionDenied,
         &["globex", "owner must grant"],
     );
-    let r = bob_admin
-        .grant_access(pb::GrantAccessRequest {
-            account_id: "acme".into(),
-            sub_user: "bob".into(),
-            permissions: vec!["reserve".into()],
-        })
-        .await;
+    let r = q.grant_access("acme", "bob", &["reserve"]).await;
     assert_status(
         "sub-user GrantAccess",
         r,
@@ -383,45 +277,29 @@ async fn a_sub_user_has_exactly_what_its_owner_granted() {
     );
     // Revoked again: denied again, at once.
     let left = owner_admin
-        .revoke_access(pb::RevokeAccessRequest {
-            account_id: "acme".into(),
-            sub_user: "bob".into(),
-            permissions: vec!["balance".into()],
-        })
+        .revoke_access("acme", "bob", &["balance"])
         .await
         .unwrap()
-        .into_inner()
         .permissions;
     assert_eq!(left, vec!["reserve", "admit", "sessions", "watch"]);
     assert_status(
         "balance revoked",
-        balance(&mut q, "acme").await,
+        q.get_balance("acme").await,
         Code::PermissionDenied,
         &["balance"],
     );
-    reserve(&mut q, "acme", "still").await.unwrap();
-    owner_admin
-        .revoke_access(pb::RevokeAccessRequest {
-            account_id: "acme".into(),
-            sub_user: "bob".into(),
-            permissions: vec![],
-        })
+    q.reserve("acme", "still", GPU_SHARED, A10, 1_000, 0)
         .await
         .unwrap();
+    owner_admin.revoke_access("acme", "bob", &[]).await.unwrap();
     assert_status(
         "all revoked",
-        reserve(&mut q, "acme", "no").await,
+        q.reserve("acme", "no", GPU_SHARED, A10, 1_000, 0).await,
         Code::PermissionDenied,
         &["reserve"],
     );
     // A permission that does not exist is named.
-    let r = owner_admin
-        .grant_access(pb::GrantAccessRequest {
-            account_id: "acme".into(),
-            sub_user: "bob".into(),
-            permissions: vec!["root".into()],
-        })
-        .await;
+    let r = owner_admin.grant_access("acme", "bob", &["root"]).await;
     assert_status(
         "bad permission",
         r,
@@ -433,105 +311,84 @@ async fn a_sub_user_has_exactly_what_its_owner_granted() {
 #[tokio::test]
 async fn nobody_settles_or_probes_another_accounts_reservation_or_session() {
     let mut h = two_accounts().await;
-    let (_, acme) = token_for(&mut h, pb::principal::Kind::Owner, "acme").await;
-    let (_, globex) = token_for(&mut h, pb::principal::Kind::Owner, "globex").await;
-    let (_, bob) = token_for(&mut h, pb::principal::Kind::SubUser, "bob").await;
-    let (mut qa, mut acme_admin) = clients(&h, &acme).await;
-    let (mut qg, _) = clients(&h, &globex).await;
-    let (mut qb, _) = clients(&h, &bob).await;
+    let (_, acme) = token(&mut h, OWNER, "acme").await;
+    let (_, globex) = token(&mut h, OWNER, "globex").await;
+    let (_, bob) = token(&mut h, SUB_USER, "bob").await;
+    let mut qa = Client::connect(h.addr(), &acme).await;
+    let mut qg = Client::connect(h.addr(), &globex).await;
+    let mut qb = Client::connect(h.addr(), &bob).await;
     assert!(
-        reserve(&mut qa, "acme", "secret-job")
+        qa.reserve("acme", "secret-job", GPU_SHARED, A10, 1_000, 0)
             .await
             .unwrap()
             .admitted
     );
-    qa.start_session(pb::StartSessionRequest {
-        account_id: "acme".into(),
-        session_id: "secret-session".into(),
-        sku: "gpu.exclusive.a10.8c30g".into(),
-        auto_shutdown: None,
-        idle_timeout_ms: 0,
-    })
-    .await
-    .unwrap();
+    qa.start_session("acme", "secret-session", "gpu.exclusive.a10.8c30g", None, 0)
+        .await
+        .unwrap();
 
     // globex: answered exactly like an id that does not exist.
-    let theirs = commit(&mut qg, "secret-job").await.unwrap_err();
-    let unknown = commit(&mut qg, "no-such-job").await.unwrap_err();
+    let theirs = qg.commit("secret-job", 1_000).await.unwrap_err();
+    let unknown = qg.commit("no-such-job", 1_000).await.unwrap_err();
     assert_eq!(theirs.code(), Code::NotFound);
     assert_eq!(
         theirs.message().replace("secret-job", "X"),
         unknown.message().replace("no-such-job", "X")
     );
-    let r = qg
-        .release(pb::ReleaseRequest {
-            reservation_id: "secret-job".into(),
-        })
-        .await;
+    let r = qg.release("secret-job").await;
     assert_status("release theirs", r, Code::NotFound, &["does not exist"]);
     for r in [
-        qg.heartbeat(pb::HeartbeatRequest {
-            session_id: "secret-session".into(),
-            busy: false,
-        })
-        .await
-        .map(drop),
-        qg.stop_session(pb::StopSessionRequest {
-            session_id: "secret-session".into(),
-        })
-        .await
-        .map(drop),
+        qg.heartbeat("secret-session", false).await.map(drop),
+        qg.stop_session("secret-session").await.map(drop),
     ] {
         assert_status("their session", r, Code::NotFound, &["does not exist"]);
     }
     // Reusing their id for globex's own reservation: refused without naming acme.
-    let r = reserve(&mut qg, "globex", "secret-job").await;
+    let r = qg
+        .reserve("globex", "secret-job", GPU_SHARED, A10, 1_000, 0)
+        .await;
     let s = r.unwrap_err();
     assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
     assert!(!s.message().contains("acme"), "{s:?}");
     // A usage stream of globex's own taking over acme's job: refused without naming acme.
-    let mut job = Job::open(&mut qg, "globex", "secret-job").await;
+    let mut job = qg.stream_usage("globex", "secret-job").await.unwrap();
     let s = job.report(1, 1_000).await.unwrap_err();
     assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
     assert!(!s.message().contains("acme"), "{s:?}");
     // A usage stream naming acme's job on acme is refused at its first report.
-    let mut job = Job::open(&mut qg, "acme", "secret-job").await;
+    let mut job = qg.stream_usage("acme", "secret-job").await.unwrap();
     let r = job.report(1, 1_000).await;
     assert_status("stream on acme", r, Code::PermissionDenied, &["acme"]);
 
     // bob with balance on acme sees acme, so is told what he lacks.
-    grant(&mut acme_admin, "acme", "bob", &["balance"]).await;
+    qa.grant_access("acme", "bob", &["balance"]).await.unwrap();
     assert_status(
         "bob commits",
-        commit(&mut qb, "secret-job").await,
+        qb.commit("secret-job", 1_000).await,
         Code::PermissionDenied,
         &["reserve", "owner must grant"],
     );
-    let r = qb
-        .stop_session(pb::StopSessionRequest {
-            session_id: "secret-session".into(),
-        })
-        .await;
+    let r = qb.stop_session("secret-session").await;
     assert_status("bob stops", r, Code::PermissionDenied, &["sessions"]);
 
     // The hold is untouched, and its owner settles it.
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_ne!(amount(&b.held), "0");
-    commit(&mut qa, "secret-job").await.unwrap();
+    qa.commit("secret-job", 1_000).await.unwrap();
 }
 
 #[tokio::test]
 async fn a_sidecar_token_is_for_the_ledger_service_only() {
     let mut h = two_accounts().await;
-    let (_, sidecar) = token_for(&mut h, pb::principal::Kind::Sidecar, "s1").await;
-    let (mut q, mut a) = clients(&h, &sidecar).await;
+    let (_, sidecar) = token(&mut h, SIDECAR, "s1").await;
+    let mut q = Client::connect(h.addr(), &sidecar).await;
     assert_status(
         "sidecar on Quota",
-        balance(&mut q, "acme").await,
+        q.get_balance("acme").await,
         Code::PermissionDenied,
         &["sidecar"],
     );
-    let r = a.get_catalog(pb::GetCatalogRequest {}).await;
+    let r = q.get_catalog().await;
     assert_status("sidecar on Admin", r, Code::PermissionDenied, &["sidecar"]);
 }
 
@@ -541,9 +398,9 @@ async fn auth_disabled_lets_everyone_in_and_writes_no_token() {
     let mut cfg = config(dir.path());
     cfg.auth.disabled = true;
     let running = server::start(cfg, ManualClock::new(T0_MS)).await.unwrap();
-    let (mut q, mut a) = connect(running.addr, "").await;
-    create_account(&mut a, "acme", "1").await;
-    balance(&mut q, "acme").await.unwrap();
+    let mut q = Client::connect(running.addr, "").await;
+    q.create_account("acme", "1").await.unwrap();
+    q.get_balance("acme").await.unwrap();
     assert!(!dir.path().join(quotad::auth::OPERATOR_TOKEN_FILE).exists());
     running.shutdown().await.unwrap();
 }
@@ -608,10 +465,10 @@ async fn a_ledger_serves_only_sidecars_with_a_token_and_revocations_reach_them()
     let ledger = server::start_ledger(lcfg, clock.clone()).await.unwrap();
     let operator =
         quotad::auth::read_token_file(&dir.path().join("ledger-operator.token")).unwrap();
-    let (_, mut admin) = connect(ledger.addr, &operator).await;
-    create_account(&mut admin, "acme", "10").await;
-    let (_, sidecar_token) = token_at(&mut admin, pb::principal::Kind::Sidecar, "s1").await;
-    let (owner_id, owner) = token_at(&mut admin, pb::principal::Kind::Owner, "acme").await;
+    let mut admin = Client::connect(ledger.addr, &operator).await;
+    admin.create_account("acme", "10").await.unwrap();
+    let (_, sidecar_token) = token(&mut admin, SIDECAR, "s1").await;
+    let (owner_id, owner) = token(&mut admin, OWNER, "acme").await;
 
     let sidecar = |name: &str, token: Option<&str>| {
         let mut cfg = config(&dir.path().join(name));
@@ -642,8 +499,8 @@ async fn a_ledger_serves_only_sidecars_with_a_token_and_revocations_reach_them()
             .to_string();
         assert!(e.contains(why) && e.contains("token"), "{name}: {e}");
         // Its callers cannot be checked either: refused, not let through.
-        let (mut q, _) = connect(running.addr, &owner).await;
-        let r = balance(&mut q, "acme").await;
+        let mut q = Client::connect(running.addr, &owner).await;
+        let r = q.get_balance("acme").await;
         assert!(r.is_err(), "{name}: {r:?}");
         running.shutdown().await.ok();
     }
@@ -652,19 +509,24 @@ async fn a_ledger_serves_only_sidecars_with_a_token_and_revocations_reach_them()
         .await
         .unwrap();
     running.engine().refresh_account("acme").await.unwrap();
-    let (mut q, _) = connect(running.addr, &owner).await;
-    assert!(reserve(&mut q, "acme", "r1").await.unwrap().admitted);
+    let mut q = Client::connect(running.addr, &owner).await;
+    assert!(
+        q.reserve("acme", "r1", GPU_SHARED, A10, 1_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
     assert_status(
         "other account",
-        balance(&mut q, "globex").await,
+        q.get_balance("globex").await,
         Code::PermissionDenied,
         &["acme"],
     );
     // The sidecar's token is no Quota caller.
-    let (mut qs, _) = connect(running.addr, &sidecar_token).await;
+    let mut qs = Client::connect(running.addr, &sidecar_token).await;
     assert_status(
         "sidecar token on Quota",
-        balance(&mut qs, "acme").await,
+        qs.get_balance("acme").await,
         Code::PermissionDenied,
         &["sidecar"],
     );
@@ -697,15 +559,12 @@ async fn a_ledger_serves_only_sidecars_with_a_token_and_revocations_reach_them()
 
     // Revoked at the ledger: the sidecar still trusts its cached answer within the TTL,
     // and refuses once it has passed.
-    admin
-        .revoke_token(pb::RevokeTokenRequest { token_id: owner_id })
-        .await
-        .unwrap();
-    balance(&mut q, "acme").await.unwrap();
+    admin.revoke_token(&owner_id).await.unwrap();
+    q.get_balance("acme").await.unwrap();
     clock.advance_ms(TTL_MS as i64);
     assert_status(
         "revoked, after the TTL",
-        balance(&mut q, "acme").await,
+        q.get_balance("acme").await,
         Code::Unauthenticated,
         &["unknown or revoked"],
     );
@@ -769,13 +628,8 @@ async fn tls_and_mutual_tls() {
                         .unwrap()
                         .connect()
                         .await?;
-                let mut q = QuotaClient::new(with_token(ch, &token));
-                Ok::<_, Box<dyn std::error::Error>>(
-                    q.get_balance(pb::GetBalanceRequest {
-                        account_id: "nobody".into(),
-                    })
-                    .await,
-                )
+                let mut q = Client::over(with_token(ch, &token));
+                Ok::<_, Box<dyn std::error::Error>>(q.get_balance("nobody").await)
             }
         };
         // NOT_FOUND from the server: the call went through TLS and authentication.
@@ -797,12 +651,10 @@ async fn tls_and_mutual_tls() {
                 .unwrap()
                 .connect()
                 .await?;
-            let mut q = QuotaClient::new(with_token(ch, &token));
-            q.get_balance(pb::GetBalanceRequest {
-                account_id: "nobody".into(),
-            })
-            .await
-            .map_err(|s| Box::new(s) as Box<dyn std::error::Error>)
+            let mut q = Client::over(with_token(ch, &token));
+            q.get_balance("nobody")
+                .await
+                .map_err(|s| Box::new(s) as Box<dyn std::error::Error>)
         };
         let r: Result<_, Box<dyn std::error::Error>> = plain.await;
         assert!(r.is_err(), "a plaintext client was served");
@@ -815,27 +667,23 @@ async fn tls_and_mutual_tls() {
 #[tokio::test]
 async fn storage_reports_need_the_reserve_permission_on_the_account() {
     let mut h = two_accounts().await;
-    let report = |account: &str| pb::ReportStorageRequest {
-        account_id: account.into(),
-        bytes_stored: 1_000_000_000,
-        at_ms: 0,
-    };
-    let (_, owner) = token_for(&mut h, pb::principal::Kind::Owner, "acme").await;
-    let (mut q, mut a) = clients(&h, &owner).await;
-    q.report_storage(report("acme")).await.unwrap();
-    let r = q.report_storage(report("globex")).await;
+    const GB: i64 = 1_000_000_000;
+    let (_, owner) = token(&mut h, OWNER, "acme").await;
+    let mut q = Client::connect(h.addr(), &owner).await;
+    q.report_storage("acme", GB, 0).await.unwrap();
+    let r = q.report_storage("globex", GB, 0).await;
     assert_status("owner of another", r, Code::PermissionDenied, &["globex"]);
 
-    let (_, bob) = token_for(&mut h, pb::principal::Kind::SubUser, "bob").await;
-    let (mut qb, _) = clients(&h, &bob).await;
-    grant(&mut a, "acme", "bob", &["balance"]).await;
-    let r = qb.report_storage(report("acme")).await;
+    let (_, bob) = token(&mut h, SUB_USER, "bob").await;
+    let mut qb = Client::connect(h.addr(), &bob).await;
+    q.grant_access("acme", "bob", &["balance"]).await.unwrap();
+    let r = qb.report_storage("acme", GB, 0).await;
     assert_status(
         "sub-user without reserve",
         r,
         Code::PermissionDenied,
         &["bob", "reserve", "acme", "owner must grant"],
     );
-    grant(&mut a, "acme", "bob", &["reserve"]).await;
-    qb.report_storage(report("acme")).await.unwrap();
+    q.grant_access("acme", "bob", &["reserve"]).await.unwrap();
+    qb.report_storage("acme", GB, 0).await.unwrap();
 }

@@ -59,8 +59,8 @@ struct Snapshot {
 
 async fn snapshot(h: &mut Harness) -> Snapshot {
     Snapshot {
-        balance: h.balance(ACME).await,
-        statement: h.statement(ACME).await,
+        balance: h.get_balance(ACME).await.unwrap(),
+        statement: h.get_statement(ACME).await.unwrap(),
     }
 }
 
@@ -68,11 +68,23 @@ async fn snapshot(h: &mut Harness) -> Snapshot {
 /// one committed usage ("done-1").
 async fn setup() -> Harness {
     let mut h = Harness::start().await;
-    h.create(ACME, "10").await;
-    h.coupon(ACME, "c1", "5", FAR_MS).await;
-    h.buy(ACME, "plan.compute.500", "p1").await;
-    assert!(h.reserve(ACME, "open-1", 10_000).await.unwrap().admitted);
-    assert!(h.reserve(ACME, "done-1", 1_234).await.unwrap().admitted);
+    h.create_account(ACME, "10").await.unwrap();
+    h.grant_credit(ACME, "c1", COUPON, ANY, "5", FAR_MS)
+        .await
+        .unwrap();
+    h.purchase(ACME, "plan.compute.500", "p1", 0).await.unwrap();
+    assert!(
+        h.reserve(ACME, "open-1", GPU_SHARED, A10, 10_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
+    assert!(
+        h.reserve(ACME, "done-1", GPU_SHARED, A10, 1_234, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
     h.commit("done-1", 1_234).await.unwrap();
     let s = snapshot(&mut h).await;
     assert_eq!(amount(&s.balance.held), "0.006");
@@ -103,13 +115,16 @@ macro_rules! check {
 }
 
 async fn assert_absent(h: &mut Harness, account: &str) {
-    let r = h.quota.get_balance(balance_req(account)).await;
+    let r = h.get_balance(account).await;
     assert_status(&format!("{account} must not exist"), r, Code::NotFound, &[]);
 }
 
 /// The server still serves: a normal Reserve on acme is admitted.
 async fn assert_serves(h: &mut Harness, reservation_id: &str) {
-    let r = h.reserve(ACME, reservation_id, 1_000).await.unwrap();
+    let r = h
+        .reserve(ACME, reservation_id, GPU_SHARED, A10, 1_000, 0)
+        .await
+        .unwrap();
     assert!(r.admitted, "{r:?}");
     assert_eq!(amount(&r.held), "0.0006");
 }
@@ -125,92 +140,6 @@ fn in_currency(currency: &str, amount: &str) -> Option<pb::Money> {
         currency: currency.into(),
         amount: amount.into(),
     })
-}
-
-fn create_req(account: &str, balance: Option<pb::Money>) -> pb::CreateAccountRequest {
-    pb::CreateAccountRequest {
-        account_id: account.into(),
-        balance,
-    }
-}
-
-fn top_up_req(account: &str, amount: Option<pb::Money>, id: &str) -> pb::TopUpRequest {
-    pb::TopUpRequest {
-        account_id: account.into(),
-        amount,
-        topup_id: id.into(),
-    }
-}
-
-fn purchase_req(account: &str, sku: &str, id: &str, effective_at_ms: i64) -> pb::PurchaseRequest {
-    pb::PurchaseRequest {
-        account_id: account.into(),
-        sku: sku.into(),
-        purchase_id: id.into(),
-        effective_at_ms,
-    }
-}
-
-/// A coupon covering anything, expiring at FAR_MS.
-fn credit_req(account: &str, grant_id: &str, amount: Option<pb::Money>) -> pb::GrantCreditRequest {
-    pb::GrantCreditRequest {
-        account_id: account.into(),
-        grant_id: grant_id.into(),
-        kind: pb::grant::Kind::Coupon as i32,
-        resource: pb::Resource::Unspecified as i32,
-        amount,
-        expires_at_ms: FAR_MS,
-    }
-}
-
-fn statement_req(account: &str) -> pb::GetStatementRequest {
-    pb::GetStatementRequest {
-        account_id: account.into(),
-    }
-}
-
-fn balance_req(account: &str) -> pb::GetBalanceRequest {
-    pb::GetBalanceRequest {
-        account_id: account.into(),
-    }
-}
-
-fn admit_req(account: &str, resource: i32, sku: &str, quantity: i64) -> pb::AdmitRequest {
-    pb::AdmitRequest {
-        account_id: account.into(),
-        resource,
-        sku: sku.into(),
-        quantity,
-    }
-}
-
-/// A Reserve on acme of 1 s of `sku` as `resource`.
-fn reserve_as(id: &str, resource: i32, sku: &str) -> pb::ReserveRequest {
-    pb::ReserveRequest {
-        resource,
-        sku: sku.into(),
-        ..reserve_req(ACME, id, 1_000)
-    }
-}
-
-fn reserve_ttl(id: &str, ttl_ms: i64) -> pb::ReserveRequest {
-    pb::ReserveRequest {
-        ttl_ms,
-        ..reserve_req(ACME, id, 1_000)
-    }
-}
-
-fn commit_req(id: &str, quantity: i64) -> pb::CommitRequest {
-    pb::CommitRequest {
-        reservation_id: id.into(),
-        quantity,
-    }
-}
-
-fn release_req(id: &str) -> pb::ReleaseRequest {
-    pb::ReleaseRequest {
-        reservation_id: id.into(),
-    }
 }
 
 const SHARED: i32 = pb::Resource::GpuShared as i32;
@@ -251,62 +180,54 @@ type Outcome = (String, Result<(), Status>);
 
 /// Every RPC that takes the id `field`, called with `id` there and valid values elsewhere.
 async fn calls_with_id(h: &mut Harness, field: IdField, id: &str) -> Vec<Outcome> {
-    let (a, q) = (&mut h.admin, &mut h.quota);
+    let c = &mut h.client;
     let mut out: Vec<Outcome> = Vec::new();
     let mut push = |rpc: &str, r: Result<(), Status>| out.push((format!("{rpc}({id:.40?})"), r));
     match field {
         IdField::Account => {
             push(
                 "CreateAccount",
-                a.create_account(create_req(id, cny("1"))).await.map(drop),
+                c.create_account(id, cny("1")).await.map(drop),
             );
-            push(
-                "TopUp",
-                a.top_up(top_up_req(id, cny("1"), "t-new")).await.map(drop),
-            );
-            let p = purchase_req(id, "plan.compute.500", "p-new", 0);
-            push("Purchase", a.purchase(p).await.map(drop));
+            push("TopUp", c.top_up(id, cny("1"), "t-new").await.map(drop));
+            let p = c.purchase(id, "plan.compute.500", "p-new", 0).await;
+            push("Purchase", p.map(drop));
             push(
                 "GrantCredit",
-                a.grant_credit(credit_req(id, "g-new", cny("1")))
+                c.grant_credit(id, "g-new", COUPON, ANY, cny("1"), FAR_MS)
                     .await
                     .map(drop),
             );
-            push(
-                "GetStatement",
-                a.get_statement(statement_req(id)).await.map(drop),
-            );
+            push("GetStatement", c.get_statement(id).await.map(drop));
             push(
                 "Reserve",
-                q.reserve(reserve_req(id, "r-new", 1_000)).await.map(drop),
+                c.reserve(id, "r-new", GPU_SHARED, A10, 1_000, 0)
+                    .await
+                    .map(drop),
             );
-            push(
-                "Admit",
-                q.admit(admit_req(id, SHARED, A10, 1_000)).await.map(drop),
-            );
-            push("GetBalance", q.get_balance(balance_req(id)).await.map(drop));
+            push("Admit", c.admit(id, SHARED, A10, 1_000).await.map(drop));
+            push("GetBalance", c.get_balance(id).await.map(drop));
         }
         IdField::Reservation => {
             push(
                 "Reserve",
-                q.reserve(reserve_req(ACME, id, 1_000)).await.map(drop),
+                c.reserve(ACME, id, GPU_SHARED, A10, 1_000, 0)
+                    .await
+                    .map(drop),
             );
-            push("Commit", q.commit(commit_req(id, 1_000)).await.map(drop));
-            push("Release", q.release(release_req(id)).await.map(drop));
+            push("Commit", c.commit(id, 1_000).await.map(drop));
+            push("Release", c.release(id).await.map(drop));
         }
         IdField::TopUp => {
-            push(
-                "TopUp",
-                a.top_up(top_up_req(ACME, cny("1"), id)).await.map(drop),
-            );
+            push("TopUp", c.top_up(ACME, cny("1"), id).await.map(drop));
         }
         IdField::Purchase => {
-            let p = purchase_req(ACME, "plan.compute.500", id, 0);
-            push("Purchase", a.purchase(p).await.map(drop));
+            let p = c.purchase(ACME, "plan.compute.500", id, 0).await;
+            push("Purchase", p.map(drop));
         }
         IdField::Grant => {
-            let g = credit_req(ACME, id, cny("1"));
-            push("GrantCredit", a.grant_credit(g).await.map(drop));
+            let g = c.grant_credit(ACME, id, COUPON, ANY, "1", FAR_MS).await;
+            push("GrantCredit", g.map(drop));
         }
     }
     out
@@ -324,21 +245,27 @@ async fn ids_rejected(h: &mut Harness, field: IdField, bad: &str, needle: &str) 
 
 /// A TopUp of 1 with `topup_id` is applied: the id was not used before.
 async fn top_up_one(h: &mut Harness, account: &str, topup_id: &str) {
-    let before = Money::parse(&amount(&h.balance(account).await.balance)).unwrap();
-    let r = h
-        .admin
-        .top_up(top_up_req(account, cny("1"), topup_id))
-        .await;
-    let after = amount(&r.unwrap().into_inner().balance);
+    let before = Money::parse(&amount(&h.get_balance(account).await.unwrap().balance)).unwrap();
+    let r = h.top_up(account, cny("1"), topup_id).await;
+    let after = amount(&r.unwrap().balance);
     assert_eq!(after, (before + Money::parse("1").unwrap()).to_string());
 }
 
 /// The ids of the Account batch in `calls_with_id` are still unused.
 async fn batch_ids_unused(h: &mut Harness) {
     top_up_one(h, ACME, "t-new").await;
-    h.buy(ACME, "plan.compute.500", "p-new").await;
-    h.coupon(ACME, "g-new", "1", FAR_MS).await;
-    assert!(h.reserve(ACME, "r-new", 1_000).await.unwrap().admitted);
+    h.purchase(ACME, "plan.compute.500", "p-new", 0)
+        .await
+        .unwrap();
+    h.grant_credit(ACME, "g-new", COUPON, ANY, "1", FAR_MS)
+        .await
+        .unwrap();
+    assert!(
+        h.reserve(ACME, "r-new", GPU_SHARED, A10, 1_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
 }
 
 // ---- cases: each takes its own "before" and may leave valid changes behind ------------
@@ -350,7 +277,7 @@ async fn top_up_bad_amounts(h: &mut Harness) {
         .copied()
         .chain([("0", "0"), ("-0", "0"), ("0.00", "0")])
     {
-        let r = h.admin.top_up(top_up_req(ACME, cny(bad), "t-bad")).await;
+        let r = h.top_up(ACME, cny(bad), "t-bad").await;
         let what = format!("TopUp amount {bad:?}");
         rejected(
             h,
@@ -365,15 +292,14 @@ async fn top_up_bad_amounts(h: &mut Harness) {
     check!(
         h,
         before,
-        h.admin
-            .top_up(top_up_req(ACME, in_currency("USD", "1"), "t-bad")),
+        h.top_up(ACME, in_currency("USD", "1"), "t-bad"),
         Code::InvalidArgument,
         ["amount", "USD"]
     );
     check!(
         h,
         before,
-        h.admin.top_up(top_up_req(ACME, None, "t-bad")),
+        h.top_up(ACME, None, "t-bad"),
         Code::InvalidArgument,
         ["amount", "required"]
     );
@@ -384,7 +310,7 @@ async fn top_up_bad_amounts(h: &mut Harness) {
 async fn create_account_bad_balances(h: &mut Harness) {
     let before = snapshot(h).await;
     for (bad, needle) in BAD_AMOUNTS.iter().copied() {
-        let r = h.admin.create_account(create_req("newbie", cny(bad))).await;
+        let r = h.create_account("newbie", cny(bad)).await;
         let what = format!("CreateAccount balance {bad:?}");
         rejected(
             h,
@@ -400,27 +326,21 @@ async fn create_account_bad_balances(h: &mut Harness) {
     check!(
         h,
         before,
-        h.admin
-            .create_account(create_req("newbie", in_currency("USD", "1"))),
+        h.create_account("newbie", in_currency("USD", "1")),
         Code::InvalidArgument,
         ["balance", "USD"]
     );
     assert_absent(h, "newbie").await;
     // Absent balance means zero.
-    let b = h
-        .admin
-        .create_account(create_req("newbie", None))
-        .await
-        .unwrap();
-    assert_eq!(amount(&b.into_inner().balance), "0");
+    let b = h.create_account("newbie", None).await.unwrap();
+    assert_eq!(amount(&b.balance), "0");
 }
 
 async fn grant_credit_bad_amounts(h: &mut Harness) {
     let before = snapshot(h).await;
     for (bad, needle) in BAD_AMOUNTS.iter().copied().chain([("0", "0")]) {
         let r = h
-            .admin
-            .grant_credit(credit_req(ACME, "g-amt", cny(bad)))
+            .grant_credit(ACME, "g-amt", COUPON, ANY, cny(bad), FAR_MS)
             .await;
         let what = format!("GrantCredit amount {bad:?}");
         rejected(
@@ -436,19 +356,21 @@ async fn grant_credit_bad_amounts(h: &mut Harness) {
     check!(
         h,
         before,
-        h.admin
-            .grant_credit(credit_req(ACME, "g-amt", in_currency("USD", "1"))),
+        h.grant_credit(ACME, "g-amt", COUPON, ANY, in_currency("USD", "1"), FAR_MS),
         Code::InvalidArgument,
         ["amount", "USD"]
     );
     check!(
         h,
         before,
-        h.admin.grant_credit(credit_req(ACME, "g-amt", None)),
+        h.grant_credit(ACME, "g-amt", COUPON, ANY, None, FAR_MS),
         Code::InvalidArgument,
         ["amount", "required"]
     );
-    let g = h.coupon(ACME, "g-amt", "1", FAR_MS).await;
+    let g = h
+        .grant_credit(ACME, "g-amt", COUPON, ANY, "1", FAR_MS)
+        .await
+        .unwrap();
     assert_eq!((g.grant_id.as_str(), g.quota.as_str()), ("g-amt", "1"));
 }
 
@@ -462,18 +384,16 @@ async fn amounts_beyond_decimal_precision(h: &mut Harness) {
             let before = snapshot(h).await;
             let r = match rpc {
                 "TopUp" => h
-                    .admin
-                    .top_up(top_up_req(ACME, cny(bad), &format!("t-29-{i}")))
+                    .top_up(ACME, cny(bad), &format!("t-29-{i}"))
                     .await
                     .map(drop),
                 "CreateAccount" => {
-                    let r = h.admin.create_account(create_req(&newbie, cny(bad))).await;
+                    let r = h.create_account(&newbie, cny(bad)).await;
                     r.map(drop)
                 }
                 _ => {
                     let r = h
-                        .admin
-                        .grant_credit(credit_req(ACME, &format!("g-29-{i}"), cny(bad)))
+                        .grant_credit(ACME, &format!("g-29-{i}"), COUPON, ANY, cny(bad), FAR_MS)
                         .await;
                     r.map(drop)
                 }
@@ -488,7 +408,7 @@ async fn amounts_beyond_decimal_precision(h: &mut Harness) {
             if snapshot(h).await != before {
                 wrong.push(format!("{rpc} {bad:?}: changed acme"));
             }
-            if rpc == "CreateAccount" && h.quota.get_balance(balance_req(&newbie)).await.is_ok() {
+            if rpc == "CreateAccount" && h.get_balance(&newbie).await.is_ok() {
                 wrong.push(format!("{rpc} {bad:?}: created account {newbie}"));
             }
         }
@@ -520,29 +440,30 @@ async fn malformed_ids(h: &mut Harness) {
 async fn ids_of_128_bytes_accepted(h: &mut Harness) {
     let id = |c: char| c.to_string().repeat(128);
     let acct = id('A');
-    let b = h
-        .admin
-        .create_account(create_req(&acct, cny("2")))
+    let b = h.create_account(&acct, cny("2")).await.unwrap();
+    assert_eq!(b.account_id, acct);
+    let b = h.top_up(&acct, cny("1"), &id('t')).await.unwrap();
+    assert_eq!(amount(&b.balance), "3");
+    let p = h
+        .purchase(&acct, "plan.compute.500", &id('p'), 0)
         .await
         .unwrap();
-    assert_eq!(b.into_inner().account_id, acct);
-    let b = h
-        .admin
-        .top_up(top_up_req(&acct, cny("1"), &id('t')))
-        .await
-        .unwrap();
-    assert_eq!(amount(&b.into_inner().balance), "3");
-    let p = h.buy(&acct, "plan.compute.500", &id('p')).await;
     assert_eq!(p.grants.len(), 1);
-    let g = h.coupon(&acct, &id('g'), "1", FAR_MS).await;
+    let g = h
+        .grant_credit(&acct, &id('g'), COUPON, ANY, "1", FAR_MS)
+        .await
+        .unwrap();
     assert_eq!(g.grant_id, id('g'));
-    let r = h.reserve(&acct, &id('r'), 1_000).await.unwrap();
+    let r = h
+        .reserve(&acct, &id('r'), GPU_SHARED, A10, 1_000, 0)
+        .await
+        .unwrap();
     assert!(r.admitted, "{r:?}");
     assert_eq!(
         amount(&h.commit(&id('r'), 1_000).await.unwrap().charged),
         "0.0006"
     );
-    let s = h.statement(&acct).await;
+    let s = h.get_statement(&acct).await.unwrap();
     assert_eq!(s.account_id, acct);
     assert_eq!(s.entries.len(), 1);
     assert_eq!(s.entries[0].usage_id, id('r'));
@@ -556,14 +477,14 @@ async fn megabyte_ids(h: &mut Harness) {
         Code::ResourceExhausted,
         Code::OutOfRange,
     ];
-    let r = h.quota.reserve(reserve_req(&huge, "r-huge", 1_000)).await;
+    let r = h.reserve(&huge, "r-huge", GPU_SHARED, A10, 1_000, 0).await;
     let s = r.expect_err("a 1 MB account_id must be rejected");
     assert!(
         over_limit.contains(&s.code()),
         "Reserve with a 1 MB id: {s:?}"
     );
     assert_eq!(snapshot(h).await, before);
-    let r = h.admin.top_up(top_up_req(ACME, cny("1"), &huge)).await;
+    let r = h.top_up(ACME, cny("1"), &huge).await;
     let s = r.expect_err("a 1 MB topup_id must be rejected");
     assert!(
         over_limit.contains(&s.code()),
@@ -572,7 +493,7 @@ async fn megabyte_ids(h: &mut Harness) {
     assert_eq!(snapshot(h).await, before);
     // Under the message size limit the id is judged on its own, and not echoed back.
     let big = "y".repeat(60_000);
-    let r = h.quota.reserve(reserve_req(ACME, &big, 1_000)).await;
+    let r = h.reserve(ACME, &big, GPU_SHARED, A10, 1_000, 0).await;
     let s = r.expect_err("a 60 kB reservation_id must be rejected");
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
     assert!(s.message().contains("reservation_id"), "{s:?}");
@@ -591,75 +512,66 @@ async fn unknown_accounts(h: &mut Harness) {
     check!(
         h,
         before,
-        h.quota.reserve(reserve_req("ghost", "r-ghost", 1_000)),
+        h.reserve("ghost", "r-ghost", GPU_SHARED, A10, 1_000, 0),
         nf,
         ["ghost"]
     );
     check!(
         h,
         before,
-        h.quota.admit(admit_req("ghost", SHARED, A10, 1_000)),
+        h.admit("ghost", SHARED, A10, 1_000),
+        nf,
+        ["ghost"]
+    );
+    check!(h, before, h.get_balance("ghost"), nf, ["ghost"]);
+    check!(
+        h,
+        before,
+        h.top_up("ghost", cny("1"), "t-ghost"),
         nf,
         ["ghost"]
     );
     check!(
         h,
         before,
-        h.quota.get_balance(balance_req("ghost")),
+        h.purchase("ghost", "plan.compute.500", "p-ghost", 0),
         nf,
         ["ghost"]
     );
+    check!(h, before, h.get_statement("ghost"), nf, ["ghost"]);
     check!(
         h,
         before,
-        h.admin.top_up(top_up_req("ghost", cny("1"), "t-ghost")),
-        nf,
-        ["ghost"]
-    );
-    check!(
-        h,
-        before,
-        h.admin
-            .purchase(purchase_req("ghost", "plan.compute.500", "p-ghost", 0)),
-        nf,
-        ["ghost"]
-    );
-    check!(
-        h,
-        before,
-        h.admin.get_statement(statement_req("ghost")),
-        nf,
-        ["ghost"]
-    );
-    check!(
-        h,
-        before,
-        h.admin
-            .grant_credit(credit_req("ghost", "g-ghost", cny("1"))),
+        h.grant_credit("ghost", "g-ghost", COUPON, ANY, cny("1"), FAR_MS),
         nf,
         ["ghost"]
     );
     assert_absent(h, "ghost").await;
     // Nothing was recorded under the ids the rejected calls carried.
-    h.create("ghost", "1").await;
-    let b = h
-        .admin
-        .top_up(top_up_req("ghost", cny("1"), "t-ghost"))
-        .await
-        .unwrap();
-    assert_eq!(amount(&b.into_inner().balance), "2");
+    h.create_account("ghost", "1").await.unwrap();
+    let b = h.top_up("ghost", cny("1"), "t-ghost").await.unwrap();
+    assert_eq!(amount(&b.balance), "2");
     assert_eq!(
-        h.buy("ghost", "plan.compute.500", "p-ghost")
+        h.purchase("ghost", "plan.compute.500", "p-ghost", 0)
             .await
+            .unwrap()
             .grants
             .len(),
         1
     );
     assert_eq!(
-        h.coupon("ghost", "g-ghost", "1", FAR_MS).await.grant_id,
+        h.grant_credit("ghost", "g-ghost", COUPON, ANY, "1", FAR_MS)
+            .await
+            .unwrap()
+            .grant_id,
         "g-ghost"
     );
-    assert!(h.reserve("ghost", "r-ghost", 1_000).await.unwrap().admitted);
+    assert!(
+        h.reserve("ghost", "r-ghost", GPU_SHARED, A10, 1_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
 }
 
 async fn unknown_and_malformed_skus(h: &mut Harness) {
@@ -669,72 +581,53 @@ async fn unknown_and_malformed_skus(h: &mut Harness) {
     check!(
         h,
         before,
-        h.quota.reserve(reserve_as("r-sku", SHARED, h100)),
+        h.reserve(ACME, "r-sku", SHARED, h100, 1_000, 0),
         nf,
         [h100]
     );
+    check!(h, before, h.admit(ACME, SHARED, h100, 1_000), nf, [h100]);
     check!(
         h,
         before,
-        h.quota.admit(admit_req(ACME, SHARED, h100, 1_000)),
-        nf,
-        [h100]
-    );
-    check!(
-        h,
-        before,
-        h.quota
-            .reserve(reserve_as("r-sku", SHARED, "plan.compute.500")),
+        h.reserve(ACME, "r-sku", SHARED, "plan.compute.500", 1_000, 0),
         nf,
         ["plan.compute.500"]
     );
     check!(
         h,
         before,
-        h.admin
-            .purchase(purchase_req(ACME, "plan.nope", "p-sku", 0)),
+        h.purchase(ACME, "plan.nope", "p-sku", 0),
         nf,
         ["plan.nope"]
     );
     // A price is not something one buys.
+    check!(h, before, h.purchase(ACME, A10, "p-sku", 0), nf, [A10]);
     check!(
         h,
         before,
-        h.admin.purchase(purchase_req(ACME, A10, "p-sku", 0)),
-        nf,
-        [A10]
-    );
-    check!(
-        h,
-        before,
-        h.quota.reserve(reserve_as("r-sku", SHARED, "")),
+        h.reserve(ACME, "r-sku", SHARED, "", 1_000, 0),
         inv,
         ["sku"]
     );
-    check!(
-        h,
-        before,
-        h.quota.admit(admit_req(ACME, SHARED, "", 1_000)),
-        inv,
-        ["sku"]
-    );
-    check!(
-        h,
-        before,
-        h.admin.purchase(purchase_req(ACME, "", "p-sku", 0)),
-        inv,
-        ["sku"]
-    );
+    check!(h, before, h.admit(ACME, SHARED, "", 1_000), inv, ["sku"]);
+    check!(h, before, h.purchase(ACME, "", "p-sku", 0), inv, ["sku"]);
     let long = "s".repeat(65);
     check!(
         h,
         before,
-        h.quota.reserve(reserve_as("r-sku", SHARED, &long)),
+        h.reserve(ACME, "r-sku", SHARED, &long, 1_000, 0),
         inv,
         ["sku"]
     );
-    assert!(h.reserve(ACME, "r-sku", 1_000).await.unwrap().admitted);
-    h.buy(ACME, "plan.compute.500", "p-sku").await;
+    assert!(
+        h.reserve(ACME, "r-sku", GPU_SHARED, A10, 1_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
+    h.purchase(ACME, "plan.compute.500", "p-sku", 0)
+        .await
+        .unwrap();
 }
 
 async fn bad_resources(h: &mut Harness) {
@@ -745,26 +638,26 @@ async fn bad_resources(h: &mut Harness) {
     check!(
         h,
         before,
-        h.quota.reserve(reserve_as("r-res", SHARED, EXCLUSIVE_SKU)),
+        h.reserve(ACME, "r-res", SHARED, EXCLUSIVE_SKU, 1_000, 0),
         inv,
         [EXCLUSIVE_SKU]
     );
     check!(
         h,
         before,
-        h.quota.admit(admit_req(ACME, SHARED, EXCLUSIVE_SKU, 1_000)),
+        h.admit(ACME, SHARED, EXCLUSIVE_SKU, 1_000),
         inv,
         [EXCLUSIVE_SKU]
     );
     check!(
         h,
         before,
-        h.quota.reserve(reserve_as("r-res", ex, A10)),
+        h.reserve(ACME, "r-res", ex, A10, 1_000, 0),
         inv,
         [A10]
     );
     for (v, needle) in [(R::Unspecified as i32, "resource"), (99, "99"), (-1, "-1")] {
-        let r = h.quota.reserve(reserve_as("r-res", v, A10)).await;
+        let r = h.reserve(ACME, "r-res", v, A10, 1_000, 0).await;
         rejected(
             h,
             &before,
@@ -774,7 +667,7 @@ async fn bad_resources(h: &mut Harness) {
             &[needle],
         )
         .await;
-        let r = h.quota.admit(admit_req(ACME, v, A10, 1_000)).await;
+        let r = h.admit(ACME, v, A10, 1_000).await;
         rejected(
             h,
             &before,
@@ -789,53 +682,68 @@ async fn bad_resources(h: &mut Harness) {
     check!(
         h,
         before,
-        h.quota
-            .reserve(reserve_as("r-res", storage, "storage.standard")),
+        h.reserve(ACME, "r-res", storage, "storage.standard", 1_000, 0),
         inv,
         ["STORAGE"]
     );
     check!(
         h,
         before,
-        h.quota
-            .admit(admit_req(ACME, storage, "storage.standard", 1)),
+        h.admit(ACME, storage, "storage.standard", 1),
         inv,
         ["STORAGE"]
     );
-    let mut g = credit_req(ACME, "g-res", cny("1"));
-    g.resource = 99;
-    check!(h, before, h.admin.grant_credit(g), inv, ["resource", "99"]);
-    assert!(h.reserve(ACME, "r-res", 1_000).await.unwrap().admitted);
+    check!(
+        h,
+        before,
+        h.grant_credit(ACME, "g-res", COUPON, 99, cny("1"), FAR_MS),
+        inv,
+        ["resource", "99"]
+    );
+    assert!(
+        h.reserve(ACME, "r-res", GPU_SHARED, A10, 1_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
 }
 
 async fn bad_quantities(h: &mut Harness) {
     let before = snapshot(h).await;
     let inv = Code::InvalidArgument;
     for q in [0, -1, i64::MIN, QUANTITY_MAX + 1, i64::MAX] {
-        let r = h.quota.reserve(reserve_req(ACME, "r-qty", q)).await;
+        let r = h.reserve(ACME, "r-qty", GPU_SHARED, A10, q, 0).await;
         let what = format!("Reserve quantity {q}");
         rejected(h, &before, &what, r, inv, &["quantity", &q.to_string()]).await;
-        let r = h.quota.admit(admit_req(ACME, SHARED, A10, q)).await;
+        let r = h.admit(ACME, SHARED, A10, q).await;
         let what = format!("Admit quantity {q}");
         rejected(h, &before, &what, r, inv, &["quantity", &q.to_string()]).await;
     }
     for q in [-1, i64::MIN, QUANTITY_MAX + 1, i64::MAX] {
-        let r = h.quota.commit(commit_req("open-1", q)).await;
+        let r = h.commit("open-1", q).await;
         let what = format!("Commit quantity {q}");
         rejected(h, &before, &what, r, inv, &["quantity", &q.to_string()]).await;
     }
     // The largest quantity is valid input, just far more than acme can pay.
-    let r = h.reserve(ACME, "r-qty", QUANTITY_MAX).await.unwrap();
+    let r = h
+        .reserve(ACME, "r-qty", GPU_SHARED, A10, QUANTITY_MAX, 0)
+        .await
+        .unwrap();
     assert!(!r.admitted);
     assert_eq!(r.reason, pb::DenyReason::InsufficientFunds as i32);
     assert_eq!(snapshot(h).await, before);
-    assert!(h.reserve(ACME, "r-qty", 1_000).await.unwrap().admitted);
+    assert!(
+        h.reserve(ACME, "r-qty", GPU_SHARED, A10, 1_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
 }
 
 async fn bad_ttls(h: &mut Harness) {
     let before = snapshot(h).await;
     for ttl in [-1, -HOUR_MS, i64::MIN, 24 * HOUR_MS + 1, i64::MAX] {
-        let r = h.quota.reserve(reserve_ttl("r-ttl", ttl)).await;
+        let r = h.reserve(ACME, "r-ttl", GPU_SHARED, A10, 1_000, ttl).await;
         let what = format!("Reserve ttl_ms {ttl}");
         rejected(
             h,
@@ -848,31 +756,17 @@ async fn bad_ttls(h: &mut Harness) {
         .await;
     }
     let r = h
-        .quota
-        .reserve(reserve_ttl("r-ttl", 24 * HOUR_MS))
+        .reserve(ACME, "r-ttl", GPU_SHARED, A10, 1_000, 24 * HOUR_MS)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(r.admitted, "{r:?}");
     assert_eq!(r.expires_at_ms, T0_MS + 24 * HOUR_MS);
 }
 
 async fn unknown_reservations(h: &mut Harness) {
     let before = snapshot(h).await;
-    check!(
-        h,
-        before,
-        h.quota.commit(commit_req("nope", 1_000)),
-        Code::NotFound,
-        ["nope"]
-    );
-    check!(
-        h,
-        before,
-        h.quota.release(release_req("nope")),
-        Code::NotFound,
-        ["nope"]
-    );
+    check!(h, before, h.commit("nope", 1_000), Code::NotFound, ["nope"]);
+    check!(h, before, h.release("nope"), Code::NotFound, ["nope"]);
 }
 
 async fn bad_grant_credits(h: &mut Harness) {
@@ -884,9 +778,7 @@ async fn bad_grant_credits(h: &mut Harness) {
         (Kind::Unspecified as i32, "kind"),
         (99, "99"),
     ] {
-        let mut g = credit_req(ACME, "g-bad", cny("1"));
-        g.kind = kind;
-        let r = h.admin.grant_credit(g).await;
+        let r = h.grant_credit(ACME, "g-bad", kind, ANY, "1", FAR_MS).await;
         rejected(
             h,
             &before,
@@ -898,28 +790,28 @@ async fn bad_grant_credits(h: &mut Harness) {
         .await;
     }
     for at in [T0_MS - 1, T0_MS, 0, -5, i64::MIN] {
-        let mut g = credit_req(ACME, "g-bad", cny("1"));
-        g.expires_at_ms = at;
-        let r = h.admin.grant_credit(g).await;
+        let r = h.grant_credit(ACME, "g-bad", COUPON, ANY, "1", at).await;
         let what = format!("GrantCredit expires_at_ms {at}");
         rejected(h, &before, &what, r, inv, &["expires_at_ms"]).await;
     }
     check!(
         h,
         before,
-        h.admin.grant_credit(credit_req(ACME, "balance", cny("1"))),
+        h.grant_credit(ACME, "balance", COUPON, ANY, cny("1"), FAR_MS),
         inv,
         ["grant_id", "balance"]
     );
     check!(
         h,
         before,
-        h.admin
-            .grant_credit(credit_req(ACME, "free_tier", cny("1"))),
+        h.grant_credit(ACME, "free_tier", COUPON, ANY, cny("1"), FAR_MS),
         inv,
         ["grant_id", "free_tier", "reserved"]
     );
-    let g = h.coupon(ACME, "g-bad", "1", T0_MS + 1).await;
+    let g = h
+        .grant_credit(ACME, "g-bad", COUPON, ANY, "1", T0_MS + 1)
+        .await
+        .unwrap();
     assert_eq!(g.expires_at_ms, T0_MS + 1);
 }
 
@@ -927,44 +819,20 @@ async fn bad_purchases(h: &mut Harness) {
     let before = snapshot(h).await;
     let inv = Code::InvalidArgument;
     for at in [T0_MS + 1, T0_MS + DAY_MS, i64::MAX, -1, i64::MIN] {
-        let r = h
-            .admin
-            .purchase(purchase_req(ACME, "plan.compute.500", "p-bad", at))
-            .await;
+        let r = h.purchase(ACME, "plan.compute.500", "p-bad", at).await;
         let what = format!("Purchase effective_at_ms {at}");
         rejected(h, &before, &what, r, inv, &["effective_at_ms"]).await;
     }
-    let p = h
-        .admin
-        .purchase(purchase_req(ACME, "plan.compute.500", "p-bad", T0_MS))
-        .await;
-    assert_eq!(p.unwrap().into_inner().grants[0].starts_at_ms, T0_MS);
+    let p = h.purchase(ACME, "plan.compute.500", "p-bad", T0_MS).await;
+    assert_eq!(p.unwrap().grants[0].starts_at_ms, T0_MS);
 }
 
 async fn create_account_twice(h: &mut Harness) {
     let before = snapshot(h).await;
     let ae = Code::AlreadyExists;
-    check!(
-        h,
-        before,
-        h.admin.create_account(create_req(ACME, cny("999"))),
-        ae,
-        [ACME]
-    );
-    check!(
-        h,
-        before,
-        h.admin.create_account(create_req(ACME, None)),
-        ae,
-        [ACME]
-    );
-    check!(
-        h,
-        before,
-        h.admin.create_account(create_req(ACME, cny("0"))),
-        ae,
-        [ACME]
-    );
+    check!(h, before, h.create_account(ACME, cny("999")), ae, [ACME]);
+    check!(h, before, h.create_account(ACME, None), ae, [ACME]);
+    check!(h, before, h.create_account(ACME, cny("0")), ae, [ACME]);
 }
 
 // ---- tests ---------------------------------------------------------------------------

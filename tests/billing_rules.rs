@@ -23,12 +23,19 @@ fn grant<'a>(b: &'a pb::Balance, id: &str) -> &'a pb::Grant {
 #[tokio::test]
 async fn scenario_1_overdue_account_is_denied_everything() {
     let mut h = Harness::start().await;
-    h.create("acme", "0.01").await;
-    h.buy("acme", "plan.compute.500", "p1").await;
+    h.create_account("acme", "0.01").await.unwrap();
+    h.purchase("acme", "plan.compute.500", "p1", 0)
+        .await
+        .unwrap();
     // Spend past the grant and the balance: a commit larger than its hold is charged in full.
-    assert!(h.reserve("acme", "big", 1_000).await.unwrap().admitted);
+    assert!(
+        h.reserve("acme", "big", GPU_SHARED, A10, 1_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
     h.commit("big", 835_000_000).await.unwrap(); // 501 CNY: 500 from the plan, 1 from balance
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(amount(&b.balance), "-0.99");
     assert_eq!(b.status(), AccountStatus::Overdue);
 
@@ -36,35 +43,32 @@ async fn scenario_1_overdue_account_is_denied_everything() {
     // coupon comes a second later: a grant pays only for usage from its start on (R2), so
     // it cannot absorb the overdraft whenever the sync loop delivers it to the ledger.
     h.clock.advance_ms(1_000);
-    h.coupon("acme", "c1", "50", T0_MS + 30 * DAY_MS).await;
-    let r = h.reserve("acme", "r2", 1_000).await.unwrap();
+    h.grant_credit("acme", "c1", COUPON, ANY, "50", T0_MS + 30 * DAY_MS)
+        .await
+        .unwrap();
+    let r = h
+        .reserve("acme", "r2", GPU_SHARED, A10, 1_000, 0)
+        .await
+        .unwrap();
     assert!(!r.admitted, "{r:?}");
     assert_eq!(reason(&r), pb::DenyReason::Overdue);
     let a = h
-        .quota
-        .admit(pb::AdmitRequest {
-            account_id: "acme".into(),
-            resource: pb::Resource::GpuShared as i32,
-            sku: A10.into(),
-            quantity: 1,
-        })
+        .admit("acme", pb::Resource::GpuShared, A10, 1)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(!a.admitted);
     assert_eq!(a.reason, pb::DenyReason::Overdue as i32);
 
     // A top-up back to >= 0 lifts it at once.
-    h.admin
-        .top_up(pb::TopUpRequest {
-            account_id: "acme".into(),
-            amount: Some(money("0.99")),
-            topup_id: "t1".into(),
-        })
+    h.top_up("acme", "0.99", "t1").await.unwrap();
+    assert_eq!(
+        h.get_balance("acme").await.unwrap().status(),
+        AccountStatus::Active
+    );
+    let r = h
+        .reserve("acme", "r3", GPU_SHARED, A10, 1_000, 0)
         .await
         .unwrap();
-    assert_eq!(h.balance("acme").await.status(), AccountStatus::Active);
-    let r = h.reserve("acme", "r3", 1_000).await.unwrap();
     assert!(r.admitted, "{r:?}");
 }
 
@@ -73,13 +77,16 @@ async fn scenario_1_overdue_account_is_denied_everything() {
 #[tokio::test]
 async fn scenario_2_no_grants_and_zero_balance_is_no_entitlement() {
     let mut h = Harness::start().await;
-    h.create("acme", "0").await;
-    let b = h.balance("acme").await;
+    h.create_account("acme", "0").await.unwrap();
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(b.status(), AccountStatus::NoEntitlement);
-    let r = h.reserve("acme", "r1", 1_000).await.unwrap();
+    let r = h
+        .reserve("acme", "r1", GPU_SHARED, A10, 1_000, 0)
+        .await
+        .unwrap();
     assert!(!r.admitted);
     assert_eq!(reason(&r), pb::DenyReason::NoEntitlement);
-    assert_eq!(amount(&h.balance("acme").await.held), "0");
+    assert_eq!(amount(&h.get_balance("acme").await.unwrap().held), "0");
 }
 
 // --- Scenario 3: grants and balance >= 0 → grants charged, balance untouched ------------
@@ -87,15 +94,22 @@ async fn scenario_2_no_grants_and_zero_balance_is_no_entitlement() {
 #[tokio::test]
 async fn scenario_3_grants_are_charged_and_balance_untouched() {
     let mut h = Harness::start().await;
-    h.create("acme", "5").await;
-    h.buy("acme", "plan.compute.starter", "p1").await;
-    assert!(h.reserve("acme", "r1", 10_000).await.unwrap().admitted);
+    h.create_account("acme", "5").await.unwrap();
+    h.purchase("acme", "plan.compute.starter", "p1", 0)
+        .await
+        .unwrap();
+    assert!(
+        h.reserve("acme", "r1", GPU_SHARED, A10, 10_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
     let c = h.commit("r1", 10_000).await.unwrap();
     assert_eq!(amount(&c.charged), "0.006");
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(amount(&b.balance), "5");
     assert_eq!(grant(&b, "p1/1").remaining, "199.994");
-    let s = h.statement("acme").await;
+    let s = h.get_statement("acme").await.unwrap();
     assert_eq!(
         deductions(&s.entries[0]),
         vec![("p1/1".into(), "0.006".into())]
@@ -107,12 +121,17 @@ async fn scenario_3_grants_are_charged_and_balance_untouched() {
 #[tokio::test]
 async fn scenario_4_balance_pays_without_grants() {
     let mut h = Harness::start().await;
-    h.create("acme", "2").await;
-    assert!(h.reserve("acme", "r1", 10_000).await.unwrap().admitted);
+    h.create_account("acme", "2").await.unwrap();
+    assert!(
+        h.reserve("acme", "r1", GPU_SHARED, A10, 10_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
     h.commit("r1", 10_000).await.unwrap();
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(amount(&b.balance), "1.994");
-    let s = h.statement("acme").await;
+    let s = h.get_statement("acme").await.unwrap();
     assert_eq!(
         deductions(&s.entries[0]),
         vec![("balance".into(), "0.006".into())]
@@ -124,14 +143,25 @@ async fn scenario_4_balance_pays_without_grants() {
 #[tokio::test]
 async fn earliest_expiry_first_across_plans_and_coupons_then_balance() {
     let mut h = Harness::start().await;
-    h.create("acme", "10").await;
-    h.buy("acme", "plan.compute.starter", "p1").await; // 200, expires in a year
-    h.coupon("acme", "late", "1", T0_MS + 400 * DAY_MS).await; // after the plan
-    h.coupon("acme", "soon", "1", T0_MS + 30 * DAY_MS).await; // before the plan
+    h.create_account("acme", "10").await.unwrap();
+    h.purchase("acme", "plan.compute.starter", "p1", 0)
+        .await
+        .unwrap(); // 200, expires in a year
+    h.grant_credit("acme", "late", COUPON, ANY, "1", T0_MS + 400 * DAY_MS)
+        .await
+        .unwrap(); // after the plan
+    h.grant_credit("acme", "soon", COUPON, ANY, "1", T0_MS + 30 * DAY_MS)
+        .await
+        .unwrap(); // before the plan
     // 202.5 CNY of a10 time = 337,500 s.
-    assert!(h.reserve("acme", "r1", 337_500_000).await.unwrap().admitted);
+    assert!(
+        h.reserve("acme", "r1", GPU_SHARED, A10, 337_500_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
     h.commit("r1", 337_500_000).await.unwrap();
-    let s = h.statement("acme").await;
+    let s = h.get_statement("acme").await.unwrap();
     assert_eq!(
         deductions(&s.entries[0]),
         vec![
@@ -141,19 +171,28 @@ async fn earliest_expiry_first_across_plans_and_coupons_then_balance() {
             ("balance".into(), "0.5".into()),
         ]
     );
-    assert_eq!(amount(&h.balance("acme").await.balance), "9.5");
+    assert_eq!(amount(&h.get_balance("acme").await.unwrap().balance), "9.5");
 }
 
 #[tokio::test]
 async fn equal_expiry_uses_the_lowest_grant_id_first() {
     let mut h = Harness::start().await;
-    h.create("acme", "0").await;
+    h.create_account("acme", "0").await.unwrap();
     let exp = T0_MS + 10 * DAY_MS;
-    h.coupon("acme", "coupon-b", "1", exp).await;
-    h.coupon("acme", "coupon-a", "1", exp).await;
-    assert!(h.reserve("acme", "r1", 2_500_000).await.unwrap().admitted); // 1.5 CNY
+    h.grant_credit("acme", "coupon-b", COUPON, ANY, "1", exp)
+        .await
+        .unwrap();
+    h.grant_credit("acme", "coupon-a", COUPON, ANY, "1", exp)
+        .await
+        .unwrap();
+    assert!(
+        h.reserve("acme", "r1", GPU_SHARED, A10, 2_500_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    ); // 1.5 CNY
     h.commit("r1", 2_500_000).await.unwrap();
-    let s = h.statement("acme").await;
+    let s = h.get_statement("acme").await.unwrap();
     assert_eq!(
         deductions(&s.entries[0]),
         vec![
@@ -166,24 +205,31 @@ async fn equal_expiry_uses_the_lowest_grant_id_first() {
 #[tokio::test]
 async fn expired_grant_is_never_charged_and_shows_expired() {
     let mut h = Harness::start().await;
-    h.create("acme", "1").await;
-    h.coupon("acme", "c1", "5", T0_MS + DAY_MS).await;
+    h.create_account("acme", "1").await.unwrap();
+    h.grant_credit("acme", "c1", COUPON, ANY, "5", T0_MS + DAY_MS)
+        .await
+        .unwrap();
     h.clock.advance_ms(2 * DAY_MS);
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(grant(&b, "c1").state(), GrantState::Expired);
     assert_eq!(
         amount(&b.available),
         "1",
         "an expired coupon pays for nothing"
     );
-    assert!(h.reserve("acme", "r1", 1_000_000).await.unwrap().admitted);
+    assert!(
+        h.reserve("acme", "r1", GPU_SHARED, A10, 1_000_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
     h.commit("r1", 1_000_000).await.unwrap();
-    let s = h.statement("acme").await;
+    let s = h.get_statement("acme").await.unwrap();
     assert_eq!(
         deductions(&s.entries[0]),
         vec![("balance".into(), "0.6".into())]
     );
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(grant(&b, "c1").remaining, "5");
     assert_eq!(grant(&b, "c1").state(), GrantState::Expired);
 }
@@ -193,54 +239,59 @@ async fn expired_grant_is_never_charged_and_shows_expired() {
 #[tokio::test]
 async fn plan_is_valid_one_year_and_void_after() {
     let mut h = Harness::start().await;
-    h.create("acme", "0").await;
-    let p = h.buy("acme", "plan.compute.500", "p1").await;
+    h.create_account("acme", "0").await.unwrap();
+    let p = h
+        .purchase("acme", "plan.compute.500", "p1", 0)
+        .await
+        .unwrap();
     assert_eq!(amount(&p.price_paid), "450");
     let g = &p.grants[0];
     assert_eq!(g.starts_at_ms, T0_MS);
     assert_eq!(g.expires_at_ms, T0_MS + 365 * DAY_MS); // 2026-11-01 + 1 year, no Feb 29
     assert_eq!(g.state(), GrantState::Valid);
     h.clock.set_ms(g.expires_at_ms - 1);
-    assert!(h.reserve("acme", "r1", 1_000).await.unwrap().admitted);
+    assert!(
+        h.reserve("acme", "r1", GPU_SHARED, A10, 1_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
     h.clock.set_ms(g.expires_at_ms);
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(grant(&b, "p1/1").state(), GrantState::Expired);
-    let r = h.reserve("acme", "r2", 1_000).await.unwrap();
+    let r = h
+        .reserve("acme", "r2", GPU_SHARED, A10, 1_000, 0)
+        .await
+        .unwrap();
     assert_eq!(reason(&r), pb::DenyReason::NoEntitlement);
 }
 
 #[tokio::test]
 async fn plan_imported_more_than_a_year_ago_is_void() {
     let mut h = Harness::start().await;
-    h.create("acme", "0").await;
+    h.create_account("acme", "0").await.unwrap();
     let p = h
-        .admin
-        .purchase(pb::PurchaseRequest {
-            account_id: "acme".into(),
-            sku: "plan.compute.500".into(),
-            purchase_id: "old".into(),
-            effective_at_ms: T0_MS - 366 * DAY_MS,
-        })
+        .purchase("acme", "plan.compute.500", "old", T0_MS - 366 * DAY_MS)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(p.grants[0].state(), GrantState::Expired);
-    let r = h.reserve("acme", "r1", 1_000).await.unwrap();
+    let r = h
+        .reserve("acme", "r1", GPU_SHARED, A10, 1_000, 0)
+        .await
+        .unwrap();
     assert_eq!(reason(&r), pb::DenyReason::NoEntitlement);
     // One imported 100 days ago is valid for the rest of its year.
     let p = h
-        .admin
-        .purchase(pb::PurchaseRequest {
-            account_id: "acme".into(),
-            sku: "plan.compute.500".into(),
-            purchase_id: "recent".into(),
-            effective_at_ms: T0_MS - 100 * DAY_MS,
-        })
+        .purchase("acme", "plan.compute.500", "recent", T0_MS - 100 * DAY_MS)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(p.grants[0].state(), GrantState::Valid);
-    assert!(h.reserve("acme", "r2", 1_000).await.unwrap().admitted);
+    assert!(
+        h.reserve("acme", "r2", GPU_SHARED, A10, 1_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
 }
 
 /// An import pays for usage from when it is recorded, never for usage charged before
@@ -249,54 +300,50 @@ async fn plan_imported_more_than_a_year_ago_is_void() {
 #[tokio::test]
 async fn an_imported_plan_does_not_pay_for_earlier_usage() {
     let mut h = Harness::start().await;
-    h.create("acme", "1").await;
-    assert!(h.reserve("acme", "r1", 1_000).await.unwrap().admitted);
+    h.create_account("acme", "1").await.unwrap();
+    assert!(
+        h.reserve("acme", "r1", GPU_SHARED, A10, 1_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
     assert_eq!(
         amount(&h.commit("r1", 5_000_000).await.unwrap().charged),
         "3"
     );
     h.clock.advance_ms(1_000);
     let p = h
-        .admin
-        .purchase(pb::PurchaseRequest {
-            account_id: "acme".into(),
-            sku: "plan.compute.500".into(),
-            purchase_id: "imp".into(),
-            effective_at_ms: T0_MS - 30 * DAY_MS,
-        })
+        .purchase("acme", "plan.compute.500", "imp", T0_MS - 30 * DAY_MS)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let g = &p.grants[0];
     assert_eq!(
         (g.starts_at_ms, g.created_at_ms),
         (T0_MS - 30 * DAY_MS, T0_MS + 1_000)
     );
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(b.status(), AccountStatus::Overdue);
     assert_eq!(amount(&b.balance), "-2");
     assert_eq!(grant(&b, "imp/1").remaining, "500");
-    let s = h.statement("acme").await;
+    let s = h.get_statement("acme").await.unwrap();
     assert_eq!(
         deductions(&s.entries[0]),
         vec![("balance".into(), "3".into())]
     );
     // Once topped up, new usage is the plan's.
-    h.admin
-        .top_up(pb::TopUpRequest {
-            account_id: "acme".into(),
-            amount: Some(money("2")),
-            topup_id: "t1".into(),
-        })
-        .await
-        .unwrap();
-    assert!(h.reserve("acme", "r2", 1_000).await.unwrap().admitted);
+    h.top_up("acme", "2", "t1").await.unwrap();
+    assert!(
+        h.reserve("acme", "r2", GPU_SHARED, A10, 1_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
     assert_eq!(
         amount(&h.commit("r2", 1_000).await.unwrap().charged),
         "0.0006"
     );
     assert_eq!(
-        grant(&h.balance("acme").await, "imp/1").remaining,
+        grant(&h.get_balance("acme").await.unwrap(), "imp/1").remaining,
         "499.9994"
     );
 }
@@ -304,41 +351,35 @@ async fn an_imported_plan_does_not_pay_for_earlier_usage() {
 #[tokio::test]
 async fn starter_once_storage_not_stackable_traffic_stackable() {
     let mut h = Harness::start().await;
-    h.create("acme", "0").await;
-    let p = h.buy("acme", "plan.compute.starter", "s1").await;
+    h.create_account("acme", "0").await.unwrap();
+    let p = h
+        .purchase("acme", "plan.compute.starter", "s1", 0)
+        .await
+        .unwrap();
     assert_eq!(amount(&p.price_paid), "59");
     assert_eq!(p.grants[0].quota, "200");
     let e = h
-        .admin
-        .purchase(pb::PurchaseRequest {
-            account_id: "acme".into(),
-            sku: "plan.compute.starter".into(),
-            purchase_id: "s2".into(),
-            effective_at_ms: 0,
-        })
+        .purchase("acme", "plan.compute.starter", "s2", 0)
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("once"), "{}", e.message());
 
-    h.buy("acme", "plan.storage.100gb", "st1").await;
+    h.purchase("acme", "plan.storage.100gb", "st1", 0)
+        .await
+        .unwrap();
     for (sku, id) in [("plan.storage.100gb", "st2"), ("package.basic", "pk1")] {
-        let e = h
-            .admin
-            .purchase(pb::PurchaseRequest {
-                account_id: "acme".into(),
-                sku: sku.into(),
-                purchase_id: id.into(),
-                effective_at_ms: 0,
-            })
-            .await
-            .unwrap_err();
+        let e = h.purchase("acme", sku, id, 0).await.unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition, "{sku}");
         assert!(e.message().contains("st1/1"), "{}", e.message());
     }
-    h.buy("acme", "plan.traffic.100gb", "t1").await;
-    h.buy("acme", "plan.traffic.100gb", "t2").await;
-    let b = h.balance("acme").await;
+    h.purchase("acme", "plan.traffic.100gb", "t1", 0)
+        .await
+        .unwrap();
+    h.purchase("acme", "plan.traffic.100gb", "t2", 0)
+        .await
+        .unwrap();
+    let b = h.get_balance("acme").await.unwrap();
     let traffic: Vec<_> = b
         .grants
         .iter()
@@ -353,7 +394,7 @@ async fn starter_once_storage_not_stackable_traffic_stackable() {
 
     // After the storage plan expires, a package with storage can be bought.
     h.clock.advance_ms(366 * DAY_MS);
-    let p = h.buy("acme", "package.basic", "pk2").await;
+    let p = h.purchase("acme", "package.basic", "pk2", 0).await.unwrap();
     assert_eq!(p.grants.len(), 3);
 }
 
@@ -362,8 +403,11 @@ async fn starter_once_storage_not_stackable_traffic_stackable() {
 #[tokio::test]
 async fn charges_are_quantity_times_price_to_the_last_digit() {
     let mut h = Harness::start().await;
-    h.create("acme", "1").await;
-    let r = h.reserve("acme", "r1", 1234).await.unwrap();
+    h.create_account("acme", "1").await.unwrap();
+    let r = h
+        .reserve("acme", "r1", GPU_SHARED, A10, 1234, 0)
+        .await
+        .unwrap();
     assert_eq!(amount(&r.held), "0.0007404");
     assert_eq!(amount(&r.available), "0.9992596");
     let c = h.commit("r1", 1234).await.unwrap();
@@ -371,40 +415,38 @@ async fn charges_are_quantity_times_price_to_the_last_digit() {
     // Many tiny charges add up exactly: 100 x 1 ms = 0.00006.
     for i in 0..100 {
         let id = format!("t{i}");
-        assert!(h.reserve("acme", &id, 1).await.unwrap().admitted);
+        assert!(
+            h.reserve("acme", &id, GPU_SHARED, A10, 1, 0)
+                .await
+                .unwrap()
+                .admitted
+        );
         assert_eq!(
             amount(&h.commit(&id, 1).await.unwrap().charged),
             "0.0000006"
         );
     }
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(amount(&b.balance), "0.9991996");
     // Per-hour prices: 1 ms of a 9.9/h instance is 0.00000275 exactly.
     let r = h
-        .quota
-        .reserve(pb::ReserveRequest {
-            account_id: "acme".into(),
-            reservation_id: "x1".into(),
-            resource: pb::Resource::GpuExclusive as i32,
-            sku: "gpu.exclusive.a10.8c30g".into(),
-            quantity: 1,
-            ttl_ms: 0,
-        })
+        .reserve(
+            "acme",
+            "x1",
+            pb::Resource::GpuExclusive,
+            "gpu.exclusive.a10.8c30g",
+            1,
+            0,
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(amount(&r.held), "0.00000275");
 }
 
 #[tokio::test]
 async fn catalog_lists_prices_plans_and_packages() {
     let mut h = Harness::start().await;
-    let c = h
-        .admin
-        .get_catalog(pb::GetCatalogRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let c = h.get_catalog().await.unwrap();
     let sku = |id: &str| c.skus.iter().find(|s| s.id == id).unwrap().clone();
     let a10 = sku(A10);
     assert_eq!(a10.kind(), pb::sku::Kind::Price);

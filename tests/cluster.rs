@@ -31,12 +31,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::Ch;
 use common::procs::{self, PROCESS_TIMEOUT, Proc, TestDatabase};
-use common::{amount, connect, money, reserve_req};
+use common::{A10, ANY, COUPON, Client, GPU_SHARED, amount};
 use quotad::pb;
-use quotad::pb::admin_client::AdminClient;
-use quotad::pb::quota_client::QuotaClient;
 use rust_decimal::Decimal;
 
 /// Lease lifetime given to the ledger: short, so that an outage of a few seconds outlives
@@ -133,27 +130,15 @@ async fn sidecars_survive_a_ledger_outage_without_overspend_or_lost_usage() {
     let far_ms = now_ms() + 30 * common::DAY_MS;
     let mut opening: HashMap<&str, Decimal> = HashMap::new();
     for (account, balance, coupon) in ACCOUNTS {
-        admin
-            .create_account(pb::CreateAccountRequest {
-                account_id: account.into(),
-                balance: None,
-            })
-            .await
-            .unwrap();
+        admin.create_account(account, None).await.unwrap();
         if account != SMALL {
-            admin
-                .top_up(opening_top_up(account, balance))
-                .await
-                .unwrap();
+            let opening = opening_id(account);
+            admin.top_up(account, balance, &opening).await.unwrap();
         }
         if let Some(c) = coupon {
+            let id = format!("{account}-coupon");
             admin
-                .grant_credit(common::coupon_req(
-                    account,
-                    &format!("{account}-coupon"),
-                    c,
-                    far_ms,
-                ))
+                .grant_credit(account, &id, COUPON, ANY, c, far_ms)
                 .await
                 .unwrap();
         }
@@ -171,8 +156,8 @@ async fn sidecars_survive_a_ledger_outage_without_overspend_or_lost_usage() {
     let mut workers = Vec::new();
     for (s, (p, _)) in cluster.sidecars.iter().enumerate() {
         for t in 0..TASKS_PER_SIDECAR {
-            let (quota, _) = connect(p.addr, &token).await;
-            workers.push(tokio::spawn(worker(s, t, quota, shared.clone())));
+            let client = Client::connect(p.addr, &token).await;
+            workers.push(tokio::spawn(worker(s, t, client, shared.clone())));
         }
     }
     let load_started = Instant::now();
@@ -181,8 +166,9 @@ async fn sidecars_survive_a_ledger_outage_without_overspend_or_lost_usage() {
     })
     .await;
     tokio::time::sleep(WARMUP_MIN.saturating_sub(load_started.elapsed())).await;
+    let small_opening = opening_id(SMALL);
     admin
-        .top_up(opening_top_up(SMALL, ACCOUNTS[0].1))
+        .top_up(SMALL, ACCOUNTS[0].1, &small_opening)
         .await
         .unwrap();
     wait_for(&format!("Reserves admitted on {SMALL}"), || {
@@ -216,10 +202,9 @@ async fn sidecars_survive_a_ledger_outage_without_overspend_or_lost_usage() {
     for _ in 0..SMALL_DRY_POLLS_MAX {
         // Retrying the opening top-up adds nothing and answers the ledger's current view.
         let b = admin
-            .top_up(opening_top_up(SMALL, ACCOUNTS[0].1))
+            .top_up(SMALL, ACCOUNTS[0].1, &small_opening)
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         small_left = amount(&b.balance);
         if dec(&small_left) < SMALL_DRY {
             break;
@@ -256,13 +241,7 @@ async fn sidecars_survive_a_ledger_outage_without_overspend_or_lost_usage() {
     }
     let mut report = Vec::new();
     for (account, _, _) in ACCOUNTS {
-        let st = admin
-            .get_statement(pb::GetStatementRequest {
-                account_id: account.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let st = admin.get_statement(account).await.unwrap();
         assert!(
             !st.truncated,
             "{account}: statement truncated; the test must stay below its limit"
@@ -331,11 +310,8 @@ async fn sidecars_survive_a_ledger_outage_without_overspend_or_lost_usage() {
         );
 
         // The current view, read by retrying the opening top-up: same id, nothing added.
-        let b = admin
-            .top_up(opening_top_up(account, &opening[account].to_string()))
-            .await
-            .unwrap()
-            .into_inner();
+        let (amount_opened, id) = (opening[account].to_string(), opening_id(account));
+        let b = admin.top_up(account, &amount_opened, &id).await.unwrap();
         let balance = dec(&amount(&b.balance));
         let grants_used: Decimal = b
             .grants
@@ -486,12 +462,7 @@ impl Tally {
 
 /// Reserves and commits (quantity <= reserved) in a loop until told to stop or out of jobs,
 /// cycling through the accounts; remembers every acknowledged Commit and every outcome.
-async fn worker(
-    sidecar: usize,
-    task: usize,
-    mut quota: QuotaClient<Ch>,
-    shared: Arc<Shared>,
-) -> Tally {
+async fn worker(sidecar: usize, task: usize, mut client: Client, shared: Arc<Shared>) -> Tally {
     let mut t = Tally::default();
     let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ ((sidecar * 64 + task + 1) as u64);
     for job in 0..JOBS_PER_TASK_MAX {
@@ -506,15 +477,15 @@ async fn worker(
         let id = format!("s{sidecar}-t{task}-j{job}");
         let reserved = (1_000 + (x % 4_000) as i64) * if account == SMALL { 5 } else { 1 };
         let used = reserved - ((x >> 32) % (reserved as u64 / 2)) as i64;
-        let req = reserve_req(account, &id, reserved);
+        let call = client.reserve(account, &id, GPU_SHARED, A10, reserved, 0);
         let before = shared.phase.load(Ordering::SeqCst);
-        let r = tokio::time::timeout(CALL_TIMEOUT, quota.reserve(req)).await;
+        let r = tokio::time::timeout(CALL_TIMEOUT, call).await;
         let after = shared.phase.load(Ordering::SeqCst);
         let phase = if before == after { before } else { STRADDLING };
         let outcome = match r {
             Err(_) => "error:timeout".to_owned(),
             Ok(Err(s)) => format!("error:{:?}", s.code()),
-            Ok(Ok(r)) if !r.get_ref().admitted => r.get_ref().reason().as_str_name().to_owned(),
+            Ok(Ok(r)) if !r.admitted => r.reason().as_str_name().to_owned(),
             Ok(Ok(_)) => "ADMITTED".to_owned(),
         };
         if phase == OUTAGE && outcome == "LEDGER_UNAVAILABLE" {
@@ -527,20 +498,13 @@ async fn worker(
             if before == AFTER {
                 shared.admitted_after.fetch_add(1, Ordering::Relaxed);
             }
-            let c = tokio::time::timeout(
-                CALL_TIMEOUT,
-                quota.commit(pb::CommitRequest {
-                    reservation_id: id.clone(),
-                    quantity: used,
-                }),
-            )
-            .await;
+            let c = tokio::time::timeout(CALL_TIMEOUT, client.commit(&id, used)).await;
             match c {
                 Ok(Ok(c)) => {
                     t.acked.push(Ack {
                         account,
                         id,
-                        cost: dec(&amount(&c.get_ref().charged)),
+                        cost: dec(&amount(&c.charged)),
                     });
                     shared.acked.fetch_add(1, Ordering::Relaxed);
                 }
@@ -601,8 +565,9 @@ async fn spawn_sidecar(
     procs::spawn_sidecar(ledger, data_dir, &format!("sidecar {i}"), token_file, &[]).await
 }
 
-async fn admin_client(addr: SocketAddr, token: &str) -> AdminClient<Ch> {
-    connect(addr, token).await.1
+/// The ledger's Admin service.
+async fn admin_client(addr: SocketAddr, token: &str) -> Client {
+    Client::connect(addr, token).await
 }
 
 /// The processes and the database of one run. Dropping it (also on a failed assertion)
@@ -651,12 +616,9 @@ fn with_database_replaces_only_the_database_name() {
     assert_eq!(with_database("postgresql://h:1", "x"), "postgresql://h:1/x");
 }
 
-fn opening_top_up(account: &str, amount: &str) -> pb::TopUpRequest {
-    pb::TopUpRequest {
-        account_id: account.into(),
-        amount: Some(money(amount)),
-        topup_id: format!("{account}-opening"),
-    }
+/// The id of an account's opening top-up.
+fn opening_id(account: &str) -> String {
+    format!("{account}-opening")
 }
 
 fn dec(s: &str) -> Decimal {

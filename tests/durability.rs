@@ -88,8 +88,8 @@ async fn kill_9_under_load_loses_no_acknowledged_commit_without_fsync() {
 async fn kill_9_under_load(extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let mut p = spawn_with(dir.path(), extra);
-    let (_, mut admin) = connect(p.addr, &p.token).await;
-    create_account(&mut admin, "acme", "1000").await;
+    let mut admin = Client::connect(p.addr, &p.token).await;
+    admin.create_account("acme", "1000").await.unwrap();
     // Let a few hundred commits through, then kill while the workers run.
     let load = Load::start(p.addr, &p.token, "acme").await;
     load.wait_acked(300).await;
@@ -98,10 +98,10 @@ async fn kill_9_under_load(extra: &[&str]) {
     assert!(acked.len() >= 300);
 
     let mut p = spawn_with(dir.path(), extra);
-    let (mut quota, mut admin) = connect(p.addr, &p.token).await;
-    let st = statement_of(&mut admin, "acme").await;
+    let mut c = Client::connect(p.addr, &p.token).await;
+    let st = c.get_statement("acme").await.unwrap();
     assert_exactly_once(&st, &acked, WORKERS);
-    assert_balance_matches(&mut quota, "acme", "1000", &st).await;
+    assert_balance_matches(&mut c, "acme", "1000", &st).await;
     kill9(&mut p);
 }
 
@@ -122,7 +122,7 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
         for w in 0..WORKERS {
-            let (mut quota, _) = connect(addr, token).await;
+            let mut quota = Client::connect(addr, token).await;
             let (acked, stop, account) = (acked.clone(), stop.clone(), account.to_owned());
             workers.push(tokio::spawn(async move {
                 let mut i = 0u64;
@@ -130,17 +130,12 @@ impl Load {
                     i += 1;
                     let id = format!("w{w}-{i}");
                     let ms = 1_000 + (i % 7) as i64;
-                    match quota.reserve(reserve_req(&account, &id, ms)).await {
-                        Ok(r) if r.get_ref().admitted => {}
-                        Ok(r) => return Some(format!("denied: {:?}", r.get_ref().reason)),
+                    match quota.reserve(&account, &id, GPU_SHARED, A10, ms, 0).await {
+                        Ok(r) if r.admitted => {}
+                        Ok(r) => return Some(format!("denied: {:?}", r.reason)),
                         Err(e) => return Some(format!("{:?}: {}", e.code(), e.message())),
                     }
-                    let c = quota
-                        .commit(pb::CommitRequest {
-                            reservation_id: id.clone(),
-                            quantity: ms,
-                        })
-                        .await;
+                    let c = quota.commit(&id, ms).await;
                     match c {
                         Ok(_) => acked.lock().await.push((id, ms)),
                         Err(e) => return Some(format!("{:?}: {}", e.code(), e.message())),
@@ -205,7 +200,7 @@ fn assert_exactly_once(st: &pb::Statement, acked: &[(String, i64)], in_flight_ma
 
 /// The balance is the opening balance less exactly what the statement shows.
 async fn assert_balance_matches(
-    quota: &mut pb::quota_client::QuotaClient<Ch>,
+    quota: &mut Client,
     account: &str,
     opening: &str,
     st: &pb::Statement,
@@ -215,7 +210,7 @@ async fn assert_balance_matches(
         .iter()
         .map(|e| amount(&e.cost).parse::<rust_decimal::Decimal>().unwrap())
         .sum();
-    let b = balance_of(quota, account).await;
+    let b = quota.get_balance(account).await.unwrap();
     assert_eq!(
         amount(&b.balance).parse::<rust_decimal::Decimal>().unwrap(),
         opening.parse::<rust_decimal::Decimal>().unwrap() - total
@@ -235,8 +230,8 @@ async fn kill_9_of_a_sidecar_in_ledger_mode_loses_no_acknowledged_commit() {
         .arg("--operator-token-file")
         .arg(&token_file);
     let mut ledger = spawn_cmd(cmd, "quotad ledger listening on ", &token_file);
-    let (_, mut admin) = connect(ledger.addr, &ledger.token).await;
-    create_account(&mut admin, "acme", "1000").await;
+    let mut admin = Client::connect(ledger.addr, &ledger.token).await;
+    admin.create_account("acme", "1000").await.unwrap();
     let sidecar_dir = dir.path().join("sidecar");
     let ledger_url = format!("http://{}", ledger.addr);
     let token_arg = token_file.display().to_string();
@@ -260,7 +255,7 @@ async fn kill_9_of_a_sidecar_in_ledger_mode_loses_no_acknowledged_commit() {
     // Started again, the sidecar pushes what its journal holds; the ledger has it all once.
     let mut sidecar = spawn_with(&sidecar_dir, &sidecar_args);
     sidecar.token = ledger.token.clone();
-    let mut st = statement_of(&mut admin, "acme").await;
+    let mut st = admin.get_statement("acme").await.unwrap();
     for _ in 0..600 {
         let ids: std::collections::HashSet<&str> =
             st.entries.iter().map(|e| e.usage_id.as_str()).collect();
@@ -268,10 +263,10 @@ async fn kill_9_of_a_sidecar_in_ledger_mode_loses_no_acknowledged_commit() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        st = statement_of(&mut admin, "acme").await;
+        st = admin.get_statement("acme").await.unwrap();
     }
     assert_exactly_once(&st, &acked, WORKERS);
-    let (mut quota, _) = connect(sidecar.addr, &sidecar.token).await;
+    let mut quota = Client::connect(sidecar.addr, &sidecar.token).await;
     assert_balance_matches(&mut quota, "acme", "1000", &st).await;
     kill9(&mut sidecar);
     kill9(&mut ledger);
@@ -290,8 +285,8 @@ async fn a_full_disk_fails_calls_cleanly_and_corrupts_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // Create the account and the files unlimited first.
     let mut p = spawn(dir.path());
-    let (_, mut admin) = connect(p.addr, &p.token).await;
-    create_account(&mut admin, "acme", "1000").await;
+    let mut admin = Client::connect(p.addr, &p.token).await;
+    admin.create_account("acme", "1000").await.unwrap();
     // Stopped cleanly, the journal is its records alone (no space written ahead).
     let pid = p.child.id().to_string();
     assert!(
@@ -355,22 +350,22 @@ async fn a_full_disk_fails_calls_cleanly_and_corrupts_nothing() {
         "no call was failed by the journal: {stopped:?}"
     );
     // Still serving: reads answer.
-    let (mut quota, _) = connect(p.addr, &p.token).await;
-    let _ = balance_of(&mut quota, "acme").await;
+    let mut quota = Client::connect(p.addr, &p.token).await;
+    let _ = quota.get_balance("acme").await.unwrap();
     assert!(p.child.try_wait().unwrap().is_none(), "quotad died");
     kill9(&mut p);
 
     let mut p = spawn(dir.path());
-    let (mut quota, mut admin) = connect(p.addr, &p.token).await;
-    let st = statement_of(&mut admin, "acme").await;
+    let mut c = Client::connect(p.addr, &p.token).await;
+    let st = c.get_statement("acme").await.unwrap();
     assert_exactly_once(&st, &acked, WORKERS);
-    assert_balance_matches(&mut quota, "acme", "1000", &st).await;
+    assert_balance_matches(&mut c, "acme", "1000", &st).await;
     // And it takes new work.
-    let r = quota
-        .reserve(reserve_req("acme", "after", 1_000))
+    let r = c
+        .reserve("acme", "after", GPU_SHARED, A10, 1_000, 0)
         .await
         .unwrap();
-    assert!(r.get_ref().admitted);
+    assert!(r.admitted);
     kill9(&mut p);
 }
 
@@ -378,28 +373,20 @@ async fn a_full_disk_fails_calls_cleanly_and_corrupts_nothing() {
 async fn open_holds_survive_kill_9_and_sigterm_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = spawn(dir.path());
-    let (mut quota, mut admin) = connect(p.addr, &p.token).await;
-    create_account(&mut admin, "acme", "1").await;
-    let r = quota
-        .reserve(reserve_req("acme", "open-1", 600_000))
+    let mut c = Client::connect(p.addr, &p.token).await;
+    c.create_account("acme", "1").await.unwrap();
+    let r = c
+        .reserve("acme", "open-1", GPU_SHARED, A10, 600_000, 0)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(r.admitted);
     kill9(&mut p);
 
     let mut p = spawn(dir.path());
-    let (mut quota, _) = connect(p.addr, &p.token).await;
-    let b = balance_of(&mut quota, "acme").await;
+    let mut c = Client::connect(p.addr, &p.token).await;
+    let b = c.get_balance("acme").await.unwrap();
     assert_eq!(amount(&b.held), "0.36", "the hold survived the crash");
-    let c = quota
-        .commit(pb::CommitRequest {
-            reservation_id: "open-1".into(),
-            quantity: 500_000,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let c = c.commit("open-1", 500_000).await.unwrap();
     assert_eq!(amount(&c.charged), "0.3");
 
     // SIGTERM: drain and exit 0.
@@ -410,8 +397,8 @@ async fn open_holds_survive_kill_9_and_sigterm_exits_zero() {
     assert_eq!(code.code(), Some(0), "graceful shutdown exits 0");
 
     let mut p = spawn(dir.path());
-    let (mut quota, _) = connect(p.addr, &p.token).await;
-    let b = balance_of(&mut quota, "acme").await;
+    let mut c = Client::connect(p.addr, &p.token).await;
+    let b = c.get_balance("acme").await.unwrap();
     assert_eq!(amount(&b.balance), "0.7");
     assert_eq!(amount(&b.held), "0");
     kill9(&mut p);
@@ -473,19 +460,12 @@ async fn a_read_only_data_dir_is_refused_at_start_and_left_intact() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut p = spawn(&data);
-    let (mut quota, mut admin) = connect(p.addr, &p.token).await;
-    create_account(&mut admin, "acme", "1").await;
-    quota
-        .reserve(reserve_req("acme", "r1", 1_000))
+    let mut c = Client::connect(p.addr, &p.token).await;
+    c.create_account("acme", "1").await.unwrap();
+    c.reserve("acme", "r1", GPU_SHARED, A10, 1_000, 0)
         .await
         .unwrap();
-    quota
-        .commit(pb::CommitRequest {
-            reservation_id: "r1".into(),
-            quantity: 1_000,
-        })
-        .await
-        .unwrap();
+    c.commit("r1", 1_000).await.unwrap();
     kill9(&mut p);
     let before = dir_contents(&data);
 
@@ -516,8 +496,8 @@ async fn a_read_only_data_dir_is_refused_at_start_and_left_intact() {
     assert!(before == after, "a refused start changed the data dir");
 
     let mut p = spawn(&data);
-    let (_, mut admin) = connect(p.addr, &p.token).await;
-    let st = statement_of(&mut admin, "acme").await;
+    let mut c = Client::connect(p.addr, &p.token).await;
+    let st = c.get_statement("acme").await.unwrap();
     assert_eq!(st.entries.len(), 1);
     assert_eq!(st.entries[0].usage_id, "r1");
     kill9(&mut p);

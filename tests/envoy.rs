@@ -19,7 +19,6 @@ use envoy::{Envoy, Upstream, envoy_bin, free_port, get, send_raw};
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use quotad::pb;
-use quotad::pb::admin_client::AdminClient;
 use tonic::transport::Channel;
 
 const ESTIMATE_MS: u64 = 60_000;
@@ -88,23 +87,24 @@ impl Rig {
     }
 
     async fn owner(&mut self, account: &str, balance: &str) -> String {
-        self.h.create(account, balance).await;
-        token(&mut self.h.admin, pb::principal::Kind::Owner, account).await
+        self.h.create_account(account, balance).await.unwrap();
+        let made = self.h.create_token(OWNER, account, "").await.unwrap();
+        made.token
     }
 
     /// Waits until nothing is held on `account` any more (every request settled) and
     /// returns its statement at the ledger.
     async fn settled(&mut self, account: &str) -> pb::Statement {
-        let quota = self.h.quota.clone();
+        let client = self.h.client.clone();
         eventually(&format!("{account}'s holds settled"), || {
-            let mut q = quota.clone();
+            let mut c = client.clone();
             let account = account.to_owned();
-            async move { amount(&balance_of(&mut q, &account).await.held) == "0" }
+            async move { amount(&c.get_balance(&account).await.unwrap().held) == "0" }
         })
         .await;
         // The statement is the ledger's: push what the sidecar charged first.
         self.h.engine().flush().await.unwrap();
-        self.h.statement(account).await
+        self.h.get_statement(account).await.unwrap()
     }
 
     /// The end user's token reached the upstream on no request.
@@ -120,22 +120,6 @@ impl Rig {
             );
         }
     }
-}
-
-async fn token(admin: &mut AdminClient<Ch>, kind: pb::principal::Kind, subject: &str) -> String {
-    let owner = kind == pb::principal::Kind::Owner;
-    admin
-        .create_token(pb::CreateTokenRequest {
-            principal: Some(pb::Principal {
-                kind: kind as i32,
-                account_id: if owner { subject.into() } else { String::new() },
-                name: if owner { String::new() } else { subject.into() },
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token
 }
 
 fn bearer(token: &str) -> String {
@@ -248,7 +232,7 @@ async fn funded_requests_pass_and_each_is_charged_once() {
     for r in &reservations {
         assert!(ids.contains(r), "{r} charged");
     }
-    let b = rig.h.balance("acme").await;
+    let b = rig.h.get_balance("acme").await.unwrap();
     assert_eq!(amount(&b.balance), "99.8818", "100 - 0.1182");
     rig.assert_no_token_upstream();
     // Counted once the settling task has its answer (just after the hold is gone).
@@ -285,8 +269,12 @@ async fn refusals_are_401_402_403_with_a_json_body() {
     }
     // A sub-user needs `admit` on the account it names.
     let owner = bearer(&rig.owner("team", "10").await);
-    let bob = bearer(&token(&mut rig.h.admin, pb::principal::Kind::SubUser, "bob").await);
-    grant(&mut rig.h.admin, "team", "bob", &["balance"]).await;
+    let bob = rig.h.create_token(SUB_USER, "", "bob").await.unwrap().token;
+    let bob = bearer(&bob);
+    rig.h
+        .grant_access("team", "bob", &["balance"])
+        .await
+        .unwrap();
     let a = get(
         at,
         "/work?usage=1",
@@ -301,7 +289,7 @@ async fn refusals_are_401_402_403_with_a_json_body() {
             .unwrap()
             .contains("owner must grant")
     );
-    grant(&mut rig.h.admin, "team", "bob", &["admit"]).await;
+    rig.h.grant_access("team", "bob", &["admit"]).await.unwrap();
     let a = get(
         at,
         "/work?usage=1000",
@@ -354,24 +342,16 @@ async fn refusals_are_401_402_403_with_a_json_body() {
         200
     );
     rig.settled("late").await;
-    assert_eq!(amount(&rig.h.balance("late").await.balance), "-0.02");
+    assert_eq!(
+        amount(&rig.h.get_balance("late").await.unwrap().balance),
+        "-0.02"
+    );
     let a = get(at, "/work?usage=1", &[("authorization", &late)]).await;
     assert_eq!(
         (a.status, a.json()["reason"].clone()),
         (402, "OVERDUE".into())
     );
     rig.assert_no_token_upstream();
-}
-
-async fn grant(admin: &mut AdminClient<Ch>, account: &str, user: &str, perms: &[&str]) {
-    admin
-        .grant_access(pb::GrantAccessRequest {
-            account_id: account.into(),
-            sub_user: user.into(),
-            permissions: perms.iter().map(|p| p.to_string()).collect(),
-        })
-        .await
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,10 +393,20 @@ async fn shadow_routes_never_deny_and_charge_nothing() {
         assert!(text.contains(want), "{want} in\n{text}");
     }
     for account in ["rich", "broke"] {
-        assert!(rig.h.statement(account).await.entries.is_empty());
-        assert_eq!(amount(&rig.h.balance(account).await.held), "0");
+        assert!(
+            rig.h
+                .get_statement(account)
+                .await
+                .unwrap()
+                .entries
+                .is_empty()
+        );
+        assert_eq!(amount(&rig.h.get_balance(account).await.unwrap().held), "0");
     }
-    assert_eq!(amount(&rig.h.balance("rich").await.balance), "100");
+    assert_eq!(
+        amount(&rig.h.get_balance("rich").await.unwrap().balance),
+        "100"
+    );
     rig.assert_no_token_upstream();
 }
 
@@ -461,10 +451,10 @@ async fn quotad_stopped_means_envoys_failure_mode() {
 #[tokio::test]
 async fn check_is_for_proxies_only() {
     let mut h = Harness::start().await;
-    h.create("acme", "1").await;
+    h.create_account("acme", "1").await.unwrap();
     let addr = h.running.as_ref().unwrap().addr;
-    let owner = token(&mut h.admin, pb::principal::Kind::Owner, "acme").await;
-    let proxy = token(&mut h.admin, pb::principal::Kind::Proxy, "edge").await;
+    let owner = h.create_token(OWNER, "acme", "").await.unwrap().token;
+    let proxy = h.create_token(PROXY, "", "edge").await.unwrap().token;
     let ch = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -497,20 +487,16 @@ async fn check_is_for_proxies_only() {
         tonic::Code::InvalidArgument,
         &["HTTP"],
     );
-    let (mut quota, mut admin) = connect(addr, &proxy).await;
+    let mut as_proxy = Client::connect(addr, &proxy).await;
     assert_status(
         "proxy on Quota",
-        quota
-            .get_balance(pb::GetBalanceRequest {
-                account_id: "acme".into(),
-            })
-            .await,
+        as_proxy.get_balance("acme").await,
         tonic::Code::PermissionDenied,
         &["proxy token"],
     );
     assert_status(
         "proxy on Admin",
-        admin.get_catalog(pb::GetCatalogRequest {}).await,
+        as_proxy.get_catalog().await,
         tonic::Code::PermissionDenied,
         &["proxy token"],
     );
@@ -531,10 +517,10 @@ async fn a_proxy_token_made_at_the_ledger_works_at_its_sidecars() {
     lcfg.operator_token_file = Some(dir.path().join("operator.token"));
     let ledger = server::start_ledger(lcfg, clock.clone()).await.unwrap();
     let operator = quotad::auth::read_token_file(&dir.path().join("operator.token")).unwrap();
-    let (_, mut admin) = connect(ledger.addr, &operator).await;
-    create_account(&mut admin, "acme", "10").await;
-    let sidecar_token = token(&mut admin, pb::principal::Kind::Sidecar, "s1").await;
-    let proxy = token(&mut admin, pb::principal::Kind::Proxy, "edge").await;
+    let mut admin = Client::connect(ledger.addr, &operator).await;
+    admin.create_account("acme", "10").await.unwrap();
+    let sidecar_token = admin.create_token(SIDECAR, "", "s1").await.unwrap().token;
+    let proxy = admin.create_token(PROXY, "", "edge").await.unwrap().token;
     let mut cfg = config(&dir.path().join("sidecar"));
     cfg.ledger_url = Some(format!("http://{}", ledger.addr));
     cfg.ledger_token = Some(sidecar_token);
@@ -551,14 +537,10 @@ async fn a_proxy_token_made_at_the_ledger_works_at_its_sidecars() {
         tonic::Code::InvalidArgument,
         &["HTTP"],
     );
-    let (mut quota, _) = connect(sidecar.addr, &proxy).await;
+    let mut as_proxy = Client::connect(sidecar.addr, &proxy).await;
     assert_status(
         "proxy on the sidecar's Quota",
-        quota
-            .get_balance(pb::GetBalanceRequest {
-                account_id: "acme".into(),
-            })
-            .await,
+        as_proxy.get_balance("acme").await,
         tonic::Code::PermissionDenied,
         &["proxy token"],
     );

@@ -15,19 +15,6 @@ use tonic::Code;
 
 const WEEK_MS: i64 = 7 * DAY_MS;
 
-async fn watch(h: &mut Harness, account: &str) -> tonic::Streaming<pb::AccountEvent> {
-    let s = h
-        .quota
-        .watch(pb::WatchRequest {
-            account_id: account.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    // The subscription is registered before the response headers go out.
-    s
-}
-
 /// The next event, or a panic if none comes within a generous bound.
 async fn next(s: &mut tonic::Streaming<pb::AccountEvent>) -> pb::AccountEvent {
     match tokio::time::timeout(Duration::from_secs(10), s.message()).await {
@@ -42,35 +29,29 @@ fn kind(e: &pb::AccountEvent) -> Kind {
 
 /// Charges `cost_ms` of A10 time through a reservation of 1 s.
 async fn spend(h: &mut Harness, account: &str, id: &str, cost_ms: i64) {
-    let r = h.reserve(account, id, 1_000).await.unwrap();
-    assert!(r.admitted, "{id}: {r:?}");
-    h.commit(id, cost_ms).await.unwrap();
-}
-
-async fn top_up(h: &mut Harness, account: &str, id: &str, amt: &str) {
-    h.admin
-        .top_up(pb::TopUpRequest {
-            account_id: account.into(),
-            amount: Some(money(amt)),
-            topup_id: id.into(),
-        })
+    let r = h
+        .reserve(account, id, GPU_SHARED, A10, 1_000, 0)
         .await
         .unwrap();
+    assert!(r.admitted, "{id}: {r:?}");
+    h.commit(id, cost_ms).await.unwrap();
 }
 
 #[tokio::test]
 async fn each_threshold_fires_once_then_overdue_and_recovered() {
     let mut h = Harness::start().await;
-    h.create("acme", "0").await;
-    h.buy("acme", "plan.compute.500", "p1").await;
-    let mut w1 = watch(&mut h, "acme").await;
-    let mut w2 = watch(&mut h, "acme").await;
+    h.create_account("acme", "0").await.unwrap();
+    h.purchase("acme", "plan.compute.500", "p1", 0)
+        .await
+        .unwrap();
+    let mut w1 = h.watch("acme").await.unwrap();
+    let mut w2 = h.watch("acme").await.unwrap();
     spend(&mut h, "acme", "r1", 670_000_000).await; // 402: 98 of 500 left
     spend(&mut h, "acme", "r2", 10_000_000).await; // 6: 92 left
     spend(&mut h, "acme", "r3", 70_000_000).await; // 42: 50 left
     spend(&mut h, "acme", "r4", 1_000_000).await; // 0.6: 49.4 left
     spend(&mut h, "acme", "r5", 100_000_000).await; // 60: plan used up, balance -10.6
-    top_up(&mut h, "acme", "t1", "10.6").await;
+    h.top_up("acme", "10.6", "t1").await.unwrap();
     for w in [&mut w1, &mut w2] {
         let got: Vec<(Kind, String, String)> = {
             let mut v = Vec::new();
@@ -96,27 +77,29 @@ async fn each_threshold_fires_once_then_overdue_and_recovered() {
 #[tokio::test]
 async fn expiry_warnings_come_at_their_times_then_the_expiry() {
     let mut h = Harness::start().await;
-    h.create("acme", "0").await;
-    h.coupon("acme", "c1", "50", T0_MS + 30 * DAY_MS).await;
-    let mut w = watch(&mut h, "acme").await;
+    h.create_account("acme", "0").await.unwrap();
+    h.grant_credit("acme", "c1", COUPON, ANY, "50", T0_MS + 30 * DAY_MS)
+        .await
+        .unwrap();
+    let mut w = h.watch("acme").await.unwrap();
     // Looking at the account is what checks it now (the sync tick does it otherwise).
     h.clock.set_ms(T0_MS + 30 * DAY_MS - WEEK_MS - 1);
-    h.balance("acme").await;
+    h.get_balance("acme").await.unwrap();
     h.clock.set_ms(T0_MS + 30 * DAY_MS - WEEK_MS);
-    h.balance("acme").await;
+    h.get_balance("acme").await.unwrap();
     let e = next(&mut w).await;
     assert_eq!((kind(&e), e.grant_id.as_str()), (Kind::GrantExpiring, "c1"));
     assert_eq!(e.threshold, WEEK_MS.to_string());
     // Nothing fired a millisecond earlier: this is the first event.
     assert_eq!(e.at_ms, T0_MS + 30 * DAY_MS - WEEK_MS);
     h.clock.set_ms(T0_MS + 29 * DAY_MS);
-    h.balance("acme").await;
+    h.get_balance("acme").await.unwrap();
     let e = next(&mut w).await;
     assert_eq!(kind(&e), Kind::GrantExpiring);
     assert_eq!(e.threshold, DAY_MS.to_string());
     assert_eq!(e.at_ms, T0_MS + 29 * DAY_MS);
     h.clock.set_ms(T0_MS + 30 * DAY_MS);
-    h.balance("acme").await;
+    h.get_balance("acme").await.unwrap();
     let e = next(&mut w).await;
     assert_eq!((kind(&e), e.grant_id.as_str()), (Kind::GrantExpired, "c1"));
     assert!(e.message.contains("50"), "{e:?}");
@@ -125,13 +108,15 @@ async fn expiry_warnings_come_at_their_times_then_the_expiry() {
 #[tokio::test]
 async fn crossings_fire_exactly_once_across_a_restart() {
     let mut h = Harness::start().await;
-    h.create("acme", "0").await;
-    h.buy("acme", "plan.compute.500", "p1").await;
-    let mut w = watch(&mut h, "acme").await;
+    h.create_account("acme", "0").await.unwrap();
+    h.purchase("acme", "plan.compute.500", "p1", 0)
+        .await
+        .unwrap();
+    let mut w = h.watch("acme").await.unwrap();
     spend(&mut h, "acme", "r1", 670_000_000).await; // 98 left
     assert_eq!(next(&mut w).await.threshold, "0.2");
     h.restart().await;
-    let mut w = watch(&mut h, "acme").await;
+    let mut w = h.watch("acme").await.unwrap();
     spend(&mut h, "acme", "r2", 1_000_000).await; // still below 20%: nothing new
     spend(&mut h, "acme", "r3", 1_000_000_000).await; // overdue
     // The first event after the restart is the new crossing, not the old one again.
@@ -144,34 +129,14 @@ async fn crossings_fire_exactly_once_across_a_restart() {
 #[tokio::test]
 async fn stops_of_jobs_and_sessions_are_events() {
     let mut h = Harness::start().await;
-    h.create("acme", "10").await;
-    let mut w = watch(&mut h, "acme").await;
+    h.create_account("acme", "10").await.unwrap();
+    let mut w = h.watch("acme").await.unwrap();
     // A session idles out, another is stopped, and a job runs out of money.
-    let start = |id: &str| pb::StartSessionRequest {
-        account_id: "acme".into(),
-        session_id: id.into(),
-        sku: "gpu.exclusive.a10.8c30g".into(),
-        auto_shutdown: None,
-        idle_timeout_ms: 0,
-    };
-    assert!(
-        h.quota
-            .start_session(start("s1"))
-            .await
-            .unwrap()
-            .into_inner()
-            .admitted
-    );
+    const SKU: &str = "gpu.exclusive.a10.8c30g";
+    let s1 = h.start_session("acme", "s1", SKU, None, 0).await.unwrap();
+    assert!(s1.admitted);
     h.clock.advance_ms(21 * 60_000);
-    let beat = h
-        .quota
-        .heartbeat(pb::HeartbeatRequest {
-            session_id: "s1".into(),
-            busy: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let beat = h.heartbeat("s1", true).await.unwrap();
     assert_eq!(beat.action, pb::Action::Stop as i32);
     let e = next(&mut w).await;
     assert_eq!(
@@ -179,30 +144,17 @@ async fn stops_of_jobs_and_sessions_are_events() {
         (Kind::SessionIdleShutdown, "s1")
     );
     // 20 minutes of 9.9 an hour: 3.3 charged, 6.7 left; 16.7 after a top-up.
-    top_up(&mut h, "acme", "t1", "10").await;
-    assert!(
-        h.quota
-            .start_session(start("s2"))
-            .await
-            .unwrap()
-            .into_inner()
-            .admitted
-    );
-    let e = h
-        .quota
-        .stop_session(pb::StopSessionRequest {
-            session_id: "s2".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    h.top_up("acme", "10", "t1").await.unwrap();
+    let s2 = h.start_session("acme", "s2", SKU, None, 0).await.unwrap();
+    assert!(s2.admitted);
+    let e = h.stop_session("s2").await.unwrap();
     assert_eq!(amount(&e.charged), "0");
     let e = next(&mut w).await;
     assert_eq!(
         (kind(&e), e.grant_id.as_str()),
         (Kind::SessionStopped, "s2")
     );
-    let mut job = Job::open(&mut h.quota, "acme", "job-1").await;
+    let mut job = h.stream_usage("acme", "job-1").await.unwrap();
     let d = job.report(1, 27_000_000).await.unwrap(); // 16.2 of 16.7: no next interval
     assert_eq!(d.action, pb::Action::Stop as i32);
     job.close().await;
@@ -216,15 +168,20 @@ async fn stops_of_jobs_and_sessions_are_events() {
 #[tokio::test]
 async fn a_slow_watcher_never_blocks_reserve_and_is_told_what_it_missed() {
     let mut h = Harness::start_with(|c| c.engine.watch.buffer = 4).await;
-    h.create("acme", "1").await;
+    h.create_account("acme", "1").await.unwrap();
     // A watcher that never reads.
     let (mut rx, _guard) = h.engine().watch("acme").await.unwrap();
     for i in 0..10 {
         spend(&mut h, "acme", &format!("r{i}"), 2_000_000).await; // 1.2: overdue
-        top_up(&mut h, "acme", &format!("t{i}"), "1.2").await; // recovered
+        h.top_up("acme", "1.2", &format!("t{i}")).await.unwrap(); // recovered
     }
     // Twenty events went by and admission never waited for the watcher.
-    assert!(h.reserve("acme", "last", 1_000).await.unwrap().admitted);
+    assert!(
+        h.reserve("acme", "last", GPU_SHARED, A10, 1_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
     // Events leave once durable, in order: wait until the last one was sent.
     let engine = h.engine().clone();
     eventually("all events sent", || {
@@ -246,25 +203,17 @@ async fn a_slow_watcher_never_blocks_reserve_and_is_told_what_it_missed() {
 #[tokio::test]
 async fn watch_limits_and_unknown_accounts() {
     let mut h = Harness::start_with(|c| c.engine.watch.watchers_per_account_max = 1).await;
-    h.create("acme", "1").await;
-    let _w = watch(&mut h, "acme").await;
+    h.create_account("acme", "1").await.unwrap();
+    let _w = h.watch("acme").await.unwrap();
     assert_status(
         "second watcher",
-        h.quota
-            .watch(pb::WatchRequest {
-                account_id: "acme".into(),
-            })
-            .await,
+        h.watch("acme").await,
         Code::ResourceExhausted,
         &["watchers"],
     );
     assert_status(
         "unknown account",
-        h.quota
-            .watch(pb::WatchRequest {
-                account_id: "nobody".into(),
-            })
-            .await,
+        h.watch("nobody").await,
         Code::NotFound,
         &["nobody"],
     );
@@ -273,7 +222,7 @@ async fn watch_limits_and_unknown_accounts() {
 #[tokio::test]
 async fn ctl_watch_prints_events_live() {
     let mut h = Harness::start().await;
-    h.create("acme", "1").await;
+    h.create_account("acme", "1").await.unwrap();
     let addr = h.running.as_ref().unwrap().addr;
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_quotad"))
         .args([
@@ -303,7 +252,7 @@ async fn ctl_watch_prints_events_live() {
     })
     .await;
     spend(&mut h, "acme", "r1", 2_000_000).await;
-    top_up(&mut h, "acme", "t1", "1").await;
+    h.top_up("acme", "1", "t1").await.unwrap();
     let waited = tokio::time::timeout(
         Duration::from_secs(30),
         tokio::task::spawn_blocking(move || child.wait_with_output()),
@@ -329,9 +278,9 @@ async fn ctl_watch_prints_events_live() {
 #[tokio::test]
 async fn shutdown_ends_open_watches_and_streams() {
     let mut h = Harness::start().await;
-    h.create("acme", "1").await;
-    let mut w = watch(&mut h, "acme").await;
-    let mut job = Job::open(&mut h.quota, "acme", "job-1").await;
+    h.create_account("acme", "1").await.unwrap();
+    let mut w = h.watch("acme").await.unwrap();
+    let mut job = h.stream_usage("acme", "job-1").await.unwrap();
     job.report(1, 1_000).await.unwrap();
     // A graceful shutdown does not wait for clients that never hang up.
     h.shutdown().await;

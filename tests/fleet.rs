@@ -21,10 +21,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use common::procs::{self, Proc, TestDatabase};
-use common::{Ch, amount, connect, money, reserve_req};
+use common::{A10, Client, GPU_SHARED, amount};
 use quotad::pb;
-use quotad::pb::admin_client::AdminClient;
-use quotad::pb::quota_client::QuotaClient;
 use rust_decimal::Decimal;
 
 const SIDECARS: usize = 4;
@@ -43,8 +41,10 @@ struct Fleet {
     db: TestDatabase,
     _ledger: Proc,
     sidecars: Vec<(Proc, tempfile::TempDir)>,
-    quota: Vec<QuotaClient<Ch>>,
-    admin: AdminClient<Ch>,
+    /// A client of each sidecar (Quota).
+    clients: Vec<Client>,
+    /// The ledger's Admin service.
+    admin: Client,
     _tokens: tempfile::TempDir,
 }
 
@@ -57,34 +57,29 @@ impl Fleet {
             procs::spawn_ledger(&db.url, "127.0.0.1:0".parse().unwrap(), 1, &token_file, &[]).await;
         let token = quotad::auth::read_token_file(&token_file).unwrap();
         let mut sidecars = Vec::new();
-        let mut quota = Vec::new();
+        let mut clients = Vec::new();
         for i in 0..SIDECARS {
             let dir = tempfile::tempdir().unwrap();
             let name = format!("sidecar {i}");
             let p = procs::spawn_sidecar(ledger.addr, dir.path(), &name, &token_file, &[]).await;
-            quota.push(connect(p.addr, &token).await.0);
+            clients.push(Client::connect(p.addr, &token).await);
             sidecars.push((p, dir));
         }
-        let admin = connect(ledger.addr, &token).await.1;
+        let admin = Client::connect(ledger.addr, &token).await;
         Fleet {
             db,
             _ledger: ledger,
             sidecars,
-            quota,
+            clients,
             admin,
             _tokens: tokens,
         }
     }
 
     async fn account(&mut self, account: &str, balance: &str) {
-        self.admin
-            .create_account(pb::CreateAccountRequest {
-                account_id: account.into(),
-                balance: None,
-            })
-            .await
-            .unwrap();
-        self.admin.top_up(opening(account, balance)).await.unwrap();
+        self.admin.create_account(account, None).await.unwrap();
+        let opening = opening_id(account);
+        self.admin.top_up(account, balance, &opening).await.unwrap();
     }
 
     async fn reserve(
@@ -94,23 +89,19 @@ impl Fleet {
         id: &str,
         ms: i64,
     ) -> pb::ReserveResponse {
-        let q = &mut self.quota[sidecar];
-        tokio::time::timeout(CALL_TIMEOUT, q.reserve(reserve_req(account, id, ms)))
+        let c = &mut self.clients[sidecar];
+        let call = c.reserve(account, id, GPU_SHARED, A10, ms, 0);
+        tokio::time::timeout(CALL_TIMEOUT, call)
             .await
             .unwrap_or_else(|_| panic!("reserve {id} on sidecar {sidecar}: no answer"))
             .unwrap_or_else(|s| panic!("reserve {id} on sidecar {sidecar}: {s:?}"))
-            .into_inner()
     }
 
     async fn commit(&mut self, sidecar: usize, id: &str, ms: i64) -> Decimal {
-        let c = self.quota[sidecar]
-            .commit(pb::CommitRequest {
-                reservation_id: id.into(),
-                quantity: ms,
-            })
+        let c = self.clients[sidecar]
+            .commit(id, ms)
             .await
-            .unwrap_or_else(|s| panic!("commit {id} on sidecar {sidecar}: {s:?}"))
-            .into_inner();
+            .unwrap_or_else(|s| panic!("commit {id} on sidecar {sidecar}: {s:?}"));
         dec(&amount(&c.charged))
     }
 
@@ -120,18 +111,12 @@ impl Fleet {
         account: &str,
         opening_amount: &str,
     ) -> (Vec<pb::StatementEntry>, Decimal) {
-        let st = self
-            .admin
-            .get_statement(pb::GetStatementRequest {
-                account_id: account.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let st = self.admin.get_statement(account).await.unwrap();
         // Retrying the opening top-up adds nothing and answers the ledger's current view.
-        let b = self.admin.top_up(opening(account, opening_amount)).await;
+        let opening = opening_id(account);
+        let b = self.admin.top_up(account, opening_amount, &opening).await;
         let balance = match b {
-            Ok(b) => dec(&amount(&b.into_inner().balance)),
+            Ok(b) => dec(&amount(&b.balance)),
             Err(s) => panic!("balance of {account}: {s:?}"),
         };
         (st.entries, balance)
@@ -195,17 +180,14 @@ async fn a_user_who_can_pay_is_admitted_on_any_sidecar_and_never_beyond_the_mone
     let mut calls = Vec::new();
     for s in 0..SIDECARS {
         for j in 0..BURST_PER_SIDECAR {
-            let mut q = f.quota[s].clone();
+            let mut c = f.clients[s].clone();
             let id = format!("burst-{s}-{j}");
             calls.push(tokio::spawn(async move {
-                let r = tokio::time::timeout(
-                    CALL_TIMEOUT,
-                    q.reserve(reserve_req("burst", &id, JOB_MS)),
-                )
-                .await
-                .expect("an answer")
-                .expect("a Reserve answer")
-                .into_inner();
+                let call = c.reserve("burst", &id, GPU_SHARED, A10, JOB_MS, 0);
+                let r = tokio::time::timeout(CALL_TIMEOUT, call)
+                    .await
+                    .expect("an answer")
+                    .expect("a Reserve answer");
                 (s, id, r)
             }));
         }
@@ -298,12 +280,9 @@ async fn a_user_who_can_pay_is_admitted_on_any_sidecar_and_never_beyond_the_mone
     f.db.drop_now().await;
 }
 
-fn opening(account: &str, amount: &str) -> pb::TopUpRequest {
-    pb::TopUpRequest {
-        account_id: account.into(),
-        amount: Some(money(amount)),
-        topup_id: format!("{account}-opening"),
-    }
+/// The id of an account's opening top-up.
+fn opening_id(account: &str) -> String {
+    format!("{account}-opening")
 }
 
 fn dec(s: &str) -> Decimal {

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use quotad::clock::Clock;
 use quotad::pb;
-use tonic::{Code, Status};
+use tonic::Code;
 
 const ACME: &str = "acme";
 const FAR_MS: i64 = T0_MS + 30 * DAY_MS;
@@ -20,55 +20,12 @@ const COST_100S: &str = "0.06";
 
 /// (balance, held, available) of the account as GetBalance shows them.
 async fn money_view(h: &mut Harness, account: &str) -> (String, String, String) {
-    let b = h.balance(account).await;
+    let b = h.get_balance(account).await.unwrap();
     (amount(&b.balance), amount(&b.held), amount(&b.available))
 }
 
 fn view(balance: &str, held: &str, available: &str) -> (String, String, String) {
     (balance.into(), held.into(), available.into())
-}
-
-async fn top_up(
-    h: &mut Harness,
-    account: &str,
-    amt: &str,
-    id: &str,
-) -> Result<pb::Balance, Status> {
-    let req = pb::TopUpRequest {
-        account_id: account.into(),
-        amount: Some(money(amt)),
-        topup_id: id.into(),
-    };
-    h.admin.top_up(req).await.map(|r| r.into_inner())
-}
-
-async fn purchase(
-    h: &mut Harness,
-    account: &str,
-    sku: &str,
-    id: &str,
-) -> Result<pb::PurchaseResponse, Status> {
-    let req = pb::PurchaseRequest {
-        account_id: account.into(),
-        sku: sku.into(),
-        purchase_id: id.into(),
-        effective_at_ms: 0,
-    };
-    h.admin.purchase(req).await.map(|r| r.into_inner())
-}
-
-async fn reserve_with(
-    h: &mut Harness,
-    req: pb::ReserveRequest,
-) -> Result<pb::ReserveResponse, Status> {
-    h.quota.reserve(req).await.map(|r| r.into_inner())
-}
-
-fn with_ttl(account: &str, id: &str, ms: i64, ttl_ms: i64) -> pb::ReserveRequest {
-    pb::ReserveRequest {
-        ttl_ms,
-        ..reserve_req(account, id, ms)
-    }
 }
 
 fn grant_ids(grants: &[pb::Grant]) -> Vec<String> {
@@ -77,7 +34,7 @@ fn grant_ids(grants: &[pb::Grant]) -> Vec<String> {
 
 /// Statement entries of `usage_id`.
 async fn entries_of(h: &mut Harness, account: &str, usage_id: &str) -> Vec<pb::StatementEntry> {
-    let s = h.statement(account).await;
+    let s = h.get_statement(account).await.unwrap();
     s.entries
         .into_iter()
         .filter(|e| e.usage_id == usage_id)
@@ -101,24 +58,29 @@ fn assert_denied(r: &pb::ReserveResponse, reason: pb::DenyReason) {
 #[tokio::test]
 async fn reserve_retry_returns_first_outcome_and_holds_once() {
     let mut h = Harness::start().await;
-    h.create(ACME, "10").await;
-    let first = h.reserve(ACME, "r1", MS_100S).await.unwrap();
+    h.create_account(ACME, "10").await.unwrap();
+    let first = h
+        .reserve(ACME, "r1", GPU_SHARED, A10, MS_100S, 0)
+        .await
+        .unwrap();
     assert_admitted(&first, COST_100S);
     assert_eq!(first.expires_at_ms, T0_MS + DEFAULT_TTL_MS);
     assert_eq!(amount(&first.available), "9.94");
 
     // Later, and over another connection: the first outcome, not a second hold.
     h.clock.advance_ms(1_000);
-    let (mut quota, _) = connect(h.running.as_ref().unwrap().addr, &h.token).await;
-    let again = quota
-        .reserve(reserve_req(ACME, "r1", MS_100S))
+    let mut other = Client::connect(h.addr(), &h.token).await;
+    let again = other
+        .reserve(ACME, "r1", GPU_SHARED, A10, MS_100S, 0)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_admitted(&again, COST_100S);
     assert_eq!(again.expires_at_ms, first.expires_at_ms);
     assert_eq!(amount(&again.available), "9.94");
-    let again = h.reserve(ACME, "r1", MS_100S).await.unwrap();
+    let again = h
+        .reserve(ACME, "r1", GPU_SHARED, A10, MS_100S, 0)
+        .await
+        .unwrap();
     assert_eq!(again.expires_at_ms, first.expires_at_ms);
 
     assert_eq!(
@@ -131,20 +93,24 @@ async fn reserve_retry_returns_first_outcome_and_holds_once() {
 #[tokio::test]
 async fn reserve_retry_with_a_different_request_is_failed_precondition() {
     let mut h = Harness::start().await;
-    h.create(ACME, "10").await;
-    h.create("other", "10").await;
-    assert_admitted(&h.reserve(ACME, "r1", MS_100S).await.unwrap(), COST_100S);
+    h.create_account(ACME, "10").await.unwrap();
+    h.create_account("other", "10").await.unwrap();
+    assert_admitted(
+        &h.reserve(ACME, "r1", GPU_SHARED, A10, MS_100S, 0)
+            .await
+            .unwrap(),
+        COST_100S,
+    );
 
     let fp = Code::FailedPrecondition;
-    let r = h.reserve(ACME, "r1", MS_100S + 1).await;
+    let r = h.reserve(ACME, "r1", GPU_SHARED, A10, MS_100S + 1, 0).await;
     assert_status("other quantity", r, fp, &["r1"]);
-    let r = h.reserve("other", "r1", MS_100S).await;
+    let r = h.reserve("other", "r1", GPU_SHARED, A10, MS_100S, 0).await;
     assert_status("other account", r, fp, &["r1"]);
-    let t4 = pb::ReserveRequest {
-        sku: "gpu.shared.t4".into(),
-        ..reserve_req(ACME, "r1", MS_100S)
-    };
-    assert_status("other sku", reserve_with(&mut h, t4).await, fp, &["r1"]);
+    let r = h
+        .reserve(ACME, "r1", GPU_SHARED, "gpu.shared.t4", MS_100S, 0)
+        .await;
+    assert_status("other sku", r, fp, &["r1"]);
 
     assert_eq!(
         money_view(&mut h, ACME).await,
@@ -162,8 +128,10 @@ async fn reserve_retry_with_a_different_request_is_failed_precondition() {
 #[tokio::test]
 async fn commit_retry_returns_same_charge_and_charges_once() {
     let mut h = Harness::start().await;
-    h.create(ACME, "10").await;
-    h.reserve(ACME, "r1", MS_100S).await.unwrap();
+    h.create_account(ACME, "10").await.unwrap();
+    h.reserve(ACME, "r1", GPU_SHARED, A10, MS_100S, 0)
+        .await
+        .unwrap();
     let first = h.commit("r1", 80_000).await.unwrap();
     assert_eq!(amount(&first.charged), "0.048");
     assert_eq!(amount(&first.available), "9.952");
@@ -192,7 +160,7 @@ async fn commit_retry_returns_same_charge_and_charges_once() {
         Code::FailedPrecondition,
         &["80000"],
     );
-    assert_eq!(h.statement(ACME).await.entries.len(), 1);
+    assert_eq!(h.get_statement(ACME).await.unwrap().entries.len(), 1);
     assert_eq!(money_view(&mut h, ACME).await, view("9.952", "0", "9.952"));
     h.shutdown().await;
 }
@@ -200,20 +168,24 @@ async fn commit_retry_returns_same_charge_and_charges_once() {
 #[tokio::test]
 async fn release_retry_returns_same_amount() {
     let mut h = Harness::start().await;
-    h.create(ACME, "10").await;
-    h.reserve(ACME, "r1", MS_100S).await.unwrap();
+    h.create_account(ACME, "10").await.unwrap();
+    h.reserve(ACME, "r1", GPU_SHARED, A10, MS_100S, 0)
+        .await
+        .unwrap();
     assert_eq!(amount(&h.release("r1").await.unwrap().released), COST_100S);
     assert_eq!(amount(&h.release("r1").await.unwrap().released), COST_100S);
     assert_eq!(money_view(&mut h, ACME).await, view("10", "0", "10"));
-    assert!(h.statement(ACME).await.entries.is_empty());
+    assert!(h.get_statement(ACME).await.unwrap().entries.is_empty());
     h.shutdown().await;
 }
 
 #[tokio::test]
 async fn commit_after_release_and_release_after_commit_are_failed_precondition() {
     let mut h = Harness::start().await;
-    h.create(ACME, "10").await;
-    h.reserve(ACME, "released", MS_100S).await.unwrap();
+    h.create_account(ACME, "10").await.unwrap();
+    h.reserve(ACME, "released", GPU_SHARED, A10, MS_100S, 0)
+        .await
+        .unwrap();
     h.release("released").await.unwrap();
     let r = h.commit("released", MS_100S).await;
     assert_status(
@@ -223,7 +195,9 @@ async fn commit_after_release_and_release_after_commit_are_failed_precondition()
         &["released"],
     );
 
-    h.reserve(ACME, "committed", MS_100S).await.unwrap();
+    h.reserve(ACME, "committed", GPU_SHARED, A10, MS_100S, 0)
+        .await
+        .unwrap();
     h.commit("committed", MS_100S).await.unwrap();
     let r = h.release("committed").await;
     assert_status(
@@ -234,7 +208,7 @@ async fn commit_after_release_and_release_after_commit_are_failed_precondition()
     );
 
     assert_eq!(money_view(&mut h, ACME).await, view("9.94", "0", "9.94"));
-    let s = h.statement(ACME).await;
+    let s = h.get_statement(ACME).await.unwrap();
     let ids: Vec<&str> = s.entries.iter().map(|e| e.usage_id.as_str()).collect();
     assert_eq!(ids, ["committed"]);
     h.shutdown().await;
@@ -243,26 +217,34 @@ async fn commit_after_release_and_release_after_commit_are_failed_precondition()
 #[tokio::test]
 async fn retries_after_a_restart_return_the_first_outcome() {
     let mut h = Harness::start().await;
-    h.create(ACME, "10").await;
-    let first = h.reserve(ACME, "open", MS_100S).await.unwrap();
-    h.reserve(ACME, "done", MS_100S).await.unwrap();
+    h.create_account(ACME, "10").await.unwrap();
+    let first = h
+        .reserve(ACME, "open", GPU_SHARED, A10, MS_100S, 0)
+        .await
+        .unwrap();
+    h.reserve(ACME, "done", GPU_SHARED, A10, MS_100S, 0)
+        .await
+        .unwrap();
     h.commit("done", MS_100S).await.unwrap();
-    top_up(&mut h, ACME, "1", "t1").await.unwrap();
+    h.top_up(ACME, "1", "t1").await.unwrap();
     h.restart().await;
 
-    let again = h.reserve(ACME, "open", MS_100S).await.unwrap();
+    let again = h
+        .reserve(ACME, "open", GPU_SHARED, A10, MS_100S, 0)
+        .await
+        .unwrap();
     assert_admitted(&again, COST_100S);
     assert_eq!(again.expires_at_ms, first.expires_at_ms);
     assert_eq!(
         amount(&h.commit("done", MS_100S).await.unwrap().charged),
         COST_100S
     );
-    top_up(&mut h, ACME, "1", "t1").await.unwrap();
+    h.top_up(ACME, "1", "t1").await.unwrap();
     assert_eq!(
         money_view(&mut h, ACME).await,
         view("10.94", COST_100S, "10.88")
     );
-    assert_eq!(h.statement(ACME).await.entries.len(), 1);
+    assert_eq!(h.get_statement(ACME).await.unwrap().entries.len(), 1);
     h.shutdown().await;
 }
 
@@ -271,32 +253,27 @@ async fn retries_after_a_restart_return_the_first_outcome() {
 #[tokio::test]
 async fn top_up_retry_adds_once() {
     let mut h = Harness::start().await;
-    h.create(ACME, "10").await;
-    h.create("other", "0").await;
+    h.create_account(ACME, "10").await.unwrap();
+    h.create_account("other", "0").await.unwrap();
     assert_eq!(
-        amount(&top_up(&mut h, ACME, "5", "t1").await.unwrap().balance),
+        amount(&h.top_up(ACME, "5", "t1").await.unwrap().balance),
         "15"
     );
     assert_eq!(
-        amount(&top_up(&mut h, ACME, "5", "t1").await.unwrap().balance),
+        amount(&h.top_up(ACME, "5", "t1").await.unwrap().balance),
         "15"
     );
     // The same amount written differently is the same top-up.
     assert_eq!(
-        amount(&top_up(&mut h, ACME, "5.00", "t1").await.unwrap().balance),
+        amount(&h.top_up(ACME, "5.00", "t1").await.unwrap().balance),
         "15"
     );
 
     let fp = Code::FailedPrecondition;
-    assert_status(
-        "other amount",
-        top_up(&mut h, ACME, "6", "t1").await,
-        fp,
-        &["t1"],
-    );
+    assert_status("other amount", h.top_up(ACME, "6", "t1").await, fp, &["t1"]);
     assert_status(
         "other account",
-        top_up(&mut h, "other", "5", "t1").await,
+        h.top_up("other", "5", "t1").await,
         fp,
         &["t1"],
     );
@@ -308,33 +285,37 @@ async fn top_up_retry_adds_once() {
 #[tokio::test]
 async fn purchase_retry_returns_the_same_grants_and_creates_none() {
     let mut h = Harness::start().await;
-    h.create(ACME, "0").await;
-    let first = purchase(&mut h, ACME, "plan.compute.starter", "p1")
+    h.create_account(ACME, "0").await.unwrap();
+    let first = h
+        .purchase(ACME, "plan.compute.starter", "p1", 0)
         .await
         .unwrap();
     assert_eq!(grant_ids(&first.grants), ["p1/1"]);
     assert_eq!(amount(&first.price_paid), "59");
     // A once-per-account plan: the retry is the first purchase, not a second one.
-    let again = purchase(&mut h, ACME, "plan.compute.starter", "p1")
+    let again = h
+        .purchase(ACME, "plan.compute.starter", "p1", 0)
         .await
         .unwrap();
     assert_eq!(again, first);
 
-    let pkg = purchase(&mut h, ACME, "package.basic", "pk").await.unwrap();
+    let pkg = h.purchase(ACME, "package.basic", "pk", 0).await.unwrap();
     assert_eq!(grant_ids(&pkg.grants), ["pk/1", "pk/2", "pk/3"]);
     // Use some of the grants, then retry: same grants, none created.
-    h.reserve(ACME, "r1", MS_100S).await.unwrap();
+    h.reserve(ACME, "r1", GPU_SHARED, A10, MS_100S, 0)
+        .await
+        .unwrap();
     h.commit("r1", MS_100S).await.unwrap();
-    let again = purchase(&mut h, ACME, "package.basic", "pk").await.unwrap();
+    let again = h.purchase(ACME, "package.basic", "pk", 0).await.unwrap();
     assert_eq!(grant_ids(&again.grants), ["pk/1", "pk/2", "pk/3"]);
     assert_eq!(amount(&again.price_paid), "199");
 
     let fp = Code::FailedPrecondition;
-    let r = purchase(&mut h, ACME, "plan.compute.500", "p1").await;
+    let r = h.purchase(ACME, "plan.compute.500", "p1", 0).await;
     assert_status("same id, other sku", r, fp, &["p1"]);
-    let r = purchase(&mut h, ACME, "plan.compute.starter", "p2").await;
+    let r = h.purchase(ACME, "plan.compute.starter", "p2", 0).await;
     assert_status("starter twice", r, fp, &["plan.compute.starter"]);
-    let b = h.balance(ACME).await;
+    let b = h.get_balance(ACME).await.unwrap();
     assert_eq!(grant_ids(&b.grants), ["p1/1", "pk/1", "pk/2", "pk/3"]);
     assert_eq!(amount(&b.available), "399.94");
     h.shutdown().await;
@@ -343,27 +324,29 @@ async fn purchase_retry_returns_the_same_grants_and_creates_none() {
 #[tokio::test]
 async fn grant_credit_retry_returns_the_same_grant_once() {
     let mut h = Harness::start().await;
-    h.create(ACME, "10").await;
-    let first = h.coupon(ACME, "c1", "5", FAR_MS).await;
+    h.create_account(ACME, "10").await.unwrap();
+    let first = h
+        .grant_credit(ACME, "c1", COUPON, ANY, "5", FAR_MS)
+        .await
+        .unwrap();
     assert_eq!((first.grant_id.as_str(), first.quota.as_str()), ("c1", "5"));
-    let again = h.coupon(ACME, "c1", "5", FAR_MS).await;
+    let again = h
+        .grant_credit(ACME, "c1", COUPON, ANY, "5", FAR_MS)
+        .await
+        .unwrap();
     assert_eq!(again, first);
-    let b = h.balance(ACME).await;
+    let b = h.get_balance(ACME).await.unwrap();
     assert_eq!(grant_ids(&b.grants), ["c1"]);
     assert_eq!(amount(&b.available), "15");
 
     let fp = Code::FailedPrecondition;
-    let r = h
-        .admin
-        .grant_credit(coupon_req(ACME, "c1", "6", FAR_MS))
-        .await;
+    let r = h.grant_credit(ACME, "c1", COUPON, ANY, "6", FAR_MS).await;
     assert_status("other amount", r, fp, &["c1"]);
     let r = h
-        .admin
-        .grant_credit(coupon_req(ACME, "c1", "5", FAR_MS + 1))
+        .grant_credit(ACME, "c1", COUPON, ANY, "5", FAR_MS + 1)
         .await;
     assert_status("other expiry", r, fp, &["c1"]);
-    assert_eq!(amount(&h.balance(ACME).await.available), "15");
+    assert_eq!(amount(&h.get_balance(ACME).await.unwrap().available), "15");
     h.shutdown().await;
 }
 
@@ -372,8 +355,9 @@ async fn grant_credit_retry_returns_the_same_grant_once() {
 #[tokio::test]
 async fn hold_is_released_at_its_ttl() {
     let mut h = Harness::start().await;
-    h.create(ACME, "1").await;
-    let r = reserve_with(&mut h, with_ttl(ACME, "r1", MS_100S, 60_000))
+    h.create_account(ACME, "1").await.unwrap();
+    let r = h
+        .reserve(ACME, "r1", GPU_SHARED, A10, MS_100S, 60_000)
         .await
         .unwrap();
     assert_admitted(&r, COST_100S);
@@ -397,10 +381,12 @@ async fn hold_is_released_at_its_ttl() {
         fp,
         &["r1", "expired"],
     );
-    assert!(h.statement(ACME).await.entries.is_empty());
+    assert!(h.get_statement(ACME).await.unwrap().entries.is_empty());
     // All of the balance is available again: 1_666_666 ms cost 0.9999996.
     assert_admitted(
-        &h.reserve(ACME, "r2", 1_666_666).await.unwrap(),
+        &h.reserve(ACME, "r2", GPU_SHARED, A10, 1_666_666, 0)
+            .await
+            .unwrap(),
         "0.9999996",
     );
     h.shutdown().await;
@@ -411,11 +397,16 @@ async fn hold_is_released_at_its_ttl() {
 #[tokio::test]
 async fn reserve_retry_after_expiry_reports_current_available() {
     let mut h = Harness::start().await;
-    h.create(ACME, "1").await;
-    let req = with_ttl(ACME, "r1", MS_100S, 60_000);
-    let first = reserve_with(&mut h, req.clone()).await.unwrap();
+    h.create_account(ACME, "1").await.unwrap();
+    let first = h
+        .reserve(ACME, "r1", GPU_SHARED, A10, MS_100S, 60_000)
+        .await
+        .unwrap();
     h.clock.advance_ms(60_001);
-    let again = reserve_with(&mut h, req).await.unwrap();
+    let again = h
+        .reserve(ACME, "r1", GPU_SHARED, A10, MS_100S, 60_000)
+        .await
+        .unwrap();
     assert_eq!(again.expires_at_ms, first.expires_at_ms);
     assert_eq!(amount(&again.available), "1", "{again:?}");
     assert_eq!(money_view(&mut h, ACME).await, view("1", "0", "1"));
@@ -428,11 +419,11 @@ async fn reserve_retry_after_expiry_reports_current_available() {
 async fn sweep_releases_expired_holds_and_keeps_live_ones() {
     // The background loop sweeps once an hour of real time: only our sweeps run here.
     let mut h = Harness::start_with(|c| c.sync_interval_ms = 3_600_000).await;
-    h.create(ACME, "1").await;
-    reserve_with(&mut h, with_ttl(ACME, "short", MS_100S, 60_000))
+    h.create_account(ACME, "1").await.unwrap();
+    h.reserve(ACME, "short", GPU_SHARED, A10, MS_100S, 60_000)
         .await
         .unwrap();
-    reserve_with(&mut h, with_ttl(ACME, "long", MS_100S, 120_000))
+    h.reserve(ACME, "long", GPU_SHARED, A10, MS_100S, 120_000)
         .await
         .unwrap();
 
@@ -468,7 +459,7 @@ async fn sweep_releases_expired_holds_and_keeps_live_ones() {
         &["long"],
     );
     assert_eq!(money_view(&mut h, ACME).await, view("0.94", "0", "0.94"));
-    assert_eq!(h.statement(ACME).await.entries.len(), 1);
+    assert_eq!(h.get_statement(ACME).await.unwrap().entries.len(), 1);
     h.shutdown().await;
 }
 
@@ -477,14 +468,14 @@ async fn sweep_releases_expired_holds_and_keeps_live_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn concurrent_reserves_never_overspend() {
     let mut h = Harness::start().await;
-    h.create(ACME, "1").await;
+    h.create_account(ACME, "1").await.unwrap();
     let tasks: Vec<_> = (0..64)
         .map(|i| {
-            let mut quota = h.quota.clone();
+            let mut c = h.client.clone();
             tokio::spawn(async move {
                 let id = format!("c{i}");
-                let r = quota.reserve(reserve_req(ACME, &id, MS_100S)).await;
-                (id, r.map(|r| r.into_inner()))
+                let r = c.reserve(ACME, &id, GPU_SHARED, A10, MS_100S, 0).await;
+                (id, r)
             })
         })
         .collect();
@@ -506,14 +497,11 @@ async fn concurrent_reserves_never_overspend() {
     let commits: Vec<_> = admitted
         .iter()
         .map(|id| {
-            let mut quota = h.quota.clone();
+            let mut c = h.client.clone();
             let id = id.clone();
             tokio::spawn(async move {
-                let req = pb::CommitRequest {
-                    reservation_id: id.clone(),
-                    quantity: MS_100S,
-                };
-                (id, quota.commit(req).await.map(|r| r.into_inner()))
+                let r = c.commit(&id, MS_100S).await;
+                (id, r)
             })
         })
         .collect();
@@ -523,7 +511,7 @@ async fn concurrent_reserves_never_overspend() {
         assert_eq!(amount(&c.charged), COST_100S);
     }
     assert_eq!(money_view(&mut h, ACME).await, view("0.04", "0", "0.04"));
-    let s = h.statement(ACME).await;
+    let s = h.get_statement(ACME).await.unwrap();
     assert_eq!(s.entries.len(), 16);
     assert!(
         s.entries.iter().all(|e| amount(&e.cost) == COST_100S),
@@ -531,10 +519,17 @@ async fn concurrent_reserves_never_overspend() {
     );
     // What is left pays for 66_666 ms (0.0399996) and not 100 s.
     assert_denied(
-        &h.reserve(ACME, "late", MS_100S).await.unwrap(),
+        &h.reserve(ACME, "late", GPU_SHARED, A10, MS_100S, 0)
+            .await
+            .unwrap(),
         pb::DenyReason::InsufficientFunds,
     );
-    assert_admitted(&h.reserve(ACME, "last", 66_666).await.unwrap(), "0.0399996");
+    assert_admitted(
+        &h.reserve(ACME, "last", GPU_SHARED, A10, 66_666, 0)
+            .await
+            .unwrap(),
+        "0.0399996",
+    );
     h.shutdown().await;
 }
 
@@ -543,16 +538,16 @@ async fn concurrent_reserves_never_overspend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn concurrent_retries_hold_and_charge_once() {
     let mut h = Harness::start().await;
-    h.create(ACME, "1").await;
+    h.create_account(ACME, "1").await.unwrap();
     let tasks: Vec<_> = (0..32)
         .map(|_| {
-            let mut quota = h.quota.clone();
-            tokio::spawn(async move { quota.reserve(reserve_req(ACME, "same", MS_100S)).await })
+            let mut c = h.client.clone();
+            tokio::spawn(async move { c.reserve(ACME, "same", GPU_SHARED, A10, MS_100S, 0).await })
         })
         .collect();
     let mut expires = Vec::new();
     for t in tasks {
-        let r = t.await.unwrap().unwrap().into_inner();
+        let r = t.await.unwrap().unwrap();
         assert_admitted(&r, COST_100S);
         expires.push(r.expires_at_ms);
     }
@@ -565,22 +560,16 @@ async fn concurrent_retries_hold_and_charge_once() {
 
     let tasks: Vec<_> = (0..32)
         .map(|_| {
-            let mut quota = h.quota.clone();
-            tokio::spawn(async move {
-                let req = pb::CommitRequest {
-                    reservation_id: "same".into(),
-                    quantity: MS_100S,
-                };
-                quota.commit(req).await
-            })
+            let mut c = h.client.clone();
+            tokio::spawn(async move { c.commit("same", MS_100S).await })
         })
         .collect();
     for t in tasks {
-        let c = t.await.unwrap().unwrap().into_inner();
+        let c = t.await.unwrap().unwrap();
         assert_eq!(amount(&c.charged), COST_100S);
     }
     assert_eq!(money_view(&mut h, ACME).await, view("0.94", "0", "0.94"));
-    assert_eq!(h.statement(ACME).await.entries.len(), 1);
+    assert_eq!(h.get_statement(ACME).await.unwrap().entries.len(), 1);
     h.shutdown().await;
 }
 
@@ -590,13 +579,15 @@ async fn concurrent_retries_hold_and_charge_once() {
 async fn commit_beyond_the_hold_can_go_overdue_until_a_top_up() {
     use pb::balance::AccountStatus;
     let mut h = Harness::start().await;
-    h.create(ACME, "1").await;
-    h.reserve(ACME, "r1", MS_100S).await.unwrap();
+    h.create_account(ACME, "1").await.unwrap();
+    h.reserve(ACME, "r1", GPU_SHARED, A10, MS_100S, 0)
+        .await
+        .unwrap();
     // 2000 s used against a 100 s hold: charged in full.
     let c = h.commit("r1", 2_000_000).await.unwrap();
     assert_eq!(amount(&c.charged), "1.2");
     assert_eq!(amount(&c.available), "0");
-    let b = h.balance(ACME).await;
+    let b = h.get_balance(ACME).await.unwrap();
     assert_eq!(b.status, AccountStatus::Overdue as i32, "{b:?}");
     assert_eq!(
         (amount(&b.balance), amount(&b.held), amount(&b.available)),
@@ -609,42 +600,47 @@ async fn commit_beyond_the_hold_can_go_overdue_until_a_top_up() {
     );
 
     // Nothing new is admitted, whatever grants remain.
-    h.coupon(ACME, "c1", "5", FAR_MS).await;
+    h.grant_credit(ACME, "c1", COUPON, ANY, "5", FAR_MS)
+        .await
+        .unwrap();
     assert_denied(
-        &h.reserve(ACME, "r2", 1_000).await.unwrap(),
+        &h.reserve(ACME, "r2", GPU_SHARED, A10, 1_000, 0)
+            .await
+            .unwrap(),
         pb::DenyReason::Overdue,
     );
-    let admit = pb::AdmitRequest {
-        account_id: ACME.into(),
-        resource: pb::Resource::GpuShared as i32,
-        sku: A10.into(),
-        quantity: 1_000,
-    };
-    let a = h.quota.admit(admit.clone()).await.unwrap().into_inner();
+    let a = h.admit(ACME, GPU_SHARED, A10, 1_000).await.unwrap();
     assert_eq!(
         (a.admitted, a.reason),
         (false, pb::DenyReason::Overdue as i32)
     );
 
     // Still below zero: still overdue.
-    let b = top_up(&mut h, ACME, "0.1", "t1").await.unwrap();
+    let b = h.top_up(ACME, "0.1", "t1").await.unwrap();
     assert_eq!(
         (amount(&b.balance), b.status),
         ("-0.1".to_string(), AccountStatus::Overdue as i32)
     );
     assert_denied(
-        &h.reserve(ACME, "r2", 1_000).await.unwrap(),
+        &h.reserve(ACME, "r2", GPU_SHARED, A10, 1_000, 0)
+            .await
+            .unwrap(),
         pb::DenyReason::Overdue,
     );
 
     // Back to zero: lifted at once, the coupon pays again.
-    let b = top_up(&mut h, ACME, "0.1", "t2").await.unwrap();
+    let b = h.top_up(ACME, "0.1", "t2").await.unwrap();
     assert_eq!(
         (amount(&b.balance), b.status),
         ("0".to_string(), AccountStatus::Active as i32)
     );
-    assert_admitted(&h.reserve(ACME, "r2", 1_000).await.unwrap(), "0.0006");
-    let a = h.quota.admit(admit).await.unwrap().into_inner();
+    assert_admitted(
+        &h.reserve(ACME, "r2", GPU_SHARED, A10, 1_000, 0)
+            .await
+            .unwrap(),
+        "0.0006",
+    );
+    let a = h.admit(ACME, GPU_SHARED, A10, 1_000).await.unwrap();
     assert!(a.admitted, "{a:?}");
     h.shutdown().await;
 }
@@ -654,39 +650,20 @@ async fn commit_beyond_the_hold_can_go_overdue_until_a_top_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn concurrent_admin_retries_apply_once() {
     let mut h = Harness::start().await;
-    h.create(ACME, "10").await;
+    h.create_account(ACME, "10").await.unwrap();
     let mut tasks = Vec::new();
     for i in 0..48 {
-        let mut admin = h.admin.clone();
+        let mut c = h.client.clone();
         tasks.push(tokio::spawn(async move {
             let r = match i % 4 {
-                0 => admin
-                    .top_up(pb::TopUpRequest {
-                        account_id: ACME.into(),
-                        amount: Some(money("5")),
-                        topup_id: "t-same".into(),
-                    })
+                0 => c.top_up(ACME, "5", "t-same").await.map(drop),
+                1 => c.top_up(ACME, "1", &format!("t-{i}")).await.map(drop),
+                2 => c
+                    .purchase(ACME, "plan.compute.500", "p-same", 0)
                     .await
                     .map(drop),
-                1 => admin
-                    .top_up(pb::TopUpRequest {
-                        account_id: ACME.into(),
-                        amount: Some(money("1")),
-                        topup_id: format!("t-{i}"),
-                    })
-                    .await
-                    .map(drop),
-                2 => admin
-                    .purchase(pb::PurchaseRequest {
-                        account_id: ACME.into(),
-                        sku: "plan.compute.500".into(),
-                        purchase_id: "p-same".into(),
-                        effective_at_ms: 0,
-                    })
-                    .await
-                    .map(drop),
-                _ => admin
-                    .grant_credit(coupon_req(ACME, "c-same", "5", FAR_MS))
+                _ => c
+                    .grant_credit(ACME, "c-same", COUPON, ANY, "5", FAR_MS)
                     .await
                     .map(drop),
             };
@@ -697,7 +674,7 @@ async fn concurrent_admin_retries_apply_once() {
         let (i, r) = t.await.unwrap();
         r.unwrap_or_else(|s| panic!("call {i}: {s:?}"));
     }
-    let b = h.balance(ACME).await;
+    let b = h.get_balance(ACME).await.unwrap();
     // 10 + 5 once + 12 distinct top-ups of 1.
     assert_eq!(amount(&b.balance), "27");
     assert_eq!(grant_ids(&b.grants), ["c-same", "p-same/1"]);

@@ -14,36 +14,15 @@ use tonic::Code;
 
 const GB: i64 = 1_000_000_000;
 const TRAFFIC: &str = "traffic.outbound";
+const TRAFFIC_RESOURCE: pb::Resource = pb::Resource::Traffic;
 const HOUR_MS: i64 = 3_600_000;
 
-async fn report(
-    h: &mut Harness,
-    account: &str,
-    bytes: i64,
-    at_ms: i64,
-) -> Result<pb::ReportStorageResponse, tonic::Status> {
-    h.quota
-        .report_storage(pb::ReportStorageRequest {
-            account_id: account.into(),
-            bytes_stored: bytes,
-            at_ms,
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-fn requests_req(account: &str, id: &str, resource: pb::Resource, n: i64) -> pb::ReserveRequest {
-    pb::ReserveRequest {
-        account_id: account.into(),
-        reservation_id: id.into(),
-        resource: resource as i32,
-        sku: if resource == pb::Resource::RequestGet {
-            "request.get".into()
-        } else {
-            "request.put".into()
-        },
-        quantity: n,
-        ttl_ms: 0,
+/// The sku of requests of `resource` (REQUEST_GET or REQUEST_PUT).
+fn request_sku(resource: pb::Resource) -> &'static str {
+    if resource == pb::Resource::RequestGet {
+        "request.get"
+    } else {
+        "request.put"
     }
 }
 
@@ -54,39 +33,13 @@ async fn requests(
     n: i64,
 ) -> pb::ReserveResponse {
     let r = h
-        .quota
-        .reserve(requests_req("acme", id, resource, n))
+        .reserve("acme", id, resource, request_sku(resource), n, 0)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     if r.admitted {
         h.commit(id, n).await.unwrap();
     }
     r
-}
-
-fn traffic_req(account: &str, id: &str, bytes: i64) -> pb::ReserveRequest {
-    pb::ReserveRequest {
-        account_id: account.into(),
-        reservation_id: id.into(),
-        resource: pb::Resource::Traffic as i32,
-        sku: TRAFFIC.into(),
-        quantity: bytes,
-        ttl_ms: 0,
-    }
-}
-
-async fn reserve_traffic(
-    h: &mut Harness,
-    account: &str,
-    id: &str,
-    bytes: i64,
-) -> pb::ReserveResponse {
-    h.quota
-        .reserve(traffic_req(account, id, bytes))
-        .await
-        .unwrap()
-        .into_inner()
 }
 
 /// A deduction as (source, GB from a volume plan, money it stands for).
@@ -111,54 +64,60 @@ fn remaining(b: &pb::Balance, id: &str) -> String {
 #[tokio::test]
 async fn traffic_plans_stack_and_pay_earliest_expiry_first_then_the_balance() {
     let mut h = Harness::start().await;
-    h.create("acme", "0").await;
+    h.create_account("acme", "0").await.unwrap();
     // Two 100 GB traffic plans a day apart: both accepted (traffic plans stack); t1
     // expires a day before t2.
-    h.buy("acme", "plan.traffic.100gb", "t1").await;
+    h.purchase("acme", "plan.traffic.100gb", "t1", 0)
+        .await
+        .unwrap();
     h.clock.advance_ms(DAY_MS);
-    h.buy("acme", "plan.traffic.100gb", "t2").await;
+    h.purchase("acme", "plan.traffic.100gb", "t2", 0)
+        .await
+        .unwrap();
 
     // 150 GB with a zero balance: the plans cover it all (list cost 150 x 0.5 = 75), so
     // nothing is held in money and the account, with plans, is entitled (scenario 3).
-    let r = reserve_traffic(&mut h, "acme", "dl-1", 150 * GB).await;
+    let r = h
+        .reserve("acme", "dl-1", TRAFFIC_RESOURCE, TRAFFIC, 150 * GB, 0)
+        .await
+        .unwrap();
     assert!(r.admitted, "{r:?}");
     assert_eq!(amount(&r.held), "0");
     // Charged is money: the plans paid it all in GB.
     let c = h.commit("dl-1", 150 * GB).await.unwrap();
     assert_eq!(amount(&c.charged), "0");
     // t1 (earlier expiry) gives its 100 GB first, then t2 50 GB.
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(remaining(&b, "t1/1"), "0");
     assert_eq!(remaining(&b, "t2/1"), "50");
     assert_eq!(amount(&b.balance), "0");
 
     // 60 GB: 50 GB from t2, 10 GB = 5.00 in money, which a zero balance cannot pay.
-    let r = reserve_traffic(&mut h, "acme", "dl-2", 60 * GB).await;
+    let r = h
+        .reserve("acme", "dl-2", TRAFFIC_RESOURCE, TRAFFIC, 60 * GB, 0)
+        .await
+        .unwrap();
     assert!(!r.admitted);
     assert_eq!(r.reason, pb::DenyReason::InsufficientFunds as i32);
 
     // With 1.00 on the balance, 51 GB fit: 50 GB from t2 and 1 GB x 0.5 = 0.5 held.
-    h.admin
-        .top_up(pb::TopUpRequest {
-            account_id: "acme".into(),
-            amount: Some(money("1")),
-            topup_id: "tu-1".into(),
-        })
+    h.top_up("acme", "1", "tu-1").await.unwrap();
+    let r = h
+        .reserve("acme", "dl-3", TRAFFIC_RESOURCE, TRAFFIC, 51 * GB, 0)
         .await
         .unwrap();
-    let r = reserve_traffic(&mut h, "acme", "dl-3", 51 * GB).await;
     assert!(r.admitted, "{r:?}");
     assert_eq!(amount(&r.held), "0.5");
     let c = h.commit("dl-3", 51 * GB).await.unwrap();
     assert_eq!(amount(&c.charged), "0.5");
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(remaining(&b, "t2/1"), "0");
     assert_eq!(amount(&b.balance), "0.5");
 
     // The ledger agrees: the statement lists the GB each plan gave and the money the
     // balance paid, and the plans' remaining GB are the same as the sidecar's.
     h.engine().flush().await.unwrap();
-    let s = h.statement("acme").await;
+    let s = h.get_statement("acme").await.unwrap();
     let e = s.entries.iter().find(|e| e.usage_id == "dl-3").unwrap();
     assert_eq!(e.resource, pb::Resource::Traffic as i32);
     assert_eq!(e.quantity, 51 * GB);
@@ -182,7 +141,7 @@ async fn traffic_plans_stack_and_pay_earliest_expiry_first_then_the_balance() {
         ]
     );
     h.engine().refresh_account("acme").await.unwrap();
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(remaining(&b, "t1/1"), "0");
     assert_eq!(remaining(&b, "t2/1"), "0");
     assert_eq!(amount(&b.balance), "0.5");
@@ -197,36 +156,44 @@ async fn traffic_plans_stack_and_pay_earliest_expiry_first_then_the_balance() {
 #[tokio::test]
 async fn an_earlier_expiring_coupon_pays_before_a_traffic_plan() {
     let mut h = Harness::start().await;
-    h.create("acme", "0").await;
-    h.buy("acme", "plan.traffic.100gb", "t1").await;
-    h.admin
-        .grant_credit(pb::GrantCreditRequest {
-            resource: pb::Resource::Traffic as i32,
-            ..coupon_req("acme", "c1", "1", T0_MS + 30 * DAY_MS)
-        })
+    h.create_account("acme", "0").await.unwrap();
+    h.purchase("acme", "plan.traffic.100gb", "t1", 0)
+        .await
+        .unwrap();
+    let month = T0_MS + 30 * DAY_MS;
+    h.grant_credit("acme", "c1", COUPON, TRAFFIC_RESOURCE, "1", month)
         .await
         .unwrap();
 
     // 1 GB (0.5): the coupon's, so 0.5 is held and charged in money.
-    let r = reserve_traffic(&mut h, "acme", "dl-1", GB).await;
+    let r = h
+        .reserve("acme", "dl-1", TRAFFIC_RESOURCE, TRAFFIC, GB, 0)
+        .await
+        .unwrap();
     assert!(r.admitted, "{r:?}");
     assert_eq!(amount(&r.held), "0.5");
     let mut charged = vec![amount(&h.commit("dl-1", GB).await.unwrap().charged)];
     // 3 GB (1.5): the coupon's last 0.5 pays for 1 GB, the plan gives 2 GB.
-    let r = reserve_traffic(&mut h, "acme", "dl-2", 3 * GB).await;
+    let r = h
+        .reserve("acme", "dl-2", TRAFFIC_RESOURCE, TRAFFIC, 3 * GB, 0)
+        .await
+        .unwrap();
     assert_eq!(amount(&r.held), "0.5");
     charged.push(amount(&h.commit("dl-2", 3 * GB).await.unwrap().charged));
     // 1 GB more: the plan alone, nothing in money.
-    let r = reserve_traffic(&mut h, "acme", "dl-3", GB).await;
+    let r = h
+        .reserve("acme", "dl-3", TRAFFIC_RESOURCE, TRAFFIC, GB, 0)
+        .await
+        .unwrap();
     assert_eq!(amount(&r.held), "0");
     charged.push(amount(&h.commit("dl-3", GB).await.unwrap().charged));
     assert_eq!(charged, vec!["0.5", "0.5", "0"]);
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(remaining(&b, "c1"), "0");
     assert_eq!(remaining(&b, "t1/1"), "97");
     assert_eq!(amount(&b.balance), "0");
 
-    let s = h.statement("acme").await;
+    let s = h.get_statement("acme").await.unwrap();
     let got: Vec<(String, String, Vec<Part>)> = s
         .entries
         .iter()
@@ -269,17 +236,11 @@ async fn an_earlier_expiring_coupon_pays_before_a_traffic_plan() {
 #[tokio::test]
 async fn storage_plans_do_not_stack_and_neither_do_package_storage_grants() {
     let mut h = Harness::start().await;
-    h.create("acme", "0").await;
-    h.buy("acme", "plan.storage.100gb", "s1").await;
-    let second = h
-        .admin
-        .purchase(pb::PurchaseRequest {
-            account_id: "acme".into(),
-            sku: "plan.storage.100gb".into(),
-            purchase_id: "s2".into(),
-            effective_at_ms: 0,
-        })
-        .await;
+    h.create_account("acme", "0").await.unwrap();
+    h.purchase("acme", "plan.storage.100gb", "s1", 0)
+        .await
+        .unwrap();
+    let second = h.purchase("acme", "plan.storage.100gb", "s2", 0).await;
     assert_status(
         "second storage plan",
         second,
@@ -288,56 +249,54 @@ async fn storage_plans_do_not_stack_and_neither_do_package_storage_grants() {
     );
     // A package carries a storage grant: refused for the same reason, and nothing of it
     // (compute, traffic) is granted.
-    let package = h
-        .admin
-        .purchase(pb::PurchaseRequest {
-            account_id: "acme".into(),
-            sku: "package.basic".into(),
-            purchase_id: "b1".into(),
-            effective_at_ms: 0,
-        })
-        .await;
+    let package = h.purchase("acme", "package.basic", "b1", 0).await;
     assert_status("package", package, Code::FailedPrecondition, &["s1/1"]);
-    assert_eq!(h.balance("acme").await.grants.len(), 1);
+    assert_eq!(h.get_balance("acme").await.unwrap().grants.len(), 1);
 
     // A year later the first has expired: a new one is accepted.
     h.clock.advance_ms(366 * DAY_MS);
-    h.buy("acme", "plan.storage.100gb", "s3").await;
+    h.purchase("acme", "plan.storage.100gb", "s3", 0)
+        .await
+        .unwrap();
     h.shutdown().await;
 }
 
 #[tokio::test]
 async fn an_overdue_account_is_refused_new_traffic_whatever_plans_remain() {
     let mut h = Harness::start().await;
-    h.create("acme", "0.01").await;
-    h.buy("acme", "plan.traffic.100gb", "t1").await;
+    h.create_account("acme", "0.01").await.unwrap();
+    h.purchase("acme", "plan.traffic.100gb", "t1", 0)
+        .await
+        .unwrap();
     // 2 GB with a 100 GB plan: covered. Then GPU time past the balance: overdue.
     assert!(
-        reserve_traffic(&mut h, "acme", "dl-1", 2 * GB)
+        h.reserve("acme", "dl-1", TRAFFIC_RESOURCE, TRAFFIC, 2 * GB, 0)
             .await
+            .unwrap()
             .admitted
     );
     h.commit("dl-1", 2 * GB).await.unwrap();
-    assert!(h.reserve("acme", "gpu", 1_000).await.unwrap().admitted);
+    assert!(
+        h.reserve("acme", "gpu", GPU_SHARED, A10, 1_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
     h.commit("gpu", 60_000).await.unwrap(); // 60 s x 0.0006 = 0.036 > 0.01
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(amount(&b.balance), "-0.026");
     assert_eq!(remaining(&b, "t1/1"), "98");
 
-    let r = reserve_traffic(&mut h, "acme", "dl-2", GB).await;
+    let r = h
+        .reserve("acme", "dl-2", TRAFFIC_RESOURCE, TRAFFIC, GB, 0)
+        .await
+        .unwrap();
     assert!(!r.admitted);
     assert_eq!(r.reason, pb::DenyReason::Overdue as i32);
     let a = h
-        .quota
-        .admit(pb::AdmitRequest {
-            account_id: "acme".into(),
-            resource: pb::Resource::Traffic as i32,
-            sku: TRAFFIC.into(),
-            quantity: GB,
-        })
+        .admit("acme", pb::Resource::Traffic, TRAFFIC, GB)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(!a.admitted);
     assert_eq!(a.reason, pb::DenyReason::Overdue as i32);
     h.shutdown().await;
@@ -346,14 +305,16 @@ async fn an_overdue_account_is_refused_new_traffic_whatever_plans_remain() {
 #[tokio::test]
 async fn stored_data_beyond_the_plan_is_charged_every_hour_once_also_across_a_restart() {
     let mut h = Harness::start().await;
-    h.create("acme", "10").await;
-    h.buy("acme", "plan.storage.100gb", "s1").await;
+    h.create_account("acme", "10").await.unwrap();
+    h.purchase("acme", "plan.storage.100gb", "s1", 0)
+        .await
+        .unwrap();
     // 150 GB from T0 (an hour boundary) under a 100 GB plan: 50 GB beyond it.
-    report(&mut h, "acme", 150 * GB, 0).await.unwrap();
+    h.report_storage("acme", 150 * GB, 0).await.unwrap();
     h.clock.advance_ms(2 * HOUR_MS + 60_000);
     // Each hour: 50 GB-hours x 0.12 / 720 = 0.0083333... -> 0.00833333 (8 places, half up).
     // Two hours: 0.01666666; balance 10 - 0.01666666 = 9.98333334.
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(amount(&b.balance), "9.98333334");
     // The plan's capacity is not used up: it stays 100 GB.
     assert_eq!(remaining(&b, "s1/1"), "100");
@@ -373,10 +334,13 @@ async fn stored_data_beyond_the_plan_is_charged_every_hour_once_also_across_a_re
     // first two are not charged again.
     h.restart().await;
     h.clock.advance_ms(HOUR_MS);
-    assert_eq!(amount(&h.balance("acme").await.balance), "9.97500001");
+    assert_eq!(
+        amount(&h.get_balance("acme").await.unwrap().balance),
+        "9.97500001"
+    );
     let now = h.clock.now_ms();
     h.engine().tick_storage(now).await;
-    let st = h.statement("acme").await;
+    let st = h.get_statement("acme").await.unwrap();
     let storage: Vec<(String, i64, String)> = st
         .entries
         .iter()
@@ -396,31 +360,34 @@ async fn stored_data_beyond_the_plan_is_charged_every_hour_once_also_across_a_re
 #[tokio::test]
 async fn storage_levels_are_integrated_between_reports_and_bad_reports_are_refused() {
     let mut h = Harness::start().await;
-    h.create("acme", "1").await;
+    h.create_account("acme", "1").await.unwrap();
     // No plan: 0 GB until :15, 40 GB until :45, then 10 GB: 40 x 0.5 + 10 x 0.25 = 22.5
     // GB-hours in the first hour; 22.5 x 0.12 / 720 = 0.00375.
-    report(&mut h, "acme", 0, 0).await.unwrap();
+    h.report_storage("acme", 0, 0).await.unwrap();
     h.clock.advance_ms(15 * 60_000);
-    report(&mut h, "acme", 40 * GB, T0_MS + 15 * 60_000)
+    h.report_storage("acme", 40 * GB, T0_MS + 15 * 60_000)
         .await
         .unwrap();
     // A retry of the same report is harmless.
-    report(&mut h, "acme", 40 * GB, T0_MS + 15 * 60_000)
+    h.report_storage("acme", 40 * GB, T0_MS + 15 * 60_000)
         .await
         .unwrap();
     h.clock.advance_ms(30 * 60_000);
-    report(&mut h, "acme", 10 * GB, 0).await.unwrap();
+    h.report_storage("acme", 10 * GB, 0).await.unwrap();
     h.clock.advance_ms(15 * 60_000);
-    assert_eq!(amount(&h.balance("acme").await.balance), "0.99625");
+    assert_eq!(
+        amount(&h.get_balance("acme").await.unwrap().balance),
+        "0.99625"
+    );
 
-    let r = report(&mut h, "acme", GB, T0_MS).await;
+    let r = h.report_storage("acme", GB, T0_MS).await;
     assert_status(
         "older than the last",
         r,
         Code::FailedPrecondition,
         &["older"],
     );
-    let r = report(&mut h, "acme", -1, 0).await;
+    let r = h.report_storage("acme", -1, 0).await;
     assert_status(
         "negative",
         r,
@@ -428,47 +395,56 @@ async fn storage_levels_are_integrated_between_reports_and_bad_reports_are_refus
         &["bytes_stored", "-1"],
     );
     let later = h.clock.now_ms() + 3_600_000;
-    let r = report(&mut h, "acme", GB, later).await;
+    let r = h.report_storage("acme", GB, later).await;
     assert_status("future", r, Code::InvalidArgument, &["at_ms"]);
-    let r = report(&mut h, "nobody", GB, 0).await;
+    let r = h.report_storage("nobody", GB, 0).await;
     assert_status("unknown account", r, Code::NotFound, &["nobody"]);
-    let r = report(&mut h, "acme", 2_000_000_000_000_000, 0).await;
+    let r = h.report_storage("acme", 2_000_000_000_000_000, 0).await;
     assert_status("too large", r, Code::InvalidArgument, &["bytes_stored"]);
     // Nothing of that changed the balance.
-    assert_eq!(amount(&h.balance("acme").await.balance), "0.99625");
+    assert_eq!(
+        amount(&h.get_balance("acme").await.unwrap().balance),
+        "0.99625"
+    );
     h.shutdown().await;
 }
 
 #[tokio::test]
 async fn free_requests_reset_at_midnight_in_shanghai_and_survive_a_restart() {
     let mut h = Harness::start().await;
-    h.create("acme", "1").await;
+    h.create_account("acme", "1").await.unwrap();
     // 2026-11-30T15:00:00Z: 23:00 on November 30th in Shanghai.
     h.clock.set_ms(T0_MS + 29 * DAY_MS + 15 * HOUR_MS);
     // The month's 20,000,000 free GET in one go: nothing held or charged in money.
     let r = requests(&mut h, "g1", pb::Resource::RequestGet, 20_000_000).await;
     assert!(r.admitted);
     assert_eq!(amount(&r.held), "0");
-    assert_eq!(amount(&h.balance("acme").await.balance), "1");
+    assert_eq!(amount(&h.get_balance("acme").await.unwrap().balance), "1");
     // After a restart the count comes back from the ledger: 30,000 more are billable,
     // 30,000 x 0.01 / 10,000 = 0.03.
     h.restart().await;
     let r = requests(&mut h, "g2", pb::Resource::RequestGet, 30_000).await;
     assert_eq!(amount(&r.held), "0.03");
-    assert_eq!(amount(&h.balance("acme").await.balance), "0.97");
+    assert_eq!(
+        amount(&h.get_balance("acme").await.unwrap().balance),
+        "0.97"
+    );
     // One hour later, 16:00Z, it is December 1st 00:00 in Shanghai (still November 30th in
     // UTC): a fresh allowance.
     h.clock.advance_ms(HOUR_MS);
     let r = requests(&mut h, "g3", pb::Resource::RequestGet, 30_000).await;
     assert_eq!(amount(&r.held), "0");
-    assert_eq!(amount(&h.balance("acme").await.balance), "0.97");
+    assert_eq!(
+        amount(&h.get_balance("acme").await.unwrap().balance),
+        "0.97"
+    );
     // PUT has its own 5,000,000.
     let r = requests(&mut h, "p1", pb::Resource::RequestPut, 5_000_001).await;
     assert_eq!(amount(&r.held), "0.000001");
 
     // The free requests are a deduction of their own (what they would have cost), so
     // each entry's deductions sum to its list cost.
-    let st = h.statement("acme").await;
+    let st = h.get_statement("acme").await.unwrap();
     type Paid = Vec<(String, String)>;
     let free: Vec<(String, i64, Paid)> = st
         .entries
@@ -496,36 +472,33 @@ async fn free_requests_reset_at_midnight_in_shanghai_and_survive_a_restart() {
 async fn free_requests_need_no_plan_but_an_overdue_account_is_refused_uploads() {
     let mut h = Harness::start().await;
     // Nothing at all: free requests are still admitted, billable ones are not.
-    h.create("acme", "0").await;
+    h.create_account("acme", "0").await.unwrap();
     assert!(
         requests(&mut h, "p1", pb::Resource::RequestPut, 100)
             .await
             .admitted
     );
+    let put = pb::Resource::RequestPut;
     let r = h
-        .quota
-        .reserve(requests_req(
-            "acme",
-            "p2",
-            pb::Resource::RequestPut,
-            5_000_000,
-        ))
+        .reserve("acme", "p2", put, "request.put", 5_000_000, 0)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(!r.admitted);
     assert_eq!(r.reason, pb::DenyReason::NoEntitlement as i32);
 
     // Overdue: even free uploads are refused (R6).
-    h.create("late", "0.01").await;
-    assert!(h.reserve("late", "gpu", 1_000).await.unwrap().admitted);
+    h.create_account("late", "0.01").await.unwrap();
+    assert!(
+        h.reserve("late", "gpu", GPU_SHARED, A10, 1_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
     h.commit("gpu", 60_000).await.unwrap();
     let r = h
-        .quota
-        .reserve(requests_req("late", "up", pb::Resource::RequestPut, 1))
+        .reserve("late", "up", put, "request.put", 1, 0)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(!r.admitted);
     assert_eq!(r.reason, pb::DenyReason::Overdue as i32);
     h.shutdown().await;
@@ -534,23 +507,17 @@ async fn free_requests_need_no_plan_but_an_overdue_account_is_refused_uploads() 
 #[tokio::test]
 async fn accruals_list_sessions_without_auto_shutdown_and_storage_with_the_day_money_runs_out() {
     let mut h = Harness::start().await;
-    h.create("acme", "100").await;
-    h.buy("acme", "plan.storage.100gb", "s1").await;
-    report(&mut h, "acme", 150 * GB, 0).await.unwrap();
-    let s = h
-        .quota
-        .start_session(pb::StartSessionRequest {
-            account_id: "acme".into(),
-            session_id: "s1".into(),
-            sku: "gpu.exclusive.a10.8c30g".into(),
-            auto_shutdown: Some(false),
-            idle_timeout_ms: 0,
-        })
+    h.create_account("acme", "100").await.unwrap();
+    h.purchase("acme", "plan.storage.100gb", "s1", 0)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
+    h.report_storage("acme", 150 * GB, 0).await.unwrap();
+    let s = h
+        .start_session("acme", "s1", "gpu.exclusive.a10.8c30g", Some(false), 0)
+        .await
+        .unwrap();
     assert!(s.admitted);
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     let a = b.accruals.clone().unwrap();
     assert_eq!(a.sessions_running, 1);
     assert_eq!(a.sessions_without_auto_shutdown, 1);
@@ -570,44 +537,49 @@ async fn accruals_list_sessions_without_auto_shutdown_and_storage_with_the_day_m
 #[tokio::test]
 async fn open_holds_keep_their_plan_gb_and_free_requests_from_concurrent_reserves() {
     let mut h = Harness::start().await;
-    h.create("acme", "0").await;
-    h.buy("acme", "plan.traffic.100gb", "t1").await;
-    let first = reserve_traffic(&mut h, "acme", "dl-1", 100 * GB).await;
+    h.create_account("acme", "0").await.unwrap();
+    h.purchase("acme", "plan.traffic.100gb", "t1", 0)
+        .await
+        .unwrap();
+    let first = h
+        .reserve("acme", "dl-1", TRAFFIC_RESOURCE, TRAFFIC, 100 * GB, 0)
+        .await
+        .unwrap();
     assert!(first.admitted, "{first:?}");
     assert_eq!(amount(&first.held), "0");
     // The plan's 100 GB are spoken for: 1 GB more needs money the account does not have.
-    let second = reserve_traffic(&mut h, "acme", "dl-2", GB).await;
+    let second = h
+        .reserve("acme", "dl-2", TRAFFIC_RESOURCE, TRAFFIC, GB, 0)
+        .await
+        .unwrap();
     assert!(!second.admitted, "{second:?}");
     h.release("dl-1").await.unwrap();
-    let third = reserve_traffic(&mut h, "acme", "dl-3", GB).await;
+    let third = h
+        .reserve("acme", "dl-3", TRAFFIC_RESOURCE, TRAFFIC, GB, 0)
+        .await
+        .unwrap();
     assert!(third.admitted, "{third:?}");
     assert_eq!(amount(&third.held), "0");
 
     // The same for the month's 5,000,000 free PUT requests.
-    let put = |id: &str, n: i64| requests_req("acme", id, pb::Resource::RequestPut, n);
+    let put = pb::Resource::RequestPut;
     let all_free = h
-        .quota
-        .reserve(put("put-1", 5_000_000))
+        .reserve("acme", "put-1", put, "request.put", 5_000_000, 0)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(all_free.admitted, "{all_free:?}");
     assert_eq!(amount(&all_free.held), "0");
     let beyond = h
-        .quota
-        .reserve(put("put-2", 10_000))
+        .reserve("acme", "put-2", put, "request.put", 10_000, 0)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(!beyond.admitted, "{beyond:?}");
     // Committed with 10,000 fewer: those are free again.
     h.commit("put-1", 4_990_000).await.unwrap();
     let back = h
-        .quota
-        .reserve(put("put-3", 10_000))
+        .reserve("acme", "put-3", put, "request.put", 10_000, 0)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(back.admitted, "{back:?}");
     assert_eq!(amount(&back.held), "0");
     h.shutdown().await;

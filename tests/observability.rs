@@ -61,13 +61,16 @@ async fn metrics_move_with_the_calls_made() {
     assert_eq!(v(&before, "quotad_holds"), 0.0);
     assert_eq!(v(&before, "quotad_requests_shed_total"), 0.0);
 
-    h.create("acme", "0").await;
-    let denied = h.reserve("acme", "r-0", 1_000).await.unwrap();
+    h.create_account("acme", "0").await.unwrap();
+    let denied = h
+        .reserve("acme", "r-0", GPU_SHARED, A10, 1_000, 0)
+        .await
+        .unwrap();
     assert!(!denied.admitted);
-    h.create("rich", "1").await;
+    h.create_account("rich", "1").await.unwrap();
     for i in 0..3 {
         assert!(
-            h.reserve("rich", &format!("r-{i}"), 1_000)
+            h.reserve("rich", &format!("r-{i}"), GPU_SHARED, A10, 1_000, 0)
                 .await
                 .unwrap()
                 .admitted
@@ -75,17 +78,7 @@ async fn metrics_move_with_the_calls_made() {
     }
     h.commit("r-0", 500).await.unwrap();
     assert!(h.commit("no-such", 1).await.is_err());
-    let admit = h
-        .quota
-        .admit(pb::AdmitRequest {
-            account_id: "rich".into(),
-            resource: pb::Resource::GpuShared as i32,
-            sku: A10.into(),
-            quantity: 100_000_000,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let admit = h.admit("rich", GPU_SHARED, A10, 100_000_000).await.unwrap();
     assert!(!admit.admitted);
 
     let after = scrape(&h).await;
@@ -113,16 +106,9 @@ async fn metrics_move_with_the_calls_made() {
         assert!(value(&after, gauge).is_some(), "{gauge} missing:\n{after}");
     }
     // A usage stream and a watcher show while open.
-    let mut job = Job::open(&mut h.quota, "rich", "w-1").await;
+    let mut job = h.stream_usage("rich", "w-1").await.unwrap();
     job.report(1, 100).await.unwrap();
-    let mut watch = h
-        .quota
-        .watch(pb::WatchRequest {
-            account_id: "rich".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = h.watch("rich").await.unwrap();
     let open = scrape(&h).await;
     assert_eq!(v(&open, "quotad_usage_streams"), 1.0);
     assert_eq!(v(&open, "quotad_watchers"), 1.0);
@@ -146,7 +132,7 @@ async fn metrics_move_with_the_calls_made() {
 #[tokio::test]
 async fn request_ids_are_kept_or_made() {
     let mut h = Harness::start().await;
-    h.create("acme", "1").await;
+    h.create_account("acme", "1").await.unwrap();
     let mut req = tonic::Request::new(pb::GetBalanceRequest {
         account_id: "acme".into(),
     });
@@ -154,6 +140,7 @@ async fn request_ids_are_kept_or_made() {
         .insert("x-request-id", "trace-42".parse().unwrap());
     let resp = h.quota.get_balance(req).await.unwrap();
     assert_eq!(resp.metadata().get("x-request-id").unwrap(), "trace-42");
+    // Request and response metadata: the raw client, not the harness's helpers.
     let resp = h
         .quota
         .get_balance(pb::GetBalanceRequest {
@@ -191,8 +178,8 @@ async fn the_ledger_serves_metrics_too() {
     let running = quotad::server::start_ledger(cfg, quotad::clock::ManualClock::new(T0_MS))
         .await
         .unwrap();
-    let (_, mut admin) = connect(running.addr, &operator_token(dir.path())).await;
-    create_account(&mut admin, "acme", "1").await;
+    let mut c = Client::connect(running.addr, &operator_token(dir.path())).await;
+    c.create_account("acme", "1").await.unwrap();
     let (_, body) = http_get(running.metrics_addr.unwrap(), "/metrics").await;
     let series =
         "quotad_rpc_duration_seconds_count{rpc=\"/quotad.v1.Admin/CreateAccount\",code=\"OK\"}";

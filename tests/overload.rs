@@ -64,7 +64,7 @@ impl pb::ledger_server::Ledger for GateLedger {
 
 struct Setup {
     running: Option<Running>,
-    quota: pb::quota_client::QuotaClient<Ch>,
+    client: Client,
     health: HealthClient<tonic::transport::Channel>,
     arrived: mpsc::UnboundedReceiver<()>,
     open: Arc<Notify>,
@@ -101,7 +101,7 @@ async fn setup(tweak: impl FnOnce(&mut server::ServeConfig)) -> Setup {
         .unwrap();
     Setup {
         running: Some(running),
-        quota: pb::quota_client::QuotaClient::new(with_token(ch.clone(), "qdt_any")),
+        client: Client::over(with_token(ch.clone(), "qdt_any")),
         health: HealthClient::new(ch),
         arrived,
         open,
@@ -114,8 +114,9 @@ async fn park(
     s: &mut Setup,
     deadline: Option<Duration>,
 ) -> tokio::task::JoinHandle<Result<pb::ReserveResponse, Status>> {
-    let mut q = s.quota.clone();
-    let mut req = Request::new(reserve_req(PARKED, "p-1", 1_000));
+    let mut q = s.client.quota.clone();
+    // A request of its own, to carry a deadline.
+    let mut req = Request::new(reserve_req(PARKED, "p-1", GPU_SHARED, A10, 1_000, 0));
     if let Some(d) = deadline {
         req.set_timeout(d);
     }
@@ -124,20 +125,13 @@ async fn park(
     call
 }
 
-fn commit_req(id: &str) -> pb::CommitRequest {
-    pb::CommitRequest {
-        reservation_id: id.into(),
-        quantity: 1,
-    }
-}
-
 #[tokio::test]
 async fn beyond_the_limit_requests_are_shed_and_the_rest_carry_on() {
     let mut s = setup(|c| c.limits.concurrency_max = 1).await;
     let parked = park(&mut s, None).await;
 
     // The one slot is taken: another call is refused at once, saying why.
-    let shed = s.quota.commit(commit_req("nope")).await.unwrap_err();
+    let shed = s.client.commit("nope", 1).await.unwrap_err();
     assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
     assert!(shed.message().contains("concurrency_max"), "{shed:?}");
     // Health is never shed.
@@ -156,7 +150,7 @@ async fn beyond_the_limit_requests_are_shed_and_the_rest_carry_on() {
     let done = parked.await.unwrap().unwrap_err();
     assert_eq!(done.code(), Code::NotFound, "{done:?}");
     // Its slot is free again: the same call is served.
-    let served = s.quota.commit(commit_req("nope")).await.unwrap_err();
+    let served = s.client.commit("nope", 1).await.unwrap_err();
     assert_eq!(served.code(), Code::NotFound, "{served:?}");
 
     let metrics = s.running.as_ref().unwrap().metrics().clone();
@@ -178,7 +172,7 @@ async fn a_client_deadline_ends_a_stuck_request_and_frees_its_slot() {
         "{e:?}"
     );
     // The server dropped the call: its slot serves the next one.
-    let served = s.quota.commit(commit_req("nope")).await.unwrap_err();
+    let served = s.client.commit("nope", 1).await.unwrap_err();
     assert_eq!(served.code(), Code::NotFound, "{served:?}");
     s.open.notify_waiters();
     s.running.take().unwrap().shutdown().await.unwrap();

@@ -28,8 +28,7 @@ impl Clock for TickingClock {
 /// A quotad on a ticking clock, and its clients.
 struct Ticking {
     running: Option<Running>,
-    quota: pb::quota_client::QuotaClient<Ch>,
-    admin: pb::admin_client::AdminClient<Ch>,
+    client: Client,
     _dir: tempfile::TempDir,
 }
 
@@ -39,11 +38,10 @@ impl Ticking {
         let clock = Arc::new(TickingClock(AtomicI64::new(T0_MS)));
         let running = server::start(config(dir.path()), clock).await.unwrap();
         let token = operator_token(dir.path());
-        let (quota, admin) = connect(running.addr, &token).await;
+        let client = Client::connect(running.addr, &token).await;
         Ticking {
             running: Some(running),
-            quota,
-            admin,
+            client,
             _dir: dir,
         }
     }
@@ -52,15 +50,6 @@ impl Ticking {
         if let Some(r) = self.running.take() {
             r.shutdown().await.unwrap();
         }
-    }
-}
-
-fn purchase_req(account: &str, sku: &str, id: &str) -> pb::PurchaseRequest {
-    pb::PurchaseRequest {
-        account_id: account.into(),
-        sku: sku.into(),
-        purchase_id: id.into(),
-        effective_at_ms: 0,
     }
 }
 
@@ -73,16 +62,16 @@ async fn concurrent_storage_purchases_sell_one_plan() {
     const BUYERS: usize = 8;
     let mut t = Ticking::start().await;
     for a in 0..ACCOUNTS {
-        create_account(&mut t.admin, &format!("acct-{a}"), "0").await;
+        let account = format!("acct-{a}");
+        t.client.create_account(&account, "0").await.unwrap();
     }
     let mut tasks = Vec::new();
     for a in 0..ACCOUNTS {
         for b in 0..BUYERS {
-            let mut admin = t.admin.clone();
+            let mut c = t.client.clone();
             tasks.push(tokio::spawn(async move {
-                let account = format!("acct-{a}");
-                let req = purchase_req(&account, "plan.storage.100gb", &format!("p-{a}-{b}"));
-                (a, admin.purchase(req).await)
+                let (account, id) = (format!("acct-{a}"), format!("p-{a}-{b}"));
+                (a, c.purchase(&account, "plan.storage.100gb", &id, 0).await)
             }));
         }
     }
@@ -106,7 +95,7 @@ async fn concurrent_storage_purchases_sell_one_plan() {
         twice.iter().map(|&a| (a, sold[a])).collect::<Vec<_>>()
     );
     for a in 0..ACCOUNTS {
-        let b = balance_of(&mut t.quota, &format!("acct-{a}")).await;
+        let b = t.client.get_balance(&format!("acct-{a}")).await.unwrap();
         let storage: Vec<&pb::Grant> = b
             .grants
             .iter()
@@ -124,9 +113,9 @@ async fn concurrent_duplicates_wait_for_the_first() {
     const IDS: usize = 16;
     const COPIES: usize = 8;
     let mut h = Harness::start().await;
-    h.create("acme", "100").await;
+    h.create_account("acme", "100").await.unwrap();
     for i in 0..IDS {
-        h.create(&format!("buyer{i}"), "0").await;
+        h.create_account(&format!("buyer{i}"), "0").await.unwrap();
     }
     let mut errors = Vec::new();
 
@@ -134,10 +123,11 @@ async fn concurrent_duplicates_wait_for_the_first() {
     let mut tasks = Vec::new();
     for i in 0..2 * IDS {
         for _ in 0..COPIES {
-            let mut quota = h.quota.clone();
+            let mut c = h.client.clone();
             tasks.push(tokio::spawn(async move {
-                let r = quota.reserve(reserve_req("acme", &format!("r{i}"), 100_000));
-                (format!("Reserve r{i}"), r.await.map(|r| r.into_inner()))
+                let id = format!("r{i}");
+                let r = c.reserve("acme", &id, GPU_SHARED, A10, 100_000, 0).await;
+                (format!("Reserve {id}"), r)
             }));
         }
     }
@@ -152,34 +142,21 @@ async fn concurrent_duplicates_wait_for_the_first() {
             Err(s) => errors.push(format!("{what}: {:?} {}", s.code(), s.message())),
         }
     }
-    assert_eq!(amount(&h.balance("acme").await.held), "1.92");
+    assert_eq!(amount(&h.get_balance("acme").await.unwrap().held), "1.92");
 
     // Commits of the first half, Releases of the second, COPIES at once each.
     let mut tasks = Vec::new();
     for i in 0..2 * IDS {
         for _ in 0..COPIES {
-            let mut quota = h.quota.clone();
+            let mut c = h.client.clone();
             let id = format!("r{i}");
             tasks.push(tokio::spawn(async move {
                 if i < IDS {
-                    let req = pb::CommitRequest {
-                        reservation_id: id.clone(),
-                        quantity: 50_000,
-                    };
-                    let r = quota.commit(req).await;
-                    (
-                        format!("Commit {id}"),
-                        r.map(|r| amount(&r.into_inner().charged)),
-                    )
+                    let r = c.commit(&id, 50_000).await;
+                    (format!("Commit {id}"), r.map(|r| amount(&r.charged)))
                 } else {
-                    let req = pb::ReleaseRequest {
-                        reservation_id: id.clone(),
-                    };
-                    let r = quota.release(req).await;
-                    (
-                        format!("Release {id}"),
-                        r.map(|r| amount(&r.into_inner().released)),
-                    )
+                    let r = c.release(&id).await;
+                    (format!("Release {id}"), r.map(|r| amount(&r.released)))
                 }
             }));
         }
@@ -198,21 +175,15 @@ async fn concurrent_duplicates_wait_for_the_first() {
     let mut tasks = Vec::new();
     for i in 0..IDS {
         for _ in 0..COPIES {
-            let mut admin = h.admin.clone();
+            let mut c = h.client.clone();
             tasks.push(tokio::spawn(async move {
-                let req = pb::TopUpRequest {
-                    account_id: "acme".into(),
-                    amount: Some(money("1")),
-                    topup_id: format!("t{i}"),
-                };
-                let r = admin.top_up(req).await;
+                let r = c.top_up("acme", "1", &format!("t{i}")).await;
                 (format!("TopUp t{i}"), r.map(|_| ()))
             }));
-            let mut admin = h.admin.clone();
+            let mut c = h.client.clone();
             tasks.push(tokio::spawn(async move {
-                let buyer = format!("buyer{i}");
-                let req = purchase_req(&buyer, "plan.storage.100gb", &format!("p{i}"));
-                let r = admin.purchase(req).await;
+                let (buyer, id) = (format!("buyer{i}"), format!("p{i}"));
+                let r = c.purchase(&buyer, "plan.storage.100gb", &id, 0).await;
                 (format!("Purchase p{i}"), r.map(|_| ()))
             }));
         }
@@ -231,14 +202,15 @@ async fn concurrent_duplicates_wait_for_the_first() {
     );
 
     // Each happened once: 16 commits of 0.03 and 16 top-ups of 1 on a balance of 100.
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(amount(&b.balance), "115.52");
     assert_eq!(amount(&b.held), "0");
-    assert_eq!(h.statement("acme").await.entries.len(), IDS);
+    assert_eq!(h.get_statement("acme").await.unwrap().entries.len(), IDS);
     for i in 0..IDS {
         let grants: Vec<String> = h
-            .balance(&format!("buyer{i}"))
+            .get_balance(&format!("buyer{i}"))
             .await
+            .unwrap()
             .grants
             .into_iter()
             .map(|g| g.grant_id)
@@ -254,8 +226,13 @@ async fn concurrent_duplicates_wait_for_the_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_commit_still_settles() {
     let mut h = Harness::start().await;
-    h.create("acme", "1").await;
-    assert!(h.reserve("acme", "r1", 100_000).await.unwrap().admitted);
+    h.create_account("acme", "1").await.unwrap();
+    assert!(
+        h.reserve("acme", "r1", GPU_SHARED, A10, 100_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
     let engine = h.engine().clone();
     {
         let commit = engine.commit("r1", 50_000);
@@ -271,7 +248,10 @@ async fn a_cancelled_commit_still_settles() {
     let retry = tokio::time::timeout(std::time::Duration::from_secs(10), h.commit("r1", 50_000));
     let c = retry.await.expect("the retry is answered").unwrap();
     assert_eq!(amount(&c.charged), "0.03");
-    assert_eq!(amount(&h.balance("acme").await.balance), "0.97");
-    assert_eq!(h.statement("acme").await.entries.len(), 1);
+    assert_eq!(
+        amount(&h.get_balance("acme").await.unwrap().balance),
+        "0.97"
+    );
+    assert_eq!(h.get_statement("acme").await.unwrap().entries.len(), 1);
     h.shutdown().await;
 }

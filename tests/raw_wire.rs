@@ -131,13 +131,16 @@ fn encoded<M: prost::Message>(m: &M) -> Vec<u8> {
 #[tokio::test]
 async fn malformed_bytes_get_clean_statuses_and_the_server_stays_up() {
     let mut h = Harness::start().await;
-    h.create("acme", "10").await;
+    h.create_account("acme", "10").await.unwrap();
     let addr = h.running.as_ref().unwrap().addr;
-    let before = (h.balance("acme").await, h.statement("acme").await);
+    let before = (
+        h.get_balance("acme").await.unwrap(),
+        h.get_statement("acme").await.unwrap(),
+    );
 
     // A valid Reserve, then the same bytes cut short, and one whose string field holds
     // invalid UTF-8 (field 1, wire type 2, length 2, bytes ff fe).
-    let valid = encoded(&reserve_req("acme", "raw-1", 1_000));
+    let valid = encoded(&reserve_req("acme", "raw-1", GPU_SHARED, A10, 1_000, 0));
     let bad_utf8 = [0x0a, 0x02, 0xff, 0xfe];
     let huge = vec![b'a'; 1024 * 1024];
     let huge_msg = encoded(&pb::GetBalanceRequest {
@@ -277,7 +280,18 @@ async fn malformed_bytes_get_clean_statuses_and_the_server_stays_up() {
         );
     }
     // Nothing changed and the server serves.
-    assert_eq!((h.balance("acme").await, h.statement("acme").await), before);
-    assert!(h.reserve("acme", "raw-1", 1_000).await.unwrap().admitted);
+    assert_eq!(
+        (
+            h.get_balance("acme").await.unwrap(),
+            h.get_statement("acme").await.unwrap()
+        ),
+        before
+    );
+    assert!(
+        h.reserve("acme", "raw-1", GPU_SHARED, A10, 1_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
     h.shutdown().await;
 }

@@ -12,8 +12,6 @@ use quotad::billing::Money;
 use quotad::clock::ManualClock;
 use quotad::ledger::lease::LeaseConfig;
 use quotad::pb;
-use quotad::pb::admin_client::AdminClient;
-use quotad::pb::quota_client::QuotaClient;
 use quotad::server::{self, LedgerServeConfig, Running, RunningLedger, ServeConfig};
 use rust_decimal::Decimal;
 
@@ -24,8 +22,9 @@ struct Fleet {
     dir: tempfile::TempDir,
     ledger: Option<RunningLedger>,
     ledger_addr: std::net::SocketAddr,
-    admin: AdminClient<Ch>,
-    sidecars: Vec<(Running, QuotaClient<Ch>)>,
+    /// The ledger's Admin service.
+    admin: Client,
+    sidecars: Vec<(Running, Client)>,
 }
 
 fn ledger_config(dir: &std::path::Path, listen: std::net::SocketAddr) -> LedgerServeConfig {
@@ -57,7 +56,7 @@ impl Fleet {
         // sidecars' Sync, and the Quota calls the sidecars check with the ledger.
         let token =
             quotad::auth::read_token_file(&dir.path().join("ledger-operator.token")).unwrap();
-        let (_, admin) = connect(ledger_addr, &token).await;
+        let admin = Client::connect(ledger_addr, &token).await;
         let mut sidecars = Vec::new();
         for i in 0..n {
             let mut cfg = config(&dir.path().join(format!("sidecar-{i}")));
@@ -68,8 +67,8 @@ impl Fleet {
             cfg.ledger_token = Some(token.clone());
             tweak(&mut cfg);
             let running = server::start(cfg, clock.clone()).await.unwrap();
-            let (quota, _) = connect(running.addr, &token).await;
-            sidecars.push((running, quota));
+            let client = Client::connect(running.addr, &token).await;
+            sidecars.push((running, client));
         }
         Fleet {
             clock,
@@ -81,28 +80,11 @@ impl Fleet {
         }
     }
 
-    async fn reserve(&mut self, i: usize, account: &str, id: &str, ms: i64) -> pb::ReserveResponse {
-        self.sidecars[i]
-            .1
-            .reserve(reserve_req(account, id, ms))
-            .await
-            .unwrap()
-            .into_inner()
-    }
-
-    async fn create(&mut self, account: &str, balance: &str) {
-        create_account(&mut self.admin, account, balance).await;
-    }
-
     async fn sync_all(&self) {
         for (r, _) in &self.sidecars {
             let _ = r.engine().flush().await;
             let _ = r.engine().sync_once(1_000).await;
         }
-    }
-
-    async fn ledger_statement(&mut self, account: &str) -> pb::Statement {
-        statement_of(&mut self.admin, account).await
     }
 }
 
@@ -113,15 +95,18 @@ fn dec(m: &Option<pb::Money>) -> Decimal {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_bound_what_the_fleet_admits() {
     let mut f = Fleet::start(3, |_| {}).await;
-    f.create("acme", "1").await;
+    f.admin.create_account("acme", "1").await.unwrap();
     // 0.06 a reserve (100 s of a10); the account pays for 16 of them.
     let mut admitted = Decimal::ZERO;
     let mut denials = Vec::new();
     for round in 0..12 {
         for i in 0..3 {
-            let r = f
-                .reserve(i, "acme", &format!("r{round}-{i}"), 100_000)
-                .await;
+            let id = format!("r{round}-{i}");
+            let sidecar = &mut f.sidecars[i].1;
+            let r = sidecar
+                .reserve("acme", &id, GPU_SHARED, A10, 100_000, 0)
+                .await
+                .unwrap();
             if r.admitted {
                 admitted += dec(&r.held);
             } else {
@@ -144,52 +129,44 @@ async fn leases_bound_what_the_fleet_admits() {
         "{denials:?}"
     );
     // Nothing committed yet, so the ledger still has the whole balance.
-    let st = f.ledger_statement("acme").await;
+    let st = f.admin.get_statement("acme").await.unwrap();
     assert!(st.entries.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_reaches_the_ledger_once_and_admin_changes_reach_sidecars() {
     let mut f = Fleet::start(2, |_| {}).await;
-    f.create("acme", "1").await;
-    assert!(f.reserve(0, "acme", "a", 100_000).await.admitted);
-    assert!(f.reserve(1, "acme", "b", 100_000).await.admitted);
-    for (i, id) in [(0, "a"), (1, "b")] {
-        let c = f.sidecars[i]
+    f.admin.create_account("acme", "1").await.unwrap();
+    assert!(
+        f.sidecars[0]
             .1
-            .commit(pb::CommitRequest {
-                reservation_id: id.into(),
-                quantity: 50_000,
-            })
+            .reserve("acme", "a", GPU_SHARED, A10, 100_000, 0)
             .await
             .unwrap()
-            .into_inner();
+            .admitted
+    );
+    assert!(
+        f.sidecars[1]
+            .1
+            .reserve("acme", "b", GPU_SHARED, A10, 100_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
+    for (i, id) in [(0, "a"), (1, "b")] {
+        let c = f.sidecars[i].1.commit(id, 50_000).await.unwrap();
         assert_eq!(amount(&c.charged), "0.03");
     }
     f.sync_all().await;
     f.sync_all().await;
-    let st = f.ledger_statement("acme").await;
+    let st = f.admin.get_statement("acme").await.unwrap();
     let ids: Vec<&str> = st.entries.iter().map(|e| e.usage_id.as_str()).collect();
     assert_eq!(ids.len(), 2, "{ids:?}");
     // A top-up at the ledger reaches both sidecars with the next sync.
-    f.admin
-        .top_up(pb::TopUpRequest {
-            account_id: "acme".into(),
-            amount: Some(money("5")),
-            topup_id: "t1".into(),
-        })
-        .await
-        .unwrap();
+    f.admin.top_up("acme", "5", "t1").await.unwrap();
     f.sync_all().await;
     for i in 0..2 {
-        let b = f.sidecars[i]
-            .1
-            .get_balance(pb::GetBalanceRequest {
-                account_id: "acme".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let b = f.sidecars[i].1.get_balance("acme").await.unwrap();
         assert_eq!(amount(&b.balance), "5.94", "sidecar {i}");
     }
 }
@@ -197,22 +174,30 @@ async fn usage_reaches_the_ledger_once_and_admin_changes_reach_sidecars() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ledger_down_is_fail_closed_past_the_lease_and_recovers() {
     let mut f = Fleet::start(1, |_| {}).await;
-    f.create("acme", "10").await;
-    assert!(f.reserve(0, "acme", "r1", 100_000).await.admitted);
-    f.sidecars[0]
-        .1
-        .commit(pb::CommitRequest {
-            reservation_id: "r1".into(),
-            quantity: 100_000,
-        })
-        .await
-        .unwrap();
+    f.admin.create_account("acme", "10").await.unwrap();
+    assert!(
+        f.sidecars[0]
+            .1
+            .reserve("acme", "r1", GPU_SHARED, A10, 100_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
+    f.sidecars[0].1.commit("r1", 100_000).await.unwrap();
     // The ledger goes away. The lease still admits until it expires.
     f.ledger.take().unwrap().shutdown().await.unwrap();
-    let r = f.reserve(0, "acme", "r2", 1_000).await;
+    let r = f.sidecars[0]
+        .1
+        .reserve("acme", "r2", GPU_SHARED, A10, 1_000, 0)
+        .await
+        .unwrap();
     assert!(r.admitted, "within the lease: {r:?}");
     f.clock.advance_ms(LEASE_TTL_MS + 1);
-    let r = f.reserve(0, "acme", "r3", 1_000).await;
+    let r = f.sidecars[0]
+        .1
+        .reserve("acme", "r3", GPU_SHARED, A10, 1_000, 0)
+        .await
+        .unwrap();
     assert!(!r.admitted);
     assert_eq!(r.reason(), pb::DenyReason::LedgerUnavailable);
     // Acknowledged usage waits in the journal meanwhile.
@@ -227,9 +212,13 @@ async fn ledger_down_is_fail_closed_past_the_lease_and_recovers() {
     f.ledger = Some(ledger);
     f.sidecars[0].0.engine().sync_once(1_000).await.unwrap();
     assert!(f.sidecars[0].0.engine().ledger_reachable());
-    let r = f.reserve(0, "acme", "r4", 1_000).await;
+    let r = f.sidecars[0]
+        .1
+        .reserve("acme", "r4", GPU_SHARED, A10, 1_000, 0)
+        .await
+        .unwrap();
     assert!(r.admitted, "{r:?}");
-    let st = f.ledger_statement("acme").await;
+    let st = f.admin.get_statement("acme").await.unwrap();
     assert_eq!(st.entries.len(), 1);
     assert_eq!(amount(&st.entries[0].cost), "0.06");
 }
@@ -242,14 +231,29 @@ async fn fail_open_budget_is_spent_and_reported() {
             .insert("acme".into(), Money::parse("0.1").unwrap());
     })
     .await;
-    f.create("acme", "10").await;
-    assert!(f.reserve(0, "acme", "warm", 1_000).await.admitted);
+    f.admin.create_account("acme", "10").await.unwrap();
+    assert!(
+        f.sidecars[0]
+            .1
+            .reserve("acme", "warm", GPU_SHARED, A10, 1_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
     f.ledger.take().unwrap().shutdown().await.unwrap();
     f.clock.advance_ms(LEASE_TTL_MS + 1);
     // 0.06 each: one fits the 0.1 budget, the second does not.
-    let r = f.reserve(0, "acme", "fo1", 100_000).await;
+    let r = f.sidecars[0]
+        .1
+        .reserve("acme", "fo1", GPU_SHARED, A10, 100_000, 0)
+        .await
+        .unwrap();
     assert!(r.admitted && r.fail_open, "{r:?}");
-    let r = f.reserve(0, "acme", "fo2", 100_000).await;
+    let r = f.sidecars[0]
+        .1
+        .reserve("acme", "fo2", GPU_SHARED, A10, 100_000, 0)
+        .await
+        .unwrap();
     assert!(!r.admitted);
     assert_eq!(r.reason(), pb::DenyReason::LedgerUnavailable);
 }
@@ -261,50 +265,32 @@ async fn fail_open_budget_is_spent_and_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ledger_counts_free_requests_across_sidecars_and_takes_storage_hours() {
     let mut f = Fleet::start(2, |_| {}).await;
-    f.create("acme", "1").await;
+    f.admin.create_account("acme", "1").await.unwrap();
     // Both hold their batch before either commits (a commit is pushed to the ledger at
     // once), so each sidecar counts the other's as not there.
     for (i, id) in [(0, "g-a"), (1, "g-b")] {
+        let get = pb::Resource::RequestGet;
         let r = f.sidecars[i]
             .1
-            .reserve(pb::ReserveRequest {
-                account_id: "acme".into(),
-                reservation_id: id.into(),
-                resource: pb::Resource::RequestGet as i32,
-                sku: "request.get".into(),
-                quantity: 15_000_000,
-                ttl_ms: 0,
-            })
+            .reserve("acme", id, get, "request.get", 15_000_000, 0)
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         assert!(r.admitted, "{r:?}");
         assert_eq!(amount(&r.held), "0");
     }
     for (i, id) in [(0, "g-a"), (1, "g-b")] {
-        f.sidecars[i]
-            .1
-            .commit(pb::CommitRequest {
-                reservation_id: id.into(),
-                quantity: 15_000_000,
-            })
-            .await
-            .unwrap();
+        f.sidecars[i].1.commit(id, 15_000_000).await.unwrap();
     }
     f.sidecars[0]
         .1
-        .report_storage(pb::ReportStorageRequest {
-            account_id: "acme".into(),
-            bytes_stored: 720_000_000_000,
-            at_ms: 0,
-        })
+        .report_storage("acme", 720_000_000_000, 0)
         .await
         .unwrap();
     f.clock.advance_ms(3_600_000);
     // 720 GB for an hour: 720 GB-hours x 0.12 / 720 = 0.12.
-    balance_of(&mut f.sidecars[0].1, "acme").await;
+    f.sidecars[0].1.get_balance("acme").await.unwrap();
     f.sync_all().await;
-    let st = f.ledger_statement("acme").await;
+    let st = f.admin.get_statement("acme").await.unwrap();
     let got: Vec<(String, i64, String)> = st
         .entries
         .iter()
@@ -338,7 +324,7 @@ async fn the_ledger_counts_free_requests_across_sidecars_and_takes_storage_hours
         .refresh_account("acme")
         .await
         .unwrap();
-    let b = balance_of(&mut f.sidecars[1].1, "acme").await;
+    let b = f.sidecars[1].1.get_balance("acme").await.unwrap();
     assert_eq!(amount(&b.balance), "-9.12");
     assert_eq!(b.status(), pb::balance::AccountStatus::Overdue);
 }

@@ -116,18 +116,30 @@ async fn reflection_v1alpha_lists_services() {
 #[tokio::test]
 async fn graceful_restart_keeps_accounts_grants_holds_and_charges() {
     let mut h = Harness::start().await;
-    h.create("acme", "3").await;
-    h.buy("acme", "plan.compute.starter", "p1").await;
-    h.coupon("acme", "c1", "1", T0_MS + 10 * DAY_MS).await;
-    assert!(h.reserve("acme", "done", 10_000).await.unwrap().admitted);
+    h.create_account("acme", "3").await.unwrap();
+    h.purchase("acme", "plan.compute.starter", "p1", 0)
+        .await
+        .unwrap();
+    h.grant_credit("acme", "c1", COUPON, ANY, "1", T0_MS + 10 * DAY_MS)
+        .await
+        .unwrap();
+    assert!(
+        h.reserve("acme", "done", GPU_SHARED, A10, 10_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
     h.commit("done", 10_000).await.unwrap();
-    let open = h.reserve("acme", "open", 20_000).await.unwrap();
+    let open = h
+        .reserve("acme", "open", GPU_SHARED, A10, 20_000, 0)
+        .await
+        .unwrap();
     assert!(open.admitted);
-    let before = h.balance("acme").await;
+    let before = h.get_balance("acme").await.unwrap();
 
     h.restart().await;
 
-    let after = h.balance("acme").await;
+    let after = h.get_balance("acme").await.unwrap();
     assert_eq!(after, before, "the whole account view survives a restart");
     assert_eq!(amount(&after.held), "0.012");
     // The open hold is still there to commit; the settled one still answers its retry.
@@ -139,7 +151,7 @@ async fn graceful_restart_keeps_accounts_grants_holds_and_charges() {
         amount(&h.commit("done", 10_000).await.unwrap().charged),
         "0.006"
     );
-    let s = h.statement("acme").await;
+    let s = h.get_statement("acme").await.unwrap();
     let ids: Vec<&str> = s.entries.iter().map(|e| e.usage_id.as_str()).collect();
     assert_eq!(ids, vec!["done", "open"]);
     h.shutdown().await;

@@ -12,54 +12,11 @@ const SPEC: &str = "gpu.exclusive.a10.8c30g";
 const MIN_MS: i64 = 60_000;
 const HOUR_MS: i64 = 3_600_000;
 
-fn start_req(account: &str, id: &str, auto: Option<bool>) -> pb::StartSessionRequest {
-    pb::StartSessionRequest {
-        account_id: account.into(),
-        session_id: id.into(),
-        sku: SPEC.into(),
-        auto_shutdown: auto,
-        idle_timeout_ms: 0,
-    }
-}
-
-async fn start(
-    h: &mut Harness,
-    account: &str,
-    id: &str,
-    auto: Option<bool>,
-) -> pb::StartSessionResponse {
-    h.quota
-        .start_session(start_req(account, id, auto))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn beat(h: &mut Harness, id: &str, busy: bool) -> pb::HeartbeatResponse {
-    h.quota
-        .heartbeat(pb::HeartbeatRequest {
-            session_id: id.into(),
-            busy,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn stop_session(h: &mut Harness, id: &str) -> Result<pb::StopSessionResponse, tonic::Status> {
-    h.quota
-        .stop_session(pb::StopSessionRequest {
-            session_id: id.into(),
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
 /// Busy heartbeats every 10 minutes for `minutes`.
 async fn run_busy(h: &mut Harness, id: &str, minutes: i64) {
     for _ in 0..minutes / 10 {
         h.clock.advance_ms(10 * MIN_MS);
-        let r = beat(h, id, true).await;
+        let r = h.heartbeat(id, true).await.unwrap();
         assert_eq!(r.action, pb::Action::Continue as i32, "{r:?}");
     }
 }
@@ -74,25 +31,25 @@ fn entries(st: &pb::Statement) -> Vec<(String, i64, String)> {
 #[tokio::test]
 async fn three_hours_ten_minutes_bills_three_settled_hours_and_ten_minutes() {
     let mut h = Harness::start().await;
-    h.create("acme", "100").await;
-    let s = start(&mut h, "acme", "s1", None).await;
+    h.create_account("acme", "100").await.unwrap();
+    let s = h.start_session("acme", "s1", SPEC, None, 0).await.unwrap();
     assert!(s.admitted);
     assert_eq!(amount(&s.held), "9.9");
     assert_eq!(s.started_at_ms, T0_MS);
     // The first hour is pre-authorised.
-    assert_eq!(amount(&h.balance("acme").await.held), "9.9");
+    assert_eq!(amount(&h.get_balance("acme").await.unwrap().held), "9.9");
     run_busy(&mut h, "s1", 190).await;
     // Three hours were settled as they ended, each pre-authorising the next.
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(amount(&b.held), "9.9");
     assert_eq!(b.sessions.len(), 1);
     assert_eq!(amount(&b.sessions[0].charged), "29.7");
     assert_eq!(amount(&b.sessions[0].accrued), "1.65");
-    let stopped = stop_session(&mut h, "s1").await.unwrap();
+    let stopped = h.stop_session("s1").await.unwrap();
     assert_eq!(amount(&stopped.charged), "31.35");
     assert_eq!(stopped.stopped_at_ms, T0_MS + 190 * MIN_MS);
     assert_eq!(stopped.stop_cause, pb::SessionStop::Requested as i32);
-    let st = h.statement("acme").await;
+    let st = h.get_statement("acme").await.unwrap();
     let h1 = |n: i64| (format!("s1/h{n}"), HOUR_MS, "9.9".to_owned());
     assert_eq!(
         entries(&st),
@@ -113,34 +70,39 @@ async fn three_hours_ten_minutes_bills_three_settled_hours_and_ten_minutes() {
             .chain([T0_MS + 190 * MIN_MS])
             .collect::<Vec<_>>()
     );
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(amount(&b.balance), "68.65");
     assert_eq!(amount(&b.held), "0");
     assert!(b.sessions.is_empty());
     // StopSession again answers with the first outcome.
-    let again = stop_session(&mut h, "s1").await.unwrap();
+    let again = h.stop_session("s1").await.unwrap();
     assert_eq!(again, stopped);
 }
 
 #[tokio::test]
 async fn a_session_whose_next_hour_cannot_be_paid_stops_at_the_hour() {
     let mut h = Harness::start().await;
-    h.create("acme", "15").await; // 1.5 hours
-    assert!(start(&mut h, "acme", "s1", None).await.admitted);
+    h.create_account("acme", "15").await.unwrap(); // 1.5 hours
+    assert!(
+        h.start_session("acme", "s1", SPEC, None, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
     run_busy(&mut h, "s1", 50).await;
     h.clock.advance_ms(15 * MIN_MS);
-    let r = beat(&mut h, "s1", true).await;
+    let r = h.heartbeat("s1", true).await.unwrap();
     assert_eq!(r.action, pb::Action::Stop as i32);
     assert_eq!(r.reason, pb::DenyReason::InsufficientFunds as i32);
     assert_eq!(r.stop_cause, pb::SessionStop::InsufficientFunds as i32);
     assert_eq!(r.stopped_at_ms, T0_MS + HOUR_MS);
-    let st = h.statement("acme").await;
+    let st = h.get_statement("acme").await.unwrap();
     assert_eq!(entries(&st), vec![("s1/h1".into(), HOUR_MS, "9.9".into())]);
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(amount(&b.balance), "5.1");
     assert_eq!(amount(&b.held), "0");
     // Stopping a stopped session changes nothing.
-    let s = stop_session(&mut h, "s1").await.unwrap();
+    let s = h.stop_session("s1").await.unwrap();
     assert_eq!(amount(&s.charged), "9.9");
     assert_eq!(s.stop_cause, pb::SessionStop::InsufficientFunds as i32);
 }
@@ -148,28 +110,27 @@ async fn a_session_whose_next_hour_cannot_be_paid_stops_at_the_hour() {
 #[tokio::test]
 async fn start_needs_an_hour_available_and_no_overdue() {
     let mut h = Harness::start().await;
-    h.create("poor", "9.89").await;
-    let s = start(&mut h, "poor", "s1", None).await;
+    h.create_account("poor", "9.89").await.unwrap();
+    let s = h.start_session("poor", "s1", SPEC, None, 0).await.unwrap();
     assert!(!s.admitted);
     assert_eq!(s.reason, pb::DenyReason::InsufficientFunds as i32);
-    assert_eq!(amount(&h.balance("poor").await.held), "0");
+    assert_eq!(amount(&h.get_balance("poor").await.unwrap().held), "0");
 
-    h.create("late", "0.0006").await;
-    h.coupon("late", "c1", "50", T0_MS + 30 * DAY_MS).await;
-    h.reserve("late", "r1", 1_000).await.unwrap();
+    h.create_account("late", "0.0006").await.unwrap();
+    h.grant_credit("late", "c1", COUPON, ANY, "50", T0_MS + 30 * DAY_MS)
+        .await
+        .unwrap();
+    h.reserve("late", "r1", GPU_SHARED, A10, 1_000, 0)
+        .await
+        .unwrap();
     h.commit("r1", 100_000_000).await.unwrap(); // 60 of 50.0006: balance -9.9994
-    let s = start(&mut h, "late", "s1", None).await;
+    let s = h.start_session("late", "s1", SPEC, None, 0).await.unwrap();
     assert!(!s.admitted);
     assert_eq!(s.reason, pb::DenyReason::Overdue as i32);
     // A denied start is not a session.
     assert_status(
         "heartbeat of a denied session",
-        h.quota
-            .heartbeat(pb::HeartbeatRequest {
-                session_id: "s1".into(),
-                busy: true,
-            })
-            .await,
+        h.heartbeat("s1", true).await,
         Code::NotFound,
         &["s1"],
     );
@@ -178,40 +139,53 @@ async fn start_needs_an_hour_available_and_no_overdue() {
 #[tokio::test]
 async fn idle_twenty_minutes_with_auto_shutdown_stops_and_bills_to_the_shutdown() {
     let mut h = Harness::start().await;
-    h.create("acme", "100").await;
-    assert!(start(&mut h, "acme", "s1", Some(true)).await.admitted);
+    h.create_account("acme", "100").await.unwrap();
+    assert!(
+        h.start_session("acme", "s1", SPEC, Some(true), 0)
+            .await
+            .unwrap()
+            .admitted
+    );
     h.clock.advance_ms(5 * MIN_MS);
     assert_eq!(
-        beat(&mut h, "s1", true).await.action,
+        h.heartbeat("s1", true).await.unwrap().action,
         pb::Action::Continue as i32
     );
     // Idle heartbeats do not keep it alive, and missing ones count as idle.
     h.clock.advance_ms(10 * MIN_MS);
     assert_eq!(
-        beat(&mut h, "s1", false).await.action,
+        h.heartbeat("s1", false).await.unwrap().action,
         pb::Action::Continue as i32
     );
     h.clock.advance_ms(45 * MIN_MS);
-    let r = beat(&mut h, "s1", true).await;
+    let r = h.heartbeat("s1", true).await.unwrap();
     assert_eq!(r.action, pb::Action::Stop as i32);
     assert_eq!(r.stop_cause, pb::SessionStop::Idle as i32);
     assert_eq!(r.stopped_at_ms, T0_MS + 25 * MIN_MS);
-    let st = h.statement("acme").await;
+    let st = h.get_statement("acme").await.unwrap();
     // 25 minutes of 9.9 an hour.
     assert_eq!(
         entries(&st),
         vec![("s1/end".into(), 25 * MIN_MS, "4.125".into())]
     );
-    assert_eq!(amount(&h.balance("acme").await.balance), "95.875");
+    assert_eq!(
+        amount(&h.get_balance("acme").await.unwrap().balance),
+        "95.875"
+    );
 }
 
 #[tokio::test]
 async fn without_auto_shutdown_it_keeps_billing_and_shows_as_accruing() {
     let mut h = Harness::start().await;
-    h.create("acme", "100").await;
-    assert!(start(&mut h, "acme", "s1", Some(false)).await.admitted);
+    h.create_account("acme", "100").await.unwrap();
+    assert!(
+        h.start_session("acme", "s1", SPEC, Some(false), 0)
+            .await
+            .unwrap()
+            .admitted
+    );
     h.clock.advance_ms(2 * HOUR_MS + 5 * MIN_MS);
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(b.sessions.len(), 1, "{b:?}");
     let s = &b.sessions[0];
     assert!(s.accrues_without_activity);
@@ -220,27 +194,35 @@ async fn without_auto_shutdown_it_keeps_billing_and_shows_as_accruing() {
     assert_eq!(amount(&s.accrued), "0.825");
     assert_eq!(amount(&s.hourly), "9.9");
     assert_eq!(
-        beat(&mut h, "s1", false).await.action,
+        h.heartbeat("s1", false).await.unwrap().action,
         pb::Action::Continue as i32
     );
-    assert_eq!(amount(&h.balance("acme").await.balance), "80.2");
+    assert_eq!(
+        amount(&h.get_balance("acme").await.unwrap().balance),
+        "80.2"
+    );
 }
 
 #[tokio::test]
 async fn sessions_survive_a_restart() {
     let mut h = Harness::start().await;
-    h.create("acme", "100").await;
-    assert!(start(&mut h, "acme", "s1", None).await.admitted);
+    h.create_account("acme", "100").await.unwrap();
+    assert!(
+        h.start_session("acme", "s1", SPEC, None, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
     run_busy(&mut h, "s1", 30).await;
     h.restart().await;
     // The running hour's hold is back, and the session goes on.
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(amount(&b.held), "9.9");
     assert_eq!(b.sessions.len(), 1);
     run_busy(&mut h, "s1", 40).await;
-    let s = stop_session(&mut h, "s1").await.unwrap();
+    let s = h.stop_session("s1").await.unwrap();
     assert_eq!(amount(&s.charged), "11.55"); // 1 h + 10 min
-    let st = h.statement("acme").await;
+    let st = h.get_statement("acme").await.unwrap();
     assert_eq!(
         entries(&st),
         vec![
@@ -250,7 +232,7 @@ async fn sessions_survive_a_restart() {
     );
     // And a stopped session stays stopped across a restart.
     h.restart().await;
-    let r = beat(&mut h, "s1", true).await;
+    let r = h.heartbeat("s1", true).await.unwrap();
     assert_eq!(r.action, pb::Action::Stop as i32);
     assert_eq!(r.stop_cause, pb::SessionStop::Requested as i32);
 }
@@ -258,63 +240,59 @@ async fn sessions_survive_a_restart() {
 #[tokio::test]
 async fn session_calls_are_idempotent_and_bad_input_is_refused() {
     let mut h = Harness::start().await;
-    h.create("acme", "100").await;
-    let first = start(&mut h, "acme", "s1", None).await;
+    h.create_account("acme", "100").await.unwrap();
+    let first = h.start_session("acme", "s1", SPEC, None, 0).await.unwrap();
     h.clock.advance_ms(MIN_MS);
-    let again = start(&mut h, "acme", "s1", Some(true)).await;
+    let again = h
+        .start_session("acme", "s1", SPEC, Some(true), 0)
+        .await
+        .unwrap();
     assert_eq!(first, again);
-    assert_eq!(amount(&h.balance("acme").await.held), "9.9");
-    let mut other = start_req("acme", "s1", Some(false));
+    assert_eq!(amount(&h.get_balance("acme").await.unwrap().held), "9.9");
+    let off = Some(false);
     assert_status(
         "same id, other terms",
-        h.quota.start_session(other.clone()).await,
+        h.start_session("acme", "s1", SPEC, off, 0).await,
         Code::FailedPrecondition,
         &["s1"],
     );
-    other.session_id = "s2".into();
-    other.sku = A10.into();
     assert_status(
         "shared sku",
-        h.quota.start_session(other.clone()).await,
+        h.start_session("acme", "s2", A10, off, 0).await,
         Code::InvalidArgument,
         &[A10],
     );
-    other.sku = SPEC.into();
-    other.idle_timeout_ms = -1;
     assert_status(
         "negative idle timeout",
-        h.quota.start_session(other.clone()).await,
+        h.start_session("acme", "s2", SPEC, off, -1).await,
         Code::InvalidArgument,
         &["idle_timeout_ms"],
     );
-    other.idle_timeout_ms = 30 * DAY_MS;
     assert_status(
         "idle timeout too long",
-        h.quota.start_session(other.clone()).await,
+        h.start_session("acme", "s2", SPEC, off, 30 * DAY_MS).await,
         Code::InvalidArgument,
         &["idle_timeout_ms"],
     );
-    other.idle_timeout_ms = 0;
-    other.account_id = "nobody".into();
     assert_status(
         "unknown account",
-        h.quota.start_session(other.clone()).await,
+        h.start_session("nobody", "s2", SPEC, off, 0).await,
         Code::NotFound,
         &["nobody"],
     );
     assert_status(
         "unknown session",
-        stop_session(&mut h, "nope").await,
+        h.stop_session("nope").await,
         Code::NotFound,
         &["nope"],
     );
     assert_status(
         "empty id",
-        stop_session(&mut h, "").await,
+        h.stop_session("").await,
         Code::InvalidArgument,
         &["session_id"],
     );
     // Nothing above held or charged anything more.
-    assert_eq!(amount(&h.balance("acme").await.held), "9.9");
-    assert!(h.statement("acme").await.entries.is_empty());
+    assert_eq!(amount(&h.get_balance("acme").await.unwrap().held), "9.9");
+    assert!(h.get_statement("acme").await.unwrap().entries.is_empty());
 }

@@ -15,15 +15,17 @@ fn stop(d: &pb::UsageDecision) -> bool {
 /// An A10 second costs 0.0006: an account with a 0.0024 coupon and a 0.0036 balance can
 /// pay for exactly 10 s.
 async fn ten_second_account(h: &mut Harness) {
-    h.create("acme", "0.0036").await;
-    h.coupon("acme", "c1", "0.0024", T0_MS + 30 * DAY_MS).await;
+    h.create_account("acme", "0.0036").await.unwrap();
+    h.grant_credit("acme", "c1", COUPON, ANY, "0.0024", T0_MS + 30 * DAY_MS)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn stream_stops_within_one_report_of_what_the_account_can_pay() {
     let mut h = Harness::start().await;
     ten_second_account(&mut h).await;
-    let mut job = Job::open(&mut h.quota, "acme", "job-1").await;
+    let mut job = h.stream_usage("acme", "job-1").await.unwrap();
     let mut stopped_at = None;
     for seq in 1..=12u64 {
         h.clock.advance_ms(1_000);
@@ -43,10 +45,10 @@ async fn stream_stops_within_one_report_of_what_the_account_can_pay() {
     assert_eq!(stopped_at, Some(10));
     job.close().await;
 
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(amount(&b.balance), "0");
     assert_eq!(amount(&b.held), "0");
-    let st = h.statement("acme").await;
+    let st = h.get_statement("acme").await.unwrap();
     let ids: Vec<&str> = st.entries.iter().map(|e| e.usage_id.as_str()).collect();
     let want: Vec<String> = (1..=10).map(|s| format!("job-1/{s}")).collect();
     assert_eq!(ids, want.iter().map(String::as_str).collect::<Vec<_>>());
@@ -64,7 +66,7 @@ async fn stream_stops_within_one_report_of_what_the_account_can_pay() {
 async fn overrun_after_stop_is_at_most_the_late_report() {
     let mut h = Harness::start().await;
     ten_second_account(&mut h).await;
-    let mut job = Job::open(&mut h.quota, "acme", "job-1").await;
+    let mut job = h.stream_usage("acme", "job-1").await.unwrap();
     for seq in 1..=10u64 {
         h.clock.advance_ms(1_000);
         job.report(seq, 1_000).await.unwrap();
@@ -75,7 +77,7 @@ async fn overrun_after_stop_is_at_most_the_late_report() {
     let d = job.report(11, 1_000).await.unwrap();
     assert!(stop(&d));
     job.close().await;
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(amount(&b.balance), "-0.0006");
     assert_eq!(b.status(), pb::balance::AccountStatus::Overdue);
 }
@@ -83,28 +85,36 @@ async fn overrun_after_stop_is_at_most_the_late_report() {
 #[tokio::test]
 async fn a_concurrent_reserve_cannot_take_the_jobs_next_interval() {
     let mut h = Harness::start().await;
-    h.create("acme", "0.0012").await; // 2 s
-    let mut job = Job::open(&mut h.quota, "acme", "job-1").await;
+    h.create_account("acme", "0.0012").await.unwrap(); // 2 s
+    let mut job = h.stream_usage("acme", "job-1").await.unwrap();
     let d = job.report(1, 1_000).await.unwrap();
     assert!(!stop(&d));
     // 1 s is charged, the next second is held for the job: nothing is left to reserve.
-    let r = h.reserve("acme", "other", 1_000).await.unwrap();
+    let r = h
+        .reserve("acme", "other", GPU_SHARED, A10, 1_000, 0)
+        .await
+        .unwrap();
     assert!(!r.admitted, "{r:?}");
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(amount(&b.held), "0.0006");
     assert_eq!(b.streams.len(), 1);
     assert_eq!(b.streams[0].work_id, "job-1");
     assert_eq!(b.streams[0].last_seq, 1);
     job.close().await;
-    assert_eq!(amount(&h.balance("acme").await.held), "0");
-    assert!(h.reserve("acme", "other", 1_000).await.unwrap().admitted);
+    assert_eq!(amount(&h.get_balance("acme").await.unwrap().held), "0");
+    assert!(
+        h.reserve("acme", "other", GPU_SHARED, A10, 1_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
 }
 
 #[tokio::test]
 async fn duplicate_and_old_seqs_are_ignored() {
     let mut h = Harness::start().await;
-    h.create("acme", "1").await;
-    let mut job = Job::open(&mut h.quota, "acme", "job-1").await;
+    h.create_account("acme", "1").await.unwrap();
+    let mut job = h.stream_usage("acme", "job-1").await.unwrap();
     assert!(!job.report(1, 1_000).await.unwrap().ignored);
     assert!(!job.report(3, 1_000).await.unwrap().ignored);
     let d = job.report(3, 1_000).await.unwrap();
@@ -113,11 +123,11 @@ async fn duplicate_and_old_seqs_are_ignored() {
     assert!(job.report(2, 5_000).await.unwrap().ignored);
     job.close().await;
     // A new stream for the same job: its old seqs are remembered too.
-    let mut again = Job::open(&mut h.quota, "acme", "job-1").await;
+    let mut again = h.stream_usage("acme", "job-1").await.unwrap();
     assert!(again.report(3, 1_000).await.unwrap().ignored);
     assert!(!again.report(4, 1_000).await.unwrap().ignored);
     again.close().await;
-    let st = h.statement("acme").await;
+    let st = h.get_statement("acme").await.unwrap();
     let ids: Vec<&str> = st.entries.iter().map(|e| e.usage_id.as_str()).collect();
     assert_eq!(ids, ["job-1/1", "job-1/3", "job-1/4"]);
 }
@@ -125,11 +135,14 @@ async fn duplicate_and_old_seqs_are_ignored() {
 #[tokio::test]
 async fn a_stream_takes_over_its_reservation_and_commit_confirms_it() {
     let mut h = Harness::start().await;
-    h.create("acme", "1").await;
-    let r = h.reserve("acme", "job-1", 5_000).await.unwrap();
+    h.create_account("acme", "1").await.unwrap();
+    let r = h
+        .reserve("acme", "job-1", GPU_SHARED, A10, 5_000, 0)
+        .await
+        .unwrap();
     assert!(r.admitted);
-    assert_eq!(amount(&h.balance("acme").await.held), "0.003");
-    let mut job = Job::open(&mut h.quota, "acme", "job-1").await;
+    assert_eq!(amount(&h.get_balance("acme").await.unwrap().held), "0.003");
+    let mut job = h.stream_usage("acme", "job-1").await.unwrap();
     for seq in 1..=3 {
         let d = job.report(seq, 1_000).await.unwrap();
         assert!(!stop(&d));
@@ -142,9 +155,9 @@ async fn a_stream_takes_over_its_reservation_and_commit_confirms_it() {
         &["job-1", "usage stream"],
     );
     // Reported 3 s of the 5 s reserved: 2 s of hold are left, enough for the next 1 s.
-    assert_eq!(amount(&h.balance("acme").await.held), "0.0012");
+    assert_eq!(amount(&h.get_balance("acme").await.unwrap().held), "0.0012");
     job.close().await;
-    assert_eq!(amount(&h.balance("acme").await.held), "0");
+    assert_eq!(amount(&h.get_balance("acme").await.unwrap().held), "0");
     // Closing the stream settled the reservation with the reported total; Commit of
     // that total confirms it, anything else is refused.
     let c = h.commit("job-1", 3_000).await.unwrap();
@@ -155,55 +168,58 @@ async fn a_stream_takes_over_its_reservation_and_commit_confirms_it() {
         Code::FailedPrecondition,
         &["3000"],
     );
-    let st = h.statement("acme").await;
+    let st = h.get_statement("acme").await.unwrap();
     let ids: Vec<&str> = st.entries.iter().map(|e| e.usage_id.as_str()).collect();
     assert_eq!(ids, ["job-1/1", "job-1/2", "job-1/3"]);
-    assert_eq!(amount(&h.balance("acme").await.balance), "0.9982");
+    assert_eq!(
+        amount(&h.get_balance("acme").await.unwrap().balance),
+        "0.9982"
+    );
 }
 
 #[tokio::test]
 async fn a_broken_stream_settles_the_job_and_releases_its_hold() {
     let mut h = Harness::start().await;
-    h.create("acme", "1").await;
-    let mut job = Job::open(&mut h.quota, "acme", "job-1").await;
+    h.create_account("acme", "1").await.unwrap();
+    let mut job = h.stream_usage("acme", "job-1").await.unwrap();
     job.report(1, 2_000).await.unwrap();
     job.report(2, 2_000).await.unwrap();
-    assert_eq!(amount(&h.balance("acme").await.held), "0.0012");
+    assert_eq!(amount(&h.get_balance("acme").await.unwrap().held), "0.0012");
     // The client vanishes: no half-close, the call is simply dropped.
     drop(job);
-    let quota = h.quota.clone();
+    let client = h.client.clone();
     eventually("hold released after the client vanished", || {
-        let mut q = quota.clone();
+        let mut c = client.clone();
         async move {
-            let b = balance_of(&mut q, "acme").await;
+            let b = c.get_balance("acme").await.unwrap();
             amount(&b.held) == "0" && b.streams.is_empty()
         }
     })
     .await;
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(amount(&b.balance), "0.9976");
-    assert_eq!(h.statement("acme").await.entries.len(), 2);
+    assert_eq!(h.get_statement("acme").await.unwrap().entries.len(), 2);
 }
 
 #[tokio::test]
 async fn a_restart_mid_stream_loses_no_acknowledged_usage() {
     let mut h = Harness::start().await;
-    h.create("acme", "1").await;
-    let mut job = Job::open(&mut h.quota, "acme", "job-1").await;
+    h.create_account("acme", "1").await.unwrap();
+    let mut job = h.stream_usage("acme", "job-1").await.unwrap();
     for seq in 1..=3 {
         job.report(seq, 1_000).await.unwrap();
     }
     h.restart().await;
     // The client reconnects and, unsure whether its last report landed, resends it.
-    let mut job = Job::open(&mut h.quota, "acme", "job-1").await;
+    let mut job = h.stream_usage("acme", "job-1").await.unwrap();
     assert!(job.report(3, 1_000).await.unwrap().ignored);
     let d = job.report(4, 1_000).await.unwrap();
     assert!(!d.ignored && !stop(&d));
     job.close().await;
-    let st = h.statement("acme").await;
+    let st = h.get_statement("acme").await.unwrap();
     let ids: Vec<&str> = st.entries.iter().map(|e| e.usage_id.as_str()).collect();
     assert_eq!(ids, ["job-1/1", "job-1/2", "job-1/3", "job-1/4"]);
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert_eq!(amount(&b.balance), "0.9976");
     assert_eq!(amount(&b.held), "0");
 }
@@ -211,8 +227,8 @@ async fn a_restart_mid_stream_loses_no_acknowledged_usage() {
 #[tokio::test]
 async fn overdue_and_empty_accounts_are_stopped_at_the_first_report() {
     let mut h = Harness::start().await;
-    h.create("poor", "0").await;
-    let mut job = Job::open(&mut h.quota, "poor", "job-1").await;
+    h.create_account("poor", "0").await.unwrap();
+    let mut job = h.stream_usage("poor", "job-1").await.unwrap();
     let d = job.report(1, 0).await.unwrap();
     assert!(stop(&d));
     assert_eq!(d.reason, pb::DenyReason::NoEntitlement as i32);
@@ -226,11 +242,11 @@ async fn stream_limits_are_enforced_with_resource_exhausted() {
         c.engine.stream_reports_per_sec = 5;
     })
     .await;
-    h.create("acme", "10").await;
-    let mut job = Job::open(&mut h.quota, "acme", "job-1").await;
+    h.create_account("acme", "10").await.unwrap();
+    let mut job = h.stream_usage("acme", "job-1").await.unwrap();
     job.report(1, 100).await.unwrap();
     // A second stream while one is open.
-    let mut other = Job::open_result(&mut h.quota, "acme", "job-2").await;
+    let mut other = h.stream_usage("acme", "job-2").await;
     let second = match &mut other {
         Ok(j) => j.report(1, 100).await.map(|_| ()),
         Err(s) => Err(s.clone()),
@@ -252,20 +268,20 @@ async fn stream_limits_are_enforced_with_resource_exhausted() {
         &["stream_reports_per_sec"],
     );
     // The usage acknowledged before the cut-off stands; the stream's hold is released.
-    let quota = h.quota.clone();
+    let client = h.client.clone();
     eventually("stream settled", || {
-        let mut q = quota.clone();
-        async move { balance_of(&mut q, "acme").await.streams.is_empty() }
+        let mut c = client.clone();
+        async move { c.get_balance("acme").await.unwrap().streams.is_empty() }
     })
     .await;
-    assert_eq!(h.statement("acme").await.entries.len(), 5);
-    assert_eq!(amount(&h.balance("acme").await.held), "0");
+    assert_eq!(h.get_statement("acme").await.unwrap().entries.len(), 5);
+    assert_eq!(amount(&h.get_balance("acme").await.unwrap().held), "0");
 }
 
 #[tokio::test]
 async fn bad_reports_get_invalid_argument() {
     let mut h = Harness::start().await;
-    h.create("acme", "1").await;
+    h.create_account("acme", "1").await.unwrap();
     type Tweak = Box<dyn Fn(&mut pb::UsageReport)>;
     let cases: Vec<(&str, Tweak, &[&str])> = vec![
         ("negative", Box::new(|r| r.quantity = -1), &["quantity"]),
@@ -281,13 +297,13 @@ async fn bad_reports_get_invalid_argument() {
         ("no work id", Box::new(|r| r.work_id.clear()), &["work_id"]),
     ];
     for (what, tweak, needles) in cases {
-        let mut job = Job::open(&mut h.quota, "acme", "job-x").await;
+        let mut job = h.stream_usage("acme", "job-x").await.unwrap();
         let mut msg = job.report_msg(1, 1_000);
         tweak(&mut msg);
         assert_status(what, job.send(msg).await, Code::InvalidArgument, needles);
     }
     // A stream meters one job.
-    let mut job = Job::open(&mut h.quota, "acme", "job-y").await;
+    let mut job = h.stream_usage("acme", "job-y").await.unwrap();
     job.report(1, 1_000).await.unwrap();
     let mut msg = job.report_msg(2, 1_000);
     msg.work_id = "job-z".into();
@@ -298,14 +314,14 @@ async fn bad_reports_get_invalid_argument() {
         &["one job"],
     );
     // Unknown accounts and skus.
-    let mut job = Job::open(&mut h.quota, "nobody", "job-n").await;
+    let mut job = h.stream_usage("nobody", "job-n").await.unwrap();
     assert_status(
         "unknown account",
         job.report(1, 1).await,
         Code::NotFound,
         &["nobody"],
     );
-    assert_eq!(h.statement("acme").await.entries.len(), 1);
+    assert_eq!(h.get_statement("acme").await.unwrap().entries.len(), 1);
 }
 
 #[tokio::test]
@@ -313,7 +329,7 @@ async fn a_client_that_does_not_read_decisions_is_cut_off() {
     // Over the network hyper's send buffer absorbs hundreds of kilobytes before the
     // stream's own buffer fills, so this drives the stream handler directly.
     let mut h = Harness::start_with(|c| c.engine.stream_buffer = 1).await;
-    h.create("acme", "100").await;
+    h.create_account("acme", "100").await.unwrap();
     let (report_tx, report_rx) = tokio::sync::mpsc::channel(8);
     let (decision_tx, mut decision_rx) = tokio::sync::mpsc::channel(1);
     let meter = tokio::spawn(quotad::grpc::quota::meter(
@@ -323,15 +339,10 @@ async fn a_client_that_does_not_read_decisions_is_cut_off() {
         decision_tx,
     ));
     for seq in 1..=3u64 {
-        let msg = pb::UsageReport {
-            account_id: "acme".into(),
-            work_id: "job-1".into(),
-            resource: pb::Resource::GpuShared as i32,
-            sku: A10.into(),
-            quantity: 1_000,
-            seq,
-        };
-        report_tx.send(Ok(msg)).await.unwrap();
+        report_tx
+            .send(Ok(usage_report("acme", "job-1", seq, 1_000)))
+            .await
+            .unwrap();
     }
     // Nobody reads: the first decision fills the buffer of one, the second cannot be
     // queued, and the stream ends with RESOURCE_EXHAUSTED once the client reads again.
@@ -353,7 +364,7 @@ async fn a_client_that_does_not_read_decisions_is_cut_off() {
     meter.await.unwrap();
     // The second report was charged (durable) before its decision could not be queued;
     // the third was never read. The job's hold is released.
-    let b = h.balance("acme").await;
+    let b = h.get_balance("acme").await.unwrap();
     assert!(b.streams.is_empty());
     assert_eq!(amount(&b.held), "0");
     assert_eq!(amount(&b.balance), "99.9988");
@@ -363,7 +374,7 @@ async fn a_client_that_does_not_read_decisions_is_cut_off() {
 async fn pipelined_reports_get_the_same_decisions_as_one_by_one() {
     let mut h = Harness::start().await;
     ten_second_account(&mut h).await;
-    let mut job = Job::open(&mut h.quota, "acme", "job-1").await;
+    let mut job = h.stream_usage("acme", "job-1").await.unwrap();
     // The client does not wait for decisions: 14 reports go out at once, and are charged
     // in rounds that share a journal write.
     let tx = job.tx.take().unwrap();
@@ -386,7 +397,10 @@ async fn pipelined_reports_get_the_same_decisions_as_one_by_one() {
         .collect();
     assert_eq!(got, want);
     // Reports pipelined past STOP are usage the job did: charged, as overrun.
-    let st = h.statement("acme").await;
+    let st = h.get_statement("acme").await.unwrap();
     assert_eq!(st.entries.len(), 14);
-    assert_eq!(amount(&h.balance("acme").await.balance), "-0.0024");
+    assert_eq!(
+        amount(&h.get_balance("acme").await.unwrap().balance),
+        "-0.0024"
+    );
 }

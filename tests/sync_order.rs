@@ -142,7 +142,7 @@ impl Sidecar {
     }
 
     /// The Admin service over this sidecar, on real gRPC.
-    async fn admin(&self) -> pb::admin_client::AdminClient<Ch> {
+    async fn admin(&self) -> Client {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let svc = pb::admin_server::AdminServer::new(AdminService::new(
@@ -154,7 +154,7 @@ impl Sidecar {
                 .add_service(svc)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
-        connect(addr, "").await.1
+        Client::connect(addr, "").await
     }
 }
 
@@ -173,7 +173,7 @@ async fn a_statement_pushes_only_its_accounts_usage() {
     s.gate.hold("busy", true);
     let mut admin = s.admin().await;
 
-    let st = statement_of(&mut admin, "quiet").await;
+    let st = admin.get_statement("quiet").await.unwrap();
     let got: Vec<(String, String)> = st
         .entries
         .iter()
@@ -185,19 +185,15 @@ async fn a_statement_pushes_only_its_accounts_usage() {
         vec![BTreeSet::from(["quiet".to_owned()])]
     );
     // The busy account's own statement cannot be complete: it says so.
-    let r = admin
-        .get_statement(pb::GetStatementRequest {
-            account_id: "busy".into(),
-        })
-        .await;
+    let r = admin.get_statement("busy").await;
     assert_status("busy's statement", r, Code::Unavailable, &["held back"]);
     s.gate.hold("busy", false);
-    assert_eq!(statement_of(&mut admin, "busy").await.entries.len(), 2);
+    assert_eq!(admin.get_statement("busy").await.unwrap().entries.len(), 2);
     // Everything reached the ledger once; the journal still holds nothing twice.
     s.engine.flush().await.unwrap();
     assert_eq!(s.engine.journal().outbox_len(), 0);
-    assert_eq!(statement_of(&mut admin, "quiet").await.entries.len(), 1);
-    assert_eq!(statement_of(&mut admin, "busy").await.entries.len(), 2);
+    assert_eq!(admin.get_statement("quiet").await.unwrap().entries.len(), 1);
+    assert_eq!(admin.get_statement("busy").await.unwrap().entries.len(), 2);
 }
 
 fn money_of(s: &str) -> quotad::billing::Money {

@@ -30,7 +30,8 @@ use sha2::{Digest, Sha256};
 use tonic::codegen::http;
 
 use crate::clock::SharedClock;
-use crate::ledger::store::{LedgerStore, StoreError, TokenRow};
+use crate::ledger::Ledger;
+use crate::ledger::store::{StoreError, TokenRow};
 
 /// Every token starts with this, so a leaked one is easy to recognise (and to scan for).
 pub const TOKEN_PREFIX: &str = "qdt_";
@@ -80,6 +81,8 @@ pub enum AuthError {
     ProxyElsewhere { rpc: String },
     #[error("{0:?} is not a permission: reserve, admit, sessions, balance or watch")]
     UnknownPermission(String),
+    #[error("token {0} does not exist")]
+    UnknownTokenId(String),
     #[error("cannot check the token now: {0}")]
     Unavailable(String),
     #[error("token store: {0}")]
@@ -366,23 +369,35 @@ pub trait TokenSource: Send + Sync + 'static {
     async fn identify(&self, token_sha256: &str) -> Result<Option<Caller>, AuthError>;
 }
 
-/// Lookups in the ledger's store (embedded ledger, or `quotad ledger` itself).
-pub struct StoreSource(pub Arc<dyn LedgerStore>);
+/// The caller a token hash speaks for at `ledger`, with the token's id; None if the token
+/// is unknown, revoked or unreadable. A sub-user comes with its access (at most
+/// `DEFAULT_ACCESS_ACCOUNTS_MAX` accounts).
+pub async fn lookup(
+    ledger: &Ledger,
+    token_sha256: &str,
+) -> Result<Option<(String, Caller)>, AuthError> {
+    let Some(row) = ledger.token_by_hash(token_sha256).await? else {
+        return Ok(None);
+    };
+    let access = if row.kind == Kind::SubUser.name() && row.revoked_at_ms.is_none() {
+        ledger
+            .access_of(&row.name, DEFAULT_ACCESS_ACCOUNTS_MAX)
+            .await?
+    } else {
+        Vec::new()
+    };
+    Ok(Caller::from_row(&row, access).map(|caller| (row.token_id, caller)))
+}
+
+/// Lookups in the ledger (embedded ledger, or `quotad ledger` itself).
+pub struct LedgerSource(pub Arc<Ledger>);
 
 #[async_trait]
-impl TokenSource for StoreSource {
+impl TokenSource for LedgerSource {
     async fn identify(&self, token_sha256: &str) -> Result<Option<Caller>, AuthError> {
-        let Some(row) = self.0.token_by_hash(token_sha256).await? else {
-            return Ok(None);
-        };
-        let access = if row.kind == Kind::SubUser.name() && row.revoked_at_ms.is_none() {
-            self.0
-                .access_of(&row.name, DEFAULT_ACCESS_ACCOUNTS_MAX)
-                .await?
-        } else {
-            Vec::new()
-        };
-        Ok(Caller::from_row(&row, access))
+        Ok(lookup(&self.0, token_sha256)
+            .await?
+            .map(|(_, caller)| caller))
     }
 }
 
@@ -483,10 +498,9 @@ impl Authenticator {
     }
 }
 
-/// Makes a token for `kind` (with its account or name) and records its hash.
+/// Makes a token for `kind` (with its account or name) and records its hash at `ledger`.
 pub async fn create_token(
-    store: &dyn LedgerStore,
-    now_ms: i64,
+    ledger: &Ledger,
     kind: Kind,
     account_id: &str,
     name: &str,
@@ -498,10 +512,10 @@ pub async fn create_token(
         kind: kind.name().to_owned(),
         account_id: account_id.to_owned(),
         name: name.to_owned(),
-        created_at_ms: now_ms,
+        created_at_ms: ledger.now_ms(),
         revoked_at_ms: None,
     };
-    store.insert_token(row.clone()).await?;
+    ledger.insert_token(row.clone()).await?;
     Ok((row, token))
 }
 
@@ -518,17 +532,13 @@ pub enum BootstrapError {
     Store(#[from] StoreError),
 }
 
-/// On first start: if the store has no operator token, makes one and writes it to `path`
+/// On first start: if the ledger has no operator token, makes one and writes it to `path`
 /// (mode 0600), so `quotad ctl` finds it. Returns whether it made one.
-pub async fn ensure_operator_token(
-    store: &dyn LedgerStore,
-    now_ms: i64,
-    path: &Path,
-) -> Result<bool, BootstrapError> {
-    if store.has_operator_token().await? {
+pub async fn ensure_operator_token(ledger: &Ledger, path: &Path) -> Result<bool, BootstrapError> {
+    if ledger.has_operator_token().await? {
         return Ok(false);
     }
-    let (row, token) = create_token(store, now_ms, Kind::Operator, "", "operator").await?;
+    let (row, token) = create_token(ledger, Kind::Operator, "", "operator").await?;
     let file = |source| BootstrapError::File {
         path: path.to_owned(),
         source,

@@ -38,6 +38,7 @@ use tonic::{Status, Streaming};
 use super::mapping::{self, Finished, Settlement};
 use super::{EnvoyLimits, SettleStats, meta};
 use crate::engine::Engine;
+use crate::grpc::error::NoMethod;
 
 const SERVICE: &str = "envoy.service.accesslog.v3.AccessLogService";
 const METHOD_PATH: &str = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs";
@@ -288,11 +289,11 @@ where
         let settler = self.settler.clone();
         Box::pin(async move {
             if req.uri().path() != METHOD_PATH {
-                return Ok(Status::unimplemented(format!(
-                    "{SERVICE} has no method {}",
-                    req.uri().path().chars().take(128).collect::<String>()
-                ))
-                .into_http());
+                let missing = NoMethod {
+                    service: SERVICE,
+                    method: req.uri().path().chars().take(128).collect(),
+                };
+                return Ok(Status::from(missing).into_http());
             }
             let max = settler.limits.access_log_message_bytes_max;
             let codec = tonic_prost::ProstCodec::<StreamAccessLogsResponse, StreamAccessLogsMessage>::default();

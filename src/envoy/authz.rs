@@ -20,6 +20,7 @@ use super::meta;
 use crate::auth::{Authenticator, Caller, Permission};
 use crate::engine::{self, Engine};
 use crate::grpc::convert;
+use crate::grpc::error::Invalid;
 use crate::metrics::SharedMetrics;
 
 /// The label of Check decisions in `quotad_decisions_total`.
@@ -157,9 +158,10 @@ impl Authorization for AuthzService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let attrs = request.into_inner().attributes.unwrap_or_default();
-        let http = attrs.request.and_then(|r| r.http).ok_or_else(|| {
-            Status::invalid_argument("CheckRequest has no HTTP request attributes")
-        })?;
+        let http = attrs
+            .request
+            .and_then(|r| r.http)
+            .ok_or_else(|| Invalid("CheckRequest has no HTTP request attributes".into()))?;
         let route = match mapping::route(&attrs.context_extensions) {
             Ok(r) => r,
             Err(e) => {

@@ -9,10 +9,9 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, money_out};
 use super::error::Invalid;
-use super::quota::balance_out;
 use crate::auth::{self, AuthError, Authenticator, Caller, Kind, Perms};
+use crate::billing::Money;
 use crate::billing::burndown::FREE_TIER_LABEL;
-use crate::billing::{GrantKind, Money, OfferKind};
 use crate::engine::Engine;
 use crate::ledger::Ledger;
 use crate::pb;
@@ -66,14 +65,6 @@ impl AdminService {
         }
     }
 
-    fn access_out(account_id: &str, sub_user: &str, bits: u8) -> pb::AccessResponse {
-        pb::AccessResponse {
-            account_id: account_id.to_owned(),
-            sub_user: sub_user.to_owned(),
-            permissions: Perms(bits).names(),
-        }
-    }
-
     /// The account view: the sidecar's (with its holds) in embedded mode, else the
     /// ledger's (with the leases set aside for sidecars as held).
     async fn balance(&self, account_id: &str) -> Result<Response<pb::Balance>, Status> {
@@ -84,7 +75,7 @@ impl AdminService {
             }
             None => self.ledger.balance_view(account_id).await?,
         };
-        Ok(Response::new(balance_out(&self.currency, &v)))
+        Ok(Response::new(convert::balance_out(&self.currency, &v)))
     }
 
     async fn refresh(&self, account_id: &str) -> Result<(), Status> {
@@ -173,17 +164,7 @@ impl pb::admin_server::Admin for AdminService {
             ))
             .into());
         }
-        let kind = match pb::grant::Kind::try_from(r.kind) {
-            Ok(pb::grant::Kind::Coupon) => GrantKind::Coupon,
-            Ok(pb::grant::Kind::Trial) => GrantKind::Trial,
-            Ok(pb::grant::Kind::Plan) => {
-                return Err(Invalid(
-                    "kind PLAN is created by Purchase; GrantCredit takes COUPON or TRIAL".into(),
-                )
-                .into());
-            }
-            _ => return Err(Invalid(format!("kind {} must be COUPON or TRIAL", r.kind)).into()),
-        };
+        let kind = convert::credit_kind_in(r.kind)?;
         let covers = convert::covers_in(r.resource)?;
         let amount = convert::money_in("amount", &self.currency, r.amount.as_ref())?;
         if !amount.is_positive() {
@@ -208,36 +189,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _request: Request<pb::GetCatalogRequest>,
     ) -> Result<Response<pb::Catalog>, Status> {
-        let c = self.ledger.catalog();
-        let prices = c.prices.values().map(|p| pb::Sku {
-            id: p.sku.clone(),
-            resource: convert::to_pb_resource(p.resource) as i32,
-            kind: pb::sku::Kind::Price as i32,
-            unit_price: money_out(&c.currency, p.unit_price),
-            unit: p.unit().name().to_owned(),
-            description: p.description.clone(),
-        });
-        let offers = c.offers.values().map(|o| {
-            let covers: crate::billing::ResourceSet =
-                o.grants.iter().flat_map(|g| g.covers.iter()).collect();
-            pb::Sku {
-                id: o.sku.clone(),
-                resource: covers
-                    .single()
-                    .map_or(pb::Resource::Unspecified, convert::to_pb_resource)
-                    as i32,
-                kind: match o.kind {
-                    OfferKind::Plan => pb::sku::Kind::Plan,
-                    OfferKind::Package => pb::sku::Kind::Package,
-                } as i32,
-                unit_price: money_out(&c.currency, o.price),
-                unit: "purchase".to_owned(),
-                description: o.description.clone(),
-            }
-        });
-        Ok(Response::new(pb::Catalog {
-            skus: prices.chain(offers).collect(),
-        }))
+        Ok(Response::new(convert::catalog_out(self.ledger.catalog())))
     }
 
     async fn get_statement(
@@ -257,20 +209,7 @@ impl pb::admin_server::Admin for AdminService {
             truncated,
             entries: entries
                 .into_iter()
-                .map(|e| pb::StatementEntry {
-                    usage_id: e.usage_id,
-                    resource: convert::to_pb_resource(e.resource) as i32,
-                    sku: e.sku,
-                    quantity: e.quantity as i64,
-                    cost: money_out(&self.currency, e.cost),
-                    deductions: e
-                        .deductions
-                        .iter()
-                        .map(|d| convert::deduction_out(&self.currency, d))
-                        .collect(),
-                    at_ms: e.at_ms,
-                    free_quantity: e.free_quantity as i64,
-                })
+                .map(|e| convert::statement_entry_out(&self.currency, e))
                 .collect(),
         }))
     }
@@ -283,49 +222,12 @@ impl pb::admin_server::Admin for AdminService {
         let p = r
             .principal
             .ok_or_else(|| Invalid("principal is required".into()))?;
-        let (kind, account_id, name) = match pb::principal::Kind::try_from(p.kind) {
-            Ok(pb::principal::Kind::Owner) => {
-                let account_id = convert::id("principal.account_id", &p.account_id)?;
-                // The account must exist: a token for a typo would act on nothing.
-                self.ledger.balance_view(account_id).await?;
-                (Kind::Owner, account_id.to_owned(), account_id.to_owned())
-            }
-            Ok(pb::principal::Kind::SubUser) => (
-                Kind::SubUser,
-                String::new(),
-                convert::id("principal.name", &p.name)?.to_owned(),
-            ),
-            Ok(pb::principal::Kind::Sidecar) => (
-                Kind::Sidecar,
-                String::new(),
-                convert::id("principal.name", &p.name)?.to_owned(),
-            ),
-            Ok(pb::principal::Kind::Proxy) => (
-                Kind::Proxy,
-                String::new(),
-                convert::id("principal.name", &p.name)?.to_owned(),
-            ),
-            Ok(pb::principal::Kind::Operator) => (
-                Kind::Operator,
-                String::new(),
-                convert::id("principal.name", &p.name)?.to_owned(),
-            ),
-            _ => {
-                return Err(Invalid(format!(
-                    "principal.kind {} must be OPERATOR, OWNER, SUB_USER, SIDECAR or PROXY",
-                    p.kind
-                ))
-                .into());
-            }
-        };
-        let (row, token) = auth::create_token(
-            self.ledger.store().as_ref(),
-            self.ledger.now_ms(),
-            kind,
-            &account_id,
-            &name,
-        )
-        .await?;
+        let (kind, account_id, name) = convert::principal_in(&p)?;
+        if kind == Kind::Owner {
+            // The account must exist: a token for a typo would act on nothing.
+            self.ledger.balance_view(&account_id).await?;
+        }
+        let (row, token) = auth::create_token(&self.ledger, kind, &account_id, &name).await?;
         tracing::info!(token_id = %row.token_id, kind = kind.name(), %account_id, %name,
             "token created");
         Ok(Response::new(pb::CreateTokenResponse {
@@ -347,14 +249,11 @@ impl pb::admin_server::Admin for AdminService {
         let token_id = convert::id("token_id", &r.token_id)?;
         let found = self
             .ledger
-            .store()
-            .revoke_token(token_id, self.ledger.now_ms())
+            .revoke_token(token_id)
             .await
             .map_err(AuthError::from)?;
         if !found {
-            return Err(Status::not_found(format!(
-                "token {token_id} does not exist"
-            )));
+            return Err(AuthError::UnknownTokenId(token_id.to_owned()).into());
         }
         self.changed();
         tracing::info!(%token_id, "token revoked");
@@ -383,12 +282,13 @@ impl pb::admin_server::Admin for AdminService {
         self.ledger.balance_view(account_id).await?;
         let bits = self
             .ledger
-            .store()
             .grant_access(account_id, sub_user, perms.0)
             .await
             .map_err(AuthError::from)?;
         self.changed();
-        Ok(Response::new(Self::access_out(account_id, sub_user, bits)))
+        Ok(Response::new(convert::access_out(
+            account_id, sub_user, bits,
+        )))
     }
 
     async fn revoke_access(
@@ -407,11 +307,12 @@ impl pb::admin_server::Admin for AdminService {
         };
         let bits = self
             .ledger
-            .store()
             .revoke_access(account_id, sub_user, perms.0)
             .await
             .map_err(AuthError::from)?;
         self.changed();
-        Ok(Response::new(Self::access_out(account_id, sub_user, bits)))
+        Ok(Response::new(convert::access_out(
+            account_id, sub_user, bits,
+        )))
     }
 }

@@ -22,6 +22,37 @@ impl From<Invalid> for Status {
     }
 }
 
+/// A bound reached while serving: the request or the stream is refused, never queued.
+#[derive(Debug, thiserror::Error)]
+pub enum Overload {
+    /// `concurrency_max` requests are in flight (the guard sheds this one).
+    #[error("server busy: {0} requests in flight (concurrency_max); retry with backoff")]
+    Busy(usize),
+    /// A usage stream's client left this many decisions unread (`stream_buffer`).
+    #[error("{0} decisions are waiting unread (stream_buffer); read decisions as you send reports")]
+    DecisionsUnread(usize),
+}
+
+impl From<Overload> for Status {
+    fn from(e: Overload) -> Status {
+        Status::resource_exhausted(e.to_string())
+    }
+}
+
+/// A call to a method a hand-written service (the Envoy access log's) does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("{service} has no method {method}")]
+pub struct NoMethod {
+    pub service: &'static str,
+    pub method: String,
+}
+
+impl From<NoMethod> for Status {
+    fn from(e: NoMethod) -> Status {
+        Status::unimplemented(e.to_string())
+    }
+}
+
 fn internal(code: Code, e: &dyn std::fmt::Display) -> Status {
     tracing::error!(error = %e, "request failed inside quotad");
     Status::new(code, e.to_string())
@@ -107,6 +138,7 @@ impl From<LedgerError> for Status {
             }
             LedgerError::Store(StoreError::Database(_)) => internal(Code::Unavailable, &msg),
             LedgerError::Store(StoreError::Corrupt(_)) => internal(Code::Internal, &msg),
+            LedgerError::Store(StoreError::TooLarge { .. }) => Status::invalid_argument(msg),
         }
     }
 }
@@ -126,8 +158,38 @@ impl From<AuthError> for Status {
             | AuthError::ProxyOnly { .. }
             | AuthError::ProxyElsewhere { .. } => Status::permission_denied(msg),
             AuthError::UnknownPermission(_) => Status::invalid_argument(msg),
+            AuthError::UnknownTokenId(_) => Status::not_found(msg),
             AuthError::Unavailable(_) => Status::unavailable(msg),
             AuthError::Store(s) => LedgerError::Store(s).into(),
         }
     }
+}
+
+/// The other way, on a sidecar: the error of a call to the ledger that ended in `s`. Only
+/// an unknown account is the caller's; everything else means the ledger cannot serve this
+/// sidecar now (so it keeps serving from its leases).
+pub fn ledger_error(s: &Status) -> LedgerError {
+    match s.code() {
+        Code::NotFound => {
+            // "account X does not exist": keep the ledger's own words.
+            let msg = s.message();
+            let id = msg
+                .strip_prefix("account ")
+                .and_then(|m| m.strip_suffix(" does not exist"))
+                .unwrap_or(msg);
+            LedgerError::UnknownAccount(id.to_owned())
+        }
+        Code::Aborted => LedgerError::Contended(s.message().to_owned()),
+        Code::Unauthenticated | Code::PermissionDenied => LedgerError::Unavailable(format!(
+            "the ledger refused this sidecar ({}): give it a sidecar or operator token \
+             (ledger_token_file or QUOTAD_LEDGER_TOKEN)",
+            s.message()
+        )),
+        _ => LedgerError::Unavailable(format!("{:?}: {}", s.code(), s.message())),
+    }
+}
+
+/// A token lookup at the ledger that ended in `s`: the token cannot be checked now.
+pub fn ledger_auth_error(s: &Status) -> AuthError {
+    AuthError::Unavailable(format!("the ledger did not answer: {}", s.message()))
 }

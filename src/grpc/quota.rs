@@ -12,13 +12,11 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, money_out};
-use super::error::Invalid;
+use super::error::{Invalid, Overload};
 use crate::auth::{Caller, Permission};
-use crate::engine::events::{Event, EventKind, WatchGuard};
-use crate::engine::sessions::StartSession;
-use crate::engine::work::{Work, WorkKey};
+use crate::engine::events::{Event, WatchGuard};
+use crate::engine::work::Work;
 use crate::engine::{self, Engine, EngineError};
-use crate::journal::SessionState;
 use crate::metrics::SharedMetrics;
 use crate::pb;
 
@@ -69,42 +67,7 @@ impl QuotaService {
 
     fn decided(&self, rpc: &'static str, admitted: bool, reason: i32) {
         self.metrics
-            .decision(rpc, admitted, reason_name(admitted, reason));
-    }
-}
-
-/// The deny reason's proto name, the label of decision metrics ("" when admitted).
-fn reason_name(admitted: bool, reason: i32) -> &'static str {
-    if admitted {
-        return "";
-    }
-    pb::DenyReason::try_from(reason)
-        .map(|r| r.as_str_name())
-        .unwrap_or("UNKNOWN")
-}
-
-/// The Balance message for an account view.
-pub fn balance_out(currency: &str, v: &engine::BalanceView) -> pb::Balance {
-    use crate::billing::AccountStatus as S;
-    let status = match v.status {
-        S::Active => pb::balance::AccountStatus::Active,
-        S::Overdue => pb::balance::AccountStatus::Overdue,
-        S::NoEntitlement => pb::balance::AccountStatus::NoEntitlement,
-    };
-    pb::Balance {
-        account_id: v.account_id.clone(),
-        status: status as i32,
-        balance: money_out(currency, v.balance),
-        available: money_out(currency, v.available),
-        held: money_out(currency, v.held),
-        grants: v
-            .grants
-            .iter()
-            .map(|g| convert::grant_out(currency, g, v.now_ms))
-            .collect(),
-        sessions: Vec::new(),
-        streams: Vec::new(),
-        accruals: None,
+            .decision(rpc, admitted, convert::decision_label(admitted, reason));
     }
 }
 
@@ -115,18 +78,7 @@ impl pb::quota_server::Quota for QuotaService {
         request: Request<pb::ReserveRequest>,
     ) -> Result<Response<pb::ReserveResponse>, Status> {
         let caller = Caller::of(&request)?;
-        let r = request.into_inner();
-        if r.ttl_ms < 0 {
-            return Err(Invalid(format!("ttl_ms {} must not be negative", r.ttl_ms)).into());
-        }
-        let req = engine::ReserveRequest {
-            account_id: convert::id("account_id", &r.account_id)?.to_owned(),
-            reservation_id: convert::id("reservation_id", &r.reservation_id)?.to_owned(),
-            resource: convert::metered_resource(r.resource)?,
-            sku: convert::sku(&r.sku)?.to_owned(),
-            quantity: convert::quantity(r.quantity, false)?,
-            ttl_ms: r.ttl_ms,
-        };
+        let req = convert::reserve_in(request.get_ref())?;
         caller.allow(&req.account_id, Permission::Reserve)?;
         if let Some(other) = self.engine.reservation_account(&req.reservation_id)
             && !caller.sees(&other)
@@ -213,40 +165,17 @@ impl pb::quota_server::Quota for QuotaService {
         let account_id = convert::id("account_id", &r.account_id)?;
         caller.allow(account_id, Permission::Balance)?;
         let v = self.engine.balance(account_id).await?;
-        let mut b = balance_out(&self.currency, &v);
         let c = &self.currency;
-        b.sessions = self
-            .engine
-            .sessions_of(account_id)
-            .await
+        let mut b = convert::balance_out(c, &v);
+        let sessions = self.engine.sessions_of(account_id).await;
+        b.sessions = sessions
             .into_iter()
-            .map(|s| pb::SessionInfo {
-                session_id: s.session_id,
-                sku: s.sku,
-                started_at_ms: s.started_at_ms,
-                auto_shutdown: s.auto_shutdown,
-                idle_timeout_ms: s.idle_timeout_ms,
-                last_busy_at_ms: s.last_busy_at_ms,
-                charged: money_out(c, s.charged),
-                accrued: money_out(c, s.accrued),
-                hourly: money_out(c, s.hourly),
-                accrues_without_activity: s.accrues_without_activity,
-            })
+            .map(|s| convert::session_out(c, s))
             .collect();
-        b.streams = self
-            .engine
-            .works_of(account_id)
-            .into_iter()
-            .map(|w| pb::WorkInfo {
-                work_id: w.work_id,
-                sku: w.sku,
-                charged: money_out(c, w.charged),
-                held: money_out(c, w.held),
-                last_seq: w.last_seq,
-            })
-            .collect();
+        let works = self.engine.works_of(account_id);
+        b.streams = works.into_iter().map(|w| convert::work_out(c, w)).collect();
         let a = self.engine.accruals(account_id).await?;
-        b.accruals = Some(accruals_out(c, &a));
+        b.accruals = Some(convert::accruals_out(c, &a));
         Ok(Response::new(b))
     }
 
@@ -259,21 +188,8 @@ impl pb::quota_server::Quota for QuotaService {
         let account_id = convert::id("account_id", &r.account_id)?;
         // A storage level is metered usage like a Commit: the same permission charges it.
         caller.allow(account_id, Permission::Reserve)?;
-        let bytes = u64::try_from(r.bytes_stored).map_err(|_| {
-            Status::invalid_argument(format!(
-                "bytes_stored {} is negative; report the bytes stored now",
-                r.bytes_stored
-            ))
-        })?;
-        if r.at_ms < 0 {
-            return Err(Status::invalid_argument(format!(
-                "at_ms {} is negative (0 = now)",
-                r.at_ms
-            )));
-        }
-        self.engine
-            .report_storage(account_id, bytes, r.at_ms)
-            .await?;
+        let (bytes, at_ms) = convert::storage_level_in(&r)?;
+        self.engine.report_storage(account_id, bytes, at_ms).await?;
         Ok(Response::new(pb::ReportStorageResponse {}))
     }
 
@@ -309,21 +225,7 @@ impl pb::quota_server::Quota for QuotaService {
         request: Request<pb::StartSessionRequest>,
     ) -> Result<Response<pb::StartSessionResponse>, Status> {
         let caller = Caller::of(&request)?;
-        let r = request.into_inner();
-        if r.idle_timeout_ms < 0 {
-            return Err(Invalid(format!(
-                "idle_timeout_ms {} must not be negative (0 = 20 minutes)",
-                r.idle_timeout_ms
-            ))
-            .into());
-        }
-        let req = StartSession {
-            account_id: convert::id("account_id", &r.account_id)?.to_owned(),
-            session_id: convert::id("session_id", &r.session_id)?.to_owned(),
-            sku: convert::sku(&r.sku)?.to_owned(),
-            auto_shutdown: r.auto_shutdown.unwrap_or(true),
-            idle_timeout_ms: r.idle_timeout_ms,
-        };
+        let req = convert::start_session_in(request.get_ref())?;
         caller.allow(&req.account_id, Permission::Sessions)?;
         if let Some(other) = self.engine.session_account(&req.session_id).await
             && !caller.sees(&other)
@@ -354,11 +256,11 @@ impl pb::quota_server::Quota for QuotaService {
         let id = convert::id("session_id", &r.session_id)?;
         self.allow_session(&caller, id).await?;
         let st = self.engine.heartbeat(id, r.busy).await?;
-        let (action, reason, cause) = session_outcome(st.state);
+        let (action, reason, cause) = convert::session_outcome(st.state);
         Ok(Response::new(pb::HeartbeatResponse {
-            action: action as i32,
+            action: action.into(),
             reason: convert::deny_reason(reason),
-            stop_cause: cause as i32,
+            stop_cause: cause.into(),
             stopped_at_ms: st.stopped_at_ms,
         }))
     }
@@ -375,7 +277,7 @@ impl pb::quota_server::Quota for QuotaService {
         Ok(Response::new(pb::StopSessionResponse {
             charged: money_out(&self.currency, st.charged),
             stopped_at_ms: st.stopped_at_ms,
-            stop_cause: session_outcome(st.state).2 as i32,
+            stop_cause: convert::session_outcome(st.state).2.into(),
         }))
     }
 
@@ -397,37 +299,6 @@ impl pb::quota_server::Quota for QuotaService {
     }
 }
 
-/// What a session's state means for its instance: go on, or stop and why.
-fn session_outcome(
-    state: SessionState,
-) -> (
-    pb::Action,
-    Option<crate::billing::DenyReason>,
-    pb::SessionStop,
-) {
-    use crate::billing::DenyReason;
-    match state {
-        SessionState::Running => (pb::Action::Continue, None, pb::SessionStop::Unspecified),
-        SessionState::Stopped => (pb::Action::Stop, None, pb::SessionStop::Requested),
-        SessionState::IdleShutdown => (pb::Action::Stop, None, pb::SessionStop::Idle),
-        SessionState::InsufficientFunds => (
-            pb::Action::Stop,
-            Some(DenyReason::InsufficientFunds),
-            pb::SessionStop::InsufficientFunds,
-        ),
-    }
-}
-
-/// The key a report names; later reports of a stream must name the same job.
-fn work_key(r: &pb::UsageReport) -> Result<WorkKey, Status> {
-    Ok(WorkKey {
-        account_id: convert::id("account_id", &r.account_id)?.to_owned(),
-        work_id: convert::id("work_id", &r.work_id)?.to_owned(),
-        resource: convert::metered_resource(r.resource)?,
-        sku: convert::sku(&r.sku)?.to_owned(),
-    })
-}
-
 /// A report's job and delta, validated; the first report of a stream opens its job,
 /// later ones must name the same job.
 async fn admit_report(
@@ -436,7 +307,7 @@ async fn admit_report(
     r: &pb::UsageReport,
     caller: &Caller,
 ) -> Result<(u64, u64), Status> {
-    let key = work_key(r)?;
+    let key = convert::work_key(r)?;
     caller.allow(&key.account_id, Permission::Reserve)?;
     let quantity = convert::quantity(r.quantity, true)?;
     if r.seq == 0 {
@@ -466,22 +337,6 @@ async fn admit_report(
     }
 }
 
-fn decision_out(currency: &str, d: engine::work::Decision) -> pb::UsageDecision {
-    let action = if d.stop.is_some() {
-        pb::Action::Stop
-    } else {
-        pb::Action::Continue
-    };
-    pb::UsageDecision {
-        seq: d.seq,
-        action: action as i32,
-        reason: convert::deny_reason(d.stop),
-        remaining_quantity: i64::try_from(d.remaining_quantity).unwrap_or(i64::MAX),
-        ignored: d.ignored,
-        charged: money_out(currency, d.charged),
-    }
-}
-
 /// Validates and charges a batch of pipelined reports; the decisions of the reports
 /// taken, and the error that stopped the rest, if any.
 async fn on_reports(
@@ -508,7 +363,7 @@ async fn on_reports(
     let (decisions, err) = engine.report_batch(w, &pairs).await;
     let out = decisions
         .into_iter()
-        .map(|d| decision_out(currency, d))
+        .map(|d| convert::decision_out(currency, d))
         .collect();
     (out, err.map(Status::from).or(invalid))
 }
@@ -582,15 +437,16 @@ async fn meter_with<S>(
         for d in decisions {
             if let Some(m) = &metrics {
                 let go_on = d.action == pb::Action::Continue as i32;
-                m.decision("StreamUsage", go_on, reason_name(go_on, d.reason));
+                m.decision(
+                    "StreamUsage",
+                    go_on,
+                    convert::decision_label(go_on, d.reason),
+                );
             }
             match tx.try_send(Ok(d)) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    let limit = engine.config().stream_buffer;
-                    let status = Status::resource_exhausted(format!(
-                        "{limit} decisions are waiting unread (stream_buffer); read decisions as you send reports"
-                    ));
+                    let status = Overload::DecisionsUnread(engine.config().stream_buffer).into();
                     let _ = tokio::time::timeout(
                         Duration::from_millis(STREAM_ERROR_SEND_MS),
                         tx.send(Err(status)),
@@ -636,59 +492,11 @@ impl Stream for EventStream {
             Poll::Pending => return Poll::Pending,
         };
         Poll::Ready(Some(Ok(match item {
-            Ok(e) => event_out(&e),
+            Ok(e) => convert::event_out(&e),
             Err(BroadcastStreamRecvError::Lagged(n)) => {
                 self.metrics.watch_lagged(n);
-                pb::AccountEvent {
-                    account_id: self.account_id.clone(),
-                    kind: pb::account_event::Kind::EventsDropped as i32,
-                    message: format!(
-                        "{n} events were not delivered: this watcher fell behind (watch buffer)"
-                    ),
-                    dropped: n,
-                    ..Default::default()
-                }
+                convert::events_dropped(&self.account_id, n)
             }
         })))
-    }
-}
-
-fn event_out(e: &Event) -> pb::AccountEvent {
-    use crate::billing::alerts::AlertKind as A;
-    use pb::account_event::Kind as K;
-    let kind = match e.kind {
-        EventKind::Alert(A::LowQuota) => K::LowQuota,
-        EventKind::Alert(A::GrantExpiring) => K::GrantExpiring,
-        EventKind::Alert(A::GrantExpired) => K::GrantExpired,
-        EventKind::Alert(A::Overdue) => K::Overdue,
-        EventKind::Alert(A::Recovered) => K::Recovered,
-        EventKind::WorkStopped => K::WorkStopped,
-        EventKind::SessionIdleShutdown => K::SessionIdleShutdown,
-        EventKind::SessionStopped => K::SessionStopped,
-    };
-    pb::AccountEvent {
-        account_id: e.account_id.clone(),
-        kind: kind as i32,
-        grant_id: e.subject_id.clone(),
-        message: e.message.clone(),
-        at_ms: e.at_ms,
-        threshold: e.threshold.clone(),
-        dropped: 0,
-    }
-}
-
-fn accruals_out(c: &str, a: &crate::engine::storage::AccrualsView) -> pb::Accruals {
-    pb::Accruals {
-        bytes_stored: i64::try_from(a.bytes_stored).unwrap_or(i64::MAX),
-        storage_reported_at_ms: a.storage_reported_at_ms,
-        storage_covered_bytes: i64::try_from(a.storage_covered_bytes).unwrap_or(i64::MAX),
-        storage_hourly: money_out(c, a.storage_hourly),
-        sessions_hourly: money_out(c, a.sessions_hourly),
-        sessions_running: i32::try_from(a.sessions_running).unwrap_or(i32::MAX),
-        sessions_without_auto_shutdown: i32::try_from(a.sessions_without_auto_shutdown)
-            .unwrap_or(i32::MAX),
-        hourly: money_out(c, a.projection.hourly),
-        grants_exhausted_at_ms: a.projection.grants_exhausted_at_ms.unwrap_or(0),
-        balance_exhausted_at_ms: a.projection.balance_exhausted_at_ms.unwrap_or(0),
     }
 }

@@ -194,11 +194,6 @@ impl Ledger {
         self.clock.now_ms()
     }
 
-    /// The store, for what lives beside the accounts (tokens and access, see `auth`).
-    pub fn store(&self) -> &Arc<dyn LedgerStore> {
-        &self.store
-    }
-
     pub fn clock(&self) -> &SharedClock {
         &self.clock
     }
@@ -624,5 +619,68 @@ impl LedgerApi for Ledger {
             hold_grace_ms: self.lease_cfg.hold_grace_ms,
             recalls,
         })
+    }
+}
+
+/// Tokens and sub-users' access (see `auth`): kept in the ledger's store beside the
+/// accounts, so `quotad ledger` and the sidecars that ask it agree on who may call.
+/// Stored only as hashes; `auth` makes and checks them.
+impl Ledger {
+    /// Records a new token; `Duplicate` if its id or hash is already recorded.
+    pub async fn insert_token(&self, token: store::TokenRow) -> Result<(), StoreError> {
+        self.store.insert_token(token).await
+    }
+
+    /// The token with this hash, revoked or not.
+    pub async fn token_by_hash(
+        &self,
+        token_sha256: &str,
+    ) -> Result<Option<store::TokenRow>, StoreError> {
+        self.store.token_by_hash(token_sha256).await
+    }
+
+    /// Revokes the token now (a second revocation keeps the first time); false if no token
+    /// has this id.
+    pub async fn revoke_token(&self, token_id: &str) -> Result<bool, StoreError> {
+        self.store.revoke_token(token_id, self.now_ms()).await
+    }
+
+    /// Whether an unrevoked operator token exists.
+    pub async fn has_operator_token(&self) -> Result<bool, StoreError> {
+        self.store.has_operator_token().await
+    }
+
+    /// Adds `permissions` (a bit set, see `auth::Perms`) to what `sub_user` holds on
+    /// `account_id`; returns what it holds afterwards.
+    pub async fn grant_access(
+        &self,
+        account_id: &str,
+        sub_user: &str,
+        permissions: u8,
+    ) -> Result<u8, StoreError> {
+        self.store
+            .grant_access(account_id, sub_user, permissions)
+            .await
+    }
+
+    /// Takes `permissions` away; returns what is left (0: the row is gone).
+    pub async fn revoke_access(
+        &self,
+        account_id: &str,
+        sub_user: &str,
+        permissions: u8,
+    ) -> Result<u8, StoreError> {
+        self.store
+            .revoke_access(account_id, sub_user, permissions)
+            .await
+    }
+
+    /// Every account `sub_user` holds permissions on, at most `limit`.
+    pub async fn access_of(
+        &self,
+        sub_user: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, u8)>, StoreError> {
+        self.store.access_of(sub_user, limit).await
     }
 }

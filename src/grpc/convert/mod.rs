@@ -1,5 +1,23 @@
-//! Validation and conversion between wire types and the engine's: ids, amounts, resources,
-//! grants. Nothing here decides anything about billing.
+//! Every conversion between wire messages and quotad's values, for all three services:
+//! request validation (ids, amounts, resources, quantities) and the values every service
+//! shares (money, resources, grants) here; each service's own messages in `quota`, `admin`
+//! and `ledger`. Adapters call these and nothing else touches a `pb` field, so the wire
+//! format is read and written in this one module. Nothing here decides anything about
+//! billing.
+
+mod admin;
+mod ledger;
+mod quota;
+
+pub use admin::{access_out, catalog_out, principal_in, statement_entry_out};
+pub use ledger::{
+    caller_in, caller_out, sync_request_in, sync_request_out, sync_response_in, sync_response_out,
+    token_hash_in,
+};
+pub use quota::{
+    accruals_out, balance_out, decision_label, decision_out, event_out, events_dropped, reserve_in,
+    session_out, session_outcome, start_session_in, storage_level_in, work_key, work_out,
+};
 
 use crate::billing::{
     Deduction, Grant, GrantKind, GrantState, GrantUnit, Money, Resource, ResourceSet,
@@ -77,7 +95,7 @@ pub fn resource(field: &str, v: i32) -> Result<Resource, Invalid> {
 }
 
 /// A resource that Reserve and Admit meter by quantity in this version.
-pub fn metered_resource(v: i32) -> Result<Resource, tonic::Status> {
+pub fn metered_resource(v: i32) -> Result<Resource, Invalid> {
     let r = resource("resource", v)?;
     match r {
         Resource::GpuShared
@@ -85,22 +103,24 @@ pub fn metered_resource(v: i32) -> Result<Resource, tonic::Status> {
         | Resource::Traffic
         | Resource::RequestPut
         | Resource::RequestGet => Ok(r),
-        Resource::Storage => Err(tonic::Status::invalid_argument(
-            "STORAGE is billed from stored levels (ReportStorage), not reserved",
+        Resource::Storage => Err(Invalid(
+            "STORAGE is billed from stored levels (ReportStorage), not reserved".into(),
         )),
     }
 }
 
 pub fn quantity(v: i64, zero_ok: bool) -> Result<u64, Invalid> {
-    if v < 0 || (v == 0 && !zero_ok) {
-        let want = if zero_ok {
-            "zero or more"
-        } else {
-            "greater than zero"
-        };
-        return Err(Invalid(format!("quantity {v} must be {want}")));
+    match u64::try_from(v) {
+        Ok(q) if q > 0 || zero_ok => Ok(q),
+        _ => {
+            let want = if zero_ok {
+                "zero or more"
+            } else {
+                "greater than zero"
+            };
+            Err(Invalid(format!("quantity {v} must be {want}")))
+        }
     }
-    Ok(v as u64)
 }
 
 pub fn from_pb_resource(r: pb::Resource) -> Option<Resource> {
@@ -148,13 +168,13 @@ pub fn money_in(field: &str, currency: &str, m: Option<&pb::Money>) -> Result<Mo
 
 pub fn deny_reason(r: Option<crate::billing::DenyReason>) -> i32 {
     use crate::billing::DenyReason as D;
-    (match r {
+    i32::from(match r {
         None => pb::DenyReason::Unspecified,
         Some(D::Overdue) => pb::DenyReason::Overdue,
         Some(D::NoEntitlement) => pb::DenyReason::NoEntitlement,
         Some(D::InsufficientFunds) => pb::DenyReason::InsufficientFunds,
         Some(D::LedgerUnavailable) => pb::DenyReason::LedgerUnavailable,
-    }) as i32
+    })
 }
 
 pub fn grant_kind_out(k: GrantKind) -> pb::grant::Kind {
@@ -175,7 +195,7 @@ pub fn grant_out(currency: &str, g: &Grant, now_ms: i64) -> pb::Grant {
     let covers: Vec<i32> = if g.covers.is_any() {
         Vec::new()
     } else {
-        g.covers.iter().map(|r| to_pb_resource(r) as i32).collect()
+        g.covers.iter().map(|r| to_pb_resource(r).into()).collect()
     };
     let resource = match g.covers.single() {
         Some(r) if !g.covers.is_any() => to_pb_resource(r),
@@ -183,8 +203,8 @@ pub fn grant_out(currency: &str, g: &Grant, now_ms: i64) -> pb::Grant {
     };
     pb::Grant {
         grant_id: g.grant_id.clone(),
-        kind: grant_kind_out(g.kind) as i32,
-        resource: resource as i32,
+        kind: grant_kind_out(g.kind).into(),
+        resource: resource.into(),
         quota: g.quota.normalize().to_string(),
         remaining: g.remaining.normalize().to_string(),
         unit: g.unit.label(currency),
@@ -192,7 +212,7 @@ pub fn grant_out(currency: &str, g: &Grant, now_ms: i64) -> pb::Grant {
         expires_at_ms: g.expires_at_ms,
         source: g.source.clone(),
         covers,
-        state: state as i32,
+        state: state.into(),
         stackable: g.stackable,
         created_at_ms: g.created_at_ms,
     }
@@ -272,6 +292,18 @@ pub fn covers_in(v: i32) -> Result<ResourceSet, Invalid> {
     }
 }
 
+/// A grant kind GrantCredit may create: COUPON or TRIAL (plans come from Purchase).
+pub fn credit_kind_in(v: i32) -> Result<GrantKind, Invalid> {
+    match pb::grant::Kind::try_from(v) {
+        Ok(pb::grant::Kind::Coupon) => Ok(GrantKind::Coupon),
+        Ok(pb::grant::Kind::Trial) => Ok(GrantKind::Trial),
+        Ok(pb::grant::Kind::Plan) => Err(Invalid(
+            "kind PLAN is created by Purchase; GrantCredit takes COUPON or TRIAL".into(),
+        )),
+        _ => Err(Invalid(format!("kind {v} must be COUPON or TRIAL"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,10 +359,7 @@ mod tests {
         );
         assert!(usage_id("storage//1").is_err());
         assert!(usage_id("a b").is_err());
-        assert_eq!(
-            metered_resource(3).unwrap_err().code(),
-            tonic::Code::InvalidArgument
-        );
+        assert!(metered_resource(3).unwrap_err().0.contains("ReportStorage"));
         assert!(quantity(-1, true).is_err());
         assert!(quantity(0, false).is_err());
         assert_eq!(quantity(0, true).unwrap(), 0);
@@ -394,11 +423,8 @@ mod tests {
             fn enums_and_quantities(v in any::<i32>(), q in any::<i64>(), zero_ok in any::<bool>()) {
                 let _ = resource("resource", v);
                 let _ = covers_in(v);
-                if let Err(s) = metered_resource(v) {
-                    prop_assert!(matches!(
-                        s.code(),
-                        tonic::Code::InvalidArgument | tonic::Code::Unimplemented
-                    ));
+                if let Err(Invalid(m)) = metered_resource(v) {
+                    prop_assert!(m.contains("resource") || m.contains("STORAGE"), "{}", m);
                 }
                 match quantity(q, zero_ok) {
                     Ok(n) => prop_assert!(q > 0 || (zero_ok && q == 0) && n == 0),

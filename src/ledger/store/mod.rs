@@ -4,13 +4,15 @@
 //! (no advisory locks, no stored procedures), so the same rules run over SQLite and the
 //! PostgreSQL-compatible engines.
 
+pub mod rows;
+
 use std::collections::HashSet;
 
 use async_trait::async_trait;
 use rust_decimal::Decimal;
 
 use super::{StatementEntry, UsageRecord};
-use crate::billing::{Deduction, Grant, GrantUnit, Money, Resource, Source};
+use crate::billing::{Deduction, Grant, Money, Resource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -22,6 +24,9 @@ pub enum StoreError {
     Duplicate { what: &'static str, id: String },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A number too large for its column; nothing was written.
+    #[error("{what} {value} is too large to store")]
+    TooLarge { what: &'static str, value: u64 },
     #[error("database error: {0}")]
     Database(String),
 }
@@ -254,164 +259,4 @@ pub trait LedgerStore: Send + Sync + 'static {
         sub_user: &str,
         limit: usize,
     ) -> Result<Vec<(String, u8)>, StoreError>;
-}
-
-/// Unit code of a free-tier deduction row (money and volume rows use `GrantUnit::code`).
-const FREE_UNIT: &str = "free";
-
-/// A deduction as stored: source label, amount (money), unit code, and the GB of a
-/// volume plan's row.
-pub type DeductionRow = (String, String, String, Option<String>);
-
-/// How `d` is stored (see `DeductionRow`).
-pub fn deduction_row(d: &Deduction) -> (&str, String, &'static str, Option<String>) {
-    let unit = match (&d.source, d.gb) {
-        (Source::FreeTier, _) => FREE_UNIT,
-        (_, Some(_)) => GrantUnit::Gigabytes.code(),
-        (_, None) => GrantUnit::Money.code(),
-    };
-    (
-        d.source.label(),
-        d.amount.to_string(),
-        unit,
-        d.gb.map(|gb| gb.to_string()),
-    )
-}
-
-/// Stored deduction rows of an entry back into deductions, in their order. Rows written
-/// before every deduction carried its money (a volume row without `gb`, whose amount is
-/// the GB; no row for free requests) get it from the entry's list cost: what the other
-/// rows leave goes to the volume rows, shared by GB, or else to the free tier.
-pub fn read_deductions(
-    rows: Vec<DeductionRow>,
-    cost: Money,
-    free_quantity: u64,
-) -> Result<Vec<Deduction>, StoreError> {
-    let mut out = Vec::with_capacity(rows.len());
-    // Indices of volume rows of the earlier form.
-    let mut legacy = Vec::new();
-    for (source, amount, unit, gb) in rows {
-        let amount = dec(&amount)?;
-        let d = match (unit.as_str(), gb) {
-            (FREE_UNIT, _) => Deduction::money(Source::FreeTier, Money::from_decimal(amount)),
-            ("GB", Some(gb)) => Deduction {
-                source: Source::Grant(source),
-                amount: Money::from_decimal(amount),
-                gb: Some(dec(&gb)?),
-            },
-            ("GB", None) => {
-                legacy.push(out.len());
-                Deduction {
-                    source: Source::Grant(source),
-                    amount: Money::ZERO,
-                    gb: Some(amount),
-                }
-            }
-            ("money", _) => {
-                Deduction::money(Source::from_label(&source), Money::from_decimal(amount))
-            }
-            _ => return Err(StoreError::Corrupt(format!("deduction unit {unit:?}"))),
-        };
-        out.push(d);
-    }
-    let left = cost - out.iter().map(|d| d.amount).sum::<Money>();
-    if let Some((&last, rest)) = legacy.split_last() {
-        let total_gb: Decimal = legacy.iter().filter_map(|&i| out[i].gb).sum();
-        let mut given = Money::ZERO;
-        for &i in rest {
-            let share = if total_gb.is_zero() {
-                Money::ZERO
-            } else {
-                let gb = out[i].gb.unwrap_or_default();
-                Money::round_charge(left.as_decimal() * gb / total_gb)
-            };
-            out[i].amount = share;
-            given += share;
-        }
-        out[last].amount = left - given;
-    } else if free_quantity > 0
-        && left.is_positive()
-        && !out.iter().any(|d| d.source == Source::FreeTier)
-    {
-        out.insert(0, Deduction::money(Source::FreeTier, left));
-    }
-    Ok(out)
-}
-
-fn dec(s: &str) -> Result<Decimal, StoreError> {
-    use std::str::FromStr;
-    Decimal::from_str(s).map_err(|_| StoreError::Corrupt(format!("{s:?} is not a decimal")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(source: &str, amount: &str, unit: &str, gb: Option<&str>) -> DeductionRow {
-        (
-            source.into(),
-            amount.into(),
-            unit.into(),
-            gb.map(Into::into),
-        )
-    }
-
-    fn m(s: &str) -> Money {
-        Money::parse(s).unwrap()
-    }
-
-    #[test]
-    fn deductions_round_trip_through_their_rows() {
-        let ds = vec![
-            Deduction::money(Source::FreeTier, m("0.01")),
-            Deduction::money(Source::Grant("c1".into()), m("0.25")),
-            Deduction {
-                source: Source::Grant("t1/1".into()),
-                amount: m("1.25"),
-                gb: Some(Decimal::new(25, 1)),
-            },
-            Deduction::money(Source::Balance, m("0.5")),
-        ];
-        let rows: Vec<DeductionRow> = ds
-            .iter()
-            .map(|d| {
-                let (s, a, u, g) = deduction_row(d);
-                (s.to_owned(), a, u.to_owned(), g)
-            })
-            .collect();
-        assert_eq!(read_deductions(rows, m("2.01"), 100).unwrap(), ds);
-    }
-
-    /// Rows of the earlier form: GB in `amount` and no money; no row for free requests.
-    #[test]
-    fn earlier_rows_get_the_money_their_entry_leaves() {
-        let rows = vec![
-            row("t1/1", "1", "GB", None),
-            row("t2/1", "3", "GB", None),
-            row("balance", "0.5", "money", None),
-        ];
-        let got = read_deductions(rows, m("2.5"), 0).unwrap();
-        let amounts: Vec<(String, String, Option<Decimal>)> = got
-            .iter()
-            .map(|d| (d.source.label().to_owned(), d.amount.to_string(), d.gb))
-            .collect();
-        assert_eq!(
-            amounts,
-            vec![
-                ("t1/1".into(), "0.5".into(), Some(Decimal::from(1))),
-                ("t2/1".into(), "1.5".into(), Some(Decimal::from(3))),
-                ("balance".into(), "0.5".into(), None),
-            ]
-        );
-        let free =
-            read_deductions(vec![row("balance", "0.02", "money", None)], m("0.03"), 10).unwrap();
-        assert_eq!(
-            free,
-            vec![
-                Deduction::money(Source::FreeTier, m("0.01")),
-                Deduction::money(Source::Balance, m("0.02"))
-            ]
-        );
-        assert!(read_deductions(vec![row("x", "1", "kg", None)], m("1"), 0).is_err());
-    }
 }

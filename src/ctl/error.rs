@@ -1,0 +1,118 @@
+//! What can go wrong in `quotad ctl`, each said the way an operator can act on it: the
+//! value that was wrong, or the server's status code by name with its message.
+
+use std::path::PathBuf;
+
+use tonic::Code;
+
+use crate::billing::MoneyError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("invalid address {addr:?}: {reason}")]
+    BadAddr { addr: String, reason: String },
+    #[error("cannot reach quotad at {addr}: {reason} (is `quotad serve` running?)")]
+    Unreachable { addr: String, reason: String },
+    #[error("{}: {message}", code_name(*.code))]
+    Rpc { code: Code, message: String },
+    #[error("{0}")]
+    BadAmount(#[from] MoneyError),
+    #[error("invalid time {input:?}: expected RFC 3339 such as 2026-11-22T10:00:00Z ({reason})")]
+    BadTime { input: String, reason: String },
+    #[error("invalid {what} {input:?}: expected a whole number of at least {min}")]
+    BadNumber {
+        what: &'static str,
+        input: String,
+        min: i64,
+    },
+    #[error("unknown resource {input:?}: expected one of {expected}")]
+    BadResource {
+        input: String,
+        expected: &'static str,
+    },
+    #[error("invalid currency {0:?}: expected a three-letter code such as CNY")]
+    BadCurrency(String),
+    #[error("sku {0:?} is not in quotad's catalog (see `quotad ctl catalog`)")]
+    UnknownSku(String),
+    #[error(
+        "this quotad serves no catalog (a sidecar with --ledger) to find the resource of sku {0:?}: pass --resource"
+    )]
+    NoCatalog(String),
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+    #[error("token file {path}: {reason}")]
+    TokenFile { path: PathBuf, reason: String },
+    #[error("the token is not a valid header value")]
+    BadToken,
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    EnvoyConfig(#[from] crate::envoy::bootstrap::BootstrapError),
+}
+
+impl From<tonic::Status> for CtlError {
+    fn from(s: tonic::Status) -> Self {
+        let mut message = match s.message() {
+            "" => s.code().description().to_owned(),
+            m => m.to_owned(),
+        };
+        // A call that fails in transport says only "transport error"; the cause is below.
+        if let Some(cause) = std::error::Error::source(&s).and_then(|e| e.source()) {
+            message = format!("{message}: {}", error_chain(cause));
+        }
+        CtlError::Rpc {
+            code: s.code(),
+            message,
+        }
+    }
+}
+
+/// "transport error: tcp connect error: Connection refused": the useful part of a
+/// transport error is in its sources, not its own message.
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let msg = s.to_string();
+        if parts.last() != Some(&msg) {
+            parts.push(msg);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_errors_read_code_then_message() {
+        let e = CtlError::from(tonic::Status::not_found("account acme does not exist"));
+        assert_eq!(e.to_string(), "NOT_FOUND: account acme does not exist");
+        let e = CtlError::from(tonic::Status::new(Code::Internal, ""));
+        assert_eq!(e.to_string(), "INTERNAL: Internal error");
+    }
+}

@@ -1,0 +1,308 @@
+//! Writes of the SQLite store: an account's changes row by row in one transaction, under
+//! the account's version check, leaving the rows the PostgreSQL store's set-based
+//! statements leave.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{GRANT_COLUMNS, db, dup};
+use crate::billing::Money;
+use crate::ledger::store::rows::{bigint, deduction_row, permissions};
+use crate::ledger::store::{ChangeSet, StoreError, TokenRow};
+
+/// Writes `c` for `account_id` in `tx`, only if the account is still at
+/// `expected_version` (else `Conflict`); row by row, in the order the PostgreSQL store's
+/// set-based statements leave behind.
+pub(super) fn write_changes(
+    tx: &rusqlite::Transaction<'_>,
+    account_id: &str,
+    expected_version: i64,
+    c: &ChangeSet,
+) -> Result<(), StoreError> {
+    let n = tx
+        .execute(
+            "UPDATE accounts SET version = version + 1, balance = ?1 \
+             WHERE account_id = ?2 AND version = ?3",
+            params![c.balance.to_string(), account_id, expected_version],
+        )
+        .map_err(db)?;
+    if n != 1 {
+        return Err(StoreError::Conflict(account_id.to_owned()));
+    }
+    write_grants(tx, account_id, c)?;
+    write_payments(tx, account_id, c)?;
+    write_usage(tx, account_id, c)?;
+    write_leases(tx, account_id, c)?;
+    write_counts(tx, account_id, c)
+}
+
+/// Remaining amounts of existing grants, then new grants.
+fn write_grants(
+    tx: &rusqlite::Transaction<'_>,
+    account_id: &str,
+    c: &ChangeSet,
+) -> Result<(), StoreError> {
+    for (id, remaining) in &c.grant_remaining {
+        tx.execute(
+            "UPDATE grants SET remaining = ?1 WHERE grant_id = ?2 AND account_id = ?3",
+            params![remaining.to_string(), id, account_id],
+        )
+        .map_err(db)?;
+    }
+    for (g, purchase_id) in &c.new_grants {
+        tx.execute(
+            &format!(
+                "INSERT INTO grants ({GRANT_COLUMNS}, account_id, purchase_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+            ),
+            params![
+                g.grant_id,
+                g.kind.name(),
+                i64::from(g.covers.bits()),
+                g.unit.code(),
+                g.quota.to_string(),
+                g.remaining.to_string(),
+                g.starts_at_ms,
+                g.expires_at_ms,
+                g.source,
+                g.stackable,
+                g.created_at_ms,
+                account_id,
+                purchase_id,
+            ],
+        )
+        .map_err(dup("grant", &g.grant_id))?;
+    }
+    Ok(())
+}
+
+/// The top-up or purchase the change records.
+fn write_payments(
+    tx: &rusqlite::Transaction<'_>,
+    account_id: &str,
+    c: &ChangeSet,
+) -> Result<(), StoreError> {
+    if let Some(t) = &c.topup {
+        tx.execute(
+            "INSERT INTO topups (topup_id, account_id, amount, at_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![t.topup_id, account_id, t.amount.to_string(), t.at_ms],
+        )
+        .map_err(dup("topup", &t.topup_id))?;
+    }
+    if let Some(p) = &c.purchase {
+        tx.execute(
+            "INSERT INTO purchases (purchase_id, account_id, sku, price_paid, effective_at_ms, \
+             at_ms, once_per_account) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                p.purchase_id,
+                account_id,
+                p.sku,
+                p.price_paid.to_string(),
+                p.effective_at_ms,
+                p.at_ms,
+                p.once_per_account
+            ],
+        )
+        .map_err(dup("purchase", &p.purchase_id))?;
+    }
+    Ok(())
+}
+
+/// Usage records and their deductions (in the order taken: one ordinal sequence each).
+fn write_usage(
+    tx: &rusqlite::Transaction<'_>,
+    account_id: &str,
+    c: &ChangeSet,
+) -> Result<(), StoreError> {
+    let mut ins = tx
+        .prepare_cached(
+            "INSERT INTO usage (usage_id, account_id, resource, sku, quantity, cost, at_ms, \
+             sidecar_id, seq, free_quantity) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .map_err(db)?;
+    let mut ded = tx
+        .prepare_cached(
+            "INSERT INTO usage_deductions (usage_id, ordinal, source, amount, unit, gb) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .map_err(db)?;
+    for u in &c.usage {
+        let r = &u.record;
+        ins.execute(params![
+            r.usage_id,
+            account_id,
+            r.resource.name(),
+            r.sku,
+            bigint("quantity", r.quantity)?,
+            r.cost.to_string(),
+            r.at_ms,
+            u.sidecar_id,
+            bigint("seq", r.seq)?,
+            bigint("free quantity", u.free_quantity)?
+        ])
+        .map_err(dup("usage", &r.usage_id))?;
+        for (ordinal, d) in (0_i64..).zip(&u.deductions) {
+            let (source, amount, unit, gb) = deduction_row(d);
+            ded.execute(params![r.usage_id, ordinal, source, amount, unit, gb])
+                .map_err(db)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_leases(
+    tx: &rusqlite::Transaction<'_>,
+    account_id: &str,
+    c: &ChangeSet,
+) -> Result<(), StoreError> {
+    for l in &c.leases {
+        tx.execute(
+            "INSERT INTO leases (account_id, sidecar_id, remaining, expires_at_ms, request_seq, \
+             held, want, edge, give_back) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+             ON CONFLICT (account_id, sidecar_id) DO UPDATE SET \
+             remaining = excluded.remaining, expires_at_ms = excluded.expires_at_ms, \
+             request_seq = excluded.request_seq, held = excluded.held, want = excluded.want, \
+             edge = excluded.edge, give_back = excluded.give_back",
+            params![
+                account_id,
+                l.sidecar_id,
+                l.remaining.to_string(),
+                l.expires_at_ms,
+                bigint("lease request seq", l.request_seq)?,
+                l.held.to_string(),
+                l.want.to_string(),
+                l.edge,
+                l.give_back
+            ],
+        )
+        .map_err(db)?;
+    }
+    Ok(())
+}
+
+/// Request counts (absolute values) and the sidecars' cursors.
+fn write_counts(
+    tx: &rusqlite::Transaction<'_>,
+    account_id: &str,
+    c: &ChangeSet,
+) -> Result<(), StoreError> {
+    for (resource, month, count) in &c.request_counts {
+        tx.execute(
+            "INSERT INTO request_counts (account_id, resource, month, count) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (account_id, resource, month) \
+             DO UPDATE SET count = excluded.count",
+            params![
+                account_id,
+                resource.name(),
+                month,
+                bigint("request count", *count)?
+            ],
+        )
+        .map_err(db)?;
+    }
+    for (sidecar, seq) in &c.cursors {
+        tx.execute(
+            "INSERT INTO sidecar_cursors (sidecar_id, account_id, applied_seq) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (sidecar_id, account_id) DO UPDATE SET applied_seq = \
+             CASE WHEN excluded.applied_seq > sidecar_cursors.applied_seq \
+             THEN excluded.applied_seq ELSE sidecar_cursors.applied_seq END",
+            params![sidecar, account_id, bigint("applied seq", *seq)?],
+        )
+        .map_err(db)?;
+    }
+    Ok(())
+}
+
+pub(super) fn create_account(
+    c: &Connection,
+    id: &str,
+    balance: Money,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let n = c
+        .execute(
+            "INSERT INTO accounts (account_id, version, balance, created_at_ms) \
+             VALUES (?1, 1, ?2, ?3) ON CONFLICT (account_id) DO NOTHING",
+            params![id, balance.to_string(), now_ms],
+        )
+        .map_err(db)?;
+    Ok(n == 1)
+}
+
+pub(super) fn insert_token(c: &Connection, t: &TokenRow) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO auth_tokens (token_id, token_sha256, kind, account_id, name, \
+         created_at_ms, revoked_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            t.token_id,
+            t.token_sha256,
+            t.kind,
+            t.account_id,
+            t.name,
+            t.created_at_ms,
+            t.revoked_at_ms
+        ],
+    )
+    .map_err(dup("token", &t.token_id))?;
+    Ok(())
+}
+
+pub(super) fn revoke_token(c: &Connection, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+    let n = c
+        .execute(
+            "UPDATE auth_tokens SET revoked_at_ms = COALESCE(revoked_at_ms, ?2) \
+             WHERE token_id = ?1",
+            params![id, now_ms],
+        )
+        .map_err(db)?;
+    Ok(n == 1)
+}
+
+/// Adds `perms` to what `sub_user` holds on `account_id`; what it holds after.
+pub(super) fn grant_access(
+    c: &Connection,
+    account_id: &str,
+    sub_user: &str,
+    perms: u8,
+) -> Result<u8, StoreError> {
+    c.query_row(
+        "INSERT INTO auth_access (account_id, sub_user, permissions) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (account_id, sub_user) DO UPDATE \
+         SET permissions = auth_access.permissions | excluded.permissions \
+         RETURNING permissions",
+        params![account_id, sub_user, i64::from(perms)],
+        |r| r.get::<_, i64>(0),
+    )
+    .map_err(db)
+    .and_then(permissions)
+}
+
+/// Takes `perms` away (a row left with none is deleted); what is left.
+pub(super) fn revoke_access(
+    c: &mut Connection,
+    account_id: &str,
+    sub_user: &str,
+    perms: u8,
+) -> Result<u8, StoreError> {
+    let tx = c.transaction().map_err(db)?;
+    tx.execute(
+        "UPDATE auth_access SET permissions = permissions & ~?3 \
+         WHERE account_id = ?1 AND sub_user = ?2",
+        params![account_id, sub_user, i64::from(perms)],
+    )
+    .map_err(db)?;
+    tx.execute(
+        "DELETE FROM auth_access WHERE account_id = ?1 AND sub_user = ?2 AND permissions = 0",
+        params![account_id, sub_user],
+    )
+    .map_err(db)?;
+    let left: Option<i64> = tx
+        .query_row(
+            "SELECT permissions FROM auth_access WHERE account_id = ?1 AND sub_user = ?2",
+            params![account_id, sub_user],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db)?;
+    tx.commit().map_err(db)?;
+    permissions(left.unwrap_or(0))
+}
