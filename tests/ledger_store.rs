@@ -663,6 +663,44 @@ async fn leases_upsert_and_load(s: Arc<dyn LedgerStore>) {
     assert_eq!(st.leases[1], lease("sc-b", "0", T0));
 }
 
+/// `load_views` is `load_many` with only the caller's lease, and the sum of every lease
+/// still set aside (expiring after the given time), negative remainders not counted.
+async fn load_views_sum_the_leases_and_keep_the_callers(s: Arc<dyn LedgerStore>) {
+    s.create_account("acme", m("100"), T0).await.unwrap();
+    s.create_account("bare", m("1"), T0).await.unwrap();
+    s.commit(
+        "acme",
+        1,
+        ChangeSet {
+            balance: m("100"),
+            leases: vec![
+                lease("sc-a", "5", T0 + 100),
+                lease("sc-b", "3.25", T0 + 200),
+                lease("sc-c", "7", T0 - 50),
+                lease("sc-d", "-1", T0 + 300),
+            ],
+            ..ChangeSet::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut views = s
+        .load_views(&ids(&["acme", "bare", "nope"]), "sc-b", T0)
+        .await
+        .unwrap();
+    views.sort_by(|a, b| a.0.account_id.cmp(&b.0.account_id));
+    assert_eq!(views.len(), 2);
+    assert_eq!(views[0].0.leases, vec![lease("sc-b", "3.25", T0 + 200)]);
+    assert_eq!(views[0].1, m("8.25"));
+    assert_eq!(views[0].0.balance, m("100"));
+    assert!(views[1].0.leases.is_empty());
+    assert_eq!(views[1].1, Money::ZERO);
+    // Expired longer ago than the cut-off: not set aside any more.
+    let views = s.load_views(&ids(&["acme"]), "sc-z", T0 + 150).await.unwrap();
+    assert_eq!(views[0].1, m("3.25"));
+    assert!(views[0].0.leases.is_empty());
+}
+
 /// `recalls` lists the accounts on which one sidecar's lease is flagged give_back, in
 /// account order, bounded, and follows the flag as it is set and cleared.
 async fn recalls_follow_the_give_back_flag(s: Arc<dyn LedgerStore>) {
@@ -1288,6 +1326,7 @@ contract_tests!(
     duplicate_ids_write_nothing,
     leases_upsert_and_load,
     recalls_follow_the_give_back_flag,
+    load_views_sum_the_leases_and_keep_the_callers,
     cursor_only_moves_forward,
     statement_order_limit_and_deductions,
     known_usage_reports_applied_ids,

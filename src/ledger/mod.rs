@@ -499,6 +499,22 @@ impl Ledger {
     fn snapshot_of(&self, s: store::AccountState, sidecar_id: &str) -> AccountSnapshot {
         let now_ms = self.now_ms();
         let grace = self.lease_cfg.hold_grace_ms;
+        let set_aside = s
+            .leases
+            .iter()
+            .map(|l| lease::occupied(l, now_ms, grace))
+            .sum();
+        self.view_of(s, sidecar_id, set_aside)
+    }
+
+    /// The account as `sidecar_id` should cache it, given the money all leases set aside.
+    fn view_of(
+        &self,
+        s: store::AccountState,
+        sidecar_id: &str,
+        set_aside: Money,
+    ) -> AccountSnapshot {
+        let now_ms = self.now_ms();
         let lease = s
             .leases
             .iter()
@@ -513,7 +529,7 @@ impl Ledger {
             .unwrap_or_default();
         let payable = lease::payable(s.balance, &s.grants, now_ms);
         AccountSnapshot {
-            unleased: lease::unleased(payable, &s.leases, now_ms, grace),
+            unleased: (payable - set_aside).non_negative(),
             recalling: Money::ZERO,
             account_id: s.account_id,
             version: s.version,
@@ -564,16 +580,20 @@ impl Ledger {
         sidecar_id: &str,
         account_ids: &[String],
     ) -> Result<Vec<AccountSnapshot>, LedgerError> {
-        let states = self.store.load_many(account_ids, sidecar_id).await?;
+        let expired_before_ms = self.now_ms().saturating_sub(self.lease_cfg.hold_grace_ms);
+        let views = self
+            .store
+            .load_views(account_ids, sidecar_id, expired_before_ms)
+            .await?;
         if let Some(missing) = account_ids
             .iter()
-            .find(|id| !states.iter().any(|s| &s.account_id == *id))
+            .find(|id| !views.iter().any(|(s, _)| &s.account_id == *id))
         {
             return Err(LedgerError::UnknownAccount(missing.clone()));
         }
-        Ok(states
+        Ok(views
             .into_iter()
-            .map(|s| self.snapshot_of(s, sidecar_id))
+            .map(|(s, set_aside)| self.view_of(s, sidecar_id, set_aside))
             .collect())
     }
 }

@@ -274,6 +274,16 @@ impl LedgerStore for PgStore {
         reads::load_many(&self.pool, account_ids, sidecar_id).await
     }
 
+    /// One statement, the leases summed in the database (see `reads::load_views`).
+    async fn load_views(
+        &self,
+        account_ids: &[String],
+        sidecar_id: &str,
+        expired_before_ms: i64,
+    ) -> Result<Vec<(AccountState, Money)>, StoreError> {
+        reads::load_views(&self.pool, account_ids, sidecar_id, expired_before_ms).await
+    }
+
     /// One transaction of set-based statements (see `writes::commit_many`).
     async fn commit_many(
         &self,

@@ -9,7 +9,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
 use super::db;
-use crate::billing::Grant;
+use crate::billing::{Grant, Money};
 use crate::ledger::StatementEntry;
 use crate::ledger::store::rows::{
     self, DeductionRow, RawGrant, RawLease, RawPurchase, RawUsage, count, money,
@@ -234,6 +234,49 @@ pub(super) async fn load_many(
         .map(|r| {
             let id: String = col(r, LOAD_COLUMNS)?;
             read_state(&id, r)
+        })
+        .collect()
+}
+
+/// `load_many` for snapshots (see `LedgerStore::load_views`): only this sidecar's lease
+/// row, and the sum of every live lease computed by the database, so that an account with
+/// a lease per sidecar of a large fleet does not ship them all to every Sync.
+pub(super) async fn load_views(
+    pool: &PgPool,
+    account_ids: &[String],
+    sidecar_id: &str,
+    expired_before_ms: i64,
+) -> Result<Vec<(AccountState, Money)>, StoreError> {
+    if account_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    static LOAD_VIEWS_SQL: LazyLock<String> = LazyLock::new(|| {
+        LOAD_SQL
+            .replace(
+                "WHERE l.account_id = a.account_id ORDER BY l.sidecar_id",
+                "WHERE l.account_id = a.account_id AND l.sidecar_id = $2 ORDER BY l.sidecar_id",
+            )
+            .replace(
+                " FROM accounts a WHERE a.account_id = $1",
+                ", a.account_id, COALESCE((SELECT SUM(l.remaining) FROM leases l \
+                 WHERE l.account_id = a.account_id AND l.expires_at_ms > $3 \
+                 AND l.remaining > 0), 0)::text \
+                 FROM accounts a WHERE a.account_id = ANY($1::text[])",
+            )
+    });
+    debug_assert!(LOAD_VIEWS_SQL.contains("l.sidecar_id = $2 ORDER BY"));
+    let rows = sqlx::query(LOAD_VIEWS_SQL.as_str())
+        .bind(account_ids)
+        .bind(sidecar_id)
+        .bind(expired_before_ms)
+        .fetch_all(pool)
+        .await
+        .map_err(db)?;
+    rows.iter()
+        .map(|r| {
+            let id: String = col(r, LOAD_COLUMNS)?;
+            let set_aside: String = col(r, LOAD_COLUMNS + 1)?;
+            Ok((read_state(&id, r)?, money(&set_aside)?))
         })
         .collect()
 }

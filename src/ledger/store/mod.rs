@@ -186,6 +186,33 @@ pub trait LedgerStore: Send + Sync + 'static {
         Ok(out)
     }
 
+    /// What `sidecar_id` caches of many accounts: `load_many` with only that sidecar's
+    /// lease, and the money every sidecar's lease keeps set aside (leases expiring after
+    /// `expired_before_ms`, that is now less the grace). A busy account has a lease per
+    /// sidecar; a snapshot needs only their sum. Stores override this with one statement
+    /// that sums in the database.
+    async fn load_views(
+        &self,
+        account_ids: &[String],
+        sidecar_id: &str,
+        expired_before_ms: i64,
+    ) -> Result<Vec<(AccountState, Money)>, StoreError> {
+        let states = self.load_many(account_ids, sidecar_id).await?;
+        Ok(states
+            .into_iter()
+            .map(|mut s| {
+                let set_aside: Money = s
+                    .leases
+                    .iter()
+                    .filter(|l| l.expires_at_ms > expired_before_ms)
+                    .map(|l| l.remaining.non_negative())
+                    .sum();
+                s.leases.retain(|l| l.sidecar_id == sidecar_id);
+                (s, set_aside)
+            })
+            .collect())
+    }
+
     /// `commit` for many accounts at once; one result per entry, in order. An entry that
     /// fails (Conflict, Duplicate) writes nothing of its own; the others still commit.
     /// Stores override this with one transaction of set-based statements.
