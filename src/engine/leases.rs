@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::{Account, Engine, EngineError, ledger_err};
 use crate::billing::Money;
 use crate::billing::money::MONEY_MAX;
-use crate::ledger::{AccountSnapshot, LeaseRequest, LedgerError, SyncRequest, SyncResponse};
+use crate::ledger::api::{AccountSnapshot, LeaseRequest, LedgerError, SyncRequest, SyncResponse};
 
 /// Most accounts whose lease the ledger recalled while they were not cached, remembered
 /// until the next sync gives them back (more arrive again with the following answers).

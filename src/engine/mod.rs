@@ -31,8 +31,9 @@ use crate::billing::usage;
 use crate::billing::{Catalog, Grant, Money, PriceError, Resource};
 use crate::clock::SharedClock;
 use crate::journal::{Entry, HoldState, Journal, JournalError, Recovered, ReservationRow};
-use crate::ledger::lease::DEFAULT_LEASE_HOLD_GRACE_MS;
-use crate::ledger::{AccountSnapshot, LedgerApi, LedgerError, UsageRecord};
+use crate::ledger::api::{
+    AccountSnapshot, DEFAULT_LEASE_HOLD_GRACE_MS, LedgerApi, LedgerError, UsageRecord,
+};
 
 /// Hold lifetime when a Reserve gives ttl_ms = 0: long enough for a typical generation job
 /// to finish and Commit, short enough that a crashed worker's hold returns within minutes.

@@ -14,7 +14,7 @@ use crate::billing::session::{self, HOUR_MS, SessionStep, SessionTerms};
 use crate::billing::status::DenyReason;
 use crate::billing::{Money, Price, Resource};
 use crate::journal::{Entry, JournalError, SessionRow, SessionState};
-use crate::ledger::LedgerError;
+use crate::ledger::api::LedgerError;
 
 /// Most sessions kept on one sidecar, running and recently stopped.
 pub const DEFAULT_SESSIONS_MAX: usize = 100_000;

@@ -15,7 +15,7 @@ use crate::billing::session::HOUR_MS;
 use crate::billing::storage::{self, StorageHour, StorageMeter};
 use crate::billing::{Money, Price, Resource};
 use crate::journal::{Entry, JournalError};
-use crate::ledger::UsageRecord;
+use crate::ledger::api::UsageRecord;
 
 type Cell = std::sync::Arc<tokio::sync::Mutex<Option<StorageMeter>>>;
 

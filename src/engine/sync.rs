@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::{Engine, EngineError};
 use crate::billing::Money;
-use crate::ledger::SyncRequest;
+use crate::ledger::api::SyncRequest;
 
 /// How often the loop syncs when no new usage wakes it earlier.
 pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 1_000;

@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 use super::{Entry, HoldState, ReservationRow, SessionRow, SessionState};
 use crate::billing::storage::StorageMeter;
 use crate::billing::{Money, Resource};
-use crate::ledger::UsageRecord;
+use crate::ledger::api::UsageRecord;
 
 /// The first bytes of every journal file; the digit is the format version.
 pub const MAGIC: &[u8; 8] = b"QUOTADJ1";

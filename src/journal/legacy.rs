@@ -11,7 +11,7 @@ use rust_decimal::Decimal;
 
 use super::{HoldState, JournalError, Recovered, ReservationRow, SessionRow, SessionState};
 use crate::billing::{Money, Resource};
-use crate::ledger::UsageRecord;
+use crate::ledger::api::UsageRecord;
 
 /// Reads everything the SQLite journal at `db` holds. Tables or columns added by later
 /// versions of that format are created empty first, so any version of it can be read.

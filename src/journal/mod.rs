@@ -37,7 +37,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::billing::storage::StorageMeter;
 use crate::billing::{Money, Resource};
-use crate::ledger::UsageRecord;
+use crate::ledger::api::UsageRecord;
 use codec::Record;
 
 /// Journal operations that may wait in the queue for the writer; more is overload and is
