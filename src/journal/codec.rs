@@ -9,7 +9,7 @@
 
 use rust_decimal::Decimal;
 
-use super::{Entry, HoldState, ReservationRow, SessionRow, SessionState};
+use super::entry::{Entry, HoldState, ReservationRow, SessionRow, SessionState};
 use crate::billing::storage::StorageMeter;
 use crate::billing::{Money, Resource};
 use crate::ledger::api::UsageRecord;

@@ -9,7 +9,9 @@ use std::str::FromStr;
 use rusqlite::{Connection, OptionalExtension};
 use rust_decimal::Decimal;
 
-use super::{HoldState, JournalError, Recovered, ReservationRow, SessionRow, SessionState};
+use super::JournalError;
+use super::entry::{HoldState, ReservationRow, SessionRow, SessionState};
+use super::tables::Recovered;
 use crate::billing::{Money, Resource};
 use crate::ledger::api::UsageRecord;
 
