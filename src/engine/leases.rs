@@ -308,7 +308,7 @@ impl Engine {
         &self,
         now_ms: i64,
         in_batch: &HashMap<&str, Money>,
-    ) -> Vec<LeaseRequest> {
+    ) -> Result<Vec<LeaseRequest>, EngineError> {
         let mut out = Vec::new();
         let mut recalled: std::collections::BTreeSet<String> =
             self.recalled.iter().map(|e| e.key().clone()).collect();
@@ -339,7 +339,7 @@ impl Engine {
             }
             let owed: Money = self
                 .journal
-                .outbox_of(&account_id, 0, self.cfg.outbox_max)
+                .outbox_of(&account_id, 0, self.cfg.outbox_max)?
                 .iter()
                 .map(|u| u.cost)
                 .sum::<Money>()
@@ -367,7 +367,7 @@ impl Engine {
                 seq,
             });
         }
-        out
+        Ok(out)
     }
 
     /// What a restarted sidecar keeps when it gives back the leases a previous run left
@@ -378,7 +378,7 @@ impl Engine {
         &self,
         seq: u64,
         in_batch: &HashMap<&str, Money>,
-    ) -> Vec<LeaseRequest> {
+    ) -> Result<Vec<LeaseRequest>, EngineError> {
         let mut owed: std::collections::BTreeMap<String, Money> = Default::default();
         for mut a in self.accounts.iter_mut() {
             let applied_now = in_batch.get(a.key().as_str()).copied().unwrap_or_default();
@@ -399,13 +399,14 @@ impl Engine {
         {
             *owed.entry(e.key().clone()).or_default() += *e.value();
         }
-        for u in self.journal.outbox_batch(self.cfg.outbox_max) {
+        for u in self.journal.outbox_batch(self.cfg.outbox_max)? {
             if uncached(&u.account_id) {
                 *owed.entry(u.account_id.clone()).or_default() += u.cost;
             }
         }
         self.uncached_floor_seq.fetch_max(seq, Ordering::Relaxed);
-        owed.into_iter()
+        Ok(owed
+            .into_iter()
             .map(|(account_id, held)| LeaseRequest {
                 account_id,
                 want: held,
@@ -415,7 +416,7 @@ impl Engine {
                 give_back: true,
                 seq,
             })
-            .collect()
+            .collect())
     }
 
     /// The lease request one cached account needs in the next sync, if any. `asked`: the

@@ -726,7 +726,15 @@ impl Engine {
                     .unwrap_or(true)
             })
             .count();
-        let oldest_usage_at_ms = self.journal.outbox_batch(1).first().map(|u| u.at_ms);
+        let oldest_usage_at_ms = match self.journal.outbox_batch(1) {
+            Ok(first) => first.first().map(|u| u.at_ms),
+            Err(e) => {
+                // Nothing reaches the ledger any more (the sync loop fails with this too):
+                // show the whole age of the backlog rather than none.
+                tracing::error!(error = %e, "journal outbox unreadable");
+                Some(i64::MIN)
+            }
+        };
         EngineStats {
             holds: self.holds_len.load(Ordering::Relaxed),
             accounts: self.accounts.len(),
@@ -767,7 +775,7 @@ impl Engine {
             .await?;
         let pending: VecDeque<Pending> = self
             .journal
-            .outbox_of(account_id, snap.applied_seq, usize::MAX)
+            .outbox_of(account_id, snap.applied_seq, usize::MAX)?
             .into_iter()
             .map(|u| Pending {
                 seq: u.seq,

@@ -34,7 +34,7 @@ impl Engine {
     pub async fn sync_once(&self, batch_max: usize) -> Result<usize, EngineError> {
         let _one_at_a_time = self.sync_lock.lock().await;
         self.take_sync_wanted();
-        let batch = self.journal.outbox_batch(batch_max);
+        let batch = self.journal.outbox_batch(batch_max)?;
         let mut in_batch: HashMap<&str, Money> = HashMap::new();
         for u in &batch {
             // What the record spends of the lease: its money after free requests and
@@ -52,9 +52,9 @@ impl Engine {
         } else {
             0
         };
-        let mut leases = self.renewals(now_ms, &in_batch);
+        let mut leases = self.renewals(now_ms, &in_batch)?;
         if reset_seq != 0 {
-            leases = self.reset_keeps(reset_seq, &in_batch);
+            leases = self.reset_keeps(reset_seq, &in_batch)?;
         }
         let accounts = self.refreshes(now_ms, &leases);
         if batch.is_empty()
@@ -81,8 +81,9 @@ impl Engine {
         if reset_seq != 0 {
             self.reset_pending.store(false, Ordering::Relaxed);
         }
-        self.journal.ack(&batch);
+        let acked = self.journal.ack(&batch);
         self.apply_snapshots(resp.snapshots);
+        acked?;
         Ok(batch.len())
     }
 
@@ -98,7 +99,7 @@ impl Engine {
         for _ in 0..FLUSH_BATCHES_MAX {
             let usage = self
                 .journal
-                .outbox_of(account_id, after_seq, DEFAULT_SYNC_BATCH_MAX);
+                .outbox_of(account_id, after_seq, DEFAULT_SYNC_BATCH_MAX)?;
             let Some(last) = usage.last() else {
                 return Ok(());
             };
@@ -114,8 +115,9 @@ impl Engine {
             let resp = self.call_ledger(req, DEFAULT_SYNC_TIMEOUT_MS).await?;
             // Trims them from the journal if they lead its outbox; else the sync loop
             // sends them again and the ledger answers that it has them.
-            self.journal.ack(&usage);
+            let acked = self.journal.ack(&usage);
             self.apply_snapshots(resp.snapshots);
+            acked?;
             if !full {
                 return Ok(());
             }

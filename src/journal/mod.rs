@@ -230,22 +230,25 @@ impl Journal {
     }
 
     /// Up to `max` durable, unacknowledged usage records, oldest first.
-    pub fn outbox_batch(&self, max: usize) -> Vec<UsageRecord> {
-        self.outbox.batch(max).unwrap_or_default()
+    pub fn outbox_batch(&self, max: usize) -> Result<Vec<UsageRecord>, JournalError> {
+        self.outbox.batch(max)
     }
 
     /// Unacknowledged usage of one account with a seq above `after_seq`, oldest first, at
     /// most `max` records.
-    pub fn outbox_of(&self, account_id: &str, after_seq: u64, max: usize) -> Vec<UsageRecord> {
-        self.outbox
-            .of(account_id, after_seq, max)
-            .unwrap_or_default()
+    pub fn outbox_of(
+        &self,
+        account_id: &str,
+        after_seq: u64,
+        max: usize,
+    ) -> Result<Vec<UsageRecord>, JournalError> {
+        self.outbox.of(account_id, after_seq, max)
     }
 
     /// The ledger has the first `n` records of the outbox (those `outbox_batch` returned):
     /// forget them here and in the file.
-    pub fn ack(&self, acked: &[UsageRecord]) {
-        let seqs = self.outbox.ack(acked).unwrap_or_default();
+    pub fn ack(&self, acked: &[UsageRecord]) -> Result<(), JournalError> {
+        let seqs = self.outbox.ack(acked)?;
         if !seqs.is_empty() {
             // If this cannot be queued the records are pushed again after a restart, and
             // the ledger ignores what it already has.
@@ -253,6 +256,7 @@ impl Journal {
                 tracing::warn!(error = %e, "journal trim not queued");
             }
         }
+        Ok(())
     }
 
     pub fn outbox_len(&self) -> usize {
@@ -378,8 +382,8 @@ mod tests {
             put(&j, Entry::Commit(c, usage(1))).await;
             put(&j, Entry::Commit(row("r3", HoldState::Committed), usage(2))).await;
             assert_eq!(j.outbox_len(), 2);
-            let first = j.outbox_batch(1);
-            j.ack(&first);
+            let first = j.outbox_batch(1).unwrap();
+            j.ack(&first).unwrap();
             j.close().await;
         }
         let (j, rec) = Journal::open(&path, 16, 4).unwrap();
@@ -496,6 +500,30 @@ mod tests {
         );
         drop(guard);
         j.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_poisoned_outbox_stops_the_journal_and_errs_to_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(&dir.path().join("j.log"), 16, 4).unwrap();
+        j.outbox.poison();
+        assert_eq!(j.outbox_batch(10), Err(JournalError::Poisoned("outbox")));
+        assert_eq!(
+            j.outbox_of("a", 0, 10),
+            Err(JournalError::Poisoned("outbox"))
+        );
+        // Durable, so answered Ok (a restart pushes its usage)...
+        put(&j, Entry::Commit(row("r1", HoldState::Committed), usage(1))).await;
+        // ...but nothing more is accepted: its usage could not reach the ledger.
+        let later = j
+            .submit(Entry::Commit(row("r2", HoldState::Committed), usage(2)))
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(matches!(later, Err(JournalError::Write(_))), "{later:?}");
+        j.close().await;
+        let (_, rec) = Journal::open(&dir.path().join("j.log"), 16, 4).unwrap();
+        assert_eq!(rec.outbox, vec![usage(1)]);
     }
 
     async fn three_commits(path: &Path) -> u64 {
@@ -641,8 +669,8 @@ mod tests {
                 written += b.len() as u64;
                 put(&j, e).await;
                 if i <= 1_990 {
-                    let batch = j.outbox_batch(1);
-                    j.ack(&batch);
+                    let batch = j.outbox_batch(1).unwrap();
+                    j.ack(&batch).unwrap();
                 }
             }
             put(&j, Entry::LeaseSeqFloor(5)).await;

@@ -104,4 +104,64 @@ impl Outbox {
     pub(super) async fn written(&self) {
         self.new_usage.notified().await
     }
+
+    /// Poisons the lock, as a thread that panics while holding it would.
+    #[cfg(test)]
+    pub(super) fn poison(self: &std::sync::Arc<Self>) {
+        let holder = self.clone();
+        let died = std::thread::spawn(move || {
+            let _q = holder.queue.lock();
+            panic!("a thread dies holding the outbox");
+        })
+        .join();
+        assert!(died.is_err());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::billing::{Money, Resource};
+
+    fn usage(seq: u64, account_id: &str) -> UsageRecord {
+        UsageRecord {
+            seq,
+            usage_id: format!("u{seq}"),
+            account_id: account_id.into(),
+            resource: Resource::GpuShared,
+            sku: "gpu".into(),
+            quantity: 1,
+            cost: Money::ZERO,
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn acks_only_what_leads_the_queue() {
+        let o = Outbox::new(VecDeque::new());
+        o.extend(vec![usage(1, "a"), usage(2, "b"), usage(3, "a")])
+            .unwrap();
+        assert_eq!(o.of("a", 1, 10).unwrap(), vec![usage(3, "a")]);
+        // 3 does not lead the queue: only 1 goes.
+        assert_eq!(o.ack(&[usage(1, "a"), usage(3, "a")]).unwrap(), vec![1]);
+        assert_eq!(o.len(), 2);
+        assert_eq!(o.batch(1).unwrap(), vec![usage(2, "b")]);
+    }
+
+    #[test]
+    fn a_poisoned_lock_is_an_error_not_an_empty_outbox() {
+        let o = std::sync::Arc::new(Outbox::new(VecDeque::from([usage(1, "a")])));
+        o.poison();
+        let poisoned = Err(JournalError::Poisoned("outbox"));
+        assert_eq!(o.batch(10), poisoned);
+        assert_eq!(o.of("a", 0, 10), poisoned);
+        assert_eq!(
+            o.ack(&[usage(1, "a")]),
+            Err(JournalError::Poisoned("outbox"))
+        );
+        assert_eq!(
+            o.extend(vec![usage(2, "a")]),
+            Err(JournalError::Poisoned("outbox"))
+        );
+    }
 }
