@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{Account, Engine, EngineError, ledger_err};
+use super::error::ledger_err;
+use super::{Account, Engine, EngineError};
 use crate::billing::Money;
 use crate::billing::money::MONEY_MAX;
 use crate::ledger::api::{AccountSnapshot, LeaseRequest, LedgerError, SyncRequest, SyncResponse};

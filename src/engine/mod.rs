@@ -8,6 +8,7 @@
 //! entry, never the reverse.
 
 mod durable;
+mod error;
 pub mod events;
 mod leases;
 pub mod sessions;
@@ -28,12 +29,13 @@ use crate::billing::free_tier::{Calendar, RequestCounts};
 use crate::billing::status::{self, DenyReason};
 use crate::billing::storage::StorageMeter;
 use crate::billing::usage;
-use crate::billing::{Catalog, Grant, Money, PriceError, Resource};
+use crate::billing::{Catalog, Grant, Money, Resource};
 use crate::clock::SharedClock;
 use crate::journal::{Entry, HoldState, Journal, JournalError, Recovered, ReservationRow};
 use crate::ledger::api::{
     AccountSnapshot, DEFAULT_LEASE_HOLD_GRACE_MS, LedgerApi, LedgerError, UsageRecord,
 };
+pub use error::EngineError;
 
 /// Hold lifetime when a Reserve gives ttl_ms = 0: long enough for a typical generation job
 /// to finish and Commit, short enough that a crashed worker's hold returns within minutes.
@@ -139,78 +141,6 @@ impl Default for EngineConfig {
             watch: events::WatchConfig::default(),
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("account {0} does not exist")]
-    UnknownAccount(String),
-    #[error("reservation {0} does not exist")]
-    UnknownReservation(String),
-    #[error("reservation {id} expired at {expired_at_ms} ms and its hold was released")]
-    ReservationExpired { id: String, expired_at_ms: i64 },
-    #[error("reservation {id} is already {state}")]
-    ReservationSettled { id: String, state: &'static str },
-    #[error("reservation_id {id} was already used for a different request: {detail}")]
-    ReservationMismatch { id: String, detail: String },
-    /// Internal: a concurrent call is journaling this reservation. `reserve` and `settle`
-    /// wait for it and try again, so this never reaches a client.
-    #[error("reservation {0} is being recorded by a concurrent call")]
-    InProgress(String),
-    #[error(
-        "reservation {0} has an open usage stream; close the stream (it settles the reported usage) before Commit or Release"
-    )]
-    WorkStreaming(String),
-    #[error("ttl_ms {ttl_ms} is longer than the maximum of {max_ms}")]
-    TtlTooLong { ttl_ms: i64, max_ms: i64 },
-    #[error("{0} reservations are held, the configured maximum (holds_max)")]
-    HoldsFull(usize),
-    #[error("{0} accounts are cached, the configured maximum (accounts_max)")]
-    AccountsFull(usize),
-    #[error(
-        "{0} usage records are waiting for the ledger (outbox_max); new work is refused until it catches up"
-    )]
-    Backlog(usize),
-    #[error(
-        "{0} is not metered by a usage stream (StreamUsage meters GPU_SHARED; Exclusive instances use StartSession)"
-    )]
-    NotStreamable(Resource),
-    #[error("{0} usage streams are open or remembered, the configured maximum (streams_max)")]
-    StreamsFull(usize),
-    #[error("work {0} already has an open usage stream")]
-    WorkOpen(String),
-    #[error("more than {0} usage reports per second on one stream (stream_reports_per_sec)")]
-    ReportRate(u32),
-    #[error("session {0} does not exist")]
-    UnknownSession(String),
-    #[error("session_id {id} was already used for a different session: {detail}")]
-    SessionMismatch { id: String, detail: String },
-    #[error("{0} sessions are kept, the configured maximum (sessions_max)")]
-    SessionsFull(usize),
-    #[error("idle_timeout_ms {idle_timeout_ms} must be between 1 and {max_ms} (0 = default)")]
-    IdleTimeout { idle_timeout_ms: i64, max_ms: i64 },
-    #[error("{limit} watchers are open{}, the configured maximum", if *per_account { " on this account" } else { "" })]
-    WatchersFull { limit: usize, per_account: bool },
-    #[error(
-        "at_ms {at_ms} is more than {ahead_max_ms} ms ahead of this sidecar's clock ({now_ms})"
-    )]
-    StorageInFuture {
-        at_ms: i64,
-        now_ms: i64,
-        ahead_max_ms: i64,
-    },
-    #[error("the catalog has no STORAGE price; storage cannot be metered")]
-    NoStoragePrice,
-    #[error(transparent)]
-    Storage(#[from] crate::billing::storage::StorageError),
-    #[error("quotad is shutting down; reconnect (to another instance, or after the restart)")]
-    ShuttingDown,
-    #[error(transparent)]
-    Price(#[from] PriceError),
-    #[error(transparent)]
-    Journal(#[from] JournalError),
-    #[error(transparent)]
-    Ledger(LedgerError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -531,13 +461,6 @@ pub struct Engine {
     events: events::Hub,
     /// Turns true at shutdown: open streams end (see `close_streams`).
     closing: tokio::sync::watch::Sender<bool>,
-}
-
-fn ledger_err(account_id: &str, e: LedgerError) -> EngineError {
-    match e {
-        LedgerError::UnknownAccount(_) => EngineError::UnknownAccount(account_id.to_owned()),
-        e => EngineError::Ledger(e),
-    }
 }
 
 impl Engine {
