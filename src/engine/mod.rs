@@ -14,6 +14,7 @@ mod leases;
 pub mod sessions;
 pub mod storage;
 pub mod sync;
+mod watch;
 pub mod work;
 
 use std::cmp::Reverse;
@@ -31,7 +32,7 @@ use crate::billing::storage::StorageMeter;
 use crate::billing::usage;
 use crate::billing::{Catalog, Grant, Money, Resource};
 use crate::clock::SharedClock;
-use crate::journal::{Entry, HoldState, Journal, JournalError, Recovered, ReservationRow};
+use crate::journal::{Durable, Entry, HoldState, Journal, JournalError, Recovered, ReservationRow};
 use crate::ledger::api::{
     AccountSnapshot, DEFAULT_LEASE_HOLD_GRACE_MS, LedgerApi, LedgerError, UsageRecord,
 };
@@ -458,7 +459,7 @@ pub struct Engine {
     works: DashMap<String, work::WorkView>,
     work_seqs: DashMap<String, (u64, i64)>,
     sessions: DashMap<String, Arc<tokio::sync::Mutex<crate::journal::SessionRow>>>,
-    events: events::Hub,
+    events: Arc<events::Hub>,
     /// Turns true at shutdown: open streams end (see `close_streams`).
     closing: tokio::sync::watch::Sender<bool>,
 }
@@ -476,6 +477,8 @@ impl Engine {
         sidecar_id: String,
     ) -> Result<Arc<Engine>, EngineError> {
         let (hub, event_queue) = events::Hub::new(cfg.watch);
+        let hub = Arc::new(hub);
+        tokio::spawn(events::run(Arc::downgrade(&hub), event_queue));
         let mut recovered_alerts: HashMap<String, Vec<String>> = HashMap::new();
         for (account_id, key) in recovered.alerts {
             recovered_alerts.entry(account_id).or_default().push(key);
@@ -513,7 +516,6 @@ impl Engine {
             events: hub,
             closing: tokio::sync::watch::Sender::new(false),
         });
-        tokio::spawn(events::run(Arc::downgrade(&engine), event_queue));
         // Lease requests of this run get sequence numbers above every earlier run's, even
         // if the clock went back (the ledger ignores a request older than one it applied).
         let base = recovered
@@ -666,7 +668,7 @@ impl Engine {
             sessions_running,
             watchers: self.watchers(),
             events_sent: self.events_sent(),
-            events_dropped: self.events.dropped.load(Ordering::Relaxed),
+            events_dropped: self.events.dropped(),
             journal_backlog: self.journal.outbox_len(),
             sync_lag_ms: oldest_usage_at_ms.map_or(0, |at| now_ms.saturating_sub(at).max(0)),
             ledger_up: self.ledger_reachable(),
@@ -1649,8 +1651,6 @@ impl Engine {
         Ok(view)
     }
 }
-
-use durable::Durable;
 
 /// What `take` decided.
 enum Take {
