@@ -11,6 +11,7 @@ mod durable;
 mod error;
 pub mod events;
 mod leases;
+mod reservation;
 pub mod sessions;
 pub mod storage;
 pub mod sync;
@@ -37,6 +38,8 @@ use crate::ledger::api::{
     AccountSnapshot, DEFAULT_LEASE_HOLD_GRACE_MS, LedgerApi, LedgerError, UsageRecord,
 };
 pub use error::EngineError;
+pub use reservation::{AdmitOutcome, CommitOutcome, ReserveOutcome, ReserveRequest};
+use reservation::{Hold, OrphanHold, Settled, denied};
 
 /// Hold lifetime when a Reserve gives ttl_ms = 0: long enough for a typical generation job
 /// to finish and Commit, short enough that a crashed worker's hold returns within minutes.
@@ -142,41 +145,6 @@ impl Default for EngineConfig {
             watch: events::WatchConfig::default(),
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReserveRequest {
-    pub account_id: String,
-    pub reservation_id: String,
-    pub resource: Resource,
-    pub sku: String,
-    pub quantity: u64,
-    /// 0 = the configured default.
-    pub ttl_ms: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReserveOutcome {
-    pub admitted: bool,
-    pub reason: Option<DenyReason>,
-    pub held: Money,
-    pub available: Money,
-    pub expires_at_ms: i64,
-    /// Admitted from the fail-open budget while the ledger was unreachable.
-    pub fail_open: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommitOutcome {
-    pub charged: Money,
-    pub available: Money,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdmitOutcome {
-    pub admitted: bool,
-    pub reason: Option<DenyReason>,
-    pub available: Money,
 }
 
 pub use crate::billing::status::BalanceView;
@@ -347,46 +315,6 @@ impl Account {
     /// What this sidecar has committed: open holds and usage the ledger has not applied.
     fn committed(&self) -> Money {
         self.held + self.pending_cost + self.unsettled
-    }
-}
-
-/// An open reservation recovered from the journal, counted against its account once the
-/// account is loaded.
-struct OrphanHold {
-    expires_at_ms: i64,
-    reservation_id: String,
-    held: Money,
-    resource: Resource,
-    quantity: u64,
-}
-
-struct Hold {
-    row: ReservationRow,
-    /// A transition of this hold is being journaled; a concurrent copy of the call waits
-    /// for it (`wait_idle`) and answers with its outcome.
-    busy: bool,
-    /// Calls waiting for `busy` to clear, woken by `Hold::idle`.
-    waiters: Option<Arc<tokio::sync::Notify>>,
-    /// A usage stream has taken over the hold (see `work`); Commit waits for its end.
-    streaming: bool,
-}
-
-impl Hold {
-    fn new(row: ReservationRow, busy: bool) -> Hold {
-        Hold {
-            row,
-            busy,
-            waiters: None,
-            streaming: false,
-        }
-    }
-
-    /// The transition being journaled is over (done, or undone): wake its waiters.
-    fn idle(&mut self) {
-        self.busy = false;
-        if let Some(w) = self.waiters.take() {
-            w.notify_waiters();
-        }
     }
 }
 
@@ -865,38 +793,6 @@ impl Engine {
         Ok(self.catalog.price(sku, resource)?.cost(quantity)?)
     }
 
-    fn replay_reserve(
-        &self,
-        req: &ReserveRequest,
-        h: &Hold,
-    ) -> Result<ReserveOutcome, EngineError> {
-        let r = &h.row;
-        if r.account_id != req.account_id
-            || r.resource != req.resource
-            || r.sku != req.sku
-            || r.quantity != req.quantity
-        {
-            return Err(EngineError::ReservationMismatch {
-                id: req.reservation_id.clone(),
-                detail: format!(
-                    "it reserved {} {} of {} for account {}",
-                    r.quantity, r.resource, r.sku, r.account_id
-                ),
-            });
-        }
-        if h.busy {
-            return Err(EngineError::InProgress(req.reservation_id.clone()));
-        }
-        Ok(ReserveOutcome {
-            admitted: true,
-            reason: None,
-            held: r.held,
-            available: Money::ZERO,
-            expires_at_ms: r.expires_at_ms,
-            fail_open: false,
-        })
-    }
-
     fn with_available(
         &self,
         mut o: ReserveOutcome,
@@ -937,7 +833,7 @@ impl Engine {
             });
         }
         if let Some(h) = self.holds.get(&req.reservation_id) {
-            let o = self.replay_reserve(req, &h)?;
+            let o = h.replay(req)?;
             drop(h);
             return Ok(self.with_available(o, &req.account_id, req.resource));
         }
@@ -1241,7 +1137,7 @@ impl Engine {
         let cost = a.money_due(req.resource, req.quantity, cost, now_ms);
         let slot = match self.holds.entry(req.reservation_id.clone()) {
             MapEntry::Occupied(o) => {
-                let out = self.replay_reserve(req, o.get())?;
+                let out = o.get().replay(req)?;
                 let available = a.available(req.resource, now_ms, self.cfg.lease_whole_account);
                 return Ok(Step::Answer(ReserveOutcome { available, ..out }));
             }
@@ -1354,33 +1250,6 @@ impl Engine {
         })
     }
 
-    /// The settled outcome of a reservation, or why it cannot be committed/released.
-    fn settled_or_err(
-        &self,
-        id: &str,
-        h: &Hold,
-        now_ms: i64,
-    ) -> Result<Option<Settled>, EngineError> {
-        if h.busy {
-            return Err(EngineError::InProgress(id.to_owned()));
-        }
-        match h.row.state {
-            HoldState::Open if h.row.expires_at_ms <= now_ms => {
-                Err(EngineError::ReservationExpired {
-                    id: id.to_owned(),
-                    expired_at_ms: h.row.expires_at_ms,
-                })
-            }
-            HoldState::Open => Ok(None),
-            HoldState::Expired => Err(EngineError::ReservationExpired {
-                id: id.to_owned(),
-                expired_at_ms: h.row.expires_at_ms,
-            }),
-            HoldState::Committed => Ok(Some(Settled::Committed(h.row.charged))),
-            HoldState::Released => Ok(Some(Settled::Released(h.row.held))),
-        }
-    }
-
     pub async fn commit(
         &self,
         reservation_id: &str,
@@ -1453,7 +1322,7 @@ impl Engine {
                 id: reservation_id.to_owned(),
                 state,
             };
-            match (self.settled_or_err(reservation_id, &h, now_ms)?, quantity) {
+            match (h.settled(reservation_id, now_ms)?, quantity) {
                 (None, _) => {}
                 (Some(Settled::Committed(charged)), Some(q)) if h.row.charged_quantity == q => {
                     return Ok((
@@ -1672,20 +1541,4 @@ enum Step {
     /// The lease is short or expired: ask the ledger for enough to hold this much; and
     /// what this sidecar could get as it decided.
     NeedLease(Money, Money),
-}
-
-fn denied(reason: DenyReason, available: Money) -> ReserveOutcome {
-    ReserveOutcome {
-        admitted: false,
-        reason: Some(reason),
-        held: Money::ZERO,
-        available,
-        expires_at_ms: 0,
-        fail_open: false,
-    }
-}
-
-enum Settled {
-    Committed(Money),
-    Released(Money),
 }
