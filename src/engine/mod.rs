@@ -7,6 +7,7 @@
 //! Lock order (deadlock freedom): an `accounts` entry may be held while taking a `holds`
 //! entry, never the reverse.
 
+mod account;
 mod durable;
 mod error;
 pub mod events;
@@ -19,7 +20,7 @@ mod watch;
 pub mod work;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
@@ -27,16 +28,14 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 
 use crate::billing::alerts::{AlertConfig, AlertMemo};
-use crate::billing::free_tier::{Calendar, RequestCounts};
 use crate::billing::status::{self, DenyReason};
-use crate::billing::storage::StorageMeter;
-use crate::billing::usage;
-use crate::billing::{Catalog, Grant, Money, Resource};
+use crate::billing::{Catalog, Money, Resource};
 use crate::clock::SharedClock;
 use crate::journal::{Durable, Entry, HoldState, Journal, JournalError, Recovered, ReservationRow};
 use crate::ledger::api::{
     AccountSnapshot, DEFAULT_LEASE_HOLD_GRACE_MS, LedgerApi, LedgerError, UsageRecord,
 };
+use account::{Account, Pending};
 pub use error::EngineError;
 pub use reservation::{AdmitOutcome, CommitOutcome, ReserveOutcome, ReserveRequest};
 use reservation::{Hold, OrphanHold, Settled, denied};
@@ -148,175 +147,6 @@ impl Default for EngineConfig {
 }
 
 pub use crate::billing::status::BalanceView;
-
-/// Usage acknowledged here and not yet in the account's snapshot.
-#[derive(Debug, Clone)]
-struct Pending {
-    seq: u64,
-    resource: Resource,
-    quantity: u64,
-    /// List cost of the quantity (what the record carries).
-    cost: Money,
-    /// Money it took in the live view, after free requests and volume plans: what it
-    /// spends of the lease.
-    money: Money,
-    at_ms: i64,
-}
-
-struct Account {
-    base: AccountSnapshot,
-    pending: VecDeque<Pending>,
-    /// Live view: `base` with `pending` burned down.
-    balance: Money,
-    grants: Vec<Grant>,
-    /// Sum of open holds.
-    held: Money,
-    /// Quantities of the open holds by resource (`Resource as usize`): what they will take
-    /// of the month's free requests and of volume plans (traffic GB) once committed, so a
-    /// concurrent Reserve cannot count on the same free requests or plan GB (G1).
-    held_units: [u64; 6],
-    /// Open holds by expiry, earliest first (entries of settled holds are skipped).
-    expiries: BinaryHeap<Reverse<(i64, String)>>,
-    /// Sum of `pending` costs: spent from the lease but not yet at the ledger.
-    pending_cost: Money,
-    /// Charged since the current lease was granted: the spend rate that sizes the next.
-    spent_since_lease: Money,
-    /// Sequence number of the last give-back sent: a lease set by an older request is not
-    /// spent from (the ledger may have shrunk it to what was committed then).
-    lease_floor_seq: u64,
-    /// Costs of the lease requests in flight for this account (requests waiting on the
-    /// ledger): every request's `need` counts them, so concurrent ones do not starve.
-    lease_inflight: Money,
-    /// Holds settled but not yet durable: still committed until the journal confirms
-    /// (a failed write puts them back), so a give-back keeps covering them.
-    unsettled: Money,
-    last_touch_ms: i64,
-    /// What is left of the fail-open budget, and what was admitted from it.
-    fail_open_left: Money,
-    fail_open_spent: Money,
-    /// Alert crossings that fired (persisted in the journal).
-    alert_memo: AlertMemo,
-    /// Requests counted per month: the snapshot's plus `pending` (the free tier).
-    counts: RequestCounts,
-    /// The catalog's calendar (months of the free tier).
-    cal: Calendar,
-    /// The last storage level and the hour in progress (see `storage`). Async-locked
-    /// for the whole of a step, journal wait included, so that a look at the account
-    /// waits for a step in flight instead of missing its charges.
-    storage: Arc<tokio::sync::Mutex<Option<StorageMeter>>>,
-}
-
-impl Account {
-    fn new(
-        base: AccountSnapshot,
-        pending: VecDeque<Pending>,
-        fail_open_budget: Money,
-        now_ms: i64,
-        cal: Calendar,
-    ) -> Account {
-        let mut a = Account {
-            balance: base.balance,
-            grants: base.grants.clone(),
-            base,
-            pending,
-            held: Money::ZERO,
-            held_units: [0; 6],
-            expiries: BinaryHeap::new(),
-            pending_cost: Money::ZERO,
-            spent_since_lease: Money::ZERO,
-            lease_floor_seq: 0,
-            lease_inflight: Money::ZERO,
-            unsettled: Money::ZERO,
-            last_touch_ms: now_ms,
-            fail_open_left: fail_open_budget,
-            fail_open_spent: Money::ZERO,
-            alert_memo: AlertMemo::default(),
-            counts: RequestCounts::default(),
-            cal,
-            storage: Arc::new(tokio::sync::Mutex::new(None)),
-        };
-        a.recompute();
-        a
-    }
-
-    fn recompute(&mut self) {
-        self.balance = self.base.balance;
-        self.grants.clone_from(&self.base.grants);
-        self.counts.clone_from(&self.base.request_counts);
-        self.pending_cost = Money::ZERO;
-        for p in &mut self.pending {
-            p.money = usage::charge_counted(
-                &mut self.grants,
-                &mut self.balance,
-                &mut self.counts,
-                &self.cal,
-                p.resource,
-                p.quantity,
-                p.cost,
-                p.at_ms,
-            )
-            .money;
-            self.pending_cost += p.money;
-        }
-    }
-
-    /// The money a charge of `quantity` (list cost `cost`) would take now, after the
-    /// month's free requests and volume plans.
-    fn money_due(&self, resource: Resource, quantity: u64, cost: Money, now_ms: i64) -> Money {
-        // Open holds come first: they take the free requests and plan GB before this one.
-        let held = self.held_units[resource as usize];
-        let free = self
-            .counts
-            .free_part_after(&self.cal, resource, held, quantity, now_ms);
-        usage::money_due(&self.grants, resource, quantity, cost, free, held, now_ms)
-    }
-
-    /// A reservation of `quantity` of `resource` is open (`true`) or no longer (`false`).
-    fn count_units(&mut self, resource: Resource, quantity: u64, open: bool) {
-        let u = &mut self.held_units[resource as usize];
-        *u = if open {
-            u.saturating_add(quantity)
-        } else {
-            u.saturating_sub(quantity)
-        };
-    }
-
-    /// What the account can pay after this sidecar's holds, by the billing rules alone.
-    fn billing_available(&self, resource: Resource, now_ms: i64) -> Money {
-        status::available_for(self.balance, &self.grants, self.held, resource, now_ms)
-    }
-
-    /// What this sidecar could admit now: the billing view, and with several sidecars
-    /// (`whole_account` false) no more than its lease's unspent part plus the money no
-    /// sidecar holds a lease on, as of the last snapshot.
-    fn available(&self, resource: Resource, now_ms: i64, whole_account: bool) -> Money {
-        let billing = self.billing_available(resource, now_ms);
-        if whole_account {
-            return billing;
-        }
-        let spendable = self.lease_spendable(now_ms).unwrap_or_default();
-        billing.min(spendable.non_negative() + self.base.unleased)
-    }
-
-    /// What the lease still lets this sidecar admit, or None once it has expired or a
-    /// give-back may have shrunk it at the ledger.
-    fn lease_spendable(&self, now_ms: i64) -> Option<Money> {
-        let l = &self.base.lease;
-        (now_ms < l.expires_at_ms && l.seq >= self.lease_floor_seq)
-            .then(|| l.remaining - self.pending_cost - self.held)
-    }
-
-    /// The account is near the edge (or the ledger wants unused lease back): keep no
-    /// headroom.
-    fn lease_recalled(&self) -> bool {
-        self.base.lease.edge || self.base.lease.give_back
-    }
-
-    /// What this sidecar has committed: open holds and usage the ledger has not applied.
-    fn committed(&self) -> Money {
-        self.held + self.pending_cost + self.unsettled
-    }
-}
 
 /// A point-in-time view of the engine's sizes (see `Engine::stats`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -679,25 +509,14 @@ impl Engine {
         let now_ms = self.now_ms();
         for snap in snaps {
             let batch = if let Some(mut a) = self.accounts.get_mut(&snap.account_id) {
-                if snap.version < a.base.version {
-                    continue;
-                }
-                if snap.lease.expires_at_ms != a.base.lease.expires_at_ms {
-                    a.spent_since_lease = Money::ZERO;
-                }
                 tracing::trace!(account_id = %snap.account_id, version = snap.version,
                     lease = %snap.lease.remaining, lease_seq = snap.lease.seq,
                     applied_seq = snap.applied_seq, balance = %snap.balance, "snapshot");
-                let applied = snap.applied_seq;
-                a.pending.retain(|p| p.seq > applied);
                 let account_id = snap.account_id.clone();
-                a.base = snap;
-                a.recompute();
-                if a.base.lease.give_back
-                    || a.lease_recalled() && a.base.lease.remaining > a.committed()
-                {
-                    // The ledger wants unused lease back (or the account reached the
-                    // edge while this sidecar held some): give it back now.
+                if !a.apply_snapshot(snap) {
+                    continue;
+                }
+                if a.owes_give_back() {
                     self.wake_sync();
                 }
                 // Top-ups, purchases and grants arrive here: they may cross back.
@@ -727,38 +546,17 @@ impl Engine {
 
     /// Releases the account's holds whose TTL has passed (G3).
     fn expire_due(&self, a: &mut Account, now_ms: i64) {
-        while let Some(Reverse((at, _))) = a.expiries.peek() {
-            if *at > now_ms {
-                break;
-            }
-            let Some(Reverse((_, id))) = a.expiries.pop() else {
-                break;
-            };
-            let Some(mut h) = self.holds.get_mut(&id) else {
-                continue;
-            };
-            if h.row.state != HoldState::Open
-                || h.busy
-                || h.streaming
-                || h.row.expires_at_ms > now_ms
-            {
-                continue;
-            }
-            h.row.state = HoldState::Expired;
-            h.row.settled_at_ms = now_ms;
-            a.held -= h.row.held;
-            a.count_units(h.row.resource, h.row.quantity, false);
-            if a.lease_recalled() {
-                self.wake_sync();
-            }
-            tracing::debug!(reservation_id = %id, held = %h.row.held, "hold expired");
+        let journal = &self.journal;
+        let any = a.expire_due(&self.holds, now_ms, |row| {
+            let id = &row.reservation_id;
+            tracing::debug!(reservation_id = %id, held = %row.held, "hold expired");
             // A restart re-derives expiry from the time, so losing this write is harmless.
-            if let Err(e) = self
-                .journal
-                .submit_detached(Entry::Reservation(h.row.clone()))
-            {
+            if let Err(e) = journal.submit_detached(Entry::Reservation(row.clone())) {
                 tracing::warn!(reservation_id = %id, error = %e, "expiry not journaled");
             }
+        });
+        if any && a.lease_recalled() {
+            self.wake_sync();
         }
     }
 
@@ -1056,7 +854,7 @@ impl Engine {
 
     /// Under the account's lock: charges usage (burning down grants, then the balance,
     /// exactly as the ledger will) and returns the record to journal. If the journal then
-    /// fails, `undo_charge` takes it back.
+    /// fails, `Account::undo_charge` takes it back.
     #[allow(clippy::too_many_arguments)]
     fn charge_locked(
         &self,
@@ -1070,28 +868,7 @@ impl Engine {
         at_ms: i64,
     ) -> UsageRecord {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let cal = a.cal;
-        let money = usage::charge_counted(
-            &mut a.grants,
-            &mut a.balance,
-            &mut a.counts,
-            &cal,
-            resource,
-            quantity,
-            cost,
-            at_ms,
-        )
-        .money;
-        a.spent_since_lease += money;
-        a.pending_cost += money;
-        a.pending.push_back(Pending {
-            seq,
-            resource,
-            quantity,
-            cost,
-            money,
-            at_ms,
-        });
+        a.charge(seq, resource, quantity, cost, at_ms);
         UsageRecord {
             seq,
             usage_id,
@@ -1106,14 +883,7 @@ impl Engine {
 
     /// The money pending usage `seq` of the account took in the live view.
     fn pending_money(&self, account_id: &str, seq: u64) -> Option<Money> {
-        let a = self.accounts.get(account_id)?;
-        let i = a.pending.binary_search_by_key(&seq, |p| p.seq).ok()?;
-        Some(a.pending[i].money)
-    }
-
-    fn undo_charge(a: &mut Account, seq: u64) {
-        a.pending.retain(|p| p.seq != seq);
-        a.recompute();
+        self.accounts.get(account_id)?.pending_money(seq)
     }
 
     /// Under the account's lock: decides a Reserve and, if admitted, records the hold and
@@ -1393,7 +1163,7 @@ impl Engine {
                 Ok(d) => d,
                 Err(e) => {
                     if let Some(seq) = seq {
-                        Self::undo_charge(&mut a, seq);
+                        a.undo_charge(seq);
                     }
                     return Err(e.into());
                 }
@@ -1436,7 +1206,7 @@ impl Engine {
                     a.held += old_row.held;
                     a.count_units(old_row.resource, old_row.quantity, true);
                     if let Some(seq) = seq {
-                        Self::undo_charge(&mut a, seq);
+                        a.undo_charge(seq);
                     }
                     a.expiries
                         .push(Reverse((old_row.expires_at_ms, id.clone())));

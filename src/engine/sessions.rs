@@ -419,7 +419,7 @@ impl Engine {
                 Ok(d) => d,
                 Err(e) => {
                     if let Some(seq) = seq {
-                        Self::undo_charge(&mut a, seq);
+                        a.undo_charge(seq);
                     }
                     return Err(e.into());
                 }
@@ -432,7 +432,7 @@ impl Engine {
             if let Some(mut a) = self.accounts.get_mut(&account_id) {
                 a.held = a.held - next.held + row.held;
                 if let Some(seq) = seq {
-                    Self::undo_charge(&mut a, seq);
+                    a.undo_charge(seq);
                 }
             }
             return Err(e.into());

@@ -196,7 +196,7 @@ impl Engine {
                 Ok(d) => d,
                 Err(e) => {
                     for seq in &seqs {
-                        Self::undo_charge(&mut a, *seq);
+                        a.undo_charge(*seq);
                     }
                     return Err(e.into());
                 }
@@ -210,7 +210,7 @@ impl Engine {
         if let Err(e) = done.await.unwrap_or(Err(JournalError::Closed)) {
             if let Some(mut a) = self.accounts.get_mut(account_id) {
                 for seq in &seqs {
-                    Self::undo_charge(&mut a, *seq);
+                    a.undo_charge(*seq);
                 }
             }
             return Err(e.into());

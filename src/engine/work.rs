@@ -302,7 +302,7 @@ impl Engine {
                     Err(e) => {
                         // Not taken (e.g. the journal queue is full): this report is
                         // undone, the ones before it stand.
-                        Self::undo_charge(&mut a, seq_no);
+                        a.undo_charge(seq_no);
                         charged.pop();
                         a.held += from_hold;
                         work.held += from_hold;
@@ -376,7 +376,7 @@ impl Engine {
         before: (u64, u64, Money, Option<DenyReason>),
     ) {
         for (seq_no, _) in charged {
-            Self::undo_charge(a, *seq_no);
+            a.undo_charge(*seq_no);
         }
         // The job's hold goes back to what it was (whatever the round used or added).
         a.held = a.held - work.held + held_before;
