@@ -69,7 +69,7 @@ use quotad::billing::{
     Catalog, Grant, GrantKind, GrantUnit, Money, Resource, ResourceSet, burn_down,
 };
 use quotad::clock::{Clock, SharedClock, SystemClock};
-use quotad::engine::work::{Work, WorkKey};
+use quotad::engine::work::{Work, WorkConfig, WorkKey};
 use quotad::engine::{Engine, EngineConfig, ReserveRequest};
 use quotad::journal::{
     DEFAULT_JOURNAL_BATCH_MAX, DEFAULT_JOURNAL_QUEUE_MAX, Entry, HoldState, Journal, JournalSync,
@@ -284,9 +284,12 @@ impl Fixture {
             holds_max: usize::MAX,
             outbox_max: usize::MAX,
             lease_whole_account: true,
-            streams_max: usize::MAX,
-            stream_reports_per_sec: u32::MAX,
-            works_remembered_max: usize::MAX,
+            work: WorkConfig {
+                streams_max: usize::MAX,
+                stream_reports_per_sec: u32::MAX,
+                works_remembered_max: usize::MAX,
+                ..WorkConfig::default()
+            },
             ..EngineConfig::default()
         };
         let engine = Engine::start(

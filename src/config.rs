@@ -586,13 +586,13 @@ impl ServeSettings {
             cfg.journal_sync = v;
         }
         if let Some(v) = s.streams_max {
-            cfg.engine.streams_max = positive("streams_max", v)?;
+            cfg.engine.work.streams_max = positive("streams_max", v)?;
         }
         if let Some(v) = s.stream_reports_per_sec {
-            cfg.engine.stream_reports_per_sec = positive("stream_reports_per_sec", v)?;
+            cfg.engine.work.stream_reports_per_sec = positive("stream_reports_per_sec", v)?;
         }
         if let Some(v) = s.stream_buffer {
-            cfg.engine.stream_buffer = positive("stream_buffer", v)?;
+            cfg.engine.work.stream_buffer = positive("stream_buffer", v)?;
         }
         if let Some(v) = s.sessions_max {
             cfg.engine.sessions_max = positive("sessions_max", v)?;
@@ -705,9 +705,9 @@ impl ServeSettings {
             lease_recall_wait_ms: Some(cfg.engine.lease_recall_wait_ms),
             holds_max: Some(cfg.engine.holds_max),
             journal_sync: Some(Text(cfg.journal_sync)),
-            streams_max: Some(cfg.engine.streams_max),
-            stream_reports_per_sec: Some(cfg.engine.stream_reports_per_sec),
-            stream_buffer: Some(cfg.engine.stream_buffer),
+            streams_max: Some(cfg.engine.work.streams_max),
+            stream_reports_per_sec: Some(cfg.engine.work.stream_reports_per_sec),
+            stream_buffer: Some(cfg.engine.work.stream_buffer),
             sessions_max: Some(cfg.engine.sessions_max),
             watchers_max: Some(cfg.engine.watch.watchers_max),
             envoy_check_message_bytes_max: Some(cfg.envoy.check_message_bytes_max),
@@ -967,7 +967,7 @@ mod tests {
         let merged = overlay(&f, &a).unwrap();
         let cfg = merged.to_config().unwrap();
         assert_eq!(cfg.engine.holds_max, 99, "flag over file");
-        assert_eq!(cfg.engine.streams_max, 20, "file over default");
+        assert_eq!(cfg.engine.work.streams_max, 20, "file over default");
         assert_eq!(cfg.engine.sessions_max, 5, "flag over default");
         assert_eq!(cfg.journal_sync, JournalSync::Normal);
         assert_eq!(cfg.listen.to_string(), "127.0.0.1:7000");

@@ -12,6 +12,7 @@ mod durable;
 mod error;
 pub mod events;
 mod leases;
+mod reports;
 mod reservation;
 pub mod sessions;
 pub mod storage;
@@ -99,11 +100,7 @@ pub struct EngineConfig {
     pub fail_open_budgets: HashMap<String, Money>,
     pub fail_open_default: Money,
     /// Usage streams (see `work`).
-    pub streams_max: usize,
-    pub stream_reports_per_sec: u32,
-    pub stream_buffer: usize,
-    pub stream_interval_ms: u64,
-    pub works_remembered_max: usize,
+    pub work: work::WorkConfig,
     /// Exclusive sessions (see `sessions`).
     pub sessions_max: usize,
     pub session_idle_timeout_ms: i64,
@@ -132,11 +129,7 @@ impl Default for EngineConfig {
             sync_leases_max: DEFAULT_SYNC_LEASES_MAX,
             fail_open_budgets: HashMap::new(),
             fail_open_default: Money::ZERO,
-            streams_max: work::DEFAULT_STREAMS_MAX,
-            stream_reports_per_sec: work::DEFAULT_STREAM_REPORTS_PER_SEC,
-            stream_buffer: work::DEFAULT_STREAM_BUFFER,
-            stream_interval_ms: work::DEFAULT_STREAM_INTERVAL_MS,
-            works_remembered_max: work::DEFAULT_WORKS_REMEMBERED_MAX,
+            work: work::WorkConfig::default(),
             sessions_max: sessions::DEFAULT_SESSIONS_MAX,
             session_idle_timeout_ms: crate::billing::session::DEFAULT_IDLE_TIMEOUT_MS,
             session_idle_timeout_max_ms: sessions::DEFAULT_IDLE_TIMEOUT_MAX_MS,
@@ -213,9 +206,8 @@ pub struct Engine {
     recovered_alerts: DashMap<String, Vec<String>>,
     /// Storage meters recovered at start for accounts the ledger could not load yet.
     orphan_storage: DashMap<String, crate::billing::storage::StorageMeter>,
-    /// Open usage streams by work id, and the last seq of recently ended ones.
-    works: DashMap<String, work::WorkView>,
-    work_seqs: DashMap<String, (u64, i64)>,
+    /// Open usage streams, and the last seq of recently ended ones.
+    works: work::Works,
     sessions: DashMap<String, Arc<tokio::sync::Mutex<crate::journal::SessionRow>>>,
     events: Arc<events::Hub>,
     /// Turns true at shutdown: open streams end (see `close_streams`).
@@ -234,6 +226,7 @@ impl Engine {
         ledger: Arc<dyn LedgerApi>,
         sidecar_id: String,
     ) -> Result<Arc<Engine>, EngineError> {
+        let works = work::Works::new(cfg.work);
         let (hub, event_queue) = events::Hub::new(cfg.watch);
         let hub = Arc::new(hub);
         tokio::spawn(events::run(Arc::downgrade(&hub), event_queue));
@@ -268,8 +261,7 @@ impl Engine {
             orphan_session_holds: DashMap::new(),
             recovered_alerts: recovered_alerts.into_iter().collect(),
             orphan_storage: DashMap::new(),
-            works: DashMap::new(),
-            work_seqs: DashMap::new(),
+            works,
             sessions: DashMap::new(),
             events: hub,
             closing: tokio::sync::watch::Sender::new(false),
@@ -287,7 +279,7 @@ impl Engine {
         engine.lease_seq.store(base, Ordering::Relaxed);
         engine.recover_sessions(recovered.sessions);
         let recovered_storage = recovered.storage;
-        engine.recover_works(recovered.works);
+        engine.works.recover(recovered.works);
         if let Err(e) = engine.flush().await {
             tracing::warn!(error = %e, "could not push recovered usage to the ledger yet");
         }
@@ -567,7 +559,7 @@ impl Engine {
             self.expire_due(&mut a, now_ms);
         }
         let cutoff = now_ms - self.cfg.settled_retention_ms;
-        self.prune_works(cutoff);
+        self.works.prune(cutoff);
         self.prune_sessions(cutoff);
         let mut removed = 0usize;
         self.holds.retain(|_, h| {
