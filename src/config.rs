@@ -595,7 +595,7 @@ impl ServeSettings {
             cfg.engine.work.stream_buffer = positive("stream_buffer", v)?;
         }
         if let Some(v) = s.sessions_max {
-            cfg.engine.sessions_max = positive("sessions_max", v)?;
+            cfg.engine.sessions.sessions_max = positive("sessions_max", v)?;
         }
         if let Some(v) = s.watchers_max {
             cfg.engine.watch.watchers_max = positive("watchers_max", v)?;
@@ -708,7 +708,7 @@ impl ServeSettings {
             streams_max: Some(cfg.engine.work.streams_max),
             stream_reports_per_sec: Some(cfg.engine.work.stream_reports_per_sec),
             stream_buffer: Some(cfg.engine.work.stream_buffer),
-            sessions_max: Some(cfg.engine.sessions_max),
+            sessions_max: Some(cfg.engine.sessions.sessions_max),
             watchers_max: Some(cfg.engine.watch.watchers_max),
             envoy_check_message_bytes_max: Some(cfg.envoy.check_message_bytes_max),
             envoy_access_log_message_bytes_max: Some(cfg.envoy.access_log_message_bytes_max),
@@ -968,7 +968,7 @@ mod tests {
         let cfg = merged.to_config().unwrap();
         assert_eq!(cfg.engine.holds_max, 99, "flag over file");
         assert_eq!(cfg.engine.work.streams_max, 20, "file over default");
-        assert_eq!(cfg.engine.sessions_max, 5, "flag over default");
+        assert_eq!(cfg.engine.sessions.sessions_max, 5, "flag over default");
         assert_eq!(cfg.journal_sync, JournalSync::Normal);
         assert_eq!(cfg.listen.to_string(), "127.0.0.1:7000");
         assert_eq!(

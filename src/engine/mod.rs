@@ -11,6 +11,7 @@ mod account;
 mod durable;
 mod error;
 pub mod events;
+mod hours;
 mod leases;
 mod reports;
 mod reservation;
@@ -102,9 +103,7 @@ pub struct EngineConfig {
     /// Usage streams (see `work`).
     pub work: work::WorkConfig,
     /// Exclusive sessions (see `sessions`).
-    pub sessions_max: usize,
-    pub session_idle_timeout_ms: i64,
-    pub session_idle_timeout_max_ms: i64,
+    pub sessions: sessions::SessionConfig,
     /// Alert thresholds and Watch limits (see `events`).
     pub alerts: AlertConfig,
     pub watch: events::WatchConfig,
@@ -130,9 +129,7 @@ impl Default for EngineConfig {
             fail_open_budgets: HashMap::new(),
             fail_open_default: Money::ZERO,
             work: work::WorkConfig::default(),
-            sessions_max: sessions::DEFAULT_SESSIONS_MAX,
-            session_idle_timeout_ms: crate::billing::session::DEFAULT_IDLE_TIMEOUT_MS,
-            session_idle_timeout_max_ms: sessions::DEFAULT_IDLE_TIMEOUT_MAX_MS,
+            sessions: sessions::SessionConfig::default(),
             alerts: AlertConfig::default(),
             watch: events::WatchConfig::default(),
         }
@@ -208,7 +205,7 @@ pub struct Engine {
     orphan_storage: DashMap<String, crate::billing::storage::StorageMeter>,
     /// Open usage streams, and the last seq of recently ended ones.
     works: work::Works,
-    sessions: DashMap<String, Arc<tokio::sync::Mutex<crate::journal::SessionRow>>>,
+    sessions: sessions::Sessions,
     events: Arc<events::Hub>,
     /// Turns true at shutdown: open streams end (see `close_streams`).
     closing: tokio::sync::watch::Sender<bool>,
@@ -227,6 +224,7 @@ impl Engine {
         sidecar_id: String,
     ) -> Result<Arc<Engine>, EngineError> {
         let works = work::Works::new(cfg.work);
+        let sessions = sessions::Sessions::new(cfg.sessions);
         let (hub, event_queue) = events::Hub::new(cfg.watch);
         let hub = Arc::new(hub);
         tokio::spawn(events::run(Arc::downgrade(&hub), event_queue));
@@ -262,7 +260,7 @@ impl Engine {
             recovered_alerts: recovered_alerts.into_iter().collect(),
             orphan_storage: DashMap::new(),
             works,
-            sessions: DashMap::new(),
+            sessions,
             events: hub,
             closing: tokio::sync::watch::Sender::new(false),
         });
@@ -390,17 +388,7 @@ impl Engine {
             .iter()
             .filter(|a| a.base.lease.expires_at_ms > now_ms)
             .count();
-        let sessions_running = self
-            .sessions
-            .iter()
-            .filter(|s| {
-                // One being stepped right now is running (stopped ones are not stepped).
-                s.value()
-                    .try_lock()
-                    .map(|r| r.state == crate::journal::SessionState::Running)
-                    .unwrap_or(true)
-            })
-            .count();
+        let sessions_running = self.sessions.running();
         let oldest_usage_at_ms = match self.journal.outbox_batch(1) {
             Ok(first) => first.first().map(|u| u.at_ms),
             Err(e) => {
@@ -560,7 +548,7 @@ impl Engine {
         }
         let cutoff = now_ms - self.cfg.settled_retention_ms;
         self.works.prune(cutoff);
-        self.prune_sessions(cutoff);
+        self.sessions.prune(cutoff);
         let mut removed = 0usize;
         self.holds.retain(|_, h| {
             let keep = h.row.state == HoldState::Open || h.busy || h.row.settled_at_ms >= cutoff;
