@@ -70,7 +70,7 @@ use quotad::billing::{
 };
 use quotad::clock::{Clock, SharedClock, SystemClock};
 use quotad::engine::work::{Work, WorkConfig, WorkKey};
-use quotad::engine::{Engine, EngineConfig, ReserveRequest};
+use quotad::engine::{Engine, EngineConfig, LeasingConfig, ReserveRequest};
 use quotad::journal::{
     DEFAULT_JOURNAL_BATCH_MAX, DEFAULT_JOURNAL_QUEUE_MAX, Entry, HoldState, Journal, JournalSync,
     ReservationRow,
@@ -283,7 +283,10 @@ impl Fixture {
         let cfg = EngineConfig {
             holds_max: usize::MAX,
             outbox_max: usize::MAX,
-            lease_whole_account: true,
+            leasing: LeasingConfig {
+                lease_whole_account: true,
+                ..LeasingConfig::default()
+            },
             work: WorkConfig {
                 streams_max: usize::MAX,
                 stream_reports_per_sec: u32::MAX,

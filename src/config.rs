@@ -698,11 +698,11 @@ impl ServeSettings {
             fail_open_budget: Some(budgets),
             sync_interval_ms: Some(cfg.sync_interval_ms),
             hold_ttl_default_ms: Some(cfg.engine.hold_ttl_default_ms),
-            lease_want_min: Some(Text(cfg.engine.lease_want_min)),
-            lease_active_ms: Some(cfg.engine.lease_active_ms),
-            lease_renew_before_ms: Some(cfg.engine.lease_renew_before_ms),
-            lease_request_timeout_ms: Some(cfg.engine.lease_request_timeout_ms),
-            lease_recall_wait_ms: Some(cfg.engine.lease_recall_wait_ms),
+            lease_want_min: Some(Text(cfg.engine.leasing.lease_want_min)),
+            lease_active_ms: Some(cfg.engine.leasing.lease_active_ms),
+            lease_renew_before_ms: Some(cfg.engine.leasing.lease_renew_before_ms),
+            lease_request_timeout_ms: Some(cfg.engine.leasing.lease_request_timeout_ms),
+            lease_recall_wait_ms: Some(cfg.engine.leasing.lease_recall_wait_ms),
             holds_max: Some(cfg.engine.holds_max),
             journal_sync: Some(Text(cfg.journal_sync)),
             streams_max: Some(cfg.engine.work.streams_max),
@@ -755,19 +755,19 @@ fn apply_lease_settings(
                 allowed: "must not be negative".into(),
             });
         }
-        e.lease_want_min = v;
+        e.leasing.lease_want_min = v;
     }
     if let Some(v) = s.lease_active_ms {
-        e.lease_active_ms = positive("lease_active_ms", v)?;
+        e.leasing.lease_active_ms = positive("lease_active_ms", v)?;
     }
     if let Some(v) = s.lease_renew_before_ms {
-        e.lease_renew_before_ms = positive("lease_renew_before_ms", v)?;
+        e.leasing.lease_renew_before_ms = positive("lease_renew_before_ms", v)?;
     }
     if let Some(v) = s.lease_request_timeout_ms {
-        e.lease_request_timeout_ms = positive("lease_request_timeout_ms", v)?;
+        e.leasing.lease_request_timeout_ms = positive("lease_request_timeout_ms", v)?;
     }
     if let Some(v) = s.lease_recall_wait_ms {
-        e.lease_recall_wait_ms = v;
+        e.leasing.lease_recall_wait_ms = v;
     }
     Ok(())
 }

@@ -579,7 +579,7 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
                 clock.clone(),
                 cfg.embedded_lease,
             ));
-            engine_cfg.lease_whole_account = true;
+            engine_cfg.leasing.lease_whole_account = true;
             (
                 ledger.clone(),
                 Some(ledger),

@@ -13,6 +13,7 @@ mod error;
 pub mod events;
 mod hours;
 mod leases;
+mod link;
 mod reports;
 mod reservation;
 pub mod sessions;
@@ -39,6 +40,7 @@ use crate::ledger::api::{
 };
 use account::{Account, Pending};
 pub use error::EngineError;
+pub use leases::LeasingConfig;
 pub use reservation::{AdmitOutcome, CommitOutcome, ReserveOutcome, ReserveRequest};
 use reservation::{Hold, OrphanHold, Settled, denied};
 
@@ -56,28 +58,6 @@ pub const DEFAULT_SETTLED_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
 /// Acknowledged usage waiting for the ledger beyond which new Reserves are refused: the
 /// journal must not grow without bound while the ledger is away.
 pub const DEFAULT_OUTBOX_MAX: usize = 1_000_000;
-/// Smallest lease a sidecar asks for on an active account, so that a quiet account does
-/// not go to the ledger for every job.
-pub const DEFAULT_LEASE_WANT_MIN: &str = "1";
-/// Renew a lease this long before it expires (if the account was active).
-pub const DEFAULT_LEASE_RENEW_BEFORE_MS: i64 = 10_000;
-/// An account is active, and its lease kept renewed, for this long after its last call.
-pub const DEFAULT_LEASE_ACTIVE_MS: i64 = 5 * 60 * 1000;
-/// Longest a Reserve waits for a lease from the ledger before answering without it.
-pub const DEFAULT_LEASE_REQUEST_TIMEOUT_MS: u64 = 2_000;
-/// Longest a request waits for other sidecars to give back unused lease the ledger asked
-/// them for (they do at their next sync, `sync_interval_ms` apart) before it is denied.
-pub const DEFAULT_LEASE_RECALL_WAIT_MS: u64 = 2_500;
-/// How often a request waiting for recalled lease looks at the ledger again.
-pub const DEFAULT_LEASE_RECALL_POLL_MS: u64 = 50;
-/// Lease request sequence numbers one run may use (far more than it ever will).
-const LEASE_SEQ_BLOCK: u64 = 1_000_000_000_000;
-/// Most lease requests in one sync.
-pub const DEFAULT_SYNC_LEASES_MAX: usize = 1_000;
-/// Most lease requests one Reserve makes: one, and up to this many while concurrent
-/// requests on the same sidecar take the money granted for it first.
-const LEASE_ASKS_MAX: usize = 3;
-
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub hold_ttl_default_ms: i64,
@@ -86,15 +66,8 @@ pub struct EngineConfig {
     pub accounts_max: usize,
     pub settled_retention_ms: i64,
     pub outbox_max: usize,
-    /// Ask for the whole account as lease (one sidecar per ledger: embedded mode).
-    pub lease_whole_account: bool,
-    pub lease_want_min: Money,
-    pub lease_renew_before_ms: i64,
-    pub lease_active_ms: i64,
-    pub lease_request_timeout_ms: u64,
-    pub lease_recall_wait_ms: u64,
-    pub lease_recall_poll_ms: u64,
-    pub sync_leases_max: usize,
+    /// How this sidecar asks for leases (see `leases`).
+    pub leasing: leases::LeasingConfig,
     /// Money an account may still be admitted for while the ledger is unreachable and its
     /// lease is spent or expired, by account id; `fail_open_default` for the others.
     /// Zero (the default) is fail-closed.
@@ -118,14 +91,7 @@ impl Default for EngineConfig {
             accounts_max: DEFAULT_ACCOUNTS_MAX,
             settled_retention_ms: DEFAULT_SETTLED_RETENTION_MS,
             outbox_max: DEFAULT_OUTBOX_MAX,
-            lease_whole_account: false,
-            lease_want_min: Money::parse(DEFAULT_LEASE_WANT_MIN).unwrap_or(Money::ZERO),
-            lease_renew_before_ms: DEFAULT_LEASE_RENEW_BEFORE_MS,
-            lease_active_ms: DEFAULT_LEASE_ACTIVE_MS,
-            lease_request_timeout_ms: DEFAULT_LEASE_REQUEST_TIMEOUT_MS,
-            lease_recall_wait_ms: DEFAULT_LEASE_RECALL_WAIT_MS,
-            lease_recall_poll_ms: DEFAULT_LEASE_RECALL_POLL_MS,
-            sync_leases_max: DEFAULT_SYNC_LEASES_MAX,
+            leasing: leases::LeasingConfig::default(),
             fail_open_budgets: HashMap::new(),
             fail_open_default: Money::ZERO,
             work: work::WorkConfig::default(),
@@ -271,7 +237,9 @@ impl Engine {
             .max((engine.clock.now_ms().max(0) as u64).saturating_mul(1_000));
         engine
             .journal
-            .submit(Entry::LeaseSeqFloor(base.saturating_add(LEASE_SEQ_BLOCK)))?
+            .submit(Entry::LeaseSeqFloor(
+                base.saturating_add(leases::LEASE_SEQ_BLOCK),
+            ))?
             .await
             .unwrap_or(Err(JournalError::Closed))?;
         engine.lease_seq.store(base, Ordering::Relaxed);
@@ -432,7 +400,7 @@ impl Engine {
             .get(account_id)
             .map(|h| h.iter().map(|o| o.held).sum())
             .unwrap_or(Money::ZERO);
-        let want = self.lease_want(None, first) + held;
+        let want = self.cfg.leasing.want(None, first) + held;
         let snap = self
             .fetch_lease(account_id, want, held + first, held)
             .await?;
@@ -514,7 +482,7 @@ impl Engine {
             return self.ensure_account(account_id).await;
         }
         let (want, held) = match self.accounts.get(account_id) {
-            Some(a) => (self.lease_want(Some(&a), Money::ZERO), a.committed()),
+            Some(a) => (self.cfg.leasing.want(Some(&a), Money::ZERO), a.committed()),
             None => return Ok(()),
         };
         let snap = self
@@ -580,7 +548,7 @@ impl Engine {
         let now_ms = self.now_ms();
         if let Some(mut a) = self.accounts.get_mut(account_id) {
             self.expire_due(&mut a, now_ms);
-            o.available = a.available(resource, now_ms, self.cfg.lease_whole_account);
+            o.available = a.available(resource, now_ms, self.cfg.leasing.lease_whole_account);
         }
         o
     }
@@ -652,7 +620,8 @@ impl Engine {
                 // Asked once; again only while what this sidecar could get covers it (a
                 // concurrent request took the money granted for this one).
                 Step::NeedLease(money, available)
-                    if asks == 0 || !fail_open && available >= money && asks < LEASE_ASKS_MAX =>
+                    if asks == 0
+                        || !fail_open && available >= money && asks < leases::LEASE_ASKS_MAX =>
                 {
                     asks += 1;
                     match self.ask_lease(&req.account_id, money).await {
@@ -678,7 +647,7 @@ impl Engine {
     /// answered: with a remote ledger a top-up or a grant reaches the cache only at the next
     /// sync. (Embedded, the cache is refreshed with every admin change.)
     fn confirmable(&self, reason: &Option<DenyReason>) -> bool {
-        !self.cfg.lease_whole_account
+        !self.cfg.leasing.lease_whole_account
             && self.ledger_reachable()
             && matches!(
                 reason,
@@ -716,7 +685,7 @@ impl Engine {
         // bound what it can pay exactly, money grants of every resource included (the
         // ledger's lease counts only those that can pay for GPU work, see
         // `ledger::lease::payable`): a live lease admits whatever they allow.
-        let whole = self.cfg.lease_whole_account;
+        let whole = self.cfg.leasing.lease_whole_account;
         match a.lease_spendable(now_ms) {
             Some(spendable) if whole || spendable + extra >= cost => {
                 let left = a.available(resource, now_ms, whole) - cost;
@@ -888,7 +857,8 @@ impl Engine {
         let slot = match self.holds.entry(req.reservation_id.clone()) {
             MapEntry::Occupied(o) => {
                 let out = o.get().replay(req)?;
-                let available = a.available(req.resource, now_ms, self.cfg.lease_whole_account);
+                let available =
+                    a.available(req.resource, now_ms, self.cfg.leasing.lease_whole_account);
                 return Ok(Step::Answer(ReserveOutcome { available, ..out }));
             }
             MapEntry::Vacant(v) => v,
@@ -916,11 +886,12 @@ impl Engine {
             Take::Denied(reason) => {
                 return Ok(Step::Answer(denied(
                     reason,
-                    a.available(req.resource, now_ms, self.cfg.lease_whole_account),
+                    a.available(req.resource, now_ms, self.cfg.leasing.lease_whole_account),
                 )));
             }
             Take::NeedLease => {
-                let available = a.available(req.resource, now_ms, self.cfg.lease_whole_account);
+                let available =
+                    a.available(req.resource, now_ms, self.cfg.leasing.lease_whole_account);
                 return Ok(Step::NeedLease(cost, available));
             }
         };
@@ -1077,7 +1048,7 @@ impl Engine {
                 (Some(Settled::Committed(charged)), Some(q)) if h.row.charged_quantity == q => {
                     return Ok((
                         charged,
-                        a.available(resource, now_ms, self.cfg.lease_whole_account),
+                        a.available(resource, now_ms, self.cfg.leasing.lease_whole_account),
                     ));
                 }
                 (Some(Settled::Committed(_)), Some(q)) => {
@@ -1092,7 +1063,7 @@ impl Engine {
                 (Some(Settled::Released(held)), None) => {
                     return Ok((
                         held,
-                        a.available(resource, now_ms, self.cfg.lease_whole_account),
+                        a.available(resource, now_ms, self.cfg.leasing.lease_whole_account),
                     ));
                 }
                 (Some(Settled::Released(_)), Some(_)) => return Err(settled("released")),
@@ -1166,7 +1137,7 @@ impl Engine {
                 old_row,
                 (
                     out,
-                    a.available(resource, now_ms, self.cfg.lease_whole_account),
+                    a.available(resource, now_ms, self.cfg.leasing.lease_whole_account),
                 ),
                 batch,
             )
@@ -1240,7 +1211,7 @@ impl Engine {
             AdmitOutcome {
                 admitted: reason.is_none(),
                 reason,
-                available: a.available(resource, now_ms, self.cfg.lease_whole_account),
+                available: a.available(resource, now_ms, self.cfg.leasing.lease_whole_account),
             }
         })
         .await

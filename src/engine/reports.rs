@@ -416,8 +416,11 @@ impl Engine {
         let remaining_quantity = match work.stopped {
             Some(_) => 0,
             None => {
-                let available =
-                    a.available(work.key.resource, now_ms, self.cfg.lease_whole_account);
+                let available = a.available(
+                    work.key.resource,
+                    now_ms,
+                    self.cfg.leasing.lease_whole_account,
+                );
                 work.price.quantity_for(available + work.held)
             }
         };
