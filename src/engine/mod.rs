@@ -8,6 +8,7 @@
 //! entry, never the reverse.
 
 mod account;
+mod admission;
 mod durable;
 mod error;
 pub mod events;
@@ -35,10 +36,9 @@ use crate::billing::status::{self, DenyReason};
 use crate::billing::{Catalog, Money, Resource};
 use crate::clock::SharedClock;
 use crate::journal::{Durable, Entry, HoldState, Journal, JournalError, Recovered, ReservationRow};
-use crate::ledger::api::{
-    AccountSnapshot, DEFAULT_LEASE_HOLD_GRACE_MS, LedgerApi, LedgerError, UsageRecord,
-};
+use crate::ledger::api::{AccountSnapshot, DEFAULT_LEASE_HOLD_GRACE_MS, LedgerApi, LedgerError};
 use account::{Account, Pending};
+use admission::Take;
 pub use error::EngineError;
 pub use leases::LeasingConfig;
 pub use reservation::{AdmitOutcome, CommitOutcome, ReserveOutcome, ReserveRequest};
@@ -535,10 +535,6 @@ impl Engine {
         }
     }
 
-    fn cost(&self, resource: Resource, sku: &str, quantity: u64) -> Result<Money, EngineError> {
-        Ok(self.catalog.price(sku, resource)?.cost(quantity)?)
-    }
-
     fn with_available(
         &self,
         mut o: ReserveOutcome,
@@ -548,7 +544,7 @@ impl Engine {
         let now_ms = self.now_ms();
         if let Some(mut a) = self.accounts.get_mut(account_id) {
             self.expire_due(&mut a, now_ms);
-            o.available = a.available(resource, now_ms, self.cfg.leasing.lease_whole_account);
+            o.available = self.available(&a, resource, now_ms);
         }
         o
     }
@@ -643,198 +639,6 @@ impl Engine {
         }
     }
 
-    /// Whether a denial by the cached view is worth one look at the ledger before it is
-    /// answered: with a remote ledger a top-up or a grant reaches the cache only at the next
-    /// sync. (Embedded, the cache is refreshed with every admin change.)
-    fn confirmable(&self, reason: &Option<DenyReason>) -> bool {
-        !self.cfg.leasing.lease_whole_account
-            && self.ledger_reachable()
-            && matches!(
-                reason,
-                Some(
-                    DenyReason::InsufficientFunds | DenyReason::NoEntitlement | DenyReason::Overdue
-                )
-            )
-    }
-
-    /// Under the account's lock: whether `cost` may be held now, by the account's status
-    /// and entitlement (R6) and then by its lease, or by its fail-open budget while the
-    /// ledger is unreachable. The one admission rule behind Reserve, Admit, usage streams
-    /// and sessions.
-    /// `unleased`: count the money no sidecar holds a lease on as if it were in this
-    /// sidecar's lease (Admit, which holds nothing and so needs no grant).
-    fn gate(
-        &self,
-        a: &Account,
-        resource: Resource,
-        cost: Money,
-        now_ms: i64,
-        fail_open: bool,
-        unleased: bool,
-    ) -> Take {
-        let billing = match status::admit(a.balance, &a.grants, a.held, resource, cost, now_ms) {
-            Ok(av) => av - cost,
-            Err(reason) => return Take::Denied(reason),
-        };
-        let extra = if unleased {
-            a.base.unleased
-        } else {
-            Money::ZERO
-        };
-        // With one sidecar (embedded) the lease is the whole account, and the rules above
-        // bound what it can pay exactly, money grants of every resource included (the
-        // ledger's lease counts only those that can pay for GPU work, see
-        // `ledger::lease::payable`): a live lease admits whatever they allow.
-        let whole = self.cfg.leasing.lease_whole_account;
-        match a.lease_spendable(now_ms) {
-            Some(spendable) if whole || spendable + extra >= cost => {
-                let left = a.available(resource, now_ms, whole) - cost;
-                Take::Lease(billing.min(left.non_negative()))
-            }
-            _ if fail_open && a.fail_open_left >= cost => Take::FailOpen(billing),
-            _ if fail_open => Take::Denied(DenyReason::LedgerUnavailable),
-            _ => Take::NeedLease,
-        }
-    }
-
-    /// `gate`, spending the fail-open budget when that is what admits it. The caller adds
-    /// the hold.
-    fn take(
-        &self,
-        a: &mut Account,
-        account_id: &str,
-        resource: Resource,
-        cost: Money,
-        now_ms: i64,
-        fail_open: bool,
-    ) -> Take {
-        let t = self.gate(a, resource, cost, now_ms, fail_open, false);
-        if let Take::FailOpen(_) = t {
-            a.fail_open_left -= cost;
-            a.fail_open_spent += cost;
-            tracing::warn!(account_id, %cost, left = %a.fail_open_left,
-                "admitted fail-open: ledger unreachable");
-        }
-        t
-    }
-
-    /// Holds `cost` on the account (outside any reservation), asking the ledger for a
-    /// larger lease once if the current one is short. Err(reason) if it cannot be held.
-    async fn hold_money(
-        &self,
-        account_id: &str,
-        resource: Resource,
-        cost: Money,
-    ) -> Result<Result<(), DenyReason>, EngineError> {
-        self.gated(account_id, resource, cost, true, |a, take, _| match take {
-            Take::Lease(_) | Take::FailOpen(_) => {
-                a.held += cost;
-                Ok(())
-            }
-            Take::Denied(reason) => Err(reason),
-            Take::NeedLease => Err(DenyReason::InsufficientFunds),
-        })
-        .await
-    }
-
-    /// Under the account's lock, `decide` what to do with the gate's answer for `cost`
-    /// (see `take`); a short lease is first topped up by one bounded request to the
-    /// ledger (Admit, which holds nothing, only looks at the account again), and an
-    /// unreachable ledger turns to the fail-open budget. `consume`: spend that budget (a
-    /// hold) or only look (Admit).
-    async fn gated<T>(
-        &self,
-        account_id: &str,
-        resource: Resource,
-        cost: Money,
-        consume: bool,
-        mut decide: impl FnMut(&mut Account, Take, i64) -> T,
-    ) -> Result<T, EngineError> {
-        let (mut fail_open, mut asked, mut confirmed) = (false, false, false);
-        loop {
-            let now_ms = self.now_ms();
-            {
-                let mut a = self
-                    .accounts
-                    .get_mut(account_id)
-                    .ok_or_else(|| EngineError::UnknownAccount(account_id.to_owned()))?;
-                a.last_touch_ms = now_ms;
-                self.expire_due(&mut a, now_ms);
-                let gate = if consume {
-                    self.take(&mut a, account_id, resource, cost, now_ms, fail_open)
-                } else {
-                    self.gate(&a, resource, cost, now_ms, fail_open, true)
-                };
-                match gate {
-                    Take::NeedLease if !asked => {}
-                    Take::Denied(r) if !confirmed && self.confirmable(&Some(r)) => {}
-                    other => return Ok(decide(&mut a, other, now_ms)),
-                }
-            }
-            let asking = if consume && !asked {
-                asked = true;
-                self.ask_lease(account_id, cost).await
-            } else {
-                // A denial by the cached view (or Admit, which holds nothing): look again.
-                confirmed = true;
-                asked |= !consume;
-                self.refresh_snapshot(account_id).await
-            };
-            match asking {
-                Ok(()) => {}
-                Err(EngineError::Ledger(LedgerError::Unavailable(_))) => fail_open = true,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Gives back `amount` held with `hold_money` (or what is left of it).
-    fn unhold(&self, account_id: &str, amount: Money) {
-        if amount.is_zero() {
-            return;
-        }
-        if let Some(mut a) = self.accounts.get_mut(account_id) {
-            a.held -= amount;
-            if a.lease_recalled() {
-                self.wake_sync();
-            }
-        }
-    }
-
-    /// Under the account's lock: charges usage (burning down grants, then the balance,
-    /// exactly as the ledger will) and returns the record to journal. If the journal then
-    /// fails, `Account::undo_charge` takes it back.
-    #[allow(clippy::too_many_arguments)]
-    fn charge_locked(
-        &self,
-        a: &mut Account,
-        usage_id: String,
-        account_id: &str,
-        resource: Resource,
-        sku: &str,
-        quantity: u64,
-        cost: Money,
-        at_ms: i64,
-    ) -> UsageRecord {
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        a.charge(seq, resource, quantity, cost, at_ms);
-        UsageRecord {
-            seq,
-            usage_id,
-            account_id: account_id.to_owned(),
-            resource,
-            sku: sku.to_owned(),
-            quantity,
-            cost,
-            at_ms,
-        }
-    }
-
-    /// The money pending usage `seq` of the account took in the live view.
-    fn pending_money(&self, account_id: &str, seq: u64) -> Option<Money> {
-        self.accounts.get(account_id)?.pending_money(seq)
-    }
-
     /// Under the account's lock: decides a Reserve and, if admitted, records the hold and
     /// queues it for the journal.
     fn try_hold(
@@ -857,8 +661,7 @@ impl Engine {
         let slot = match self.holds.entry(req.reservation_id.clone()) {
             MapEntry::Occupied(o) => {
                 let out = o.get().replay(req)?;
-                let available =
-                    a.available(req.resource, now_ms, self.cfg.leasing.lease_whole_account);
+                let available = self.available(&a, req.resource, now_ms);
                 return Ok(Step::Answer(ReserveOutcome { available, ..out }));
             }
             MapEntry::Vacant(v) => v,
@@ -886,12 +689,11 @@ impl Engine {
             Take::Denied(reason) => {
                 return Ok(Step::Answer(denied(
                     reason,
-                    a.available(req.resource, now_ms, self.cfg.leasing.lease_whole_account),
+                    self.available(&a, req.resource, now_ms),
                 )));
             }
             Take::NeedLease => {
-                let available =
-                    a.available(req.resource, now_ms, self.cfg.leasing.lease_whole_account);
+                let available = self.available(&a, req.resource, now_ms);
                 return Ok(Step::NeedLease(cost, available));
             }
         };
@@ -1046,10 +848,7 @@ impl Engine {
             match (h.settled(reservation_id, now_ms)?, quantity) {
                 (None, _) => {}
                 (Some(Settled::Committed(charged)), Some(q)) if h.row.charged_quantity == q => {
-                    return Ok((
-                        charged,
-                        a.available(resource, now_ms, self.cfg.leasing.lease_whole_account),
-                    ));
+                    return Ok((charged, self.available(&a, resource, now_ms)));
                 }
                 (Some(Settled::Committed(_)), Some(q)) => {
                     return Err(EngineError::ReservationMismatch {
@@ -1061,10 +860,7 @@ impl Engine {
                     });
                 }
                 (Some(Settled::Released(held)), None) => {
-                    return Ok((
-                        held,
-                        a.available(resource, now_ms, self.cfg.leasing.lease_whole_account),
-                    ));
+                    return Ok((held, self.available(&a, resource, now_ms)));
                 }
                 (Some(Settled::Released(_)), Some(_)) => return Err(settled("released")),
                 (Some(Settled::Committed(_)), None) => return Err(settled("committed")),
@@ -1135,10 +931,7 @@ impl Engine {
                 done,
                 seq,
                 old_row,
-                (
-                    out,
-                    a.available(resource, now_ms, self.cfg.leasing.lease_whole_account),
-                ),
+                (out, self.available(&a, resource, now_ms)),
                 batch,
             )
         };
@@ -1211,7 +1004,7 @@ impl Engine {
             AdmitOutcome {
                 admitted: reason.is_none(),
                 reason,
-                available: a.available(resource, now_ms, self.cfg.leasing.lease_whole_account),
+                available: self.available(a, resource, now_ms),
             }
         })
         .await
@@ -1240,17 +1033,6 @@ impl Engine {
         self.publish(batch);
         Ok(view)
     }
-}
-
-/// What `take` decided.
-enum Take {
-    /// Within the lease; the account's availability once it is held.
-    Lease(Money),
-    /// From the fail-open budget (ledger unreachable); availability once held.
-    FailOpen(Money),
-    Denied(DenyReason),
-    /// The lease is short or expired: ask the ledger.
-    NeedLease,
 }
 
 /// What `try_hold` decided.

@@ -9,9 +9,11 @@
 //! (G2); the ledger applies each usage id once, so a report resent on a new stream after
 //! a break is never charged twice.
 
+use super::account::Account;
+use super::admission::Take;
 use super::events::{Event, EventKind};
 use super::work::{Decision, Work, WorkKey, WorkView};
-use super::{Account, Engine, EngineError, Take};
+use super::{Engine, EngineError};
 use crate::billing::Money;
 use crate::billing::Resource;
 use crate::billing::status::DenyReason;
@@ -416,11 +418,7 @@ impl Engine {
         let remaining_quantity = match work.stopped {
             Some(_) => 0,
             None => {
-                let available = a.available(
-                    work.key.resource,
-                    now_ms,
-                    self.cfg.leasing.lease_whole_account,
-                );
+                let available = self.available(a, work.key.resource, now_ms);
                 work.price.quantity_for(available + work.held)
             }
         };

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::account::Account;
 use super::leases::DEFAULT_LEDGER_POLL_MS;
-use super::{Account, Engine, EngineError};
+use super::{Engine, EngineError};
 use crate::billing::Money;
 use crate::ledger::api::{LeaseRequest, SyncRequest};
 

@@ -5,8 +5,9 @@
 
 use tokio::sync::broadcast;
 
+use super::account::Account;
 use super::events::{Batch, Event, EventKind, WatchGuard};
-use super::{Account, Engine, EngineError};
+use super::{Engine, EngineError};
 use crate::billing::alerts;
 use crate::journal::{Durable, Entry};
 
