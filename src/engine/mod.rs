@@ -17,6 +17,7 @@ mod holds;
 mod hours;
 mod leases;
 mod link;
+mod recovery;
 mod reports;
 mod reservation;
 pub mod sessions;
@@ -34,7 +35,7 @@ use dashmap::DashMap;
 use crate::billing::alerts::AlertConfig;
 use crate::billing::{Catalog, Money};
 use crate::clock::SharedClock;
-use crate::journal::{Entry, HoldState, Journal, JournalError, Recovered};
+use crate::journal::Journal;
 use crate::ledger::api::{DEFAULT_LEASE_HOLD_GRACE_MS, LedgerApi};
 use account::Account;
 pub use error::EngineError;
@@ -176,38 +177,29 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Builds the engine from what the journal recovered: holds are restored, the outbox is
-    /// pushed to the ledger if it can be reached, accounts with open holds are loaded.
-    pub async fn start(
+    /// An engine with nothing loaded yet (see `start`), its event hub's send loop running.
+    fn new(
         cfg: EngineConfig,
         catalog: Arc<Catalog>,
         clock: SharedClock,
         journal: Arc<Journal>,
-        recovered: Recovered,
         ledger: Arc<dyn LedgerApi>,
         sidecar_id: String,
-    ) -> Result<Arc<Engine>, EngineError> {
-        let works = work::Works::new(cfg.work);
-        let sessions = sessions::Sessions::new(cfg.sessions);
+    ) -> Arc<Engine> {
         let (hub, event_queue) = events::Hub::new(cfg.watch);
         let hub = Arc::new(hub);
         tokio::spawn(events::run(Arc::downgrade(&hub), event_queue));
-        let mut recovered_alerts: HashMap<String, Vec<String>> = HashMap::new();
-        for (account_id, key) in recovered.alerts {
-            recovered_alerts.entry(account_id).or_default().push(key);
-        }
-        let engine = Arc::new_cyclic(|me| Engine {
+        Arc::new_cyclic(|me| Engine {
             me: me.clone(),
             sidecar_id,
             catalog,
             clock,
             journal,
             ledger,
-            cfg,
             accounts: DashMap::new(),
             holds: DashMap::new(),
             holds_len: AtomicUsize::new(0),
-            next_seq: AtomicU64::new(recovered.next_seq),
+            next_seq: AtomicU64::new(1),
             sync_lock: tokio::sync::Mutex::new(()),
             hold_grace_ms: AtomicI64::new(DEFAULT_LEASE_HOLD_GRACE_MS),
             ledger_up: AtomicBool::new(true),
@@ -221,96 +213,14 @@ impl Engine {
             ledger_heard_ms: AtomicI64::new(i64::MIN / 2),
             reset_pending: AtomicBool::new(false),
             orphan_session_holds: DashMap::new(),
-            recovered_alerts: recovered_alerts.into_iter().collect(),
+            recovered_alerts: DashMap::new(),
             orphan_storage: DashMap::new(),
-            works,
-            sessions,
+            works: work::Works::new(cfg.work),
+            sessions: sessions::Sessions::new(cfg.sessions),
             events: hub,
             closing: tokio::sync::watch::Sender::new(false),
-        });
-        // Lease requests of this run get sequence numbers above every earlier run's, even
-        // if the clock went back (the ledger ignores a request older than one it applied).
-        let base = recovered
-            .lease_seq_floor
-            .max((engine.clock.now_ms().max(0) as u64).saturating_mul(1_000));
-        engine
-            .journal
-            .submit(Entry::LeaseSeqFloor(
-                base.saturating_add(leases::LEASE_SEQ_BLOCK),
-            ))?
-            .await
-            .unwrap_or(Err(JournalError::Closed))?;
-        engine.lease_seq.store(base, Ordering::Relaxed);
-        engine.recover_sessions(recovered.sessions);
-        let recovered_storage = recovered.storage;
-        engine.works.recover(recovered.works);
-        if let Err(e) = engine.flush().await {
-            tracing::warn!(error = %e, "could not push recovered usage to the ledger yet");
-        }
-        let now_ms = engine.clock.now_ms();
-        let mut open = 0usize;
-        for row in recovered.reservations {
-            if row.state == HoldState::Open {
-                // Counted against the account when it loads (now, or once the ledger is back).
-                engine
-                    .orphan_holds
-                    .entry(row.account_id.clone())
-                    .or_default()
-                    .push(OrphanHold {
-                        expires_at_ms: row.expires_at_ms,
-                        reservation_id: row.reservation_id.clone(),
-                        held: row.held,
-                        resource: row.resource,
-                        quantity: row.quantity,
-                    });
-                open += 1;
-            }
-            engine
-                .holds
-                .insert(row.reservation_id.clone(), Hold::new(row, false));
-            engine.holds_len.fetch_add(1, Ordering::Relaxed);
-        }
-        let mut accounts: Vec<String> = engine
-            .orphan_holds
-            .iter()
-            .map(|e| e.key().clone())
-            .collect();
-        accounts.extend(
-            engine
-                .orphan_session_holds
-                .iter()
-                .map(|e| e.key().clone())
-                .filter(|k| !engine.orphan_holds.contains_key(k)),
-        );
-        // Everything this sidecar owes is known now: give back what a previous run leased
-        // and did not use, before asking for anything new.
-        engine.reset_pending.store(true, Ordering::Relaxed);
-        if let Err(e) = engine.sync_once(sync::DEFAULT_SYNC_BATCH_MAX).await {
-            tracing::warn!(error = %e, "leases of the previous run not given back yet");
-        }
-        for account_id in accounts {
-            match engine.ensure_account(&account_id).await {
-                Ok(()) => {}
-                Err(EngineError::UnknownAccount(_)) => {
-                    tracing::error!(
-                        account_id,
-                        "journal holds reservations of an account the ledger does not know"
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(account_id, error = %e, "account not loaded yet; its holds wait")
-                }
-            }
-        }
-        engine.recover_storage(recovered_storage).await;
-        engine.sweep(now_ms);
-        tracing::info!(
-            holds = engine.holds_len.load(Ordering::Relaxed),
-            open,
-            outbox = engine.journal.outbox_len(),
-            "engine recovered"
-        );
-        Ok(engine)
+            cfg,
+        })
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
