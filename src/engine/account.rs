@@ -196,6 +196,24 @@ impl Account {
         self.held + self.pending_cost + self.unsettled
     }
 
+    /// Money held by open holds (a reservation, a job's next interval, a session's hour)
+    /// grows by `amount`.
+    pub(super) fn add_held(&mut self, amount: Money) {
+        self.held += amount;
+    }
+
+    /// `amount` held by an open hold is given back (it settled, expired or shrank).
+    pub(super) fn remove_held(&mut self, amount: Money) {
+        self.held -= amount;
+        // `held` is the sum of the open holds: it can only go below zero if a hold is
+        // given back twice, or one that was never added.
+        debug_assert!(
+            !self.held.is_negative(),
+            "held {} after giving back {amount}",
+            self.held
+        );
+    }
+
     /// Takes a snapshot newer than the cached one (`false`: it is older, and ignored):
     /// usage it includes leaves `pending`, and the live view is burned down again from it.
     pub(super) fn apply_snapshot(&mut self, snap: AccountSnapshot) -> bool {
@@ -301,7 +319,7 @@ impl Account {
             }
             h.row.state = HoldState::Expired;
             h.row.settled_at_ms = now_ms;
-            self.held -= h.row.held;
+            self.remove_held(h.row.held);
             self.count_units(h.row.resource, h.row.quantity, false);
             any = true;
             expired(&h.row);

@@ -7,12 +7,14 @@
 use std::cmp::Reverse;
 use std::sync::atomic::Ordering;
 
-use dashmap::mapref::entry::Entry as MapEntry;
+use dashmap::mapref::entry::{Entry as MapEntry, VacantEntry};
 
+use super::account::Account;
 use super::admission::Take;
+use super::events::Batch;
 use super::leases::LEASE_ASKS_MAX;
 use super::reservation::{
-    AdmitOutcome, CommitOutcome, Hold, ReserveOutcome, ReserveRequest, Settled, denied,
+    AdmitOutcome, CommitOutcome, Hold, ReserveOutcome, ReserveRequest, denied, open_row,
 };
 use super::{Engine, EngineError};
 use crate::billing::status::DenyReason;
@@ -49,17 +51,7 @@ impl Engine {
     async fn reserve_once(&self, req: &ReserveRequest) -> Result<ReserveOutcome, EngineError> {
         let now_ms = self.now_ms();
         let cost = self.cost(req.resource, &req.sku, req.quantity)?;
-        let ttl_ms = if req.ttl_ms == 0 {
-            self.cfg.hold_ttl_default_ms
-        } else {
-            req.ttl_ms
-        };
-        if ttl_ms > self.cfg.hold_ttl_max_ms {
-            return Err(EngineError::TtlTooLong {
-                ttl_ms,
-                max_ms: self.cfg.hold_ttl_max_ms,
-            });
-        }
+        let ttl_ms = self.hold_ttl(req.ttl_ms)?;
         if let Some(h) = self.holds.get(&req.reservation_id) {
             let o = h.replay(req)?;
             drop(h);
@@ -78,10 +70,36 @@ impl Engine {
             }
             r => r?,
         }
-        // First from the lease; if it is short, once more after asking the ledger for more
-        // (or, with the ledger unreachable, from the fail-open budget). A denial by the
-        // cached view is first checked with the ledger (a top-up or a grant may not have
-        // reached this sidecar yet).
+        self.hold_asking(req, cost, ttl_ms, now_ms).await
+    }
+
+    /// A Reserve's TTL: the default for 0, at most the configured maximum.
+    fn hold_ttl(&self, ttl_ms: i64) -> Result<i64, EngineError> {
+        let ttl_ms = if ttl_ms == 0 {
+            self.cfg.hold_ttl_default_ms
+        } else {
+            ttl_ms
+        };
+        if ttl_ms > self.cfg.hold_ttl_max_ms {
+            return Err(EngineError::TtlTooLong {
+                ttl_ms,
+                max_ms: self.cfg.hold_ttl_max_ms,
+            });
+        }
+        Ok(ttl_ms)
+    }
+
+    /// Holds `cost` from the lease; if it is short, once more after asking the ledger for
+    /// more (or, with the ledger unreachable, from the fail-open budget). A denial by the
+    /// cached view is first checked with the ledger (a top-up or a grant may not have
+    /// reached this sidecar yet).
+    async fn hold_asking(
+        &self,
+        req: &ReserveRequest,
+        cost: Money,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<ReserveOutcome, EngineError> {
         let (mut fail_open, mut asks, mut confirmed) = (false, 0usize, false);
         loop {
             match self.try_hold(req, cost, ttl_ms, now_ms, fail_open)? {
@@ -94,11 +112,7 @@ impl Engine {
                     }
                 }
                 Step::Answer(o) => return Ok(o),
-                Step::Held(done, available, expires_at_ms, held, from_budget) => {
-                    return self
-                        .finish_hold(req, held, done, available, expires_at_ms, from_budget)
-                        .await;
-                }
+                Step::Held(held) => return self.finish_hold(req, held).await,
                 // Asked once; again only while what this sidecar could get covers it (a
                 // concurrent request took the money granted for this one).
                 Step::NeedLease(money, available)
@@ -152,14 +166,15 @@ impl Engine {
             MapEntry::Vacant(v) => v,
         };
         let mut expires_at_ms = now_ms.saturating_add(ttl_ms);
-        let (available, from_budget) = match self.take(
+        let take = self.take(
             &mut a,
             &req.account_id,
             req.resource,
             cost,
             now_ms,
             fail_open,
-        ) {
+        );
+        let (available, from_budget) = match take {
             Take::Lease(available) => {
                 tracing::trace!(account_id = %req.account_id, %cost, lease = %a.base.lease.remaining,
                     lease_seq = a.base.lease.seq, floor = a.lease_floor_seq, held = %a.held,
@@ -172,63 +187,74 @@ impl Engine {
             }
             Take::FailOpen(available) => (available, true),
             Take::Denied(reason) => {
-                return Ok(Step::Answer(denied(
-                    reason,
-                    self.available(&a, req.resource, now_ms),
-                )));
+                let available = self.available(&a, req.resource, now_ms);
+                return Ok(Step::Answer(denied(reason, available)));
             }
             Take::NeedLease => {
                 let available = self.available(&a, req.resource, now_ms);
                 return Ok(Step::NeedLease(cost, available));
             }
         };
-        let row = ReservationRow {
-            reservation_id: req.reservation_id.clone(),
-            account_id: req.account_id.clone(),
-            resource: req.resource,
-            sku: req.sku.clone(),
-            quantity: req.quantity,
-            held: cost,
+        let done = self.record_hold(&mut a, slot, req, cost, expires_at_ms)?;
+        // Held from the lease: within what the lease leaves after pending usage.
+        debug_assert!(
+            from_budget
+                || self.cfg.leasing.lease_whole_account
+                || a.base.lease.remaining >= a.pending_cost + a.held,
+            "hold of {cost} beyond the lease ({} for {} pending and {} held)",
+            a.base.lease.remaining,
+            a.pending_cost,
+            a.held
+        );
+        Ok(Step::Held(Held {
+            done,
+            available,
             expires_at_ms,
-            state: HoldState::Open,
-            charged: Money::ZERO,
-            charged_quantity: 0,
-            settled_at_ms: 0,
-            streamed_quantity: 0,
-            streamed_cost: Money::ZERO,
-        };
+            held: cost,
+            fail_open: from_budget,
+        }))
+    }
+
+    /// Records an admitted hold under the account's lock: its row queued for the journal,
+    /// the account's holds, and the reservation in memory, busy until durable.
+    fn record_hold(
+        &self,
+        a: &mut Account,
+        slot: VacantEntry<'_, String, Hold>,
+        req: &ReserveRequest,
+        cost: Money,
+        expires_at_ms: i64,
+    ) -> Result<Durable, EngineError> {
+        let row = open_row(req, cost, expires_at_ms);
         let done = self.journal.submit(Entry::Reservation(row.clone()))?;
-        a.held += cost;
+        a.add_held(cost);
         a.count_units(req.resource, req.quantity, true);
         a.expiries
             .push(Reverse((expires_at_ms, req.reservation_id.clone())));
         slot.insert(Hold::new(row, true));
         self.holds_len.fetch_add(1, Ordering::Relaxed);
-        Ok(Step::Held(
-            done,
-            available,
-            expires_at_ms,
-            cost,
-            from_budget,
-        ))
+        Ok(done)
     }
 
     /// Waits for the hold to be durable; undoes it if the journal failed.
     async fn finish_hold(
         &self,
         req: &ReserveRequest,
-        cost: Money,
-        done: Durable,
-        available: Money,
-        expires_at_ms: i64,
-        fail_open: bool,
+        held: Held,
     ) -> Result<ReserveOutcome, EngineError> {
+        let Held {
+            done,
+            available,
+            expires_at_ms,
+            held: cost,
+            fail_open,
+        } = held;
         let (account_id, id) = (req.account_id.clone(), req.reservation_id.clone());
         let (resource, quantity) = (req.resource, req.quantity);
         self.when_durable(done, move |e, written| {
             if let Err(err) = written {
                 if let Some(mut a) = e.accounts.get_mut(&account_id) {
-                    a.held -= cost;
+                    a.remove_held(cost);
                     a.count_units(resource, quantity, false);
                     if fail_open {
                         a.fail_open_left += cost;
@@ -304,146 +330,171 @@ impl Engine {
         quantity: Option<u64>,
     ) -> Result<(Money, Money), EngineError> {
         let now_ms = self.now_ms();
-        let (account_id, resource, sku) = {
+        let terms = {
             let h = self
                 .holds
                 .get(reservation_id)
                 .ok_or_else(|| EngineError::UnknownReservation(reservation_id.to_owned()))?;
-            (h.row.account_id.clone(), h.row.resource, h.row.sku.clone())
+            Terms {
+                account_id: h.row.account_id.clone(),
+                resource: h.row.resource,
+                sku: h.row.sku.clone(),
+            }
         };
         let cost = match quantity {
-            Some(q) => self.cost(resource, &sku, q)?,
+            Some(q) => self.cost(terms.resource, &terms.sku, q)?,
             None => Money::ZERO,
         };
-        self.ensure_account(&account_id).await?;
-        let (done, seq, old_row, out, batch) = {
-            let mut a = self
-                .accounts
-                .get_mut(&account_id)
-                .ok_or_else(|| EngineError::UnknownAccount(account_id.clone()))?;
-            self.expire_due(&mut a, now_ms);
-            let mut h = self
-                .holds
-                .get_mut(reservation_id)
-                .ok_or_else(|| EngineError::UnknownReservation(reservation_id.to_owned()))?;
-            let settled = |state| EngineError::ReservationSettled {
-                id: reservation_id.to_owned(),
-                state,
-            };
-            match (h.settled(reservation_id, now_ms)?, quantity) {
-                (None, _) => {}
-                (Some(Settled::Committed(charged)), Some(q)) if h.row.charged_quantity == q => {
-                    return Ok((charged, self.available(&a, resource, now_ms)));
-                }
-                (Some(Settled::Committed(_)), Some(q)) => {
-                    return Err(EngineError::ReservationMismatch {
-                        id: reservation_id.to_owned(),
-                        detail: format!(
-                            "it was committed with quantity {}, not {q}",
-                            h.row.charged_quantity
-                        ),
-                    });
-                }
-                (Some(Settled::Released(held)), None) => {
-                    return Ok((held, self.available(&a, resource, now_ms)));
-                }
-                (Some(Settled::Released(_)), Some(_)) => return Err(settled("released")),
-                (Some(Settled::Committed(_)), None) => return Err(settled("committed")),
-            }
-            let old_row = h.row.clone();
-            let mut row = h.row.clone();
-            row.settled_at_ms = now_ms;
-            if h.streaming {
-                return Err(EngineError::WorkStreaming(reservation_id.to_owned()));
-            }
-            // Usage already reported on the reservation's stream is charged; a Commit
-            // charges only what it adds.
-            let extra = (cost - old_row.streamed_cost).non_negative();
-            let (entry, seq) = match quantity {
-                Some(q) if !extra.is_zero() || old_row.streamed_quantity == 0 => {
-                    row.state = HoldState::Committed;
-                    row.charged_quantity = q;
-                    let usage = self.charge_locked(
-                        &mut a,
-                        reservation_id.to_owned(),
-                        &account_id,
-                        resource,
-                        &sku,
-                        q,
-                        extra,
-                        now_ms,
-                    );
-                    // Charged is money: what free requests and volume plans (GB) paid is
-                    // not in it (the statement lists those).
-                    let money = a.pending.back().map_or(extra, |p| p.money);
-                    row.charged = old_row.streamed_cost + money;
-                    let seq = usage.seq;
-                    (Entry::Commit(row.clone(), usage), Some(seq))
-                }
-                Some(q) => {
-                    row.state = HoldState::Committed;
-                    row.charged = old_row.streamed_cost;
-                    row.charged_quantity = q;
-                    (Entry::Reservation(row.clone()), None)
-                }
-                None => {
-                    row.state = HoldState::Released;
-                    (Entry::Reservation(row.clone()), None)
-                }
-            };
-            let done = match self.journal.submit(entry) {
-                Ok(d) => d,
-                Err(e) => {
-                    if let Some(seq) = seq {
-                        a.undo_charge(seq);
-                    }
-                    return Err(e.into());
-                }
-            };
-            a.held -= old_row.held;
-            a.unsettled += old_row.held;
-            a.count_units(old_row.resource, old_row.quantity, false);
-            a.last_touch_ms = now_ms;
-            h.row = row.clone();
-            let batch = seq.and_then(|_| self.alerts_locked(&mut a, &account_id, now_ms));
-            h.busy = true;
-            let out = if quantity.is_some() {
-                row.charged
-            } else {
-                old_row.held
-            };
-            (
-                done,
-                seq,
-                old_row,
-                (out, self.available(&a, resource, now_ms)),
-                batch,
-            )
+        self.ensure_account(&terms.account_id).await?;
+        let s = match self.settle_locked(reservation_id, &terms, quantity, cost, now_ms)? {
+            Settling::Answered(out) => return Ok(out),
+            Settling::Applied(s) => s,
         };
-        let id = reservation_id.to_owned();
-        let old_held = old_row.held;
+        let out = s.out;
+        self.finish_settle(reservation_id, terms.account_id, s)
+            .await?;
+        Ok(out)
+    }
+
+    /// Under the account's lock: answers a retry of a settled reservation, or settles an
+    /// open one (its row, the charge of a Commit, the account's holds) and queues the
+    /// change for the journal.
+    fn settle_locked(
+        &self,
+        id: &str,
+        terms: &Terms,
+        quantity: Option<u64>,
+        cost: Money,
+        now_ms: i64,
+    ) -> Result<Settling, EngineError> {
+        let account_id = &terms.account_id;
+        let mut a = self
+            .accounts
+            .get_mut(account_id)
+            .ok_or_else(|| EngineError::UnknownAccount(account_id.clone()))?;
+        self.expire_due(&mut a, now_ms);
+        let mut h = self
+            .holds
+            .get_mut(id)
+            .ok_or_else(|| EngineError::UnknownReservation(id.to_owned()))?;
+        if let Some(settled) = h.settled_answer(id, quantity, now_ms)? {
+            return Ok(Settling::Answered((
+                settled,
+                self.available(&a, terms.resource, now_ms),
+            )));
+        }
+        if h.streaming {
+            return Err(EngineError::WorkStreaming(id.to_owned()));
+        }
+        let old_row = h.row.clone();
+        debug_assert_eq!(old_row.state, HoldState::Open, "settling a settled hold");
+        let (row, entry, seq) = self.settled_row(&mut a, &old_row, terms, quantity, cost, now_ms);
+        let done = match self.journal.submit(entry) {
+            Ok(d) => d,
+            Err(e) => {
+                if let Some(seq) = seq {
+                    a.undo_charge(seq);
+                }
+                return Err(e.into());
+            }
+        };
+        a.remove_held(old_row.held);
+        a.unsettled += old_row.held;
+        a.count_units(old_row.resource, old_row.quantity, false);
+        a.last_touch_ms = now_ms;
+        let settled = if quantity.is_some() {
+            row.charged
+        } else {
+            old_row.held
+        };
+        h.row = row;
+        let batch = seq.and_then(|_| self.alerts_locked(&mut a, account_id, now_ms));
+        h.busy = true;
+        let out = (settled, self.available(&a, terms.resource, now_ms));
+        Ok(Settling::Applied(Settlement {
+            done,
+            seq,
+            old_row,
+            out,
+            batch,
+        }))
+    }
+
+    /// The row an open reservation settles to and its journal entry, with the seq of the
+    /// usage a Commit charges (under the account's lock). Usage already reported on the
+    /// reservation's stream is charged; a Commit charges only what it adds.
+    fn settled_row(
+        &self,
+        a: &mut Account,
+        old: &ReservationRow,
+        terms: &Terms,
+        quantity: Option<u64>,
+        cost: Money,
+        now_ms: i64,
+    ) -> (ReservationRow, Entry, Option<u64>) {
+        let mut row = old.clone();
+        row.settled_at_ms = now_ms;
+        let extra = (cost - old.streamed_cost).non_negative();
+        match quantity {
+            Some(q) if !extra.is_zero() || old.streamed_quantity == 0 => {
+                row.state = HoldState::Committed;
+                row.charged_quantity = q;
+                let usage = self.charge_locked(
+                    a,
+                    old.reservation_id.clone(),
+                    &terms.account_id,
+                    terms.resource,
+                    &terms.sku,
+                    q,
+                    extra,
+                    now_ms,
+                );
+                // Charged is money: what free requests and volume plans (GB) paid is
+                // not in it (the statement lists those).
+                let money = a.pending.back().map_or(extra, |p| p.money);
+                row.charged = old.streamed_cost + money;
+                let seq = usage.seq;
+                (row.clone(), Entry::Commit(row, usage), Some(seq))
+            }
+            Some(q) => {
+                row.state = HoldState::Committed;
+                row.charged = old.streamed_cost;
+                row.charged_quantity = q;
+                (row.clone(), Entry::Reservation(row), None)
+            }
+            None => {
+                row.state = HoldState::Released;
+                (row.clone(), Entry::Reservation(row), None)
+            }
+        }
+    }
+
+    /// Waits for a settlement to be durable (the reservation goes idle, its alerts out);
+    /// if the journal failed, the reservation is open again as it was.
+    async fn finish_settle(
+        &self,
+        id: &str,
+        account_id: String,
+        s: Settlement,
+    ) -> Result<(), EngineError> {
+        let id = id.to_owned();
+        let Settlement {
+            done,
+            seq,
+            old_row,
+            batch,
+            ..
+        } = s;
         self.when_durable(done, move |e, written| {
             if let Some(mut a) = e.accounts.get_mut(&account_id) {
-                a.unsettled = (a.unsettled - old_held).non_negative();
+                a.unsettled = (a.unsettled - old_row.held).non_negative();
                 if written.is_ok() && a.lease_recalled() {
                     // Near the edge what this freed goes back to the ledger at once.
                     e.wake_sync();
                 }
             }
             if let Err(err) = written {
-                if let Some(mut a) = e.accounts.get_mut(&account_id) {
-                    a.held += old_row.held;
-                    a.count_units(old_row.resource, old_row.quantity, true);
-                    if let Some(seq) = seq {
-                        a.undo_charge(seq);
-                    }
-                    a.expiries
-                        .push(Reverse((old_row.expires_at_ms, id.clone())));
-                }
-                if let Some(mut h) = e.holds.get_mut(&id) {
-                    h.row = old_row;
-                    h.idle();
-                }
+                e.unsettle(&id, &account_id, old_row, seq);
                 return Err(err.into());
             }
             if let Some(mut h) = e.holds.get_mut(&id) {
@@ -452,8 +503,24 @@ impl Engine {
             e.publish(batch);
             Ok(())
         })
-        .await?;
-        Ok(out)
+        .await
+    }
+
+    /// Takes back a settlement whose journal write failed: the hold is open again.
+    fn unsettle(&self, id: &str, account_id: &str, old_row: ReservationRow, seq: Option<u64>) {
+        if let Some(mut a) = self.accounts.get_mut(account_id) {
+            a.add_held(old_row.held);
+            a.count_units(old_row.resource, old_row.quantity, true);
+            if let Some(seq) = seq {
+                a.undo_charge(seq);
+            }
+            a.expiries
+                .push(Reverse((old_row.expires_at_ms, id.to_owned())));
+        }
+        if let Some(mut h) = self.holds.get_mut(id) {
+            h.row = old_row;
+            h.idle();
+        }
     }
 
     /// Whether work of this cost could start now, by the same rules as Reserve (the lease
@@ -499,10 +566,48 @@ impl Engine {
 /// What `try_hold` decided.
 enum Step {
     Answer(ReserveOutcome),
-    /// Held: durable when `Durable` resolves; availability, expiry, amount held, and
-    /// whether it came from the fail-open budget.
-    Held(Durable, Money, i64, Money, bool),
+    Held(Held),
     /// The lease is short or expired: ask the ledger for enough to hold this much; and
     /// what this sidecar could get as it decided.
     NeedLease(Money, Money),
+}
+
+/// A hold recorded and queued for the journal.
+struct Held {
+    /// Resolves once the hold is durable.
+    done: Durable,
+    /// What the account can pay after it.
+    available: Money,
+    expires_at_ms: i64,
+    held: Money,
+    /// It came from the fail-open budget.
+    fail_open: bool,
+}
+
+/// What settling a reservation needs to know of it before it takes any lock.
+struct Terms {
+    account_id: String,
+    resource: Resource,
+    sku: String,
+}
+
+/// What `settle_locked` did. Returned once per call and never stored: boxing the large
+/// variant would cost an allocation per Commit.
+#[allow(clippy::large_enum_variant)]
+enum Settling {
+    /// The reservation was settled already: the first outcome, and availability now.
+    Answered((Money, Money)),
+    Applied(Settlement),
+}
+
+/// A settlement applied under the account's lock, waiting for its journal write.
+struct Settlement {
+    done: Durable,
+    /// The pending usage a Commit charged (undone if the write fails).
+    seq: Option<u64>,
+    /// The hold as it was (restored if the write fails).
+    old_row: ReservationRow,
+    /// Charged (Commit) or released (Release), and availability afterwards.
+    out: (Money, Money),
+    batch: Option<Batch>,
 }

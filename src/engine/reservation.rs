@@ -121,8 +121,40 @@ impl Hold {
         })
     }
 
+    /// A retry's answer if the reservation is settled already: what its Commit charged
+    /// (again with the same quantity) or its Release gave back. None while it is open;
+    /// an error if it cannot be settled this way (expired, settled the other way or with
+    /// another quantity, being journaled).
+    pub(super) fn settled_answer(
+        &self,
+        id: &str,
+        quantity: Option<u64>,
+        now_ms: i64,
+    ) -> Result<Option<Money>, EngineError> {
+        let settled = |state| EngineError::ReservationSettled {
+            id: id.to_owned(),
+            state,
+        };
+        match (self.settled(id, now_ms)?, quantity) {
+            (None, _) => Ok(None),
+            (Some(Settled::Committed(charged)), Some(q)) if self.row.charged_quantity == q => {
+                Ok(Some(charged))
+            }
+            (Some(Settled::Committed(_)), Some(q)) => Err(EngineError::ReservationMismatch {
+                id: id.to_owned(),
+                detail: format!(
+                    "it was committed with quantity {}, not {q}",
+                    self.row.charged_quantity
+                ),
+            }),
+            (Some(Settled::Released(held)), None) => Ok(Some(held)),
+            (Some(Settled::Released(_)), Some(_)) => Err(settled("released")),
+            (Some(Settled::Committed(_)), None) => Err(settled("committed")),
+        }
+    }
+
     /// The settled outcome of a reservation, or why it cannot be committed/released.
-    pub(super) fn settled(&self, id: &str, now_ms: i64) -> Result<Option<Settled>, EngineError> {
+    fn settled(&self, id: &str, now_ms: i64) -> Result<Option<Settled>, EngineError> {
         if self.busy {
             return Err(EngineError::InProgress(id.to_owned()));
         }
@@ -144,6 +176,25 @@ impl Hold {
     }
 }
 
+/// The row of a reservation a Reserve opens, holding `held` until `expires_at_ms`.
+pub(super) fn open_row(req: &ReserveRequest, held: Money, expires_at_ms: i64) -> ReservationRow {
+    ReservationRow {
+        reservation_id: req.reservation_id.clone(),
+        account_id: req.account_id.clone(),
+        resource: req.resource,
+        sku: req.sku.clone(),
+        quantity: req.quantity,
+        held,
+        expires_at_ms,
+        state: HoldState::Open,
+        charged: Money::ZERO,
+        charged_quantity: 0,
+        settled_at_ms: 0,
+        streamed_quantity: 0,
+        streamed_cost: Money::ZERO,
+    }
+}
+
 /// A Reserve not admitted, and what this sidecar could have held as it decided.
 pub(super) fn denied(reason: DenyReason, available: Money) -> ReserveOutcome {
     ReserveOutcome {
@@ -157,7 +208,7 @@ pub(super) fn denied(reason: DenyReason, available: Money) -> ReserveOutcome {
 }
 
 /// How a settled reservation ended: what it charged, or what it had held.
-pub(super) enum Settled {
+enum Settled {
     Committed(Money),
     Released(Money),
 }
