@@ -124,7 +124,7 @@ impl Engine {
     ) -> Result<Result<(), DenyReason>, EngineError> {
         self.gated(account_id, resource, cost, true, |a, take, _| match take {
             Take::Lease(_) | Take::FailOpen(_) => {
-                a.held += cost;
+                a.add_held(cost);
                 Ok(())
             }
             Take::Denied(reason) => Err(reason),
@@ -190,7 +190,7 @@ impl Engine {
             return;
         }
         if let Some(mut a) = self.accounts.get_mut(account_id) {
-            a.held -= amount;
+            a.remove_held(amount);
             if a.lease_recalled() {
                 self.wake_sync();
             }

@@ -75,13 +75,13 @@ impl Engine {
             .lease_floor_seq
             .max(self.uncached_floor_seq.load(Ordering::Relaxed));
         for o in orphans.into_iter().flatten() {
-            a.held += o.held;
+            a.add_held(o.held);
             a.count_units(o.resource, o.quantity, true);
             a.expiries
                 .push(Reverse((o.expires_at_ms, o.reservation_id)));
         }
         if let Some((_, held)) = self.orphan_session_holds.remove(account_id) {
-            a.held += held;
+            a.add_held(held);
         }
         if let Some((_, keys)) = self.recovered_alerts.remove(account_id) {
             a.alert_memo = AlertMemo::from_keys(keys);

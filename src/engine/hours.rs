@@ -336,13 +336,15 @@ impl Engine {
                     return Err(e.into());
                 }
             };
-            a.held = a.held - row.held + next.held;
+            a.remove_held(row.held);
+            a.add_held(next.held);
             let batch = seq.and_then(|_| self.alerts_locked(&mut a, &account_id, self.now_ms()));
             (done, seq, batch)
         };
         if let Err(e) = done.await.unwrap_or(Err(JournalError::Closed)) {
             if let Some(mut a) = self.accounts.get_mut(&account_id) {
-                a.held = a.held - next.held + row.held;
+                a.remove_held(next.held);
+                a.add_held(row.held);
                 if let Some(seq) = seq {
                     a.undo_charge(seq);
                 }

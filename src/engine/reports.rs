@@ -11,13 +11,13 @@
 
 use super::account::Account;
 use super::admission::Take;
-use super::events::{Event, EventKind};
+use super::events::{Batch, Event, EventKind};
 use super::work::{Decision, Work, WorkKey, WorkView};
 use super::{Engine, EngineError};
 use crate::billing::Money;
 use crate::billing::Resource;
 use crate::billing::status::DenyReason;
-use crate::journal::{Entry, HoldState, JournalError, ReservationRow};
+use crate::journal::{Durable, Entry, HoldState, JournalError, ReservationRow};
 
 impl Engine {
     /// Opens metering for a job: within the stream limits, one stream per job. Takes over
@@ -132,160 +132,202 @@ impl Engine {
         reports: &[(u64, u64)],
         now_ms: i64,
     ) -> Result<(usize, Vec<Decision>, Option<EngineError>), EngineError> {
-        let key = work.key.clone();
-        let before = (work.last_seq, work.last_delta, work.charged, work.stopped);
-        let held_before = work.held;
-        let mut durables = Vec::with_capacity(reports.len());
-        let mut charged: Vec<(u64, Money)> = Vec::with_capacity(reports.len());
-        let mut decisions = Vec::with_capacity(reports.len());
-        let mut row_before = None;
-        let mut need_lease = false;
-        let mut taken = 0;
-        let mut stopped_now = None;
-        let batch = {
-            let mut a = self
-                .accounts
-                .get_mut(&key.account_id)
-                .ok_or_else(|| EngineError::UnknownAccount(key.account_id.clone()))?;
-            a.last_touch_ms = now_ms;
-            self.expire_due(&mut a, now_ms);
-            let mut failed = None;
-            for &(seq, quantity) in reports {
-                taken += 1;
-                if seq <= work.last_seq {
-                    decisions.push(self.decision_locked(&a, work, seq, true, now_ms));
-                    continue;
-                }
-                let cost = match work.price.cost(quantity) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        taken -= 1;
-                        failed = Some(e.into());
-                        break;
-                    }
-                };
-                // Paid from the job's hold first; the rest is an overrun that the balance
-                // absorbs (bounded by what is reported after STOP).
-                let from_hold = cost.min(work.held);
-                a.held -= from_hold;
-                work.held -= from_hold;
-                let usage = self.charge_locked(
-                    &mut a,
-                    format!("{}/{seq}", key.work_id),
-                    &key.account_id,
-                    key.resource,
-                    &key.sku,
-                    quantity,
-                    cost,
-                    now_ms,
-                );
-                charged.push((usage.seq, from_hold));
-                let mut row = None;
-                let mut row_prev = None;
-                if work.attached
-                    && let Some(mut h) = self.holds.get_mut(&key.work_id)
-                {
-                    if row_before.is_none() {
-                        row_before = Some(h.row.clone());
-                    }
-                    row_prev = Some(h.row.clone());
-                    h.row.held -= from_hold;
-                    h.row.streamed_quantity += quantity;
-                    h.row.streamed_cost += cost;
-                    row = Some(h.row.clone());
-                }
-                let seq_no = usage.seq;
-                match self.journal.submit(Entry::Report {
-                    usage,
-                    work_id: key.work_id.clone(),
-                    seq,
-                    row,
-                }) {
-                    Ok(d) => durables.push(d),
-                    Err(e) => {
-                        // Not taken (e.g. the journal queue is full): this report is
-                        // undone, the ones before it stand.
-                        a.undo_charge(seq_no);
-                        charged.pop();
-                        a.held += from_hold;
-                        work.held += from_hold;
-                        self.restore_row(&key.work_id, row_prev);
-                        taken -= 1;
-                        failed = Some(e.into());
-                        break;
-                    }
-                }
-                work.last_seq = seq;
-                work.charged += cost;
-                if quantity > 0 {
-                    work.last_delta = quantity;
-                }
-                if work.stopped.is_none() {
-                    match self.hold_next_locked(&mut a, work, now_ms) {
-                        Ok(Some(Take::NeedLease)) => need_lease = true,
-                        Ok(Some(Take::Denied(reason))) => {
-                            stopped_now = Some(reason);
-                            self.stop_locked(&mut a, work, reason);
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            // Charged and journaled; only its next interval is not held.
-                            decisions.push(self.decision_locked(&a, work, seq, false, now_ms));
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
-                if need_lease {
-                    break;
-                }
-                decisions.push(self.decision_locked(&a, work, seq, false, now_ms));
-            }
-            (self.alerts_locked(&mut a, &key.account_id, now_ms), failed)
-        };
-        let (batch, failed) = batch;
-        for d in durables {
+        let mut round = self.charge_round(work, reports, now_ms)?;
+        for d in std::mem::take(&mut round.durables) {
             if let Err(e) = d.await.unwrap_or(Err(JournalError::Closed)) {
-                if let Some(mut a) = self.accounts.get_mut(&key.account_id) {
-                    self.undo_round(&mut a, work, &charged, held_before, row_before, before);
+                if let Some(mut a) = self.accounts.get_mut(&work.key.account_id) {
+                    self.undo_round(&mut a, work, &round);
                 }
                 return Err(e.into());
             }
         }
-        self.publish(batch);
-        if let Some(reason) = stopped_now {
+        self.publish(round.batch);
+        if let Some(reason) = round.stopped_now {
             self.work_stopped_event(work, reason);
         }
-        if need_lease {
+        let mut decisions = round.decisions;
+        if round.need_lease {
             // The last report's next interval needs more lease: ask, then answer it.
             if let Err(e) = self.hold_next(work).await {
-                return Ok((taken, decisions, Some(e)));
+                return Ok((round.taken, decisions, Some(e)));
             }
             let seq = work.last_seq;
             decisions.push(self.decision(work, seq, false, self.now_ms()));
         }
-        Ok((taken, decisions, failed))
+        Ok((round.taken, decisions, round.failed))
+    }
+
+    /// Under the account's lock: charges the round's reports, each queued for the
+    /// journal, and holds the job's next interval after each (see `report_round`).
+    fn charge_round(
+        &self,
+        work: &mut Work,
+        reports: &[(u64, u64)],
+        now_ms: i64,
+    ) -> Result<Round, EngineError> {
+        let mut round = Round::new(work, reports.len());
+        let mut a = self
+            .accounts
+            .get_mut(&work.key.account_id)
+            .ok_or_else(|| EngineError::UnknownAccount(work.key.account_id.clone()))?;
+        a.last_touch_ms = now_ms;
+        self.expire_due(&mut a, now_ms);
+        for &(seq, quantity) in reports {
+            round.taken += 1;
+            if seq <= work.last_seq {
+                let ignored = self.decision_locked(&a, work, seq, true, now_ms);
+                round.decisions.push(ignored);
+                continue;
+            }
+            if let Err(e) = self.charge_report(&mut a, work, &mut round, seq, quantity, now_ms) {
+                round.taken -= 1;
+                round.failed = Some(e);
+                break;
+            }
+            if !self.after_report(&mut a, work, &mut round, seq, now_ms) {
+                break;
+            }
+        }
+        round.batch = self.alerts_locked(&mut a, &work.key.account_id, now_ms);
+        Ok(round)
+    }
+
+    /// Charges one report under the account's lock and queues it for the journal; a report
+    /// that cannot be queued (e.g. the journal queue is full) is undone, and the error says
+    /// why. Paid from the job's hold first; the rest is an overrun that the balance
+    /// absorbs (bounded by what is reported after STOP).
+    fn charge_report(
+        &self,
+        a: &mut Account,
+        work: &mut Work,
+        round: &mut Round,
+        seq: u64,
+        quantity: u64,
+        now_ms: i64,
+    ) -> Result<(), EngineError> {
+        let cost = work.price.cost(quantity)?;
+        let from_hold = cost.min(work.held);
+        a.remove_held(from_hold);
+        work.held -= from_hold;
+        let key = &work.key;
+        let usage_id = format!("{}/{seq}", key.work_id);
+        let usage = self.charge_locked(
+            a,
+            usage_id,
+            &key.account_id,
+            key.resource,
+            &key.sku,
+            quantity,
+            cost,
+            now_ms,
+        );
+        let usage_seq = usage.seq;
+        let (row, row_prev) =
+            self.stream_row(work, &mut round.row_before, from_hold, quantity, cost);
+        let entry = Entry::Report {
+            usage,
+            work_id: work.key.work_id.clone(),
+            seq,
+            row,
+        };
+        match self.journal.submit(entry) {
+            Ok(d) => {
+                round.durables.push(d);
+                round.seqs.push(usage_seq);
+            }
+            Err(e) => {
+                a.undo_charge(usage_seq);
+                a.add_held(from_hold);
+                work.held += from_hold;
+                self.restore_row(&work.key.work_id, row_prev);
+                return Err(e.into());
+            }
+        }
+        work.last_seq = seq;
+        work.charged += cost;
+        if quantity > 0 {
+            work.last_delta = quantity;
+        }
+        Ok(())
+    }
+
+    /// A reservation the job took over follows its reports: what it holds, what was
+    /// reported and charged on it. Returns its new row (journaled with the report) and
+    /// the row before this report; `row_before` keeps the row before the round.
+    fn stream_row(
+        &self,
+        work: &Work,
+        row_before: &mut Option<ReservationRow>,
+        from_hold: Money,
+        quantity: u64,
+        cost: Money,
+    ) -> (Option<ReservationRow>, Option<ReservationRow>) {
+        if !work.attached {
+            return (None, None);
+        }
+        let Some(mut h) = self.holds.get_mut(&work.key.work_id) else {
+            return (None, None);
+        };
+        if row_before.is_none() {
+            *row_before = Some(h.row.clone());
+        }
+        let prev = h.row.clone();
+        h.row.held -= from_hold;
+        h.row.streamed_quantity += quantity;
+        h.row.streamed_cost += cost;
+        (Some(h.row.clone()), Some(prev))
+    }
+
+    /// After a charged report, under the account's lock: holds the job's next interval
+    /// (or STOPs it) and answers the report, unless the answer waits for more lease.
+    /// False: the round ends here.
+    fn after_report(
+        &self,
+        a: &mut Account,
+        work: &mut Work,
+        round: &mut Round,
+        seq: u64,
+        now_ms: i64,
+    ) -> bool {
+        if work.stopped.is_none() {
+            match self.hold_next_locked(a, work, now_ms) {
+                Ok(Some(Take::NeedLease)) => {
+                    round.need_lease = true;
+                    return false;
+                }
+                Ok(Some(Take::Denied(reason))) => {
+                    round.stopped_now = Some(reason);
+                    self.stop_locked(a, work, reason);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // Charged and journaled; only its next interval is not held.
+                    round
+                        .decisions
+                        .push(self.decision_locked(a, work, seq, false, now_ms));
+                    round.failed = Some(e);
+                    return false;
+                }
+            }
+        }
+        round
+            .decisions
+            .push(self.decision_locked(a, work, seq, false, now_ms));
+        true
     }
 
     /// Takes back a round whose journal write failed: its charges, its use of the job's
     /// hold, the reservation row and the job's progress.
-    fn undo_round(
-        &self,
-        a: &mut Account,
-        work: &mut Work,
-        charged: &[(u64, Money)],
-        held_before: Money,
-        row_before: Option<ReservationRow>,
-        before: (u64, u64, Money, Option<DenyReason>),
-    ) {
-        for (seq_no, _) in charged {
-            a.undo_charge(*seq_no);
+    fn undo_round(&self, a: &mut Account, work: &mut Work, round: &Round) {
+        for seq in &round.seqs {
+            a.undo_charge(*seq);
         }
         // The job's hold goes back to what it was (whatever the round used or added).
-        a.held = a.held - work.held + held_before;
-        work.held = held_before;
-        self.restore_row(&work.key.work_id, row_before);
-        (work.last_seq, work.last_delta, work.charged, work.stopped) = before;
+        a.remove_held(work.held);
+        a.add_held(round.held_before);
+        work.held = round.held_before;
+        self.restore_row(&work.key.work_id, round.row_before.clone());
+        (work.last_seq, work.last_delta, work.charged, work.stopped) = round.before;
     }
 
     /// Under the account's lock: grows the job's hold to cover the next report interval,
@@ -312,7 +354,7 @@ impl Engine {
             false,
         ) {
             Take::Lease(_) | Take::FailOpen(_) => {
-                a.held += extra;
+                a.add_held(extra);
                 work.held += extra;
                 if work.attached
                     && let Some(mut h) = self.holds.get_mut(&work.key.work_id)
@@ -362,7 +404,7 @@ impl Engine {
     /// STOP under the account's lock (sticky): the job's hold goes back.
     fn stop_locked(&self, a: &mut Account, work: &mut Work, reason: DenyReason) {
         work.stopped = Some(reason);
-        a.held -= work.held;
+        a.remove_held(work.held);
         if work.attached
             && let Some(mut h) = self.holds.get_mut(&work.key.work_id)
         {
@@ -494,5 +536,45 @@ impl Engine {
 
     pub fn streams_open(&self) -> usize {
         self.works.len()
+    }
+}
+
+/// What one round of reports did under the account's lock (see `Engine::report_round`).
+struct Round {
+    /// The job's last seq, last delta, charged total and STOP before the round.
+    before: (u64, u64, Money, Option<DenyReason>),
+    held_before: Money,
+    /// The taken-over reservation's row before the round.
+    row_before: Option<ReservationRow>,
+    /// The journal writes of the reports charged, and their usage seqs.
+    durables: Vec<Durable>,
+    seqs: Vec<u64>,
+    decisions: Vec<Decision>,
+    /// Reports taken: answered as duplicates, or charged.
+    taken: usize,
+    /// The last report's next interval needs more lease.
+    need_lease: bool,
+    /// The job was told to STOP in this round.
+    stopped_now: Option<DenyReason>,
+    /// Why the round stopped short of its reports, if it did.
+    failed: Option<EngineError>,
+    batch: Option<Batch>,
+}
+
+impl Round {
+    fn new(work: &Work, reports: usize) -> Round {
+        Round {
+            before: (work.last_seq, work.last_delta, work.charged, work.stopped),
+            held_before: work.held,
+            row_before: None,
+            durables: Vec::with_capacity(reports),
+            seqs: Vec::with_capacity(reports),
+            decisions: Vec::with_capacity(reports),
+            taken: 0,
+            need_lease: false,
+            stopped_now: None,
+            failed: None,
+            batch: None,
+        }
     }
 }
