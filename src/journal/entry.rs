@@ -15,7 +15,7 @@ pub enum HoldState {
 }
 
 impl HoldState {
-    pub(super) fn code(self) -> i64 {
+    pub(super) fn code(self) -> u8 {
         match self {
             HoldState::Open => 0,
             HoldState::Committed => 1,
@@ -70,7 +70,7 @@ pub enum SessionState {
 }
 
 impl SessionState {
-    pub(super) fn code(self) -> i64 {
+    pub(super) fn code(self) -> u8 {
         match self {
             SessionState::Running => 0,
             SessionState::Stopped => 1,

@@ -526,6 +526,24 @@ mod tests {
         assert_eq!(rec.outbox, vec![usage(1)]);
     }
 
+    #[tokio::test]
+    async fn an_entry_too_large_to_read_back_fails_its_write_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.log");
+        let (j, _) = Journal::open(&path, 16, 4).unwrap();
+        put(&j, Entry::Commit(row("r1", HoldState::Committed), usage(1))).await;
+        let huge = Entry::Trim((0..).take(codec::RECORD_MAX_BYTES / 8 + 1).collect());
+        let refused = j.submit(huge).unwrap().await.unwrap();
+        assert!(
+            matches!(refused, Err(JournalError::Write(_))),
+            "{refused:?}"
+        );
+        put(&j, Entry::Commit(row("r2", HoldState::Committed), usage(2))).await;
+        j.close().await;
+        let (_, rec) = Journal::open(&path, 16, 4).unwrap();
+        assert_eq!(rec.outbox, vec![usage(1), usage(2)]);
+    }
+
     async fn three_commits(path: &Path) -> u64 {
         let (j, _) = Journal::open(path, 16, 4).unwrap();
         for i in 1..=3 {
@@ -549,7 +567,8 @@ mod tests {
         codec::encode_entry(
             &mut tail,
             &Entry::Commit(row("r4", HoldState::Committed), usage(4)),
-        );
+        )
+        .unwrap();
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&tail[..tail.len() / 2]).unwrap();
         drop(f);
@@ -665,7 +684,7 @@ mod tests {
                 r.settled_at_ms = i as i64;
                 let e = Entry::Commit(r, usage(i));
                 let mut b = Vec::new();
-                codec::encode_entry(&mut b, &e);
+                codec::encode_entry(&mut b, &e).unwrap();
                 written += b.len() as u64;
                 put(&j, e).await;
                 if i <= 1_990 {

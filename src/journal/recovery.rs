@@ -148,7 +148,7 @@ pub(super) fn carry_over(legacy: &Path, path: &Path) -> Result<(), JournalError>
     let tables = Tables::from_recovered(recovered);
     let outbox: VecDeque<UsageRecord> = tables.outbox.values().cloned().collect();
     let mut bytes = Vec::new();
-    tables.encode(&outbox, &mut bytes);
+    tables.encode(&outbox, &mut bytes).map_err(open_err)?;
     write_atomically(path, &bytes).map_err(open_err)?;
     let kept = legacy.with_extension("db.carried-over");
     std::fs::rename(legacy, &kept).map_err(open_err)?;

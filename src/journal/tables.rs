@@ -200,19 +200,24 @@ impl Tables {
         }
     }
 
-    /// The whole state as records, after the file header: a compacted journal.
-    pub(super) fn encode(&self, outbox: &VecDeque<UsageRecord>, out: &mut Vec<u8>) {
+    /// The whole state as records, after the file header: a compacted journal. Fails only
+    /// if a record would be too large to read back (see `codec::frame`).
+    pub(super) fn encode(
+        &self,
+        outbox: &VecDeque<UsageRecord>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), codec::TooLarge> {
         out.extend_from_slice(codec::MAGIC);
-        codec::encode_next_seq(out, self.next_seq);
-        codec::encode_entry(out, &Entry::LeaseSeqFloor(self.lease_seq_floor));
+        codec::encode_next_seq(out, self.next_seq)?;
+        codec::encode_entry(out, &Entry::LeaseSeqFloor(self.lease_seq_floor))?;
         for r in self.reservations.values() {
-            codec::encode_reservation(out, r);
+            codec::encode_reservation(out, r)?;
         }
         for s in self.sessions.values() {
-            codec::encode_session(out, s);
+            codec::encode_session(out, s)?;
         }
         for (w, (seq, at)) in &self.works {
-            codec::encode_work(out, w, *seq, *at);
+            codec::encode_work(out, w, *seq, *at)?;
         }
         let mut by_account: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for (a, k) in &self.alerts {
@@ -226,13 +231,14 @@ impl Tables {
                     set: keys,
                     unset: Vec::new(),
                 },
-            );
+            )?;
         }
         for (a, m) in &self.storage {
-            codec::encode_storage(out, a, m);
+            codec::encode_storage(out, a, m)?;
         }
         for u in outbox {
-            codec::encode_usage(out, u);
+            codec::encode_usage(out, u)?;
         }
+        Ok(())
     }
 }

@@ -161,7 +161,8 @@ impl Writer {
         }
         self.buf.clear();
         for (e, _) in batch {
-            codec::encode_entry(&mut self.buf, e);
+            // Refused before anything reaches the file: a start would take it for damage.
+            codec::encode_entry(&mut self.buf, e).map_err(write_err)?;
         }
         let end = self.file_bytes + self.buf.len() as u64;
         self.preallocate(end);
@@ -228,7 +229,7 @@ impl Writer {
             self.file.seek(SeekFrom::Start(from))?;
             let mut at = from;
             while at < target {
-                let n = (target - at).min(ZEROS.len() as u64) as usize;
+                let n = usize::try_from(target - at).map_or(ZEROS.len(), |n| n.min(ZEROS.len()));
                 self.file.write_all(&ZEROS[..n])?;
                 at += n as u64;
             }
@@ -253,7 +254,11 @@ impl Writer {
         let started = Instant::now();
         let mut bytes = Vec::new();
         let tables = &self.tables;
-        if let Err(e) = self.outbox.with_all(|q| tables.encode(q, &mut bytes)) {
+        let encoded = self
+            .outbox
+            .with_all(|q| tables.encode(q, &mut bytes))
+            .and_then(|r| r.map_err(write_err));
+        if let Err(e) = encoded {
             tracing::error!(error = %e, "journal not compacted");
             return;
         }
@@ -285,7 +290,7 @@ impl Writer {
                 tracing::info!(
                     before_bytes = before,
                     after_bytes = self.file_bytes,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                     "journal compacted"
                 );
             }
