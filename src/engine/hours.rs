@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use super::events::{Event, EventKind};
 use super::sessions::{
-    SessionStarted, SessionStatus, SessionView, Shared, StartSession, status, terms,
+    SessionStarted, SessionStatus, SessionView, Shared, StartSession, replayed, running_row,
+    status, terms,
 };
 use super::{Engine, EngineError};
 use crate::billing::session::{self, HOUR_MS, SessionStep};
@@ -18,6 +19,9 @@ use crate::billing::status::DenyReason;
 use crate::billing::{Money, Price, Resource};
 use crate::journal::{Entry, JournalError, SessionRow, SessionState};
 use crate::ledger::api::LedgerError;
+
+/// One hour of an Exclusive instance as a price quantity (milliseconds).
+const HOUR_QUANTITY: u64 = HOUR_MS.unsigned_abs();
 
 impl Engine {
     fn session_price(&self, sku: &str) -> Result<Price, EngineError> {
@@ -39,63 +43,35 @@ impl Engine {
         let idle_timeout_ms = self.sessions.idle_timeout(req.idle_timeout_ms)?;
         if let Some(s) = self.sessions.find(&req.session_id) {
             let row = s.lock().await;
-            if row.account_id != req.account_id
-                || row.sku != req.sku
-                || row.auto_shutdown != req.auto_shutdown
-                || row.idle_timeout_ms != idle_timeout_ms
-            {
-                return Err(EngineError::SessionMismatch {
-                    id: req.session_id.clone(),
-                    detail: format!(
-                        "it started {} for account {} (auto_shutdown {}, idle_timeout_ms {})",
-                        row.sku, row.account_id, row.auto_shutdown, row.idle_timeout_ms
-                    ),
-                });
-            }
-            return Ok(SessionStarted {
-                admitted: true,
-                reason: None,
-                held: price.cost(HOUR_MS as u64)?,
-                started_at_ms: row.started_at_ms,
-            });
+            return replayed(&req, &row, idle_timeout_ms, price.cost(HOUR_QUANTITY)?);
         }
         self.sessions.check_room()?;
-        let denied = |reason| SessionStarted {
-            admitted: false,
-            reason: Some(reason),
-            held: Money::ZERO,
-            started_at_ms: 0,
-        };
         match self.ensure_account(&req.account_id).await {
             Err(EngineError::Ledger(LedgerError::Unavailable(_))) => {
-                return Ok(denied(DenyReason::LedgerUnavailable));
+                return Ok(SessionStarted::denied(DenyReason::LedgerUnavailable));
             }
             r => r?,
         }
-        let hour = price.cost(HOUR_MS as u64)?;
+        let hour = price.cost(HOUR_QUANTITY)?;
         if let Err(reason) = self
             .hold_money(&req.account_id, Resource::GpuExclusive, hour)
             .await?
         {
-            return Ok(denied(reason));
+            return Ok(SessionStarted::denied(reason));
         }
-        let now_ms = self.now_ms();
-        let row = SessionRow {
-            session_id: req.session_id.clone(),
-            account_id: req.account_id.clone(),
-            sku: req.sku.clone(),
-            started_at_ms: now_ms,
-            auto_shutdown: req.auto_shutdown,
-            idle_timeout_ms,
-            last_busy_at_ms: now_ms,
-            billed_until_ms: now_ms,
-            hours_settled: 0,
-            held: hour,
-            charged: Money::ZERO,
-            state: SessionState::Running,
-            stopped_at_ms: 0,
-        };
-        // Registered locked: a concurrent retry waits until the start is durable.
+        let row = running_row(&req, idle_timeout_ms, hour, self.now_ms());
+        self.begin_session(req, row).await
+    }
+
+    /// Registers a session whose first hour is held and journals its start; the hour is
+    /// given back if that fails. Registered locked, so a concurrent retry waits until the
+    /// start is durable (and one that registered first is answered instead).
+    async fn begin_session(
+        &self,
+        req: StartSession,
+        row: SessionRow,
+    ) -> Result<SessionStarted, EngineError> {
+        let (hour, started_at_ms) = (row.held, row.started_at_ms);
         let shared: Shared = Arc::new(tokio::sync::Mutex::new(row.clone()));
         let guard = shared.clone().lock_owned().await;
         if !self.sessions.insert_new(&req.session_id, shared) {
@@ -119,7 +95,7 @@ impl Engine {
             admitted: true,
             reason: None,
             held: hour,
-            started_at_ms: now_ms,
+            started_at_ms,
         })
     }
 
@@ -184,7 +160,7 @@ impl Engine {
             a.last_touch_ms = a.last_touch_ms.max(now_ms);
         }
         let price = self.session_price(&row.sku)?;
-        let hour = price.cost(HOUR_MS as u64)?;
+        let hour = price.cost(HOUR_QUANTITY)?;
         let t = terms(row);
         while row.state == SessionState::Running {
             let step = t.next_step(row.billed_until_ms, row.last_busy_at_ms, now_ms);
@@ -229,7 +205,7 @@ impl Engine {
                     next.held = Money::ZERO;
                     let usage = (
                         format!("{}/h{}", row.session_id, next.hours_settled),
-                        HOUR_MS as u64,
+                        HOUR_QUANTITY,
                         hour,
                         hour_end_ms,
                     );
@@ -388,7 +364,7 @@ impl Engine {
                 accrued: price
                     .cost(session::billable_ms(row.billed_until_ms, now_ms))
                     .unwrap_or(Money::ZERO),
-                hourly: price.cost(HOUR_MS as u64).unwrap_or(Money::ZERO),
+                hourly: price.cost(HOUR_QUANTITY).unwrap_or(Money::ZERO),
                 accrues_without_activity: session::accrues_without_activity(
                     &t,
                     row.last_busy_at_ms,

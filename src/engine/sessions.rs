@@ -56,6 +56,18 @@ pub struct SessionStarted {
     pub started_at_ms: i64,
 }
 
+impl SessionStarted {
+    /// Not admitted, for `reason`.
+    pub(super) fn denied(reason: DenyReason) -> SessionStarted {
+        SessionStarted {
+            admitted: false,
+            reason: Some(reason),
+            held: Money::ZERO,
+            started_at_ms: 0,
+        }
+    }
+}
+
 /// Where a session stands after a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionStatus {
@@ -88,6 +100,59 @@ pub(super) fn terms(row: &SessionRow) -> SessionTerms {
         auto_shutdown: row.auto_shutdown,
         idle_timeout_ms: row.idle_timeout_ms,
     }
+}
+
+/// The row of a session that starts running at `now_ms` with its first hour held.
+pub(super) fn running_row(
+    req: &StartSession,
+    idle_timeout_ms: i64,
+    hour: Money,
+    now_ms: i64,
+) -> SessionRow {
+    SessionRow {
+        session_id: req.session_id.clone(),
+        account_id: req.account_id.clone(),
+        sku: req.sku.clone(),
+        started_at_ms: now_ms,
+        auto_shutdown: req.auto_shutdown,
+        idle_timeout_ms,
+        last_busy_at_ms: now_ms,
+        billed_until_ms: now_ms,
+        hours_settled: 0,
+        held: hour,
+        charged: Money::ZERO,
+        state: SessionState::Running,
+        stopped_at_ms: 0,
+    }
+}
+
+/// A retried StartSession's answer, from the session it started: the first outcome if it
+/// asks for the same session, else a mismatch.
+pub(super) fn replayed(
+    req: &StartSession,
+    row: &SessionRow,
+    idle_timeout_ms: i64,
+    hour: Money,
+) -> Result<SessionStarted, EngineError> {
+    if row.account_id != req.account_id
+        || row.sku != req.sku
+        || row.auto_shutdown != req.auto_shutdown
+        || row.idle_timeout_ms != idle_timeout_ms
+    {
+        return Err(EngineError::SessionMismatch {
+            id: req.session_id.clone(),
+            detail: format!(
+                "it started {} for account {} (auto_shutdown {}, idle_timeout_ms {})",
+                row.sku, row.account_id, row.auto_shutdown, row.idle_timeout_ms
+            ),
+        });
+    }
+    Ok(SessionStarted {
+        admitted: true,
+        reason: None,
+        held: hour,
+        started_at_ms: row.started_at_ms,
+    })
 }
 
 pub(super) fn status(row: &SessionRow) -> SessionStatus {

@@ -89,7 +89,8 @@ pub struct Work {
     pub(super) last_seq: u64,
     pub(super) last_delta: u64,
     pub(super) stopped: Option<DenyReason>,
-    tokens: f64,
+    /// Reports it may still send now, in thousandths (see `allow`).
+    tokens_milli: u64,
     tokens_at_ms: i64,
     pub(super) ended: bool,
 }
@@ -105,7 +106,7 @@ impl Work {
             last_seq,
             last_delta: 0,
             stopped: None,
-            tokens: f64::from(rate),
+            tokens_milli: u64::from(rate).saturating_mul(1_000),
             tokens_at_ms: now_ms,
             ended: false,
             key,
@@ -117,14 +118,20 @@ impl Work {
     }
 
     /// Token bucket on the injected clock, `rate` reports a second (a burst of as many):
-    /// how many of `n` reports may be taken now.
+    /// how many of `n` reports may be taken now. Counted in thousandths of a report, so a
+    /// millisecond earns exactly `rate` of them.
     pub(super) fn allow(&mut self, n: usize, rate: u32, now_ms: i64) -> usize {
-        let rate = f64::from(rate);
-        let elapsed_s = (now_ms - self.tokens_at_ms).max(0) as f64 / 1000.0;
-        self.tokens = (self.tokens + elapsed_s * rate).min(rate);
+        let rate = u64::from(rate);
+        let elapsed_ms = u64::try_from(now_ms.saturating_sub(self.tokens_at_ms)).unwrap_or(0);
+        self.tokens_milli = self
+            .tokens_milli
+            .saturating_add(elapsed_ms.saturating_mul(rate))
+            .min(rate.saturating_mul(1_000));
         self.tokens_at_ms = now_ms;
-        let allowed = (self.tokens.floor().max(0.0) as usize).min(n);
-        self.tokens -= allowed as f64;
+        let whole = usize::try_from(self.tokens_milli / 1_000).unwrap_or(usize::MAX);
+        let allowed = whole.min(n);
+        // `allowed` is at most `whole`, which came from `tokens_milli`.
+        self.tokens_milli -= u64::try_from(allowed).unwrap_or(0) * 1_000;
         allowed
     }
 
@@ -236,5 +243,47 @@ impl Works {
     /// Forgets the last seqs of jobs whose stream ended before `cutoff_ms`.
     pub(super) fn prune(&self, cutoff_ms: i64) {
         self.ended.retain(|_, (_, at)| *at >= cutoff_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn work(rate: u32) -> Work {
+        let price = Price {
+            sku: "gpu.shared.a10".into(),
+            resource: Resource::GpuShared,
+            unit_price: Money::ZERO,
+            description: String::new(),
+        };
+        let key = WorkKey {
+            account_id: "a".into(),
+            work_id: "w".into(),
+            resource: Resource::GpuShared,
+            sku: price.sku.clone(),
+        };
+        Work::new(key, price, 0, rate, 0)
+    }
+
+    #[test]
+    fn the_rate_limit_allows_a_burst_then_refills_with_time() {
+        let mut w = work(5);
+        assert_eq!(w.allow(8, 5, 0), 5, "a burst of one second's worth");
+        assert_eq!(w.allow(1, 5, 0), 0);
+        assert_eq!(w.allow(3, 5, 199), 0, "0.995 of a report is not one");
+        assert_eq!(w.allow(3, 5, 200), 1);
+        assert_eq!(w.allow(9, 5, 10_000), 5, "never more than the burst");
+        assert_eq!(
+            w.allow(1, 5, 5_000),
+            0,
+            "the clock going back earns nothing"
+        );
+    }
+
+    #[test]
+    fn an_unlimited_rate_does_not_overflow() {
+        let mut w = work(u32::MAX);
+        assert_eq!(w.allow(usize::MAX, u32::MAX, i64::MAX), u32::MAX as usize);
     }
 }
