@@ -6,6 +6,17 @@
 //!
 //! Lock order (deadlock freedom): an `accounts` entry may be held while taking a `holds`
 //! entry, never the reverse.
+//!
+//! The rooms depend one way. What the engine is made of does not know the engine: the
+//! cached account (`account`), reservations (`reservation`), the lease policy
+//! (`leases`), the state of usage streams (`work`), of sessions (`sessions`) and of Watch
+//! (`events`), and `error`; each owns its state, its settings and their limits. This file
+//! assembles them into `Engine` with its config and accessors. What the engine does is
+//! `impl Engine` in rooms of their own, which use this file and the ones below it, never
+//! the reverse: `admission` (the one rule), `holds` (Reserve/Commit/Release/Admit),
+//! `cache` (accounts, snapshots, expiry), `reports` (usage streams), `hours` (sessions),
+//! `watch` (alerts), `storage`, `link` (calls to the ledger), `sync`, `durable` and
+//! `recovery` (start).
 
 mod account;
 mod admission;
@@ -33,6 +44,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use dashmap::DashMap;
 
 use crate::billing::alerts::AlertConfig;
+pub use crate::billing::status::BalanceView;
 use crate::billing::{Catalog, Money};
 use crate::clock::SharedClock;
 use crate::journal::Journal;
@@ -57,6 +69,9 @@ pub const DEFAULT_SETTLED_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
 /// Acknowledged usage waiting for the ledger beyond which new Reserves are refused: the
 /// journal must not grow without bound while the ledger is away.
 pub const DEFAULT_OUTBOX_MAX: usize = 1_000_000;
+
+/// The engine's settings: its own limits, and those of each part (`work`, `sessions`,
+/// `watch`, `leasing`), with their `DEFAULT_*` values.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub hold_ttl_default_ms: i64,
@@ -100,8 +115,6 @@ impl Default for EngineConfig {
         }
     }
 }
-
-pub use crate::billing::status::BalanceView;
 
 /// A point-in-time view of the engine's sizes (see `Engine::stats`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
