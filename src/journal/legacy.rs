@@ -9,8 +9,8 @@ use std::str::FromStr;
 use rusqlite::{Connection, OptionalExtension};
 use rust_decimal::Decimal;
 
-use super::JournalError;
 use super::entry::{HoldState, ReservationRow, SessionRow, SessionState};
+use super::error::{JournalError, open_err};
 use super::tables::Recovered;
 use crate::billing::{Money, Resource};
 use crate::ledger::api::UsageRecord;
@@ -81,10 +81,6 @@ CREATE TABLE IF NOT EXISTS meta (
     value INTEGER NOT NULL
 );
 "#;
-
-fn open_err(e: impl std::fmt::Display) -> JournalError {
-    JournalError::Open(e.to_string())
-}
 
 fn money(s: &str) -> Result<Money, JournalError> {
     Decimal::from_str(s)

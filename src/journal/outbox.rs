@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use super::JournalError;
+use super::error::JournalError;
 use crate::ledger::api::UsageRecord;
 
 pub(super) struct Outbox {

@@ -8,9 +8,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
+use super::error::{JournalError, open_err};
 use super::tables::Tables;
 use super::writer::{sync_dir, write_atomically};
-use super::{JournalError, codec, legacy, open_err};
+use super::{codec, legacy};
 use crate::ledger::api::UsageRecord;
 
 /// Reads the journal at `path` (creating it if missing): its state, the file open for

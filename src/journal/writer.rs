@@ -12,10 +12,12 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::codec;
 use super::entry::Entry;
+use super::error::{JournalError, write_err};
+use super::options::{JournalOptions, JournalSync, NORMAL_SYNC_INTERVAL_MS};
 use super::outbox::Outbox;
 use super::tables::Tables;
-use super::{JournalError, JournalOptions, JournalSync, NORMAL_SYNC_INTERVAL_MS, codec, write_err};
 
 // Queued inline: boxing the common variant to shrink the rare one would cost an
 // allocation per request.
