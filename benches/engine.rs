@@ -69,8 +69,8 @@ use quotad::billing::{
     Catalog, Grant, GrantKind, GrantUnit, Money, Resource, ResourceSet, burn_down,
 };
 use quotad::clock::{Clock, SharedClock, SystemClock};
-use quotad::engine::work::{Work, WorkKey};
-use quotad::engine::{Engine, EngineConfig, ReserveRequest};
+use quotad::engine::work::{Work, WorkConfig, WorkKey};
+use quotad::engine::{Engine, EngineConfig, LeasingConfig, ReserveRequest};
 use quotad::journal::{
     DEFAULT_JOURNAL_BATCH_MAX, DEFAULT_JOURNAL_QUEUE_MAX, Entry, HoldState, Journal, JournalSync,
     ReservationRow,
@@ -283,10 +283,16 @@ impl Fixture {
         let cfg = EngineConfig {
             holds_max: usize::MAX,
             outbox_max: usize::MAX,
-            lease_whole_account: true,
-            streams_max: usize::MAX,
-            stream_reports_per_sec: u32::MAX,
-            works_remembered_max: usize::MAX,
+            leasing: LeasingConfig {
+                lease_whole_account: true,
+                ..LeasingConfig::default()
+            },
+            work: WorkConfig {
+                streams_max: usize::MAX,
+                stream_reports_per_sec: u32::MAX,
+                works_remembered_max: usize::MAX,
+                ..WorkConfig::default()
+            },
             ..EngineConfig::default()
         };
         let engine = Engine::start(

@@ -826,16 +826,16 @@ async fn run(args: Args) -> Result<(), String> {
     );
     cfg.engine.holds_max = 100_000_000;
     cfg.engine.outbox_max = 100_000_000;
-    cfg.engine.streams_max = 1_000_000;
-    cfg.engine.stream_reports_per_sec = u32::MAX;
+    cfg.engine.work.streams_max = 1_000_000;
+    cfg.engine.work.stream_reports_per_sec = u32::MAX;
     cfg.journal_sync = quotad::journal::JournalSync::from_name(&args.journal_sync)
         .ok_or_else(|| format!("--journal-sync {:?}: full or normal", args.journal_sync))?;
     // Room for every decision a stream can have unread (the window), so the stream
     // limit never ends a stream whose client is merely descheduled on a busy machine.
-    cfg.engine.stream_buffer = args
+    cfg.engine.work.stream_buffer = args
         .stream_buffer
-        .unwrap_or(cfg.engine.stream_buffer.max(args.window));
-    let stream_buffer = cfg.engine.stream_buffer;
+        .unwrap_or(cfg.engine.work.stream_buffer.max(args.window));
+    let stream_buffer = cfg.engine.work.stream_buffer;
     // The baselines (the no-op server, Redis, PostgreSQL) check no caller either, so the
     // comparison is of admission alone: this run measures quotad without authentication
     // (per call it adds a header parse, a SHA-256 and a cache lookup).

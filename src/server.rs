@@ -572,7 +572,7 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
                 cfg.embedded_lease,
             ));
             bootstrap_auth(&cfg.auth, &ledger, Some(&cfg.operator_token_file())).await?;
-            engine_cfg.lease_whole_account = true;
+            engine_cfg.leasing.lease_whole_account = true;
             (
                 ledger.clone(),
                 Some(ledger.clone()),

@@ -696,7 +696,10 @@ async fn load_views_sum_the_leases_and_keep_the_callers(s: Arc<dyn LedgerStore>)
     assert!(views[1].0.leases.is_empty());
     assert_eq!(views[1].1, Money::ZERO);
     // Expired longer ago than the cut-off: not set aside any more.
-    let views = s.load_views(&ids(&["acme"]), "sc-z", T0 + 150).await.unwrap();
+    let views = s
+        .load_views(&ids(&["acme"]), "sc-z", T0 + 150)
+        .await
+        .unwrap();
     assert_eq!(views[0].1, m("3.25"));
     assert!(views[0].0.leases.is_empty());
 }

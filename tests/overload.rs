@@ -89,7 +89,7 @@ async fn setup(tweak: impl FnOnce(&mut server::ServeConfig)) -> Setup {
     let mut cfg = config(dir.path());
     cfg.ledger_url = Some(format!("http://{ledger_addr}"));
     // The parked call waits for the test, not for the sidecar's own patience.
-    cfg.engine.lease_request_timeout_ms = 600_000;
+    cfg.engine.leasing.lease_request_timeout_ms = 600_000;
     tweak(&mut cfg);
     let running = server::start(cfg, quotad::clock::ManualClock::new(T0_MS))
         .await

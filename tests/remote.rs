@@ -61,7 +61,7 @@ impl Fleet {
         for i in 0..n {
             let mut cfg = config(&dir.path().join(format!("sidecar-{i}")));
             cfg.ledger_url = Some(format!("http://{ledger_addr}"));
-            cfg.engine.lease_want_min = Money::parse("0.1").unwrap();
+            cfg.engine.leasing.lease_want_min = Money::parse("0.1").unwrap();
             // The tests drive syncs themselves.
             cfg.sync_interval_ms = 3_600_000;
             cfg.ledger_token = Some(token.clone());

@@ -238,8 +238,8 @@ async fn overdue_and_empty_accounts_are_stopped_at_the_first_report() {
 #[tokio::test]
 async fn stream_limits_are_enforced_with_resource_exhausted() {
     let mut h = Harness::start_with(|c| {
-        c.engine.streams_max = 1;
-        c.engine.stream_reports_per_sec = 5;
+        c.engine.work.streams_max = 1;
+        c.engine.work.stream_reports_per_sec = 5;
     })
     .await;
     h.create_account("acme", "10").await.unwrap();
@@ -328,7 +328,7 @@ async fn bad_reports_get_invalid_argument() {
 async fn a_client_that_does_not_read_decisions_is_cut_off() {
     // Over the network hyper's send buffer absorbs hundreds of kilobytes before the
     // stream's own buffer fills, so this drives the stream handler directly.
-    let mut h = Harness::start_with(|c| c.engine.stream_buffer = 1).await;
+    let mut h = Harness::start_with(|c| c.engine.work.stream_buffer = 1).await;
     h.create_account("acme", "100").await.unwrap();
     let (report_tx, report_rx) = tokio::sync::mpsc::channel(8);
     let (decision_tx, mut decision_rx) = tokio::sync::mpsc::channel(1);

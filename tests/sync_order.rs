@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use common::*;
 use quotad::billing::{AccountStatus, Catalog, Resource};
 use quotad::clock::ManualClock;
-use quotad::engine::{Engine, EngineConfig, ReserveRequest};
+use quotad::engine::{Engine, EngineConfig, LeasingConfig, ReserveRequest};
 use quotad::grpc::admin::AdminService;
 use quotad::journal::{DEFAULT_JOURNAL_BATCH_MAX, DEFAULT_JOURNAL_QUEUE_MAX, Journal};
 use quotad::ledger::sqlite::SqliteStore;
@@ -95,7 +95,10 @@ impl Sidecar {
         )
         .unwrap();
         let cfg = EngineConfig {
-            lease_whole_account: true,
+            leasing: LeasingConfig {
+                lease_whole_account: true,
+                ..LeasingConfig::default()
+            },
             ..EngineConfig::default()
         };
         let engine = Engine::start(

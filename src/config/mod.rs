@@ -226,8 +226,8 @@ mod tests {
         let merged = overlay(&f, &a).unwrap();
         let cfg = merged.to_config().unwrap();
         assert_eq!(cfg.engine.holds_max, 99, "flag over file");
-        assert_eq!(cfg.engine.streams_max, 20, "file over default");
-        assert_eq!(cfg.engine.sessions_max, 5, "flag over default");
+        assert_eq!(cfg.engine.work.streams_max, 20, "file over default");
+        assert_eq!(cfg.engine.sessions.sessions_max, 5, "flag over default");
         assert_eq!(cfg.journal_sync, JournalSync::Normal);
         assert_eq!(cfg.listen.to_string(), "127.0.0.1:7000");
         assert_eq!(

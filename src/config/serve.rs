@@ -78,16 +78,16 @@ impl ServeSettings {
     fn apply_streams(&self, cfg: &mut ServeConfig) -> Result<(), ConfigError> {
         let e = &mut cfg.engine;
         if let Some(v) = self.streams_max {
-            e.streams_max = positive("streams_max", v)?;
+            e.work.streams_max = positive("streams_max", v)?;
         }
         if let Some(v) = self.stream_reports_per_sec {
-            e.stream_reports_per_sec = positive("stream_reports_per_sec", v)?;
+            e.work.stream_reports_per_sec = positive("stream_reports_per_sec", v)?;
         }
         if let Some(v) = self.stream_buffer {
-            e.stream_buffer = positive("stream_buffer", v)?;
+            e.work.stream_buffer = positive("stream_buffer", v)?;
         }
         if let Some(v) = self.sessions_max {
-            e.sessions_max = positive("sessions_max", v)?;
+            e.sessions.sessions_max = positive("sessions_max", v)?;
         }
         if let Some(v) = self.watchers_max {
             e.watch.watchers_max = positive("watchers_max", v)?;
@@ -179,17 +179,17 @@ impl ServeSettings {
             fail_open_budget: Some(budgets(cfg)),
             sync_interval_ms: Some(cfg.sync_interval_ms),
             hold_ttl_default_ms: Some(e.hold_ttl_default_ms),
-            lease_want_min: Some(Text(e.lease_want_min)),
-            lease_active_ms: Some(e.lease_active_ms),
-            lease_renew_before_ms: Some(e.lease_renew_before_ms),
-            lease_request_timeout_ms: Some(e.lease_request_timeout_ms),
-            lease_recall_wait_ms: Some(e.lease_recall_wait_ms),
+            lease_want_min: Some(Text(e.leasing.lease_want_min)),
+            lease_active_ms: Some(e.leasing.lease_active_ms),
+            lease_renew_before_ms: Some(e.leasing.lease_renew_before_ms),
+            lease_request_timeout_ms: Some(e.leasing.lease_request_timeout_ms),
+            lease_recall_wait_ms: Some(e.leasing.lease_recall_wait_ms),
             holds_max: Some(e.holds_max),
             journal_sync: Some(Text(cfg.journal_sync)),
-            streams_max: Some(e.streams_max),
-            stream_reports_per_sec: Some(e.stream_reports_per_sec),
-            stream_buffer: Some(e.stream_buffer),
-            sessions_max: Some(e.sessions_max),
+            streams_max: Some(e.work.streams_max),
+            stream_reports_per_sec: Some(e.work.stream_reports_per_sec),
+            stream_buffer: Some(e.work.stream_buffer),
+            sessions_max: Some(e.sessions.sessions_max),
             watchers_max: Some(e.watch.watchers_max),
             envoy_check_message_bytes_max: Some(cfg.envoy.check_message_bytes_max),
             envoy_access_log_message_bytes_max: Some(cfg.envoy.access_log_message_bytes_max),
@@ -256,19 +256,19 @@ fn apply_lease_settings(
                 allowed: "must not be negative".into(),
             });
         }
-        e.lease_want_min = v;
+        e.leasing.lease_want_min = v;
     }
     if let Some(v) = s.lease_active_ms {
-        e.lease_active_ms = positive("lease_active_ms", v)?;
+        e.leasing.lease_active_ms = positive("lease_active_ms", v)?;
     }
     if let Some(v) = s.lease_renew_before_ms {
-        e.lease_renew_before_ms = positive("lease_renew_before_ms", v)?;
+        e.leasing.lease_renew_before_ms = positive("lease_renew_before_ms", v)?;
     }
     if let Some(v) = s.lease_request_timeout_ms {
-        e.lease_request_timeout_ms = positive("lease_request_timeout_ms", v)?;
+        e.leasing.lease_request_timeout_ms = positive("lease_request_timeout_ms", v)?;
     }
     if let Some(v) = s.lease_recall_wait_ms {
-        e.lease_recall_wait_ms = v;
+        e.leasing.lease_recall_wait_ms = v;
     }
     Ok(())
 }

@@ -7,10 +7,7 @@
 use std::sync::Arc;
 
 use super::{Engine, EngineError};
-use crate::journal::JournalError;
-
-/// Resolves once a queued journal write is durable (or failed).
-pub(super) type Durable = tokio::sync::oneshot::Receiver<Result<(), JournalError>>;
+use crate::journal::{Durable, JournalError};
 
 /// The journal's answer for one write.
 type Written = Result<(), JournalError>;

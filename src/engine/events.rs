@@ -1,9 +1,10 @@
-//! Account events for Watch: alert crossings (R7) found whenever an account changes or
-//! time passes, and the stops of jobs and sessions. An event leaves only once what caused
-//! it is durable (the alert memo, the session row), so a crash can neither lose a crossing
-//! nor send it twice. Fan-out is a bounded broadcast per watched account: a watcher that
-//! falls behind loses the oldest events and is told how many, and publishing never waits
-//! on a watcher, so Watch cannot slow admission.
+//! Account events and their delivery to Watch streams: alert crossings (R7, found in
+//! `watch`) and the stops of jobs and sessions. An event leaves only once what caused it is
+//! durable (the alert memo, the session row): the hub's queue holds each batch with the
+//! journal write it waits for, so a crash can neither lose a crossing nor send it twice.
+//! Fan-out is a bounded broadcast per watched account: a watcher that falls behind loses
+//! the oldest events and is told how many, and publishing never waits on a watcher, so
+//! Watch cannot slow admission.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -11,9 +12,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use dashmap::DashMap;
 use tokio::sync::{broadcast, mpsc};
 
-use super::{Account, Durable, Engine, EngineError};
-use crate::billing::alerts::{self, AlertKind};
-use crate::journal::{Entry, JournalError};
+use super::error::EngineError;
+use crate::billing::alerts::AlertKind;
+use crate::journal::{Durable, JournalError};
 
 /// Most Watch streams open on one sidecar.
 pub const DEFAULT_WATCHERS_MAX: usize = 10_000;
@@ -75,8 +76,8 @@ impl Default for WatchConfig {
 
 /// Events of one change, to send once `durable` resolves.
 pub(super) struct Batch {
-    durable: Option<Durable>,
-    events: Vec<Event>,
+    pub(super) durable: Option<Durable>,
+    pub(super) events: Vec<Event>,
 }
 
 pub(super) struct Hub {
@@ -85,7 +86,7 @@ pub(super) struct Hub {
     watchers: Arc<AtomicUsize>,
     queue: mpsc::Sender<Batch>,
     /// Events not sent because the queue was full (logged; watchers see a gap).
-    pub(super) dropped: AtomicU64,
+    dropped: AtomicU64,
     closed: std::sync::atomic::AtomicBool,
     /// Events handed to watchers' buffers so far.
     sent: AtomicU64,
@@ -93,13 +94,13 @@ pub(super) struct Hub {
 
 /// Keeps a Watch registered; drop it after its receiver.
 pub struct WatchGuard {
-    engine: Arc<Engine>,
+    hub: Arc<Hub>,
     account_id: String,
 }
 
 impl Drop for WatchGuard {
     fn drop(&mut self) {
-        let hub = &self.engine.events;
+        let hub = &self.hub;
         hub.watchers.fetch_sub(1, Ordering::Relaxed);
         hub.senders
             .remove_if(&self.account_id, |_, tx| tx.receiver_count() == 0);
@@ -144,6 +145,58 @@ impl Hub {
         }
     }
 
+    /// Registers a watcher of the account, within both limits.
+    pub(super) fn subscribe(
+        self: &Arc<Hub>,
+        account_id: &str,
+    ) -> Result<(broadcast::Receiver<Event>, WatchGuard), EngineError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(EngineError::ShuttingDown);
+        }
+        let total = self.watchers.fetch_add(1, Ordering::Relaxed);
+        if total >= self.cfg.watchers_max {
+            self.watchers.fetch_sub(1, Ordering::Relaxed);
+            return Err(EngineError::WatchersFull {
+                limit: self.cfg.watchers_max,
+                per_account: false,
+            });
+        }
+        let tx = self
+            .senders
+            .entry(account_id.to_owned())
+            .or_insert_with(|| broadcast::channel(self.cfg.buffer.max(1)).0);
+        if tx.receiver_count() >= self.cfg.watchers_per_account_max {
+            drop(tx);
+            self.watchers.fetch_sub(1, Ordering::Relaxed);
+            return Err(EngineError::WatchersFull {
+                limit: self.cfg.watchers_per_account_max,
+                per_account: true,
+            });
+        }
+        let rx = tx.subscribe();
+        drop(tx);
+        let guard = WatchGuard {
+            hub: self.clone(),
+            account_id: account_id.to_owned(),
+        };
+        Ok((rx, guard))
+    }
+
+    /// Watch streams open now.
+    pub(super) fn watchers(&self) -> usize {
+        self.watchers.load(Ordering::Relaxed)
+    }
+
+    /// Events handed to watchers so far (those of accounts nobody watched included).
+    pub(super) fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Events not sent because the queue was full.
+    pub(super) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
     /// Ends every Watch (their senders go) and refuses new ones.
     pub(super) fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
@@ -163,7 +216,7 @@ impl Hub {
 
 /// Sends queued events in order, each batch once its cause is durable; a batch whose
 /// cause failed to persist is dropped with it (the change was undone).
-pub(super) async fn run(engine: std::sync::Weak<Engine>, mut rx: mpsc::Receiver<Batch>) {
+pub(super) async fn run(hub: std::sync::Weak<Hub>, mut rx: mpsc::Receiver<Batch>) {
     while let Some(b) = rx.recv().await {
         if let Some(d) = b.durable {
             match d.await.unwrap_or(Err(JournalError::Closed)) {
@@ -174,139 +227,9 @@ pub(super) async fn run(engine: std::sync::Weak<Engine>, mut rx: mpsc::Receiver<
                 }
             }
         }
-        let Some(engine) = engine.upgrade() else {
+        let Some(hub) = hub.upgrade() else {
             return;
         };
-        engine.events.send(b.events);
-    }
-}
-
-impl Engine {
-    /// Subscribes to the account's events.
-    pub async fn watch(
-        self: &Arc<Self>,
-        account_id: &str,
-    ) -> Result<(broadcast::Receiver<Event>, WatchGuard), EngineError> {
-        self.ensure_account(account_id).await?;
-        let hub = &self.events;
-        if hub.closed.load(Ordering::Relaxed) {
-            return Err(EngineError::ShuttingDown);
-        }
-        let total = hub.watchers.fetch_add(1, Ordering::Relaxed);
-        if total >= hub.cfg.watchers_max {
-            hub.watchers.fetch_sub(1, Ordering::Relaxed);
-            return Err(EngineError::WatchersFull {
-                limit: hub.cfg.watchers_max,
-                per_account: false,
-            });
-        }
-        let tx = hub
-            .senders
-            .entry(account_id.to_owned())
-            .or_insert_with(|| broadcast::channel(hub.cfg.buffer.max(1)).0);
-        if tx.receiver_count() >= hub.cfg.watchers_per_account_max {
-            drop(tx);
-            hub.watchers.fetch_sub(1, Ordering::Relaxed);
-            return Err(EngineError::WatchersFull {
-                limit: hub.cfg.watchers_per_account_max,
-                per_account: true,
-            });
-        }
-        let rx = tx.subscribe();
-        drop(tx);
-        // Report crossings due by now (e.g. an expiry reached while nobody looked).
-        self.check_account(account_id, self.now_ms());
-        Ok((
-            rx,
-            WatchGuard {
-                engine: self.clone(),
-                account_id: account_id.to_owned(),
-            },
-        ))
-    }
-
-    /// Events that went out to watchers (those of accounts nobody watched included).
-    pub fn events_sent(&self) -> u64 {
-        self.events.sent.load(Ordering::Relaxed)
-    }
-
-    pub fn watchers(&self) -> usize {
-        self.events.watchers.load(Ordering::Relaxed)
-    }
-
-    /// Under the account's lock: the alert crossings it made, journaled; the events go
-    /// out once the journal has them.
-    pub(super) fn alerts_locked(
-        &self,
-        a: &mut Account,
-        account_id: &str,
-        now_ms: i64,
-    ) -> Option<Batch> {
-        let currency = &self.catalog.currency;
-        let (found, change) = alerts::detect(
-            &self.cfg.alerts,
-            &mut a.alert_memo,
-            a.balance,
-            &a.grants,
-            |g| g.unit.label(currency),
-            now_ms,
-        );
-        if change.is_empty() {
-            return None;
-        }
-        let durable = match self.journal.submit(Entry::Alerts {
-            account_id: account_id.to_owned(),
-            set: change.set.clone(),
-            unset: change.unset.clone(),
-        }) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                // Not fired: undo, so the next look finds the crossing again.
-                tracing::warn!(account_id, error = %e, "alert memo not journaled; retried later");
-                a.alert_memo.revert(&change);
-                return None;
-            }
-        };
-        let events = found
-            .into_iter()
-            .map(|al| Event {
-                account_id: account_id.to_owned(),
-                kind: EventKind::Alert(al.kind),
-                subject_id: al.grant_id,
-                threshold: al.threshold,
-                message: al.message,
-                at_ms: now_ms,
-            })
-            .collect();
-        Some(Batch { durable, events })
-    }
-
-    /// Sends what `alerts_locked` found (call after releasing the account's lock).
-    pub(super) fn publish(&self, batch: Option<Batch>) {
-        if let Some(b) = batch {
-            self.events.publish(b.durable, b.events);
-        }
-    }
-
-    /// Sends events about work or sessions once `durable` resolves.
-    pub(super) fn publish_events(&self, durable: Option<Durable>, events: Vec<Event>) {
-        self.events.publish(durable, events);
-    }
-
-    /// Looks for alert crossings on one cached account now.
-    pub fn check_account(&self, account_id: &str, now_ms: i64) {
-        let batch = match self.accounts.get_mut(account_id) {
-            Some(mut a) => self.alerts_locked(&mut a, account_id, now_ms),
-            None => None,
-        };
-        self.publish(batch);
-    }
-
-    /// Time-driven crossings (expiry warnings, expiries) of every cached account.
-    pub fn check_alerts(&self, now_ms: i64) {
-        let ids: Vec<String> = self.accounts.iter().map(|e| e.key().clone()).collect();
-        for id in ids {
-            self.check_account(&id, now_ms);
-        }
+        hub.send(b.events);
     }
 }

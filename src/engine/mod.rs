@@ -6,33 +6,54 @@
 //!
 //! Lock order (deadlock freedom): an `accounts` entry may be held while taking a `holds`
 //! entry, never the reverse.
+//!
+//! The rooms depend one way. What the engine is made of does not know the engine: the
+//! cached account (`account`), reservations (`reservation`), the lease policy
+//! (`leases`), the state of usage streams (`work`), of sessions (`sessions`) and of Watch
+//! (`events`), and `error`; each owns its state, its settings and their limits. This file
+//! assembles them into `Engine` with its config and accessors. What the engine does is
+//! `impl Engine` in rooms of their own, which use this file and the ones below it, never
+//! the reverse: `admission` (the one rule), `holds` (Reserve/Commit/Release/Admit),
+//! `cache` (accounts, snapshots, expiry), `reports` (usage streams), `hours` (sessions),
+//! `watch` (alerts), `storage`, `link` (calls to the ledger), `sync`, `durable` and
+//! `recovery` (start).
 
+mod account;
+mod admission;
+mod cache;
 mod durable;
+mod error;
 pub mod events;
+mod holds;
+mod hours;
 mod leases;
+mod link;
+mod recovery;
+mod reports;
+mod reservation;
 pub mod sessions;
 pub mod storage;
 pub mod sync;
+mod watch;
 pub mod work;
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
-use dashmap::mapref::entry::Entry as MapEntry;
 
-use crate::billing::alerts::{AlertConfig, AlertMemo};
-use crate::billing::free_tier::{Calendar, RequestCounts};
-use crate::billing::status::{self, DenyReason};
-use crate::billing::storage::StorageMeter;
-use crate::billing::usage;
-use crate::billing::{Catalog, Grant, Money, PriceError, Resource};
+use crate::billing::alerts::AlertConfig;
+pub use crate::billing::status::BalanceView;
+use crate::billing::{Catalog, Money};
 use crate::clock::SharedClock;
-use crate::journal::{Entry, HoldState, Journal, JournalError, Recovered, ReservationRow};
-use crate::ledger::lease::DEFAULT_LEASE_HOLD_GRACE_MS;
-use crate::ledger::{AccountSnapshot, LedgerApi, LedgerError, UsageRecord};
+use crate::journal::Journal;
+use crate::ledger::api::{DEFAULT_LEASE_HOLD_GRACE_MS, LedgerApi};
+use account::Account;
+pub use error::EngineError;
+pub use leases::LeasingConfig;
+pub use reservation::{AdmitOutcome, CommitOutcome, ReserveOutcome, ReserveRequest};
+use reservation::{Hold, OrphanHold};
 
 /// Hold lifetime when a Reserve gives ttl_ms = 0: long enough for a typical generation job
 /// to finish and Commit, short enough that a crashed worker's hold returns within minutes.
@@ -48,28 +69,9 @@ pub const DEFAULT_SETTLED_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
 /// Acknowledged usage waiting for the ledger beyond which new Reserves are refused: the
 /// journal must not grow without bound while the ledger is away.
 pub const DEFAULT_OUTBOX_MAX: usize = 1_000_000;
-/// Smallest lease a sidecar asks for on an active account, so that a quiet account does
-/// not go to the ledger for every job.
-pub const DEFAULT_LEASE_WANT_MIN: &str = "1";
-/// Renew a lease this long before it expires (if the account was active).
-pub const DEFAULT_LEASE_RENEW_BEFORE_MS: i64 = 10_000;
-/// An account is active, and its lease kept renewed, for this long after its last call.
-pub const DEFAULT_LEASE_ACTIVE_MS: i64 = 5 * 60 * 1000;
-/// Longest a Reserve waits for a lease from the ledger before answering without it.
-pub const DEFAULT_LEASE_REQUEST_TIMEOUT_MS: u64 = 2_000;
-/// Longest a request waits for other sidecars to give back unused lease the ledger asked
-/// them for (they do at their next sync, `sync_interval_ms` apart) before it is denied.
-pub const DEFAULT_LEASE_RECALL_WAIT_MS: u64 = 2_500;
-/// How often a request waiting for recalled lease looks at the ledger again.
-pub const DEFAULT_LEASE_RECALL_POLL_MS: u64 = 50;
-/// Lease request sequence numbers one run may use (far more than it ever will).
-const LEASE_SEQ_BLOCK: u64 = 1_000_000_000_000;
-/// Most lease requests in one sync.
-pub const DEFAULT_SYNC_LEASES_MAX: usize = 1_000;
-/// Most lease requests one Reserve makes: one, and up to this many while concurrent
-/// requests on the same sidecar take the money granted for it first.
-const LEASE_ASKS_MAX: usize = 3;
 
+/// The engine's settings: its own limits, and those of each part (`work`, `sessions`,
+/// `watch`, `leasing`), with their `DEFAULT_*` values.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub hold_ttl_default_ms: i64,
@@ -78,30 +80,17 @@ pub struct EngineConfig {
     pub accounts_max: usize,
     pub settled_retention_ms: i64,
     pub outbox_max: usize,
-    /// Ask for the whole account as lease (one sidecar per ledger: embedded mode).
-    pub lease_whole_account: bool,
-    pub lease_want_min: Money,
-    pub lease_renew_before_ms: i64,
-    pub lease_active_ms: i64,
-    pub lease_request_timeout_ms: u64,
-    pub lease_recall_wait_ms: u64,
-    pub lease_recall_poll_ms: u64,
-    pub sync_leases_max: usize,
+    /// How this sidecar asks for leases (see `leases`).
+    pub leasing: leases::LeasingConfig,
     /// Money an account may still be admitted for while the ledger is unreachable and its
     /// lease is spent or expired, by account id; `fail_open_default` for the others.
     /// Zero (the default) is fail-closed.
     pub fail_open_budgets: HashMap<String, Money>,
     pub fail_open_default: Money,
     /// Usage streams (see `work`).
-    pub streams_max: usize,
-    pub stream_reports_per_sec: u32,
-    pub stream_buffer: usize,
-    pub stream_interval_ms: u64,
-    pub works_remembered_max: usize,
+    pub work: work::WorkConfig,
     /// Exclusive sessions (see `sessions`).
-    pub sessions_max: usize,
-    pub session_idle_timeout_ms: i64,
-    pub session_idle_timeout_max_ms: i64,
+    pub sessions: sessions::SessionConfig,
     /// Alert thresholds and Watch limits (see `events`).
     pub alerts: AlertConfig,
     pub watch: events::WatchConfig,
@@ -116,344 +105,13 @@ impl Default for EngineConfig {
             accounts_max: DEFAULT_ACCOUNTS_MAX,
             settled_retention_ms: DEFAULT_SETTLED_RETENTION_MS,
             outbox_max: DEFAULT_OUTBOX_MAX,
-            lease_whole_account: false,
-            lease_want_min: Money::parse(DEFAULT_LEASE_WANT_MIN).unwrap_or(Money::ZERO),
-            lease_renew_before_ms: DEFAULT_LEASE_RENEW_BEFORE_MS,
-            lease_active_ms: DEFAULT_LEASE_ACTIVE_MS,
-            lease_request_timeout_ms: DEFAULT_LEASE_REQUEST_TIMEOUT_MS,
-            lease_recall_wait_ms: DEFAULT_LEASE_RECALL_WAIT_MS,
-            lease_recall_poll_ms: DEFAULT_LEASE_RECALL_POLL_MS,
-            sync_leases_max: DEFAULT_SYNC_LEASES_MAX,
+            leasing: leases::LeasingConfig::default(),
             fail_open_budgets: HashMap::new(),
             fail_open_default: Money::ZERO,
-            streams_max: work::DEFAULT_STREAMS_MAX,
-            stream_reports_per_sec: work::DEFAULT_STREAM_REPORTS_PER_SEC,
-            stream_buffer: work::DEFAULT_STREAM_BUFFER,
-            stream_interval_ms: work::DEFAULT_STREAM_INTERVAL_MS,
-            works_remembered_max: work::DEFAULT_WORKS_REMEMBERED_MAX,
-            sessions_max: sessions::DEFAULT_SESSIONS_MAX,
-            session_idle_timeout_ms: crate::billing::session::DEFAULT_IDLE_TIMEOUT_MS,
-            session_idle_timeout_max_ms: sessions::DEFAULT_IDLE_TIMEOUT_MAX_MS,
+            work: work::WorkConfig::default(),
+            sessions: sessions::SessionConfig::default(),
             alerts: AlertConfig::default(),
             watch: events::WatchConfig::default(),
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("account {0} does not exist")]
-    UnknownAccount(String),
-    #[error("reservation {0} does not exist")]
-    UnknownReservation(String),
-    #[error("reservation {id} expired at {expired_at_ms} ms and its hold was released")]
-    ReservationExpired { id: String, expired_at_ms: i64 },
-    #[error("reservation {id} is already {state}")]
-    ReservationSettled { id: String, state: &'static str },
-    #[error("reservation_id {id} was already used for a different request: {detail}")]
-    ReservationMismatch { id: String, detail: String },
-    /// Internal: a concurrent call is journaling this reservation. `reserve` and `settle`
-    /// wait for it and try again, so this never reaches a client.
-    #[error("reservation {0} is being recorded by a concurrent call")]
-    InProgress(String),
-    #[error(
-        "reservation {0} has an open usage stream; close the stream (it settles the reported usage) before Commit or Release"
-    )]
-    WorkStreaming(String),
-    #[error("ttl_ms {ttl_ms} is longer than the maximum of {max_ms}")]
-    TtlTooLong { ttl_ms: i64, max_ms: i64 },
-    #[error("{0} reservations are held, the configured maximum (holds_max)")]
-    HoldsFull(usize),
-    #[error("{0} accounts are cached, the configured maximum (accounts_max)")]
-    AccountsFull(usize),
-    #[error(
-        "{0} usage records are waiting for the ledger (outbox_max); new work is refused until it catches up"
-    )]
-    Backlog(usize),
-    #[error(
-        "{0} is not metered by a usage stream (StreamUsage meters GPU_SHARED; Exclusive instances use StartSession)"
-    )]
-    NotStreamable(Resource),
-    #[error("{0} usage streams are open or remembered, the configured maximum (streams_max)")]
-    StreamsFull(usize),
-    #[error("work {0} already has an open usage stream")]
-    WorkOpen(String),
-    #[error("more than {0} usage reports per second on one stream (stream_reports_per_sec)")]
-    ReportRate(u32),
-    #[error("session {0} does not exist")]
-    UnknownSession(String),
-    #[error("session_id {id} was already used for a different session: {detail}")]
-    SessionMismatch { id: String, detail: String },
-    #[error("{0} sessions are kept, the configured maximum (sessions_max)")]
-    SessionsFull(usize),
-    #[error("idle_timeout_ms {idle_timeout_ms} must be between 1 and {max_ms} (0 = default)")]
-    IdleTimeout { idle_timeout_ms: i64, max_ms: i64 },
-    #[error("{limit} watchers are open{}, the configured maximum", if *per_account { " on this account" } else { "" })]
-    WatchersFull { limit: usize, per_account: bool },
-    #[error(
-        "at_ms {at_ms} is more than {ahead_max_ms} ms ahead of this sidecar's clock ({now_ms})"
-    )]
-    StorageInFuture {
-        at_ms: i64,
-        now_ms: i64,
-        ahead_max_ms: i64,
-    },
-    #[error("the catalog has no STORAGE price; storage cannot be metered")]
-    NoStoragePrice,
-    #[error(transparent)]
-    Storage(#[from] crate::billing::storage::StorageError),
-    #[error("quotad is shutting down; reconnect (to another instance, or after the restart)")]
-    ShuttingDown,
-    #[error(transparent)]
-    Price(#[from] PriceError),
-    #[error(transparent)]
-    Journal(#[from] JournalError),
-    #[error(transparent)]
-    Ledger(LedgerError),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReserveRequest {
-    pub account_id: String,
-    pub reservation_id: String,
-    pub resource: Resource,
-    pub sku: String,
-    pub quantity: u64,
-    /// 0 = the configured default.
-    pub ttl_ms: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReserveOutcome {
-    pub admitted: bool,
-    pub reason: Option<DenyReason>,
-    pub held: Money,
-    pub available: Money,
-    pub expires_at_ms: i64,
-    /// Admitted from the fail-open budget while the ledger was unreachable.
-    pub fail_open: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommitOutcome {
-    pub charged: Money,
-    pub available: Money,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdmitOutcome {
-    pub admitted: bool,
-    pub reason: Option<DenyReason>,
-    pub available: Money,
-}
-
-pub use crate::billing::status::BalanceView;
-
-/// Usage acknowledged here and not yet in the account's snapshot.
-#[derive(Debug, Clone)]
-struct Pending {
-    seq: u64,
-    resource: Resource,
-    quantity: u64,
-    /// List cost of the quantity (what the record carries).
-    cost: Money,
-    /// Money it took in the live view, after free requests and volume plans: what it
-    /// spends of the lease.
-    money: Money,
-    at_ms: i64,
-}
-
-struct Account {
-    base: AccountSnapshot,
-    pending: VecDeque<Pending>,
-    /// Live view: `base` with `pending` burned down.
-    balance: Money,
-    grants: Vec<Grant>,
-    /// Sum of open holds.
-    held: Money,
-    /// Quantities of the open holds by resource (`Resource as usize`): what they will take
-    /// of the month's free requests and of volume plans (traffic GB) once committed, so a
-    /// concurrent Reserve cannot count on the same free requests or plan GB (G1).
-    held_units: [u64; 6],
-    /// Open holds by expiry, earliest first (entries of settled holds are skipped).
-    expiries: BinaryHeap<Reverse<(i64, String)>>,
-    /// Sum of `pending` costs: spent from the lease but not yet at the ledger.
-    pending_cost: Money,
-    /// Charged since the current lease was granted: the spend rate that sizes the next.
-    spent_since_lease: Money,
-    /// Sequence number of the last give-back sent: a lease set by an older request is not
-    /// spent from (the ledger may have shrunk it to what was committed then).
-    lease_floor_seq: u64,
-    /// Costs of the lease requests in flight for this account (requests waiting on the
-    /// ledger): every request's `need` counts them, so concurrent ones do not starve.
-    lease_inflight: Money,
-    /// Holds settled but not yet durable: still committed until the journal confirms
-    /// (a failed write puts them back), so a give-back keeps covering them.
-    unsettled: Money,
-    last_touch_ms: i64,
-    /// What is left of the fail-open budget, and what was admitted from it.
-    fail_open_left: Money,
-    fail_open_spent: Money,
-    /// Alert crossings that fired (persisted in the journal).
-    alert_memo: AlertMemo,
-    /// Requests counted per month: the snapshot's plus `pending` (the free tier).
-    counts: RequestCounts,
-    /// The catalog's calendar (months of the free tier).
-    cal: Calendar,
-    /// The last storage level and the hour in progress (see `storage`). Async-locked
-    /// for the whole of a step, journal wait included, so that a look at the account
-    /// waits for a step in flight instead of missing its charges.
-    storage: Arc<tokio::sync::Mutex<Option<StorageMeter>>>,
-}
-
-impl Account {
-    fn new(
-        base: AccountSnapshot,
-        pending: VecDeque<Pending>,
-        fail_open_budget: Money,
-        now_ms: i64,
-        cal: Calendar,
-    ) -> Account {
-        let mut a = Account {
-            balance: base.balance,
-            grants: base.grants.clone(),
-            base,
-            pending,
-            held: Money::ZERO,
-            held_units: [0; 6],
-            expiries: BinaryHeap::new(),
-            pending_cost: Money::ZERO,
-            spent_since_lease: Money::ZERO,
-            lease_floor_seq: 0,
-            lease_inflight: Money::ZERO,
-            unsettled: Money::ZERO,
-            last_touch_ms: now_ms,
-            fail_open_left: fail_open_budget,
-            fail_open_spent: Money::ZERO,
-            alert_memo: AlertMemo::default(),
-            counts: RequestCounts::default(),
-            cal,
-            storage: Arc::new(tokio::sync::Mutex::new(None)),
-        };
-        a.recompute();
-        a
-    }
-
-    fn recompute(&mut self) {
-        self.balance = self.base.balance;
-        self.grants.clone_from(&self.base.grants);
-        self.counts.clone_from(&self.base.request_counts);
-        self.pending_cost = Money::ZERO;
-        for p in &mut self.pending {
-            p.money = usage::charge_counted(
-                &mut self.grants,
-                &mut self.balance,
-                &mut self.counts,
-                &self.cal,
-                p.resource,
-                p.quantity,
-                p.cost,
-                p.at_ms,
-            )
-            .money;
-            self.pending_cost += p.money;
-        }
-    }
-
-    /// The money a charge of `quantity` (list cost `cost`) would take now, after the
-    /// month's free requests and volume plans.
-    fn money_due(&self, resource: Resource, quantity: u64, cost: Money, now_ms: i64) -> Money {
-        // Open holds come first: they take the free requests and plan GB before this one.
-        let held = self.held_units[resource as usize];
-        let free = self
-            .counts
-            .free_part_after(&self.cal, resource, held, quantity, now_ms);
-        usage::money_due(&self.grants, resource, quantity, cost, free, held, now_ms)
-    }
-
-    /// A reservation of `quantity` of `resource` is open (`true`) or no longer (`false`).
-    fn count_units(&mut self, resource: Resource, quantity: u64, open: bool) {
-        let u = &mut self.held_units[resource as usize];
-        *u = if open {
-            u.saturating_add(quantity)
-        } else {
-            u.saturating_sub(quantity)
-        };
-    }
-
-    /// What the account can pay after this sidecar's holds, by the billing rules alone.
-    fn billing_available(&self, resource: Resource, now_ms: i64) -> Money {
-        status::available_for(self.balance, &self.grants, self.held, resource, now_ms)
-    }
-
-    /// What this sidecar could admit now: the billing view, and with several sidecars
-    /// (`whole_account` false) no more than its lease's unspent part plus the money no
-    /// sidecar holds a lease on, as of the last snapshot.
-    fn available(&self, resource: Resource, now_ms: i64, whole_account: bool) -> Money {
-        let billing = self.billing_available(resource, now_ms);
-        if whole_account {
-            return billing;
-        }
-        let spendable = self.lease_spendable(now_ms).unwrap_or_default();
-        billing.min(spendable.non_negative() + self.base.unleased)
-    }
-
-    /// What the lease still lets this sidecar admit, or None once it has expired or a
-    /// give-back may have shrunk it at the ledger.
-    fn lease_spendable(&self, now_ms: i64) -> Option<Money> {
-        let l = &self.base.lease;
-        (now_ms < l.expires_at_ms && l.seq >= self.lease_floor_seq)
-            .then(|| l.remaining - self.pending_cost - self.held)
-    }
-
-    /// The account is near the edge (or the ledger wants unused lease back): keep no
-    /// headroom.
-    fn lease_recalled(&self) -> bool {
-        self.base.lease.edge || self.base.lease.give_back
-    }
-
-    /// What this sidecar has committed: open holds and usage the ledger has not applied.
-    fn committed(&self) -> Money {
-        self.held + self.pending_cost + self.unsettled
-    }
-}
-
-/// An open reservation recovered from the journal, counted against its account once the
-/// account is loaded.
-struct OrphanHold {
-    expires_at_ms: i64,
-    reservation_id: String,
-    held: Money,
-    resource: Resource,
-    quantity: u64,
-}
-
-struct Hold {
-    row: ReservationRow,
-    /// A transition of this hold is being journaled; a concurrent copy of the call waits
-    /// for it (`wait_idle`) and answers with its outcome.
-    busy: bool,
-    /// Calls waiting for `busy` to clear, woken by `Hold::idle`.
-    waiters: Option<Arc<tokio::sync::Notify>>,
-    /// A usage stream has taken over the hold (see `work`); Commit waits for its end.
-    streaming: bool,
-}
-
-impl Hold {
-    fn new(row: ReservationRow, busy: bool) -> Hold {
-        Hold {
-            row,
-            busy,
-            waiters: None,
-            streaming: false,
-        }
-    }
-
-    /// The transition being journaled is over (done, or undone): wake its waiters.
-    fn idle(&mut self) {
-        self.busy = false;
-        if let Some(w) = self.waiters.take() {
-            w.notify_waiters();
         }
     }
 }
@@ -523,51 +181,38 @@ pub struct Engine {
     recovered_alerts: DashMap<String, Vec<String>>,
     /// Storage meters recovered at start for accounts the ledger could not load yet.
     orphan_storage: DashMap<String, crate::billing::storage::StorageMeter>,
-    /// Open usage streams by work id, and the last seq of recently ended ones.
-    works: DashMap<String, work::WorkView>,
-    work_seqs: DashMap<String, (u64, i64)>,
-    sessions: DashMap<String, Arc<tokio::sync::Mutex<crate::journal::SessionRow>>>,
-    events: events::Hub,
+    /// Open usage streams, and the last seq of recently ended ones.
+    works: work::Works,
+    sessions: sessions::Sessions,
+    events: Arc<events::Hub>,
     /// Turns true at shutdown: open streams end (see `close_streams`).
     closing: tokio::sync::watch::Sender<bool>,
 }
 
-fn ledger_err(account_id: &str, e: LedgerError) -> EngineError {
-    match e {
-        LedgerError::UnknownAccount(_) => EngineError::UnknownAccount(account_id.to_owned()),
-        e => EngineError::Ledger(e),
-    }
-}
-
 impl Engine {
-    /// Builds the engine from what the journal recovered: holds are restored, the outbox is
-    /// pushed to the ledger if it can be reached, accounts with open holds are loaded.
-    pub async fn start(
+    /// An engine with nothing loaded yet (see `start`), its event hub's send loop running.
+    fn new(
         cfg: EngineConfig,
         catalog: Arc<Catalog>,
         clock: SharedClock,
         journal: Arc<Journal>,
-        recovered: Recovered,
         ledger: Arc<dyn LedgerApi>,
         sidecar_id: String,
-    ) -> Result<Arc<Engine>, EngineError> {
+    ) -> Arc<Engine> {
         let (hub, event_queue) = events::Hub::new(cfg.watch);
-        let mut recovered_alerts: HashMap<String, Vec<String>> = HashMap::new();
-        for (account_id, key) in recovered.alerts {
-            recovered_alerts.entry(account_id).or_default().push(key);
-        }
-        let engine = Arc::new_cyclic(|me| Engine {
+        let hub = Arc::new(hub);
+        tokio::spawn(events::run(Arc::downgrade(&hub), event_queue));
+        Arc::new_cyclic(|me| Engine {
             me: me.clone(),
             sidecar_id,
             catalog,
             clock,
             journal,
             ledger,
-            cfg,
             accounts: DashMap::new(),
             holds: DashMap::new(),
             holds_len: AtomicUsize::new(0),
-            next_seq: AtomicU64::new(recovered.next_seq),
+            next_seq: AtomicU64::new(1),
             sync_lock: tokio::sync::Mutex::new(()),
             hold_grace_ms: AtomicI64::new(DEFAULT_LEASE_HOLD_GRACE_MS),
             ledger_up: AtomicBool::new(true),
@@ -581,96 +226,14 @@ impl Engine {
             ledger_heard_ms: AtomicI64::new(i64::MIN / 2),
             reset_pending: AtomicBool::new(false),
             orphan_session_holds: DashMap::new(),
-            recovered_alerts: recovered_alerts.into_iter().collect(),
+            recovered_alerts: DashMap::new(),
             orphan_storage: DashMap::new(),
-            works: DashMap::new(),
-            work_seqs: DashMap::new(),
-            sessions: DashMap::new(),
+            works: work::Works::new(cfg.work),
+            sessions: sessions::Sessions::new(cfg.sessions),
             events: hub,
             closing: tokio::sync::watch::Sender::new(false),
-        });
-        tokio::spawn(events::run(Arc::downgrade(&engine), event_queue));
-        // Lease requests of this run get sequence numbers above every earlier run's, even
-        // if the clock went back (the ledger ignores a request older than one it applied).
-        let base = recovered
-            .lease_seq_floor
-            .max((engine.clock.now_ms().max(0) as u64).saturating_mul(1_000));
-        engine
-            .journal
-            .submit(Entry::LeaseSeqFloor(base.saturating_add(LEASE_SEQ_BLOCK)))?
-            .await
-            .unwrap_or(Err(JournalError::Closed))?;
-        engine.lease_seq.store(base, Ordering::Relaxed);
-        engine.recover_sessions(recovered.sessions);
-        let recovered_storage = recovered.storage;
-        engine.recover_works(recovered.works);
-        if let Err(e) = engine.flush().await {
-            tracing::warn!(error = %e, "could not push recovered usage to the ledger yet");
-        }
-        let now_ms = engine.clock.now_ms();
-        let mut open = 0usize;
-        for row in recovered.reservations {
-            if row.state == HoldState::Open {
-                // Counted against the account when it loads (now, or once the ledger is back).
-                engine
-                    .orphan_holds
-                    .entry(row.account_id.clone())
-                    .or_default()
-                    .push(OrphanHold {
-                        expires_at_ms: row.expires_at_ms,
-                        reservation_id: row.reservation_id.clone(),
-                        held: row.held,
-                        resource: row.resource,
-                        quantity: row.quantity,
-                    });
-                open += 1;
-            }
-            engine
-                .holds
-                .insert(row.reservation_id.clone(), Hold::new(row, false));
-            engine.holds_len.fetch_add(1, Ordering::Relaxed);
-        }
-        let mut accounts: Vec<String> = engine
-            .orphan_holds
-            .iter()
-            .map(|e| e.key().clone())
-            .collect();
-        accounts.extend(
-            engine
-                .orphan_session_holds
-                .iter()
-                .map(|e| e.key().clone())
-                .filter(|k| !engine.orphan_holds.contains_key(k)),
-        );
-        // Everything this sidecar owes is known now: give back what a previous run leased
-        // and did not use, before asking for anything new.
-        engine.reset_pending.store(true, Ordering::Relaxed);
-        if let Err(e) = engine.sync_once(sync::DEFAULT_SYNC_BATCH_MAX).await {
-            tracing::warn!(error = %e, "leases of the previous run not given back yet");
-        }
-        for account_id in accounts {
-            match engine.ensure_account(&account_id).await {
-                Ok(()) => {}
-                Err(EngineError::UnknownAccount(_)) => {
-                    tracing::error!(
-                        account_id,
-                        "journal holds reservations of an account the ledger does not know"
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(account_id, error = %e, "account not loaded yet; its holds wait")
-                }
-            }
-        }
-        engine.recover_storage(recovered_storage).await;
-        engine.sweep(now_ms);
-        tracing::info!(
-            holds = engine.holds_len.load(Ordering::Relaxed),
-            open,
-            outbox = engine.journal.outbox_len(),
-            "engine recovered"
-        );
-        Ok(engine)
+            cfg,
+        })
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
@@ -714,18 +277,16 @@ impl Engine {
             .iter()
             .filter(|a| a.base.lease.expires_at_ms > now_ms)
             .count();
-        let sessions_running = self
-            .sessions
-            .iter()
-            .filter(|s| {
-                // One being stepped right now is running (stopped ones are not stepped).
-                s.value()
-                    .try_lock()
-                    .map(|r| r.state == crate::journal::SessionState::Running)
-                    .unwrap_or(true)
-            })
-            .count();
-        let oldest_usage_at_ms = self.journal.outbox_batch(1).first().map(|u| u.at_ms);
+        let sessions_running = self.sessions.running();
+        let oldest_usage_at_ms = match self.journal.outbox_batch(1) {
+            Ok(first) => first.first().map(|u| u.at_ms),
+            Err(e) => {
+                // Nothing reaches the ledger any more (the sync loop fails with this too):
+                // show the whole age of the backlog rather than none.
+                tracing::error!(error = %e, "journal outbox unreadable");
+                Some(i64::MIN)
+            }
+        };
         EngineStats {
             holds: self.holds_len.load(Ordering::Relaxed),
             accounts: self.accounts.len(),
@@ -734,1026 +295,10 @@ impl Engine {
             sessions_running,
             watchers: self.watchers(),
             events_sent: self.events_sent(),
-            events_dropped: self.events.dropped.load(Ordering::Relaxed),
+            events_dropped: self.events.dropped(),
             journal_backlog: self.journal.outbox_len(),
             sync_lag_ms: oldest_usage_at_ms.map_or(0, |at| now_ms.saturating_sub(at).max(0)),
             ledger_up: self.ledger_reachable(),
         }
     }
-
-    /// Loads the account from the ledger, with a first lease, if it is not cached.
-    async fn ensure_account(&self, account_id: &str) -> Result<(), EngineError> {
-        self.ensure_account_for(account_id, Money::ZERO).await
-    }
-
-    /// `ensure_account`, asking for a first lease that covers `first` (the request that
-    /// loads it), so that it needs no second round trip.
-    async fn ensure_account_for(&self, account_id: &str, first: Money) -> Result<(), EngineError> {
-        if self.accounts.contains_key(account_id) {
-            return Ok(());
-        }
-        if self.accounts.len() >= self.cfg.accounts_max {
-            return Err(EngineError::AccountsFull(self.cfg.accounts_max));
-        }
-        let held = self
-            .orphan_holds
-            .get(account_id)
-            .map(|h| h.iter().map(|o| o.held).sum())
-            .unwrap_or(Money::ZERO);
-        let want = self.lease_want(None, first) + held;
-        let snap = self
-            .fetch_lease(account_id, want, held + first, held)
-            .await?;
-        let pending: VecDeque<Pending> = self
-            .journal
-            .outbox_of(account_id, snap.applied_seq, usize::MAX)
-            .into_iter()
-            .map(|u| Pending {
-                seq: u.seq,
-                resource: u.resource,
-                quantity: u.quantity,
-                cost: u.cost,
-                money: u.cost,
-                at_ms: u.at_ms,
-            })
-            .collect();
-        let budget = self
-            .cfg
-            .fail_open_budgets
-            .get(account_id)
-            .copied()
-            .unwrap_or(self.cfg.fail_open_default);
-        let now_ms = self.now_ms();
-        let orphans = self.orphan_holds.remove(account_id).map(|(_, v)| v);
-        let mut a = self
-            .accounts
-            .entry(account_id.to_owned())
-            .or_insert_with(|| Account::new(snap, pending, budget, now_ms, self.catalog.calendar));
-        a.lease_floor_seq = a
-            .lease_floor_seq
-            .max(self.uncached_floor_seq.load(Ordering::Relaxed));
-        for o in orphans.into_iter().flatten() {
-            a.held += o.held;
-            a.count_units(o.resource, o.quantity, true);
-            a.expiries
-                .push(Reverse((o.expires_at_ms, o.reservation_id)));
-        }
-        if let Some((_, held)) = self.orphan_session_holds.remove(account_id) {
-            a.held += held;
-        }
-        if let Some((_, keys)) = self.recovered_alerts.remove(account_id) {
-            a.alert_memo = AlertMemo::from_keys(keys);
-        }
-        if let Some((_, meter)) = self.orphan_storage.remove(account_id)
-            && let Ok(mut m) = a.storage.try_lock()
-        {
-            m.get_or_insert(meter);
-        }
-        Ok(())
-    }
-
-    /// Replaces cached snapshots with newer ones from the ledger.
-    pub fn apply_snapshots(&self, snaps: Vec<AccountSnapshot>) {
-        let now_ms = self.now_ms();
-        for snap in snaps {
-            let batch = if let Some(mut a) = self.accounts.get_mut(&snap.account_id) {
-                if snap.version < a.base.version {
-                    continue;
-                }
-                if snap.lease.expires_at_ms != a.base.lease.expires_at_ms {
-                    a.spent_since_lease = Money::ZERO;
-                }
-                tracing::trace!(account_id = %snap.account_id, version = snap.version,
-                    lease = %snap.lease.remaining, lease_seq = snap.lease.seq,
-                    applied_seq = snap.applied_seq, balance = %snap.balance, "snapshot");
-                let applied = snap.applied_seq;
-                a.pending.retain(|p| p.seq > applied);
-                let account_id = snap.account_id.clone();
-                a.base = snap;
-                a.recompute();
-                if a.base.lease.give_back
-                    || a.lease_recalled() && a.base.lease.remaining > a.committed()
-                {
-                    // The ledger wants unused lease back (or the account reached the
-                    // edge while this sidecar held some): give it back now.
-                    self.wake_sync();
-                }
-                // Top-ups, purchases and grants arrive here: they may cross back.
-                self.alerts_locked(&mut a, &account_id, now_ms)
-            } else {
-                None
-            };
-            self.publish(batch);
-        }
-    }
-
-    /// Fetches the account's snapshot and a fresh lease now (after an admin change).
-    pub async fn refresh_account(&self, account_id: &str) -> Result<(), EngineError> {
-        if !self.accounts.contains_key(account_id) {
-            return self.ensure_account(account_id).await;
-        }
-        let (want, held) = match self.accounts.get(account_id) {
-            Some(a) => (self.lease_want(Some(&a), Money::ZERO), a.committed()),
-            None => return Ok(()),
-        };
-        let snap = self
-            .fetch_lease(account_id, want, held + self.inflight(account_id), held)
-            .await?;
-        self.apply_snapshots(vec![snap]);
-        Ok(())
-    }
-
-    /// Releases the account's holds whose TTL has passed (G3).
-    fn expire_due(&self, a: &mut Account, now_ms: i64) {
-        while let Some(Reverse((at, _))) = a.expiries.peek() {
-            if *at > now_ms {
-                break;
-            }
-            let Some(Reverse((_, id))) = a.expiries.pop() else {
-                break;
-            };
-            let Some(mut h) = self.holds.get_mut(&id) else {
-                continue;
-            };
-            if h.row.state != HoldState::Open
-                || h.busy
-                || h.streaming
-                || h.row.expires_at_ms > now_ms
-            {
-                continue;
-            }
-            h.row.state = HoldState::Expired;
-            h.row.settled_at_ms = now_ms;
-            a.held -= h.row.held;
-            a.count_units(h.row.resource, h.row.quantity, false);
-            if a.lease_recalled() {
-                self.wake_sync();
-            }
-            tracing::debug!(reservation_id = %id, held = %h.row.held, "hold expired");
-            // A restart re-derives expiry from the time, so losing this write is harmless.
-            if let Err(e) = self
-                .journal
-                .submit_detached(Entry::Reservation(h.row.clone()))
-            {
-                tracing::warn!(reservation_id = %id, error = %e, "expiry not journaled");
-            }
-        }
-    }
-
-    /// Housekeeping: expires due holds on every account and forgets settled reservations
-    /// past the retention window.
-    pub fn sweep(&self, now_ms: i64) {
-        for mut a in self.accounts.iter_mut() {
-            self.expire_due(&mut a, now_ms);
-        }
-        let cutoff = now_ms - self.cfg.settled_retention_ms;
-        self.prune_works(cutoff);
-        self.prune_sessions(cutoff);
-        let mut removed = 0usize;
-        self.holds.retain(|_, h| {
-            let keep = h.row.state == HoldState::Open || h.busy || h.row.settled_at_ms >= cutoff;
-            if !keep {
-                removed += 1;
-            }
-            keep
-        });
-        if removed > 0 {
-            self.holds_len.fetch_sub(removed, Ordering::Relaxed);
-            if let Err(e) = self.journal.submit_detached(Entry::Prune {
-                settled_before_ms: cutoff,
-            }) {
-                tracing::warn!(error = %e, "prune not journaled");
-            }
-        }
-    }
-
-    fn cost(&self, resource: Resource, sku: &str, quantity: u64) -> Result<Money, EngineError> {
-        Ok(self.catalog.price(sku, resource)?.cost(quantity)?)
-    }
-
-    fn replay_reserve(
-        &self,
-        req: &ReserveRequest,
-        h: &Hold,
-    ) -> Result<ReserveOutcome, EngineError> {
-        let r = &h.row;
-        if r.account_id != req.account_id
-            || r.resource != req.resource
-            || r.sku != req.sku
-            || r.quantity != req.quantity
-        {
-            return Err(EngineError::ReservationMismatch {
-                id: req.reservation_id.clone(),
-                detail: format!(
-                    "it reserved {} {} of {} for account {}",
-                    r.quantity, r.resource, r.sku, r.account_id
-                ),
-            });
-        }
-        if h.busy {
-            return Err(EngineError::InProgress(req.reservation_id.clone()));
-        }
-        Ok(ReserveOutcome {
-            admitted: true,
-            reason: None,
-            held: r.held,
-            available: Money::ZERO,
-            expires_at_ms: r.expires_at_ms,
-            fail_open: false,
-        })
-    }
-
-    fn with_available(
-        &self,
-        mut o: ReserveOutcome,
-        account_id: &str,
-        resource: Resource,
-    ) -> ReserveOutcome {
-        let now_ms = self.now_ms();
-        if let Some(mut a) = self.accounts.get_mut(account_id) {
-            self.expire_due(&mut a, now_ms);
-            o.available = a.available(resource, now_ms, self.cfg.lease_whole_account);
-        }
-        o
-    }
-
-    /// Holds the cost of a job. A concurrent copy of a Reserve being journaled waits for it
-    /// and answers with its outcome (G4, G6).
-    pub async fn reserve(&self, req: ReserveRequest) -> Result<ReserveOutcome, EngineError> {
-        loop {
-            match self.reserve_once(&req).await {
-                Err(EngineError::InProgress(id)) => self.wait_idle(&id).await,
-                r => return r,
-            }
-        }
-    }
-
-    async fn reserve_once(&self, req: &ReserveRequest) -> Result<ReserveOutcome, EngineError> {
-        let now_ms = self.now_ms();
-        let cost = self.cost(req.resource, &req.sku, req.quantity)?;
-        let ttl_ms = if req.ttl_ms == 0 {
-            self.cfg.hold_ttl_default_ms
-        } else {
-            req.ttl_ms
-        };
-        if ttl_ms > self.cfg.hold_ttl_max_ms {
-            return Err(EngineError::TtlTooLong {
-                ttl_ms,
-                max_ms: self.cfg.hold_ttl_max_ms,
-            });
-        }
-        if let Some(h) = self.holds.get(&req.reservation_id) {
-            let o = self.replay_reserve(req, &h)?;
-            drop(h);
-            return Ok(self.with_available(o, &req.account_id, req.resource));
-        }
-        if self.holds_len.load(Ordering::Relaxed) >= self.cfg.holds_max {
-            return Err(EngineError::HoldsFull(self.cfg.holds_max));
-        }
-        if self.journal.outbox_len() >= self.cfg.outbox_max {
-            return Err(EngineError::Backlog(self.cfg.outbox_max));
-        }
-        match self.ensure_account_for(&req.account_id, cost).await {
-            Err(EngineError::Ledger(LedgerError::Unavailable(e))) => {
-                tracing::warn!(account_id = %req.account_id, error = %e, "account not cached and ledger unreachable");
-                return Ok(denied(DenyReason::LedgerUnavailable, Money::ZERO));
-            }
-            r => r?,
-        }
-        // First from the lease; if it is short, once more after asking the ledger for more
-        // (or, with the ledger unreachable, from the fail-open budget). A denial by the
-        // cached view is first checked with the ledger (a top-up or a grant may not have
-        // reached this sidecar yet).
-        let (mut fail_open, mut asks, mut confirmed) = (false, 0usize, false);
-        loop {
-            match self.try_hold(req, cost, ttl_ms, now_ms, fail_open)? {
-                Step::Answer(o) if !confirmed && self.confirmable(&o.reason) => {
-                    confirmed = true;
-                    match self.refresh_snapshot(&req.account_id).await {
-                        Ok(()) => {}
-                        Err(EngineError::Ledger(LedgerError::Unavailable(_))) => return Ok(o),
-                        Err(e) => return Err(e),
-                    }
-                }
-                Step::Answer(o) => return Ok(o),
-                Step::Held(done, available, expires_at_ms, held, from_budget) => {
-                    return self
-                        .finish_hold(req, held, done, available, expires_at_ms, from_budget)
-                        .await;
-                }
-                // Asked once; again only while what this sidecar could get covers it (a
-                // concurrent request took the money granted for this one).
-                Step::NeedLease(money, available)
-                    if asks == 0 || !fail_open && available >= money && asks < LEASE_ASKS_MAX =>
-                {
-                    asks += 1;
-                    match self.ask_lease(&req.account_id, money).await {
-                        Ok(()) => {}
-                        Err(EngineError::Ledger(LedgerError::Unavailable(_))) => fail_open = true,
-                        Err(e) => return Err(e),
-                    }
-                }
-                Step::NeedLease(_, available) => {
-                    let reason = if fail_open {
-                        DenyReason::LedgerUnavailable
-                    } else {
-                        DenyReason::InsufficientFunds
-                    };
-                    // What this sidecar could get when it decided: short of the request.
-                    return Ok(denied(reason, available));
-                }
-            }
-        }
-    }
-
-    /// Whether a denial by the cached view is worth one look at the ledger before it is
-    /// answered: with a remote ledger a top-up or a grant reaches the cache only at the next
-    /// sync. (Embedded, the cache is refreshed with every admin change.)
-    fn confirmable(&self, reason: &Option<DenyReason>) -> bool {
-        !self.cfg.lease_whole_account
-            && self.ledger_reachable()
-            && matches!(
-                reason,
-                Some(
-                    DenyReason::InsufficientFunds | DenyReason::NoEntitlement | DenyReason::Overdue
-                )
-            )
-    }
-
-    /// Under the account's lock: whether `cost` may be held now, by the account's status
-    /// and entitlement (R6) and then by its lease, or by its fail-open budget while the
-    /// ledger is unreachable. The one admission rule behind Reserve, Admit, usage streams
-    /// and sessions.
-    /// `unleased`: count the money no sidecar holds a lease on as if it were in this
-    /// sidecar's lease (Admit, which holds nothing and so needs no grant).
-    fn gate(
-        &self,
-        a: &Account,
-        resource: Resource,
-        cost: Money,
-        now_ms: i64,
-        fail_open: bool,
-        unleased: bool,
-    ) -> Take {
-        let billing = match status::admit(a.balance, &a.grants, a.held, resource, cost, now_ms) {
-            Ok(av) => av - cost,
-            Err(reason) => return Take::Denied(reason),
-        };
-        let extra = if unleased {
-            a.base.unleased
-        } else {
-            Money::ZERO
-        };
-        // With one sidecar (embedded) the lease is the whole account, and the rules above
-        // bound what it can pay exactly, money grants of every resource included (the
-        // ledger's lease counts only those that can pay for GPU work, see
-        // `ledger::lease::payable`): a live lease admits whatever they allow.
-        let whole = self.cfg.lease_whole_account;
-        match a.lease_spendable(now_ms) {
-            Some(spendable) if whole || spendable + extra >= cost => {
-                let left = a.available(resource, now_ms, whole) - cost;
-                Take::Lease(billing.min(left.non_negative()))
-            }
-            _ if fail_open && a.fail_open_left >= cost => Take::FailOpen(billing),
-            _ if fail_open => Take::Denied(DenyReason::LedgerUnavailable),
-            _ => Take::NeedLease,
-        }
-    }
-
-    /// `gate`, spending the fail-open budget when that is what admits it. The caller adds
-    /// the hold.
-    fn take(
-        &self,
-        a: &mut Account,
-        account_id: &str,
-        resource: Resource,
-        cost: Money,
-        now_ms: i64,
-        fail_open: bool,
-    ) -> Take {
-        let t = self.gate(a, resource, cost, now_ms, fail_open, false);
-        if let Take::FailOpen(_) = t {
-            a.fail_open_left -= cost;
-            a.fail_open_spent += cost;
-            tracing::warn!(account_id, %cost, left = %a.fail_open_left,
-                "admitted fail-open: ledger unreachable");
-        }
-        t
-    }
-
-    /// Holds `cost` on the account (outside any reservation), asking the ledger for a
-    /// larger lease once if the current one is short. Err(reason) if it cannot be held.
-    async fn hold_money(
-        &self,
-        account_id: &str,
-        resource: Resource,
-        cost: Money,
-    ) -> Result<Result<(), DenyReason>, EngineError> {
-        self.gated(account_id, resource, cost, true, |a, take, _| match take {
-            Take::Lease(_) | Take::FailOpen(_) => {
-                a.held += cost;
-                Ok(())
-            }
-            Take::Denied(reason) => Err(reason),
-            Take::NeedLease => Err(DenyReason::InsufficientFunds),
-        })
-        .await
-    }
-
-    /// Under the account's lock, `decide` what to do with the gate's answer for `cost`
-    /// (see `take`); a short lease is first topped up by one bounded request to the
-    /// ledger (Admit, which holds nothing, only looks at the account again), and an
-    /// unreachable ledger turns to the fail-open budget. `consume`: spend that budget (a
-    /// hold) or only look (Admit).
-    async fn gated<T>(
-        &self,
-        account_id: &str,
-        resource: Resource,
-        cost: Money,
-        consume: bool,
-        mut decide: impl FnMut(&mut Account, Take, i64) -> T,
-    ) -> Result<T, EngineError> {
-        let (mut fail_open, mut asked, mut confirmed) = (false, false, false);
-        loop {
-            let now_ms = self.now_ms();
-            {
-                let mut a = self
-                    .accounts
-                    .get_mut(account_id)
-                    .ok_or_else(|| EngineError::UnknownAccount(account_id.to_owned()))?;
-                a.last_touch_ms = now_ms;
-                self.expire_due(&mut a, now_ms);
-                let gate = if consume {
-                    self.take(&mut a, account_id, resource, cost, now_ms, fail_open)
-                } else {
-                    self.gate(&a, resource, cost, now_ms, fail_open, true)
-                };
-                match gate {
-                    Take::NeedLease if !asked => {}
-                    Take::Denied(r) if !confirmed && self.confirmable(&Some(r)) => {}
-                    other => return Ok(decide(&mut a, other, now_ms)),
-                }
-            }
-            let asking = if consume && !asked {
-                asked = true;
-                self.ask_lease(account_id, cost).await
-            } else {
-                // A denial by the cached view (or Admit, which holds nothing): look again.
-                confirmed = true;
-                asked |= !consume;
-                self.refresh_snapshot(account_id).await
-            };
-            match asking {
-                Ok(()) => {}
-                Err(EngineError::Ledger(LedgerError::Unavailable(_))) => fail_open = true,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Gives back `amount` held with `hold_money` (or what is left of it).
-    fn unhold(&self, account_id: &str, amount: Money) {
-        if amount.is_zero() {
-            return;
-        }
-        if let Some(mut a) = self.accounts.get_mut(account_id) {
-            a.held -= amount;
-            if a.lease_recalled() {
-                self.wake_sync();
-            }
-        }
-    }
-
-    /// Under the account's lock: charges usage (burning down grants, then the balance,
-    /// exactly as the ledger will) and returns the record to journal. If the journal then
-    /// fails, `undo_charge` takes it back.
-    #[allow(clippy::too_many_arguments)]
-    fn charge_locked(
-        &self,
-        a: &mut Account,
-        usage_id: String,
-        account_id: &str,
-        resource: Resource,
-        sku: &str,
-        quantity: u64,
-        cost: Money,
-        at_ms: i64,
-    ) -> UsageRecord {
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let cal = a.cal;
-        let money = usage::charge_counted(
-            &mut a.grants,
-            &mut a.balance,
-            &mut a.counts,
-            &cal,
-            resource,
-            quantity,
-            cost,
-            at_ms,
-        )
-        .money;
-        a.spent_since_lease += money;
-        a.pending_cost += money;
-        a.pending.push_back(Pending {
-            seq,
-            resource,
-            quantity,
-            cost,
-            money,
-            at_ms,
-        });
-        UsageRecord {
-            seq,
-            usage_id,
-            account_id: account_id.to_owned(),
-            resource,
-            sku: sku.to_owned(),
-            quantity,
-            cost,
-            at_ms,
-        }
-    }
-
-    /// The money pending usage `seq` of the account took in the live view.
-    fn pending_money(&self, account_id: &str, seq: u64) -> Option<Money> {
-        let a = self.accounts.get(account_id)?;
-        let i = a.pending.binary_search_by_key(&seq, |p| p.seq).ok()?;
-        Some(a.pending[i].money)
-    }
-
-    fn undo_charge(a: &mut Account, seq: u64) {
-        a.pending.retain(|p| p.seq != seq);
-        a.recompute();
-    }
-
-    /// Under the account's lock: decides a Reserve and, if admitted, records the hold and
-    /// queues it for the journal.
-    fn try_hold(
-        &self,
-        req: &ReserveRequest,
-        cost: Money,
-        ttl_ms: i64,
-        now_ms: i64,
-        fail_open: bool,
-    ) -> Result<Step, EngineError> {
-        let mut a = self
-            .accounts
-            .get_mut(&req.account_id)
-            .ok_or_else(|| EngineError::UnknownAccount(req.account_id.clone()))?;
-        a.last_touch_ms = now_ms;
-        self.expire_due(&mut a, now_ms);
-        // What volume plans (traffic GB) or the month's free requests would take costs no
-        // money: hold only the rest.
-        let cost = a.money_due(req.resource, req.quantity, cost, now_ms);
-        let slot = match self.holds.entry(req.reservation_id.clone()) {
-            MapEntry::Occupied(o) => {
-                let out = self.replay_reserve(req, o.get())?;
-                let available = a.available(req.resource, now_ms, self.cfg.lease_whole_account);
-                return Ok(Step::Answer(ReserveOutcome { available, ..out }));
-            }
-            MapEntry::Vacant(v) => v,
-        };
-        let mut expires_at_ms = now_ms.saturating_add(ttl_ms);
-        let (available, from_budget) = match self.take(
-            &mut a,
-            &req.account_id,
-            req.resource,
-            cost,
-            now_ms,
-            fail_open,
-        ) {
-            Take::Lease(available) => {
-                tracing::trace!(account_id = %req.account_id, %cost, lease = %a.base.lease.remaining,
-                    lease_seq = a.base.lease.seq, floor = a.lease_floor_seq, held = %a.held,
-                    pending = %a.pending_cost, version = a.base.version, "held from lease");
-                // The ledger keeps the lease set aside until expiry plus grace: no hold may
-                // outlive that.
-                let grace = self.hold_grace_ms.load(Ordering::Relaxed);
-                expires_at_ms = expires_at_ms.min(a.base.lease.expires_at_ms.saturating_add(grace));
-                (available, false)
-            }
-            Take::FailOpen(available) => (available, true),
-            Take::Denied(reason) => {
-                return Ok(Step::Answer(denied(
-                    reason,
-                    a.available(req.resource, now_ms, self.cfg.lease_whole_account),
-                )));
-            }
-            Take::NeedLease => {
-                let available = a.available(req.resource, now_ms, self.cfg.lease_whole_account);
-                return Ok(Step::NeedLease(cost, available));
-            }
-        };
-        let row = ReservationRow {
-            reservation_id: req.reservation_id.clone(),
-            account_id: req.account_id.clone(),
-            resource: req.resource,
-            sku: req.sku.clone(),
-            quantity: req.quantity,
-            held: cost,
-            expires_at_ms,
-            state: HoldState::Open,
-            charged: Money::ZERO,
-            charged_quantity: 0,
-            settled_at_ms: 0,
-            streamed_quantity: 0,
-            streamed_cost: Money::ZERO,
-        };
-        let done = self.journal.submit(Entry::Reservation(row.clone()))?;
-        a.held += cost;
-        a.count_units(req.resource, req.quantity, true);
-        a.expiries
-            .push(Reverse((expires_at_ms, req.reservation_id.clone())));
-        slot.insert(Hold::new(row, true));
-        self.holds_len.fetch_add(1, Ordering::Relaxed);
-        Ok(Step::Held(
-            done,
-            available,
-            expires_at_ms,
-            cost,
-            from_budget,
-        ))
-    }
-
-    /// Waits for the hold to be durable; undoes it if the journal failed.
-    async fn finish_hold(
-        &self,
-        req: &ReserveRequest,
-        cost: Money,
-        done: Durable,
-        available: Money,
-        expires_at_ms: i64,
-        fail_open: bool,
-    ) -> Result<ReserveOutcome, EngineError> {
-        let (account_id, id) = (req.account_id.clone(), req.reservation_id.clone());
-        let (resource, quantity) = (req.resource, req.quantity);
-        self.when_durable(done, move |e, written| {
-            if let Err(err) = written {
-                if let Some(mut a) = e.accounts.get_mut(&account_id) {
-                    a.held -= cost;
-                    a.count_units(resource, quantity, false);
-                    if fail_open {
-                        a.fail_open_left += cost;
-                        a.fail_open_spent -= cost;
-                    }
-                }
-                // Its waiters find no reservation and make their own attempt.
-                if let Some((_, mut h)) = e.holds.remove(&id) {
-                    e.holds_len.fetch_sub(1, Ordering::Relaxed);
-                    h.idle();
-                }
-                return Err(err.into());
-            }
-            if let Some(mut h) = e.holds.get_mut(&id) {
-                h.idle();
-            }
-            Ok(())
-        })
-        .await?;
-        Ok(ReserveOutcome {
-            admitted: true,
-            reason: None,
-            held: cost,
-            available,
-            expires_at_ms,
-            fail_open,
-        })
-    }
-
-    /// The settled outcome of a reservation, or why it cannot be committed/released.
-    fn settled_or_err(
-        &self,
-        id: &str,
-        h: &Hold,
-        now_ms: i64,
-    ) -> Result<Option<Settled>, EngineError> {
-        if h.busy {
-            return Err(EngineError::InProgress(id.to_owned()));
-        }
-        match h.row.state {
-            HoldState::Open if h.row.expires_at_ms <= now_ms => {
-                Err(EngineError::ReservationExpired {
-                    id: id.to_owned(),
-                    expired_at_ms: h.row.expires_at_ms,
-                })
-            }
-            HoldState::Open => Ok(None),
-            HoldState::Expired => Err(EngineError::ReservationExpired {
-                id: id.to_owned(),
-                expired_at_ms: h.row.expires_at_ms,
-            }),
-            HoldState::Committed => Ok(Some(Settled::Committed(h.row.charged))),
-            HoldState::Released => Ok(Some(Settled::Released(h.row.held))),
-        }
-    }
-
-    pub async fn commit(
-        &self,
-        reservation_id: &str,
-        quantity: u64,
-    ) -> Result<CommitOutcome, EngineError> {
-        let (charged, available) = self.settle(reservation_id, Some(quantity)).await?;
-        Ok(CommitOutcome { charged, available })
-    }
-
-    /// The account a reservation (open or settled and remembered) belongs to, for
-    /// authorising Commit and Release against it.
-    pub fn reservation_account(&self, reservation_id: &str) -> Option<String> {
-        self.holds
-            .get(reservation_id)
-            .map(|h| h.row.account_id.clone())
-    }
-
-    /// Releases an open hold; returns the amount it held.
-    pub async fn release(&self, reservation_id: &str) -> Result<Money, EngineError> {
-        Ok(self.settle(reservation_id, None).await?.0)
-    }
-
-    /// Takes an open hold to Committed (`quantity` given: charges it, burning down grants
-    /// and balance) or Released. Answers a retry with the first outcome; a concurrent copy
-    /// waits for the first to be journaled (G4, G6). The change is applied under the
-    /// account's lock, journaled, and rolled back if the journal fails.
-    /// Returns (charged or released, available afterwards).
-    async fn settle(
-        &self,
-        reservation_id: &str,
-        quantity: Option<u64>,
-    ) -> Result<(Money, Money), EngineError> {
-        loop {
-            match self.settle_once(reservation_id, quantity).await {
-                Err(EngineError::InProgress(_)) => self.wait_idle(reservation_id).await,
-                r => return r,
-            }
-        }
-    }
-
-    async fn settle_once(
-        &self,
-        reservation_id: &str,
-        quantity: Option<u64>,
-    ) -> Result<(Money, Money), EngineError> {
-        let now_ms = self.now_ms();
-        let (account_id, resource, sku) = {
-            let h = self
-                .holds
-                .get(reservation_id)
-                .ok_or_else(|| EngineError::UnknownReservation(reservation_id.to_owned()))?;
-            (h.row.account_id.clone(), h.row.resource, h.row.sku.clone())
-        };
-        let cost = match quantity {
-            Some(q) => self.cost(resource, &sku, q)?,
-            None => Money::ZERO,
-        };
-        self.ensure_account(&account_id).await?;
-        let (done, seq, old_row, out, batch) = {
-            let mut a = self
-                .accounts
-                .get_mut(&account_id)
-                .ok_or_else(|| EngineError::UnknownAccount(account_id.clone()))?;
-            self.expire_due(&mut a, now_ms);
-            let mut h = self
-                .holds
-                .get_mut(reservation_id)
-                .ok_or_else(|| EngineError::UnknownReservation(reservation_id.to_owned()))?;
-            let settled = |state| EngineError::ReservationSettled {
-                id: reservation_id.to_owned(),
-                state,
-            };
-            match (self.settled_or_err(reservation_id, &h, now_ms)?, quantity) {
-                (None, _) => {}
-                (Some(Settled::Committed(charged)), Some(q)) if h.row.charged_quantity == q => {
-                    return Ok((
-                        charged,
-                        a.available(resource, now_ms, self.cfg.lease_whole_account),
-                    ));
-                }
-                (Some(Settled::Committed(_)), Some(q)) => {
-                    return Err(EngineError::ReservationMismatch {
-                        id: reservation_id.to_owned(),
-                        detail: format!(
-                            "it was committed with quantity {}, not {q}",
-                            h.row.charged_quantity
-                        ),
-                    });
-                }
-                (Some(Settled::Released(held)), None) => {
-                    return Ok((
-                        held,
-                        a.available(resource, now_ms, self.cfg.lease_whole_account),
-                    ));
-                }
-                (Some(Settled::Released(_)), Some(_)) => return Err(settled("released")),
-                (Some(Settled::Committed(_)), None) => return Err(settled("committed")),
-            }
-            let old_row = h.row.clone();
-            let mut row = h.row.clone();
-            row.settled_at_ms = now_ms;
-            if h.streaming {
-                return Err(EngineError::WorkStreaming(reservation_id.to_owned()));
-            }
-            // Usage already reported on the reservation's stream is charged; a Commit
-            // charges only what it adds.
-            let extra = (cost - old_row.streamed_cost).non_negative();
-            let (entry, seq) = match quantity {
-                Some(q) if !extra.is_zero() || old_row.streamed_quantity == 0 => {
-                    row.state = HoldState::Committed;
-                    row.charged_quantity = q;
-                    let usage = self.charge_locked(
-                        &mut a,
-                        reservation_id.to_owned(),
-                        &account_id,
-                        resource,
-                        &sku,
-                        q,
-                        extra,
-                        now_ms,
-                    );
-                    // Charged is money: what free requests and volume plans (GB) paid is
-                    // not in it (the statement lists those).
-                    let money = a.pending.back().map_or(extra, |p| p.money);
-                    row.charged = old_row.streamed_cost + money;
-                    let seq = usage.seq;
-                    (Entry::Commit(row.clone(), usage), Some(seq))
-                }
-                Some(q) => {
-                    row.state = HoldState::Committed;
-                    row.charged = old_row.streamed_cost;
-                    row.charged_quantity = q;
-                    (Entry::Reservation(row.clone()), None)
-                }
-                None => {
-                    row.state = HoldState::Released;
-                    (Entry::Reservation(row.clone()), None)
-                }
-            };
-            let done = match self.journal.submit(entry) {
-                Ok(d) => d,
-                Err(e) => {
-                    if let Some(seq) = seq {
-                        Self::undo_charge(&mut a, seq);
-                    }
-                    return Err(e.into());
-                }
-            };
-            a.held -= old_row.held;
-            a.unsettled += old_row.held;
-            a.count_units(old_row.resource, old_row.quantity, false);
-            a.last_touch_ms = now_ms;
-            h.row = row.clone();
-            let batch = seq.and_then(|_| self.alerts_locked(&mut a, &account_id, now_ms));
-            h.busy = true;
-            let out = if quantity.is_some() {
-                row.charged
-            } else {
-                old_row.held
-            };
-            (
-                done,
-                seq,
-                old_row,
-                (
-                    out,
-                    a.available(resource, now_ms, self.cfg.lease_whole_account),
-                ),
-                batch,
-            )
-        };
-        let id = reservation_id.to_owned();
-        let old_held = old_row.held;
-        self.when_durable(done, move |e, written| {
-            if let Some(mut a) = e.accounts.get_mut(&account_id) {
-                a.unsettled = (a.unsettled - old_held).non_negative();
-                if written.is_ok() && a.lease_recalled() {
-                    // Near the edge what this freed goes back to the ledger at once.
-                    e.wake_sync();
-                }
-            }
-            if let Err(err) = written {
-                if let Some(mut a) = e.accounts.get_mut(&account_id) {
-                    a.held += old_row.held;
-                    a.count_units(old_row.resource, old_row.quantity, true);
-                    if let Some(seq) = seq {
-                        Self::undo_charge(&mut a, seq);
-                    }
-                    a.expiries
-                        .push(Reverse((old_row.expires_at_ms, id.clone())));
-                }
-                if let Some(mut h) = e.holds.get_mut(&id) {
-                    h.row = old_row;
-                    h.idle();
-                }
-                return Err(err.into());
-            }
-            if let Some(mut h) = e.holds.get_mut(&id) {
-                h.idle();
-            }
-            e.publish(batch);
-            Ok(())
-        })
-        .await?;
-        Ok(out)
-    }
-
-    /// Whether work of this cost could start now, by the same rules as Reserve (the lease
-    /// included), without holding anything.
-    pub async fn admit(
-        &self,
-        account_id: &str,
-        resource: Resource,
-        sku: &str,
-        quantity: u64,
-    ) -> Result<AdmitOutcome, EngineError> {
-        let cost = self.cost(resource, sku, quantity)?;
-        match self.ensure_account(account_id).await {
-            Err(EngineError::Ledger(LedgerError::Unavailable(_))) => {
-                return Ok(AdmitOutcome {
-                    admitted: false,
-                    reason: Some(DenyReason::LedgerUnavailable),
-                    available: Money::ZERO,
-                });
-            }
-            r => r?,
-        }
-        let cost = match self.accounts.get(account_id) {
-            Some(a) => a.money_due(resource, quantity, cost, self.now_ms()),
-            None => cost,
-        };
-        self.gated(account_id, resource, cost, false, |a, take, now_ms| {
-            let reason = match take {
-                Take::Lease(_) | Take::FailOpen(_) => None,
-                Take::Denied(reason) => Some(reason),
-                Take::NeedLease => Some(DenyReason::InsufficientFunds),
-            };
-            AdmitOutcome {
-                admitted: reason.is_none(),
-                reason,
-                available: a.available(resource, now_ms, self.cfg.lease_whole_account),
-            }
-        })
-        .await
-    }
-
-    pub async fn balance(&self, account_id: &str) -> Result<BalanceView, EngineError> {
-        let now_ms = self.now_ms();
-        self.ensure_account(account_id).await?;
-        self.storage_up_to_date(account_id, now_ms).await;
-        let mut a = self
-            .accounts
-            .get_mut(account_id)
-            .ok_or_else(|| EngineError::UnknownAccount(account_id.to_owned()))?;
-        self.expire_due(&mut a, now_ms);
-        let batch = self.alerts_locked(&mut a, account_id, now_ms);
-        let view = BalanceView {
-            account_id: account_id.to_owned(),
-            status: status::account_status(a.balance, &a.grants, None, now_ms),
-            balance: a.balance,
-            available: a.billing_available(Resource::GpuShared, now_ms),
-            held: a.held,
-            grants: a.grants.clone(),
-            now_ms,
-        };
-        drop(a);
-        self.publish(batch);
-        Ok(view)
-    }
-}
-
-use durable::Durable;
-
-/// What `take` decided.
-enum Take {
-    /// Within the lease; the account's availability once it is held.
-    Lease(Money),
-    /// From the fail-open budget (ledger unreachable); availability once held.
-    FailOpen(Money),
-    Denied(DenyReason),
-    /// The lease is short or expired: ask the ledger.
-    NeedLease,
-}
-
-/// What `try_hold` decided.
-enum Step {
-    Answer(ReserveOutcome),
-    /// Held: durable when `Durable` resolves; availability, expiry, amount held, and
-    /// whether it came from the fail-open budget.
-    Held(Durable, Money, i64, Money, bool),
-    /// The lease is short or expired: ask the ledger for enough to hold this much; and
-    /// what this sidecar could get as it decided.
-    NeedLease(Money, Money),
-}
-
-fn denied(reason: DenyReason, available: Money) -> ReserveOutcome {
-    ReserveOutcome {
-        admitted: false,
-        reason: Some(reason),
-        held: Money::ZERO,
-        available,
-        expires_at_ms: 0,
-        fail_open: false,
-    }
-}
-
-enum Settled {
-    Committed(Money),
-    Released(Money),
 }

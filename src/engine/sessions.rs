@@ -1,25 +1,42 @@
-//! Exclusive sessions: an instance is billed by the hour from launch to stop (R1), each
-//! hour pre-authorised as a hold before it starts and settled when it ends, and stopped
-//! after its idle timeout unless auto-shutdown is off (R8). The schedule is
-//! `billing::session`; this module applies it to the account and the journal. A session
-//! is stepped whenever it is touched (Heartbeat, StopSession, GetBalance) and on every
-//! sync tick, and each step is journaled with its charge, so a sidecar that restarts, or
-//! looks late, bills exactly what a punctual one would have.
+//! Exclusive sessions, as state: the StartSession request and what the calls answer, the
+//! limits (`SessionConfig`), and the table of sessions, running and recently stopped, each
+//! behind its own async lock (a call steps its session with the lock held, journal wait
+//! included). How sessions are billed is `hours`.
 
 use std::sync::Arc;
 
-use super::events::{Event, EventKind};
-use super::{Engine, EngineError};
-use crate::billing::session::{self, HOUR_MS, SessionStep, SessionTerms};
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry as MapEntry;
+
+use super::error::EngineError;
+use crate::billing::Money;
+use crate::billing::session::{HOUR_MS, SessionTerms};
 use crate::billing::status::DenyReason;
-use crate::billing::{Money, Price, Resource};
-use crate::journal::{Entry, JournalError, SessionRow, SessionState};
-use crate::ledger::LedgerError;
+use crate::journal::{SessionRow, SessionState};
 
 /// Most sessions kept on one sidecar, running and recently stopped.
 pub const DEFAULT_SESSIONS_MAX: usize = 100_000;
 /// Longest idle timeout a session may ask for.
 pub const DEFAULT_IDLE_TIMEOUT_MAX_MS: i64 = 7 * 24 * HOUR_MS;
+
+/// Limits of Exclusive sessions (see the `DEFAULT_*` constants).
+#[derive(Debug, Clone, Copy)]
+pub struct SessionConfig {
+    pub sessions_max: usize,
+    /// Idle timeout of a session that asks for none.
+    pub session_idle_timeout_ms: i64,
+    pub session_idle_timeout_max_ms: i64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            sessions_max: DEFAULT_SESSIONS_MAX,
+            session_idle_timeout_ms: crate::billing::session::DEFAULT_IDLE_TIMEOUT_MS,
+            session_idle_timeout_max_ms: DEFAULT_IDLE_TIMEOUT_MAX_MS,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartSession {
@@ -37,6 +54,18 @@ pub struct SessionStarted {
     pub reason: Option<DenyReason>,
     pub held: Money,
     pub started_at_ms: i64,
+}
+
+impl SessionStarted {
+    /// Not admitted, for `reason`.
+    pub(super) fn denied(reason: DenyReason) -> SessionStarted {
+        SessionStarted {
+            admitted: false,
+            reason: Some(reason),
+            held: Money::ZERO,
+            started_at_ms: 0,
+        }
+    }
 }
 
 /// Where a session stands after a call.
@@ -62,9 +91,10 @@ pub struct SessionView {
     pub accrues_without_activity: bool,
 }
 
-type Shared = Arc<tokio::sync::Mutex<SessionRow>>;
+/// A session's row behind the lock a call holds while it steps the session.
+pub(super) type Shared = Arc<tokio::sync::Mutex<SessionRow>>;
 
-fn terms(row: &SessionRow) -> SessionTerms {
+pub(super) fn terms(row: &SessionRow) -> SessionTerms {
     SessionTerms {
         started_at_ms: row.started_at_ms,
         auto_shutdown: row.auto_shutdown,
@@ -72,7 +102,60 @@ fn terms(row: &SessionRow) -> SessionTerms {
     }
 }
 
-fn status(row: &SessionRow) -> SessionStatus {
+/// The row of a session that starts running at `now_ms` with its first hour held.
+pub(super) fn running_row(
+    req: &StartSession,
+    idle_timeout_ms: i64,
+    hour: Money,
+    now_ms: i64,
+) -> SessionRow {
+    SessionRow {
+        session_id: req.session_id.clone(),
+        account_id: req.account_id.clone(),
+        sku: req.sku.clone(),
+        started_at_ms: now_ms,
+        auto_shutdown: req.auto_shutdown,
+        idle_timeout_ms,
+        last_busy_at_ms: now_ms,
+        billed_until_ms: now_ms,
+        hours_settled: 0,
+        held: hour,
+        charged: Money::ZERO,
+        state: SessionState::Running,
+        stopped_at_ms: 0,
+    }
+}
+
+/// A retried StartSession's answer, from the session it started: the first outcome if it
+/// asks for the same session, else a mismatch.
+pub(super) fn replayed(
+    req: &StartSession,
+    row: &SessionRow,
+    idle_timeout_ms: i64,
+    hour: Money,
+) -> Result<SessionStarted, EngineError> {
+    if row.account_id != req.account_id
+        || row.sku != req.sku
+        || row.auto_shutdown != req.auto_shutdown
+        || row.idle_timeout_ms != idle_timeout_ms
+    {
+        return Err(EngineError::SessionMismatch {
+            id: req.session_id.clone(),
+            detail: format!(
+                "it started {} for account {} (auto_shutdown {}, idle_timeout_ms {})",
+                row.sku, row.account_id, row.auto_shutdown, row.idle_timeout_ms
+            ),
+        });
+    }
+    Ok(SessionStarted {
+        admitted: true,
+        reason: None,
+        held: hour,
+        started_at_ms: row.started_at_ms,
+    })
+}
+
+pub(super) fn status(row: &SessionRow) -> SessionStatus {
     SessionStatus {
         state: row.state,
         stopped_at_ms: row.stopped_at_ms,
@@ -80,431 +163,102 @@ fn status(row: &SessionRow) -> SessionStatus {
     }
 }
 
-impl Engine {
-    fn session_price(&self, sku: &str) -> Result<Price, EngineError> {
-        Ok(self.catalog.price(sku, Resource::GpuExclusive)?.clone())
+/// Sessions by id, running and recently stopped (they answer retries), within
+/// `SessionConfig`'s limits.
+pub(super) struct Sessions {
+    cfg: SessionConfig,
+    rows: DashMap<String, Shared>,
+}
+
+impl Sessions {
+    pub(super) fn new(cfg: SessionConfig) -> Sessions {
+        Sessions {
+            cfg,
+            rows: DashMap::new(),
+        }
     }
 
-    fn session(&self, session_id: &str) -> Result<Shared, EngineError> {
-        self.sessions
-            .get(session_id)
-            .map(|s| s.value().clone())
+    /// The idle timeout a StartSession asks for (0: the default), within the limits.
+    pub(super) fn idle_timeout(&self, requested_ms: i64) -> Result<i64, EngineError> {
+        match requested_ms {
+            0 => Ok(self.cfg.session_idle_timeout_ms),
+            t if t < 0 || t > self.cfg.session_idle_timeout_max_ms => {
+                Err(EngineError::IdleTimeout {
+                    idle_timeout_ms: t,
+                    max_ms: self.cfg.session_idle_timeout_max_ms,
+                })
+            }
+            t => Ok(t),
+        }
+    }
+
+    pub(super) fn find(&self, session_id: &str) -> Option<Shared> {
+        self.rows.get(session_id).map(|s| s.value().clone())
+    }
+
+    pub(super) fn get(&self, session_id: &str) -> Result<Shared, EngineError> {
+        self.find(session_id)
             .ok_or_else(|| EngineError::UnknownSession(session_id.to_owned()))
     }
 
-    /// The account a session belongs to, if this sidecar knows the session (for
-    /// authorising Heartbeat and StopSession against it).
-    pub async fn session_account(&self, session_id: &str) -> Option<String> {
-        let shared = self.session(session_id).ok()?;
-        let row = shared.lock().await;
-        Some(row.account_id.clone())
-    }
-
-    /// Admits an Exclusive session if the account is not OVERDUE and one hour of the
-    /// spec can be held; the hour is pre-authorised. A retry returns the first outcome.
-    pub async fn start_session(&self, req: StartSession) -> Result<SessionStarted, EngineError> {
-        let price = self.session_price(&req.sku)?;
-        let idle_timeout_ms = match req.idle_timeout_ms {
-            0 => self.cfg.session_idle_timeout_ms,
-            t if t < 0 || t > self.cfg.session_idle_timeout_max_ms => {
-                return Err(EngineError::IdleTimeout {
-                    idle_timeout_ms: t,
-                    max_ms: self.cfg.session_idle_timeout_max_ms,
-                });
-            }
-            t => t,
-        };
-        if let Some(s) = self
-            .sessions
-            .get(&req.session_id)
-            .map(|s| s.value().clone())
-        {
-            let row = s.lock().await;
-            if row.account_id != req.account_id
-                || row.sku != req.sku
-                || row.auto_shutdown != req.auto_shutdown
-                || row.idle_timeout_ms != idle_timeout_ms
-            {
-                return Err(EngineError::SessionMismatch {
-                    id: req.session_id.clone(),
-                    detail: format!(
-                        "it started {} for account {} (auto_shutdown {}, idle_timeout_ms {})",
-                        row.sku, row.account_id, row.auto_shutdown, row.idle_timeout_ms
-                    ),
-                });
-            }
-            return Ok(SessionStarted {
-                admitted: true,
-                reason: None,
-                held: price.cost(HOUR_MS as u64)?,
-                started_at_ms: row.started_at_ms,
-            });
-        }
-        if self.sessions.len() >= self.cfg.sessions_max {
+    /// Refuses a new session once `sessions_max` are kept.
+    pub(super) fn check_room(&self) -> Result<(), EngineError> {
+        if self.rows.len() >= self.cfg.sessions_max {
             return Err(EngineError::SessionsFull(self.cfg.sessions_max));
         }
-        let denied = |reason| SessionStarted {
-            admitted: false,
-            reason: Some(reason),
-            held: Money::ZERO,
-            started_at_ms: 0,
-        };
-        match self.ensure_account(&req.account_id).await {
-            Err(EngineError::Ledger(LedgerError::Unavailable(_))) => {
-                return Ok(denied(DenyReason::LedgerUnavailable));
-            }
-            r => r?,
-        }
-        let hour = price.cost(HOUR_MS as u64)?;
-        if let Err(reason) = self
-            .hold_money(&req.account_id, Resource::GpuExclusive, hour)
-            .await?
-        {
-            return Ok(denied(reason));
-        }
-        let now_ms = self.now_ms();
-        let row = SessionRow {
-            session_id: req.session_id.clone(),
-            account_id: req.account_id.clone(),
-            sku: req.sku.clone(),
-            started_at_ms: now_ms,
-            auto_shutdown: req.auto_shutdown,
-            idle_timeout_ms,
-            last_busy_at_ms: now_ms,
-            billed_until_ms: now_ms,
-            hours_settled: 0,
-            held: hour,
-            charged: Money::ZERO,
-            state: SessionState::Running,
-            stopped_at_ms: 0,
-        };
-        // Registered locked: a concurrent retry waits until the start is durable.
-        let shared: Shared = Arc::new(tokio::sync::Mutex::new(row.clone()));
-        let guard = shared.clone().lock_owned().await;
-        match self.sessions.entry(req.session_id.clone()) {
-            dashmap::mapref::entry::Entry::Occupied(_) => {
-                drop(guard);
-                self.unhold(&req.account_id, hour);
-                return Box::pin(self.start_session(req)).await;
-            }
-            dashmap::mapref::entry::Entry::Vacant(v) => {
+        Ok(())
+    }
+
+    /// Registers a new session; false if one of that id was registered meanwhile.
+    pub(super) fn insert_new(&self, session_id: &str, shared: Shared) -> bool {
+        match self.rows.entry(session_id.to_owned()) {
+            MapEntry::Occupied(_) => false,
+            MapEntry::Vacant(v) => {
                 v.insert(shared);
-            }
-        }
-        let written = match self.journal.submit(Entry::Session(row, None)) {
-            Ok(d) => d.await.unwrap_or(Err(JournalError::Closed)),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = written {
-            self.sessions.remove(&req.session_id);
-            self.unhold(&req.account_id, hour);
-            return Err(e.into());
-        }
-        drop(guard);
-        tracing::info!(account_id = %req.account_id, session_id = %req.session_id,
-            sku = %req.sku, %hour, "session started");
-        Ok(SessionStarted {
-            admitted: true,
-            reason: None,
-            held: hour,
-            started_at_ms: now_ms,
-        })
-    }
-
-    /// Records a heartbeat (busy ones reset the idle clock) after bringing the session up
-    /// to date; a stopped session answers with how it stopped.
-    pub async fn heartbeat(
-        &self,
-        session_id: &str,
-        busy: bool,
-    ) -> Result<SessionStatus, EngineError> {
-        let shared = self.session(session_id)?;
-        let mut row = shared.lock().await;
-        let now_ms = self.now_ms();
-        self.advance(&mut row, now_ms).await?;
-        if row.state == SessionState::Running && busy && row.last_busy_at_ms < now_ms {
-            let mut next = row.clone();
-            next.last_busy_at_ms = now_ms;
-            self.write_session(&mut row, next, None, Vec::new()).await?;
-        }
-        Ok(status(&row))
-    }
-
-    /// Stops the session now (if still running) and bills it up to now.
-    pub async fn stop_session(&self, session_id: &str) -> Result<SessionStatus, EngineError> {
-        let shared = self.session(session_id)?;
-        let mut row = shared.lock().await;
-        let now_ms = self.now_ms();
-        self.advance(&mut row, now_ms).await?;
-        if row.state == SessionState::Running {
-            self.finish_session(&mut row, now_ms, SessionState::Stopped)
-                .await?;
-        }
-        Ok(status(&row))
-    }
-
-    /// Brings every running session up to `now_ms` (the sync loop's tick).
-    pub async fn tick_sessions(&self, now_ms: i64) {
-        let running: Vec<Shared> = self.sessions.iter().map(|s| s.value().clone()).collect();
-        for shared in running {
-            // A session being stepped by a call right now is that call's business.
-            let Ok(mut row) = shared.try_lock() else {
-                continue;
-            };
-            if row.state != SessionState::Running {
-                continue;
-            }
-            if let Err(e) = self.advance(&mut row, now_ms).await {
-                tracing::warn!(session_id = %row.session_id, error = %e,
-                    "session not brought up to date; retried next tick");
+                true
             }
         }
     }
 
-    /// Applies every step due by `now_ms`: pre-authorise the running hour if it is not,
-    /// settle hours that ended, stop on the idle timeout.
-    async fn advance(&self, row: &mut SessionRow, now_ms: i64) -> Result<(), EngineError> {
-        if row.state != SessionState::Running {
-            return Ok(());
-        }
-        self.ensure_account(&row.account_id).await?;
-        if let Some(mut a) = self.accounts.get_mut(&row.account_id) {
-            a.last_touch_ms = a.last_touch_ms.max(now_ms);
-        }
-        let price = self.session_price(&row.sku)?;
-        let hour = price.cost(HOUR_MS as u64)?;
-        let t = terms(row);
-        while row.state == SessionState::Running {
-            let step = t.next_step(row.billed_until_ms, row.last_busy_at_ms, now_ms);
-            if row.held.is_zero() && !matches!(step, SessionStep::StopIdle { .. }) {
-                // The running hour must be pre-authorised; if it cannot be, the session
-                // stops where the last paid hour ended.
-                match self
-                    .hold_money(&row.account_id, Resource::GpuExclusive, hour)
-                    .await?
-                {
-                    Ok(()) => {
-                        let mut next = row.clone();
-                        next.held = hour;
-                        if let Err(e) = self.persist_session(&next).await {
-                            self.unhold(&row.account_id, hour);
-                            return Err(e);
-                        }
-                        *row = next;
-                    }
-                    Err(reason) => {
-                        tracing::info!(session_id = %row.session_id, reason = reason.name(),
-                            "next hour not authorised: session stopped");
-                        let at = row.billed_until_ms;
-                        self.finish_session(row, at, SessionState::InsufficientFunds)
-                            .await?;
-                        break;
-                    }
-                }
-                continue;
-            }
-            match step {
-                SessionStep::Wait => break,
-                SessionStep::StopIdle { at_ms } => {
-                    self.finish_session(row, at_ms, SessionState::IdleShutdown)
-                        .await?;
-                }
-                SessionStep::SettleHour { hour_end_ms } => {
-                    let mut next = row.clone();
-                    next.hours_settled += 1;
-                    next.billed_until_ms = hour_end_ms;
-                    next.charged += hour;
-                    next.held = Money::ZERO;
-                    let usage = (
-                        format!("{}/h{}", row.session_id, next.hours_settled),
-                        HOUR_MS as u64,
-                        hour,
-                        hour_end_ms,
-                    );
-                    self.write_session(row, next, Some(usage), Vec::new())
-                        .await?;
-                }
-            }
-        }
-        Ok(())
+    pub(super) fn remove(&self, session_id: &str) {
+        self.rows.remove(session_id);
     }
 
-    /// Stops the session at `at_ms`, charging the part of the hour used (whole seconds).
-    async fn finish_session(
-        &self,
-        row: &mut SessionRow,
-        at_ms: i64,
-        state: SessionState,
-    ) -> Result<(), EngineError> {
-        let price = self.session_price(&row.sku)?;
-        let at_ms = at_ms.max(row.billed_until_ms);
-        let quantity = session::billable_ms(row.billed_until_ms, at_ms);
-        let cost = price.cost(quantity)?;
-        let mut next = row.clone();
-        next.state = state;
-        next.stopped_at_ms = at_ms;
-        next.billed_until_ms = at_ms;
-        next.held = Money::ZERO;
-        next.charged += cost;
-        let usage =
-            (quantity > 0).then(|| (format!("{}/end", row.session_id), quantity, cost, at_ms));
-        let (kind, why) = match state {
-            SessionState::IdleShutdown => (
-                EventKind::SessionIdleShutdown,
-                format!("idle for {} ms with auto-shutdown on", row.idle_timeout_ms),
-            ),
-            SessionState::InsufficientFunds => (
-                EventKind::SessionStopped,
-                "its next hour could not be paid (INSUFFICIENT_FUNDS)".to_owned(),
-            ),
-            SessionState::Stopped | SessionState::Running => {
-                (EventKind::SessionStopped, "stopped on request".to_owned())
-            }
-        };
-        let event = Event {
-            account_id: row.account_id.clone(),
-            kind,
-            subject_id: row.session_id.clone(),
-            threshold: String::new(),
-            message: format!(
-                "session {} ({}) stopped: {why}; billed {} for {} ms",
-                row.session_id,
-                row.sku,
-                next.charged,
-                at_ms - row.started_at_ms
-            ),
-            at_ms,
-        };
-        tracing::info!(account_id = %row.account_id, session_id = %row.session_id,
-            charged = %next.charged, stopped_at_ms = at_ms, "session stopped: {why}");
-        self.write_session(row, next, usage, vec![event]).await
+    /// Every session kept, running or not.
+    pub(super) fn all(&self) -> Vec<Shared> {
+        self.rows.iter().map(|s| s.value().clone()).collect()
     }
 
-    async fn persist_session(&self, row: &SessionRow) -> Result<(), EngineError> {
-        let d = self.journal.submit(Entry::Session(row.clone(), None))?;
-        d.await.unwrap_or(Err(JournalError::Closed))?;
-        Ok(())
-    }
-
-    /// Moves the session to `next`: its hold changes to `next.held`, the usage (id,
-    /// quantity, cost, at) is charged, all journaled together; undone if the journal
-    /// fails. `events` go out once it is durable.
-    async fn write_session(
-        &self,
-        row: &mut SessionRow,
-        next: SessionRow,
-        usage: Option<(String, u64, Money, i64)>,
-        events: Vec<Event>,
-    ) -> Result<(), EngineError> {
-        let account_id = row.account_id.clone();
-        let (done, seq, batch) = {
-            let mut a = self
-                .accounts
-                .get_mut(&account_id)
-                .ok_or_else(|| EngineError::UnknownAccount(account_id.clone()))?;
-            let usage = usage.map(|(id, q, cost, at)| {
-                self.charge_locked(
-                    &mut a,
-                    id,
-                    &account_id,
-                    Resource::GpuExclusive,
-                    &row.sku,
-                    q,
-                    cost,
-                    at,
-                )
-            });
-            let seq = usage.as_ref().map(|u| u.seq);
-            let done = match self.journal.submit(Entry::Session(next.clone(), usage)) {
-                Ok(d) => d,
-                Err(e) => {
-                    if let Some(seq) = seq {
-                        Self::undo_charge(&mut a, seq);
-                    }
-                    return Err(e.into());
-                }
-            };
-            a.held = a.held - row.held + next.held;
-            let batch = seq.and_then(|_| self.alerts_locked(&mut a, &account_id, self.now_ms()));
-            (done, seq, batch)
-        };
-        if let Err(e) = done.await.unwrap_or(Err(JournalError::Closed)) {
-            if let Some(mut a) = self.accounts.get_mut(&account_id) {
-                a.held = a.held - next.held + row.held;
-                if let Some(seq) = seq {
-                    Self::undo_charge(&mut a, seq);
-                }
-            }
-            return Err(e.into());
-        }
-        *row = next;
-        self.publish(batch);
-        self.publish_events(None, events);
-        Ok(())
-    }
-
-    /// Running sessions of an account, brought up to date first.
-    pub async fn sessions_of(&self, account_id: &str) -> Vec<SessionView> {
-        let now_ms = self.now_ms();
-        let mine: Vec<Shared> = self.sessions.iter().map(|s| s.value().clone()).collect();
-        let mut out = Vec::new();
-        for shared in mine {
-            let mut row = shared.lock().await;
-            if row.account_id != account_id || row.state != SessionState::Running {
-                continue;
-            }
-            if let Err(e) = self.advance(&mut row, now_ms).await {
-                tracing::warn!(session_id = %row.session_id, error = %e, "session not brought up to date");
-            }
-            if row.state != SessionState::Running {
-                continue;
-            }
-            let Ok(price) = self.session_price(&row.sku) else {
-                continue;
-            };
-            let t = terms(&row);
-            out.push(SessionView {
-                session_id: row.session_id.clone(),
-                sku: row.sku.clone(),
-                started_at_ms: row.started_at_ms,
-                auto_shutdown: row.auto_shutdown,
-                idle_timeout_ms: row.idle_timeout_ms,
-                last_busy_at_ms: row.last_busy_at_ms,
-                charged: row.charged,
-                accrued: price
-                    .cost(session::billable_ms(row.billed_until_ms, now_ms))
-                    .unwrap_or(Money::ZERO),
-                hourly: price.cost(HOUR_MS as u64).unwrap_or(Money::ZERO),
-                accrues_without_activity: session::accrues_without_activity(
-                    &t,
-                    row.last_busy_at_ms,
-                    now_ms,
-                ),
-            });
-        }
-        out.sort_by(|a, b| a.session_id.cmp(&b.session_id));
-        out
+    /// Sessions running now.
+    pub(super) fn running(&self) -> usize {
+        self.rows
+            .iter()
+            .filter(|s| {
+                // One being stepped right now is running (stopped ones are not stepped).
+                s.value()
+                    .try_lock()
+                    .map(|r| r.state == SessionState::Running)
+                    .unwrap_or(true)
+            })
+            .count()
     }
 
     /// Forgets sessions stopped before `cutoff_ms` (they answered retries until then).
-    pub(super) fn prune_sessions(&self, cutoff_ms: i64) {
-        self.sessions.retain(|_, s| match s.try_lock() {
+    pub(super) fn prune(&self, cutoff_ms: i64) {
+        self.rows.retain(|_, s| match s.try_lock() {
             Ok(r) => r.state == SessionState::Running || r.stopped_at_ms >= cutoff_ms,
             Err(_) => true,
         });
     }
 
-    /// Sessions from the journal: running ones keep their hour's hold, counted against
-    /// their account when it loads.
-    pub(super) fn recover_sessions(&self, rows: Vec<SessionRow>) {
+    /// Sessions from the journal; `held` is told each running session's hour hold, to be
+    /// counted against its account when it loads.
+    pub(super) fn recover(&self, rows: Vec<SessionRow>, mut held: impl FnMut(&str, Money)) {
         for row in rows {
             if row.state == SessionState::Running && !row.held.is_zero() {
-                *self
-                    .orphan_session_holds
-                    .entry(row.account_id.clone())
-                    .or_insert(Money::ZERO) += row.held;
+                held(&row.account_id, row.held);
             }
-            self.sessions.insert(
+            self.rows.insert(
                 row.session_id.clone(),
                 Arc::new(tokio::sync::Mutex::new(row)),
             );

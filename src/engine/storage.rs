@@ -9,13 +9,14 @@
 //! called). Storage is charged after the fact, like an Exclusive hour: it is not admitted,
 //! and an account whose plans and balance cannot pay it goes OVERDUE.
 
+use super::account::Account;
 use super::{Engine, EngineError};
 use crate::billing::accrual::{self, Accrual, Projection};
 use crate::billing::session::HOUR_MS;
 use crate::billing::storage::{self, StorageHour, StorageMeter};
 use crate::billing::{Money, Price, Resource};
 use crate::journal::{Entry, JournalError};
-use crate::ledger::UsageRecord;
+use crate::ledger::api::UsageRecord;
 
 type Cell = std::sync::Arc<tokio::sync::Mutex<Option<StorageMeter>>>;
 
@@ -169,23 +170,7 @@ impl Engine {
                 return Ok(());
             }
             let sku = self.storage_price()?.sku.clone();
-            let usage: Vec<UsageRecord> = closed
-                .iter()
-                .filter(|h| h.excess_byte_hours > 0)
-                .map(|h| {
-                    self.charge_locked(
-                        &mut a,
-                        h.usage_id(account_id),
-                        account_id,
-                        Resource::Storage,
-                        &sku,
-                        h.excess_byte_hours,
-                        storage::hour_cost(unit_price, h.excess_byte_hours),
-                        // Inside the hour it pays for: grants valid then pay it.
-                        h.hour_start_ms + HOUR_MS - 1,
-                    )
-                })
-                .collect();
+            let usage = self.charge_hours(&mut a, account_id, &sku, unit_price, &closed);
             let seqs: Vec<u64> = usage.iter().map(|u| u.seq).collect();
             let entry = Entry::Storage {
                 account_id: account_id.to_owned(),
@@ -196,7 +181,7 @@ impl Engine {
                 Ok(d) => d,
                 Err(e) => {
                     for seq in &seqs {
-                        Self::undo_charge(&mut a, *seq);
+                        a.undo_charge(*seq);
                     }
                     return Err(e.into());
                 }
@@ -210,7 +195,7 @@ impl Engine {
         if let Err(e) = done.await.unwrap_or(Err(JournalError::Closed)) {
             if let Some(mut a) = self.accounts.get_mut(account_id) {
                 for seq in &seqs {
-                    Self::undo_charge(&mut a, *seq);
+                    a.undo_charge(*seq);
                 }
             }
             return Err(e.into());
@@ -219,6 +204,35 @@ impl Engine {
         drop(meter);
         self.publish(batch);
         Ok(())
+    }
+
+    /// Under the account's lock: charges the closed hours with storage beyond the plans,
+    /// each as usage `storage/ACCOUNT/HOUR_START_MS`.
+    fn charge_hours(
+        &self,
+        a: &mut Account,
+        account_id: &str,
+        sku: &str,
+        unit_price: Money,
+        closed: &[StorageHour],
+    ) -> Vec<UsageRecord> {
+        closed
+            .iter()
+            .filter(|h| h.excess_byte_hours > 0)
+            .map(|h| {
+                self.charge_locked(
+                    a,
+                    h.usage_id(account_id),
+                    account_id,
+                    Resource::Storage,
+                    sku,
+                    h.excess_byte_hours,
+                    storage::hour_cost(unit_price, h.excess_byte_hours),
+                    // Inside the hour it pays for: grants valid then pay it.
+                    h.hour_start_ms + HOUR_MS - 1,
+                )
+            })
+            .collect()
     }
 
     /// Meters from the journal, given back to their accounts as they load (at start).

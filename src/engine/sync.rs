@@ -1,7 +1,10 @@
 //! The sync loop: pushes journaled usage to the ledger in batches and takes fresh
-//! snapshots and renewed leases back, at its own pace, off the hot path. The ledger applies
-//! each record once however often it is sent, so a batch whose answer was lost is simply
-//! sent again; the journal forgets a record only after the ledger acknowledged it.
+//! snapshots and renewed leases back, at its own pace, off the hot path. Each sync also
+//! carries the lease requests the policy in `leases` finds due (renewals, give-backs,
+//! releases of idle accounts; after a restart, the reset of what a previous run leased)
+//! and the active accounts whose snapshots to refresh. The ledger applies each record once
+//! however often it is sent, so a batch whose answer was lost is simply sent again; the
+//! journal forgets a record only after the ledger acknowledged it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,9 +13,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::account::Account;
+use super::leases::DEFAULT_LEDGER_POLL_MS;
 use super::{Engine, EngineError};
 use crate::billing::Money;
-use crate::ledger::SyncRequest;
+use crate::ledger::api::{LeaseRequest, SyncRequest};
 
 /// How often the loop syncs when no new usage wakes it earlier.
 pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 1_000;
@@ -34,7 +39,7 @@ impl Engine {
     pub async fn sync_once(&self, batch_max: usize) -> Result<usize, EngineError> {
         let _one_at_a_time = self.sync_lock.lock().await;
         self.take_sync_wanted();
-        let batch = self.journal.outbox_batch(batch_max);
+        let batch = self.journal.outbox_batch(batch_max)?;
         let mut in_batch: HashMap<&str, Money> = HashMap::new();
         for u in &batch {
             // What the record spends of the lease: its money after free requests and
@@ -52,9 +57,9 @@ impl Engine {
         } else {
             0
         };
-        let mut leases = self.renewals(now_ms, &in_batch);
+        let mut leases = self.renewals(now_ms, &in_batch)?;
         if reset_seq != 0 {
-            leases = self.reset_keeps(reset_seq, &in_batch);
+            leases = self.reset_keeps(reset_seq, &in_batch)?;
         }
         let accounts = self.refreshes(now_ms, &leases);
         if batch.is_empty()
@@ -81,8 +86,9 @@ impl Engine {
         if reset_seq != 0 {
             self.reset_pending.store(false, Ordering::Relaxed);
         }
-        self.journal.ack(&batch);
+        let acked = self.journal.ack(&batch);
         self.apply_snapshots(resp.snapshots);
+        acked?;
         Ok(batch.len())
     }
 
@@ -98,7 +104,7 @@ impl Engine {
         for _ in 0..FLUSH_BATCHES_MAX {
             let usage = self
                 .journal
-                .outbox_of(account_id, after_seq, DEFAULT_SYNC_BATCH_MAX);
+                .outbox_of(account_id, after_seq, DEFAULT_SYNC_BATCH_MAX)?;
             let Some(last) = usage.last() else {
                 return Ok(());
             };
@@ -114,8 +120,9 @@ impl Engine {
             let resp = self.call_ledger(req, DEFAULT_SYNC_TIMEOUT_MS).await?;
             // Trims them from the journal if they lead its outbox; else the sync loop
             // sends them again and the ledger answers that it has them.
-            self.journal.ack(&usage);
+            let acked = self.journal.ack(&usage);
             self.apply_snapshots(resp.snapshots);
+            acked?;
             if !full {
                 return Ok(());
             }
@@ -133,6 +140,172 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Lease requests for the next sync: renewals of accounts used recently whose lease
+    /// expires soon or (sized by spend) runs low; give-backs of unused lease near the edge
+    /// or where the ledger asked; releases of idle accounts. Bounded by `sync_leases_max`.
+    /// `in_batch` is the usage cost per account the same sync carries: the ledger applies
+    /// it before the leases, so it no longer needs covering.
+    fn renewals(
+        &self,
+        now_ms: i64,
+        in_batch: &HashMap<&str, Money>,
+    ) -> Result<Vec<LeaseRequest>, EngineError> {
+        let mut out = Vec::new();
+        let mut recalled: std::collections::BTreeSet<String> =
+            self.recalled.iter().map(|e| e.key().clone()).collect();
+        for id in &recalled {
+            self.recalled.remove(id);
+        }
+        for mut a in self.accounts.iter_mut() {
+            if out.len() >= self.cfg.leasing.sync_leases_max {
+                break;
+            }
+            let asked = recalled.remove(a.key().as_str());
+            let applied_now = in_batch.get(a.key().as_str()).copied().unwrap_or_default();
+            if let Some(r) = self.renewal(a.key(), &a, now_ms, applied_now, asked) {
+                if r.give_back {
+                    a.lease_floor_seq = r.seq;
+                }
+                out.push(r);
+            }
+        }
+        // Recalled leases of accounts this run has not cached (a previous run's): give
+        // back all but what the journal still owes the ledger on them.
+        for account_id in recalled {
+            if out.len() >= self.cfg.leasing.sync_leases_max {
+                break;
+            }
+            if self.accounts.contains_key(&account_id) {
+                continue;
+            }
+            let owed: Money = self
+                .journal
+                .outbox_of(&account_id, 0, self.cfg.outbox_max)?
+                .iter()
+                .map(|u| u.cost)
+                .sum::<Money>()
+                + self
+                    .orphan_holds
+                    .get(&account_id)
+                    .map(|h| h.iter().map(|o| o.held).sum())
+                    .unwrap_or_default()
+                - in_batch
+                    .get(account_id.as_str())
+                    .copied()
+                    .unwrap_or_default();
+            let owed = owed.non_negative();
+            let seq = self.next_lease_seq();
+            // An account loaded while this is on its way must not spend a lease set by
+            // an older request (see `ensure_account_for`).
+            self.uncached_floor_seq.fetch_max(seq, Ordering::Relaxed);
+            out.push(LeaseRequest {
+                account_id,
+                want: owed,
+                need: owed,
+                held: owed,
+                release: false,
+                give_back: true,
+                seq,
+            });
+        }
+        Ok(out)
+    }
+
+    /// What a restarted sidecar keeps when it gives back the leases a previous run left
+    /// (`SyncRequest::reset_seq`): a give-back of every account it owes anything on, cached
+    /// or not (open holds, running sessions' hours, usage the ledger has not applied), so
+    /// that each lease shrinks to what is owed and every other lease is released.
+    fn reset_keeps(
+        &self,
+        seq: u64,
+        in_batch: &HashMap<&str, Money>,
+    ) -> Result<Vec<LeaseRequest>, EngineError> {
+        let mut owed: std::collections::BTreeMap<String, Money> = Default::default();
+        for mut a in self.accounts.iter_mut() {
+            let applied_now = in_batch.get(a.key().as_str()).copied().unwrap_or_default();
+            a.lease_floor_seq = seq;
+            owed.insert(
+                a.key().clone(),
+                (a.committed() - applied_now).non_negative(),
+            );
+        }
+        let uncached = |id: &str| !self.accounts.contains_key(id);
+        for e in self.orphan_holds.iter().filter(|e| uncached(e.key())) {
+            *owed.entry(e.key().clone()).or_default() += e.value().iter().map(|o| o.held).sum();
+        }
+        for e in self
+            .orphan_session_holds
+            .iter()
+            .filter(|e| uncached(e.key()))
+        {
+            *owed.entry(e.key().clone()).or_default() += *e.value();
+        }
+        for u in self.journal.outbox_batch(self.cfg.outbox_max)? {
+            if uncached(&u.account_id) {
+                *owed.entry(u.account_id.clone()).or_default() += u.cost;
+            }
+        }
+        self.uncached_floor_seq.fetch_max(seq, Ordering::Relaxed);
+        Ok(owed
+            .into_iter()
+            .map(|(account_id, held)| LeaseRequest {
+                account_id,
+                want: held,
+                need: held,
+                held,
+                release: false,
+                give_back: true,
+                seq,
+            })
+            .collect())
+    }
+
+    /// The lease request one cached account needs in the next sync, if any (see
+    /// `LeasingConfig::renewal`). `asked`: the ledger listed it in `recalls`.
+    fn renewal(
+        &self,
+        account_id: &str,
+        a: &Account,
+        now_ms: i64,
+        applied_now: Money,
+        asked: bool,
+    ) -> Option<LeaseRequest> {
+        let committed = (a.committed() - applied_now).non_negative();
+        let r = self.cfg.leasing.renewal(a, now_ms, committed, asked)?;
+        Some(LeaseRequest {
+            account_id: account_id.to_owned(),
+            want: r.want,
+            need: committed,
+            held: committed,
+            release: r.release,
+            give_back: r.give_back,
+            seq: self.next_lease_seq(),
+        })
+    }
+
+    /// Active accounts whose snapshot to refresh in the next sync (besides `renewing`), so
+    /// that admin changes reach this sidecar within one sync interval.
+    fn refreshes(&self, now_ms: i64, renewing: &[LeaseRequest]) -> Vec<String> {
+        let room = self
+            .cfg
+            .leasing
+            .sync_leases_max
+            .saturating_sub(renewing.len());
+        self.accounts
+            .iter()
+            .filter(|a| self.cfg.leasing.active(a, now_ms))
+            .filter(|a| !renewing.iter().any(|l| &l.account_id == a.key()))
+            .take(room)
+            .map(|a| a.key().clone())
+            .collect()
+    }
+
+    /// Whether a sync with nothing else to carry should still ask the ledger: to hear of
+    /// recalls and whether it answers, every `DEFAULT_LEDGER_POLL_MS`.
+    fn poll_due(&self, now_ms: i64) -> bool {
+        now_ms - self.ledger_heard_ms.load(Ordering::Relaxed) >= DEFAULT_LEDGER_POLL_MS
     }
 }
 

@@ -1,19 +1,15 @@
-//! Metered jobs (StreamUsage): a running Shared-Edition job reports GPU time as it uses
-//! it, and the sidecar charges each report and holds the next report interval for it, so
-//! that the account can be stopped before it overruns (G1: the overrun is at most what is
-//! reported after STOP, one report of one job). A stream may take over a reservation of
-//! the same id: its hold becomes the job's, reports are charged against it, and the end
-//! of the stream settles the reservation with what was reported.
-//!
-//! Each report is charged as usage `work_id/seq`, durable before its decision is sent
-//! (G2); the ledger applies each usage id once, so a report resent on a new stream after
-//! a break is never charged twice.
+//! Metered jobs (StreamUsage), as state: what a stream's first report fixes, the job its
+//! task owns (hold, charged total, last seq, STOP, its report rate), the decisions it is
+//! answered, and the table of open streams and of jobs whose last seq is remembered
+//! after their stream ended, within `WorkConfig`'s limits. How reports are charged is
+//! `reports`.
 
-use super::events::{Event, EventKind};
-use super::{Account, Engine, EngineError, Take};
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry as MapEntry;
+
+use super::error::EngineError;
 use crate::billing::status::DenyReason;
 use crate::billing::{Money, Price, Resource};
-use crate::journal::{Entry, HoldState, JournalError, ReservationRow};
 
 /// Most usage streams open on one sidecar.
 pub const DEFAULT_STREAMS_MAX: usize = 10_000;
@@ -59,54 +55,132 @@ pub struct WorkView {
     pub last_seq: u64,
 }
 
-/// A job being metered; owned by its stream's task. `Engine::end_work` must be called
-/// when the stream ends (it settles the job).
-pub struct Work {
-    key: WorkKey,
-    price: Price,
-    /// The reservation whose hold this job took over.
-    attached: bool,
-    held: Money,
-    charged: Money,
-    last_seq: u64,
-    last_delta: u64,
-    stopped: Option<DenyReason>,
-    tokens: f64,
-    tokens_at_ms: i64,
-    ended: bool,
+/// Limits of usage streams (see the `DEFAULT_*` constants).
+#[derive(Debug, Clone, Copy)]
+pub struct WorkConfig {
+    pub streams_max: usize,
+    pub stream_reports_per_sec: u32,
+    pub stream_buffer: usize,
+    pub stream_interval_ms: u64,
+    pub works_remembered_max: usize,
 }
 
-impl Work {
-    pub fn key(&self) -> &WorkKey {
-        &self.key
+impl Default for WorkConfig {
+    fn default() -> Self {
+        WorkConfig {
+            streams_max: DEFAULT_STREAMS_MAX,
+            stream_reports_per_sec: DEFAULT_STREAM_REPORTS_PER_SEC,
+            stream_buffer: DEFAULT_STREAM_BUFFER,
+            stream_interval_ms: DEFAULT_STREAM_INTERVAL_MS,
+            works_remembered_max: DEFAULT_WORKS_REMEMBERED_MAX,
+        }
     }
 }
 
-impl Engine {
-    /// Opens metering for a job: within the stream limits, one stream per job. Takes over
-    /// the reservation of the same id if one is open here.
-    pub async fn start_work(&self, key: WorkKey) -> Result<Work, EngineError> {
-        if self.is_closing() {
-            return Err(EngineError::ShuttingDown);
+/// A job being metered; owned by its stream's task. `Engine::end_work` must be called
+/// when the stream ends (it settles the job).
+pub struct Work {
+    pub(super) key: WorkKey,
+    pub(super) price: Price,
+    /// The reservation whose hold this job took over.
+    pub(super) attached: bool,
+    pub(super) held: Money,
+    pub(super) charged: Money,
+    pub(super) last_seq: u64,
+    pub(super) last_delta: u64,
+    pub(super) stopped: Option<DenyReason>,
+    /// Reports it may still send now, in thousandths (see `allow`).
+    tokens_milli: u64,
+    tokens_at_ms: i64,
+    pub(super) ended: bool,
+}
+
+impl Work {
+    /// A job whose reports so far end at `last_seq`, allowed `rate` reports a second.
+    pub(super) fn new(key: WorkKey, price: Price, last_seq: u64, rate: u32, now_ms: i64) -> Work {
+        Work {
+            price,
+            attached: false,
+            held: Money::ZERO,
+            charged: Money::ZERO,
+            last_seq,
+            last_delta: 0,
+            stopped: None,
+            tokens_milli: u64::from(rate).saturating_mul(1_000),
+            tokens_at_ms: now_ms,
+            ended: false,
+            key,
         }
-        let price = self.catalog.price(&key.sku, key.resource)?.clone();
-        if key.resource != Resource::GpuShared {
-            return Err(EngineError::NotStreamable(key.resource));
+    }
+
+    pub fn key(&self) -> &WorkKey {
+        &self.key
+    }
+
+    /// Token bucket on the injected clock, `rate` reports a second (a burst of as many):
+    /// how many of `n` reports may be taken now. Counted in thousandths of a report, so a
+    /// millisecond earns exactly `rate` of them.
+    pub(super) fn allow(&mut self, n: usize, rate: u32, now_ms: i64) -> usize {
+        let rate = u64::from(rate);
+        let elapsed_ms = u64::try_from(now_ms.saturating_sub(self.tokens_at_ms)).unwrap_or(0);
+        self.tokens_milli = self
+            .tokens_milli
+            .saturating_add(elapsed_ms.saturating_mul(rate))
+            .min(rate.saturating_mul(1_000));
+        self.tokens_at_ms = now_ms;
+        let whole = usize::try_from(self.tokens_milli / 1_000).unwrap_or(usize::MAX);
+        let allowed = whole.min(n);
+        // `allowed` is at most `whole`, which came from `tokens_milli`.
+        self.tokens_milli -= u64::try_from(allowed).unwrap_or(0) * 1_000;
+        allowed
+    }
+
+    /// The quantity the next report is expected to carry: the last delta reported, or
+    /// `default` before the first.
+    pub(super) fn next_interval(&self, default: u64) -> u64 {
+        if self.last_delta > 0 {
+            self.last_delta
+        } else {
+            default
         }
-        self.ensure_account(&key.account_id).await?;
-        let now_ms = self.now_ms();
-        if self.works.len() >= self.cfg.streams_max {
+    }
+}
+
+/// Open streams by work id, and the last seq of jobs whose stream ended (a report resent
+/// on a new stream is then ignored), within `WorkConfig`'s limits.
+pub(super) struct Works {
+    cfg: WorkConfig,
+    open: DashMap<String, WorkView>,
+    /// (last seq, when its stream ended) by work id.
+    ended: DashMap<String, (u64, i64)>,
+}
+
+impl Works {
+    pub(super) fn new(cfg: WorkConfig) -> Works {
+        Works {
+            cfg,
+            open: DashMap::new(),
+            ended: DashMap::new(),
+        }
+    }
+
+    pub(super) fn config(&self) -> &WorkConfig {
+        &self.cfg
+    }
+
+    /// Registers the job's stream: one per job, within `streams_max`, and a job not seen
+    /// before only while `works_remembered_max` allows. Returns the job's last seq.
+    pub(super) fn open(&self, key: &WorkKey) -> Result<u64, EngineError> {
+        if self.open.len() >= self.cfg.streams_max {
             return Err(EngineError::StreamsFull(self.cfg.streams_max));
         }
-        let last_seq = self.work_seqs.get(&key.work_id).map(|e| e.0).unwrap_or(0);
-        if last_seq == 0 && self.work_seqs.len() >= self.cfg.works_remembered_max {
+        let last_seq = self.ended.get(&key.work_id).map(|e| e.0).unwrap_or(0);
+        if last_seq == 0 && self.ended.len() >= self.cfg.works_remembered_max {
             return Err(EngineError::StreamsFull(self.cfg.works_remembered_max));
         }
-        match self.works.entry(key.work_id.clone()) {
-            dashmap::mapref::entry::Entry::Occupied(_) => {
-                return Err(EngineError::WorkOpen(key.work_id.clone()));
-            }
-            dashmap::mapref::entry::Entry::Vacant(v) => {
+        match self.open.entry(key.work_id.clone()) {
+            MapEntry::Occupied(_) => Err(EngineError::WorkOpen(key.work_id.clone())),
+            MapEntry::Vacant(v) => {
                 v.insert(WorkView {
                     account_id: key.account_id.clone(),
                     work_id: key.work_id.clone(),
@@ -115,500 +189,38 @@ impl Engine {
                     held: Money::ZERO,
                     last_seq,
                 });
+                Ok(last_seq)
             }
-        }
-        let mut work = Work {
-            price,
-            attached: false,
-            held: Money::ZERO,
-            charged: Money::ZERO,
-            last_seq,
-            last_delta: 0,
-            stopped: None,
-            tokens: f64::from(self.cfg.stream_reports_per_sec),
-            tokens_at_ms: now_ms,
-            ended: false,
-            key,
-        };
-        // Take over an open reservation of the same id (same account, resource and sku).
-        if let Some(mut h) = self.holds.get_mut(&work.key.work_id) {
-            let r = &h.row;
-            let expired = r.expires_at_ms <= now_ms;
-            if r.state == HoldState::Open && !h.busy && !h.streaming && !expired {
-                if r.account_id != work.key.account_id
-                    || r.resource != work.key.resource
-                    || r.sku != work.key.sku
-                {
-                    let detail = format!(
-                        "it reserved {} of {} for account {}",
-                        r.resource, r.sku, r.account_id
-                    );
-                    drop(h);
-                    self.works.remove(&work.key.work_id);
-                    return Err(EngineError::ReservationMismatch {
-                        id: work.key.work_id.clone(),
-                        detail,
-                    });
-                }
-                h.streaming = true;
-                work.attached = true;
-                work.held = h.row.held;
-                work.charged = h.row.streamed_cost;
-            }
-        }
-        tracing::debug!(work_id = %work.key.work_id, attached = work.attached, "usage stream opened");
-        Ok(work)
-    }
-
-    /// Charges one report and decides whether the job may go on: CONTINUE while the next
-    /// report interval can be held, else STOP (sticky). The charge is durable before this
-    /// returns.
-    pub async fn report(
-        &self,
-        work: &mut Work,
-        seq: u64,
-        quantity: u64,
-    ) -> Result<Decision, EngineError> {
-        let (mut out, err) = self.report_batch(work, &[(seq, quantity)]).await;
-        match (out.pop(), err) {
-            (_, Some(e)) => Err(e),
-            (Some(d), None) => Ok(d),
-            (None, None) => Err(EngineError::ReportRate(self.cfg.stream_reports_per_sec)),
         }
     }
 
-    /// Charges reports (seq, quantity) that a client pipelined, in order, with one wait
-    /// for the journal per round instead of one per report; a decision per report, as
-    /// `report` would give it. Reports past the rate limit or an error are not charged:
-    /// the decisions returned are for the reports taken, and the error says why the rest
-    /// were not.
-    pub async fn report_batch(
-        &self,
-        work: &mut Work,
-        reports: &[(u64, u64)],
-    ) -> (Vec<Decision>, Option<EngineError>) {
-        let now_ms = self.now_ms();
-        let allowed = self.allow_reports(work, reports.len(), now_ms);
-        let mut err = (allowed < reports.len())
-            .then_some(EngineError::ReportRate(self.cfg.stream_reports_per_sec));
-        let mut out = Vec::with_capacity(allowed);
-        let mut rest = &reports[..allowed];
-        while !rest.is_empty() {
-            match self.report_round(work, rest, now_ms).await {
-                Ok((taken, decisions, None)) => {
-                    out.extend(decisions);
-                    rest = &rest[taken..];
-                }
-                Ok((_, decisions, Some(e))) => {
-                    out.extend(decisions);
-                    err = Some(e);
-                    break;
-                }
-                Err(e) => {
-                    err = Some(e);
-                    break;
-                }
-            }
-        }
-        if let Some(mut v) = self.works.get_mut(&work.key.work_id) {
+    /// Forgets an open stream that was refused after `open`.
+    pub(super) fn unopen(&self, work_id: &str) {
+        self.open.remove(work_id);
+    }
+
+    /// The job's view as GetBalance lists it, brought up to date.
+    pub(super) fn update(&self, work: &Work) {
+        if let Some(mut v) = self.open.get_mut(&work.key.work_id) {
             v.charged = work.charged;
             v.held = work.held;
             v.last_seq = work.last_seq;
         }
-        (out, err)
     }
 
-    /// One round: under the account's lock, charge reports until one needs a larger lease
-    /// (that one is answered after asking the ledger), journal them, await the journal
-    /// once. Returns how many reports it took, their decisions, and why it stopped short
-    /// if a report could not be taken (its price, a full journal queue): the reports
-    /// before it stand. If the journal then fails to write, nothing of the round stands.
-    async fn report_round(
-        &self,
-        work: &mut Work,
-        reports: &[(u64, u64)],
-        now_ms: i64,
-    ) -> Result<(usize, Vec<Decision>, Option<EngineError>), EngineError> {
-        let key = work.key.clone();
-        let before = (work.last_seq, work.last_delta, work.charged, work.stopped);
-        let held_before = work.held;
-        let mut durables = Vec::with_capacity(reports.len());
-        let mut charged: Vec<(u64, Money)> = Vec::with_capacity(reports.len());
-        let mut decisions = Vec::with_capacity(reports.len());
-        let mut row_before = None;
-        let mut need_lease = false;
-        let mut taken = 0;
-        let mut stopped_now = None;
-        let batch = {
-            let mut a = self
-                .accounts
-                .get_mut(&key.account_id)
-                .ok_or_else(|| EngineError::UnknownAccount(key.account_id.clone()))?;
-            a.last_touch_ms = now_ms;
-            self.expire_due(&mut a, now_ms);
-            let mut failed = None;
-            for &(seq, quantity) in reports {
-                taken += 1;
-                if seq <= work.last_seq {
-                    decisions.push(self.decision_locked(&a, work, seq, true, now_ms));
-                    continue;
-                }
-                let cost = match work.price.cost(quantity) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        taken -= 1;
-                        failed = Some(e.into());
-                        break;
-                    }
-                };
-                // Paid from the job's hold first; the rest is an overrun that the balance
-                // absorbs (bounded by what is reported after STOP).
-                let from_hold = cost.min(work.held);
-                a.held -= from_hold;
-                work.held -= from_hold;
-                let usage = self.charge_locked(
-                    &mut a,
-                    format!("{}/{seq}", key.work_id),
-                    &key.account_id,
-                    key.resource,
-                    &key.sku,
-                    quantity,
-                    cost,
-                    now_ms,
-                );
-                charged.push((usage.seq, from_hold));
-                let mut row = None;
-                let mut row_prev = None;
-                if work.attached
-                    && let Some(mut h) = self.holds.get_mut(&key.work_id)
-                {
-                    if row_before.is_none() {
-                        row_before = Some(h.row.clone());
-                    }
-                    row_prev = Some(h.row.clone());
-                    h.row.held -= from_hold;
-                    h.row.streamed_quantity += quantity;
-                    h.row.streamed_cost += cost;
-                    row = Some(h.row.clone());
-                }
-                let seq_no = usage.seq;
-                match self.journal.submit(Entry::Report {
-                    usage,
-                    work_id: key.work_id.clone(),
-                    seq,
-                    row,
-                }) {
-                    Ok(d) => durables.push(d),
-                    Err(e) => {
-                        // Not taken (e.g. the journal queue is full): this report is
-                        // undone, the ones before it stand.
-                        Self::undo_charge(&mut a, seq_no);
-                        charged.pop();
-                        a.held += from_hold;
-                        work.held += from_hold;
-                        self.restore_row(&key.work_id, row_prev);
-                        taken -= 1;
-                        failed = Some(e.into());
-                        break;
-                    }
-                }
-                work.last_seq = seq;
-                work.charged += cost;
-                if quantity > 0 {
-                    work.last_delta = quantity;
-                }
-                if work.stopped.is_none() {
-                    match self.hold_next_locked(&mut a, work, now_ms) {
-                        Ok(Some(Take::NeedLease)) => need_lease = true,
-                        Ok(Some(Take::Denied(reason))) => {
-                            stopped_now = Some(reason);
-                            self.stop_locked(&mut a, work, reason);
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            // Charged and journaled; only its next interval is not held.
-                            decisions.push(self.decision_locked(&a, work, seq, false, now_ms));
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
-                if need_lease {
-                    break;
-                }
-                decisions.push(self.decision_locked(&a, work, seq, false, now_ms));
-            }
-            (self.alerts_locked(&mut a, &key.account_id, now_ms), failed)
-        };
-        let (batch, failed) = batch;
-        for d in durables {
-            if let Err(e) = d.await.unwrap_or(Err(JournalError::Closed)) {
-                if let Some(mut a) = self.accounts.get_mut(&key.account_id) {
-                    self.undo_round(&mut a, work, &charged, held_before, row_before, before);
-                }
-                return Err(e.into());
-            }
-        }
-        self.publish(batch);
-        if let Some(reason) = stopped_now {
-            self.work_stopped_event(work, reason);
-        }
-        if need_lease {
-            // The last report's next interval needs more lease: ask, then answer it.
-            if let Err(e) = self.hold_next(work).await {
-                return Ok((taken, decisions, Some(e)));
-            }
-            let seq = work.last_seq;
-            decisions.push(self.decision(work, seq, false, self.now_ms()));
-        }
-        Ok((taken, decisions, failed))
-    }
-
-    /// Takes back a round whose journal write failed: its charges, its use of the job's
-    /// hold, the reservation row and the job's progress.
-    fn undo_round(
-        &self,
-        a: &mut Account,
-        work: &mut Work,
-        charged: &[(u64, Money)],
-        held_before: Money,
-        row_before: Option<ReservationRow>,
-        before: (u64, u64, Money, Option<DenyReason>),
-    ) {
-        for (seq_no, _) in charged {
-            Self::undo_charge(a, *seq_no);
-        }
-        // The job's hold goes back to what it was (whatever the round used or added).
-        a.held = a.held - work.held + held_before;
-        work.held = held_before;
-        self.restore_row(&work.key.work_id, row_before);
-        (work.last_seq, work.last_delta, work.charged, work.stopped) = before;
-    }
-
-    /// Under the account's lock: grows the job's hold to cover the next report interval,
-    /// if the lease allows. Returns the gate's answer when it did not (None: covered).
-    fn hold_next_locked(
-        &self,
-        a: &mut Account,
-        work: &mut Work,
-        now_ms: i64,
-    ) -> Result<Option<Take>, EngineError> {
-        let next = work.price.cost(self.next_interval(work))?;
-        if work.held >= next {
-            return Ok(None);
-        }
-        let extra = next - work.held;
-        match self.take(
-            a,
-            &work.key.account_id,
-            work.key.resource,
-            extra,
-            now_ms,
-            false,
-        ) {
-            Take::Lease(_) | Take::FailOpen(_) => {
-                a.held += extra;
-                work.held += extra;
-                if work.attached
-                    && let Some(mut h) = self.holds.get_mut(&work.key.work_id)
-                {
-                    h.row.held += extra;
-                }
-                Ok(None)
-            }
-            t => Ok(Some(t)),
-        }
-    }
-
-    fn next_interval(&self, work: &Work) -> u64 {
-        if work.last_delta > 0 {
-            work.last_delta
-        } else {
-            self.cfg.stream_interval_ms
-        }
-    }
-
-    /// Holds the next report interval for the job (growing its hold), or stops it.
-    async fn hold_next(&self, work: &mut Work) -> Result<(), EngineError> {
-        let next = work.price.cost(self.next_interval(work))?;
-        if work.held >= next {
-            return Ok(());
-        }
-        let extra = next - work.held;
-        match self
-            .hold_money(&work.key.account_id, work.key.resource, extra)
-            .await?
-        {
-            Ok(()) => {
-                work.held += extra;
-                if work.attached
-                    && let Some(mut h) = self.holds.get_mut(&work.key.work_id)
-                {
-                    h.row.held += extra;
-                }
-            }
-            Err(reason) => self.stop_work(work, reason),
-        }
-        Ok(())
-    }
-
-    /// STOP: gives the job's hold back and tells the account's watchers.
-    fn stop_work(&self, work: &mut Work, reason: DenyReason) {
-        if let Some(mut a) = self.accounts.get_mut(&work.key.account_id) {
-            self.stop_locked(&mut a, work, reason);
-        }
-        self.work_stopped_event(work, reason);
-    }
-
-    /// STOP under the account's lock (sticky): the job's hold goes back.
-    fn stop_locked(&self, a: &mut Account, work: &mut Work, reason: DenyReason) {
-        work.stopped = Some(reason);
-        a.held -= work.held;
-        if work.attached
-            && let Some(mut h) = self.holds.get_mut(&work.key.work_id)
-        {
-            h.row.held -= work.held;
-        }
-        work.held = Money::ZERO;
-    }
-
-    fn work_stopped_event(&self, work: &Work, reason: DenyReason) {
-        tracing::info!(account_id = %work.key.account_id, work_id = %work.key.work_id,
-            reason = reason.name(), charged = %work.charged, "usage stream told to stop");
-        self.publish_events(
-            None,
-            vec![Event {
-                account_id: work.key.account_id.clone(),
-                kind: EventKind::WorkStopped,
-                subject_id: work.key.work_id.clone(),
-                threshold: String::new(),
-                message: format!(
-                    "job {} was told to stop ({}) after {} charged",
-                    work.key.work_id,
-                    reason.name(),
-                    work.charged
-                ),
-                at_ms: self.now_ms(),
-            }],
-        );
-    }
-
-    fn decision(&self, work: &Work, seq: u64, ignored: bool, now_ms: i64) -> Decision {
-        match self.accounts.get(&work.key.account_id) {
-            Some(a) => self.decision_locked(&a, work, seq, ignored, now_ms),
-            None => Decision {
-                seq,
-                stop: work.stopped,
-                remaining_quantity: 0,
-                ignored,
-                charged: work.charged,
-            },
-        }
-    }
-
-    /// The answer to a report: STOP (sticky) or how much more the account can pay for at
-    /// the job's price, counting the job's own hold.
-    fn decision_locked(
-        &self,
-        a: &Account,
-        work: &Work,
-        seq: u64,
-        ignored: bool,
-        now_ms: i64,
-    ) -> Decision {
-        let remaining_quantity = match work.stopped {
-            Some(_) => 0,
-            None => {
-                let available =
-                    a.available(work.key.resource, now_ms, self.cfg.lease_whole_account);
-                work.price.quantity_for(available + work.held)
-            }
-        };
-        Decision {
-            seq,
-            stop: work.stopped,
-            remaining_quantity,
-            ignored,
-            charged: work.charged,
-        }
-    }
-
-    /// Token bucket per stream, on the injected clock: how many of `n` reports may be
-    /// taken now.
-    fn allow_reports(&self, work: &mut Work, n: usize, now_ms: i64) -> usize {
-        let rate = f64::from(self.cfg.stream_reports_per_sec);
-        let elapsed_s = (now_ms - work.tokens_at_ms).max(0) as f64 / 1000.0;
-        work.tokens = (work.tokens + elapsed_s * rate).min(rate);
-        work.tokens_at_ms = now_ms;
-        let allowed = (work.tokens.floor().max(0.0) as usize).min(n);
-        work.tokens -= allowed as f64;
-        allowed
-    }
-
-    fn restore_row(&self, work_id: &str, row: Option<ReservationRow>) {
-        if let Some(row) = row
-            && let Some(mut h) = self.holds.get_mut(work_id)
-        {
-            h.row = row;
-        }
-    }
-
-    /// Settles a job whose stream ended (closed, broken or cut off): its reported usage
-    /// is charged already; the rest of its hold is released, and a reservation it took
-    /// over is committed with the reported total.
-    pub async fn end_work(&self, mut work: Work) {
-        if work.ended {
-            return;
-        }
-        work.ended = true;
-        let now_ms = self.now_ms();
-        let key = work.key.clone();
-        self.unhold(&key.account_id, work.held);
-        let mut settle = None;
-        if work.attached
-            && let Some(mut h) = self.holds.get_mut(&key.work_id)
-        {
-            h.streaming = false;
-            if h.row.state == HoldState::Open {
-                let before = h.row.clone();
-                h.row.held = Money::ZERO;
-                h.row.state = HoldState::Committed;
-                h.row.charged = h.row.streamed_cost;
-                h.row.charged_quantity = h.row.streamed_quantity;
-                h.row.settled_at_ms = now_ms;
-                match self.journal.submit(Entry::Reservation(h.row.clone())) {
-                    Ok(d) => settle = Some((d, before)),
-                    Err(e) => {
-                        // Left open: its TTL releases the hold; its usage is charged.
-                        tracing::warn!(reservation_id = %key.work_id, error = %e,
-                            "stream's reservation not settled; its TTL will release it");
-                        h.row = before;
-                    }
-                }
-            }
-        }
-        if let Some((d, before)) = settle
-            && let Err(e) = d.await.unwrap_or(Err(JournalError::Closed))
-        {
-            tracing::warn!(reservation_id = %key.work_id, error = %e,
-                "stream's reservation not settled; its TTL will release it");
-            if let Some(mut h) = self.holds.get_mut(&key.work_id) {
-                h.row = before;
-            }
-        }
-        self.works.remove(&key.work_id);
+    /// The job's stream ended at `now_ms`: remember its last seq.
+    pub(super) fn close(&self, work: &Work, now_ms: i64) {
+        self.open.remove(&work.key.work_id);
         if work.last_seq > 0 {
-            self.work_seqs
-                .insert(key.work_id.clone(), (work.last_seq, now_ms));
+            self.ended
+                .insert(work.key.work_id.clone(), (work.last_seq, now_ms));
         }
-        tracing::debug!(work_id = %key.work_id, charged = %work.charged,
-            last_seq = work.last_seq, "usage stream ended");
     }
 
-    /// Open streams of an account.
-    pub fn works_of(&self, account_id: &str) -> Vec<WorkView> {
+    /// Open streams of an account, by work id.
+    pub(super) fn of(&self, account_id: &str) -> Vec<WorkView> {
         let mut v: Vec<WorkView> = self
-            .works
+            .open
             .iter()
             .filter(|w| w.account_id == account_id)
             .map(|w| w.value().clone())
@@ -617,19 +229,61 @@ impl Engine {
         v
     }
 
-    pub fn streams_open(&self) -> usize {
-        self.works.len()
+    pub(super) fn len(&self) -> usize {
+        self.open.len()
     }
 
     /// Last seqs of jobs from the journal, so a report resent after a restart is ignored.
-    pub(super) fn recover_works(&self, works: Vec<(String, u64, i64)>) {
+    pub(super) fn recover(&self, works: Vec<(String, u64, i64)>) {
         for (work_id, seq, at_ms) in works {
-            self.work_seqs.insert(work_id, (seq, at_ms));
+            self.ended.insert(work_id, (seq, at_ms));
         }
     }
 
     /// Forgets the last seqs of jobs whose stream ended before `cutoff_ms`.
-    pub(super) fn prune_works(&self, cutoff_ms: i64) {
-        self.work_seqs.retain(|_, (_, at)| *at >= cutoff_ms);
+    pub(super) fn prune(&self, cutoff_ms: i64) {
+        self.ended.retain(|_, (_, at)| *at >= cutoff_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn work(rate: u32) -> Work {
+        let price = Price {
+            sku: "gpu.shared.a10".into(),
+            resource: Resource::GpuShared,
+            unit_price: Money::ZERO,
+            description: String::new(),
+        };
+        let key = WorkKey {
+            account_id: "a".into(),
+            work_id: "w".into(),
+            resource: Resource::GpuShared,
+            sku: price.sku.clone(),
+        };
+        Work::new(key, price, 0, rate, 0)
+    }
+
+    #[test]
+    fn the_rate_limit_allows_a_burst_then_refills_with_time() {
+        let mut w = work(5);
+        assert_eq!(w.allow(8, 5, 0), 5, "a burst of one second's worth");
+        assert_eq!(w.allow(1, 5, 0), 0);
+        assert_eq!(w.allow(3, 5, 199), 0, "0.995 of a report is not one");
+        assert_eq!(w.allow(3, 5, 200), 1);
+        assert_eq!(w.allow(9, 5, 10_000), 5, "never more than the burst");
+        assert_eq!(
+            w.allow(1, 5, 5_000),
+            0,
+            "the clock going back earns nothing"
+        );
+    }
+
+    #[test]
+    fn an_unlimited_rate_does_not_overflow() {
+        let mut w = work(u32::MAX);
+        assert_eq!(w.allow(usize::MAX, u32::MAX, i64::MAX), u32::MAX as usize);
     }
 }

@@ -113,9 +113,10 @@ impl From<JournalError> for Status {
         match e {
             JournalError::QueueFull(_) => Status::resource_exhausted(e.to_string()),
             JournalError::Closed => Status::unavailable("quotad is shutting down"),
-            JournalError::Write(_) | JournalError::Open(_) | JournalError::Corrupt { .. } => {
-                internal(Code::Unavailable, &e)
-            }
+            JournalError::Write(_)
+            | JournalError::Open(_)
+            | JournalError::Poisoned(_)
+            | JournalError::Corrupt { .. } => internal(Code::Unavailable, &e),
         }
     }
 }

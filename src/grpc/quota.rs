@@ -202,10 +202,10 @@ impl pb::quota_server::Quota for QuotaService {
     ) -> Result<Response<Self::StreamUsageStream>, Status> {
         let caller = Caller::of(&request)?;
         let cfg = self.engine.config();
-        if self.engine.streams_open() >= cfg.streams_max {
-            return Err(EngineError::StreamsFull(cfg.streams_max).into());
+        if self.engine.streams_open() >= cfg.work.streams_max {
+            return Err(EngineError::StreamsFull(cfg.work.streams_max).into());
         }
-        let (tx, rx) = mpsc::channel(cfg.stream_buffer.max(1));
+        let (tx, rx) = mpsc::channel(cfg.work.stream_buffer.max(1));
         let engine = self.engine.clone();
         let currency = self.currency.clone();
         let metrics = Some(self.metrics.clone());
@@ -446,7 +446,8 @@ async fn meter_with<S>(
             match tx.try_send(Ok(d)) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    let status = Overload::DecisionsUnread(engine.config().stream_buffer).into();
+                    let status =
+                        Overload::DecisionsUnread(engine.config().work.stream_buffer).into();
                     let _ = tokio::time::timeout(
                         Duration::from_millis(STREAM_ERROR_SEND_MS),
                         tx.send(Err(status)),

@@ -9,10 +9,10 @@
 
 use rust_decimal::Decimal;
 
-use super::{Entry, HoldState, ReservationRow, SessionRow, SessionState};
+use super::entry::{Entry, HoldState, ReservationRow, SessionRow, SessionState};
 use crate::billing::storage::StorageMeter;
 use crate::billing::{Money, Resource};
-use crate::ledger::UsageRecord;
+use crate::ledger::api::UsageRecord;
 
 /// The first bytes of every journal file; the digit is the format version.
 pub const MAGIC: &[u8; 8] = b"QUOTADJ1";
@@ -70,16 +70,31 @@ pub enum DecodeError {
     Trailing(usize),
 }
 
+/// A record longer than `RECORD_MAX_BYTES`: a start would take it for damage, so it is
+/// refused rather than written.
+#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
+#[error("a journal record of {0} bytes is over the maximum of {RECORD_MAX_BYTES}")]
+pub struct TooLarge(pub usize);
+
 /// Appends one framed record to `out`: the frame is written around whatever `body` puts.
-pub fn frame(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
+/// A record over `RECORD_MAX_BYTES` leaves `out` as it was.
+pub fn frame(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) -> Result<(), TooLarge> {
     let start = out.len();
     out.extend_from_slice(&[0; FRAME_BYTES]);
     body(out);
     let payload = &out[start + FRAME_BYTES..];
-    let len = payload.len() as u32;
+    let n = payload.len();
+    let len = match u32::try_from(n) {
+        Ok(len) if n <= RECORD_MAX_BYTES => len,
+        _ => {
+            out.truncate(start);
+            return Err(TooLarge(n));
+        }
+    };
     let crc = CRC.checksum(payload);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + FRAME_BYTES].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
 }
 
 /// Whether `payload` is what a frame with checksum `crc` was written around.
@@ -87,7 +102,7 @@ pub fn checksum_ok(payload: &[u8], crc: u32) -> bool {
     CRC.checksum(payload) == crc
 }
 
-pub fn encode_entry(out: &mut Vec<u8>, e: &Entry) {
+pub fn encode_entry(out: &mut Vec<u8>, e: &Entry) -> Result<(), TooLarge> {
     frame(out, |b| match e {
         Entry::Reservation(r) => {
             b.push(TAG_RESERVATION);
@@ -108,24 +123,12 @@ pub fn encode_entry(out: &mut Vec<u8>, e: &Entry) {
             put_usage(b, usage);
             put_str(b, work_id);
             put_u64(b, *seq);
-            match row {
-                Some(r) => {
-                    b.push(1);
-                    put_row(b, r);
-                }
-                None => b.push(0),
-            }
+            put_optional(b, row.as_ref(), put_row);
         }
         Entry::Session(r, u) => {
             b.push(TAG_SESSION);
             put_session(b, r);
-            match u {
-                Some(u) => {
-                    b.push(1);
-                    put_usage(b, u);
-                }
-                None => b.push(0),
-            }
+            put_optional(b, u.as_ref(), put_usage);
         }
         Entry::Storage {
             account_id,
@@ -135,7 +138,7 @@ pub fn encode_entry(out: &mut Vec<u8>, e: &Entry) {
             b.push(TAG_STORAGE);
             put_str(b, account_id);
             put_meter(b, meter);
-            put_u32(b, usage.len() as u32);
+            put_len(b, usage.len());
             for u in usage {
                 put_usage(b, u);
             }
@@ -156,7 +159,7 @@ pub fn encode_entry(out: &mut Vec<u8>, e: &Entry) {
         }
         Entry::Trim(seqs) => {
             b.push(TAG_TRIM);
-            put_u32(b, seqs.len() as u32);
+            put_len(b, seqs.len());
             for s in seqs {
                 put_u64(b, *s);
             }
@@ -168,14 +171,14 @@ pub fn encode_entry(out: &mut Vec<u8>, e: &Entry) {
     })
 }
 
-pub fn encode_reservation(out: &mut Vec<u8>, r: &ReservationRow) {
+pub fn encode_reservation(out: &mut Vec<u8>, r: &ReservationRow) -> Result<(), TooLarge> {
     frame(out, |b| {
         b.push(TAG_RESERVATION);
         put_row(b, r);
     })
 }
 
-pub fn encode_session(out: &mut Vec<u8>, r: &SessionRow) {
+pub fn encode_session(out: &mut Vec<u8>, r: &SessionRow) -> Result<(), TooLarge> {
     frame(out, |b| {
         b.push(TAG_SESSION);
         put_session(b, r);
@@ -184,7 +187,11 @@ pub fn encode_session(out: &mut Vec<u8>, r: &SessionRow) {
 }
 
 /// An account's storage meter alone (snapshot).
-pub fn encode_storage(out: &mut Vec<u8>, account_id: &str, meter: &StorageMeter) {
+pub fn encode_storage(
+    out: &mut Vec<u8>,
+    account_id: &str,
+    meter: &StorageMeter,
+) -> Result<(), TooLarge> {
     frame(out, |b| {
         b.push(TAG_STORAGE);
         put_str(b, account_id);
@@ -193,14 +200,14 @@ pub fn encode_storage(out: &mut Vec<u8>, account_id: &str, meter: &StorageMeter)
     })
 }
 
-pub fn encode_next_seq(out: &mut Vec<u8>, next_seq: u64) {
+pub fn encode_next_seq(out: &mut Vec<u8>, next_seq: u64) -> Result<(), TooLarge> {
     frame(out, |b| {
         b.push(TAG_NEXT_SEQ);
         put_u64(b, next_seq);
     })
 }
 
-pub fn encode_work(out: &mut Vec<u8>, work_id: &str, seq: u64, at_ms: i64) {
+pub fn encode_work(out: &mut Vec<u8>, work_id: &str, seq: u64, at_ms: i64) -> Result<(), TooLarge> {
     frame(out, |b| {
         b.push(TAG_WORK);
         put_str(b, work_id);
@@ -209,7 +216,7 @@ pub fn encode_work(out: &mut Vec<u8>, work_id: &str, seq: u64, at_ms: i64) {
     })
 }
 
-pub fn encode_usage(out: &mut Vec<u8>, u: &UsageRecord) {
+pub fn encode_usage(out: &mut Vec<u8>, u: &UsageRecord) -> Result<(), TooLarge> {
     frame(out, |b| {
         b.push(TAG_USAGE);
         put_usage(b, u);
@@ -229,7 +236,7 @@ pub fn decode(payload: &[u8]) -> Result<Record, DecodeError> {
             let usage = d.usage()?;
             let work_id = d.string()?;
             let seq = d.u64()?;
-            let row = if d.flag()? { Some(d.row()?) } else { None };
+            let row = d.optional(Dec::row)?;
             Record::Entry(Entry::Report {
                 usage,
                 work_id,
@@ -239,20 +246,14 @@ pub fn decode(payload: &[u8]) -> Result<Record, DecodeError> {
         }
         TAG_SESSION => {
             let r = d.session()?;
-            let u = if d.flag()? { Some(d.usage()?) } else { None };
+            let u = d.optional(Dec::usage)?;
             Record::Entry(Entry::Session(r, u))
         }
         TAG_STORAGE => {
             let account_id = d.string()?;
             let meter = d.meter()?;
-            let n = d.u32()? as usize;
-            // A usage record takes well over 8 bytes: a count the payload cannot hold is
-            // damage, and must not size an allocation.
-            d.need(n.saturating_mul(8))?;
-            let mut usage = Vec::with_capacity(n);
-            for _ in 0..n {
-                usage.push(d.usage()?);
-            }
+            // A usage record takes well over 8 bytes.
+            let usage = d.list(8, Dec::usage)?;
             Record::Entry(Entry::Storage {
                 account_id,
                 meter,
@@ -270,17 +271,7 @@ pub fn decode(payload: &[u8]) -> Result<Record, DecodeError> {
                 unset,
             })
         }
-        TAG_TRIM => {
-            let n = d.u32()? as usize;
-            // Each seq is 8 bytes: a count the payload cannot hold is damage, and must not
-            // size an allocation.
-            d.need(n.saturating_mul(8))?;
-            let mut seqs = Vec::with_capacity(n);
-            for _ in 0..n {
-                seqs.push(d.u64()?);
-            }
-            Record::Entry(Entry::Trim(seqs))
-        }
+        TAG_TRIM => Record::Entry(Entry::Trim(d.list(8, Dec::u64)?)),
         TAG_PRUNE => Record::Entry(Entry::Prune {
             settled_before_ms: d.i64()?,
         }),
@@ -315,13 +306,30 @@ fn put_i64(b: &mut Vec<u8>, v: i64) {
     b.extend_from_slice(&v.to_le_bytes());
 }
 
+/// A length or count. One over `u32::MAX` makes its record longer than `RECORD_MAX_BYTES`,
+/// which `frame` refuses: the saturated value is never written.
+fn put_len(b: &mut Vec<u8>, n: usize) {
+    put_u32(b, u32::try_from(n).unwrap_or(u32::MAX));
+}
+
 fn put_str(b: &mut Vec<u8>, s: &str) {
-    put_u32(b, s.len() as u32);
+    put_len(b, s.len());
     b.extend_from_slice(s.as_bytes());
 }
 
+/// A flag, then the item if there is one.
+fn put_optional<T>(b: &mut Vec<u8>, item: Option<&T>, put: impl FnOnce(&mut Vec<u8>, &T)) {
+    match item {
+        Some(x) => {
+            b.push(1);
+            put(b, x);
+        }
+        None => b.push(0),
+    }
+}
+
 fn put_strs(b: &mut Vec<u8>, v: &[String]) {
-    put_u32(b, v.len() as u32);
+    put_len(b, v.len());
     for s in v {
         put_str(b, s);
     }
@@ -343,7 +351,7 @@ fn put_row(b: &mut Vec<u8>, r: &ReservationRow) {
     put_u64(b, r.quantity);
     put_money(b, r.held);
     put_i64(b, r.expires_at_ms);
-    b.push(r.state.code() as u8);
+    b.push(r.state.code());
     put_money(b, r.charged);
     put_u64(b, r.charged_quantity);
     put_i64(b, r.settled_at_ms);
@@ -382,7 +390,7 @@ fn put_session(b: &mut Vec<u8>, r: &SessionRow) {
     put_u32(b, r.hours_settled);
     put_money(b, r.held);
     put_money(b, r.charged);
-    b.push(r.state.code() as u8);
+    b.push(r.state.code());
     put_i64(b, r.stopped_at_ms);
 }
 
@@ -460,10 +468,36 @@ impl<'a> Dec<'a> {
     }
 
     fn strings(&mut self) -> Result<Vec<String>, DecodeError> {
-        let n = self.u32()? as usize;
         // Each string takes at least its 4-byte length.
-        self.need(n.saturating_mul(4))?;
-        (0..n).map(|_| self.string()).collect()
+        self.list(4, Dec::string)
+    }
+
+    /// A count, then as many items of at least `min_bytes` each: a count the payload
+    /// cannot hold is damage, and must not size an allocation.
+    fn list<T>(
+        &mut self,
+        min_bytes: usize,
+        mut item: impl FnMut(&mut Self) -> Result<T, DecodeError>,
+    ) -> Result<Vec<T>, DecodeError> {
+        let n = usize::try_from(self.u32()?).unwrap_or(usize::MAX);
+        self.need(n.saturating_mul(min_bytes))?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(item(self)?);
+        }
+        Ok(out)
+    }
+
+    /// A flag, then the item if it is set.
+    fn optional<T>(
+        &mut self,
+        item: impl FnOnce(&mut Self) -> Result<T, DecodeError>,
+    ) -> Result<Option<T>, DecodeError> {
+        if self.flag()? {
+            item(self).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     fn money(&mut self) -> Result<Money, DecodeError> {
@@ -553,6 +587,25 @@ mod tests {
         Money::from_decimal(Decimal::new(units, scale))
     }
 
+    #[test]
+    fn a_record_too_large_to_read_back_is_refused_and_leaves_nothing() {
+        let mut out = b"before".to_vec();
+        let seqs: Vec<u64> = (0..).take(RECORD_MAX_BYTES / 8 + 1).collect();
+        let refused = encode_entry(&mut out, &Entry::Trim(seqs));
+        assert!(
+            matches!(refused, Err(TooLarge(n)) if n > RECORD_MAX_BYTES),
+            "{refused:?}"
+        );
+        assert_eq!(out, b"before");
+        // The largest record that fits is written and reads back.
+        let seqs: Vec<u64> = (0..).take((RECORD_MAX_BYTES - 5) / 8).collect();
+        encode_entry(&mut out, &Entry::Trim(seqs.clone())).unwrap();
+        match decode(&out[6 + FRAME_BYTES..]) {
+            Ok(Record::Entry(Entry::Trim(got))) => assert_eq!(got, seqs),
+            other => panic!("{other:?}"),
+        }
+    }
+
     prop_compose! {
         fn any_row()(
             id in "[a-z0-9/-]{0,24}",
@@ -629,7 +682,7 @@ mod tests {
             ];
             for e in &entries {
                 let mut out = Vec::new();
-                encode_entry(&mut out, e);
+                encode_entry(&mut out, e).unwrap();
                 let len = u32::from_le_bytes(out[..4].try_into().unwrap()) as usize;
                 prop_assert_eq!(len, out.len() - FRAME_BYTES);
                 let crc = u32::from_le_bytes(out[4..8].try_into().unwrap());
@@ -669,7 +722,7 @@ mod tests {
         fn a_flipped_byte_is_caught(u in any_usage(), at in any::<prop::sample::Index>(),
                                     bit in 0u8..8) {
             let mut out = Vec::new();
-            encode_usage(&mut out, &u);
+            encode_usage(&mut out, &u).unwrap();
             let i = at.index(out.len());
             out[i] ^= 1 << bit;
             let len = u32::from_le_bytes(out[..4].try_into().unwrap()) as usize;

@@ -9,9 +9,11 @@ use std::str::FromStr;
 use rusqlite::{Connection, OptionalExtension};
 use rust_decimal::Decimal;
 
-use super::{HoldState, JournalError, Recovered, ReservationRow, SessionRow, SessionState};
+use super::entry::{HoldState, ReservationRow, SessionRow, SessionState};
+use super::error::{JournalError, open_err};
+use super::tables::Recovered;
 use crate::billing::{Money, Resource};
-use crate::ledger::UsageRecord;
+use crate::ledger::api::UsageRecord;
 
 /// Reads everything the SQLite journal at `db` holds. Tables or columns added by later
 /// versions of that format are created empty first, so any version of it can be read.
@@ -80,10 +82,6 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 "#;
 
-fn open_err(e: impl std::fmt::Display) -> JournalError {
-    JournalError::Open(e.to_string())
-}
-
 fn money(s: &str) -> Result<Money, JournalError> {
     Decimal::from_str(s)
         .map(Money::from_decimal)
@@ -114,13 +112,61 @@ fn upgrade(conn: &Connection) -> Result<(), JournalError> {
 }
 
 fn read_all(conn: &Connection) -> Result<Recovered, JournalError> {
-    let mut stmt = conn
-        .prepare(
-            "SELECT reservation_id, account_id, resource, sku, quantity, held, expires_at_ms, \
-             state, charged, charged_quantity, settled_at_ms, streamed_quantity, streamed_cost \
-             FROM reservations",
-        )
+    let outbox = read_outbox(conn)?;
+    let stored_next = meta(conn, "next_seq")?.unwrap_or(1).max(1);
+    let next_seq = outbox
+        .last()
+        .map(|u| u.seq + 1)
+        .unwrap_or(1)
+        .max(stored_next);
+    let works: Vec<(String, i64, i64)> = rows(conn, "SELECT work_id, last_seq, at_ms FROM works")?;
+    Ok(Recovered {
+        reservations: read_reservations(conn)?,
+        outbox,
+        next_seq,
+        sessions: read_sessions(conn)?,
+        alerts: rows(
+            conn,
+            "SELECT account_id, key FROM alerts ORDER BY account_id",
+        )?,
+        works: works
+            .into_iter()
+            .map(|(w, s, at)| (w, unsigned(s), at))
+            .collect(),
+        lease_seq_floor: meta(conn, "lease_seq_floor")?.unwrap_or(0),
+        // Storage meters came after the SQLite journal.
+        storage: Vec::new(),
+    })
+}
+
+/// Every row `sql` selects, as a tuple of its columns.
+fn rows<T>(conn: &Connection, sql: &str) -> Result<Vec<T>, JournalError>
+where
+    T: for<'r> TryFrom<&'r rusqlite::Row<'r>, Error = rusqlite::Error>,
+{
+    let mut stmt = conn.prepare(sql).map_err(open_err)?;
+    stmt.query_map([], |r| T::try_from(r))
+        .map_err(open_err)?
+        .collect::<Result<_, _>>()
+        .map_err(open_err)
+}
+
+/// A number kept in the `meta` table (never negative when written).
+fn meta(conn: &Connection, key: &str) -> Result<Option<u64>, JournalError> {
+    let value: Option<i64> = conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
         .map_err(open_err)?;
+    Ok(value.map(unsigned))
+}
+
+/// A stored count or sequence number: SQLite keeps them signed, and a negative one was
+/// never written (read as 0, as before).
+fn unsigned(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn read_reservations(conn: &Connection) -> Result<Vec<ReservationRow>, JournalError> {
     type Raw = (
         String,
         String,
@@ -136,14 +182,15 @@ fn read_all(conn: &Connection) -> Result<Recovered, JournalError> {
         i64,
         String,
     );
-    let rows: Vec<Raw> = stmt
-        .query_map([], |r| <_>::try_from(r))
-        .map_err(open_err)?
-        .collect::<Result<_, _>>()
-        .map_err(open_err)?;
-    let mut reservations = Vec::with_capacity(rows.len());
-    for (id, account, res, sku, qty, held, exp, state, charged, cq, settled, sq, sc) in rows {
-        reservations.push(ReservationRow {
+    let raw: Vec<Raw> = rows(
+        conn,
+        "SELECT reservation_id, account_id, resource, sku, quantity, held, expires_at_ms, \
+         state, charged, charged_quantity, settled_at_ms, streamed_quantity, streamed_cost \
+         FROM reservations",
+    )?;
+    let mut out = Vec::with_capacity(raw.len());
+    for (id, account, res, sku, qty, held, exp, state, charged, cq, settled, sq, sc) in raw {
+        out.push(ReservationRow {
             resource: resource(&res)?,
             state: HoldState::from_code(state)
                 .ok_or_else(|| open_err(format!("corrupt hold state {state}")))?,
@@ -152,58 +199,42 @@ fn read_all(conn: &Connection) -> Result<Recovered, JournalError> {
             reservation_id: id,
             account_id: account,
             sku,
-            quantity: qty.max(0) as u64,
+            quantity: unsigned(qty),
             expires_at_ms: exp,
-            charged_quantity: cq.max(0) as u64,
+            charged_quantity: unsigned(cq),
             settled_at_ms: settled,
-            streamed_quantity: sq.max(0) as u64,
+            streamed_quantity: unsigned(sq),
             streamed_cost: money(&sc)?,
         });
     }
-    let mut stmt = conn
-        .prepare(
-            "SELECT seq, usage_id, account_id, resource, sku, quantity, cost, at_ms FROM outbox \
-             ORDER BY seq",
-        )
-        .map_err(open_err)?;
-    type RawU = (i64, String, String, String, String, i64, String, i64);
-    let rows: Vec<RawU> = stmt
-        .query_map([], |r| <_>::try_from(r))
-        .map_err(open_err)?
-        .collect::<Result<_, _>>()
-        .map_err(open_err)?;
-    let mut outbox = Vec::with_capacity(rows.len());
-    for (seq, usage_id, account_id, res, sku, quantity, cost, at_ms) in rows {
-        outbox.push(UsageRecord {
-            seq: seq.max(0) as u64,
+    Ok(out)
+}
+
+fn read_outbox(conn: &Connection) -> Result<Vec<UsageRecord>, JournalError> {
+    type Raw = (i64, String, String, String, String, i64, String, i64);
+    let raw: Vec<Raw> = rows(
+        conn,
+        "SELECT seq, usage_id, account_id, resource, sku, quantity, cost, at_ms FROM outbox \
+         ORDER BY seq",
+    )?;
+    let mut out = Vec::with_capacity(raw.len());
+    for (seq, usage_id, account_id, res, sku, quantity, cost, at_ms) in raw {
+        out.push(UsageRecord {
+            seq: unsigned(seq),
             usage_id,
             account_id,
             resource: resource(&res)?,
             sku,
-            quantity: quantity.max(0) as u64,
+            quantity: unsigned(quantity),
             cost: money(&cost)?,
             at_ms,
         });
     }
-    let stored_next: Option<i64> = conn
-        .query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| {
-            r.get(0)
-        })
-        .optional()
-        .map_err(open_err)?;
-    let next_seq = outbox
-        .last()
-        .map(|u| u.seq + 1)
-        .unwrap_or(1)
-        .max(stored_next.unwrap_or(1).max(1) as u64);
-    let mut stmt = conn
-        .prepare(
-            "SELECT session_id, account_id, sku, started_at_ms, auto_shutdown, idle_timeout_ms, \
-             last_busy_at_ms, billed_until_ms, hours_settled, held, charged, state, \
-             stopped_at_ms FROM sessions",
-        )
-        .map_err(open_err)?;
-    type RawS = (
+    Ok(out)
+}
+
+fn read_sessions(conn: &Connection) -> Result<Vec<SessionRow>, JournalError> {
+    type Raw = (
         String,
         String,
         String,
@@ -218,12 +249,13 @@ fn read_all(conn: &Connection) -> Result<Recovered, JournalError> {
         i64,
         i64,
     );
-    let rows: Vec<RawS> = stmt
-        .query_map([], |r| <_>::try_from(r))
-        .map_err(open_err)?
-        .collect::<Result<_, _>>()
-        .map_err(open_err)?;
-    let mut sessions = Vec::with_capacity(rows.len());
+    let raw: Vec<Raw> = rows(
+        conn,
+        "SELECT session_id, account_id, sku, started_at_ms, auto_shutdown, idle_timeout_ms, \
+         last_busy_at_ms, billed_until_ms, hours_settled, held, charged, state, \
+         stopped_at_ms FROM sessions",
+    )?;
+    let mut out = Vec::with_capacity(raw.len());
     for (
         id,
         account,
@@ -238,9 +270,9 @@ fn read_all(conn: &Connection) -> Result<Recovered, JournalError> {
         charged,
         state,
         stopped,
-    ) in rows
+    ) in raw
     {
-        sessions.push(SessionRow {
+        out.push(SessionRow {
             session_id: id,
             account_id: account,
             sku,
@@ -257,42 +289,5 @@ fn read_all(conn: &Connection) -> Result<Recovered, JournalError> {
             stopped_at_ms: stopped,
         });
     }
-    let mut stmt = conn
-        .prepare("SELECT account_id, key FROM alerts ORDER BY account_id")
-        .map_err(open_err)?;
-    let alerts: Vec<(String, String)> = stmt
-        .query_map([], |r| <_>::try_from(r))
-        .map_err(open_err)?
-        .collect::<Result<_, _>>()
-        .map_err(open_err)?;
-    let lease_seq_floor: Option<i64> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'lease_seq_floor'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(open_err)?;
-    let mut stmt = conn
-        .prepare("SELECT work_id, last_seq, at_ms FROM works")
-        .map_err(open_err)?;
-    let works: Vec<(String, i64, i64)> = stmt
-        .query_map([], |r| <_>::try_from(r))
-        .map_err(open_err)?
-        .collect::<Result<_, _>>()
-        .map_err(open_err)?;
-    Ok(Recovered {
-        reservations,
-        outbox,
-        next_seq,
-        sessions,
-        alerts,
-        works: works
-            .into_iter()
-            .map(|(w, s, at)| (w, s.max(0) as u64, at))
-            .collect(),
-        lease_seq_floor: lease_seq_floor.unwrap_or(0).max(0) as u64,
-        // Storage meters came after the SQLite journal.
-        storage: Vec::new(),
-    })
+    Ok(out)
 }

@@ -26,14 +26,12 @@
 
 use rust_decimal::Decimal;
 
+use super::api::{DEFAULT_LEASE_HOLD_GRACE_MS, LeaseRequest};
 use super::store::LeaseRow;
 use crate::billing::{Grant, GrantUnit, Money, ResourceSet};
 
 /// How long a lease lets a sidecar admit without hearing from the ledger.
 pub const DEFAULT_LEASE_TTL_MS: i64 = 30_000;
-/// How long after its expiry a lease nobody gave back is still set aside: the time after
-/// which a silent sidecar is presumed gone (see the module doc).
-pub const DEFAULT_LEASE_HOLD_GRACE_MS: i64 = 24 * 60 * 60 * 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseConfig {
@@ -53,43 +51,6 @@ impl Default for LeaseConfig {
             fleet: true,
         }
     }
-}
-
-/// A sidecar's lease on one account as the sidecar sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Lease {
-    /// What it may still admit, as of the snapshot it came with.
-    pub remaining: Money,
-    pub expires_at_ms: i64,
-    /// Sequence number of the sidecar's request that set this lease.
-    pub seq: u64,
-    /// The account is near the edge: keep no headroom, ask for each need, give back at
-    /// once what is not used.
-    pub edge: bool,
-    /// The ledger asks for the unused part back now (another sidecar needs it).
-    pub give_back: bool,
-}
-
-/// A sidecar asking to (re)size its lease on an account.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseRequest {
-    pub account_id: String,
-    /// The lease it would like to have in total (its commitments plus headroom).
-    pub want: Money,
-    /// The lease it must have for the work waiting on this answer: its commitments plus
-    /// the cost of the requests in flight. Not granted at all unless it fits.
-    pub need: Money,
-    /// What the lease must keep covering: the sidecar's open holds plus its usage the
-    /// ledger has not applied yet (not counting usage in the same sync). Never leased away.
-    pub held: Money,
-    /// Giving the lease back (graceful shutdown): keep only `held`, expire now.
-    pub release: bool,
-    /// Giving the unused part back: the lease becomes `held`, its expiry stays. The
-    /// sidecar admits nothing more under its current lease once it has sent this.
-    pub give_back: bool,
-    /// Increases with every lease request of the sidecar, also across its restarts. The
-    /// ledger applies a request only if it is newer than the one that set the lease.
-    pub seq: u64,
 }
 
 /// What the account can pay for GPU work now: valid money grants covering GPU time plus a

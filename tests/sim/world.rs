@@ -11,7 +11,7 @@ use std::sync::Arc;
 use quotad::billing::{Catalog, GrantKind, Money, Resource, ResourceSet};
 use quotad::clock::{Clock, ManualClock, SharedClock};
 use quotad::engine::sync::{DEFAULT_SYNC_BATCH_MAX, DEFAULT_SYNC_INTERVAL_MS};
-use quotad::engine::{Engine, EngineConfig, EngineError};
+use quotad::engine::{Engine, EngineConfig, EngineError, LeasingConfig};
 use quotad::journal::{DEFAULT_JOURNAL_BATCH_MAX, DEFAULT_JOURNAL_QUEUE_MAX, Journal};
 use quotad::ledger::sqlite::SqliteStore;
 use quotad::ledger::{LeaseConfig, Ledger, LedgerApi, LedgerError};
@@ -226,15 +226,18 @@ impl Sim {
             Decimal::ZERO
         };
         let engine_cfg = EngineConfig {
-            lease_whole_account: false,
-            lease_want_min: money(Decimal::new(5, 1)),
-            lease_renew_before_ms: lease.ttl_ms / 2,
-            lease_active_ms: 60_000,
-            // Real time: the SimNet answers at once; this must never fire.
-            lease_request_timeout_ms: 60_000,
-            // Nothing runs beside a step: the other sidecars' syncs are steps of their own
-            // (see `sim/liveness.rs`), so a request must not wait for them.
-            lease_recall_wait_ms: 0,
+            leasing: LeasingConfig {
+                lease_whole_account: false,
+                lease_want_min: money(Decimal::new(5, 1)),
+                lease_renew_before_ms: lease.ttl_ms / 2,
+                lease_active_ms: 60_000,
+                // Real time: the SimNet answers at once; this must never fire.
+                lease_request_timeout_ms: 60_000,
+                // Nothing runs beside a step: the other sidecars' syncs are steps of their
+                // own (see `sim/liveness.rs`), so a request must not wait for them.
+                lease_recall_wait_ms: 0,
+                ..LeasingConfig::default()
+            },
             hold_ttl_default_ms: 10_000,
             settled_retention_ms: SETTLED_RETENTION_MS,
             fail_open_default: money(fail_open),

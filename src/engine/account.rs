@@ -1,0 +1,329 @@
+//! An account as this sidecar caches it: the ledger's last snapshot, the usage
+//! acknowledged here since (`pending`), and the live view (`balance`, `grants`, request
+//! counts) that is the snapshot with that usage burned down in journal order, exactly as
+//! the ledger will; beside it, what this sidecar has committed on the account (open holds,
+//! unsettled and pending usage) and the arithmetic of its lease. Nothing here does I/O or
+//! waits: the engine calls these under the account's lock.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use super::reservation::Hold;
+
+use crate::billing::alerts::AlertMemo;
+use crate::billing::free_tier::{Calendar, RequestCounts};
+use crate::billing::status;
+use crate::billing::storage::StorageMeter;
+use crate::billing::usage;
+use crate::billing::{Grant, Money, Resource};
+use crate::journal::{HoldState, ReservationRow};
+use crate::ledger::api::AccountSnapshot;
+
+/// Usage acknowledged here and not yet in the account's snapshot.
+#[derive(Debug, Clone)]
+pub(super) struct Pending {
+    pub(super) seq: u64,
+    pub(super) resource: Resource,
+    pub(super) quantity: u64,
+    /// List cost of the quantity (what the record carries).
+    pub(super) cost: Money,
+    /// Money it took in the live view, after free requests and volume plans: what it
+    /// spends of the lease.
+    pub(super) money: Money,
+    pub(super) at_ms: i64,
+}
+
+pub(super) struct Account {
+    pub(super) base: AccountSnapshot,
+    pub(super) pending: VecDeque<Pending>,
+    /// Live view: `base` with `pending` burned down.
+    pub(super) balance: Money,
+    pub(super) grants: Vec<Grant>,
+    /// Sum of open holds.
+    pub(super) held: Money,
+    /// Quantities of the open holds by resource (`Resource as usize`): what they will take
+    /// of the month's free requests and of volume plans (traffic GB) once committed, so a
+    /// concurrent Reserve cannot count on the same free requests or plan GB (G1).
+    pub(super) held_units: [u64; 6],
+    /// Open holds by expiry, earliest first (entries of settled holds are skipped).
+    pub(super) expiries: BinaryHeap<Reverse<(i64, String)>>,
+    /// Sum of `pending` costs: spent from the lease but not yet at the ledger.
+    pub(super) pending_cost: Money,
+    /// Charged since the current lease was granted: the spend rate that sizes the next.
+    pub(super) spent_since_lease: Money,
+    /// Sequence number of the last give-back sent: a lease set by an older request is not
+    /// spent from (the ledger may have shrunk it to what was committed then).
+    pub(super) lease_floor_seq: u64,
+    /// Costs of the lease requests in flight for this account (requests waiting on the
+    /// ledger): every request's `need` counts them, so concurrent ones do not starve.
+    pub(super) lease_inflight: Money,
+    /// Holds settled but not yet durable: still committed until the journal confirms
+    /// (a failed write puts them back), so a give-back keeps covering them.
+    pub(super) unsettled: Money,
+    pub(super) last_touch_ms: i64,
+    /// What is left of the fail-open budget, and what was admitted from it.
+    pub(super) fail_open_left: Money,
+    pub(super) fail_open_spent: Money,
+    /// Alert crossings that fired (persisted in the journal).
+    pub(super) alert_memo: AlertMemo,
+    /// Requests counted per month: the snapshot's plus `pending` (the free tier).
+    pub(super) counts: RequestCounts,
+    /// The catalog's calendar (months of the free tier).
+    pub(super) cal: Calendar,
+    /// The last storage level and the hour in progress (see `storage`). Async-locked
+    /// for the whole of a step, journal wait included, so that a look at the account
+    /// waits for a step in flight instead of missing its charges.
+    pub(super) storage: Arc<tokio::sync::Mutex<Option<StorageMeter>>>,
+}
+
+impl Account {
+    pub(super) fn new(
+        base: AccountSnapshot,
+        pending: VecDeque<Pending>,
+        fail_open_budget: Money,
+        now_ms: i64,
+        cal: Calendar,
+    ) -> Account {
+        let mut a = Account {
+            balance: base.balance,
+            grants: base.grants.clone(),
+            base,
+            pending,
+            held: Money::ZERO,
+            held_units: [0; 6],
+            expiries: BinaryHeap::new(),
+            pending_cost: Money::ZERO,
+            spent_since_lease: Money::ZERO,
+            lease_floor_seq: 0,
+            lease_inflight: Money::ZERO,
+            unsettled: Money::ZERO,
+            last_touch_ms: now_ms,
+            fail_open_left: fail_open_budget,
+            fail_open_spent: Money::ZERO,
+            alert_memo: AlertMemo::default(),
+            counts: RequestCounts::default(),
+            cal,
+            storage: Arc::new(tokio::sync::Mutex::new(None)),
+        };
+        a.recompute();
+        a
+    }
+
+    pub(super) fn recompute(&mut self) {
+        self.balance = self.base.balance;
+        self.grants.clone_from(&self.base.grants);
+        self.counts.clone_from(&self.base.request_counts);
+        self.pending_cost = Money::ZERO;
+        for p in &mut self.pending {
+            p.money = usage::charge_counted(
+                &mut self.grants,
+                &mut self.balance,
+                &mut self.counts,
+                &self.cal,
+                p.resource,
+                p.quantity,
+                p.cost,
+                p.at_ms,
+            )
+            .money;
+            self.pending_cost += p.money;
+        }
+    }
+
+    /// The money a charge of `quantity` (list cost `cost`) would take now, after the
+    /// month's free requests and volume plans.
+    pub(super) fn money_due(
+        &self,
+        resource: Resource,
+        quantity: u64,
+        cost: Money,
+        now_ms: i64,
+    ) -> Money {
+        // Open holds come first: they take the free requests and plan GB before this one.
+        let held = self.held_units[resource as usize];
+        let free = self
+            .counts
+            .free_part_after(&self.cal, resource, held, quantity, now_ms);
+        usage::money_due(&self.grants, resource, quantity, cost, free, held, now_ms)
+    }
+
+    /// A reservation of `quantity` of `resource` is open (`true`) or no longer (`false`).
+    pub(super) fn count_units(&mut self, resource: Resource, quantity: u64, open: bool) {
+        let u = &mut self.held_units[resource as usize];
+        *u = if open {
+            u.saturating_add(quantity)
+        } else {
+            u.saturating_sub(quantity)
+        };
+    }
+
+    /// What the account can pay after this sidecar's holds, by the billing rules alone.
+    pub(super) fn billing_available(&self, resource: Resource, now_ms: i64) -> Money {
+        status::available_for(self.balance, &self.grants, self.held, resource, now_ms)
+    }
+
+    /// What this sidecar could admit now: the billing view, and with several sidecars
+    /// (`whole_account` false) no more than its lease's unspent part plus the money no
+    /// sidecar holds a lease on, as of the last snapshot.
+    pub(super) fn available(&self, resource: Resource, now_ms: i64, whole_account: bool) -> Money {
+        let billing = self.billing_available(resource, now_ms);
+        if whole_account {
+            return billing;
+        }
+        let spendable = self.lease_spendable(now_ms).unwrap_or_default();
+        billing.min(spendable.non_negative() + self.base.unleased)
+    }
+
+    /// What the lease still lets this sidecar admit, or None once it has expired or a
+    /// give-back may have shrunk it at the ledger.
+    pub(super) fn lease_spendable(&self, now_ms: i64) -> Option<Money> {
+        let l = &self.base.lease;
+        (now_ms < l.expires_at_ms && l.seq >= self.lease_floor_seq)
+            .then(|| l.remaining - self.pending_cost - self.held)
+    }
+
+    /// The account is near the edge (or the ledger wants unused lease back): keep no
+    /// headroom.
+    pub(super) fn lease_recalled(&self) -> bool {
+        self.base.lease.edge || self.base.lease.give_back
+    }
+
+    /// What this sidecar has committed: open holds and usage the ledger has not applied.
+    pub(super) fn committed(&self) -> Money {
+        self.held + self.pending_cost + self.unsettled
+    }
+
+    /// Money held by open holds (a reservation, a job's next interval, a session's hour)
+    /// grows by `amount`.
+    pub(super) fn add_held(&mut self, amount: Money) {
+        self.held += amount;
+    }
+
+    /// `amount` held by an open hold is given back (it settled, expired or shrank).
+    pub(super) fn remove_held(&mut self, amount: Money) {
+        self.held -= amount;
+        // `held` is the sum of the open holds: it can only go below zero if a hold is
+        // given back twice, or one that was never added.
+        debug_assert!(
+            !self.held.is_negative(),
+            "held {} after giving back {amount}",
+            self.held
+        );
+    }
+
+    /// Takes a snapshot newer than the cached one (`false`: it is older, and ignored):
+    /// usage it includes leaves `pending`, and the live view is burned down again from it.
+    pub(super) fn apply_snapshot(&mut self, snap: AccountSnapshot) -> bool {
+        if snap.version < self.base.version {
+            return false;
+        }
+        if snap.lease.expires_at_ms != self.base.lease.expires_at_ms {
+            self.spent_since_lease = Money::ZERO;
+        }
+        let applied = snap.applied_seq;
+        self.pending.retain(|p| p.seq > applied);
+        self.base = snap;
+        self.recompute();
+        true
+    }
+
+    /// The ledger wants unused lease back, or the account reached the edge while this
+    /// sidecar holds more lease than it has committed: give it back now.
+    pub(super) fn owes_give_back(&self) -> bool {
+        self.base.lease.give_back
+            || self.lease_recalled() && self.base.lease.remaining > self.committed()
+    }
+
+    /// Charges usage on the live view (grants, then the balance, exactly as the ledger
+    /// will) as pending usage `seq`; returns the money it took, after free requests and
+    /// volume plans (what it spends of the lease).
+    pub(super) fn charge(
+        &mut self,
+        seq: u64,
+        resource: Resource,
+        quantity: u64,
+        cost: Money,
+        at_ms: i64,
+    ) -> Money {
+        // `pending` is in seq order: seqs are handed out under this account's lock.
+        debug_assert!(
+            self.pending.back().is_none_or(|p| p.seq < seq),
+            "usage seq {seq} is not above the account's last pending seq"
+        );
+        let cal = self.cal;
+        let money = usage::charge_counted(
+            &mut self.grants,
+            &mut self.balance,
+            &mut self.counts,
+            &cal,
+            resource,
+            quantity,
+            cost,
+            at_ms,
+        )
+        .money;
+        self.spent_since_lease += money;
+        self.pending_cost += money;
+        self.pending.push_back(Pending {
+            seq,
+            resource,
+            quantity,
+            cost,
+            money,
+            at_ms,
+        });
+        money
+    }
+
+    /// Takes pending usage `seq` back (its journal write failed).
+    pub(super) fn undo_charge(&mut self, seq: u64) {
+        self.pending.retain(|p| p.seq != seq);
+        self.recompute();
+    }
+
+    /// The money pending usage `seq` took in the live view.
+    pub(super) fn pending_money(&self, seq: u64) -> Option<Money> {
+        let i = self.pending.binary_search_by_key(&seq, |p| p.seq).ok()?;
+        Some(self.pending[i].money)
+    }
+
+    /// Expires the open holds whose TTL has passed by `now_ms` (G3), calling `expired`
+    /// with each one's new row (to journal it) while the hold is still locked. Returns
+    /// whether any expired.
+    pub(super) fn expire_due(
+        &mut self,
+        holds: &DashMap<String, Hold>,
+        now_ms: i64,
+        mut expired: impl FnMut(&ReservationRow),
+    ) -> bool {
+        let mut any = false;
+        while let Some(Reverse((at, _))) = self.expiries.peek() {
+            if *at > now_ms {
+                break;
+            }
+            let Some(Reverse((_, id))) = self.expiries.pop() else {
+                break;
+            };
+            let Some(mut h) = holds.get_mut(&id) else {
+                continue;
+            };
+            if h.row.state != HoldState::Open
+                || h.busy
+                || h.streaming
+                || h.row.expires_at_ms > now_ms
+            {
+                continue;
+            }
+            h.row.state = HoldState::Expired;
+            h.row.settled_at_ms = now_ms;
+            self.remove_held(h.row.held);
+            self.count_units(h.row.resource, h.row.quantity, false);
+            any = true;
+            expired(&h.row);
+        }
+        any
+    }
+}
