@@ -53,6 +53,13 @@
 //! `$CARGO_TARGET_DIR/bench-results/engine.json` (default `target/`). A bench left out by a
 //! filter is `null` there, never a number from an earlier run.
 
+// Benches fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};

@@ -20,6 +20,13 @@
 //! `cargo bench --bench envoy` (about 1 minute); `-- --help` for the flags. Writes
 //! TARGET/bench-results/envoy.md.
 
+// Benches fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -23,6 +23,13 @@
 //! TARGET/bench-results/fleet.json, and the plot `benches/results/fleet.svg` (`--svg`).
 //! Needs DATABASE_URL; without it the bench says so and stops.
 
+// Benches fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 #[path = "../tests/common/procs.rs"]
 #[allow(dead_code)]
 mod procs;

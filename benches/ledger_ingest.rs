@@ -29,6 +29,13 @@
 //! printed and written as JSON to `$CARGO_TARGET_DIR/bench-results/ledger_ingest.json`
 //! (default `target/`).
 
+// Benches fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;

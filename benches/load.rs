@@ -29,6 +29,13 @@
 //!
 //! `cargo bench --bench load -- --quick` is a smoke run (about a minute).
 
+// Benches fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

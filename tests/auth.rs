@@ -4,6 +4,13 @@
 //! account's reservation or session, Admin by a non-operator, a sidecar without the right
 //! token at its ledger; plus `quotad ctl` finding the operator token, and TLS / mTLS.
 
+// Tests fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use common::*;

@@ -2,6 +2,13 @@
 //! message that names what was wrong, and changes nothing: account "acme"'s balance view
 //! and statement are identical before and after, and ids of rejected calls stay unused.
 
+// Tests fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use std::fmt::Debug;

@@ -2,6 +2,13 @@
 //! billing FAQ (R6), deduction order (R2, R3), plan validity and purchase rules (R4, R5),
 //! and exact money (G5).
 
+// Tests fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use common::*;

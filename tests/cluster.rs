@@ -22,6 +22,13 @@
 //! QUOTAD_CLUSTER_LOG sets the processes' RUST_LOG (default `warn`), and
 //! QUOTAD_CLUSTER_KEEP_DB=1 keeps the database of a failed run.
 
+// Tests fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use std::collections::{BTreeMap, HashMap};

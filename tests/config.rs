@@ -2,6 +2,13 @@
 //! (which must stay valid), on broken files, with environment overrides; and `serve`
 //! refusing a broken file before it starts anything.
 
+// Tests fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -1,6 +1,13 @@
 //! Crash and restart tests against the real `quotad` binary: a kill -9 after acknowledged
 //! Commits loses none of them and applies none twice (G2); SIGTERM drains and exits 0.
 
+// Tests fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use std::io::{BufRead, BufReader};

@@ -7,6 +7,13 @@
 //!
 //! Skipped (with a line saying so) where no Envoy binary is installed; CI installs it.
 
+// Test helpers outside #[test] functions fail loudly too.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 #[path = "common/envoy.rs"]
 mod envoy;

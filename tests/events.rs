@@ -3,6 +3,13 @@
 //! restart, many watchers, a slow watcher that cannot block admission, and `quotad ctl
 //! watch`. An A10 GPU-second costs 0.0006, so 10,000,000 ms cost 6.
 
+// Tests fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use std::time::Duration;

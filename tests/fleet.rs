@@ -15,6 +15,13 @@
 //! Needs PostgreSQL (DATABASE_URL); without it the test says so and passes, unless CI is
 //! set. QUOTAD_CLUSTER_LOG sets the processes' RUST_LOG.
 
+// Tests fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use std::str::FromStr;

@@ -1,6 +1,13 @@
 //! Retries (G4), hold expiry (G3), no overspend under concurrency (G1) and overdue (R6),
 //! black-box over real gRPC. Time moves only through the harness's manual clock.
 
+// Tests fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use common::*;

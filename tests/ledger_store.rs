@@ -5,6 +5,13 @@
 //! end, so tests run in parallel and re-run cleanly. Without DATABASE_URL the PostgreSQL
 //! half is skipped with one line on stderr, except under CI (env CI set), where it fails.
 
+// Tests fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 use std::collections::HashSet;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};

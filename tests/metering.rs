@@ -5,6 +5,13 @@
 //! midnight in Asia/Shanghai, an overdue account refused uploads and traffic, and what
 //! accrues while nothing runs with its projection (R1, R2, R3, R5, R6, R10).
 
+// Tests fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use common::*;

@@ -2,6 +2,13 @@
 //! series move by exactly what the calls did; request ids come back to the caller; the
 //! Grafana dashboard only uses series quotad exports.
 
+// Tests fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use std::collections::BTreeSet;

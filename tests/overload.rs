@@ -6,6 +6,13 @@
 //! Requests are parked deterministically: the sidecar's ledger is a stub the test holds
 //! shut, and a Reserve on an account the sidecar has not cached waits for it.
 
+// Tests fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use std::sync::Arc;

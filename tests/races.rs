@@ -5,6 +5,13 @@
 //! The purchase race runs on a clock that moves with every reading, as a real one does
 //! while calls interleave: a frozen manual clock would hide a decision taken at a stale time.
 
+// Tests fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use std::sync::Arc;

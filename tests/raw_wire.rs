@@ -4,6 +4,13 @@
 //! each, pinned here so a change is noticed) and a short message saying what was wrong;
 //! nothing is changed, and the server goes on serving.
 
+// Tests fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use bytes::{BufMut, Bytes, BytesMut};

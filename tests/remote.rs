@@ -3,6 +3,13 @@
 //! fleet admits, an unreachable ledger is fail-closed past the lease unless a fail-open
 //! budget is configured, and admin changes reach every sidecar within one sync.
 
+// Tests fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use std::sync::Arc;

@@ -2,6 +2,13 @@
 //! (grpcurl speaks v1; grpcio-reflection, Postman and older tools only v1alpha), and a
 //! graceful restart that keeps accounts, grants, holds and charges.
 
+// Tests fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use common::*;

@@ -2,6 +2,13 @@
 //! settlement, the idle auto-shutdown, sessions without it, restarts, and bad input.
 //! gpu.exclusive.a10.8c30g costs 9.9 an hour. Time is the harness's manual clock.
 
+// Tests fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use common::*;

@@ -41,6 +41,13 @@
 //! stale, partition, crash, restart) to narrow a failure down; QUOTAD_SIM_FINGERPRINTS=1
 //! prints each seed's history fingerprint (two runs must print the same).
 
+// Tests fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 #[path = "sim/model.rs"]
 mod model;
 #[path = "sim/net.rs"]

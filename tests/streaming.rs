@@ -2,6 +2,13 @@
 //! streamed usage, duplicate reports, a reservation taken over by its stream, broken
 //! streams, restarts and the stream limits. Time is the harness's manual clock.
 
+// Tests fail loudly: unwrapping is how they stop on the unexpected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use common::*;

@@ -4,6 +4,13 @@
 //! "usage applied" and "admin change" is forced instead of hoped for. No sync loop runs;
 //! usage moves only when a test pushes it.
 
+// Test helpers outside #[test] functions fail loudly too.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use std::collections::{BTreeSet, HashSet};

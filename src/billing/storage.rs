@@ -135,8 +135,8 @@ impl StorageMeter {
             if seg_end == hour_end {
                 closed.push(StorageHour {
                     hour_start_ms: self.hour_start_ms,
-                    excess_byte_hours: (self.excess_byte_ms / HOUR_MS as u128) as u64,
-                    stored_byte_hours: (self.stored_byte_ms / HOUR_MS as u128) as u64,
+                    excess_byte_hours: byte_hours(self.excess_byte_ms),
+                    stored_byte_hours: byte_hours(self.stored_byte_ms),
                 });
                 self.hour_start_ms = hour_end;
                 self.excess_byte_ms = 0;
@@ -190,6 +190,14 @@ impl StorageMeter {
         self.bytes_stored = bytes;
         Ok(closed)
     }
+}
+
+/// Byte-milliseconds of one hour as byte-hours. A level is at most `u64::MAX` bytes, so an
+/// hour's integral over `HOUR_MS` fits in a `u64`.
+fn byte_hours(byte_ms: u128) -> u64 {
+    let h = byte_ms / u128::from(HOUR_MS.unsigned_abs());
+    debug_assert!(u64::try_from(h).is_ok(), "an hour's byte-hours fit a u64");
+    u64::try_from(h).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -6,6 +6,12 @@
 //! `target/envoy-venv`), or from `QUOTAD_ENVOY_BIN`. Without it a test says it is skipped;
 //! under CI (`CI` set) it fails instead.
 
+// Test harness: a failure here is a failed test, so it may unwrap.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};

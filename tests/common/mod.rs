@@ -1,6 +1,12 @@
 //! Shared harness for the black-box tests: a real quotad on 127.0.0.1:0 with a manual clock,
 //! and clients over real gRPC.
 
+// Test harness: a failure here is a failed test, so it may unwrap.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
 #![allow(dead_code)]
 
 use std::sync::Arc;

@@ -2,6 +2,13 @@
 //! sidecars): start, read the address they print, stop with SIGTERM or SIGKILL; and a
 //! PostgreSQL database of the test's own, dropped at the end.
 
+// Test harness: a failure here is a failed test, so it may unwrap.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
