@@ -200,119 +200,168 @@ pub fn detect(
     leads.sort_by(|a, b| b.cmp(a));
     let mut sorted: Vec<&Grant> = grants.iter().collect();
     sorted.sort_by(|a, b| a.grant_id.cmp(&b.grant_id));
+    let mut look = Look {
+        memo,
+        change: &mut change,
+        out: &mut out,
+    };
     for g in sorted {
-        let id = &g.grant_id;
+        let label = unit_label(g);
         match g.state_at(now_ms) {
-            GrantState::Pending => continue,
-            GrantState::Expired => {
-                if memo.set(format!("expired:{id}"), &mut change) {
-                    let left = if g.remaining > Decimal::ZERO {
-                        format!("; {} {} unused is void", g.remaining, unit_label(g))
-                    } else {
-                        String::new()
-                    };
-                    out.push(Alert {
-                        kind: AlertKind::GrantExpired,
-                        grant_id: id.clone(),
-                        threshold: String::new(),
-                        message: format!("grant {id} ({}) has expired{left}", g.source),
-                    });
-                }
-                continue;
-            }
-            GrantState::Valid | GrantState::Exhausted => {}
-        }
-        if g.quota > Decimal::ZERO {
-            let left = g.remaining.max(Decimal::ZERO) / g.quota;
-            for &f in &fractions {
-                if left <= f && memo.set(fraction_key(id, f), &mut change) {
-                    out.push(Alert {
-                        kind: AlertKind::LowQuota,
-                        grant_id: id.clone(),
-                        threshold: f.normalize().to_string(),
-                        message: format!(
-                            "grant {id} ({}) is down to {} {} of {} (at or below {})",
-                            g.source,
-                            g.remaining.max(Decimal::ZERO).normalize(),
-                            unit_label(g),
-                            g.quota.normalize(),
-                            percent(f)
-                        ),
-                    });
-                }
-            }
-        }
-        if g.remaining > Decimal::ZERO {
-            for &lead in &leads {
-                if now_ms >= g.expires_at_ms.saturating_sub(lead)
-                    && memo.set(format!("expiring:{id}:{lead}"), &mut change)
-                {
-                    out.push(Alert {
-                        kind: AlertKind::GrantExpiring,
-                        grant_id: id.clone(),
-                        threshold: lead.to_string(),
-                        message: format!(
-                            "grant {id} ({}) expires within {} with {} {} left; usage after \
-                             expiry is charged to other grants or the balance",
-                            g.source,
-                            days(lead),
-                            g.remaining.normalize(),
-                            unit_label(g)
-                        ),
-                    });
-                }
+            GrantState::Pending => {}
+            GrantState::Expired => look.expired(g, &label),
+            GrantState::Valid | GrantState::Exhausted => {
+                look.low_quota(g, &label, &fractions);
+                look.expiring(g, &label, &leads, now_ms);
             }
         }
     }
-    if balance.is_negative() {
-        if memo.set(OVERDUE_KEY.to_owned(), &mut change) {
-            out.push(Alert {
-                kind: AlertKind::Overdue,
-                grant_id: String::new(),
-                threshold: "0".to_owned(),
-                message: format!(
-                    "balance is {balance}: the account is overdue and nothing new is admitted \
-                     until a top-up brings it back to zero"
-                ),
+    look.balance(cfg, balance);
+    look.forget_gone(grants);
+    (out, change)
+}
+
+/// One look at an account: the memo, how it changed, and the crossings found.
+struct Look<'a> {
+    memo: &'a mut AlertMemo,
+    change: &'a mut MemoChange,
+    out: &'a mut Vec<Alert>,
+}
+
+impl Look<'_> {
+    fn fire(
+        &mut self,
+        key: String,
+        kind: AlertKind,
+        grant_id: &str,
+        threshold: String,
+        message: String,
+    ) {
+        if self.memo.set(key, self.change) {
+            self.out.push(Alert {
+                kind,
+                grant_id: grant_id.to_owned(),
+                threshold,
+                message,
             });
         }
-    } else if memo.unset(OVERDUE_KEY, &mut change) {
-        out.push(Alert {
-            kind: AlertKind::Recovered,
-            grant_id: String::new(),
-            threshold: "0".to_owned(),
-            message: format!("balance is {balance}: the account is no longer overdue"),
-        });
     }
-    if let Some(floor) = cfg.balance_floor {
-        if balance < floor {
-            if memo.set(FLOOR_KEY.to_owned(), &mut change) {
-                out.push(Alert {
-                    kind: AlertKind::LowQuota,
-                    grant_id: String::new(),
-                    threshold: floor.to_string(),
-                    message: format!("balance {balance} is below the floor of {floor}"),
-                });
-            }
+
+    fn expired(&mut self, g: &Grant, label: &str) {
+        let id = &g.grant_id;
+        let left = if g.remaining > Decimal::ZERO {
+            format!("; {} {label} unused is void", g.remaining)
         } else {
-            // Back above the floor: the next fall fires again.
-            memo.unset(FLOOR_KEY, &mut change);
+            String::new()
+        };
+        let message = format!("grant {id} ({}) has expired{left}", g.source);
+        self.fire(
+            format!("expired:{id}"),
+            AlertKind::GrantExpired,
+            id,
+            String::new(),
+            message,
+        );
+    }
+
+    fn low_quota(&mut self, g: &Grant, label: &str, fractions: &[Decimal]) {
+        if g.quota <= Decimal::ZERO {
+            return;
+        }
+        let id = &g.grant_id;
+        let left = g.remaining.max(Decimal::ZERO) / g.quota;
+        for &f in fractions.iter().filter(|&&f| left <= f) {
+            let message = format!(
+                "grant {id} ({}) is down to {} {label} of {} (at or below {})",
+                g.source,
+                g.remaining.max(Decimal::ZERO).normalize(),
+                g.quota.normalize(),
+                percent(f)
+            );
+            let threshold = f.normalize().to_string();
+            self.fire(
+                fraction_key(id, f),
+                AlertKind::LowQuota,
+                id,
+                threshold,
+                message,
+            );
         }
     }
-    // Forget grants that are gone, so the memo stays the size of the account.
-    let gone: Vec<String> = memo
-        .keys
-        .iter()
-        .filter(|k| match grant_of_key(k) {
-            Some(id) => !grants.iter().any(|g| g.grant_id == id),
-            None => false,
-        })
-        .cloned()
-        .collect();
-    for k in gone {
-        memo.unset(&k, &mut change);
+
+    fn expiring(&mut self, g: &Grant, label: &str, leads: &[i64], now_ms: i64) {
+        if g.remaining <= Decimal::ZERO {
+            return;
+        }
+        let id = &g.grant_id;
+        for &lead in leads
+            .iter()
+            .filter(|&&lead| now_ms >= g.expires_at_ms.saturating_sub(lead))
+        {
+            let message = format!(
+                "grant {id} ({}) expires within {} with {} {label} left; usage after expiry \
+                 is charged to other grants or the balance",
+                g.source,
+                days(lead),
+                g.remaining.normalize(),
+            );
+            let key = format!("expiring:{id}:{lead}");
+            self.fire(key, AlertKind::GrantExpiring, id, lead.to_string(), message);
+        }
     }
-    (out, change)
+
+    /// Overdue and back, and the balance floor (when configured).
+    fn balance(&mut self, cfg: &AlertConfig, balance: Money) {
+        if balance.is_negative() {
+            let message = format!(
+                "balance is {balance}: the account is overdue and nothing new is admitted \
+                 until a top-up brings it back to zero"
+            );
+            self.fire(
+                OVERDUE_KEY.to_owned(),
+                AlertKind::Overdue,
+                "",
+                "0".to_owned(),
+                message,
+            );
+        } else if self.memo.unset(OVERDUE_KEY, self.change) {
+            self.out.push(Alert {
+                kind: AlertKind::Recovered,
+                grant_id: String::new(),
+                threshold: "0".to_owned(),
+                message: format!("balance is {balance}: the account is no longer overdue"),
+            });
+        }
+        if let Some(floor) = cfg.balance_floor {
+            if balance < floor {
+                let message = format!("balance {balance} is below the floor of {floor}");
+                self.fire(
+                    FLOOR_KEY.to_owned(),
+                    AlertKind::LowQuota,
+                    "",
+                    floor.to_string(),
+                    message,
+                );
+            } else {
+                // Back above the floor: the next fall fires again.
+                self.memo.unset(FLOOR_KEY, self.change);
+            }
+        }
+    }
+
+    /// Forgets grants that are gone, so the memo stays the size of the account.
+    fn forget_gone(&mut self, grants: &[Grant]) {
+        let gone: Vec<String> = self
+            .memo
+            .keys
+            .iter()
+            .filter(|k| grant_of_key(k).is_some_and(|id| !grants.iter().any(|g| g.grant_id == id)))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.memo.unset(&k, self.change);
+        }
+    }
 }
 
 /// The grant id a memo key is about (None for the account states).

@@ -158,11 +158,7 @@ pub fn decide(
             row.expires_at_ms = current.map_or(now_ms, |c| c.expires_at_ms);
             row.want = req.want.max(held);
         }
-        return LeaseDecision {
-            row,
-            others: Vec::new(),
-            recalling: recalled(rows, sidecar_id, now_ms, grace),
-        };
+        return finish(row, Vec::new(), rows, now_ms, grace);
     }
     let others: Vec<&LeaseRow> = rows.iter().filter(|l| l.sidecar_id != sidecar_id).collect();
     let free = (payable - occupied_by_others(rows, sidecar_id, now_ms, grace)).non_negative();
@@ -173,24 +169,18 @@ pub fn decide(
     // Asked to give back and not done yet (this request crossed the ask): the ask stands,
     // and no headroom meanwhile. Only a give-back or release clears it.
     row.give_back = current.is_some_and(|c| c.give_back);
-    let edge = cfg.fleet && near_edge(&others, payable, held, need, want, now_ms, grace);
-    let mut flags: Vec<LeaseRow> = Vec::new();
-    if need > free {
+    let flags = if need > free {
         // Cannot be covered now: keep what is set aside, ask the others for what they do
         // not use. The account is contended, so it is at the edge for everyone.
         row.remaining = kept.max(held.min(free));
         row.edge = cfg.fleet;
-        for o in &others {
-            let give = !unused(o, now_ms, grace).is_zero();
-            if cfg.fleet && (give && !o.give_back || now_ms < o.expires_at_ms && !o.edge) {
-                flags.push(LeaseRow {
-                    edge: o.edge || now_ms < o.expires_at_ms,
-                    give_back: o.give_back || give,
-                    ..(*o).clone()
-                });
-            }
+        if cfg.fleet {
+            recall_flags(&others, now_ms, grace)
+        } else {
+            Vec::new()
         }
     } else {
+        let edge = cfg.fleet && near_edge(&others, payable, held, need, want, now_ms, grace);
         let headroom = if edge || row.give_back {
             Money::ZERO
         } else {
@@ -200,35 +190,75 @@ pub fn decide(
         // it while this request was on its way.
         row.remaining = (need + headroom).min(free).max(need).max(kept);
         row.edge = edge;
-        for o in &others {
-            let live = now_ms < o.expires_at_ms;
-            let give = edge && live && !unused(o, now_ms, grace).is_zero();
-            let flip_edge = live && o.edge != edge;
-            if flip_edge || give && !o.give_back {
-                flags.push(LeaseRow {
-                    edge: if live { edge } else { o.edge },
-                    give_back: o.give_back || give,
-                    ..(*o).clone()
-                });
-            }
-        }
-    }
+        edge_flags(&others, edge, now_ms, grace)
+    };
     debug_assert!(
         row.remaining <= free.max(kept),
         "a grant stays within what is free"
     );
-    let mut all: Vec<LeaseRow> = rows
+    finish(row, flags, rows, now_ms, grace)
+}
+
+/// The others' rows when a need cannot be met: every live one at the edge, and every one
+/// holding money it does not use asked to give it back.
+fn recall_flags(others: &[&LeaseRow], now_ms: i64, grace: i64) -> Vec<LeaseRow> {
+    others
         .iter()
-        .filter(|l| {
-            l.sidecar_id != sidecar_id && !flags.iter().any(|f| f.sidecar_id == l.sidecar_id)
+        .filter_map(|o| {
+            let live = now_ms < o.expires_at_ms;
+            let give = !unused(o, now_ms, grace).is_zero();
+            (give && !o.give_back || live && !o.edge).then(|| LeaseRow {
+                edge: o.edge || live,
+                give_back: o.give_back || give,
+                ..(*o).clone()
+            })
         })
-        .cloned()
-        .collect();
-    all.extend(flags.iter().cloned());
+        .collect()
+}
+
+/// The others' rows after a granted request: live ones follow the account's edge, and at
+/// the edge those holding money they do not use are asked to give it back.
+fn edge_flags(others: &[&LeaseRow], edge: bool, now_ms: i64, grace: i64) -> Vec<LeaseRow> {
+    others
+        .iter()
+        .filter_map(|o| {
+            let live = now_ms < o.expires_at_ms;
+            let give = edge && live && !unused(o, now_ms, grace).is_zero();
+            let flip_edge = live && o.edge != edge;
+            (flip_edge || give && !o.give_back).then(|| LeaseRow {
+                edge: if live { edge } else { o.edge },
+                give_back: o.give_back || give,
+                ..(*o).clone()
+            })
+        })
+        .collect()
+}
+
+/// The decision: the asker's row, the others' changed rows, and what is being recalled
+/// from the others (their unused money under a give-back flag, after the change).
+fn finish(
+    row: LeaseRow,
+    others: Vec<LeaseRow>,
+    rows: &[LeaseRow],
+    now_ms: i64,
+    grace: i64,
+) -> LeaseDecision {
+    let recalling = rows
+        .iter()
+        .filter(|l| l.sidecar_id != row.sidecar_id)
+        .map(|l| {
+            others
+                .iter()
+                .find(|o| o.sidecar_id == l.sidecar_id)
+                .unwrap_or(l)
+        })
+        .filter(|l| l.give_back)
+        .map(|l| unused(l, now_ms, grace))
+        .sum();
     LeaseDecision {
-        recalling: recalled(&all, sidecar_id, now_ms, grace),
         row,
-        others: flags,
+        others,
+        recalling,
     }
 }
 
@@ -255,14 +285,6 @@ fn near_edge(
     }
     debug_assert!(need >= held);
     payable - committed < wanted
-}
-
-/// Unused money of the other sidecars flagged to give it back.
-fn recalled(rows: &[LeaseRow], sidecar_id: &str, now_ms: i64, grace: i64) -> Money {
-    rows.iter()
-        .filter(|l| l.sidecar_id != sidecar_id && l.give_back)
-        .map(|l| unused(l, now_ms, grace))
-        .sum()
 }
 
 #[cfg(test)]

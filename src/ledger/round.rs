@@ -393,30 +393,7 @@ pub(super) fn usage_changes(
         .filter(|(new, old)| new.remaining != old.remaining)
         .map(|(new, _)| (new.grant_id.clone(), new.remaining))
         .collect();
-    // What was used came out of its sidecar's lease. Money only: free requests and GB from
-    // volume plans spend nothing of a lease.
-    let mut spent: BTreeMap<&str, Money> = BTreeMap::new();
-    for u in &applied {
-        let money: Money = u
-            .deductions
-            .iter()
-            .filter(|d| d.is_money())
-            .map(|d| d.amount)
-            .sum();
-        *spent.entry(u.sidecar_id.as_str()).or_default() += money;
-    }
-    let leases = state
-        .leases
-        .iter()
-        .filter_map(|l| {
-            let s = spent.get(l.sidecar_id.as_str()).copied()?;
-            s.is_positive().then(|| LeaseRow {
-                remaining: (l.remaining - s).non_negative(),
-                held: (l.held - s).non_negative(),
-                ..l.clone()
-            })
-        })
-        .collect();
+    let leases = spent_leases(&state.leases, &applied);
     let request_counts = counted
         .into_iter()
         .map(|(r, m)| (r, m, counts.0.get(&(r, m)).copied().unwrap_or(0)))
@@ -433,6 +410,32 @@ pub(super) fn usage_changes(
         leases,
         ..ChangeSet::default()
     })
+}
+
+/// The lease rows the applied usage spent from: what was used came out of its sidecar's
+/// lease. Money only: free requests and GB from volume plans spend nothing of a lease.
+fn spent_leases(leases: &[LeaseRow], applied: &[AppliedUsage]) -> Vec<LeaseRow> {
+    let mut spent: BTreeMap<&str, Money> = BTreeMap::new();
+    for u in applied {
+        let money: Money = u
+            .deductions
+            .iter()
+            .filter(|d| d.is_money())
+            .map(|d| d.amount)
+            .sum();
+        *spent.entry(u.sidecar_id.as_str()).or_default() += money;
+    }
+    leases
+        .iter()
+        .filter_map(|l| {
+            let s = spent.get(l.sidecar_id.as_str()).copied()?;
+            s.is_positive().then(|| LeaseRow {
+                remaining: (l.remaining - s).non_negative(),
+                held: (l.held - s).non_negative(),
+                ..l.clone()
+            })
+        })
+        .collect()
 }
 
 impl Ledger {
