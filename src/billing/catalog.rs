@@ -219,6 +219,115 @@ fn money(sku: &str, what: &str, s: &str) -> Result<Money, CatalogError> {
     Money::parse_non_negative(s).map_err(|e: MoneyError| invalid(sku, format!("{what}: {e}")))
 }
 
+impl RawPrice {
+    fn parse(self) -> Result<Price, CatalogError> {
+        check_sku(&self.sku)?;
+        let resource = Resource::from_name(&self.resource)
+            .ok_or_else(|| invalid(&self.sku, format!("unknown resource {:?}", self.resource)))?;
+        let unit_price = money(&self.sku, "unit_price", &self.unit_price)?;
+        Ok(Price {
+            sku: self.sku,
+            resource,
+            unit_price,
+            description: self.description,
+        })
+    }
+}
+
+impl RawOffer {
+    fn parse(self) -> Result<Offer, CatalogError> {
+        check_sku(&self.sku)?;
+        let kind = match self.kind.as_str() {
+            "PLAN" => OfferKind::Plan,
+            "PACKAGE" => OfferKind::Package,
+            other => {
+                return Err(invalid(
+                    &self.sku,
+                    format!("kind {other:?} is not PLAN or PACKAGE"),
+                ));
+            }
+        };
+        let price = money(&self.sku, "price", &self.price)?;
+        let validity_months = self.validity_months.unwrap_or(DEFAULT_VALIDITY_MONTHS);
+        if validity_months == 0 || validity_months > 120 {
+            return Err(invalid(&self.sku, "validity_months must be 1..=120"));
+        }
+        if self.grants.is_empty() {
+            return Err(invalid(
+                &self.sku,
+                "an offer must create at least one grant",
+            ));
+        }
+        let grants = self
+            .grants
+            .into_iter()
+            .map(|g| g.parse(&self.sku))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Offer {
+            sku: self.sku,
+            kind,
+            price,
+            once_per_account: self.once_per_account,
+            validity_months,
+            grants,
+            description: self.description,
+        })
+    }
+}
+
+impl RawGrant {
+    fn parse(self, sku: &str) -> Result<OfferGrant, CatalogError> {
+        let mut covers = ResourceSet::EMPTY;
+        for c in &self.covers {
+            let r = Resource::from_name(c)
+                .ok_or_else(|| invalid(sku, format!("unknown resource {c:?}")))?;
+            covers = covers.with(r);
+        }
+        if covers.is_empty() {
+            return Err(invalid(sku, "a grant must cover at least one resource"));
+        }
+        let unit = GrantUnit::from_code(&self.unit).ok_or_else(|| {
+            invalid(
+                sku,
+                format!("grant unit {:?} is not \"money\" or \"GB\"", self.unit),
+            )
+        })?;
+        if unit == GrantUnit::Gigabytes
+            && covers
+                .iter()
+                .any(|r| !matches!(r, Resource::Storage | Resource::Traffic))
+        {
+            return Err(invalid(sku, "GB grants may cover only STORAGE or TRAFFIC"));
+        }
+        let amount = Money::parse_positive(&self.amount)
+            .map_err(|e| invalid(sku, format!("grant amount: {e}")))?
+            .as_decimal();
+        Ok(OfferGrant {
+            covers,
+            amount,
+            unit,
+            stackable: self.stackable,
+        })
+    }
+}
+
+impl RawCalendar {
+    fn parse(self) -> Result<Calendar, CatalogError> {
+        let mut calendar = Calendar::default();
+        if let Some(z) = self.time_zone {
+            calendar.zone =
+                Calendar::zone_named(&z).map_err(|e| invalid("calendar", e.to_string()))?;
+        }
+        calendar.free_put_per_month = self
+            .free_put_per_month
+            .unwrap_or(DEFAULT_FREE_PUT_PER_MONTH);
+        calendar.free_get_per_month = self
+            .free_get_per_month
+            .unwrap_or(DEFAULT_FREE_GET_PER_MONTH);
+        Ok(calendar)
+    }
+}
+
 impl Catalog {
     pub fn default_catalog() -> Result<Catalog, CatalogError> {
         Catalog::from_toml(DEFAULT_CATALOG_TOML)
@@ -235,106 +344,26 @@ impl Catalog {
             return Err(CatalogError::TooLarge(count));
         }
         let mut prices = BTreeMap::new();
-        let mut offers = BTreeMap::new();
         for p in raw.price {
-            check_sku(&p.sku)?;
-            let resource = Resource::from_name(&p.resource)
-                .ok_or_else(|| invalid(&p.sku, format!("unknown resource {:?}", p.resource)))?;
-            let unit_price = money(&p.sku, "unit_price", &p.unit_price)?;
-            let price = Price {
-                sku: p.sku.clone(),
-                resource,
-                unit_price,
-                description: p.description,
-            };
-            if prices.insert(p.sku.clone(), price).is_some() {
-                return Err(CatalogError::DuplicateSku(p.sku));
+            let price = p.parse()?;
+            if let Some(dup) = prices.insert(price.sku.clone(), price) {
+                return Err(CatalogError::DuplicateSku(dup.sku));
             }
         }
+        let mut offers = BTreeMap::new();
         for o in raw.offer {
-            check_sku(&o.sku)?;
-            if prices.contains_key(&o.sku) {
-                return Err(CatalogError::DuplicateSku(o.sku));
+            let offer = o.parse()?;
+            if prices.contains_key(&offer.sku) {
+                return Err(CatalogError::DuplicateSku(offer.sku));
             }
-            let kind = match o.kind.as_str() {
-                "PLAN" => OfferKind::Plan,
-                "PACKAGE" => OfferKind::Package,
-                other => {
-                    return Err(invalid(
-                        &o.sku,
-                        format!("kind {other:?} is not PLAN or PACKAGE"),
-                    ));
-                }
-            };
-            let price = money(&o.sku, "price", &o.price)?;
-            let validity_months = o.validity_months.unwrap_or(DEFAULT_VALIDITY_MONTHS);
-            if validity_months == 0 || validity_months > 120 {
-                return Err(invalid(&o.sku, "validity_months must be 1..=120"));
-            }
-            if o.grants.is_empty() {
-                return Err(invalid(&o.sku, "an offer must create at least one grant"));
-            }
-            let mut grants = Vec::with_capacity(o.grants.len());
-            for g in o.grants {
-                let mut covers = ResourceSet::EMPTY;
-                for c in &g.covers {
-                    let r = Resource::from_name(c)
-                        .ok_or_else(|| invalid(&o.sku, format!("unknown resource {c:?}")))?;
-                    covers = covers.with(r);
-                }
-                if covers.is_empty() {
-                    return Err(invalid(&o.sku, "a grant must cover at least one resource"));
-                }
-                let unit = GrantUnit::from_code(&g.unit).ok_or_else(|| {
-                    invalid(
-                        &o.sku,
-                        format!("grant unit {:?} is not \"money\" or \"GB\"", g.unit),
-                    )
-                })?;
-                if unit == GrantUnit::Gigabytes
-                    && covers
-                        .iter()
-                        .any(|r| !matches!(r, Resource::Storage | Resource::Traffic))
-                {
-                    return Err(invalid(
-                        &o.sku,
-                        "GB grants may cover only STORAGE or TRAFFIC",
-                    ));
-                }
-                let amount = Money::parse_positive(&g.amount)
-                    .map_err(|e| invalid(&o.sku, format!("grant amount: {e}")))?
-                    .as_decimal();
-                grants.push(OfferGrant {
-                    covers,
-                    amount,
-                    unit,
-                    stackable: g.stackable,
-                });
-            }
-            let offer = Offer {
-                sku: o.sku.clone(),
-                kind,
-                price,
-                once_per_account: o.once_per_account,
-                validity_months,
-                grants,
-                description: o.description,
-            };
-            if offers.insert(o.sku.clone(), offer).is_some() {
-                return Err(CatalogError::DuplicateSku(o.sku));
+            if let Some(dup) = offers.insert(offer.sku.clone(), offer) {
+                return Err(CatalogError::DuplicateSku(dup.sku));
             }
         }
-        let mut calendar = Calendar::default();
-        if let Some(c) = raw.calendar {
-            if let Some(z) = c.time_zone {
-                calendar.zone =
-                    Calendar::zone_named(&z).map_err(|e| invalid("calendar", e.to_string()))?;
-            }
-            calendar.free_put_per_month =
-                c.free_put_per_month.unwrap_or(DEFAULT_FREE_PUT_PER_MONTH);
-            calendar.free_get_per_month =
-                c.free_get_per_month.unwrap_or(DEFAULT_FREE_GET_PER_MONTH);
-        }
+        let calendar = match raw.calendar {
+            Some(c) => c.parse()?,
+            None => Calendar::default(),
+        };
         Ok(Catalog {
             currency: raw.currency,
             calendar,
