@@ -226,36 +226,14 @@ impl Ledger {
                 }
                 // "Now" of this attempt, read after the account was loaded: a plan a
                 // concurrent purchase sold before the load started no later than this.
-                let now_ms = self.now_ms();
-                let plan = billing::plan_purchase(
+                let sale = Sale {
+                    account_id,
                     offer,
-                    &PurchaseContext {
-                        grants: &s.grants,
-                        once_skus_bought: &s.once_skus,
-                        now_ms,
-                    },
                     purchase_id,
                     effective_at_ms,
-                )?;
-                let c = ChangeSet {
-                    balance: s.balance,
-                    new_grants: plan
-                        .grants
-                        .iter()
-                        .map(|g| (g.clone(), Some(purchase_id.to_owned())))
-                        .collect(),
-                    purchase: Some(PurchaseRecord {
-                        purchase_id: purchase_id.to_owned(),
-                        account_id: account_id.to_owned(),
-                        sku: sku.to_owned(),
-                        price_paid: plan.price_paid,
-                        effective_at_ms: plan.effective_at_ms,
-                        at_ms: now_ms,
-                        once_per_account: offer.once_per_account,
-                    }),
-                    ..ChangeSet::default()
+                    now_ms: self.now_ms(),
                 };
-                Ok(Some((c, (plan.grants, plan.price_paid))))
+                sale.change(s).map(Some)
             })
             .await;
         match r {
@@ -317,20 +295,7 @@ impl Ledger {
                     return Ok(None);
                 }
                 // Valid, and paying for usage, from when it is recorded: this attempt.
-                let now_ms = self.now_ms();
-                let grant = Grant {
-                    grant_id: grant_id.to_owned(),
-                    kind,
-                    covers,
-                    unit: GrantUnit::Money,
-                    quota: amount.as_decimal(),
-                    remaining: amount.as_decimal(),
-                    starts_at_ms: now_ms,
-                    expires_at_ms,
-                    created_at_ms: now_ms,
-                    source: kind.name().to_ascii_lowercase(),
-                    stackable: true,
-                };
+                let grant = credit(grant_id, kind, covers, amount, expires_at_ms, self.now_ms());
                 let c = ChangeSet {
                     balance: s.balance,
                     new_grants: vec![(grant.clone(), None)],
@@ -590,5 +555,76 @@ impl Ledger {
         limit: usize,
     ) -> Result<Vec<(String, u8)>, StoreError> {
         self.store.access_of(sub_user, limit).await
+    }
+}
+
+/// One purchase as judged against the account it was loaded with.
+struct Sale<'a> {
+    account_id: &'a str,
+    offer: &'a billing::catalog::Offer,
+    purchase_id: &'a str,
+    effective_at_ms: i64,
+    now_ms: i64,
+}
+
+impl Sale<'_> {
+    /// The grants the offer creates and the purchase record, or why it cannot be sold.
+    fn change(
+        &self,
+        s: &store::AccountState,
+    ) -> Result<(ChangeSet, (Vec<Grant>, Money)), LedgerError> {
+        let plan = billing::plan_purchase(
+            self.offer,
+            &PurchaseContext {
+                grants: &s.grants,
+                once_skus_bought: &s.once_skus,
+                now_ms: self.now_ms,
+            },
+            self.purchase_id,
+            self.effective_at_ms,
+        )?;
+        let c = ChangeSet {
+            balance: s.balance,
+            new_grants: plan
+                .grants
+                .iter()
+                .map(|g| (g.clone(), Some(self.purchase_id.to_owned())))
+                .collect(),
+            purchase: Some(PurchaseRecord {
+                purchase_id: self.purchase_id.to_owned(),
+                account_id: self.account_id.to_owned(),
+                sku: self.offer.sku.clone(),
+                price_paid: plan.price_paid,
+                effective_at_ms: plan.effective_at_ms,
+                at_ms: self.now_ms,
+                once_per_account: self.offer.once_per_account,
+            }),
+            ..ChangeSet::default()
+        };
+        Ok((c, (plan.grants, plan.price_paid)))
+    }
+}
+
+/// A coupon or trial credit in money, valid and paying for usage from `now_ms`.
+fn credit(
+    grant_id: &str,
+    kind: GrantKind,
+    covers: ResourceSet,
+    amount: Money,
+    expires_at_ms: i64,
+    now_ms: i64,
+) -> Grant {
+    Grant {
+        grant_id: grant_id.to_owned(),
+        kind,
+        covers,
+        unit: GrantUnit::Money,
+        quota: amount.as_decimal(),
+        remaining: amount.as_decimal(),
+        starts_at_ms: now_ms,
+        expires_at_ms,
+        created_at_ms: now_ms,
+        source: kind.name().to_ascii_lowercase(),
+        stackable: true,
     }
 }
