@@ -162,24 +162,7 @@ async fn settle_entry(engine: &Engine, stats: &SettleStats, entry: &HttpAccessLo
         stats.skipped.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let common = entry.common_properties.as_ref();
-    let response = entry.response.as_ref();
-    let usage = field(md, meta::USAGE_HEADER)
-        .and_then(|h| response?.response_headers.get(h))
-        .map(String::as_str);
-    let finished = Finished {
-        estimate,
-        usage,
-        response_code: response
-            .and_then(|r| r.response_code)
-            .map_or(0, |c| c.value),
-        reached_upstream: common.is_some_and(|c| {
-            c.time_to_first_upstream_tx_byte.is_some() || c.upstream_remote_address.is_some()
-        }),
-        upstream_failed: common
-            .and_then(|c| c.response_flags.as_ref())
-            .is_some_and(upstream_failed),
-    };
+    let finished = finished_of(entry, md, estimate);
     let (settlement, bad) = mapping::settle(&finished);
     if let Some(bad) = bad {
         tracing::warn!(reservation_id = %id, error = %bad, "upstream usage report unreadable");
@@ -203,6 +186,29 @@ async fn settle_entry(engine: &Engine, stats: &SettleStats, entry: &HttpAccessLo
             tracing::warn!(reservation_id = %id, ?settlement, error = %e,
                 code = finished.response_code, "cannot settle a request finished behind Envoy");
         }
+    }
+}
+
+/// How the request behind an entry finished: what the upstream reported and whether it
+/// was reached at all.
+fn finished_of<'a>(entry: &'a HttpAccessLogEntry, md: &'a Struct, estimate: u64) -> Finished<'a> {
+    let common = entry.common_properties.as_ref();
+    let response = entry.response.as_ref();
+    let usage = field(md, meta::USAGE_HEADER)
+        .and_then(|h| response?.response_headers.get(h))
+        .map(String::as_str);
+    Finished {
+        estimate,
+        usage,
+        response_code: response
+            .and_then(|r| r.response_code)
+            .map_or(0, |c| c.value),
+        reached_upstream: common.is_some_and(|c| {
+            c.time_to_first_upstream_tx_byte.is_some() || c.upstream_remote_address.is_some()
+        }),
+        upstream_failed: common
+            .and_then(|c| c.response_flags.as_ref())
+            .is_some_and(upstream_failed),
     }
 }
 
