@@ -130,7 +130,8 @@ struct Step {
     pg_xacts_per_s: f64,
     /// (ledger + PostgreSQL) CPU-ms per second per sidecar, and CPU-µs per record.
     cpu_ms_per_sidecar_s: f64,
-    cpu_us_per_record: f64,
+    /// None when the step applied no record.
+    cpu_us_per_record: Option<f64>,
     saturated: bool,
 }
 
@@ -545,7 +546,7 @@ async fn summarize(
         bench_cpu: round(cores(after.bench_ticks, before.bench_ticks), 2),
         pg_xacts_per_s: round((after.xacts - before.xacts) as f64 / secs, 0),
         cpu_ms_per_sidecar_s: round(cpu * 1000.0 / n.max(1) as f64, 3),
-        cpu_us_per_record: round(cpu * 1e6 / records.max(1e-9), 1),
+        cpu_us_per_record: (records > 0.0).then(|| round(cpu * 1e6 / records, 1)),
         saturated: syncs < 0.95 * offered_syncs || p99 > args.sync_interval_ms as f64,
     }
 }
@@ -596,7 +597,7 @@ fn markdown(args: &Args, steps: &[Step]) -> String {
     for s in steps {
         out.push_str(&format!(
             "| {} | {} | {:.0} ({:.0}) | {:.0} ({:.0}) | {:.1} ms | {:.1} ms | {:.2} cores | \
-             {:.2} cores | {:.0} | {:.3} ms/s | {:.1} µs | {:.2} cores | {} |\n",
+             {:.2} cores | {:.0} | {:.3} ms/s | {} | {:.2} cores | {} |\n",
             s.sidecars,
             s.ledgers,
             s.syncs_per_s,
@@ -609,7 +610,8 @@ fn markdown(args: &Args, steps: &[Step]) -> String {
             s.postgres_cpu,
             s.pg_xacts_per_s,
             s.cpu_ms_per_sidecar_s,
-            s.cpu_us_per_record,
+            s.cpu_us_per_record
+                .map_or_else(|| "–".to_string(), |us| format!("{us:.1} µs")),
             s.bench_cpu,
             if s.saturated { "yes" } else { "no" }
         ));
