@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use quotad::clock::SystemClock;
 use quotad::config::{self, LedgerSettings, LogFormat, ServeSettings};
+use quotad::ctl::CtlCommand;
 use quotad::server::{self, ServeConfig};
 
 #[derive(Parser, Debug)]
@@ -161,6 +162,24 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `quotad ctl`: completions of the whole `quotad` command here, every other command in
+/// the library. A closed stdout (`| head`) ends it quietly.
+async fn ctl(args: quotad::ctl::CtlArgs) -> ExitCode {
+    let mut out = std::io::stdout();
+    let result = match &args.command {
+        CtlCommand::Completions(c) => c.write(&mut Cli::command(), &mut out),
+        _ => quotad::ctl::run(args, &mut out).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_closed_output() => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("quotad ctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Settings, logging, then `run`; a bad configuration exits before anything starts.
 async fn run_with<S, C, F, Fut>(
     name: &str,
@@ -219,15 +238,6 @@ async fn main() -> ExitCode {
             .await
         }
         Command::CheckConfig { file } => check_config(&file),
-        Command::Ctl(args) => {
-            let mut out = std::io::stdout();
-            match quotad::ctl::run(*args, &mut out).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("quotad ctl: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Ctl(args) => ctl(*args).await,
     }
 }

@@ -105,7 +105,8 @@ impl Command for Admit {
 #[derive(clap::Args, Debug)]
 pub struct Watch {
     pub account: String,
-    /// Exit after this many events (default: until the server ends the stream)
+    /// Exit after this many events (default: until Ctrl-C; the server ending the stream
+    /// first is an error)
     #[arg(long, value_name = "N", value_parser = parse_event_count)]
     #[arg(allow_negative_numbers = true)]
     pub count: Option<u64>,
@@ -133,9 +134,10 @@ impl Command for Watch {
     }
 }
 
-/// Renders each event of `events` as it comes, until `count` events were rendered, the
-/// stream ends or `stop` completes; returns how many were rendered. A stream that breaks
-/// is an error with its status.
+/// Renders each event of `events` as it comes, until `count` events were rendered or
+/// `stop` completes; returns how many were rendered. A stream that the server ends first
+/// is an error (`WatchEnded`: the watch did not end as asked), one that breaks an error
+/// with its status.
 async fn watch_events<S>(
     out: &mut dyn Write,
     render: &dyn Render,
@@ -154,7 +156,7 @@ where
             () = &mut stop => break,
         };
         match next {
-            None => break,
+            None => return Err(CtlError::WatchEnded { events: printed }),
             Some(Err(status)) => return Err(status.into()),
             Some(Ok(e)) => {
                 render.event(out, &e)?;
@@ -265,7 +267,7 @@ mod tests {
     use crate::ctl::text::tests::event;
 
     #[tokio::test]
-    async fn watch_prints_events_until_count_end_of_stream_or_stop() {
+    async fn watch_prints_events_until_count_or_stop_and_fails_when_the_stream_ends() {
         use pb::account_event::Kind;
         let evs = || {
             vec![
@@ -285,10 +287,14 @@ mod tests {
 
         let mut out = Vec::new();
         let stream = tokio_stream::iter(evs());
-        let n = watch_events(&mut out, &Text, stream, None, std::future::pending())
+        let e = watch_events(&mut out, &Text, stream, None, std::future::pending())
             .await
-            .unwrap();
-        assert_eq!(n, 3);
+            .unwrap_err();
+        assert!(matches!(e, CtlError::WatchEnded { events: 3 }), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("the server ended the watch after 3 events")
+        );
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("2026-11-22 10:00:00  OVERDUE\n"), "{text}");
 
