@@ -9,7 +9,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::Code;
 
 use super::parse::{
-    parse_count, parse_event_count, parse_idle_timeout, parse_positive_count, parse_resource,
+    RESOURCE, parse_count, parse_event_count, parse_idle_timeout, parse_positive_count,
 };
 use super::{Command, CtlError, Ctx, Render, Reply};
 use crate::auth::BearerChannel;
@@ -18,14 +18,18 @@ use crate::pb::admin_client::AdminClient;
 
 #[derive(clap::Args, Debug)]
 pub struct Reserve {
+    /// The account id
     pub account: String,
+    /// Id of the reservation, chosen by the caller; reserving the same id again holds
+    /// nothing new
     pub reservation_id: String,
+    /// The catalog sku of the work (see `quotad ctl catalog`)
     pub sku: String,
     /// Milliseconds of GPU time, bytes of traffic or a count of requests
     #[arg(value_parser = parse_positive_count, allow_negative_numbers = true)]
     pub quantity: i64,
     /// Resource of the work (default: the sku's, from the catalog)
-    #[arg(long, value_parser = parse_resource)]
+    #[arg(long, value_parser = RESOURCE)]
     pub resource: Option<pb::Resource>,
     /// Hold lifetime in milliseconds (default: the server's)
     #[arg(long, value_name = "MS", value_parser = parse_count)]
@@ -49,7 +53,9 @@ impl Command for Reserve {
 
 #[derive(clap::Args, Debug)]
 pub struct Commit {
+    /// The reservation to settle
     pub reservation_id: String,
+    /// The quantity actually used, in the sku's unit (may be more than reserved)
     #[arg(value_parser = parse_count, allow_negative_numbers = true)]
     pub quantity: i64,
 }
@@ -66,6 +72,7 @@ impl Command for Commit {
 
 #[derive(clap::Args, Debug)]
 pub struct Release {
+    /// The reservation to release
     pub reservation_id: String,
 }
 
@@ -80,12 +87,15 @@ impl Command for Release {
 
 #[derive(clap::Args, Debug)]
 pub struct Admit {
+    /// The account id
     pub account: String,
+    /// The catalog sku of the work (see `quotad ctl catalog`)
     pub sku: String,
+    /// Milliseconds of GPU time, bytes of traffic or a count of requests
     #[arg(value_parser = parse_positive_count, allow_negative_numbers = true)]
     pub quantity: i64,
     /// Resource of the work (default: the sku's, from the catalog)
-    #[arg(long, value_parser = parse_resource)]
+    #[arg(long, value_parser = RESOURCE)]
     pub resource: Option<pb::Resource>,
 }
 
@@ -104,6 +114,7 @@ impl Command for Admit {
 
 #[derive(clap::Args, Debug)]
 pub struct Watch {
+    /// The account id
     pub account: String,
     /// Exit after this many events (default: until Ctrl-C; the server ending the stream
     /// first is an error)
@@ -169,6 +180,7 @@ where
 
 #[derive(clap::Args, Debug)]
 pub struct StartSession {
+    /// The account id
     pub account: String,
     /// A GPU_EXCLUSIVE machine-spec sku
     pub sku: String,
@@ -202,6 +214,7 @@ impl Command for StartSession {
 
 #[derive(clap::Args, Debug)]
 pub struct Heartbeat {
+    /// The session (start-session --id)
     pub session_id: String,
     /// Report the instance idle; idle time counts towards auto-shutdown (default: busy)
     #[arg(long)]
@@ -222,6 +235,7 @@ impl Command for Heartbeat {
 
 #[derive(clap::Args, Debug)]
 pub struct StopSession {
+    /// The session (start-session --id)
     pub session_id: String,
 }
 
