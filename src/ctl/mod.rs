@@ -283,6 +283,29 @@ mod tests {
         Ok(a)
     }
 
+    #[test]
+    fn a_retry_hint_names_the_fresh_id_only_for_retryable_failures() {
+        let render = FreshIds::new(&Text);
+        let refused = || CtlError::from(tonic::Status::failed_precondition("no such sku"));
+        let busy = || CtlError::from(tonic::Status::unavailable("server busy"));
+        // No fresh id (the operator gave --id): nothing to add.
+        assert_eq!(
+            render.with_retry_hint(busy()).to_string(),
+            "UNAVAILABLE: server busy"
+        );
+        let mut out = Vec::new();
+        render.fresh_id(&mut out, "top-up", "topup-7").unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "top-up id: topup-7\n");
+        assert_eq!(
+            render.with_retry_hint(busy()).to_string(),
+            "UNAVAILABLE: server busy (retry with --id topup-7: it will not be applied twice)"
+        );
+        assert_eq!(
+            render.with_retry_hint(refused()).to_string(),
+            "FAILED_PRECONDITION: no such sku"
+        );
+    }
+
     #[tokio::test]
     async fn refused_connection_names_the_address() {
         let port = {
