@@ -51,7 +51,7 @@ pub enum CtlError {
     #[error("{error} (retry with --id {id}: it will not be applied twice)")]
     Retry { error: Box<CtlError>, id: String },
     #[error(
-        "the server ended the watch after {events} events (it may be shutting down); \
+        "the server ended the watch after {events} event(s) (it may be shutting down); \
          watch again to go on"
     )]
     WatchEnded { events: u64 },
