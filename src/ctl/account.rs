@@ -101,6 +101,7 @@ pub struct GrantCredit {
     /// When the credit expires (RFC 3339)
     #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
     pub expires_at: DateTime<Utc>,
+    /// What the credit is recorded as
     #[arg(long, value_enum, default_value_t = CreditKind::Coupon)]
     pub kind: CreditKind,
     /// The resource the credit pays for, or "any"
@@ -149,7 +150,8 @@ impl Command for Balance {
 pub struct Statement {
     /// The account id
     pub account: String,
-    /// Only the charges of this calendar month (YYYY-MM, in --time-zone)
+    /// Only the charges of this calendar month (YYYY-MM, in --time-zone; default: every
+    /// charge the statement holds)
     #[arg(long, value_name = "YYYY-MM", value_parser = parse_month)]
     pub month: Option<Month>,
     /// One line per charge, or sums per day (and resource) or per resource

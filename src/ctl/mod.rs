@@ -65,21 +65,21 @@ pub struct CtlArgs {
     /// Currency of the amounts given on the command line
     #[arg(long, default_value = "CNY", global = true)]
     pub currency: String,
-    /// Token to send (`authorization: Bearer TOKEN`); prefer --token-file or QUOTAD_TOKEN
-    /// (a flag shows in the process list)
+    /// Token to send (`authorization: Bearer TOKEN`; default: the one in --token-file);
+    /// prefer --token-file or QUOTAD_TOKEN (a flag shows in the process list)
     #[arg(long, env = "QUOTAD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// File holding the token [default: quotad-data/operator.token, where `quotad serve`
     /// writes the operator token on first start, if it exists]
     #[arg(long, env = "QUOTAD_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
-    /// CA (PEM) the server's TLS certificate must chain to; implies https
+    /// CA (PEM) the server's TLS certificate must chain to; implies https (default: none)
     #[arg(long, env = "QUOTAD_CTL_TLS_CA_FILE", global = true)]
     pub tls_ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) for a server that requires mTLS
+    /// Client certificate (PEM) for a server that requires mTLS (default: none)
     #[arg(long, env = "QUOTAD_CTL_TLS_CERT_FILE", global = true)]
     pub tls_cert_file: Option<PathBuf>,
-    /// The client certificate's key (PEM)
+    /// The client certificate's key (PEM; default: none)
     #[arg(long, env = "QUOTAD_CTL_TLS_KEY_FILE", global = true)]
     pub tls_key_file: Option<PathBuf>,
     /// Output format: text for people, or json for scripts (one JSON object per line:
@@ -281,6 +281,39 @@ mod tests {
         let argv = ["quotad", "ctl"].into_iter().chain(line.split_whitespace());
         let Cli::Ctl(a) = Cli::try_parse_from(argv)?;
         Ok(a)
+    }
+
+    #[test]
+    fn every_argument_has_help_and_every_default_is_shown() {
+        let root = completions::ctl_root();
+        let ctl = root.find_subcommand("ctl").unwrap();
+        let mut missing = Vec::new();
+        for cmd in std::iter::once(ctl).chain(ctl.get_subcommands()) {
+            for arg in cmd.get_arguments() {
+                let what = format!("ctl {} {}", cmd.get_name(), arg.get_id());
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                if help.is_empty() {
+                    missing.push(format!("{what}: no help"));
+                }
+                if arg.is_hide_default_value_set() {
+                    missing.push(format!("{what}: hides its default"));
+                }
+                let said = !arg.get_default_values().is_empty() || help.contains("default");
+                let optional = !arg.is_positional() && !arg.is_required_set();
+                let flag = matches!(
+                    arg.get_action(),
+                    clap::ArgAction::SetTrue | clap::ArgAction::Help | clap::ArgAction::HelpLong
+                );
+                if optional && !flag && !said {
+                    missing.push(format!("{what}: default not shown"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+        let reserve = ctl.find_subcommand("reserve").unwrap();
+        let resource = reserve.get_arguments().find(|a| a.get_id() == "resource");
+        let values = resource.unwrap().get_possible_values();
+        assert_eq!(values.len(), 6, "--resource lists its values");
     }
 
     #[test]

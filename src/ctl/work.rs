@@ -307,7 +307,7 @@ mod tests {
         assert!(matches!(e, CtlError::WatchEnded { events: 3 }), "{e}");
         assert!(
             e.to_string()
-                .starts_with("the server ended the watch after 3 events")
+                .starts_with("the server ended the watch after 3 event(s)")
         );
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("2026-11-22 10:00:00  OVERDUE\n"), "{text}");
