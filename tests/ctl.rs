@@ -19,10 +19,14 @@ fn ctl_command(h: &Harness, args: &[&str]) -> Command {
         .args(["--addr", &h.addr().to_string()])
         .args(args)
         .current_dir(h.dir.path())
-        .env("QUOTAD_TOKEN", &h.token)
-        .env_remove("QUOTAD_ADDR")
-        .env_remove("QUOTAD_CTL_OUTPUT")
         .stdin(Stdio::null());
+    // Only what the test sets: the caller's QUOTAD_* must not leak in.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("QUOTAD_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("QUOTAD_TOKEN", &h.token);
     c
 }
 
