@@ -145,12 +145,14 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     };
     match config::check(file, &serve, &ledger) {
         Ok(effective) => {
-            println!(
+            use std::io::Write;
+            // Written, not printed: a reader that went away (`| head`) is no panic.
+            let _ = write!(
+                std::io::stdout(),
                 "# {}: valid. Effective configuration (flags > QUOTAD_* environment > file > \
-                 defaults; flags not included):",
+                 defaults; flags not included):\n{effective}",
                 file.display()
             );
-            print!("{effective}");
             ExitCode::SUCCESS
         }
         Err(errors) => {
