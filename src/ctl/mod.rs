@@ -8,10 +8,9 @@
 //!
 //! A command is two steps with a seam between them: `call` (in `account`, `work` and
 //! `access`) checks its arguments, makes the gRPC calls and returns a `Reply`; a `Render`
-//! (`text::Text`, the one output format so far) turns the reply into output. So a new
-//! command is an argument struct, its `call` and a `Reply`; a new output format is one more
-//! `Render`, and no command changes. `--output` picks `text::Text` (for people) or
-//! `json::Json` (for scripts).
+//! turns the reply into output. So a new command is an argument struct, its `call` and a
+//! `Reply`; a new output format is one more `Render`, and no command changes. `--output`
+//! picks `text::Text` (for people) or `json::Json` (for scripts).
 //!
 //! Layout: `parse` (argument values), `connect` (address, token, TLS, the clients),
 //! `reply` (replies and the `Render` seam), `text` and `format` (the human output),
