@@ -2,9 +2,10 @@
 //!
 //! A command's answer is the proto message the server answered, in the proto3 JSON
 //! mapping with the proto's field names (`account_id`, `expires_at_ms`; enums by name,
-//! 64-bit integers as strings, every field present): the proto's names are its contract
-//! (never renamed), so these are too. What only ctl computes has its own structs below,
-//! with names kept as stable. `watch` prints one `AccountEvent` per line as it arrives.
+//! 64-bit integers as strings, every scalar field present, an unset message absent): the
+//! proto's names are its contract (never renamed), so these are too. What only ctl
+//! computes has its own structs below, with names kept as stable. `watch` prints one
+//! `AccountEvent` per line as it arrives.
 //! Nothing else goes to stdout: a fresh id is not printed (pass `--id` to retry).
 
 use std::io::Write;
