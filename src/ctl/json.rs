@@ -106,7 +106,7 @@ struct StatementSums<'a> {
     by: &'static str,
     currency: &'a str,
     groups: Vec<Group>,
-    total: SumsJson,
+    total: Total,
     /// Some amount could not be read and is left out of the sums.
     unreadable: bool,
     /// Older entries were left out by the server.
@@ -132,6 +132,15 @@ struct SumsJson {
     cost: String,
     from_grants: String,
     gb_from_plans: String,
+    from_balance: String,
+}
+
+/// Over all groups: entries and money (quantities of different resources do not add up).
+#[derive(Serialize)]
+struct Total {
+    entries: usize,
+    cost: String,
+    from_grants: String,
     from_balance: String,
 }
 
@@ -166,9 +175,13 @@ fn statement_reply(out: &mut dyn Write, s: &StatementReply) -> Result<(), CtlErr
             sums: g.into(),
         })
         .collect();
-    let mut total = SumsJson::from(&sums.total);
-    // The total sums entries and money; quantities of different resources do not add up.
-    (total.quantity, total.free_quantity) = (0, 0);
+    let t = &sums.total;
+    let total = Total {
+        entries: t.entries,
+        cost: t.cost.to_string(),
+        from_grants: t.from_grants.to_string(),
+        from_balance: t.from_balance.to_string(),
+    };
     line(
         out,
         &StatementSums {
