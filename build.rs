@@ -1,5 +1,6 @@
-//! Compiles proto/ with protox (pure Rust, no system protoc) and tonic-prost-build, and
-//! keeps the encoded descriptor set for gRPC server reflection.
+//! Compiles proto/ with protox (pure Rust, no system protoc) and tonic-prost-build, keeps
+//! the encoded descriptor set for gRPC server reflection, and generates serde
+//! implementations (pbjson: the proto3 JSON mapping, proto field names) for `ctl --output json`.
 
 use std::{env, fs, path::PathBuf};
 
@@ -12,7 +13,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let fds = protox::compile(protos, ["proto"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    fs::write(out_dir.join("quotad_descriptor.bin"), fds.encode_to_vec())?;
+    let descriptor = fds.encode_to_vec();
+    fs::write(out_dir.join("quotad_descriptor.bin"), &descriptor)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptor)?
+        .preserve_proto_field_names()
+        .emit_fields()
+        .build(&[".quotad.v1"])?;
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

@@ -36,7 +36,7 @@ use quotad::pb::quota_client::QuotaClient;
 #[command(about = "Shared-Edition GPU worker metered by quotad (simulated job)")]
 struct Args {
     /// quotad's gRPC address
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    #[arg(long, env = "QUOTAD_ADDR", default_value = "http://127.0.0.1:50051")]
     addr: String,
     /// Account paying for the job
     #[arg(long)]

@@ -49,5 +49,8 @@ pub mod tls;
 pub mod pb {
     #![allow(clippy::all)]
     tonic::include_proto!("quotad.v1");
+    // serde for every message and enum (proto3 JSON mapping, proto field names), for
+    // `ctl --output json`.
+    include!(concat!(env!("OUT_DIR"), "/quotad.v1.serde.rs"));
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quotad_descriptor");
 }

@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use quotad::clock::SystemClock;
 use quotad::config::{self, LedgerSettings, LogFormat, ServeSettings};
+use quotad::ctl::CtlCommand;
 use quotad::server::{self, ServeConfig};
 
 #[derive(Parser, Debug)]
@@ -144,18 +145,38 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     };
     match config::check(file, &serve, &ledger) {
         Ok(effective) => {
-            println!(
+            use std::io::Write;
+            // Written, not printed: a reader that went away (`| head`) is no panic.
+            let _ = write!(
+                std::io::stdout(),
                 "# {}: valid. Effective configuration (flags > QUOTAD_* environment > file > \
-                 defaults; flags not included):",
+                 defaults; flags not included):\n{effective}",
                 file.display()
             );
-            print!("{effective}");
             ExitCode::SUCCESS
         }
         Err(errors) => {
             for e in errors {
                 eprintln!("quotad check-config: {e}");
             }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `quotad ctl`: completions of the whole `quotad` command here, every other command in
+/// the library. A closed stdout (`| head`) ends it quietly.
+async fn ctl(args: quotad::ctl::CtlArgs) -> ExitCode {
+    let mut out = std::io::stdout();
+    let result = match &args.command {
+        CtlCommand::Completions(c) => c.write(&mut Cli::command(), &mut out),
+        _ => quotad::ctl::run(args, &mut out).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_closed_output() => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("quotad ctl: {e}");
             ExitCode::FAILURE
         }
     }
@@ -219,15 +240,6 @@ async fn main() -> ExitCode {
             .await
         }
         Command::CheckConfig { file } => check_config(&file),
-        Command::Ctl(args) => {
-            let mut out = std::io::stdout();
-            match quotad::ctl::run(*args, &mut out).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("quotad ctl: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Ctl(args) => ctl(*args).await,
     }
 }

@@ -151,6 +151,18 @@ fn broken_files_are_refused_with_the_key_the_value_and_the_file() {
             assert!(stderr.contains(n.as_str()), "{file}: {n:?} not in {stderr}");
         }
     }
+    // Every error of a file, not only the first.
+    let many = write(
+        "many.toml",
+        "[serve]\nhold_max = 10\nstream_buffer = 0\njournal_sync = \"sometimes\"\n",
+    );
+    let out = quotad(&["check-config", &many], &[]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    for n in ["hold_max", "stream_buffer = 0", "sometimes"] {
+        assert!(stderr.contains(n), "{n:?} not in {stderr}");
+    }
+    assert_eq!(stderr.lines().count(), 3, "{stderr}");
     // `serve` refuses it before starting anything: no data directory appears.
     let data = dir.path().join("data");
     let out = quotad(

@@ -13,8 +13,9 @@
 //!
 //! Layout: `values` (how a setting is written and parsed), `settings` (the two structs),
 //! `serve` and `ledger` (each command's checks and effective configuration); this file
-//! holds the file, the precedence (`overlay`) and `check-config`.
+//! holds the file and the precedence (`overlay`); `check` is `check-config` (every error).
 
+mod check;
 mod ledger;
 mod serve;
 mod settings;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::server;
 
+pub use check::check;
 pub use settings::{LedgerSettings, ServeSettings};
 pub use values::{Budget, LogFormat, Setting, Text};
 
@@ -146,42 +148,6 @@ pub fn resolve_ledger(
     args: &LedgerSettings,
 ) -> Result<LedgerSettings, ConfigError> {
     resolve(file, |f| f.ledger, args)
-}
-
-/// What `quotad check-config FILE` found: the effective configuration as TOML, or every
-/// error (one per line).
-pub fn check(
-    path: &Path,
-    serve_env: &ServeSettings,
-    ledger_env: &LedgerSettings,
-) -> Result<String, Vec<ConfigError>> {
-    let file = FileConfig::load(path).map_err(|e| vec![e])?;
-    let mut errors = Vec::new();
-    let mut out = FileConfig::default();
-    let serve = overlay(&file.serve.clone().unwrap_or_default(), serve_env).and_then(|s| {
-        let cfg = s.to_config()?;
-        server::load_catalog(cfg.catalog_path.as_ref())?;
-        Ok(ServeSettings::effective(&cfg, s.log_format()))
-    });
-    match serve {
-        Ok(s) => out.serve = Some(s),
-        Err(e) => errors.push(e),
-    }
-    if let Some(ledger) = &file.ledger {
-        let l = overlay(ledger, ledger_env).and_then(|s| {
-            let cfg = s.to_config()?;
-            server::load_catalog(cfg.catalog_path.as_ref())?;
-            Ok(LedgerSettings::effective(&cfg, s.log_format()))
-        });
-        match l {
-            Ok(s) => out.ledger = Some(s),
-            Err(e) => errors.push(e),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    toml::to_string(&out).map_err(|e| vec![ConfigError::Merge(e.to_string())])
 }
 
 #[cfg(test)]

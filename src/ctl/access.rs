@@ -8,6 +8,7 @@ use crate::pb;
 
 #[derive(clap::Args, Debug)]
 pub struct CreateToken {
+    /// Whom the token is for
     #[arg(value_enum)]
     pub kind: TokenKind,
     /// The owner's account, or the name of a sub-user, sidecar or operator
@@ -40,6 +41,7 @@ impl Command for CreateToken {
 
 #[derive(clap::Args, Debug)]
 pub struct RevokeToken {
+    /// The token's id (tok_…, as create-token printed it)
     pub token_id: String,
 }
 
@@ -56,8 +58,11 @@ impl Command for RevokeToken {
 
 #[derive(clap::Args, Debug)]
 pub struct GrantAccess {
+    /// The account id
     pub account: String,
+    /// The sub-user (as in create-token sub-user NAME)
     pub sub_user: String,
+    /// Permissions to add: reserve, admit, sessions, balance, watch
     #[arg(required = true)]
     pub permissions: Vec<String>,
 }
@@ -77,8 +82,11 @@ impl Command for GrantAccess {
 
 #[derive(clap::Args, Debug)]
 pub struct RevokeAccess {
+    /// The account id
     pub account: String,
+    /// The sub-user
     pub sub_user: String,
+    /// Permissions to take away: reserve, admit, sessions, balance, watch (none: all)
     pub permissions: Vec<String>,
 }
 

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
 use super::parse::{
-    CreditKind, parse_grant_resource, parse_month, parse_non_negative, parse_positive, parse_time,
+    CreditKind, GRANT_RESOURCE, parse_month, parse_non_negative, parse_positive, parse_time,
     parse_zone,
 };
 use super::statement::{StatementBy, keep_month};
@@ -16,18 +16,19 @@ use crate::pb;
 
 #[derive(clap::Args, Debug)]
 pub struct CreateAccount {
+    /// The new account's id
     pub account: String,
-    /// Opening balance (default zero)
+    /// Opening balance in --currency
     #[arg(long, value_name = "AMOUNT", allow_negative_numbers = true)]
-    #[arg(value_parser = parse_non_negative)]
-    pub balance: Option<Money>,
+    #[arg(value_parser = parse_non_negative, default_value = "0")]
+    pub balance: Money,
 }
 
 impl Command for CreateAccount {
     async fn call(self, ctx: &mut Ctx<'_>) -> Result<Reply, CtlError> {
         let req = pb::CreateAccountRequest {
             account_id: self.account,
-            balance: self.balance.map(|m| ctx.money(m)),
+            balance: Some(ctx.money(self.balance)),
         };
         Ok(Reply::Balance(
             ctx.admin.create_account(req).await?.into_inner(),
@@ -37,6 +38,7 @@ impl Command for CreateAccount {
 
 #[derive(clap::Args, Debug)]
 pub struct TopUp {
+    /// The account id
     pub account: String,
     /// Amount in --currency, such as 12.50
     #[arg(value_parser = parse_positive, allow_negative_numbers = true)]
@@ -60,7 +62,9 @@ impl Command for TopUp {
 
 #[derive(clap::Args, Debug)]
 pub struct Purchase {
+    /// The account id
     pub account: String,
+    /// A plan or package sku of the catalog (see `quotad ctl catalog`)
     pub sku: String,
     /// Purchase id; re-running with the same id buys nothing (default: a fresh one)
     #[arg(long, value_name = "PURCHASE_ID")]
@@ -87,7 +91,9 @@ impl Command for Purchase {
 
 #[derive(clap::Args, Debug)]
 pub struct GrantCredit {
+    /// The account id
     pub account: String,
+    /// Id of the new grant; granting the same id again adds nothing
     pub grant_id: String,
     /// Amount in --currency, such as 12.50
     #[arg(value_parser = parse_positive, allow_negative_numbers = true)]
@@ -95,10 +101,11 @@ pub struct GrantCredit {
     /// When the credit expires (RFC 3339)
     #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
     pub expires_at: DateTime<Utc>,
+    /// What the credit is recorded as
     #[arg(long, value_enum, default_value_t = CreditKind::Coupon)]
     pub kind: CreditKind,
     /// The resource the credit pays for, or "any"
-    #[arg(long, default_value = "any", value_parser = parse_grant_resource)]
+    #[arg(long, default_value = "any", value_parser = GRANT_RESOURCE)]
     pub resource: pb::Resource,
 }
 
@@ -124,6 +131,7 @@ impl Command for GrantCredit {
 
 #[derive(clap::Args, Debug)]
 pub struct Balance {
+    /// The account id
     pub account: String,
 }
 
@@ -140,8 +148,10 @@ impl Command for Balance {
 
 #[derive(clap::Args, Debug)]
 pub struct Statement {
+    /// The account id
     pub account: String,
-    /// Only the charges of this calendar month (YYYY-MM, in --time-zone)
+    /// Only the charges of this calendar month (YYYY-MM, in --time-zone; default: every
+    /// charge the statement holds)
     #[arg(long, value_name = "YYYY-MM", value_parser = parse_month)]
     pub month: Option<Month>,
     /// One line per charge, or sums per day (and resource) or per resource
@@ -176,6 +186,7 @@ impl Command for Statement {
 
 #[derive(clap::Args, Debug)]
 pub struct Accruals {
+    /// The account id
     pub account: String,
 }
 
@@ -192,7 +203,9 @@ impl Command for Accruals {
 
 #[derive(clap::Args, Debug)]
 pub struct ReportStorage {
+    /// The account id
     pub account: String,
+    /// Bytes stored from then on (a level, not a delta)
     #[arg(value_parser = clap::value_parser!(u64))]
     pub bytes_stored: u64,
     /// When the level took effect (RFC 3339; default now)

@@ -48,6 +48,41 @@ pub enum CtlError {
     Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
     EnvoyConfig(#[from] crate::envoy::bootstrap::BootstrapError),
+    #[error("{error} (retry with --id {id}: it will not be applied twice)")]
+    Retry { error: Box<CtlError>, id: String },
+    #[error(
+        "the server ended the watch after {events} event(s) (it may be shutting down); \
+         watch again to go on"
+    )]
+    WatchEnded { events: u64 },
+}
+
+impl CtlError {
+    /// A failure after which the same call may succeed, with its outcome possibly unknown
+    /// (so a retry must reuse the id): the server was unavailable, busy, timed out or
+    /// failed inside. A refusal (bad input, unknown account, not enough money, no
+    /// permission) is not: the same call is refused again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CtlError::Rpc { code, .. } => matches!(
+                code,
+                Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::Aborted
+                    | Code::Cancelled
+                    | Code::ResourceExhausted
+                    | Code::Unknown
+                    | Code::Internal
+            ),
+            CtlError::Unreachable { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// stdout was closed by its reader (`quotad ctl … | head`).
+    pub fn is_closed_output(&self) -> bool {
+        matches!(self, CtlError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
 }
 
 impl From<tonic::Status> for CtlError {
@@ -114,5 +149,23 @@ mod tests {
         assert_eq!(e.to_string(), "NOT_FOUND: account acme does not exist");
         let e = CtlError::from(tonic::Status::new(Code::Internal, ""));
         assert_eq!(e.to_string(), "INTERNAL: Internal error");
+    }
+
+    #[test]
+    fn only_failures_that_may_pass_on_a_retry_are_retryable() {
+        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::Aborted] {
+            assert!(CtlError::from(tonic::Status::new(code, "x")).is_retryable());
+        }
+        for code in [
+            Code::FailedPrecondition,
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+        ] {
+            assert!(!CtlError::from(tonic::Status::new(code, "x")).is_retryable());
+        }
+        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(CtlError::Output(pipe).is_closed_output());
     }
 }

@@ -3,24 +3,27 @@
 //! Operators set up accounts, top them up, sell plans and look into why a job was refused,
 //! usually on a host where grpcurl, the proto file and reflection know-how are not at hand.
 //! This speaks the public gRPC API with the binary they already have, checks input before
-//! anything reaches the server, and prints answers for people rather than for parsers, so a
-//! newcomer can also tour the API one call at a time.
+//! anything reaches the server, and prints answers for people (or, with `--output json`,
+//! for scripts), so a newcomer can also tour the API one call at a time.
 //!
 //! A command is two steps with a seam between them: `call` (in `account`, `work` and
 //! `access`) checks its arguments, makes the gRPC calls and returns a `Reply`; a `Render`
-//! (`text::Text`, the one output format so far) turns the reply into output. So a new
-//! command is an argument struct, its `call` and a `Reply`; a new output format is one more
-//! `Render`, and no command changes.
+//! turns the reply into output. So a new command is an argument struct, its `call` and a
+//! `Reply`; a new output format is one more `Render`, and no command changes. `--output`
+//! picks `text::Text` (for people) or `json::Json` (for scripts).
 //!
 //! Layout: `parse` (argument values), `connect` (address, token, TLS, the clients),
 //! `reply` (replies and the `Render` seam), `text` and `format` (the human output),
-//! `statement` (filtering and summing statements), `error`.
+//! `json` (the output for scripts), `statement` (filtering and summing statements),
+//! `completions` (shell completion scripts), `error`.
 
 mod access;
 mod account;
+mod completions;
 mod connect;
 mod error;
 mod format;
+mod json;
 mod parse;
 mod reply;
 mod statement;
@@ -35,8 +38,10 @@ pub use account::{
     Accruals, Balance, Catalog, CreateAccount, GrantCredit, Purchase, ReportStorage, Statement,
     TopUp,
 };
+pub use completions::Completions;
 pub use connect::Ctx;
 pub use error::CtlError;
+pub use json::Json;
 pub use parse::{CreditKind, TokenKind};
 pub use reply::{Render, Reply, StatementReply};
 pub use statement::StatementBy;
@@ -44,6 +49,7 @@ pub use text::Text;
 pub use work::{Admit, Commit, Heartbeat, Release, Reserve, StartSession, StopSession, Watch};
 
 use crate::envoy::bootstrap::EnvoyConfigArgs;
+use crate::pb;
 
 #[derive(clap::Args, Debug)]
 pub struct CtlArgs {
@@ -58,25 +64,44 @@ pub struct CtlArgs {
     /// Currency of the amounts given on the command line
     #[arg(long, default_value = "CNY", global = true)]
     pub currency: String,
-    /// Token to send (`authorization: Bearer TOKEN`); prefer --token-file or QUOTAD_TOKEN
-    /// (a flag shows in the process list)
+    /// Token to send (`authorization: Bearer TOKEN`; default: the one in --token-file);
+    /// prefer --token-file or QUOTAD_TOKEN (a flag shows in the process list)
     #[arg(long, env = "QUOTAD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// File holding the token [default: quotad-data/operator.token, where `quotad serve`
     /// writes the operator token on first start, if it exists]
     #[arg(long, env = "QUOTAD_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
-    /// CA (PEM) the server's TLS certificate must chain to; implies https
+    /// CA (PEM) the server's TLS certificate must chain to; implies https (default: none)
     #[arg(long, env = "QUOTAD_CTL_TLS_CA_FILE", global = true)]
     pub tls_ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) for a server that requires mTLS
+    /// Client certificate (PEM) for a server that requires mTLS (default: none)
     #[arg(long, env = "QUOTAD_CTL_TLS_CERT_FILE", global = true)]
     pub tls_cert_file: Option<PathBuf>,
-    /// The client certificate's key (PEM)
+    /// The client certificate's key (PEM; default: none)
     #[arg(long, env = "QUOTAD_CTL_TLS_KEY_FILE", global = true)]
     pub tls_key_file: Option<PathBuf>,
+    /// Output format: text for people, or json for scripts (one JSON object per line:
+    /// the proto message the server answered, with the proto's field names)
+    #[arg(
+        long,
+        value_enum,
+        env = "QUOTAD_CTL_OUTPUT",
+        default_value_t = OutputFormat::Text,
+        global = true
+    )]
+    pub output: OutputFormat,
     #[command(subcommand)]
     pub command: CtlCommand,
+}
+
+/// How answers are printed.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// Key-value lines and aligned tables
+    Text,
+    /// One JSON object per line
+    Json,
 }
 
 /// Every command: its arguments (the variant's doc comment is its help line) and its call.
@@ -131,6 +156,8 @@ pub enum CtlCommand {
     GrantAccess(GrantAccess),
     /// Take permissions away from a sub-user on an account (none named: all)
     RevokeAccess(RevokeAccess),
+    /// Print a shell completion script: `source <(quotad ctl completions bash)`
+    Completions(Completions),
 }
 
 /// One command's work up to its answer: check, call quotad, return what it answered.
@@ -164,23 +191,83 @@ impl Command for CtlCommand {
             CtlCommand::EnvoyConfig(c) => c.call(ctx).await,
             CtlCommand::GrantAccess(c) => c.call(ctx).await,
             CtlCommand::RevokeAccess(c) => c.call(ctx).await,
+            CtlCommand::Completions(c) => c.call(ctx).await,
         }
     }
 }
 
 /// Runs one `quotad ctl` command against the quotad at `args.addr`, printing to `out`.
+/// A reader that went away (`| head`) ends the command quietly: not an error.
 pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
-    // The one output format so far; another is chosen here.
-    let render: &dyn Render = &Text;
-    let mut ctx = Ctx::connect(&args, out, render).await?;
-    let reply = args.command.call(&mut ctx).await?;
-    render.reply(ctx.out, &reply)
+    match run_command(args, out).await {
+        Err(e) if e.is_closed_output() => Ok(()),
+        r => r,
+    }
+}
+
+async fn run_command(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
+    if let CtlCommand::Completions(c) = &args.command {
+        // Needs no server: `quotad ctl …` as this library knows it.
+        return c.write(&mut completions::ctl_root(), out);
+    }
+    let render = FreshIds::new(match args.output {
+        OutputFormat::Text => &Text,
+        OutputFormat::Json => &Json,
+    });
+    let mut ctx = Ctx::connect(&args, out, &render).await?;
+    match args.command.call(&mut ctx).await {
+        Ok(reply) => render.reply(ctx.out, &reply),
+        Err(e) => Err(render.with_retry_hint(e)),
+    }
+}
+
+/// A `Render` that remembers the fresh id it was told of, so that a failure that may
+/// be retried can say which id to retry with (and one that may not says nothing of it).
+struct FreshIds<'r> {
+    inner: &'r dyn Render,
+    id: std::sync::Mutex<Option<String>>,
+}
+
+impl<'r> FreshIds<'r> {
+    fn new(inner: &'r dyn Render) -> Self {
+        FreshIds {
+            inner,
+            id: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn with_retry_hint(&self, error: CtlError) -> CtlError {
+        let id = self.id.lock().map(|g| g.clone()).unwrap_or(None);
+        match id {
+            Some(id) if error.is_retryable() => CtlError::Retry {
+                error: Box::new(error),
+                id,
+            },
+            _ => error,
+        }
+    }
+}
+
+impl Render for FreshIds<'_> {
+    fn fresh_id(&self, out: &mut dyn Write, label: &str, id: &str) -> Result<(), CtlError> {
+        if let Ok(mut g) = self.id.lock() {
+            *g = Some(id.to_owned());
+        }
+        self.inner.fresh_id(out, label, id)
+    }
+
+    fn event(&self, out: &mut dyn Write, event: &pb::AccountEvent) -> Result<(), CtlError> {
+        self.inner.event(out, event)
+    }
+
+    fn reply(&self, out: &mut dyn Write, reply: &Reply) -> Result<(), CtlError> {
+        self.inner.reply(out, reply)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pb;
     use clap::Parser;
 
     #[derive(clap::Parser, Debug)]
@@ -193,6 +280,62 @@ mod tests {
         let argv = ["quotad", "ctl"].into_iter().chain(line.split_whitespace());
         let Cli::Ctl(a) = Cli::try_parse_from(argv)?;
         Ok(a)
+    }
+
+    #[test]
+    fn every_argument_has_help_and_every_default_is_shown() {
+        let root = completions::ctl_root();
+        let ctl = root.find_subcommand("ctl").unwrap();
+        let mut missing = Vec::new();
+        for cmd in std::iter::once(ctl).chain(ctl.get_subcommands()) {
+            for arg in cmd.get_arguments() {
+                let what = format!("ctl {} {}", cmd.get_name(), arg.get_id());
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                if help.is_empty() {
+                    missing.push(format!("{what}: no help"));
+                }
+                if arg.is_hide_default_value_set() {
+                    missing.push(format!("{what}: hides its default"));
+                }
+                let said = !arg.get_default_values().is_empty() || help.contains("default");
+                let optional = !arg.is_positional() && !arg.is_required_set();
+                let flag = matches!(
+                    arg.get_action(),
+                    clap::ArgAction::SetTrue | clap::ArgAction::Help | clap::ArgAction::HelpLong
+                );
+                if optional && !flag && !said {
+                    missing.push(format!("{what}: default not shown"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+        let reserve = ctl.find_subcommand("reserve").unwrap();
+        let resource = reserve.get_arguments().find(|a| a.get_id() == "resource");
+        let values = resource.unwrap().get_possible_values();
+        assert_eq!(values.len(), 6, "--resource lists its values");
+    }
+
+    #[test]
+    fn a_retry_hint_names_the_fresh_id_only_for_retryable_failures() {
+        let render = FreshIds::new(&Text);
+        let refused = || CtlError::from(tonic::Status::failed_precondition("no such sku"));
+        let busy = || CtlError::from(tonic::Status::unavailable("server busy"));
+        // No fresh id (the operator gave --id): nothing to add.
+        assert_eq!(
+            render.with_retry_hint(busy()).to_string(),
+            "UNAVAILABLE: server busy"
+        );
+        let mut out = Vec::new();
+        render.fresh_id(&mut out, "top-up", "topup-7").unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "top-up id: topup-7\n");
+        assert_eq!(
+            render.with_retry_hint(busy()).to_string(),
+            "UNAVAILABLE: server busy (retry with --id topup-7: it will not be applied twice)"
+        );
+        assert_eq!(
+            render.with_retry_hint(refused()).to_string(),
+            "FAILED_PRECONDITION: no such sku"
+        );
     }
 
     #[tokio::test]

@@ -87,6 +87,42 @@ pub(super) fn parse_resource(s: &str) -> Result<pb::Resource, CtlError> {
     }
 }
 
+/// `--resource`: `parse_resource` with the values listed in help and completions.
+pub(super) const RESOURCE: ResourceParser = ResourceParser { any: false };
+/// `grant-credit --resource`: also "any".
+pub(super) const GRANT_RESOURCE: ResourceParser = ResourceParser { any: true };
+
+/// Parses a resource as `parse_resource` (or `parse_grant_resource`) does, and tells clap
+/// the values it takes.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ResourceParser {
+    any: bool,
+}
+
+impl clap::builder::TypedValueParser for ResourceParser {
+    type Value = pb::Resource;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<pb::Resource, clap::Error> {
+        if self.any {
+            parse_grant_resource.parse_ref(cmd, arg, value)
+        } else {
+            parse_resource.parse_ref(cmd, arg, value)
+        }
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        let names = RESOURCES.split(", ").chain(self.any.then_some("any"));
+        Some(Box::new(names.map(clap::builder::PossibleValue::new)))
+    }
+}
+
 /// As `parse_resource`, plus "any" for a grant that pays for every resource.
 pub(super) fn parse_grant_resource(s: &str) -> Result<pb::Resource, CtlError> {
     if s.trim().eq_ignore_ascii_case("any") {

@@ -45,6 +45,8 @@ pub enum Reply {
         yaml: String,
         token_id: String,
     },
+    /// A shell completion script.
+    Script(String),
 }
 
 /// A statement with how the command was asked to show it.

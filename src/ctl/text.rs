@@ -12,16 +12,15 @@ use super::reply::{Render, Reply, StatementReply};
 use super::statement::{self, StatementBy};
 use crate::pb;
 
-/// Text for people (the default, and so far the only output format).
+/// Text for people (the default output format).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Text;
 
 impl Render for Text {
     fn fresh_id(&self, out: &mut dyn Write, label: &str, id: &str) -> Result<(), CtlError> {
-        writeln!(
-            out,
-            "{label} id: {id} (retry with --id {id}; it will not be applied twice)"
-        )?;
+        // Said before the call: should the process be stopped in it, a retry can still
+        // reuse it. How to retry is said only with a failure that may pass on a retry.
+        writeln!(out, "{label} id: {id}")?;
         Ok(())
     }
 
@@ -89,6 +88,7 @@ impl Render for Text {
                 )?;
                 Ok(())
             }
+            Reply::Script(s) => Ok(out.write_all(s.as_bytes())?),
         }
     }
 }
@@ -877,11 +877,8 @@ job-7  gpu.shared.t4  0.018 CNY  0.0036 CNY  42
     }
 
     #[test]
-    fn fresh_ids_are_said_with_how_to_retry() {
+    fn fresh_ids_are_said_before_the_call() {
         let text = text(|o| Text.fresh_id(o, "top-up", "topup-1"));
-        assert_eq!(
-            text,
-            "top-up id: topup-1 (retry with --id topup-1; it will not be applied twice)\n"
-        );
+        assert_eq!(text, "top-up id: topup-1\n");
     }
 }

@@ -9,7 +9,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::Code;
 
 use super::parse::{
-    parse_count, parse_event_count, parse_idle_timeout, parse_positive_count, parse_resource,
+    RESOURCE, parse_count, parse_event_count, parse_idle_timeout, parse_positive_count,
 };
 use super::{Command, CtlError, Ctx, Render, Reply};
 use crate::auth::BearerChannel;
@@ -18,14 +18,18 @@ use crate::pb::admin_client::AdminClient;
 
 #[derive(clap::Args, Debug)]
 pub struct Reserve {
+    /// The account id
     pub account: String,
+    /// Id of the reservation, chosen by the caller; reserving the same id again holds
+    /// nothing new
     pub reservation_id: String,
+    /// The catalog sku of the work (see `quotad ctl catalog`)
     pub sku: String,
     /// Milliseconds of GPU time, bytes of traffic or a count of requests
     #[arg(value_parser = parse_positive_count, allow_negative_numbers = true)]
     pub quantity: i64,
     /// Resource of the work (default: the sku's, from the catalog)
-    #[arg(long, value_parser = parse_resource)]
+    #[arg(long, value_parser = RESOURCE)]
     pub resource: Option<pb::Resource>,
     /// Hold lifetime in milliseconds (default: the server's)
     #[arg(long, value_name = "MS", value_parser = parse_count)]
@@ -49,7 +53,9 @@ impl Command for Reserve {
 
 #[derive(clap::Args, Debug)]
 pub struct Commit {
+    /// The reservation to settle
     pub reservation_id: String,
+    /// The quantity actually used, in the sku's unit (may be more than reserved)
     #[arg(value_parser = parse_count, allow_negative_numbers = true)]
     pub quantity: i64,
 }
@@ -66,6 +72,7 @@ impl Command for Commit {
 
 #[derive(clap::Args, Debug)]
 pub struct Release {
+    /// The reservation to release
     pub reservation_id: String,
 }
 
@@ -80,12 +87,15 @@ impl Command for Release {
 
 #[derive(clap::Args, Debug)]
 pub struct Admit {
+    /// The account id
     pub account: String,
+    /// The catalog sku of the work (see `quotad ctl catalog`)
     pub sku: String,
+    /// Milliseconds of GPU time, bytes of traffic or a count of requests
     #[arg(value_parser = parse_positive_count, allow_negative_numbers = true)]
     pub quantity: i64,
     /// Resource of the work (default: the sku's, from the catalog)
-    #[arg(long, value_parser = parse_resource)]
+    #[arg(long, value_parser = RESOURCE)]
     pub resource: Option<pb::Resource>,
 }
 
@@ -104,8 +114,10 @@ impl Command for Admit {
 
 #[derive(clap::Args, Debug)]
 pub struct Watch {
+    /// The account id
     pub account: String,
-    /// Exit after this many events (default: until the server ends the stream)
+    /// Exit after this many events (default: until Ctrl-C; the server ending the stream
+    /// first is an error)
     #[arg(long, value_name = "N", value_parser = parse_event_count)]
     #[arg(allow_negative_numbers = true)]
     pub count: Option<u64>,
@@ -133,9 +145,10 @@ impl Command for Watch {
     }
 }
 
-/// Renders each event of `events` as it comes, until `count` events were rendered, the
-/// stream ends or `stop` completes; returns how many were rendered. A stream that breaks
-/// is an error with its status.
+/// Renders each event of `events` as it comes, until `count` events were rendered or
+/// `stop` completes; returns how many were rendered. A stream that the server ends first
+/// is an error (`WatchEnded`: the watch did not end as asked), one that breaks an error
+/// with its status.
 async fn watch_events<S>(
     out: &mut dyn Write,
     render: &dyn Render,
@@ -154,7 +167,7 @@ where
             () = &mut stop => break,
         };
         match next {
-            None => break,
+            None => return Err(CtlError::WatchEnded { events: printed }),
             Some(Err(status)) => return Err(status.into()),
             Some(Ok(e)) => {
                 render.event(out, &e)?;
@@ -167,6 +180,7 @@ where
 
 #[derive(clap::Args, Debug)]
 pub struct StartSession {
+    /// The account id
     pub account: String,
     /// A GPU_EXCLUSIVE machine-spec sku
     pub sku: String,
@@ -200,6 +214,7 @@ impl Command for StartSession {
 
 #[derive(clap::Args, Debug)]
 pub struct Heartbeat {
+    /// The session (start-session --id)
     pub session_id: String,
     /// Report the instance idle; idle time counts towards auto-shutdown (default: busy)
     #[arg(long)]
@@ -220,6 +235,7 @@ impl Command for Heartbeat {
 
 #[derive(clap::Args, Debug)]
 pub struct StopSession {
+    /// The session (start-session --id)
     pub session_id: String,
 }
 
@@ -265,7 +281,7 @@ mod tests {
     use crate::ctl::text::tests::event;
 
     #[tokio::test]
-    async fn watch_prints_events_until_count_end_of_stream_or_stop() {
+    async fn watch_prints_events_until_count_or_stop_and_fails_when_the_stream_ends() {
         use pb::account_event::Kind;
         let evs = || {
             vec![
@@ -285,10 +301,14 @@ mod tests {
 
         let mut out = Vec::new();
         let stream = tokio_stream::iter(evs());
-        let n = watch_events(&mut out, &Text, stream, None, std::future::pending())
+        let e = watch_events(&mut out, &Text, stream, None, std::future::pending())
             .await
-            .unwrap();
-        assert_eq!(n, 3);
+            .unwrap_err();
+        assert!(matches!(e, CtlError::WatchEnded { events: 3 }), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("the server ended the watch after 3 event(s)")
+        );
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("2026-11-22 10:00:00  OVERDUE\n"), "{text}");
 
