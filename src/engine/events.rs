@@ -80,6 +80,9 @@ pub(super) struct Batch {
     pub(super) events: Vec<Event>,
 }
 
+/// A consumer of durable events besides Watch (webhook delivery).
+pub type Sink = Box<dyn Fn(Vec<Event>) + Send + Sync>;
+
 pub(super) struct Hub {
     cfg: WatchConfig,
     senders: DashMap<String, broadcast::Sender<Event>>,
@@ -90,6 +93,8 @@ pub(super) struct Hub {
     closed: std::sync::atomic::AtomicBool,
     /// Events handed to watchers' buffers so far.
     sent: AtomicU64,
+    /// Where durable events also go (webhook delivery); must not wait.
+    forward: std::sync::OnceLock<Sink>,
 }
 
 /// Keeps a Watch registered; drop it after its receiver.
@@ -120,6 +125,7 @@ impl Hub {
                 dropped: AtomicU64::new(0),
                 closed: std::sync::atomic::AtomicBool::new(false),
                 sent: AtomicU64::new(0),
+                forward: std::sync::OnceLock::new(),
             },
             rx,
         )
@@ -203,7 +209,15 @@ impl Hub {
         self.senders.clear();
     }
 
+    /// Also hands every durable batch of events to `f` (set once; `f` must not wait).
+    pub(super) fn forward_to(&self, f: Sink) {
+        let _ = self.forward.set(f);
+    }
+
     fn send(&self, events: Vec<Event>) {
+        if let Some(f) = self.forward.get() {
+            f(events.clone());
+        }
         self.sent.fetch_add(events.len() as u64, Ordering::Relaxed);
         for e in events {
             if let Some(tx) = self.senders.get(&e.account_id) {

@@ -29,6 +29,12 @@ impl Engine {
         self.events.sent()
     }
 
+    /// Hands every durable batch of events to `f` too (webhook delivery); `f` must not
+    /// wait. Set once.
+    pub fn forward_events(&self, f: impl Fn(Vec<Event>) + Send + Sync + 'static) {
+        self.events.forward_to(Box::new(f));
+    }
+
     pub fn watchers(&self) -> usize {
         self.events.watchers()
     }
