@@ -126,6 +126,52 @@ pub async fn find(store: &dyn WebhookStore, webhook_id: &str) -> Result<WebhookR
         .ok_or_else(|| WebhookError::Unknown(webhook_id.to_owned()))
 }
 
+/// What `TestWebhook` saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestResult {
+    pub event_id: String,
+    /// 0: no answer.
+    pub http_status: u16,
+    pub error: String,
+}
+
+/// Sends a signed `WEBHOOK_TEST` message to the endpoint now (not through the outbox).
+pub async fn send_test(
+    store: &dyn WebhookStore,
+    webhook_id: &str,
+    now_ms: i64,
+    timeout: std::time::Duration,
+) -> Result<TestResult, WebhookError> {
+    let w = find(store, webhook_id).await?;
+    let key = signature::key_of(&w.secret)?;
+    let event_id = format!("evt_test_{now_ms}");
+    let body = super::event::body(
+        &event_id,
+        "",
+        super::event::TEST_KIND,
+        webhook_id,
+        "",
+        "a test message from quotad",
+        now_ms,
+    );
+    let timestamp_s = now_ms.div_euclid(1000);
+    let signed = super::http::Signed {
+        signature: signature::sign(&key, &event_id, timestamp_s, body.as_bytes()),
+        webhook_id: event_id.clone(),
+        timestamp_s,
+    };
+    let (http_status, error) = match super::http::post(&w.url, &signed, body, timeout).await {
+        Ok(s) if (200..300).contains(&s) => (s, String::new()),
+        Ok(s) => (s, format!("HTTP {s}")),
+        Err(e) => (0, e),
+    };
+    Ok(TestResult {
+        event_id,
+        http_status,
+        error,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ pub mod event;
 pub mod forward;
 pub mod http;
 pub mod signature;
+pub mod start;
 pub mod stats;
 
 pub use delivery::{DeliveryConfig, Deliverer};

@@ -8,7 +8,9 @@
 mod admin;
 mod ledger;
 mod quota;
+mod webhooks;
 
+pub use webhooks::{queued_events_in, queued_events_out, webhook_out};
 pub use admin::{access_out, catalog_out, principal_in, statement_entry_out};
 pub use ledger::{
     caller_in, caller_out, sync_request_in, sync_request_out, sync_response_in, sync_response_out,
