@@ -25,6 +25,7 @@ mod parse;
 mod reply;
 mod statement;
 mod text;
+mod webhook;
 mod work;
 
 use std::io::Write;
@@ -41,6 +42,7 @@ pub use parse::{CreditKind, TokenKind};
 pub use reply::{Render, Reply, StatementReply};
 pub use statement::StatementBy;
 pub use text::Text;
+pub use webhook::{WebhookArgs, WebhookCommand, WebhookReply};
 pub use work::{Admit, Commit, Heartbeat, Release, Reserve, StartSession, StopSession, Watch};
 
 use crate::envoy::bootstrap::EnvoyConfigArgs;
@@ -131,6 +133,8 @@ pub enum CtlCommand {
     GrantAccess(GrantAccess),
     /// Take permissions away from a sub-user on an account (none named: all)
     RevokeAccess(RevokeAccess),
+    /// Webhook endpoints (operator only): create, list, delete, test
+    Webhook(WebhookArgs),
 }
 
 /// One command's work up to its answer: check, call quotad, return what it answered.
@@ -164,6 +168,7 @@ impl Command for CtlCommand {
             CtlCommand::EnvoyConfig(c) => c.call(ctx).await,
             CtlCommand::GrantAccess(c) => c.call(ctx).await,
             CtlCommand::RevokeAccess(c) => c.call(ctx).await,
+            CtlCommand::Webhook(c) => c.call(ctx).await,
         }
     }
 }

@@ -45,6 +45,8 @@ pub enum Reply {
         yaml: String,
         token_id: String,
     },
+    /// A webhook command's answer.
+    Webhook(super::webhook::WebhookReply),
 }
 
 /// A statement with how the command was asked to show it.
