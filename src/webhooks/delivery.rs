@@ -8,7 +8,7 @@
 //! mid-attempt leaves a claim that lapses; the message is attempted again (at least
 //! once). Memory is bounded by `concurrency_max` messages, whatever the outbox holds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,8 +36,9 @@ pub const DEFAULT_WEBHOOK_POLL_MS: i64 = 500;
 /// How long delivered and failed messages are kept (and an event id is recognised).
 pub const DEFAULT_WEBHOOK_RETENTION_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 
-/// Margin of a claim beyond the attempt's timeout.
-const CLAIM_MARGIN_MS: i64 = 30_000;
+/// Least margin of a claim beyond the attempt's timeout (the margin is at least the
+/// timeout again): time to record the outcome before another worker may try.
+const CLAIM_MARGIN_MIN_MS: i64 = 1_000;
 /// How often delivered and failed messages past retention are pruned.
 const PRUNE_EVERY_MS: i64 = 60 * 60 * 1000;
 
@@ -81,6 +82,9 @@ impl DeliveryConfig {
         half + i64::try_from(random % spread).unwrap_or(0)
     }
 }
+
+/// A delivery: (endpoint, event).
+type Key = (String, String);
 
 /// An endpoint as the worker needs it.
 #[derive(Clone)]
@@ -150,7 +154,7 @@ impl Deliverer {
     }
 
     /// Claims and starts what is due, within the free slots.
-    async fn start_due(&self, tasks: &mut JoinSet<()>) {
+    async fn start_due(&self, tasks: &mut JoinSet<Key>, in_flight: &mut HashSet<Key>) {
         let free = self.cfg.concurrency_max.max(1).saturating_sub(tasks.len());
         if free == 0 {
             return;
@@ -167,8 +171,13 @@ impl Deliverer {
             return;
         }
         let targets = self.targets().await;
-        let until = now + self.cfg.timeout_ms + CLAIM_MARGIN_MS;
+        let until = now + 2 * self.cfg.timeout_ms.max(CLAIM_MARGIN_MIN_MS);
         for d in due {
+            let key = (d.webhook_id.clone(), d.event_id.clone());
+            if in_flight.contains(&key) {
+                // Its claim lapsed on the clock while it is still being attempted here.
+                continue;
+            }
             let Some(t) = targets.get(&d.webhook_id).cloned() else {
                 continue;
             };
@@ -191,7 +200,11 @@ impl Deliverer {
                 worker: self.worker.clone(),
                 stats: self.stats.clone(),
             };
-            tasks.spawn(job.attempt(d, t));
+            in_flight.insert(key.clone());
+            tasks.spawn(async move {
+                job.attempt(d, t).await;
+                key
+            });
         }
     }
 
@@ -212,14 +225,19 @@ impl Deliverer {
     pub async fn run(self, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
         let mut tasks = JoinSet::new();
+        let mut in_flight = HashSet::new();
         let mut last_prune_ms = i64::MIN / 2;
         let poll = Duration::from_millis(u64::try_from(self.cfg.poll_ms.max(1)).unwrap_or(500));
         loop {
             self.housekeeping(&mut last_prune_ms).await;
-            self.start_due(&mut tasks).await;
+            self.start_due(&mut tasks, &mut in_flight).await;
             tokio::select! {
                 () = &mut stop => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Ok(key) = done {
+                        in_flight.remove(&key);
+                    }
+                }
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(poll) => {}
             }
@@ -250,10 +268,7 @@ impl Job {
         let result = http::post(&t.url, &signed, d.payload.clone(), timeout).await;
         let at_ms = self.clock.now_ms();
         let attempt = match result {
-            Ok(status) if (200..300).contains(&status) => {
-                self.stats.delivered(&d.webhook_id);
-                Attempt::Delivered { at_ms }
-            }
+            Ok(status) if (200..300).contains(&status) => Attempt::Delivered { at_ms },
             other => {
                 let error = match other {
                     Ok(status) => format!("HTTP {status}"),
@@ -262,10 +277,8 @@ impl Job {
                 if at_ms - d.at_ms >= self.cfg.retry_ms {
                     tracing::warn!(webhook_id = %d.webhook_id, event_id = %d.event_id,
                         error = %error, "webhook message failed for good");
-                    self.stats.failed(&d.webhook_id);
                     Attempt::Failed { at_ms, error }
                 } else {
-                    self.stats.retried(&d.webhook_id);
                     let delay = self.cfg.backoff_ms(d.attempts, random_u64());
                     Attempt::Retry {
                         at_ms,
@@ -275,12 +288,22 @@ impl Job {
                 }
             }
         };
-        if let Err(e) = self
+        let count: fn(&WebhookStats, &str) = match &attempt {
+            Attempt::Delivered { .. } => WebhookStats::delivered,
+            Attempt::Retry { .. } => WebhookStats::retried,
+            Attempt::Failed { .. } => WebhookStats::failed,
+        };
+        match self
             .store
             .finish_delivery(&d.webhook_id, &d.event_id, &self.worker, attempt)
             .await
         {
-            tracing::warn!(error = %e, "webhook attempt not recorded; it will be made again");
+            Ok(true) => count(&self.stats, &d.webhook_id),
+            // Another worker took it over (our claim lapsed): its outcome counts.
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook attempt not recorded; it will be made again");
+            }
         }
     }
 }

@@ -203,7 +203,7 @@ impl WebhookStore for PgStore {
         event_id: &str,
         worker: &str,
         attempt: Attempt,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let (state, next, done) = outcome(&attempt);
         let mut tx = self.pool.begin().await.map_err(db)?;
         let n = sqlx::query(sql::FINISH)
@@ -231,7 +231,8 @@ impl WebhookStore for PgStore {
             };
             mark.execute(&mut *tx).await.map_err(db)?;
         }
-        tx.commit().await.map_err(db)
+        tx.commit().await.map_err(db)?;
+        Ok(n == 1)
     }
 
     async fn webhook_queues(&self) -> Result<Vec<QueueStats>, StoreError> {

@@ -99,7 +99,7 @@ fn finish(
     event_id: &str,
     worker: &str,
     attempt: &Attempt,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let tx = c.transaction().map_err(db)?;
     let (state, next, done, mark) = match attempt {
         Attempt::Delivered { at_ms } => (STATE_DELIVERED, 0, *at_ms, None),
@@ -132,7 +132,8 @@ fn finish(
             _ => {}
         }
     }
-    tx.commit().map_err(db)
+    tx.commit().map_err(db)?;
+    Ok(changed == 1)
 }
 
 fn queues(c: &Connection) -> Result<Vec<QueueStats>, StoreError> {
@@ -239,7 +240,7 @@ impl WebhookStore for SqliteStore {
         event_id: &str,
         worker: &str,
         attempt: Attempt,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let (w, e, k) = (webhook_id.to_owned(), event_id.to_owned(), worker.to_owned());
         self.with(move |c| finish(c, &w, &e, &k, &attempt)).await
     }

@@ -139,14 +139,14 @@ pub trait WebhookStore: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     /// Records an attempt of a delivery `worker` claimed (and the endpoint's last success
-    /// or failure); nothing if the claim was lost.
+    /// or failure); false, changing nothing, if the claim was lost.
     async fn finish_delivery(
         &self,
         webhook_id: &str,
         event_id: &str,
         worker: &str,
         attempt: Attempt,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
     /// Pending deliveries per endpoint (endpoints with none are left out).
     async fn webhook_queues(&self) -> Result<Vec<QueueStats>, StoreError>;
