@@ -515,3 +515,135 @@ async fn undelivered_events_survive_kill_9() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+mod outbox {
+    //! The outbox as both stores keep it: the same calls, the same answers.
+    use std::sync::Arc;
+
+    use quotad::ledger::postgres::PgStore;
+    use quotad::ledger::sqlite::SqliteStore;
+    use quotad::ledger::store::webhooks::{Attempt, QueuedEvent, WebhookRow, WebhookStore};
+    use quotad::ledger::store::{LedgerStore, StoreError};
+
+    use super::common::procs::{TestDatabase, database_url};
+
+    fn hook(id: &str, kinds: &[&str], accounts: &[&str]) -> WebhookRow {
+        WebhookRow {
+            webhook_id: id.into(),
+            url: "http://127.0.0.1:9/".into(),
+            event_kinds: kinds.iter().map(|s| s.to_string()).collect(),
+            account_ids: accounts.iter().map(|s| s.to_string()).collect(),
+            secret: "whsec_AAAA".into(),
+            created_at_ms: 1,
+            last_success_at_ms: 0,
+            last_failure_at_ms: 0,
+            last_error: String::new(),
+        }
+    }
+
+    fn ev(id: &str, account: &str, kind: &str, at_ms: i64, ordinal: i64) -> QueuedEvent {
+        QueuedEvent {
+            event_id: id.into(),
+            account_id: account.into(),
+            kind: kind.into(),
+            payload: format!("{{\"id\":\"{id}\"}}"),
+            at_ms,
+            ordinal,
+        }
+    }
+
+    async fn heads(s: &dyn WebhookStore, now_ms: i64) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = s
+            .due_deliveries(now_ms, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.webhook_id, d.event_id))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    async fn the_outbox(store: Arc<dyn LedgerStore>) {
+        let s: &dyn WebhookStore = &*store;
+        s.insert_webhook(hook("A", &[], &[])).await.unwrap();
+        s.insert_webhook(hook("B", &["LOW_QUOTA"], &["acme"])).await.unwrap();
+        assert!(matches!(
+            s.insert_webhook(hook("A", &[], &[])).await,
+            Err(StoreError::Duplicate { .. })
+        ));
+        let events = vec![
+            ev("e1", "acme", "OVERDUE", 10, 1),
+            ev("e2", "acme", "LOW_QUOTA", 10, 2),
+            ev("e3", "beta", "LOW_QUOTA", 5, 3),
+        ];
+        assert_eq!(s.enqueue_events(events, 7).await.unwrap(), 4);
+        assert_eq!(s.enqueue_events(vec![ev("e1", "acme", "OVERDUE", 10, 1)], 7).await.unwrap(), 0);
+        // Heads only: A's acme queue starts with e1, so e2 waits behind it.
+        assert_eq!(heads(s, 100).await, pairs(&[("A", "e1"), ("A", "e3"), ("B", "e2")]));
+        assert!(s.claim_delivery("A", "e1", "w1", 100, 200).await.unwrap());
+        assert!(!s.claim_delivery("A", "e1", "w2", 100, 200).await.unwrap());
+        assert_eq!(heads(s, 100).await, pairs(&[("A", "e3"), ("B", "e2")]));
+        // Only the claim's holder records the outcome.
+        let done = Attempt::Delivered { at_ms: 150 };
+        assert!(!s.finish_delivery("A", "e1", "w2", done.clone()).await.unwrap());
+        assert!(s.finish_delivery("A", "e1", "w1", done).await.unwrap());
+        assert_eq!(heads(s, 100).await, pairs(&[("A", "e2"), ("A", "e3"), ("B", "e2")]));
+        assert!(s.claim_delivery("A", "e2", "w1", 160, 300).await.unwrap());
+        let retry = Attempt::Retry {
+            at_ms: 170,
+            next_at_ms: 500,
+            error: "HTTP 503".into(),
+        };
+        assert!(s.finish_delivery("A", "e2", "w1", retry).await.unwrap());
+        assert_eq!(heads(s, 499).await, pairs(&[("A", "e3"), ("B", "e2")]));
+        assert_eq!(heads(s, 500).await, pairs(&[("A", "e2"), ("A", "e3"), ("B", "e2")]));
+        let q = s.webhook_queues().await.unwrap();
+        let q: Vec<(String, u64, i64)> = q
+            .into_iter()
+            .map(|q| (q.webhook_id, q.pending, q.oldest_at_ms))
+            .collect();
+        assert_eq!(q, vec![("A".into(), 2, 5), ("B".into(), 1, 10)]);
+        let hooks = s.webhooks(10).await.unwrap();
+        assert_eq!(hooks[0].last_success_at_ms, 150);
+        assert_eq!((hooks[0].last_failure_at_ms, hooks[0].last_error.as_str()), (170, "HTTP 503"));
+        assert_eq!(hooks[1].event_kinds, vec!["LOW_QUOTA".to_string()]);
+        assert_eq!(hooks[1].account_ids, vec!["acme".to_string()]);
+        assert!(s.claim_delivery("B", "e2", "w1", 600, 700).await.unwrap());
+        let failed = Attempt::Failed {
+            at_ms: 600,
+            error: "gone".into(),
+        };
+        assert!(s.finish_delivery("B", "e2", "w1", failed).await.unwrap());
+        assert!(s.delete_webhook("B").await.unwrap());
+        assert!(!s.delete_webhook("B").await.unwrap());
+        assert_eq!(s.webhooks(10).await.unwrap().len(), 1);
+        // e1 (delivered) goes, with its event; pending ones stay.
+        assert_eq!(s.prune_webhooks(1_000).await.unwrap(), 2);
+        assert_eq!(heads(s, 500).await, pairs(&[("A", "e2"), ("A", "e3")]));
+        assert_eq!(s.enqueue_events(vec![ev("e1", "acme", "OVERDUE", 10, 1)], 7).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("ledger.db")).unwrap());
+        the_outbox(store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_postgresql() {
+        let Some(url) = database_url("webhook outbox on PostgreSQL") else {
+            return;
+        };
+        let mut db = TestDatabase::create(&url, "quotad_webhooks").await;
+        let store = Arc::new(PgStore::connect(&db.url, 2).await.unwrap());
+        the_outbox(store.clone()).await;
+        store.close().await;
+        db.drop_now().await;
+    }
+}
