@@ -682,13 +682,8 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
 
     let (stop, stop_rx) = watch::channel(false);
     if let Some(ledger) = &embedded_ledger {
-        let hooks = crate::webhooks::start::start(
-            ledger,
-            cfg.webhooks,
-            &metrics,
-            clock,
-            stop_rx.clone(),
-        );
+        let hooks =
+            crate::webhooks::start::start(ledger, cfg.webhooks, &metrics, clock, stop_rx.clone());
         event_queue = Some(hooks.queue);
     }
     if let Some(q) = event_queue {

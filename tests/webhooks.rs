@@ -146,7 +146,10 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
     k.resize(64, 0);
     let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
     let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
-    let inner = Sha256::new().chain_update(&ipad).chain_update(msg).finalize();
+    let inner = Sha256::new()
+        .chain_update(&ipad)
+        .chain_update(msg)
+        .finalize();
     Sha256::new()
         .chain_update(&opad)
         .chain_update(inner)
@@ -160,7 +163,10 @@ fn verifies(secret: &str, g: &Got) -> bool {
         .decode(secret.strip_prefix("whsec_").unwrap())
         .unwrap();
     let signed = format!("{}.{}.{}", g.id, g.timestamp, g.body);
-    let expected = format!("v1,{}", STANDARD.encode(hmac_sha256(&key, signed.as_bytes())));
+    let expected = format!(
+        "v1,{}",
+        STANDARD.encode(hmac_sha256(&key, signed.as_bytes()))
+    );
     g.signature.split(' ').any(|s| s == expected)
 }
 
@@ -199,7 +205,9 @@ async fn spend(c: &mut Client, account: &str, id: &str, cost_ms: i64) {
 /// A plan of 500 crossing 20% and 10%, then overdue, then recovered: four events.
 async fn four_events(c: &mut Client) {
     c.create_account("acme", "0").await.unwrap();
-    c.purchase("acme", "plan.compute.500", "p1", 0).await.unwrap();
+    c.purchase("acme", "plan.compute.500", "p1", 0)
+        .await
+        .unwrap();
     spend(c, "acme", "r1", 670_000_000).await; // 402: 98 of 500 left
     spend(c, "acme", "r2", 80_000_000).await; // 48: 50 left
     spend(c, "acme", "r3", 100_000_000).await; // 60: balance -10
@@ -265,7 +273,10 @@ async fn a_receiver_down_then_back_gets_everything_in_order() {
         .into_inner();
     let w = list.webhooks.iter().find(|w| w.webhook_id == id).unwrap();
     assert_eq!(w.pending, 4);
-    assert!(w.last_failure_at_ms > 0 && w.last_error.contains("503"), "{w:?}");
+    assert!(
+        w.last_failure_at_ms > 0 && w.last_error.contains("503"),
+        "{w:?}"
+    );
     rx.status.store(200, Ordering::Relaxed);
     let clock = h.clock.clone();
     let r = rx.clone();
@@ -373,7 +384,10 @@ async fn two_sidecars_on_one_ledger_deliver_each_event_once() {
     let mut admin = Client::connect(ledger.addr, &token).await;
     let (_, secret) = create_hook(&mut admin, &rx.url, &[]).await;
     admin.create_account("acme", "0").await.unwrap();
-    admin.purchase("acme", "plan.compute.500", "p1", 0).await.unwrap();
+    admin
+        .purchase("acme", "plan.compute.500", "p1", 0)
+        .await
+        .unwrap();
     let mut sidecars = Vec::new();
     for i in 0..2 {
         let mut cfg: ServeConfig = config(&dir.path().join(format!("sidecar-{i}")));
@@ -399,7 +413,10 @@ async fn two_sidecars_on_one_ledger_deliver_each_event_once() {
     let got = rx.wait_for(2).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let got_after = rx.got();
-    let low: Vec<&Got> = got_after.iter().filter(|g| g.kind() == "LOW_QUOTA").collect();
+    let low: Vec<&Got> = got_after
+        .iter()
+        .filter(|g| g.kind() == "LOW_QUOTA")
+        .collect();
     assert_eq!(low.len(), 2, "each crossing once: {got_after:?}");
     assert!(got.iter().all(|g| verifies(&secret, g)));
     println!(
@@ -436,7 +453,15 @@ async fn ctl_creates_lists_tests_and_deletes_webhooks() {
     let h = Harness::start().await;
     let created = ctl(
         &h,
-        &["webhook", "create", &rx.url, "--events", "low_quota,OVERDUE", "--accounts", "acme"],
+        &[
+            "webhook",
+            "create",
+            &rx.url,
+            "--events",
+            "low_quota,OVERDUE",
+            "--accounts",
+            "acme",
+        ],
     );
     assert!(created.contains("whsec_"), "{created}");
     let id = created
@@ -457,7 +482,10 @@ async fn ctl_creates_lists_tests_and_deletes_webhooks() {
     assert!(verifies(&secret, &got[0]));
     assert_eq!(got[0].kind(), "WEBHOOK_TEST");
     let list = ctl(&h, &["webhook", "list"]);
-    assert!(list.contains(&id) && list.contains("LOW_QUOTA,OVERDUE") && list.contains("acme"), "{list}");
+    assert!(
+        list.contains(&id) && list.contains("LOW_QUOTA,OVERDUE") && list.contains("acme"),
+        "{list}"
+    );
     let deleted = ctl(&h, &["webhook", "delete", &id]);
     assert!(deleted.contains("deleted"), "{deleted}");
     let list = ctl(&h, &["webhook", "list"]);
@@ -473,7 +501,12 @@ async fn undelivered_events_survive_kill_9() {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_quotad"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
-            .args(["--webhook-backoff-min-ms", "100", "--webhook-backoff-max-ms", "200"])
+            .args([
+                "--webhook-backoff-min-ms",
+                "100",
+                "--webhook-backoff-max-ms",
+                "200",
+            ])
             .args(["--webhook-timeout-ms", "1000"])
             .env("RUST_LOG", "error")
             .stdout(std::process::Stdio::piped())
@@ -511,7 +544,10 @@ async fn undelivered_events_survive_kill_9() {
     let kinds: Vec<String> = got.iter().map(Got::kind).collect();
     assert_eq!(kinds, FOUR);
     assert!(got.iter().all(|g| verifies(&secret, g)));
-    println!("kill -9 with 4 undelivered: {} delivered after the restart", got.len());
+    println!(
+        "kill -9 with 4 undelivered: {} delivered after the restart",
+        got.len()
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }
@@ -565,13 +601,17 @@ mod outbox {
     }
 
     fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     async fn the_outbox(store: Arc<dyn LedgerStore>) {
         let s: &dyn WebhookStore = &*store;
         s.insert_webhook(hook("A", &[], &[])).await.unwrap();
-        s.insert_webhook(hook("B", &["LOW_QUOTA"], &["acme"])).await.unwrap();
+        s.insert_webhook(hook("B", &["LOW_QUOTA"], &["acme"]))
+            .await
+            .unwrap();
         assert!(matches!(
             s.insert_webhook(hook("A", &[], &[])).await,
             Err(StoreError::Duplicate { .. })
@@ -582,17 +622,32 @@ mod outbox {
             ev("e3", "beta", "LOW_QUOTA", 5, 3),
         ];
         assert_eq!(s.enqueue_events(events, 7).await.unwrap(), 4);
-        assert_eq!(s.enqueue_events(vec![ev("e1", "acme", "OVERDUE", 10, 1)], 7).await.unwrap(), 0);
+        assert_eq!(
+            s.enqueue_events(vec![ev("e1", "acme", "OVERDUE", 10, 1)], 7)
+                .await
+                .unwrap(),
+            0
+        );
         // Heads only: A's acme queue starts with e1, so e2 waits behind it.
-        assert_eq!(heads(s, 100).await, pairs(&[("A", "e1"), ("A", "e3"), ("B", "e2")]));
+        assert_eq!(
+            heads(s, 100).await,
+            pairs(&[("A", "e1"), ("A", "e3"), ("B", "e2")])
+        );
         assert!(s.claim_delivery("A", "e1", "w1", 100, 200).await.unwrap());
         assert!(!s.claim_delivery("A", "e1", "w2", 100, 200).await.unwrap());
         assert_eq!(heads(s, 100).await, pairs(&[("A", "e3"), ("B", "e2")]));
         // Only the claim's holder records the outcome.
         let done = Attempt::Delivered { at_ms: 150 };
-        assert!(!s.finish_delivery("A", "e1", "w2", done.clone()).await.unwrap());
+        assert!(
+            !s.finish_delivery("A", "e1", "w2", done.clone())
+                .await
+                .unwrap()
+        );
         assert!(s.finish_delivery("A", "e1", "w1", done).await.unwrap());
-        assert_eq!(heads(s, 100).await, pairs(&[("A", "e2"), ("A", "e3"), ("B", "e2")]));
+        assert_eq!(
+            heads(s, 100).await,
+            pairs(&[("A", "e2"), ("A", "e3"), ("B", "e2")])
+        );
         assert!(s.claim_delivery("A", "e2", "w1", 160, 300).await.unwrap());
         let retry = Attempt::Retry {
             at_ms: 170,
@@ -601,7 +656,10 @@ mod outbox {
         };
         assert!(s.finish_delivery("A", "e2", "w1", retry).await.unwrap());
         assert_eq!(heads(s, 499).await, pairs(&[("A", "e3"), ("B", "e2")]));
-        assert_eq!(heads(s, 500).await, pairs(&[("A", "e2"), ("A", "e3"), ("B", "e2")]));
+        assert_eq!(
+            heads(s, 500).await,
+            pairs(&[("A", "e2"), ("A", "e3"), ("B", "e2")])
+        );
         let q = s.webhook_queues().await.unwrap();
         let q: Vec<(String, u64, i64)> = q
             .into_iter()
@@ -610,7 +668,10 @@ mod outbox {
         assert_eq!(q, vec![("A".into(), 2, 5), ("B".into(), 1, 10)]);
         let hooks = s.webhooks(10).await.unwrap();
         assert_eq!(hooks[0].last_success_at_ms, 150);
-        assert_eq!((hooks[0].last_failure_at_ms, hooks[0].last_error.as_str()), (170, "HTTP 503"));
+        assert_eq!(
+            (hooks[0].last_failure_at_ms, hooks[0].last_error.as_str()),
+            (170, "HTTP 503")
+        );
         assert_eq!(hooks[1].event_kinds, vec!["LOW_QUOTA".to_string()]);
         assert_eq!(hooks[1].account_ids, vec!["acme".to_string()]);
         assert!(s.claim_delivery("B", "e2", "w1", 600, 700).await.unwrap());
@@ -625,7 +686,12 @@ mod outbox {
         // e1 (delivered) goes, with its event; pending ones stay.
         assert_eq!(s.prune_webhooks(1_000).await.unwrap(), 2);
         assert_eq!(heads(s, 500).await, pairs(&[("A", "e2"), ("A", "e3")]));
-        assert_eq!(s.enqueue_events(vec![ev("e1", "acme", "OVERDUE", 10, 1)], 7).await.unwrap(), 1);
+        assert_eq!(
+            s.enqueue_events(vec![ev("e1", "acme", "OVERDUE", 10, 1)], 7)
+                .await
+                .unwrap(),
+            1
+        );
     }
 
     #[tokio::test]

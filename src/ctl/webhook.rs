@@ -104,11 +104,20 @@ pub fn write_text(out: &mut dyn Write, r: &WebhookReply) -> Result<(), CtlError>
             t.row(vec!["events".into(), all(&w.event_kinds)]);
             t.row(vec!["accounts".into(), all(&w.account_ids)]);
             t.row(vec!["secret".into(), c.secret.clone()]);
-            t.row(vec!["note".into(), "secret shown once; verify signatures with it".into()]);
+            t.row(vec![
+                "note".into(),
+                "secret shown once; verify signatures with it".into(),
+            ]);
         }
         WebhookReply::Listed(l) => {
             let mut t = Table::new(&[
-                "WEBHOOK", "URL", "EVENTS", "ACCOUNTS", "PENDING", "LAST SUCCESS", "LAST FAILURE",
+                "WEBHOOK",
+                "URL",
+                "EVENTS",
+                "ACCOUNTS",
+                "PENDING",
+                "LAST SUCCESS",
+                "LAST FAILURE",
                 "LAST ERROR",
             ]);
             for w in &l.webhooks {
@@ -120,7 +129,11 @@ pub fn write_text(out: &mut dyn Write, r: &WebhookReply) -> Result<(), CtlError>
                     w.pending.to_string(),
                     fmt_time_utc(w.last_success_at_ms),
                     fmt_time_utc(w.last_failure_at_ms),
-                    if w.last_error.is_empty() { "-".into() } else { w.last_error.clone() },
+                    if w.last_error.is_empty() {
+                        "-".into()
+                    } else {
+                        w.last_error.clone()
+                    },
                 ]);
             }
             return Ok(out.write_all(t.render().as_bytes())?);
@@ -129,13 +142,21 @@ pub fn write_text(out: &mut dyn Write, r: &WebhookReply) -> Result<(), CtlError>
             webhook_id,
             deleted,
         } => {
-            let what = if *deleted { "deleted" } else { "no such webhook" };
+            let what = if *deleted {
+                "deleted"
+            } else {
+                "no such webhook"
+            };
             t.row(vec![what.into(), webhook_id.clone()]);
         }
         WebhookReply::Tested(r) => {
             t.row(vec!["event id".into(), r.event_id.clone()]);
             t.row(vec!["delivered".into(), r.delivered.to_string()]);
-            let status = if r.http_status == 0 { "-".into() } else { r.http_status.to_string() };
+            let status = if r.http_status == 0 {
+                "-".into()
+            } else {
+                r.http_status.to_string()
+            };
             t.row(vec!["http status".into(), status]);
             if !r.error.is_empty() {
                 t.row(vec!["error".into(), r.error.clone()]);

@@ -189,7 +189,10 @@ mod tests {
         assert!(check(&hook("http://127.0.0.1:9/hook", &["LOW_QUOTA"])).is_ok());
         assert!(check(&hook("http://example.com", &[])).is_ok());
         for bad in ["ftp://x/", "https://x/", "not a url", "http:///x", ""] {
-            assert!(matches!(check(&hook(bad, &[])), Err(WebhookError::BadUrl(_))), "{bad}");
+            assert!(
+                matches!(check(&hook(bad, &[])), Err(WebhookError::BadUrl(_))),
+                "{bad}"
+            );
         }
         assert!(matches!(
             check(&hook("http://x/", &["LOW"])),

@@ -51,7 +51,11 @@ pub fn event_id(e: &Event) -> String {
         e.kind,
         EventKind::Alert(AlertKind::LowQuota | AlertKind::GrantExpiring | AlertKind::GrantExpired)
     ) && !e.subject_id.is_empty();
-    let at = if once { String::new() } else { e.at_ms.to_string() };
+    let at = if once {
+        String::new()
+    } else {
+        e.at_ms.to_string()
+    };
     let mut h = Sha256::new();
     for part in [
         e.account_id.as_str(),

@@ -13,6 +13,6 @@ pub mod signature;
 pub mod start;
 pub mod stats;
 
-pub use delivery::{DeliveryConfig, Deliverer};
+pub use delivery::{Deliverer, DeliveryConfig};
 pub use endpoints::WebhookError;
 pub use stats::WebhookStats;

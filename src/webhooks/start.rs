@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::delivery::{DeliveryConfig, Deliverer};
+use super::delivery::{Deliverer, DeliveryConfig};
 use super::forward::{DEFAULT_WEBHOOK_FORWARD_MAX, EventQueue, Forwarder, LocalQueue};
 use super::stats::WebhookStats;
 use crate::clock::SharedClock;

@@ -89,9 +89,21 @@ impl WebhookStats {
         if let Ok(m) = self.counts.lock() {
             for (id, c) in m.iter() {
                 let s = [
-                    (DELIVERED, "Webhook messages the endpoint acknowledged (2xx).", c.delivered),
-                    (RETRIED, "Webhook attempts that failed and were scheduled again.", c.retried),
-                    (FAILED, "Webhook messages given up after their retry time.", c.failed),
+                    (
+                        DELIVERED,
+                        "Webhook messages the endpoint acknowledged (2xx).",
+                        c.delivered,
+                    ),
+                    (
+                        RETRIED,
+                        "Webhook attempts that failed and were scheduled again.",
+                        c.retried,
+                    ),
+                    (
+                        FAILED,
+                        "Webhook messages given up after their retry time.",
+                        c.failed,
+                    ),
                 ];
                 for (name, help, v) in s {
                     out.push(Sample::counter(name, help, v as f64).with_labels(label(id)));
@@ -101,13 +113,21 @@ impl WebhookStats {
         if let Ok(q) = self.queues.lock() {
             for s in q.iter() {
                 out.push(
-                    Sample::gauge(QUEUE_DEPTH, "Webhook messages waiting for delivery.", s.pending as f64)
-                        .with_labels(label(&s.webhook_id)),
+                    Sample::gauge(
+                        QUEUE_DEPTH,
+                        "Webhook messages waiting for delivery.",
+                        s.pending as f64,
+                    )
+                    .with_labels(label(&s.webhook_id)),
                 );
                 let age_s = (now_ms - s.oldest_at_ms).max(0) as f64 / 1000.0;
                 out.push(
-                    Sample::gauge(OLDEST_AGE, "Age of the oldest webhook message waiting.", age_s)
-                        .with_labels(label(&s.webhook_id)),
+                    Sample::gauge(
+                        OLDEST_AGE,
+                        "Age of the oldest webhook message waiting.",
+                        age_s,
+                    )
+                    .with_labels(label(&s.webhook_id)),
                 );
             }
         }

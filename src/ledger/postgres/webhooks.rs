@@ -219,9 +219,9 @@ impl WebhookStore for PgStore {
             .rows_affected();
         if n == 1 {
             let mark = match &attempt {
-                Attempt::Delivered { at_ms } => sqlx::query(sql::MARK_SUCCESS)
-                    .bind(webhook_id)
-                    .bind(*at_ms),
+                Attempt::Delivered { at_ms } => {
+                    sqlx::query(sql::MARK_SUCCESS).bind(webhook_id).bind(*at_ms)
+                }
                 Attempt::Retry { at_ms, error, .. } | Attempt::Failed { at_ms, error } => {
                     sqlx::query(sql::MARK_FAILURE)
                         .bind(webhook_id)

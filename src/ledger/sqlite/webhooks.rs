@@ -55,7 +55,14 @@ fn enqueue(c: &mut Connection, events: &[QueuedEvent], now_ms: i64) -> Result<u6
         let new = tx
             .execute(
                 &q(sql::INSERT_EVENT),
-                params![e.event_id, e.account_id, e.kind, e.payload, e.at_ms, e.ordinal],
+                params![
+                    e.event_id,
+                    e.account_id,
+                    e.kind,
+                    e.payload,
+                    e.at_ms,
+                    e.ordinal
+                ],
             )
             .map_err(db)?;
         if new == 0 {
@@ -65,7 +72,14 @@ fn enqueue(c: &mut Connection, events: &[QueuedEvent], now_ms: i64) -> Result<u6
             queued += u64::try_from(
                 tx.execute(
                     &q(sql::INSERT_DELIVERY),
-                    params![w.webhook_id, e.event_id, e.account_id, e.at_ms, e.ordinal, now_ms],
+                    params![
+                        w.webhook_id,
+                        e.event_id,
+                        e.account_id,
+                        e.at_ms,
+                        e.ordinal,
+                        now_ms
+                    ],
                 )
                 .map_err(db)?,
             )
@@ -224,7 +238,11 @@ impl WebhookStore for SqliteStore {
         now_ms: i64,
         until_ms: i64,
     ) -> Result<bool, StoreError> {
-        let (w, e, k) = (webhook_id.to_owned(), event_id.to_owned(), worker.to_owned());
+        let (w, e, k) = (
+            webhook_id.to_owned(),
+            event_id.to_owned(),
+            worker.to_owned(),
+        );
         self.with(move |c| {
             let n = c
                 .execute(&q(sql::CLAIM), params![w, e, k, now_ms, until_ms])
@@ -241,7 +259,11 @@ impl WebhookStore for SqliteStore {
         worker: &str,
         attempt: Attempt,
     ) -> Result<bool, StoreError> {
-        let (w, e, k) = (webhook_id.to_owned(), event_id.to_owned(), worker.to_owned());
+        let (w, e, k) = (
+            webhook_id.to_owned(),
+            event_id.to_owned(),
+            worker.to_owned(),
+        );
         self.with(move |c| finish(c, &w, &e, &k, &attempt)).await
     }
 

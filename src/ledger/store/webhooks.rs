@@ -84,7 +84,9 @@ pub struct DeliveryRow {
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attempt {
-    Delivered { at_ms: i64 },
+    Delivered {
+        at_ms: i64,
+    },
     /// Failed; tried again from `next_at_ms`.
     Retry {
         at_ms: i64,
@@ -92,7 +94,10 @@ pub enum Attempt {
         error: String,
     },
     /// Failed, and its retry time is over: no more attempts.
-    Failed { at_ms: i64, error: String },
+    Failed {
+        at_ms: i64,
+        error: String,
+    },
 }
 
 /// One endpoint's queue: pending deliveries and the oldest one's time.
@@ -116,8 +121,11 @@ pub trait WebhookStore: Send + Sync {
 
     /// Records the events not recorded before (by id), each with a pending delivery to
     /// every endpoint that wants it, in one transaction. Returns the deliveries queued.
-    async fn enqueue_events(&self, events: Vec<QueuedEvent>, now_ms: i64)
-    -> Result<u64, StoreError>;
+    async fn enqueue_events(
+        &self,
+        events: Vec<QueuedEvent>,
+        now_ms: i64,
+    ) -> Result<u64, StoreError>;
 
     /// Pending deliveries due at `now_ms`, unclaimed, each the oldest pending one of its
     /// endpoint and account (so an account's events go out in order), at most `limit`.

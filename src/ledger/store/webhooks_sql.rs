@@ -39,8 +39,7 @@ pub const FINISH: &str = "UPDATE webhook_deliveries SET state = $4, attempts = a
      next_attempt_at_ms = $5, finished_at_ms = $6, claimed_by = '', claimed_until_ms = 0 \
      WHERE webhook_id = $1 AND event_id = $2 AND claimed_by = $3 AND state = 0";
 
-pub const MARK_SUCCESS: &str =
-    "UPDATE webhooks SET last_success_at_ms = $2 WHERE webhook_id = $1";
+pub const MARK_SUCCESS: &str = "UPDATE webhooks SET last_success_at_ms = $2 WHERE webhook_id = $1";
 pub const MARK_FAILURE: &str =
     "UPDATE webhooks SET last_failure_at_ms = $2, last_error = $3 WHERE webhook_id = $1";
 
