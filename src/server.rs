@@ -612,12 +612,14 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         }
     };
     let authenticator = Arc::new(Authenticator::new(cfg.auth.clone(), tokens, clock.clone()));
-    let (journal, recovered) = Journal::open_with(
+    let (journal, mut recovered) = Journal::open_with(
         &cfg.data_dir.join("journal.log"),
         cfg.journal_queue_max,
         cfg.journal_batch_max,
         cfg.journal_sync,
     )?;
+    // Events the journal holds that the webhook outbox has not taken yet.
+    let journaled_events = std::mem::take(&mut recovered.events);
     let engine = Engine::start(
         engine_cfg,
         catalog.clone(),
@@ -687,7 +689,7 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         event_queue = Some(hooks.queue);
     }
     if let Some(q) = event_queue {
-        crate::webhooks::start::forward_from(&engine, q);
+        crate::webhooks::start::forward_from(&engine, q, journaled_events);
     }
     let sync = tokio::spawn(engine::sync::run(
         engine.clone(),

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
+use common::procs;
 use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
@@ -781,4 +782,57 @@ async fn admission_latency_with_a_dead_endpoint_against_none() {
         "dead endpoint: {} connections attempted",
         dead.attempts.load(Ordering::Relaxed)
     );
+}
+
+/// The crossing is journaled with its events: a sidecar killed while its ledger is away
+/// (so nothing reached the outbox) queues them at its next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_journaled_while_the_ledger_is_away_survive_kill_9_of_the_sidecar() {
+    let rx = Receiver::start(200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("op.token");
+    let ledger_cfg = |listen: std::net::SocketAddr| {
+        let mut c = LedgerServeConfig::new(
+            listen,
+            format!("sqlite:{}", dir.path().join("ledger.db").display()),
+        );
+        c.operator_token_file = Some(token_file.clone());
+        fast(&mut c.webhooks);
+        c
+    };
+    let clock: quotad::clock::SharedClock = Arc::new(quotad::clock::SystemClock);
+    let ledger = server::start_ledger(ledger_cfg("127.0.0.1:0".parse().unwrap()), clock.clone())
+        .await
+        .unwrap();
+    let addr = ledger.addr;
+    let token = quotad::auth::read_token_file(&token_file).unwrap();
+    let mut admin = Client::connect(addr, &token).await;
+    let (_, secret) = create_hook(&mut admin, &rx.url, &[]).await;
+    admin.create_account("acme", "0").await.unwrap();
+    admin
+        .purchase("acme", "plan.compute.500", "p1", 0)
+        .await
+        .unwrap();
+    let data = dir.path().join("sidecar");
+    let mut sidecar = procs::spawn_sidecar(addr, &data, "sidecar", &token_file, &[]).await;
+    let mut c = Client::connect(sidecar.addr, &token).await;
+    spend(&mut c, "acme", "r0", 1_000).await; // a lease
+    ledger.shutdown().await.unwrap();
+    spend(&mut c, "acme", "r1", 670_000_000).await; // 402: LOW_QUOTA at 20%
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    sidecar.kill9();
+    assert!(rx.got().is_empty());
+    let ledger = server::start_ledger(ledger_cfg(addr), clock).await.unwrap();
+    let mut sidecar = procs::spawn_sidecar(addr, &data, "sidecar", &token_file, &[]).await;
+    let got = rx.wait_for(1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(rx.got().len(), 1, "{:?}", rx.got());
+    assert_eq!(got[0].kind(), "LOW_QUOTA");
+    assert_eq!(got[0].json()["data"]["threshold"], "0.2");
+    assert!(verifies(&secret, &got[0]));
+    println!(
+        "journaled while the ledger was away, sidecar killed: 1 of 1 delivered after restarts"
+    );
+    sidecar.kill9();
+    ledger.shutdown().await.unwrap();
 }

@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::error::EngineError;
 use crate::billing::alerts::AlertKind;
-use crate::journal::{Durable, JournalError};
+use crate::journal::{Durable, JournalError, JournaledEvent};
 
 /// Most Watch streams open on one sidecar.
 pub const DEFAULT_WATCHERS_MAX: usize = 10_000;
@@ -53,6 +53,20 @@ pub struct Event {
     pub threshold: String,
     pub message: String,
     pub at_ms: i64,
+}
+
+impl Event {
+    /// As the journal keeps it until the webhook outbox has it.
+    pub fn journaled(&self) -> JournaledEvent {
+        JournaledEvent {
+            account_id: self.account_id.clone(),
+            kind: self.kind.name().to_owned(),
+            subject_id: self.subject_id.clone(),
+            threshold: self.threshold.clone(),
+            message: self.message.clone(),
+            at_ms: self.at_ms,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -5,8 +5,7 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::billing::alerts::AlertKind;
-use crate::engine::events::{Event, EventKind};
+use crate::journal::JournaledEvent;
 use crate::ledger::store::webhooks::QueuedEvent;
 
 /// Every event kind an endpoint may ask for (`CreateWebhook.event_kinds`), plus the test
@@ -46,10 +45,10 @@ struct Data<'a> {
 /// expired) happens once per grant, so its id leaves out the time: two sidecars that both
 /// see it queue one event. The others (overdue, recovered, stops) may recur, so theirs
 /// includes when.
-pub fn event_id(e: &Event) -> String {
+pub fn event_id(e: &JournaledEvent) -> String {
     let once = matches!(
-        e.kind,
-        EventKind::Alert(AlertKind::LowQuota | AlertKind::GrantExpiring | AlertKind::GrantExpired)
+        e.kind.as_str(),
+        "LOW_QUOTA" | "GRANT_EXPIRING" | "GRANT_EXPIRED"
     ) && !e.subject_id.is_empty();
     let at = if once {
         String::new()
@@ -59,7 +58,7 @@ pub fn event_id(e: &Event) -> String {
     let mut h = Sha256::new();
     for part in [
         e.account_id.as_str(),
-        e.kind.name(),
+        &e.kind,
         &e.subject_id,
         &e.threshold,
         &at,
@@ -104,9 +103,9 @@ pub fn body(
 }
 
 /// `e` ready for the outbox; `ordinal` orders it among the events found with it.
-pub fn queued(e: &Event, ordinal: i64) -> QueuedEvent {
+pub fn queued(e: &JournaledEvent, ordinal: i64) -> QueuedEvent {
     let id = event_id(e);
-    let kind = e.kind.name();
+    let kind = e.kind.as_str();
     QueuedEvent {
         payload: body(
             &id,
@@ -128,8 +127,10 @@ pub fn queued(e: &Event, ordinal: i64) -> QueuedEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::billing::alerts::AlertKind;
+    use crate::engine::events::{Event, EventKind};
 
-    fn ev(kind: EventKind, subject: &str, at_ms: i64) -> Event {
+    fn ev(kind: EventKind, subject: &str, at_ms: i64) -> JournaledEvent {
         Event {
             account_id: "acme".into(),
             kind,
@@ -138,6 +139,7 @@ mod tests {
             message: "m".into(),
             at_ms,
         }
+        .journaled()
     }
 
     #[test]

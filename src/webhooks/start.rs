@@ -10,6 +10,8 @@ use super::forward::{DEFAULT_WEBHOOK_FORWARD_MAX, EventQueue, Forwarder, LocalQu
 use super::stats::WebhookStats;
 use crate::clock::SharedClock;
 use crate::engine::Engine;
+use crate::engine::events::Event;
+use crate::journal::JournaledEvent;
 use crate::ledger::Ledger;
 use crate::metrics::SharedMetrics;
 
@@ -44,10 +46,20 @@ pub fn start(
     Webhooks { stats, queue }
 }
 
-/// Hands the engine's durable events to `queue` from now on.
-pub fn forward_from(engine: &Engine, queue: Arc<dyn EventQueue>) -> Forwarder {
-    let f = Forwarder::spawn(queue, DEFAULT_WEBHOOK_FORWARD_MAX);
+/// Queues what the journal held at start (`recovered`), then hands the engine's durable
+/// events to `queue` from now on.
+pub fn forward_from(
+    engine: &Engine,
+    queue: Arc<dyn EventQueue>,
+    recovered: Vec<JournaledEvent>,
+) -> Forwarder {
+    let f = Forwarder::spawn(
+        queue,
+        engine.journal().clone(),
+        recovered,
+        DEFAULT_WEBHOOK_FORWARD_MAX,
+    );
     let tx = f.clone();
-    engine.forward_events(move |events| tx.send(events));
+    engine.forward_events(move |events| tx.send(events.iter().map(Event::journaled).collect()));
     f
 }
