@@ -836,3 +836,46 @@ async fn events_journaled_while_the_ledger_is_away_survive_kill_9_of_the_sidecar
     sidecar.kill9();
     ledger.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn only_the_operator_manages_webhooks_and_bad_ones_are_refused() {
+    let mut h = Harness::start().await;
+    h.create_account("acme", "0").await.unwrap();
+    let owner = h.create_token(OWNER, "acme", "").await.unwrap().token;
+    let mut o = Client::connect(h.addr(), &owner).await;
+    let r = o
+        .admin
+        .create_webhook(pb::CreateWebhookRequest {
+            url: "http://127.0.0.1:9/".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_status("owner", r, tonic::Code::PermissionDenied, &["operator"]);
+    let r = o.admin.list_webhooks(pb::ListWebhooksRequest {}).await;
+    assert_status("owner", r, tonic::Code::PermissionDenied, &["operator"]);
+    for (url, kinds, want) in [
+        ("https://x/", vec![], "http://HOST"),
+        (
+            "http://x/",
+            vec!["LOW".to_string()],
+            "unknown event kind \"LOW\"",
+        ),
+    ] {
+        let r = h
+            .admin
+            .create_webhook(pb::CreateWebhookRequest {
+                url: url.into(),
+                event_kinds: kinds,
+                account_ids: vec![],
+            })
+            .await;
+        assert_status(url, r, tonic::Code::InvalidArgument, &[want]);
+    }
+    let r = h
+        .admin
+        .test_webhook(pb::TestWebhookRequest {
+            webhook_id: "wh_nope".into(),
+        })
+        .await;
+    assert_status("unknown", r, tonic::Code::NotFound, &["wh_nope"]);
+}
