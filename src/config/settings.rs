@@ -144,6 +144,14 @@ settings! {
             /// Webhooks: most messages in flight (and in memory) at once. [default: 16]
             #[arg(long, env = "QUOTAD_WEBHOOK_CONCURRENCY_MAX")]
             webhook_concurrency_max: Option<usize>,
+            /// Webhooks: how often the outbox is looked at when nothing wakes the worker (ms).
+            /// [default: 500]
+            #[arg(long, env = "QUOTAD_WEBHOOK_POLL_MS")]
+            webhook_poll_ms: Option<i64>,
+            /// Webhooks: how long delivered and failed messages (and their ids, against
+            /// duplicates) are kept (ms). [default: 604800000]
+            #[arg(long, env = "QUOTAD_WEBHOOK_RETENTION_MS")]
+            webhook_retention_ms: Option<i64>,
         }
     }
 
@@ -357,6 +365,8 @@ impl SharedSettings {
             webhook_backoff_max_ms: Some(shared.webhooks.backoff_max_ms),
             webhook_timeout_ms: Some(shared.webhooks.timeout_ms),
             webhook_concurrency_max: Some(shared.webhooks.concurrency_max),
+            webhook_poll_ms: Some(shared.webhooks.poll_ms),
+            webhook_retention_ms: Some(shared.webhooks.retention_ms),
         }
     }
 
@@ -377,6 +387,12 @@ impl SharedSettings {
         }
         if let Some(v) = self.webhook_concurrency_max {
             w.concurrency_max = positive("webhook_concurrency_max", v)?;
+        }
+        if let Some(v) = self.webhook_poll_ms {
+            w.poll_ms = positive("webhook_poll_ms", v)?;
+        }
+        if let Some(v) = self.webhook_retention_ms {
+            w.retention_ms = positive("webhook_retention_ms", v)?;
         }
         Ok(w)
     }

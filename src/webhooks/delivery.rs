@@ -1,8 +1,9 @@
 //! The delivery worker: runs where the ledger runs (`quotad ledger`, or `quotad serve`
 //! with its embedded ledger), never on the admission path. Each round it takes the due
-//! heads of the outbox's (endpoint, account) queues, at most `concurrency_max` in flight,
-//! claims each (a row update with a time limit, so several ledger processes share the
-//! outbox and each message is attempted by one of them at a time), POSTs it signed, and
+//! heads of the outbox's (endpoint, account) queues, at most `concurrency_max` in flight
+//! (half of them for one endpoint at most), claims each (a row update with a time limit,
+//! so several ledger processes share the outbox and each message is attempted by one of
+//! them at a time), POSTs it signed, and
 //! records the outcome: delivered, retried after an exponential backoff with jitter, or
 //! failed once `retry_ms` has passed since it was queued. A process that dies
 //! mid-attempt leaves a claim that lapses; the message is attempted again (at least
@@ -176,6 +177,12 @@ impl Deliverer {
             let key = (d.webhook_id.clone(), d.event_id.clone());
             if in_flight.contains(&key) {
                 // Its claim lapsed on the clock while it is still being attempted here.
+                continue;
+            }
+            // One endpoint takes at most half the slots: a dead one (each attempt waiting
+            // out its timeout) cannot hold up the others.
+            let busy = in_flight.iter().filter(|(w, _)| *w == d.webhook_id).count();
+            if busy >= (self.cfg.concurrency_max / 2).max(1) {
                 continue;
             }
             let Some(t) = targets.get(&d.webhook_id).cloned() else {
