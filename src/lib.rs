@@ -26,6 +26,7 @@
 //! - `ctl`: the operator command line.
 //! - `clock`: injected time.
 //! - `tls`: optional TLS and mTLS (rustls) of the servers and their clients.
+//! - `webhooks`: account events delivered as signed webhooks from the ledger's outbox.
 //! - `pb`: generated protobuf and gRPC code for `quotad.v1`.
 
 #![forbid(unsafe_code)]
@@ -44,6 +45,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod server;
 pub mod tls;
+pub mod webhooks;
 
 /// Generated code for proto/quotad/v1, and its descriptor set for reflection.
 pub mod pb {

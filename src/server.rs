@@ -98,6 +98,8 @@ pub struct ServeConfig {
     pub tls: Option<ServerTls>,
     /// Limits of the Envoy services (ext_authz Check, access logs).
     pub envoy: EnvoyLimits,
+    /// Webhook delivery (embedded ledger only; `quotad ledger` delivers for its sidecars).
+    pub webhooks: crate::webhooks::DeliveryConfig,
 }
 
 /// Limits of a gRPC server.
@@ -147,6 +149,7 @@ impl ServeConfig {
             ledger_tls: ClientTls::default(),
             tls: None,
             envoy: EnvoyLimits::default(),
+            webhooks: crate::webhooks::DeliveryConfig::default(),
         }
     }
 
@@ -171,6 +174,7 @@ pub struct LedgerServeConfig {
     /// token is made; the command line defaults to `auth::DEFAULT_LEDGER_OPERATOR_TOKEN_FILE`).
     pub operator_token_file: Option<PathBuf>,
     pub tls: Option<ServerTls>,
+    pub webhooks: crate::webhooks::DeliveryConfig,
 }
 
 impl LedgerServeConfig {
@@ -186,6 +190,7 @@ impl LedgerServeConfig {
             auth: AuthConfig::default(),
             operator_token_file: None,
             tls: None,
+            webhooks: crate::webhooks::DeliveryConfig::default(),
         }
     }
 }
@@ -561,6 +566,8 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
     let catalog = Arc::new(load_catalog(cfg.catalog_path.as_ref())?);
     cfg.engine.alerts.validate()?;
     let mut engine_cfg = cfg.engine.clone();
+    // Where this sidecar's durable events go for webhook delivery.
+    let mut event_queue: Option<Arc<dyn crate::webhooks::forward::EventQueue>> = None;
     let (ledger_api, embedded, sidecar_id, tokens): LedgerParts = match &cfg.ledger_url {
         None => {
             let store: Arc<dyn LedgerStore> =
@@ -600,20 +607,23 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
                 cfg.ledger_token.as_deref(),
                 tls,
             )?);
+            event_queue = Some(remote.clone());
             (remote.clone(), None, sidecar_id(&cfg.data_dir)?, remote)
         }
     };
     let authenticator = Arc::new(Authenticator::new(cfg.auth.clone(), tokens, clock.clone()));
-    let (journal, recovered) = Journal::open_with(
+    let (journal, mut recovered) = Journal::open_with(
         &cfg.data_dir.join("journal.log"),
         cfg.journal_queue_max,
         cfg.journal_batch_max,
         cfg.journal_sync,
     )?;
+    // Events the journal holds that the webhook outbox has not taken yet.
+    let journaled_events = std::mem::take(&mut recovered.events);
     let engine = Engine::start(
         engine_cfg,
         catalog.clone(),
-        clock,
+        clock.clone(),
         Arc::new(journal),
         recovered,
         ledger_api,
@@ -636,6 +646,7 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
     .max_decoding_message_size(cfg.limits.message_bytes_max);
     let (ext_authz, access_log, settler) =
         envoy_services(&engine, &authenticator, &metrics, cfg.envoy);
+    let embedded_ledger = embedded.clone();
     let admin = match embedded {
         Some(ledger) => {
             health
@@ -672,6 +683,14 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
     });
 
     let (stop, stop_rx) = watch::channel(false);
+    if let Some(ledger) = &embedded_ledger {
+        let hooks =
+            crate::webhooks::start::start(ledger, cfg.webhooks, &metrics, clock, stop_rx.clone());
+        event_queue = Some(hooks.queue);
+    }
+    if let Some(q) = event_queue {
+        crate::webhooks::start::forward_from(&engine, q, journaled_events);
+    }
     let sync = tokio::spawn(engine::sync::run(
         engine.clone(),
         cfg.sync_interval_ms,
@@ -789,7 +808,7 @@ pub async fn start_ledger(
     let authenticator = Arc::new(Authenticator::new(
         cfg.auth.clone(),
         Arc::new(LedgerSource(ledger.clone())),
-        clock,
+        clock.clone(),
     ));
     let (listener, addr) = bind(cfg.listen).await?;
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -809,6 +828,13 @@ pub async fn start_ledger(
     let (stop, stop_rx) = watch::channel(false);
     let metrics = Metrics::new();
     let metrics_addr = start_metrics(cfg.metrics_listen, &metrics, stop_rx.clone()).await?;
+    crate::webhooks::start::start(
+        &ledger,
+        cfg.webhooks,
+        &metrics,
+        clock.clone(),
+        stop_rx.clone(),
+    );
     let router = builder(cfg.limits, &metrics, authenticator, cfg.tls.as_ref())?
         .add_service(health_svc)
         .add_service(reflection_v1)

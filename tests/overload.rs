@@ -67,6 +67,13 @@ impl pb::ledger_server::Ledger for GateLedger {
             access: Vec::new(),
         }))
     }
+
+    async fn queue_events(
+        &self,
+        _request: Request<pb::QueueEventsRequest>,
+    ) -> Result<Response<pb::QueueEventsResponse>, Status> {
+        Ok(Response::new(pb::QueueEventsResponse { queued: 0 }))
+    }
 }
 
 struct Setup {

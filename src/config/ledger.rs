@@ -34,6 +34,7 @@ impl LedgerSettings {
         cfg.metrics_listen = shared.metrics_listen;
         cfg.auth = shared.auth();
         cfg.tls = shared.tls()?;
+        cfg.webhooks = shared.webhooks()?;
         cfg.operator_token_file = Some(
             s.operator_token_file
                 .clone()
@@ -49,6 +50,7 @@ impl LedgerSettings {
             limits: &cfg.limits,
             auth: &cfg.auth,
             tls: cfg.tls.as_ref(),
+            webhooks: &cfg.webhooks,
         };
         LedgerSettings {
             listen: Some(cfg.listen),

@@ -39,6 +39,7 @@ impl ServeSettings {
         cfg.metrics_listen = shared.metrics_listen;
         cfg.auth = shared.auth();
         cfg.tls = shared.tls()?;
+        cfg.webhooks = shared.webhooks()?;
         s.apply_ledger_client(&mut cfg)?;
         Ok(cfg)
     }
@@ -171,6 +172,7 @@ impl ServeSettings {
             limits: &cfg.limits,
             auth: &cfg.auth,
             tls: cfg.tls.as_ref(),
+            webhooks: &cfg.webhooks,
         };
         ServeSettings {
             listen: Some(cfg.listen),

@@ -127,6 +127,31 @@ settings! {
             /// Require client certificates signed by this CA (PEM): mutual TLS.
             #[arg(long, env = "QUOTAD_TLS_CLIENT_CA_FILE")]
             tls_client_ca_file: Option<PathBuf>,
+            /// Webhooks (where the ledger runs): how long a message is retried before it is
+            /// marked failed (ms). [default: 86400000]
+            #[arg(long, env = "QUOTAD_WEBHOOK_RETRY_MS")]
+            webhook_retry_ms: Option<i64>,
+            /// Webhooks: first retry delay (ms), doubled per failed attempt, jittered.
+            /// [default: 1000]
+            #[arg(long, env = "QUOTAD_WEBHOOK_BACKOFF_MIN_MS")]
+            webhook_backoff_min_ms: Option<i64>,
+            /// Webhooks: longest retry delay (ms). [default: 600000]
+            #[arg(long, env = "QUOTAD_WEBHOOK_BACKOFF_MAX_MS")]
+            webhook_backoff_max_ms: Option<i64>,
+            /// Webhooks: longest wait for an endpoint's answer (ms). [default: 10000]
+            #[arg(long, env = "QUOTAD_WEBHOOK_TIMEOUT_MS")]
+            webhook_timeout_ms: Option<i64>,
+            /// Webhooks: most messages in flight (and in memory) at once. [default: 16]
+            #[arg(long, env = "QUOTAD_WEBHOOK_CONCURRENCY_MAX")]
+            webhook_concurrency_max: Option<usize>,
+            /// Webhooks: how often the outbox is looked at when nothing wakes the worker (ms).
+            /// [default: 500]
+            #[arg(long, env = "QUOTAD_WEBHOOK_POLL_MS")]
+            webhook_poll_ms: Option<i64>,
+            /// Webhooks: how long delivered and failed messages (and their ids, against
+            /// duplicates) are kept (ms). [default: 604800000]
+            #[arg(long, env = "QUOTAD_WEBHOOK_RETENTION_MS")]
+            webhook_retention_ms: Option<i64>,
         }
     }
 
@@ -335,7 +360,41 @@ impl SharedSettings {
             tls_cert_file: tls.map(|t| t.cert_file.clone()),
             tls_key_file: tls.map(|t| t.key_file.clone()),
             tls_client_ca_file: tls.and_then(|t| t.client_ca_file.clone()),
+            webhook_retry_ms: Some(shared.webhooks.retry_ms),
+            webhook_backoff_min_ms: Some(shared.webhooks.backoff_min_ms),
+            webhook_backoff_max_ms: Some(shared.webhooks.backoff_max_ms),
+            webhook_timeout_ms: Some(shared.webhooks.timeout_ms),
+            webhook_concurrency_max: Some(shared.webhooks.concurrency_max),
+            webhook_poll_ms: Some(shared.webhooks.poll_ms),
+            webhook_retention_ms: Some(shared.webhooks.retention_ms),
         }
+    }
+
+    /// Webhook delivery, checked.
+    pub(super) fn webhooks(&self) -> Result<crate::webhooks::DeliveryConfig, ConfigError> {
+        let mut w = crate::webhooks::DeliveryConfig::default();
+        if let Some(v) = self.webhook_retry_ms {
+            w.retry_ms = positive("webhook_retry_ms", v)?;
+        }
+        if let Some(v) = self.webhook_backoff_min_ms {
+            w.backoff_min_ms = positive("webhook_backoff_min_ms", v)?;
+        }
+        if let Some(v) = self.webhook_backoff_max_ms {
+            w.backoff_max_ms = positive("webhook_backoff_max_ms", v)?;
+        }
+        if let Some(v) = self.webhook_timeout_ms {
+            w.timeout_ms = positive("webhook_timeout_ms", v)?;
+        }
+        if let Some(v) = self.webhook_concurrency_max {
+            w.concurrency_max = positive("webhook_concurrency_max", v)?;
+        }
+        if let Some(v) = self.webhook_poll_ms {
+            w.poll_ms = positive("webhook_poll_ms", v)?;
+        }
+        if let Some(v) = self.webhook_retention_ms {
+            w.retention_ms = positive("webhook_retention_ms", v)?;
+        }
+        Ok(w)
     }
 }
 
@@ -346,4 +405,5 @@ pub(super) struct Effective<'a> {
     pub(super) limits: &'a server::Limits,
     pub(super) auth: &'a AuthConfig,
     pub(super) tls: Option<&'a ServerTls>,
+    pub(super) webhooks: &'a crate::webhooks::DeliveryConfig,
 }

@@ -15,6 +15,7 @@ use serde::Serialize;
 use super::CtlError;
 use super::reply::{Render, Reply, StatementReply};
 use super::statement::{self, StatementBy, Sums};
+use super::webhook::WebhookReply;
 use crate::pb;
 
 /// JSON for scripts.
@@ -68,8 +69,35 @@ impl Render for Json {
                 },
             ),
             Reply::Script(script) => line(out, &Script { script }),
+            Reply::Webhook(w) => webhook_reply(out, w),
         }
     }
+}
+
+/// `webhook create|list|test`: the Admin answer; `webhook delete`: what was deleted.
+fn webhook_reply(out: &mut dyn Write, reply: &WebhookReply) -> Result<(), CtlError> {
+    match reply {
+        WebhookReply::Created(r) => line(out, r),
+        WebhookReply::Listed(r) => line(out, r),
+        WebhookReply::Tested(r) => line(out, r),
+        WebhookReply::Deleted {
+            webhook_id,
+            deleted,
+        } => line(
+            out,
+            &WebhookDeleted {
+                webhook_id,
+                deleted: *deleted,
+            },
+        ),
+    }
+}
+
+/// `webhook delete`: the endpoint and whether it existed.
+#[derive(Serialize)]
+struct WebhookDeleted<'a> {
+    webhook_id: &'a str,
+    deleted: bool,
 }
 
 /// `value` as one line of JSON.

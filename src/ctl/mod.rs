@@ -28,6 +28,7 @@ mod parse;
 mod reply;
 mod statement;
 mod text;
+mod webhook;
 mod work;
 
 use std::io::Write;
@@ -46,6 +47,7 @@ pub use parse::{CreditKind, TokenKind};
 pub use reply::{Render, Reply, StatementReply};
 pub use statement::StatementBy;
 pub use text::Text;
+pub use webhook::{WebhookArgs, WebhookCommand, WebhookReply};
 pub use work::{Admit, Commit, Heartbeat, Release, Reserve, StartSession, StopSession, Watch};
 
 use crate::envoy::bootstrap::EnvoyConfigArgs;
@@ -158,6 +160,8 @@ pub enum CtlCommand {
     RevokeAccess(RevokeAccess),
     /// Print a shell completion script: `source <(quotad ctl completions bash)`
     Completions(Completions),
+    /// Webhook endpoints (operator only): create, list, delete, test
+    Webhook(WebhookArgs),
 }
 
 /// One command's work up to its answer: check, call quotad, return what it answered.
@@ -192,6 +196,7 @@ impl Command for CtlCommand {
             CtlCommand::GrantAccess(c) => c.call(ctx).await,
             CtlCommand::RevokeAccess(c) => c.call(ctx).await,
             CtlCommand::Completions(c) => c.call(ctx).await,
+            CtlCommand::Webhook(c) => c.call(ctx).await,
         }
     }
 }

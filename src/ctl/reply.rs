@@ -47,6 +47,8 @@ pub enum Reply {
     },
     /// A shell completion script.
     Script(String),
+    /// A webhook command's answer.
+    Webhook(super::webhook::WebhookReply),
 }
 
 /// A statement with how the command was asked to show it.

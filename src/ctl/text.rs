@@ -80,6 +80,7 @@ impl Render for Text {
             ),
             Reply::TokenRevoked(r) => write_kv(out, &[("revoked", r.token_id.clone())]),
             Reply::Access(r) => write_access(out, r),
+            Reply::Webhook(r) => super::webhook::write_text(out, r),
             Reply::EnvoyBootstrap { yaml, token_id } => {
                 out.write_all(yaml.as_bytes())?;
                 writeln!(

@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::error::EngineError;
 use crate::billing::alerts::AlertKind;
-use crate::journal::{Durable, JournalError};
+use crate::journal::{Durable, JournalError, JournaledEvent};
 
 /// Most Watch streams open on one sidecar.
 pub const DEFAULT_WATCHERS_MAX: usize = 10_000;
@@ -55,6 +55,20 @@ pub struct Event {
     pub at_ms: i64,
 }
 
+impl Event {
+    /// As the journal keeps it until the webhook outbox has it.
+    pub fn journaled(&self) -> JournaledEvent {
+        JournaledEvent {
+            account_id: self.account_id.clone(),
+            kind: self.kind.name().to_owned(),
+            subject_id: self.subject_id.clone(),
+            threshold: self.threshold.clone(),
+            message: self.message.clone(),
+            at_ms: self.at_ms,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct WatchConfig {
     pub watchers_max: usize,
@@ -80,6 +94,9 @@ pub(super) struct Batch {
     pub(super) events: Vec<Event>,
 }
 
+/// A consumer of durable events besides Watch (webhook delivery).
+pub type Sink = Box<dyn Fn(Vec<Event>) + Send + Sync>;
+
 pub(super) struct Hub {
     cfg: WatchConfig,
     senders: DashMap<String, broadcast::Sender<Event>>,
@@ -90,6 +107,8 @@ pub(super) struct Hub {
     closed: std::sync::atomic::AtomicBool,
     /// Events handed to watchers' buffers so far.
     sent: AtomicU64,
+    /// Where durable events also go (webhook delivery); must not wait.
+    forward: std::sync::OnceLock<Sink>,
 }
 
 /// Keeps a Watch registered; drop it after its receiver.
@@ -120,6 +139,7 @@ impl Hub {
                 dropped: AtomicU64::new(0),
                 closed: std::sync::atomic::AtomicBool::new(false),
                 sent: AtomicU64::new(0),
+                forward: std::sync::OnceLock::new(),
             },
             rx,
         )
@@ -203,7 +223,15 @@ impl Hub {
         self.senders.clear();
     }
 
+    /// Also hands every durable batch of events to `f` (set once; `f` must not wait).
+    pub(super) fn forward_to(&self, f: Sink) {
+        let _ = self.forward.set(f);
+    }
+
     fn send(&self, events: Vec<Event>) {
+        if let Some(f) = self.forward.get() {
+            f(events.clone());
+        }
         self.sent.fetch_add(events.len() as u64, Ordering::Relaxed);
         for e in events {
             if let Some(tx) = self.senders.get(&e.account_id) {

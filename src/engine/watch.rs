@@ -29,6 +29,12 @@ impl Engine {
         self.events.sent()
     }
 
+    /// Hands every durable batch of events to `f` too (webhook delivery); `f` must not
+    /// wait. Set once.
+    pub fn forward_events(&self, f: impl Fn(Vec<Event>) + Send + Sync + 'static) {
+        self.events.forward_to(Box::new(f));
+    }
+
     pub fn watchers(&self) -> usize {
         self.events.watchers()
     }
@@ -53,20 +59,7 @@ impl Engine {
         if change.is_empty() {
             return None;
         }
-        let durable = match self.journal.submit(Entry::Alerts {
-            account_id: account_id.to_owned(),
-            set: change.set.clone(),
-            unset: change.unset.clone(),
-        }) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                // Not fired: undo, so the next look finds the crossing again.
-                tracing::warn!(account_id, error = %e, "alert memo not journaled; retried later");
-                a.alert_memo.revert(&change);
-                return None;
-            }
-        };
-        let events = found
+        let events: Vec<Event> = found
             .into_iter()
             .map(|al| Event {
                 account_id: account_id.to_owned(),
@@ -77,6 +70,20 @@ impl Engine {
                 at_ms: now_ms,
             })
             .collect();
+        let durable = match self.journal.submit(Entry::Alerts {
+            account_id: account_id.to_owned(),
+            set: change.set.clone(),
+            unset: change.unset.clone(),
+            events: events.iter().map(Event::journaled).collect(),
+        }) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                // Not fired: undo, so the next look finds the crossing again.
+                tracing::warn!(account_id, error = %e, "alert memo not journaled; retried later");
+                a.alert_memo.revert(&change);
+                return None;
+            }
+        };
         Some(Batch { durable, events })
     }
 

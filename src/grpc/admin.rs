@@ -315,4 +315,38 @@ impl pb::admin_server::Admin for AdminService {
             account_id, sub_user, bits,
         )))
     }
+
+    async fn create_webhook(
+        &self,
+        request: Request<pb::CreateWebhookRequest>,
+    ) -> Result<Response<pb::CreateWebhookResponse>, Status> {
+        super::webhooks::create(&self.ledger, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_webhooks(
+        &self,
+        _request: Request<pb::ListWebhooksRequest>,
+    ) -> Result<Response<pb::ListWebhooksResponse>, Status> {
+        super::webhooks::list(&self.ledger).await.map(Response::new)
+    }
+
+    async fn delete_webhook(
+        &self,
+        request: Request<pb::DeleteWebhookRequest>,
+    ) -> Result<Response<pb::DeleteWebhookResponse>, Status> {
+        super::webhooks::delete(&self.ledger, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn test_webhook(
+        &self,
+        request: Request<pb::TestWebhookRequest>,
+    ) -> Result<Response<pb::TestWebhookResponse>, Status> {
+        super::webhooks::test(&self.ledger, request.into_inner())
+            .await
+            .map(Response::new)
+    }
 }

@@ -10,6 +10,7 @@ use crate::engine::EngineError;
 use crate::journal::JournalError;
 use crate::ledger::LedgerError;
 use crate::ledger::store::StoreError;
+use crate::webhooks::WebhookError;
 
 /// A request that failed validation before reaching the engine or the ledger.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +141,22 @@ impl From<LedgerError> for Status {
             LedgerError::Store(StoreError::Database(_)) => internal(Code::Unavailable, &msg),
             LedgerError::Store(StoreError::Corrupt(_)) => internal(Code::Internal, &msg),
             LedgerError::Store(StoreError::TooLarge { .. }) => Status::invalid_argument(msg),
+        }
+    }
+}
+
+impl From<WebhookError> for Status {
+    fn from(e: WebhookError) -> Status {
+        let msg = e.to_string();
+        match e {
+            WebhookError::BadUrl(_)
+            | WebhookError::UnknownKind(_)
+            | WebhookError::BadAccount(_)
+            | WebhookError::TooManyAccounts(_) => Status::invalid_argument(msg),
+            WebhookError::TooManyWebhooks(_) => Status::resource_exhausted(msg),
+            WebhookError::Unknown(_) => Status::not_found(msg),
+            WebhookError::Secret(_) => internal(Code::Internal, &msg),
+            WebhookError::Store(s) => LedgerError::Store(s).into(),
         }
     }
 }

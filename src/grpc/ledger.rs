@@ -57,6 +57,15 @@ impl pb::ledger_server::Ledger for LedgerService {
             None => pb::AuthenticateResponse::default(),
         }))
     }
+
+    async fn queue_events(
+        &self,
+        request: Request<pb::QueueEventsRequest>,
+    ) -> Result<Response<pb::QueueEventsResponse>, Status> {
+        super::webhooks::queue_events(&self.ledger, request.into_inner())
+            .await
+            .map(Response::new)
+    }
 }
 
 /// A ledger reached over gRPC. The channel connects lazily and reconnects by itself, so a
@@ -151,5 +160,21 @@ impl LedgerApi for RemoteLedger {
             .into_inner();
         convert::sync_response_in(resp)
             .map_err(|e| LedgerError::Unavailable(format!("bad answer from the ledger: {e}")))
+    }
+}
+
+/// A sidecar's durable events go to its ledger's webhook outbox.
+#[async_trait]
+impl crate::webhooks::forward::EventQueue for RemoteLedger {
+    async fn queue(
+        &self,
+        events: Vec<crate::ledger::store::webhooks::QueuedEvent>,
+    ) -> Result<(), String> {
+        self.client
+            .clone()
+            .queue_events(self.request(convert::queued_events_out(events)))
+            .await
+            .map(|_| ())
+            .map_err(|s| s.message().to_owned())
     }
 }

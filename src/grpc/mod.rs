@@ -6,3 +6,4 @@ pub mod convert;
 pub mod error;
 pub mod ledger;
 pub mod quota;
+mod webhooks;

@@ -9,7 +9,7 @@
 
 use rust_decimal::Decimal;
 
-use super::entry::{Entry, HoldState, ReservationRow, SessionRow, SessionState};
+use super::entry::{Entry, HoldState, JournaledEvent, ReservationRow, SessionRow, SessionState};
 use crate::billing::storage::StorageMeter;
 use crate::billing::{Money, Resource};
 use crate::ledger::api::UsageRecord;
@@ -38,6 +38,9 @@ const TAG_NEXT_SEQ: u8 = 9;
 const TAG_WORK: u8 = 10;
 const TAG_USAGE: u8 = 11;
 const TAG_STORAGE: u8 = 12;
+/// Alerts with the events they make (TAG_ALERTS: none).
+const TAG_ALERTS_EVENTS: u8 = 13;
+const TAG_EVENTS_QUEUED: u8 = 14;
 
 /// What one record holds: a journal entry as written by the engine, or one of the rows a
 /// compacted file starts with.
@@ -151,11 +154,26 @@ pub fn encode_entry(out: &mut Vec<u8>, e: &Entry) -> Result<(), TooLarge> {
             account_id,
             set,
             unset,
+            events,
         } => {
-            b.push(TAG_ALERTS);
+            b.push(if events.is_empty() {
+                TAG_ALERTS
+            } else {
+                TAG_ALERTS_EVENTS
+            });
             put_str(b, account_id);
             put_strs(b, set);
             put_strs(b, unset);
+            if !events.is_empty() {
+                put_len(b, events.len());
+                for e in events {
+                    put_event(b, e);
+                }
+            }
+        }
+        Entry::EventsQueued(keys) => {
+            b.push(TAG_EVENTS_QUEUED);
+            put_strs(b, keys);
         }
         Entry::Trim(seqs) => {
             b.push(TAG_TRIM);
@@ -269,8 +287,23 @@ pub fn decode(payload: &[u8]) -> Result<Record, DecodeError> {
                 account_id,
                 set,
                 unset,
+                events: Vec::new(),
             })
         }
+        TAG_ALERTS_EVENTS => {
+            let account_id = d.string()?;
+            let set = d.strings()?;
+            let unset = d.strings()?;
+            // Five strings (4 bytes each at least) and a time.
+            let events = d.list(28, Dec::event)?;
+            Record::Entry(Entry::Alerts {
+                account_id,
+                set,
+                unset,
+                events,
+            })
+        }
+        TAG_EVENTS_QUEUED => Record::Entry(Entry::EventsQueued(d.strings()?)),
         TAG_TRIM => Record::Entry(Entry::Trim(d.list(8, Dec::u64)?)),
         TAG_PRUNE => Record::Entry(Entry::Prune {
             settled_before_ms: d.i64()?,
@@ -333,6 +366,19 @@ fn put_strs(b: &mut Vec<u8>, v: &[String]) {
     for s in v {
         put_str(b, s);
     }
+}
+
+fn put_event(b: &mut Vec<u8>, e: &JournaledEvent) {
+    for s in [
+        &e.account_id,
+        &e.kind,
+        &e.subject_id,
+        &e.threshold,
+        &e.message,
+    ] {
+        put_str(b, s);
+    }
+    put_i64(b, e.at_ms);
 }
 
 fn put_money(b: &mut Vec<u8>, m: Money) {
@@ -465,6 +511,17 @@ impl<'a> Dec<'a> {
         std::str::from_utf8(bytes)
             .map(str::to_owned)
             .map_err(|_| DecodeError::Utf8)
+    }
+
+    fn event(&mut self) -> Result<JournaledEvent, DecodeError> {
+        Ok(JournaledEvent {
+            account_id: self.string()?,
+            kind: self.string()?,
+            subject_id: self.string()?,
+            threshold: self.string()?,
+            message: self.string()?,
+            at_ms: self.i64()?,
+        })
     }
 
     fn strings(&mut self) -> Result<Vec<String>, DecodeError> {

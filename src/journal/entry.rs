@@ -112,6 +112,30 @@ pub struct SessionRow {
     pub stopped_at_ms: i64,
 }
 
+/// An account event journaled with what caused it, until the ledger's webhook outbox has
+/// it: a crash between the two cannot lose it (it is queued again at the next start; the
+/// outbox takes each event id once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournaledEvent {
+    pub account_id: String,
+    /// The event kind's name (`LOW_QUOTA`, ...).
+    pub kind: String,
+    pub subject_id: String,
+    pub threshold: String,
+    pub message: String,
+    pub at_ms: i64,
+}
+
+impl JournaledEvent {
+    /// What identifies it in the journal (and what `EventsQueued` names).
+    pub fn key(&self) -> String {
+        format!(
+            "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
+            self.account_id, self.kind, self.subject_id, self.threshold, self.at_ms
+        )
+    }
+}
+
 #[derive(Debug)]
 pub enum Entry {
     /// Insert or replace a reservation.
@@ -138,12 +162,16 @@ pub enum Entry {
     /// Every lease request sequence number this process will use is below this (so a
     /// restart, whatever the clock says, starts above them).
     LeaseSeqFloor(u64),
-    /// Alert crossings of an account that fired (`set`) or re-armed (`unset`).
+    /// Alert crossings of an account that fired (`set`) or re-armed (`unset`), and the
+    /// events they make, kept until they are queued for webhook delivery (`EventsQueued`).
     Alerts {
         account_id: String,
         set: Vec<String>,
         unset: Vec<String>,
+        events: Vec<JournaledEvent>,
     },
+    /// Events the ledger's webhook outbox has taken (by `JournaledEvent::key`).
+    EventsQueued(Vec<String>),
     /// Usage the ledger acknowledged: drop from the outbox.
     Trim(Vec<u64>),
     /// Forget settled reservations older than this.

@@ -134,8 +134,9 @@ fn read_all(conn: &Connection) -> Result<Recovered, JournalError> {
             .map(|(w, s, at)| (w, unsigned(s), at))
             .collect(),
         lease_seq_floor: meta(conn, "lease_seq_floor")?.unwrap_or(0),
-        // Storage meters came after the SQLite journal.
+        // Storage meters and journaled events came after the SQLite journal.
         storage: Vec::new(),
+        events: Vec::new(),
     })
 }
 

@@ -38,7 +38,7 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::ledger::api::UsageRecord;
-pub use entry::{Entry, HoldState, ReservationRow, SessionRow, SessionState};
+pub use entry::{Entry, HoldState, JournaledEvent, ReservationRow, SessionRow, SessionState};
 pub use error::JournalError;
 use error::open_err;
 pub use options::{
@@ -264,6 +264,17 @@ mod tests {
         }
     }
 
+    fn event(grant: &str, at_ms: i64) -> JournaledEvent {
+        JournaledEvent {
+            account_id: "a".into(),
+            kind: "LOW_QUOTA".into(),
+            subject_id: grant.into(),
+            threshold: "0.2".into(),
+            message: "low".into(),
+            at_ms,
+        }
+    }
+
     async fn put(j: &Journal, e: Entry) {
         j.submit(e).unwrap().await.unwrap().unwrap();
     }
@@ -355,6 +366,7 @@ mod tests {
                     account_id: "a".into(),
                     set: vec!["low:g1:0.2".into(), "low:g1:0.1".into()],
                     unset: vec![],
+                    events: vec![event("g1", 1), event("g1", 2)],
                 },
             )
             .await;
@@ -364,9 +376,11 @@ mod tests {
                     account_id: "a".into(),
                     set: vec![],
                     unset: vec!["low:g1:0.1".into()],
+                    events: vec![],
                 },
             )
             .await;
+            put(&j, Entry::EventsQueued(vec![event("g1", 1).key()])).await;
             j.close().await;
         }
         let (_j, rec) = Journal::open(&path, 16, 4).unwrap();
@@ -387,6 +401,7 @@ mod tests {
             rec.alerts,
             vec![("a".to_string(), "low:g1:0.2".to_string())]
         );
+        assert_eq!(rec.events, vec![event("g1", 2)], "queued ones are gone");
     }
 
     #[tokio::test]
@@ -576,7 +591,7 @@ mod tests {
         let mut written = 0u64;
         {
             let (j, _) = Journal::open_opts(&path, opts.clone()).unwrap();
-            // Written first: only a compaction carries it to the end.
+            // Written first: only a compaction carries them to the end.
             put(
                 &j,
                 Entry::Storage {
@@ -586,6 +601,17 @@ mod tests {
                 },
             )
             .await;
+            put(
+                &j,
+                Entry::Alerts {
+                    account_id: "a".into(),
+                    set: vec!["low:g1:0.2".into()],
+                    unset: vec![],
+                    events: vec![event("g1", 1), event("g2", 2)],
+                },
+            )
+            .await;
+            put(&j, Entry::EventsQueued(vec![event("g2", 2).key()])).await;
             for i in 1..=2_000u64 {
                 // Ten ids rewritten over and over, each commit's usage acked at once
                 // except the last ten.
@@ -616,6 +642,7 @@ mod tests {
         assert_eq!(rec.next_seq, 2_001);
         assert_eq!(rec.storage, vec![("a".to_string(), meter())]);
         assert_eq!(rec.lease_seq_floor, 5);
+        assert_eq!(rec.events, vec![event("g1", 1)]);
         let r7 = rec
             .reservations
             .iter()

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use super::codec::{self, Record};
-use super::entry::{Entry, HoldState, ReservationRow, SessionRow, SessionState};
+use super::entry::{Entry, HoldState, JournaledEvent, ReservationRow, SessionRow, SessionState};
 use crate::billing::storage::StorageMeter;
 use crate::ledger::api::UsageRecord;
 
@@ -26,7 +26,14 @@ pub struct Recovered {
     pub lease_seq_floor: u64,
     /// Storage meters by account.
     pub storage: Vec<(String, StorageMeter)>,
+    /// Events not yet queued for webhook delivery, oldest first.
+    pub events: Vec<JournaledEvent>,
 }
+
+/// Most journaled events kept waiting for the webhook outbox; beyond, the oldest are
+/// forgotten (logged), so a ledger out of reach for long cannot grow the journal without
+/// bound.
+pub const DEFAULT_JOURNAL_EVENTS_MAX: usize = 100_000;
 
 /// The state the journal's records add up to: what a start recovers and what a compacted
 /// file holds.
@@ -39,6 +46,8 @@ pub(super) struct Tables {
     storage: HashMap<String, StorageMeter>,
     next_seq: u64,
     lease_seq_floor: u64,
+    /// Events not yet queued for webhook delivery, by key, in journal order.
+    events: VecDeque<(String, JournaledEvent)>,
     /// Unacknowledged usage by seq, kept only while the file is read at start; after that
     /// the journal's shared outbox queue is the one copy.
     pub(super) outbox: BTreeMap<u64, UsageRecord>,
@@ -67,6 +76,7 @@ impl Tables {
         }
         t.alerts.extend(r.alerts);
         t.storage.extend(r.storage);
+        t.events = r.events.into_iter().map(|e| (e.key(), e)).collect();
         for u in r.outbox {
             t.next_seq = t.next_seq.max(u.seq + 1);
             t.outbox.insert(u.seq, u);
@@ -152,6 +162,7 @@ impl Tables {
                 account_id,
                 set,
                 unset,
+                events,
             } => {
                 for k in unset {
                     self.alerts.remove(&(account_id.clone(), k));
@@ -159,6 +170,11 @@ impl Tables {
                 for k in set {
                     self.alerts.insert((account_id.clone(), k));
                 }
+                self.add_events(events);
+            }
+            Entry::EventsQueued(keys) => {
+                let keys: BTreeSet<String> = keys.into_iter().collect();
+                self.events.retain(|(k, _)| !keys.contains(k));
             }
             Entry::Trim(seqs) => {
                 for s in seqs {
@@ -174,6 +190,18 @@ impl Tables {
                 });
                 self.works.retain(|_, (_, at)| *at >= settled_before_ms);
             }
+        }
+    }
+
+    fn add_events(&mut self, events: Vec<JournaledEvent>) {
+        self.events.extend(events.into_iter().map(|e| (e.key(), e)));
+        let over = self.events.len().saturating_sub(DEFAULT_JOURNAL_EVENTS_MAX);
+        if over > 0 {
+            self.events.drain(..over);
+            tracing::warn!(
+                events = over,
+                "oldest journaled events dropped before the webhook outbox took them"
+            );
         }
     }
 
@@ -197,6 +225,7 @@ impl Tables {
                 .iter()
                 .map(|(a, m)| (a.clone(), m.clone()))
                 .collect(),
+            events: self.events.iter().map(|(_, e)| e.clone()).collect(),
         }
     }
 
@@ -230,6 +259,24 @@ impl Tables {
                     account_id: a.to_owned(),
                     set: keys,
                     unset: Vec::new(),
+                    events: Vec::new(),
+                },
+            )?;
+        }
+        for chunk in self
+            .events
+            .iter()
+            .map(|(_, e)| e.clone())
+            .collect::<Vec<_>>()
+            .chunks(256)
+        {
+            codec::encode_entry(
+                out,
+                &Entry::Alerts {
+                    account_id: String::new(),
+                    set: Vec::new(),
+                    unset: Vec::new(),
+                    events: chunk.to_vec(),
                 },
             )?;
         }

@@ -10,6 +10,7 @@ pub mod postgres;
 mod round;
 pub mod sqlite;
 pub mod store;
+mod webhooks;
 
 use std::sync::Arc;
 

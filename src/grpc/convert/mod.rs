@@ -8,6 +8,7 @@
 mod admin;
 mod ledger;
 mod quota;
+mod webhooks;
 
 pub use admin::{access_out, catalog_out, principal_in, statement_entry_out};
 pub use ledger::{
@@ -18,6 +19,7 @@ pub use quota::{
     accruals_out, balance_out, decision_label, decision_out, event_out, events_dropped, reserve_in,
     session_out, session_outcome, start_session_in, storage_level_in, work_key, work_out,
 };
+pub use webhooks::{queued_events_in, queued_events_out, webhook_out};
 
 use crate::billing::{
     Deduction, Grant, GrantKind, GrantState, GrantUnit, Money, Resource, ResourceSet,

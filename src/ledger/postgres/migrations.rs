@@ -165,6 +165,44 @@ UPDATE grants SET created_at_ms = COALESCE(
     r#"
 ALTER TABLE usage_deductions ADD COLUMN gb NUMERIC;
 "#,
+    // Webhook endpoints and their delivery outbox (`store::webhooks`).
+    r#"
+CREATE TABLE webhooks (
+    webhook_id         TEXT PRIMARY KEY,
+    url                TEXT NOT NULL,
+    event_kinds        TEXT NOT NULL,
+    account_ids        TEXT NOT NULL,
+    secret             TEXT NOT NULL,
+    created_at_ms      BIGINT NOT NULL,
+    last_success_at_ms BIGINT NOT NULL DEFAULT 0,
+    last_failure_at_ms BIGINT NOT NULL DEFAULT 0,
+    last_error         TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE webhook_events (
+    event_id   TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    payload    TEXT NOT NULL,
+    at_ms      BIGINT NOT NULL,
+    ordinal    BIGINT NOT NULL
+);
+CREATE TABLE webhook_deliveries (
+    webhook_id         TEXT NOT NULL,
+    event_id           TEXT NOT NULL,
+    account_id         TEXT NOT NULL,
+    at_ms              BIGINT NOT NULL,
+    ordinal            BIGINT NOT NULL,
+    state              INT4 NOT NULL,
+    attempts           BIGINT NOT NULL,
+    next_attempt_at_ms BIGINT NOT NULL,
+    claimed_by         TEXT NOT NULL DEFAULT '',
+    claimed_until_ms   BIGINT NOT NULL DEFAULT 0,
+    finished_at_ms     BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (webhook_id, event_id)
+);
+CREATE INDEX webhook_deliveries_queue
+    ON webhook_deliveries(state, webhook_id, account_id, at_ms, ordinal)
+"#,
 ];
 
 /// The schema version this build migrates to (the number of migrations).

@@ -34,6 +34,7 @@
 mod migrations;
 mod reads;
 mod unnest;
+mod webhooks;
 mod writes;
 
 use std::collections::HashSet;

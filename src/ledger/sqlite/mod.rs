@@ -22,6 +22,7 @@ use crate::billing::{Grant, Money};
 
 mod migrations;
 mod reads;
+mod webhooks;
 mod writes;
 
 /// Grant columns in the order reads and writes list them.

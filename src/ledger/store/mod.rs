@@ -5,6 +5,8 @@
 //! PostgreSQL-compatible engines.
 
 pub mod rows;
+pub mod webhooks;
+pub mod webhooks_sql;
 
 use std::collections::HashSet;
 
@@ -131,7 +133,7 @@ pub struct TokenRow {
 }
 
 #[async_trait]
-pub trait LedgerStore: Send + Sync + 'static {
+pub trait LedgerStore: webhooks::WebhookStore + Send + Sync + 'static {
     /// Creates the account; false if it already exists.
     async fn create_account(
         &self,

@@ -602,6 +602,26 @@ class AdminStub(object):
                 request_serializer=quotad_dot_v1_dot_quotad__pb2.RevokeAccessRequest.SerializeToString,
                 response_deserializer=quotad_dot_v1_dot_quotad__pb2.AccessResponse.FromString,
                 _registered_method=True)
+        self.CreateWebhook = channel.unary_unary(
+                '/quotad.v1.Admin/CreateWebhook',
+                request_serializer=quotad_dot_v1_dot_quotad__pb2.CreateWebhookRequest.SerializeToString,
+                response_deserializer=quotad_dot_v1_dot_quotad__pb2.CreateWebhookResponse.FromString,
+                _registered_method=True)
+        self.ListWebhooks = channel.unary_unary(
+                '/quotad.v1.Admin/ListWebhooks',
+                request_serializer=quotad_dot_v1_dot_quotad__pb2.ListWebhooksRequest.SerializeToString,
+                response_deserializer=quotad_dot_v1_dot_quotad__pb2.ListWebhooksResponse.FromString,
+                _registered_method=True)
+        self.DeleteWebhook = channel.unary_unary(
+                '/quotad.v1.Admin/DeleteWebhook',
+                request_serializer=quotad_dot_v1_dot_quotad__pb2.DeleteWebhookRequest.SerializeToString,
+                response_deserializer=quotad_dot_v1_dot_quotad__pb2.DeleteWebhookResponse.FromString,
+                _registered_method=True)
+        self.TestWebhook = channel.unary_unary(
+                '/quotad.v1.Admin/TestWebhook',
+                request_serializer=quotad_dot_v1_dot_quotad__pb2.TestWebhookRequest.SerializeToString,
+                response_deserializer=quotad_dot_v1_dot_quotad__pb2.TestWebhookResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer(object):
@@ -670,6 +690,33 @@ class AdminServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateWebhook(self, request, context):
+        """Webhook endpoints (operator only): account events delivered as Standard Webhooks,
+        signed with the endpoint's secret (shown once, by CreateWebhook).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhooks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWebhook(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TestWebhook(self, request, context):
+        """Sends a signed WEBHOOK_TEST message to the endpoint now and reports its answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -722,6 +769,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RevokeAccess,
                     request_deserializer=quotad_dot_v1_dot_quotad__pb2.RevokeAccessRequest.FromString,
                     response_serializer=quotad_dot_v1_dot_quotad__pb2.AccessResponse.SerializeToString,
+            ),
+            'CreateWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWebhook,
+                    request_deserializer=quotad_dot_v1_dot_quotad__pb2.CreateWebhookRequest.FromString,
+                    response_serializer=quotad_dot_v1_dot_quotad__pb2.CreateWebhookResponse.SerializeToString,
+            ),
+            'ListWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhooks,
+                    request_deserializer=quotad_dot_v1_dot_quotad__pb2.ListWebhooksRequest.FromString,
+                    response_serializer=quotad_dot_v1_dot_quotad__pb2.ListWebhooksResponse.SerializeToString,
+            ),
+            'DeleteWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWebhook,
+                    request_deserializer=quotad_dot_v1_dot_quotad__pb2.DeleteWebhookRequest.FromString,
+                    response_serializer=quotad_dot_v1_dot_quotad__pb2.DeleteWebhookResponse.SerializeToString,
+            ),
+            'TestWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.TestWebhook,
+                    request_deserializer=quotad_dot_v1_dot_quotad__pb2.TestWebhookRequest.FromString,
+                    response_serializer=quotad_dot_v1_dot_quotad__pb2.TestWebhookResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1004,6 +1071,114 @@ class Admin(object):
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def CreateWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quotad.v1.Admin/CreateWebhook',
+            quotad_dot_v1_dot_quotad__pb2.CreateWebhookRequest.SerializeToString,
+            quotad_dot_v1_dot_quotad__pb2.CreateWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quotad.v1.Admin/ListWebhooks',
+            quotad_dot_v1_dot_quotad__pb2.ListWebhooksRequest.SerializeToString,
+            quotad_dot_v1_dot_quotad__pb2.ListWebhooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quotad.v1.Admin/DeleteWebhook',
+            quotad_dot_v1_dot_quotad__pb2.DeleteWebhookRequest.SerializeToString,
+            quotad_dot_v1_dot_quotad__pb2.DeleteWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TestWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quotad.v1.Admin/TestWebhook',
+            quotad_dot_v1_dot_quotad__pb2.TestWebhookRequest.SerializeToString,
+            quotad_dot_v1_dot_quotad__pb2.TestWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class LedgerStub(object):
     """Sidecar <-> ledger. One call carries everything, so a sync is one round trip: usage to
@@ -1026,6 +1201,11 @@ class LedgerStub(object):
                 request_serializer=quotad_dot_v1_dot_quotad__pb2.AuthenticateRequest.SerializeToString,
                 response_deserializer=quotad_dot_v1_dot_quotad__pb2.AuthenticateResponse.FromString,
                 _registered_method=True)
+        self.QueueEvents = channel.unary_unary(
+                '/quotad.v1.Ledger/QueueEvents',
+                request_serializer=quotad_dot_v1_dot_quotad__pb2.QueueEventsRequest.SerializeToString,
+                response_deserializer=quotad_dot_v1_dot_quotad__pb2.QueueEventsResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServicer(object):
@@ -1046,6 +1226,14 @@ class LedgerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueueEvents(self, request, context):
+        """Durable account events of a sidecar, for the ledger's webhook outbox (idempotent by
+        event id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1058,6 +1246,11 @@ def add_LedgerServicer_to_server(servicer, server):
                     servicer.Authenticate,
                     request_deserializer=quotad_dot_v1_dot_quotad__pb2.AuthenticateRequest.FromString,
                     response_serializer=quotad_dot_v1_dot_quotad__pb2.AuthenticateResponse.SerializeToString,
+            ),
+            'QueueEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueueEvents,
+                    request_deserializer=quotad_dot_v1_dot_quotad__pb2.QueueEventsRequest.FromString,
+                    response_serializer=quotad_dot_v1_dot_quotad__pb2.QueueEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1116,6 +1309,33 @@ class Ledger(object):
             '/quotad.v1.Ledger/Authenticate',
             quotad_dot_v1_dot_quotad__pb2.AuthenticateRequest.SerializeToString,
             quotad_dot_v1_dot_quotad__pb2.AuthenticateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueueEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quotad.v1.Ledger/QueueEvents',
+            quotad_dot_v1_dot_quotad__pb2.QueueEventsRequest.SerializeToString,
+            quotad_dot_v1_dot_quotad__pb2.QueueEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -220,6 +220,14 @@ class AdminStub:
     GrantAccess: _grpc.UnaryUnaryMultiCallable[_quotad_pb2.GrantAccessRequest, _quotad_pb2.AccessResponse]
     """What a sub-user may do on an account (R9): by the operator or the account's owner."""
     RevokeAccess: _grpc.UnaryUnaryMultiCallable[_quotad_pb2.RevokeAccessRequest, _quotad_pb2.AccessResponse]
+    CreateWebhook: _grpc.UnaryUnaryMultiCallable[_quotad_pb2.CreateWebhookRequest, _quotad_pb2.CreateWebhookResponse]
+    """Webhook endpoints (operator only): account events delivered as Standard Webhooks,
+    signed with the endpoint's secret (shown once, by CreateWebhook).
+    """
+    ListWebhooks: _grpc.UnaryUnaryMultiCallable[_quotad_pb2.ListWebhooksRequest, _quotad_pb2.ListWebhooksResponse]
+    DeleteWebhook: _grpc.UnaryUnaryMultiCallable[_quotad_pb2.DeleteWebhookRequest, _quotad_pb2.DeleteWebhookResponse]
+    TestWebhook: _grpc.UnaryUnaryMultiCallable[_quotad_pb2.TestWebhookRequest, _quotad_pb2.TestWebhookResponse]
+    """Sends a signed WEBHOOK_TEST message to the endpoint now and reports its answer."""
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -238,6 +246,14 @@ class AdminAsyncStub(AdminStub):
     GrantAccess: _aio.UnaryUnaryMultiCallable[_quotad_pb2.GrantAccessRequest, _quotad_pb2.AccessResponse]  # type: ignore[assignment]
     """What a sub-user may do on an account (R9): by the operator or the account's owner."""
     RevokeAccess: _aio.UnaryUnaryMultiCallable[_quotad_pb2.RevokeAccessRequest, _quotad_pb2.AccessResponse]  # type: ignore[assignment]
+    CreateWebhook: _aio.UnaryUnaryMultiCallable[_quotad_pb2.CreateWebhookRequest, _quotad_pb2.CreateWebhookResponse]  # type: ignore[assignment]
+    """Webhook endpoints (operator only): account events delivered as Standard Webhooks,
+    signed with the endpoint's secret (shown once, by CreateWebhook).
+    """
+    ListWebhooks: _aio.UnaryUnaryMultiCallable[_quotad_pb2.ListWebhooksRequest, _quotad_pb2.ListWebhooksResponse]  # type: ignore[assignment]
+    DeleteWebhook: _aio.UnaryUnaryMultiCallable[_quotad_pb2.DeleteWebhookRequest, _quotad_pb2.DeleteWebhookResponse]  # type: ignore[assignment]
+    TestWebhook: _aio.UnaryUnaryMultiCallable[_quotad_pb2.TestWebhookRequest, _quotad_pb2.TestWebhookResponse]  # type: ignore[assignment]
+    """Sends a signed WEBHOOK_TEST message to the endpoint now and reports its answer."""
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -314,6 +330,38 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_quotad_pb2.AccessResponse, _abc.Awaitable[_quotad_pb2.AccessResponse]]: ...
 
+    @_abc_1.abstractmethod
+    def CreateWebhook(
+        self,
+        request: _quotad_pb2.CreateWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quotad_pb2.CreateWebhookResponse, _abc.Awaitable[_quotad_pb2.CreateWebhookResponse]]:
+        """Webhook endpoints (operator only): account events delivered as Standard Webhooks,
+        signed with the endpoint's secret (shown once, by CreateWebhook).
+        """
+
+    @_abc_1.abstractmethod
+    def ListWebhooks(
+        self,
+        request: _quotad_pb2.ListWebhooksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quotad_pb2.ListWebhooksResponse, _abc.Awaitable[_quotad_pb2.ListWebhooksResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteWebhook(
+        self,
+        request: _quotad_pb2.DeleteWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quotad_pb2.DeleteWebhookResponse, _abc.Awaitable[_quotad_pb2.DeleteWebhookResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def TestWebhook(
+        self,
+        request: _quotad_pb2.TestWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quotad_pb2.TestWebhookResponse, _abc.Awaitable[_quotad_pb2.TestWebhookResponse]]:
+        """Sends a signed WEBHOOK_TEST message to the endpoint now and reports its answer."""
+
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class LedgerStub:
@@ -328,6 +376,10 @@ class LedgerStub:
     Sync: _grpc.UnaryUnaryMultiCallable[_quotad_pb2.SyncRequest, _quotad_pb2.SyncResponse]
     Authenticate: _grpc.UnaryUnaryMultiCallable[_quotad_pb2.AuthenticateRequest, _quotad_pb2.AuthenticateResponse]
     """Who a caller's token speaks for, by the token's SHA-256: sidecars ask, then cache."""
+    QueueEvents: _grpc.UnaryUnaryMultiCallable[_quotad_pb2.QueueEventsRequest, _quotad_pb2.QueueEventsResponse]
+    """Durable account events of a sidecar, for the ledger's webhook outbox (idempotent by
+    event id).
+    """
 
 @_typing.type_check_only
 class LedgerAsyncStub(LedgerStub):
@@ -339,6 +391,10 @@ class LedgerAsyncStub(LedgerStub):
     Sync: _aio.UnaryUnaryMultiCallable[_quotad_pb2.SyncRequest, _quotad_pb2.SyncResponse]  # type: ignore[assignment]
     Authenticate: _aio.UnaryUnaryMultiCallable[_quotad_pb2.AuthenticateRequest, _quotad_pb2.AuthenticateResponse]  # type: ignore[assignment]
     """Who a caller's token speaks for, by the token's SHA-256: sidecars ask, then cache."""
+    QueueEvents: _aio.UnaryUnaryMultiCallable[_quotad_pb2.QueueEventsRequest, _quotad_pb2.QueueEventsResponse]  # type: ignore[assignment]
+    """Durable account events of a sidecar, for the ledger's webhook outbox (idempotent by
+    event id).
+    """
 
 class LedgerServicer(metaclass=_abc_1.ABCMeta):
     """Sidecar <-> ledger. One call carries everything, so a sync is one round trip: usage to
@@ -359,5 +415,15 @@ class LedgerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_quotad_pb2.AuthenticateResponse, _abc.Awaitable[_quotad_pb2.AuthenticateResponse]]:
         """Who a caller's token speaks for, by the token's SHA-256: sidecars ask, then cache."""
+
+    @_abc_1.abstractmethod
+    def QueueEvents(
+        self,
+        request: _quotad_pb2.QueueEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quotad_pb2.QueueEventsResponse, _abc.Awaitable[_quotad_pb2.QueueEventsResponse]]:
+        """Durable account events of a sidecar, for the ledger's webhook outbox (idempotent by
+        event id).
+        """
 
 def add_LedgerServicer_to_server(servicer: LedgerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
