@@ -39,6 +39,7 @@ use crate::ledger::postgres::{DEFAULT_PG_POOL_MAX, PgStore};
 use crate::ledger::sqlite::SqliteStore;
 use crate::ledger::store::{LedgerStore, StoreError};
 use crate::ledger::{EMBEDDED_SIDECAR_ID, Ledger, LedgerApi, LedgerError};
+use crate::lock::{LockError, ProcessLock};
 use crate::metrics::{Metrics, Sample, SharedMetrics};
 use crate::pb;
 use crate::tls::{ClientTls, ServerTls, TlsError};
@@ -231,6 +232,8 @@ pub enum ServeError {
     Bootstrap(#[from] auth::BootstrapError),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error("{0}")]
+    Lock(#[from] LockError),
 }
 
 pub fn load_catalog(path: Option<&PathBuf>) -> Result<Catalog, ServeError> {
@@ -248,12 +251,20 @@ pub fn load_catalog(path: Option<&PathBuf>) -> Result<Catalog, ServeError> {
 
 /// Opens the ledger store named by `url`: PostgreSQL for postgres:// URLs, else SQLite.
 pub async fn open_store(url: &str, pg_pool_max: u32) -> Result<Arc<dyn LedgerStore>, ServeError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if is_postgres(url) {
         Ok(Arc::new(PgStore::connect(url, pg_pool_max).await?))
     } else {
-        let path = url.strip_prefix("sqlite:").unwrap_or(url);
-        Ok(Arc::new(SqliteStore::open(Path::new(path))?))
+        Ok(Arc::new(SqliteStore::open(sqlite_path(url))?))
     }
+}
+
+/// The SQLite file a non-PostgreSQL ledger URL names (`sqlite:PATH` or a plain path).
+fn sqlite_path(url: &str) -> &Path {
+    Path::new(url.strip_prefix("sqlite:").unwrap_or(url))
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// This sidecar's id at its ledger: made once, kept in the data directory, so that after
@@ -491,6 +502,8 @@ pub struct Running {
     sync: JoinHandle<()>,
     health: HealthReporter,
     settler: Arc<envoy::accesslog::Settler>,
+    /// The data directory's lock, let go once the journal is closed.
+    lock: ProcessLock,
 }
 
 impl Running {
@@ -522,6 +535,7 @@ impl Running {
             tracing::warn!(error = %e, "leases not given back; they lapse at their expiry");
         }
         self.engine.journal().close().await;
+        drop(self.lock);
         tracing::info!("stopped");
         served
     }
@@ -554,12 +568,15 @@ type LedgerParts = (
 /// Opens everything under `cfg.data_dir` and starts serving on `cfg.listen`.
 pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, ServeError> {
     survive_file_size_limit();
+    // What can fail without writing anything comes first: the port, the catalog.
+    let (listener, addr) = bind(cfg.listen).await?;
+    let catalog = Arc::new(load_catalog(cfg.catalog_path.as_ref())?);
+    cfg.engine.alerts.validate()?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServeError::DataDir {
         path: cfg.data_dir.clone(),
         source,
     })?;
-    let catalog = Arc::new(load_catalog(cfg.catalog_path.as_ref())?);
-    cfg.engine.alerts.validate()?;
+    let lock = ProcessLock::data_dir(&cfg.data_dir)?;
     let mut engine_cfg = cfg.engine.clone();
     let (ledger_api, embedded, sidecar_id, tokens): LedgerParts = match &cfg.ledger_url {
         None => {
@@ -621,7 +638,6 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
     )
     .await?;
 
-    let (listener, addr) = bind(cfg.listen).await?;
     let (health, health_svc) = tonic_health::server::health_reporter();
     health
         .set_serving::<pb::quota_server::QuotaServer<QuotaService>>()
@@ -702,6 +718,7 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         sync,
         health,
         settler,
+        lock,
     })
 }
 
@@ -735,6 +752,8 @@ pub struct RunningLedger {
     stop: watch::Sender<bool>,
     server: Server,
     health: HealthReporter,
+    /// A SQLite database's lock (PostgreSQL serves several ledger processes).
+    _lock: Option<ProcessLock>,
 }
 
 impl RunningLedger {
@@ -777,7 +796,12 @@ pub async fn start_ledger(
     cfg: LedgerServeConfig,
     clock: SharedClock,
 ) -> Result<RunningLedger, ServeError> {
+    let (listener, addr) = bind(cfg.listen).await?;
     let catalog = Arc::new(load_catalog(cfg.catalog_path.as_ref())?);
+    let lock = match is_postgres(&cfg.database_url) {
+        true => None,
+        false => Some(ProcessLock::sqlite_file(sqlite_path(&cfg.database_url))?),
+    };
     let store = open_store(&cfg.database_url, cfg.pg_pool_max).await?;
     let ledger = Arc::new(Ledger::new(
         store,
@@ -791,7 +815,6 @@ pub async fn start_ledger(
         Arc::new(LedgerSource(ledger.clone())),
         clock,
     ));
-    let (listener, addr) = bind(cfg.listen).await?;
     let (health, health_svc) = tonic_health::server::health_reporter();
     health
         .set_serving::<pb::admin_server::AdminServer<AdminService>>()
@@ -825,5 +848,6 @@ pub async fn start_ledger(
         stop,
         server,
         health,
+        _lock: lock,
     })
 }
