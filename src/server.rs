@@ -28,7 +28,7 @@ use crate::engine::sync::{DEFAULT_SYNC_BATCH_MAX, DEFAULT_SYNC_INTERVAL_MS};
 use crate::engine::{self, Engine, EngineConfig, EngineError};
 use crate::envoy::{self, EnvoyLimits, SettleStats};
 use crate::grpc::admin::AdminService;
-use crate::grpc::ledger::{LedgerService, RemoteLedger};
+use crate::grpc::ledger::{LedgerService, RemoteLedger, TokenCheck};
 use crate::grpc::quota::QuotaService;
 use crate::guard::GuardLayer;
 use crate::journal::{
@@ -234,6 +234,11 @@ pub enum ServeError {
     Tls(#[from] TlsError),
     #[error("{0}")]
     Lock(#[from] LockError),
+    #[error(
+        "the ledger at {url} refused this sidecar's token ({message}): give it a sidecar or \
+         operator token of that ledger (--ledger-token-file or QUOTAD_LEDGER_TOKEN)"
+    )]
+    LedgerRefused { url: String, message: String },
 }
 
 pub fn load_catalog(path: Option<&PathBuf>) -> Result<Catalog, ServeError> {
@@ -356,12 +361,13 @@ fn builder(
     )
 }
 
-/// Makes the first operator token (if there is none) and says where it is, or warns that
-/// authentication is off.
+/// Makes the first operator token (if there is none) and says where it is and how
+/// `quotad ctl` finds it (`ctl_hint`), or warns that authentication is off.
 async fn bootstrap_auth(
     cfg: &AuthConfig,
     ledger: &Ledger,
     token_file: Option<&Path>,
+    ctl_hint: &str,
 ) -> Result<(), ServeError> {
     if cfg.disabled {
         tracing::warn!(
@@ -373,13 +379,50 @@ async fn bootstrap_auth(
     match token_file {
         Some(path) => {
             if !auth::ensure_operator_token(ledger, path).await? {
-                tracing::info!(path = %path.display(),
-                    "operator token exists; `quotad ctl` reads it from this file if present");
+                tracing::info!(path = %path.display(), "the operator token exists");
             }
+            tracing::info!("{ctl_hint}");
         }
         None => tracing::info!("no operator token file configured; tokens come from CreateToken"),
     }
     Ok(())
+}
+
+/// How `quotad ctl` finds the operator token of a sidecar with its data in `data_dir`
+/// (`ctl::connect::default_token_files`).
+fn serve_ctl_hint(data_dir: &Path) -> String {
+    if data_dir == Path::new(DEFAULT_DATA_DIR) {
+        return format!(
+            "`quotad ctl` run in this directory reads the operator token from \
+             {DEFAULT_DATA_DIR}/{}",
+            auth::OPERATOR_TOKEN_FILE
+        );
+    }
+    let dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    format!(
+        "`quotad ctl --data-dir {0}` (or QUOTAD_DATA_DIR={0}) reads the operator token from \
+         there",
+        dir.display()
+    )
+}
+
+/// How `quotad ctl` finds the operator token `quotad ledger` wrote at `path`.
+fn ledger_ctl_hint(path: &Path) -> String {
+    let file = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let fallback = match path == Path::new(auth::DEFAULT_LEDGER_OPERATOR_TOKEN_FILE) {
+        true => format!(
+            "; run in this directory, without them it reads {} unless {}/{} exists",
+            auth::DEFAULT_LEDGER_OPERATOR_TOKEN_FILE,
+            DEFAULT_DATA_DIR,
+            auth::OPERATOR_TOKEN_FILE
+        ),
+        false => String::new(),
+    };
+    format!(
+        "`quotad ctl --token-file {0}` (or QUOTAD_TOKEN_FILE={0}) sends the operator \
+         token{fallback}",
+        file.display()
+    )
 }
 
 /// Starts the metrics endpoint if one is configured; it stops with `stop`.
@@ -565,6 +608,29 @@ type LedgerParts = (
     Arc<dyn TokenSource>,
 );
 
+/// A sidecar whose ledger refuses its token would fail every call: it does not start.
+/// A ledger that does not answer is no reason to stop (the sidecar serves from its
+/// journal and leases); the token is then checked at the first exchange.
+async fn check_ledger_token(
+    remote: &RemoteLedger,
+    url: &str,
+    cfg: &ServeConfig,
+) -> Result<(), ServeError> {
+    let timeout = Duration::from_millis(cfg.engine.leasing.lease_request_timeout_ms);
+    match remote.check_token(timeout).await {
+        TokenCheck::Accepted => Ok(()),
+        TokenCheck::Refused(message) => Err(ServeError::LedgerRefused {
+            url: url.to_owned(),
+            message,
+        }),
+        TokenCheck::NoAnswer(why) => {
+            tracing::warn!(ledger = url, %why,
+                "the ledger did not answer at start; its token is checked when it does");
+            Ok(())
+        }
+    }
+}
+
 /// Opens everything under `cfg.data_dir` and starts serving on `cfg.listen`.
 pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, ServeError> {
     survive_file_size_limit();
@@ -588,7 +654,8 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
                 clock.clone(),
                 cfg.embedded_lease,
             ));
-            bootstrap_auth(&cfg.auth, &ledger, Some(&cfg.operator_token_file())).await?;
+            let hint = serve_ctl_hint(&cfg.data_dir);
+            bootstrap_auth(&cfg.auth, &ledger, Some(&cfg.operator_token_file()), &hint).await?;
             engine_cfg.leasing.lease_whole_account = true;
             (
                 ledger.clone(),
@@ -617,6 +684,7 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
                 cfg.ledger_token.as_deref(),
                 tls,
             )?);
+            check_ledger_token(&remote, url, &cfg).await?;
             (remote.clone(), None, sidecar_id(&cfg.data_dir)?, remote)
         }
     };
@@ -809,7 +877,17 @@ pub async fn start_ledger(
         clock.clone(),
         cfg.lease,
     ));
-    bootstrap_auth(&cfg.auth, &ledger, cfg.operator_token_file.as_deref()).await?;
+    let hint = match &cfg.operator_token_file {
+        Some(path) => ledger_ctl_hint(path),
+        None => String::new(),
+    };
+    bootstrap_auth(
+        &cfg.auth,
+        &ledger,
+        cfg.operator_token_file.as_deref(),
+        &hint,
+    )
+    .await?;
     let authenticator = Arc::new(Authenticator::new(
         cfg.auth.clone(),
         Arc::new(LedgerSource(ledger.clone())),

@@ -549,8 +549,7 @@ pub async fn ensure_operator_token(ledger: &Ledger, path: &Path) -> Result<bool,
     let tmp = path.with_extension("token.tmp");
     write_private(&tmp, &format!("{token}\n")).map_err(file)?;
     std::fs::rename(&tmp, path).map_err(file)?;
-    tracing::info!(path = %path.display(), token_id = %row.token_id,
-        "created the operator token; `quotad ctl` reads it from there");
+    tracing::info!(path = %path.display(), token_id = %row.token_id, "created the operator token");
     Ok(true)
 }
 

@@ -62,10 +62,14 @@ pub struct CtlArgs {
     /// (a flag shows in the process list)
     #[arg(long, env = "QUOTAD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
-    /// File holding the token [default: quotad-data/operator.token, where `quotad serve`
-    /// writes the operator token on first start, if it exists]
+    /// File holding the token [default: the operator token in --data-dir]
     #[arg(long, env = "QUOTAD_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
+    /// The data directory of the `quotad serve` to drive, whose operator.token is sent
+    /// when no token is given [default: quotad-data/operator.token if it exists, else
+    /// quotad-ledger/operator.token, where `quotad ledger` writes it]
+    #[arg(long, env = "QUOTAD_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
     /// CA (PEM) the server's TLS certificate must chain to; implies https
     #[arg(long, env = "QUOTAD_CTL_TLS_CA_FILE", global = true)]
     pub tls_ca_file: Option<PathBuf>,
@@ -173,7 +177,11 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
     // The one output format so far; another is chosen here.
     let render: &dyn Render = &Text;
     let mut ctx = Ctx::connect(&args, out, render).await?;
-    let reply = args.command.call(&mut ctx).await?;
+    let reply = args
+        .command
+        .call(&mut ctx)
+        .await
+        .map_err(|e| ctx.explain(e))?;
     render.reply(ctx.out, &reply)
 }
 

@@ -79,6 +79,7 @@ impl Render for Text {
                     ("note", "shown once; quotad keeps only its hash".into()),
                 ],
             ),
+            Reply::Line(line) => Ok(writeln!(out, "{line}")?),
             Reply::TokenRevoked(r) => write_kv(out, &[("revoked", r.token_id.clone())]),
             Reply::Access(r) => write_access(out, r),
             Reply::EnvoyBootstrap { yaml, token_id } => {

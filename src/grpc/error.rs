@@ -190,7 +190,21 @@ pub fn ledger_error(s: &Status) -> LedgerError {
     }
 }
 
-/// A token lookup at the ledger that ended in `s`: the token cannot be checked now.
+/// A token lookup at the ledger that ended in `s`: the token cannot be checked now,
+/// because the ledger refused this sidecar's own token or did not answer.
 pub fn ledger_auth_error(s: &Status) -> AuthError {
-    AuthError::Unavailable(format!("the ledger did not answer: {}", s.message()))
+    match ledger_refused(s) {
+        true => AuthError::Unavailable(format!(
+            "the ledger refused this sidecar's own token ({}): give the sidecar a sidecar \
+             or operator token of its ledger (ledger_token_file or QUOTAD_LEDGER_TOKEN)",
+            s.message()
+        )),
+        false => AuthError::Unavailable(format!("the ledger did not answer: {}", s.message())),
+    }
+}
+
+/// Whether the ledger answered `s` because it does not accept this sidecar's token (as
+/// opposed to not answering at all).
+pub fn ledger_refused(s: &Status) -> bool {
+    matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied)
 }
