@@ -141,6 +141,7 @@ async fn a_missing_malformed_garbage_or_revoked_token_is_unauthenticated() {
 #[tokio::test]
 async fn an_owner_acts_on_its_own_account_only() {
     let mut h = two_accounts().await;
+    h.create_token(SUB_USER, "", "bob").await.unwrap();
     let (_, token) = token(&mut h, OWNER, "acme").await;
     let mut q = Client::connect(h.addr(), &token).await;
     assert!(

@@ -1,6 +1,7 @@
 //! An operator's first hour, against the real `quotad` binary: one server per data
 //! directory (a second `serve` or SQLite `ledger` is refused, naming the directory and the
-//! PID), the port checked before anything is written, each error said once.
+//! PID), the port checked before anything is written, each error said once; access only
+//! for sub-users that exist; the operator's listings of accounts, tokens and access.
 
 // Tests fail loudly: unwrapping is how they stop on the unexpected.
 #![allow(
@@ -15,6 +16,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use common::procs::{PROCESS_TIMEOUT, Proc, spawn_proc};
+use common::*;
+use quotad::pb;
+use tonic::Code;
 
 /// `quotad ARGS` run to its end (bounded), with `envs` set; stdout and stderr captured.
 fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
@@ -173,4 +177,181 @@ async fn a_second_sqlite_ledger_on_one_file_is_refused() {
     assert!(err.contains(&db.display().to_string()), "{err}");
     assert!(err.contains(&format!("PID {}", first.child.id())), "{err}");
     assert_eq!(first.terminate().await, Some(0));
+}
+
+#[tokio::test]
+async fn access_is_granted_only_to_a_sub_user_that_has_a_token() {
+    let mut h = Harness::start().await;
+    h.create_account("acme", "10").await.unwrap();
+    assert_status(
+        "grant to nobody",
+        h.grant_access("acme", "bobb", &["balance"]).await,
+        Code::FailedPrecondition,
+        &["\"bobb\"", "create-token sub-user bobb"],
+    );
+    let bob = h.create_token(SUB_USER, "", "bob").await.unwrap();
+    h.grant_access("acme", "bob", &["balance"]).await.unwrap();
+    // Revoked, it is nobody again: what it held can be taken away, nothing granted.
+    h.revoke_token(&bob.token_id).await.unwrap();
+    assert_status(
+        "grant to a revoked sub-user",
+        h.grant_access("acme", "bob", &["reserve"]).await,
+        Code::FailedPrecondition,
+        &["bob"],
+    );
+    h.revoke_access("acme", "bob", &[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_operator_lists_accounts_tokens_and_access_never_a_secret() {
+    let mut h = Harness::start().await;
+    for a in ["acme", "globex", "initech"] {
+        h.create_account(a, "1").await.unwrap();
+    }
+    let owner = h.create_token(OWNER, "acme", "").await.unwrap();
+    let bob = h.create_token(SUB_USER, "", "bob").await.unwrap();
+    h.grant_access("acme", "bob", &["balance", "reserve"])
+        .await
+        .unwrap();
+    h.grant_access("globex", "bob", &["watch"]).await.unwrap();
+    h.revoke_token(&owner.token_id).await.unwrap();
+
+    let page = |after: &str, limit| pb::ListAccountsRequest {
+        after: after.into(),
+        limit,
+    };
+    let r = h
+        .admin
+        .list_accounts(page("", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.account_ids.as_slice(), r.more),
+        (
+            &["acme".to_owned(), "globex".into(), "initech".into()][..],
+            false
+        )
+    );
+    let r = h
+        .admin
+        .list_accounts(page("", 2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.account_ids.len(), r.more), (2, true));
+    let r = h
+        .admin
+        .list_accounts(page("globex", 2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.account_ids, r.more), (vec!["initech".to_owned()], false));
+
+    let r = h
+        .admin
+        .list_tokens(pb::ListTokensRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // The operator's own, the owner's (revoked), bob's.
+    assert_eq!(r.tokens.len(), 3, "{r:?}");
+    let listed = format!("{r:?}");
+    for secret in [&h.token, &owner.token, &bob.token] {
+        assert!(!listed.contains(secret.as_str()), "a token is listed");
+        let hash = quotad::auth::token_sha256(secret);
+        assert!(!listed.contains(&hash), "a token's hash is listed");
+    }
+    let o = r
+        .tokens
+        .iter()
+        .find(|t| t.token_id == owner.token_id)
+        .unwrap();
+    assert!(o.revoked_at_ms > 0);
+    assert_eq!(o.principal.as_ref().unwrap().account_id, "acme");
+    let b = r
+        .tokens
+        .iter()
+        .find(|t| t.token_id == bob.token_id)
+        .unwrap();
+    assert_eq!(b.revoked_at_ms, 0);
+    assert_eq!(b.principal.as_ref().unwrap().kind, i32::from(SUB_USER));
+
+    let r = h
+        .admin
+        .list_access(pb::ListAccessRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let rows: Vec<_> = r
+        .access
+        .iter()
+        .map(|a| {
+            (
+                a.account_id.as_str(),
+                a.sub_user.as_str(),
+                a.permissions.len(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, vec![("acme", "bob", 2), ("globex", "bob", 1)]);
+    let r = h
+        .admin
+        .list_access(pb::ListAccessRequest {
+            account_id: "globex".into(),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.access.len(), 1);
+
+    // Only the operator lists.
+    let acme = h.create_token(OWNER, "acme", "").await.unwrap();
+    let mut o = Client::connect(h.addr(), &acme.token).await;
+    assert_status(
+        "owner lists tokens",
+        o.admin
+            .list_tokens(pb::ListTokensRequest::default())
+            .await
+            .map(|r| r.into_inner()),
+        Code::PermissionDenied,
+        &["ListTokens"],
+    );
+}
+
+/// The ctl commands over the same: a table, in id order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_lists_accounts_tokens_and_access() {
+    let mut h = Harness::start().await;
+    h.create_account("acme", "1").await.unwrap();
+    h.create_token(SUB_USER, "", "bob").await.unwrap();
+    h.grant_access("acme", "bob", &["balance"]).await.unwrap();
+    let addr = h.addr().to_string();
+    let dir = h.dir.path().display().to_string();
+    let ctl = |cmd: &[&str]| {
+        let mut args = vec!["ctl", "--addr", &addr, "--data-dir", &dir];
+        args.extend_from_slice(cmd);
+        tokio::task::block_in_place(|| run(&args, &[]))
+    };
+    let out = ctl(&["list-accounts"]);
+    assert_eq!(
+        text(&out.stdout),
+        "account\nacme\n",
+        "{}",
+        text(&out.stderr)
+    );
+    let out = ctl(&["list-access", "acme"]);
+    assert_eq!(
+        text(&out.stdout),
+        "account  sub_user  permissions\nacme     bob       balance\n"
+    );
+    let out = ctl(&["list-tokens"]);
+    let listed = text(&out.stdout);
+    assert!(listed.starts_with("token_id"), "{listed}");
+    assert!(
+        listed.contains("sub-user") && listed.contains("operator"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&h.token), "{listed}");
 }

@@ -83,6 +83,11 @@ pub enum AuthError {
     UnknownPermission(String),
     #[error("token {0} does not exist")]
     UnknownTokenId(String),
+    #[error(
+        "sub-user {0:?} has no token: make one first (CreateToken, `quotad ctl create-token \
+         sub-user {0}`), then grant it access"
+    )]
+    UnknownSubUser(String),
     #[error("cannot check the token now: {0}")]
     Unavailable(String),
     #[error("token store: {0}")]

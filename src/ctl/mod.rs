@@ -21,6 +21,7 @@ mod account;
 mod connect;
 mod error;
 mod format;
+mod list;
 mod parse;
 mod reply;
 mod statement;
@@ -37,6 +38,7 @@ pub use account::{
 };
 pub use connect::Ctx;
 pub use error::CtlError;
+pub use list::{ListAccess, ListAccounts, ListTokens, Listing};
 pub use parse::{CreditKind, TokenKind};
 pub use reply::{Render, Reply, StatementReply};
 pub use statement::StatementBy;
@@ -135,6 +137,13 @@ pub enum CtlCommand {
     GrantAccess(GrantAccess),
     /// Take permissions away from a sub-user on an account (none named: all)
     RevokeAccess(RevokeAccess),
+    /// List the accounts (operator only)
+    ListAccounts(ListAccounts),
+    /// List the tokens: ids and who they speak for, revoked ones too; never a token
+    /// (operator only)
+    ListTokens(ListTokens),
+    /// List what sub-users may do, on one account or every account (operator only)
+    ListAccess(ListAccess),
 }
 
 /// One command's work up to its answer: check, call quotad, return what it answered.
@@ -168,6 +177,9 @@ impl Command for CtlCommand {
             CtlCommand::EnvoyConfig(c) => c.call(ctx).await,
             CtlCommand::GrantAccess(c) => c.call(ctx).await,
             CtlCommand::RevokeAccess(c) => c.call(ctx).await,
+            CtlCommand::ListAccounts(c) => c.call(ctx).await,
+            CtlCommand::ListTokens(c) => c.call(ctx).await,
+            CtlCommand::ListAccess(c) => c.call(ctx).await,
         }
     }
 }

@@ -80,6 +80,7 @@ impl Render for Text {
                 ],
             ),
             Reply::Line(line) => Ok(writeln!(out, "{line}")?),
+            Reply::Listing(l) => Ok(out.write_all(l.text().as_bytes())?),
             Reply::TokenRevoked(r) => write_kv(out, &[("revoked", r.token_id.clone())]),
             Reply::Access(r) => write_access(out, r),
             Reply::EnvoyBootstrap { yaml, token_id } => {

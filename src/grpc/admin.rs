@@ -16,6 +16,10 @@ use crate::engine::Engine;
 use crate::ledger::Ledger;
 use crate::pb;
 
+/// Most rows one listing (ListAccounts, ListTokens, ListAccess) answers; a request may
+/// ask for fewer, and pages on with `after`.
+pub const DEFAULT_LIST_MAX: usize = 1_000;
+
 pub struct AdminService {
     ledger: Arc<Ledger>,
     /// The embedded sidecar, if any.
@@ -280,6 +284,14 @@ impl pb::admin_server::Admin for AdminService {
             .into());
         }
         self.ledger.balance_view(account_id).await?;
+        let known = self
+            .ledger
+            .has_sub_user(sub_user)
+            .await
+            .map_err(AuthError::from)?;
+        if !known {
+            return Err(AuthError::UnknownSubUser(sub_user.to_owned()).into());
+        }
         let bits = self
             .ledger
             .grant_access(account_id, sub_user, perms.0)
@@ -314,5 +326,66 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(convert::access_out(
             account_id, sub_user, bits,
         )))
+    }
+
+    async fn list_accounts(
+        &self,
+        request: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        let r = request.into_inner();
+        let limit = convert::list_limit(r.limit, DEFAULT_LIST_MAX);
+        let mut account_ids = self
+            .ledger
+            .list_accounts(&r.after, limit.saturating_add(1))
+            .await
+            .map_err(AuthError::from)?;
+        let more = account_ids.len() > limit;
+        account_ids.truncate(limit);
+        Ok(Response::new(pb::ListAccountsResponse {
+            account_ids,
+            more,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let r = request.into_inner();
+        let limit = convert::list_limit(r.limit, DEFAULT_LIST_MAX);
+        let rows = self
+            .ledger
+            .list_tokens(&r.after, limit.saturating_add(1))
+            .await
+            .map_err(AuthError::from)?;
+        Ok(Response::new(pb::ListTokensResponse {
+            more: rows.len() > limit,
+            tokens: rows
+                .iter()
+                .take(limit)
+                .map(convert::token_info_out)
+                .collect(),
+        }))
+    }
+
+    async fn list_access(
+        &self,
+        request: Request<pb::ListAccessRequest>,
+    ) -> Result<Response<pb::ListAccessResponse>, Status> {
+        let r = request.into_inner();
+        let limit = convert::list_limit(r.limit, DEFAULT_LIST_MAX);
+        let rows = self
+            .ledger
+            .list_access(&r.account_id, limit.saturating_add(1))
+            .await
+            .map_err(AuthError::from)?;
+        Ok(Response::new(pb::ListAccessResponse {
+            more: rows.len() > limit,
+            access: rows
+                .iter()
+                .take(limit)
+                .map(|a| convert::access_out(&a.account_id, &a.sub_user, a.permissions))
+                .collect(),
+        }))
     }
 }

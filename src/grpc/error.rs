@@ -160,6 +160,7 @@ impl From<AuthError> for Status {
             | AuthError::ProxyElsewhere { .. } => Status::permission_denied(msg),
             AuthError::UnknownPermission(_) => Status::invalid_argument(msg),
             AuthError::UnknownTokenId(_) => Status::not_found(msg),
+            AuthError::UnknownSubUser(_) => Status::failed_precondition(msg),
             AuthError::Unavailable(_) => Status::unavailable(msg),
             AuthError::Store(s) => LedgerError::Store(s).into(),
         }
