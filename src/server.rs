@@ -28,6 +28,7 @@ use crate::engine::sync::{DEFAULT_SYNC_BATCH_MAX, DEFAULT_SYNC_INTERVAL_MS};
 use crate::engine::{self, Engine, EngineConfig, EngineError};
 use crate::envoy::{self, EnvoyLimits, SettleStats};
 use crate::grpc::admin::AdminService;
+use crate::grpc::elsewhere::{LedgerQuota, SidecarAdmin};
 use crate::grpc::ledger::{LedgerService, RemoteLedger, TokenCheck};
 use crate::grpc::quota::QuotaService;
 use crate::guard::GuardLayer;
@@ -735,6 +736,11 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         }
         None => None,
     };
+    // A remote ledger's sidecar reads the catalog and says where the rest of Admin is.
+    let sidecar_admin = cfg.ledger_url.as_deref().map(|url| {
+        pb::admin_server::AdminServer::new(SidecarAdmin::new(catalog.clone(), url))
+            .max_decoding_message_size(cfg.limits.message_bytes_max)
+    });
     // Health follows whether the ledger answers; Quota keeps serving from leases.
     let mut ledger_state = engine.ledger_state();
     let reporter = health.clone();
@@ -770,7 +776,8 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         .add_service(quota)
         .add_service(ext_authz)
         .add_service(access_log)
-        .add_optional_service(admin);
+        .add_optional_service(admin)
+        .add_optional_service(sidecar_admin);
     let server = spawn_server(router, listener, stop_rx);
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), %sidecar_id,
         ledger = cfg.ledger_url.as_deref().unwrap_or("embedded"),
@@ -907,6 +914,9 @@ pub async fn start_ledger(
     .max_decoding_message_size(cfg.limits.message_bytes_max);
     let sync = pb::ledger_server::LedgerServer::new(LedgerService::new(ledger.clone()))
         .max_decoding_message_size(DEFAULT_SYNC_MESSAGE_BYTES_MAX);
+    // GetBalance from the ledger's view; the other Quota calls say they are the sidecars'.
+    let quota = pb::quota_server::QuotaServer::new(LedgerQuota::new(ledger.clone()))
+        .max_decoding_message_size(cfg.limits.message_bytes_max);
     let (stop, stop_rx) = watch::channel(false);
     let metrics = Metrics::new();
     let metrics_addr = start_metrics(cfg.metrics_listen, &metrics, stop_rx.clone()).await?;
@@ -915,7 +925,8 @@ pub async fn start_ledger(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(admin)
-        .add_service(sync);
+        .add_service(sync)
+        .add_service(quota);
     let server = spawn_server(router, listener, stop_rx);
     tracing::info!(%addr, lease_ttl_ms = cfg.lease.ttl_ms, hold_grace_ms = cfg.lease.hold_grace_ms,
         "quotad ledger serving");

@@ -355,3 +355,61 @@ async fn ctl_lists_accounts_tokens_and_access() {
     );
     assert!(!listed.contains(&h.token), "{listed}");
 }
+
+/// An owner uses `ctl reserve` and `ctl admit` without --resource: the catalog is theirs
+/// to read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_reserves_with_ctl_without_naming_the_resource() {
+    let mut h = Harness::start().await;
+    h.create_account("acme", "5").await.unwrap();
+    let owner = h.create_token(OWNER, "acme", "").await.unwrap().token;
+    let addr = h.addr().to_string();
+    for cmd in [
+        &["reserve", "acme", "r1", A10, "1000"][..],
+        &["admit", "acme", A10, "1000"][..],
+    ] {
+        let mut args = vec!["ctl", "--addr", &addr];
+        args.extend_from_slice(cmd);
+        let out = tokio::task::block_in_place(|| run(&args, &[("QUOTAD_TOKEN", &owner)]));
+        assert!(out.status.success(), "{cmd:?}: {}", text(&out.stderr));
+    }
+}
+
+/// `quotad serve --ledger` with a token the ledger refuses exits non-zero at once, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_with_a_refused_ledger_token_exits_saying_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut lcfg = quotad::server::LedgerServeConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        format!("sqlite:{}", tmp.path().join("ledger.db").display()),
+    );
+    lcfg.operator_token_file = Some(tmp.path().join("operator.token"));
+    let ledger = quotad::server::start_ledger(lcfg, quotad::clock::ManualClock::new(T0_MS))
+        .await
+        .unwrap();
+    let token_file = tmp.path().join("wrong.token");
+    std::fs::write(&token_file, "qdt_wrong\n").unwrap();
+    let url = format!("http://{}", ledger.addr);
+    let data = tmp.path().join("sidecar").display().to_string();
+    let tf = token_file.display().to_string();
+    let args = [
+        "serve",
+        "--ledger",
+        &url,
+        "--ledger-token-file",
+        &tf,
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data,
+    ];
+    let out = tokio::task::block_in_place(|| run(&args, &[]));
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("refused this sidecar's token") && err.contains(&url),
+        "{err}"
+    );
+    assert_eq!(err.matches("refused").count(), 1, "{err}");
+    ledger.shutdown().await.unwrap();
+}

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, money_out};
 use super::error::Invalid;
-use crate::auth::{self, AuthError, Authenticator, Caller, Kind, Perms};
+use crate::auth::{self, AuthError, Authenticator, Caller, Kind, Permission, Perms};
 use crate::billing::Money;
 use crate::billing::burndown::FREE_TIER_LABEL;
 use crate::engine::Engine;
@@ -200,8 +200,11 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::GetStatementRequest>,
     ) -> Result<Response<pb::Statement>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         let account_id = convert::id("account_id", &r.account_id)?;
+        // The operator, the owner, or a sub-user that may see the balance.
+        caller.allow(account_id, Permission::Balance)?;
         // Everything acknowledged on the account so far is in the statement; other
         // accounts' usage is not waited for.
         if let Some(engine) = &self.engine {

@@ -22,6 +22,21 @@ impl From<Invalid> for Status {
     }
 }
 
+/// A call to a server kind that does not serve it (an Admin write on a sidecar of a
+/// remote ledger, a Quota call on the ledger): UNIMPLEMENTED, saying which server does.
+#[derive(Debug, thiserror::Error)]
+#[error("{rpc} is not served here: {served_by}")]
+pub struct ServedElsewhere {
+    pub rpc: &'static str,
+    pub served_by: String,
+}
+
+impl From<ServedElsewhere> for Status {
+    fn from(e: ServedElsewhere) -> Status {
+        Status::unimplemented(e.to_string())
+    }
+}
+
 /// A bound reached while serving: the request or the stream is refused, never queued.
 #[derive(Debug, thiserror::Error)]
 pub enum Overload {
