@@ -11,8 +11,10 @@ use crate::pb;
 pub struct Listing {
     pub columns: Vec<&'static str>,
     pub rows: Vec<Vec<String>>,
-    /// The server had more rows than it answered (page on with `--after`).
+    /// The server had more rows than it answered.
     pub more: bool,
+    /// The command pages with `--after` the first column's last value.
+    pub pages: bool,
 }
 
 impl Listing {
@@ -26,10 +28,16 @@ impl Listing {
             t.row(row.clone());
         }
         let mut s = t.render();
-        if self.more {
-            if let Some(last) = self.rows.last().and_then(|r| r.first()) {
-                s.push_str(&format!("(more: ask again with --after {last})\n"));
+        match (self.more, self.pages) {
+            (true, true) => {
+                let last = self.rows.last().and_then(|r| r.first());
+                s.push_str(&format!(
+                    "(more: ask again with --after {})\n",
+                    last.map_or("", String::as_str)
+                ));
             }
+            (true, false) => s.push_str("(more rows than shown)\n"),
+            (false, _) => {}
         }
         s
     }
@@ -56,6 +64,7 @@ impl Command for ListAccounts {
             columns: vec!["account"],
             rows: r.account_ids.into_iter().map(|a| vec![a]).collect(),
             more: r.more,
+            pages: true,
         }))
     }
 }
@@ -81,6 +90,7 @@ impl Command for ListTokens {
             columns: vec!["token_id", "kind", "account", "name", "created", "revoked"],
             rows: r.tokens.iter().map(token_row).collect(),
             more: r.more,
+            pages: true,
         }))
     }
 }
@@ -135,6 +145,7 @@ impl Command for ListAccess {
                 .map(|a| vec![a.account_id, a.sub_user, a.permissions.join(",")])
                 .collect(),
             more: r.more,
+            pages: false,
         }))
     }
 }
@@ -149,6 +160,7 @@ mod tests {
             columns: vec!["account"],
             rows: vec![vec!["acme".into()], vec!["globex".into()]],
             more: true,
+            pages: true,
         };
         assert_eq!(
             l.text(),
