@@ -522,6 +522,9 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
     survive_file_size_limit();
     // What can fail without writing anything comes first: the port, the catalog.
     let (listener, addr) = bind(cfg.listen).await?;
+    let metrics = Metrics::new();
+    let (stop, stop_rx) = watch::channel(false);
+    let metrics_addr = start_metrics(cfg.metrics_listen, &metrics, stop_rx.clone()).await?;
     let catalog = Arc::new(load_catalog(cfg.catalog_path.as_ref())?);
     cfg.engine.alerts.validate()?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServeError::DataDir {
@@ -603,7 +606,6 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         .set_serving::<pb::quota_server::QuotaServer<QuotaService>>()
         .await;
     let (reflection_v1, reflection_v1alpha) = reflection()?;
-    let metrics = Metrics::new();
     engine_metrics(&metrics, &engine);
     let quota = pb::quota_server::QuotaServer::new(QuotaService::with_metrics(
         engine.clone(),
@@ -652,14 +654,12 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         }
     });
 
-    let (stop, stop_rx) = watch::channel(false);
     let sync = tokio::spawn(engine::sync::run(
         engine.clone(),
         cfg.sync_interval_ms,
         cfg.sync_batch_max,
         stop_rx.clone(),
     ));
-    let metrics_addr = start_metrics(cfg.metrics_listen, &metrics, stop_rx.clone()).await?;
     let router = builder(cfg.limits, &metrics, authenticator, cfg.tls.as_ref())?
         .add_service(health_svc)
         .add_service(reflection_v1)
@@ -763,6 +763,9 @@ pub async fn start_ledger(
     clock: SharedClock,
 ) -> Result<RunningLedger, ServeError> {
     let (listener, addr) = bind(cfg.listen).await?;
+    let (stop, stop_rx) = watch::channel(false);
+    let metrics = Metrics::new();
+    let metrics_addr = start_metrics(cfg.metrics_listen, &metrics, stop_rx.clone()).await?;
     let catalog = Arc::new(load_catalog(cfg.catalog_path.as_ref())?);
     let lock = match is_postgres(&cfg.database_url) {
         true => None,
@@ -808,9 +811,6 @@ pub async fn start_ledger(
     // GetBalance from the ledger's view; the other Quota calls say they are the sidecars'.
     let quota = pb::quota_server::QuotaServer::new(LedgerQuota::new(ledger.clone()))
         .max_decoding_message_size(cfg.limits.message_bytes_max);
-    let (stop, stop_rx) = watch::channel(false);
-    let metrics = Metrics::new();
-    let metrics_addr = start_metrics(cfg.metrics_listen, &metrics, stop_rx.clone()).await?;
     let router = builder(cfg.limits, &metrics, authenticator, cfg.tls.as_ref())?
         .add_service(health_svc)
         .add_service(reflection_v1)

@@ -126,6 +126,26 @@ async fn a_port_in_use_is_found_before_the_data_dir_is_made_and_said_once() {
     assert_eq!(err.matches("cannot listen on").count(), 1, "{err}");
     assert!(err.contains(&port), "{err}");
     assert!(!dir.exists(), "nothing is created when the port is taken");
+    // The metrics port too.
+    let out = run(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            &port,
+            "--data-dir",
+            &dir.display().to_string(),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains(&port), "{err}");
+    assert!(
+        !dir.exists(),
+        "nothing is created when the metrics port is taken"
+    );
 
     let token = tmp.path().join("ledger").join("operator.token");
     let out = run(
