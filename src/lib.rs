@@ -18,6 +18,8 @@
 //!   access log service that charges each finished request once; the HTTP mapping; the
 //!   bootstrap `ctl envoy-config` prints.
 //! - `grpc`: thin adapters from the wire to the engine and the ledger; one error map.
+//! - `lock`: one process per data directory (an exclusive lock file).
+//! - `bootstrap`: the first operator token, the sidecar's id and ledger token check.
 //! - `server`: wiring, limits, health, reflection and the shutdown order.
 //! - `config`: settings from flags, environment and the TOML file, with one precedence.
 //! - `guard`: the layer in front of every RPC: request ids, load shedding, latency.
@@ -33,6 +35,7 @@
 
 pub mod auth;
 pub mod billing;
+pub mod bootstrap;
 pub mod clock;
 pub mod config;
 pub mod ctl;
@@ -42,6 +45,7 @@ pub mod grpc;
 pub mod guard;
 pub mod journal;
 pub mod ledger;
+pub mod lock;
 pub mod metrics;
 pub mod server;
 pub mod tls;

@@ -206,7 +206,7 @@ where
     match run(cfg).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
+            // Once, where people look (the log goes to stderr too): not also as a log line.
             eprintln!("{name}: {e}");
             ExitCode::FAILURE
         }

@@ -23,11 +23,13 @@ use tonic_health::server::HealthReporter;
 use crate::auth::layer::AuthLayer;
 use crate::auth::{self, AuthConfig, Authenticator, LedgerSource, TokenSource};
 use crate::billing::{Catalog, CatalogError};
+use crate::bootstrap;
 use crate::clock::SharedClock;
 use crate::engine::sync::{DEFAULT_SYNC_BATCH_MAX, DEFAULT_SYNC_INTERVAL_MS};
 use crate::engine::{self, Engine, EngineConfig, EngineError};
 use crate::envoy::{self, EnvoyLimits, SettleStats};
 use crate::grpc::admin::AdminService;
+use crate::grpc::elsewhere::{LedgerQuota, SidecarAdmin};
 use crate::grpc::ledger::{LedgerService, RemoteLedger};
 use crate::grpc::quota::QuotaService;
 use crate::guard::GuardLayer;
@@ -39,6 +41,7 @@ use crate::ledger::postgres::{DEFAULT_PG_POOL_MAX, PgStore};
 use crate::ledger::sqlite::SqliteStore;
 use crate::ledger::store::{LedgerStore, StoreError};
 use crate::ledger::{EMBEDDED_SIDECAR_ID, Ledger, LedgerApi, LedgerError};
+use crate::lock::{LockError, ProcessLock};
 use crate::metrics::{Metrics, Sample, SharedMetrics};
 use crate::pb;
 use crate::tls::{ClientTls, ServerTls, TlsError};
@@ -236,6 +239,13 @@ pub enum ServeError {
     Bootstrap(#[from] auth::BootstrapError),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error("{0}")]
+    Lock(#[from] LockError),
+    #[error(
+        "the ledger at {url} refused this sidecar's token ({message}): give it a sidecar or \
+         operator token of that ledger (--ledger-token-file or QUOTAD_LEDGER_TOKEN)"
+    )]
+    LedgerRefused { url: String, message: String },
 }
 
 pub fn load_catalog(path: Option<&PathBuf>) -> Result<Catalog, ServeError> {
@@ -253,41 +263,20 @@ pub fn load_catalog(path: Option<&PathBuf>) -> Result<Catalog, ServeError> {
 
 /// Opens the ledger store named by `url`: PostgreSQL for postgres:// URLs, else SQLite.
 pub async fn open_store(url: &str, pg_pool_max: u32) -> Result<Arc<dyn LedgerStore>, ServeError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if is_postgres(url) {
         Ok(Arc::new(PgStore::connect(url, pg_pool_max).await?))
     } else {
-        let path = url.strip_prefix("sqlite:").unwrap_or(url);
-        Ok(Arc::new(SqliteStore::open(Path::new(path))?))
+        Ok(Arc::new(SqliteStore::open(sqlite_path(url))?))
     }
 }
 
-/// This sidecar's id at its ledger: made once, kept in the data directory, so that after
-/// a restart the ledger recognises its leases and usage cursor.
-fn sidecar_id(data_dir: &Path) -> Result<String, ServeError> {
-    let path = data_dir.join("sidecar_id");
-    let io = |source| ServeError::DataDir {
-        path: path.clone(),
-        source,
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_owned()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
-    }
-    let mut bytes = [0u8; 8];
-    getrandom::getrandom(&mut bytes).map_err(|e| io(std::io::Error::other(e.to_string())))?;
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "sidecar".into());
-    let host: String = host
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .take(40)
-        .collect();
-    let id = format!("{host}-{:016x}", u64::from_le_bytes(bytes));
-    let tmp = data_dir.join("sidecar_id.tmp");
-    std::fs::write(&tmp, &id).map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    Ok(id)
+/// The SQLite file a non-PostgreSQL ledger URL names (`sqlite:PATH` or a plain path).
+fn sqlite_path(url: &str) -> &Path {
+    Path::new(url.strip_prefix("sqlite:").unwrap_or(url))
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
@@ -348,32 +337,6 @@ fn builder(
             .layer(GuardLayer::new(limits.concurrency_max, metrics.clone()))
             .layer(AuthLayer::new(auth)),
     )
-}
-
-/// Makes the first operator token (if there is none) and says where it is, or warns that
-/// authentication is off.
-async fn bootstrap_auth(
-    cfg: &AuthConfig,
-    ledger: &Ledger,
-    token_file: Option<&Path>,
-) -> Result<(), ServeError> {
-    if cfg.disabled {
-        tracing::warn!(
-            "authentication is OFF (auth_disabled): anyone who reaches this port can do \
-             anything; for local development only"
-        );
-        return Ok(());
-    }
-    match token_file {
-        Some(path) => {
-            if !auth::ensure_operator_token(ledger, path).await? {
-                tracing::info!(path = %path.display(),
-                    "operator token exists; `quotad ctl` reads it from this file if present");
-            }
-        }
-        None => tracing::info!("no operator token file configured; tokens come from CreateToken"),
-    }
-    Ok(())
 }
 
 /// Starts the metrics endpoint if one is configured; it stops with `stop`.
@@ -496,6 +459,8 @@ pub struct Running {
     sync: JoinHandle<()>,
     health: HealthReporter,
     settler: Arc<envoy::accesslog::Settler>,
+    /// The data directory's lock, let go once the journal is closed.
+    lock: ProcessLock,
 }
 
 impl Running {
@@ -527,6 +492,7 @@ impl Running {
             tracing::warn!(error = %e, "leases not given back; they lapse at their expiry");
         }
         self.engine.journal().close().await;
+        drop(self.lock);
         tracing::info!("stopped");
         served
     }
@@ -559,12 +525,18 @@ type LedgerParts = (
 /// Opens everything under `cfg.data_dir` and starts serving on `cfg.listen`.
 pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, ServeError> {
     survive_file_size_limit();
+    // What can fail without writing anything comes first: the port, the catalog.
+    let (listener, addr) = bind(cfg.listen).await?;
+    let metrics = Metrics::new();
+    let (stop, stop_rx) = watch::channel(false);
+    let metrics_addr = start_metrics(cfg.metrics_listen, &metrics, stop_rx.clone()).await?;
+    let catalog = Arc::new(load_catalog(cfg.catalog_path.as_ref())?);
+    cfg.engine.alerts.validate()?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServeError::DataDir {
         path: cfg.data_dir.clone(),
         source,
     })?;
-    let catalog = Arc::new(load_catalog(cfg.catalog_path.as_ref())?);
-    cfg.engine.alerts.validate()?;
+    let lock = ProcessLock::data_dir(&cfg.data_dir)?;
     let mut engine_cfg = cfg.engine.clone();
     // Where this sidecar's durable events go for webhook delivery.
     let mut event_queue: Option<Arc<dyn crate::webhooks::forward::EventQueue>> = None;
@@ -578,7 +550,9 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
                 clock.clone(),
                 cfg.embedded_lease,
             ));
-            bootstrap_auth(&cfg.auth, &ledger, Some(&cfg.operator_token_file())).await?;
+            let hint = bootstrap::serve_ctl_hint(&cfg.data_dir);
+            bootstrap::bootstrap_auth(&cfg.auth, &ledger, Some(&cfg.operator_token_file()), &hint)
+                .await?;
             engine_cfg.leasing.lease_whole_account = true;
             (
                 ledger.clone(),
@@ -607,8 +581,14 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
                 cfg.ledger_token.as_deref(),
                 tls,
             )?);
+            bootstrap::check_ledger_token(&remote, url, &cfg).await?;
             event_queue = Some(remote.clone());
-            (remote.clone(), None, sidecar_id(&cfg.data_dir)?, remote)
+            (
+                remote.clone(),
+                None,
+                bootstrap::sidecar_id(&cfg.data_dir)?,
+                remote,
+            )
         }
     };
     let authenticator = Arc::new(Authenticator::new(cfg.auth.clone(), tokens, clock.clone()));
@@ -631,13 +611,11 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
     )
     .await?;
 
-    let (listener, addr) = bind(cfg.listen).await?;
     let (health, health_svc) = tonic_health::server::health_reporter();
     health
         .set_serving::<pb::quota_server::QuotaServer<QuotaService>>()
         .await;
     let (reflection_v1, reflection_v1alpha) = reflection()?;
-    let metrics = Metrics::new();
     engine_metrics(&metrics, &engine);
     let quota = pb::quota_server::QuotaServer::new(QuotaService::with_metrics(
         engine.clone(),
@@ -662,6 +640,11 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         }
         None => None,
     };
+    // A remote ledger's sidecar reads the catalog and says where the rest of Admin is.
+    let sidecar_admin = cfg.ledger_url.as_deref().map(|url| {
+        pb::admin_server::AdminServer::new(SidecarAdmin::new(catalog.clone(), url))
+            .max_decoding_message_size(cfg.limits.message_bytes_max)
+    });
     // Health follows whether the ledger answers; Quota keeps serving from leases.
     let mut ledger_state = engine.ledger_state();
     let reporter = health.clone();
@@ -682,7 +665,6 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         }
     });
 
-    let (stop, stop_rx) = watch::channel(false);
     if let Some(ledger) = &embedded_ledger {
         let hooks =
             crate::webhooks::start::start(ledger, cfg.webhooks, &metrics, clock, stop_rx.clone());
@@ -697,7 +679,6 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         cfg.sync_batch_max,
         stop_rx.clone(),
     ));
-    let metrics_addr = start_metrics(cfg.metrics_listen, &metrics, stop_rx.clone()).await?;
     let router = builder(cfg.limits, &metrics, authenticator, cfg.tls.as_ref())?
         .add_service(health_svc)
         .add_service(reflection_v1)
@@ -705,7 +686,8 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         .add_service(quota)
         .add_service(ext_authz)
         .add_service(access_log)
-        .add_optional_service(admin);
+        .add_optional_service(admin)
+        .add_optional_service(sidecar_admin);
     let server = spawn_server(router, listener, stop_rx);
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), %sidecar_id,
         ledger = cfg.ledger_url.as_deref().unwrap_or("embedded"),
@@ -721,6 +703,7 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         sync,
         health,
         settler,
+        lock,
     })
 }
 
@@ -754,6 +737,8 @@ pub struct RunningLedger {
     stop: watch::Sender<bool>,
     server: Server,
     health: HealthReporter,
+    /// A SQLite database's lock (PostgreSQL serves several ledger processes).
+    _lock: Option<ProcessLock>,
 }
 
 impl RunningLedger {
@@ -796,7 +781,15 @@ pub async fn start_ledger(
     cfg: LedgerServeConfig,
     clock: SharedClock,
 ) -> Result<RunningLedger, ServeError> {
+    let (listener, addr) = bind(cfg.listen).await?;
+    let (stop, stop_rx) = watch::channel(false);
+    let metrics = Metrics::new();
+    let metrics_addr = start_metrics(cfg.metrics_listen, &metrics, stop_rx.clone()).await?;
     let catalog = Arc::new(load_catalog(cfg.catalog_path.as_ref())?);
+    let lock = match is_postgres(&cfg.database_url) {
+        true => None,
+        false => Some(ProcessLock::sqlite_file(sqlite_path(&cfg.database_url))?),
+    };
     let store = open_store(&cfg.database_url, cfg.pg_pool_max).await?;
     let ledger = Arc::new(Ledger::new(
         store,
@@ -804,13 +797,22 @@ pub async fn start_ledger(
         clock.clone(),
         cfg.lease,
     ));
-    bootstrap_auth(&cfg.auth, &ledger, cfg.operator_token_file.as_deref()).await?;
+    let hint = match &cfg.operator_token_file {
+        Some(path) => bootstrap::ledger_ctl_hint(path),
+        None => String::new(),
+    };
+    bootstrap::bootstrap_auth(
+        &cfg.auth,
+        &ledger,
+        cfg.operator_token_file.as_deref(),
+        &hint,
+    )
+    .await?;
     let authenticator = Arc::new(Authenticator::new(
         cfg.auth.clone(),
         Arc::new(LedgerSource(ledger.clone())),
         clock.clone(),
     ));
-    let (listener, addr) = bind(cfg.listen).await?;
     let (health, health_svc) = tonic_health::server::health_reporter();
     health
         .set_serving::<pb::admin_server::AdminServer<AdminService>>()
@@ -825,9 +827,6 @@ pub async fn start_ledger(
     .max_decoding_message_size(cfg.limits.message_bytes_max);
     let sync = pb::ledger_server::LedgerServer::new(LedgerService::new(ledger.clone()))
         .max_decoding_message_size(DEFAULT_SYNC_MESSAGE_BYTES_MAX);
-    let (stop, stop_rx) = watch::channel(false);
-    let metrics = Metrics::new();
-    let metrics_addr = start_metrics(cfg.metrics_listen, &metrics, stop_rx.clone()).await?;
     crate::webhooks::start::start(
         &ledger,
         cfg.webhooks,
@@ -835,12 +834,16 @@ pub async fn start_ledger(
         clock.clone(),
         stop_rx.clone(),
     );
+    // GetBalance from the ledger's view; the other Quota calls say they are the sidecars'.
+    let quota = pb::quota_server::QuotaServer::new(LedgerQuota::new(ledger.clone()))
+        .max_decoding_message_size(cfg.limits.message_bytes_max);
     let router = builder(cfg.limits, &metrics, authenticator, cfg.tls.as_ref())?
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(admin)
-        .add_service(sync);
+        .add_service(sync)
+        .add_service(quota);
     let server = spawn_server(router, listener, stop_rx);
     tracing::info!(%addr, lease_ttl_ms = cfg.lease.ttl_ms, hold_grace_ms = cfg.lease.hold_grace_ms,
         "quotad ledger serving");
@@ -851,5 +854,6 @@ pub async fn start_ledger(
         stop,
         server,
         health,
+        _lock: lock,
     })
 }

@@ -141,6 +141,7 @@ async fn a_missing_malformed_garbage_or_revoked_token_is_unauthenticated() {
 #[tokio::test]
 async fn an_owner_acts_on_its_own_account_only() {
     let mut h = two_accounts().await;
+    h.create_token(SUB_USER, "", "bob").await.unwrap();
     let (_, token) = token(&mut h, OWNER, "acme").await;
     let mut q = Client::connect(h.addr(), &token).await;
     assert!(
@@ -453,6 +454,46 @@ async fn ctl_finds_the_operator_token_in_the_data_dir() {
         stderr.contains("UNAUTHENTICATED") && stderr.contains("missing bearer token"),
         "{stderr}"
     );
+    // ... and the error names the files it looked for.
+    for tried in ["quotad-data/operator.token", "quotad-ledger/operator.token"] {
+        assert!(stderr.contains(tried), "{stderr}");
+    }
+    // From elsewhere, --data-dir (or QUOTAD_DATA_DIR) names the server's directory.
+    let dir = data.display().to_string();
+    let out = tokio::task::block_in_place(|| {
+        ctl(elsewhere.path(), &["--data-dir", &dir, "balance", "acme"])
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // create-token --quiet prints the token alone, ready for a file.
+    let out = tokio::task::block_in_place(|| {
+        ctl(
+            elsewhere.path(),
+            &[
+                "--data-dir",
+                &dir,
+                "create-token",
+                "owner",
+                "acme",
+                "--quiet",
+            ],
+        )
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("qdt_") && stdout.lines().count() == 1,
+        "{stdout}"
+    );
+    let mut owner = Client::connect(running.addr, stdout.trim()).await;
+    owner.get_balance("acme").await.unwrap();
     running.shutdown().await.unwrap();
 }
 
@@ -474,7 +515,7 @@ async fn a_ledger_serves_only_sidecars_with_a_token_and_revocations_reach_them()
         quotad::auth::read_token_file(&dir.path().join("ledger-operator.token")).unwrap();
     let mut admin = Client::connect(ledger.addr, &operator).await;
     admin.create_account("acme", "10").await.unwrap();
-    let (_, sidecar_token) = token(&mut admin, SIDECAR, "s1").await;
+    let (sidecar_token_id, sidecar_token) = token(&mut admin, SIDECAR, "s1").await;
     let (owner_id, owner) = token(&mut admin, OWNER, "acme").await;
 
     let sidecar = |name: &str, token: Option<&str>| {
@@ -485,7 +526,8 @@ async fn a_ledger_serves_only_sidecars_with_a_token_and_revocations_reach_them()
         cfg.auth.cache_ttl_ms = TTL_MS;
         cfg
     };
-    // No token, a wrong one, a non-sidecar one: the ledger says no.
+    // No token, a wrong one, a non-sidecar one: the ledger says no, and the sidecar does
+    // not start.
     for (name, token, why) in [
         ("none", None, "missing bearer token"),
         ("wrong", Some("qdt_wrong"), "unknown or revoked token"),
@@ -495,23 +537,17 @@ async fn a_ledger_serves_only_sidecars_with_a_token_and_revocations_reach_them()
             "sidecars and the operator only",
         ),
     ] {
-        let running = server::start(sidecar(name, token), clock.clone())
-            .await
-            .unwrap();
-        let e = running
-            .engine()
-            .refresh_account("acme")
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains(why) && e.contains("token"), "{name}: {e}");
-        // Its callers cannot be checked either: refused, not let through.
-        let mut q = Client::connect(running.addr, &owner).await;
-        let r = q.get_balance("acme").await;
-        assert!(r.is_err(), "{name}: {r:?}");
-        running.shutdown().await.ok();
+        let e = match server::start(sidecar(name, token), clock.clone()).await {
+            Ok(_) => panic!("{name}: a sidecar with a refused ledger token started"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains(why) && e.contains("refused this sidecar's token"),
+            "{name}: {e}"
+        );
     }
     // The right one: syncs, and serves the owner (checked with the ledger).
+    let (_, other_owner) = token(&mut admin, OWNER, "acme").await;
     let running = server::start(sidecar("good", Some(&sidecar_token)), clock.clone())
         .await
         .unwrap();
@@ -574,6 +610,16 @@ async fn a_ledger_serves_only_sidecars_with_a_token_and_revocations_reach_them()
         q.get_balance("acme").await,
         Code::Unauthenticated,
         &["unknown or revoked"],
+    );
+    // The sidecar's own token revoked at the ledger: its callers' tokens cannot be
+    // checked, and the answer says the ledger refused it (it did answer).
+    admin.revoke_token(&sidecar_token_id).await.unwrap();
+    let mut q2 = Client::connect(running.addr, &other_owner).await;
+    assert_status(
+        "sidecar token revoked",
+        q2.get_balance("acme").await,
+        Code::Unavailable,
+        &["refused this sidecar's own token"],
     );
     running.shutdown().await.unwrap();
     ledger.shutdown().await.unwrap();

@@ -966,6 +966,29 @@ async fn tokens_and_access(s: Arc<dyn LedgerStore>) {
         s.access_of("bob", 10).await.unwrap(),
         vec![("a".to_owned(), 0b01000)]
     );
+
+    // Listings, and whether a sub-user has a token (t1, named "n", is one).
+    assert!(s.has_sub_user("n").await.unwrap());
+    assert!(!s.has_sub_user("bob").await.unwrap());
+    let ids = |rows: Vec<TokenRow>| rows.into_iter().map(|t| t.token_id).collect::<Vec<_>>();
+    assert_eq!(ids(s.list_tokens("", 10).await.unwrap()), ["t1", "t2"]);
+    assert_eq!(ids(s.list_tokens("t1", 10).await.unwrap()), ["t2"]);
+    assert_eq!(ids(s.list_tokens("", 1).await.unwrap()), ["t1"]);
+    assert!(s.revoke_token("t1", 30).await.unwrap());
+    assert!(!s.has_sub_user("n").await.unwrap());
+    let access = s.list_access("", 10).await.unwrap();
+    let rows: Vec<_> = access
+        .iter()
+        .map(|a| (a.account_id.as_str(), a.sub_user.as_str(), a.permissions))
+        .collect();
+    assert_eq!(rows, [("a", "bob", 0b01000), ("a", "eve", 0b00001)]);
+    assert_eq!(s.list_access("a", 1).await.unwrap().len(), 1);
+    assert!(s.list_access("b", 10).await.unwrap().is_empty());
+    for a in ["zed", "acme", "b"] {
+        s.create_account(a, m("1"), T0).await.unwrap();
+    }
+    assert_eq!(s.list_accounts("", 10).await.unwrap(), ["acme", "b", "zed"]);
+    assert_eq!(s.list_accounts("acme", 1).await.unwrap(), ["b"]);
 }
 
 async fn known_usage_reports_applied_ids(s: Arc<dyn LedgerStore>) {

@@ -21,6 +21,7 @@ use quotad::ledger::lease::LeaseConfig;
 use quotad::pb;
 use quotad::server::{self, LedgerServeConfig, Running, RunningLedger, ServeConfig};
 use rust_decimal::Decimal;
+use tonic::Code;
 
 const LEASE_TTL_MS: i64 = 2_000;
 
@@ -334,4 +335,79 @@ async fn the_ledger_counts_free_requests_across_sidecars_and_takes_storage_hours
     let b = f.sidecars[1].1.get_balance("acme").await.unwrap();
     assert_eq!(amount(&b.balance), "-9.12");
     assert_eq!(b.status(), pb::balance::AccountStatus::Overdue);
+}
+
+/// Each server kind says where a call it does not serve goes (UNIMPLEMENTED); the catalog
+/// is on both for any caller; the ledger answers GetBalance and GetStatement to the
+/// operator and the account's owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_the_wrong_server_kind_says_which_serves_it() {
+    let mut f = Fleet::start(1, |_| {}).await;
+    f.admin.create_account("acme", "5").await.unwrap();
+    let owner = f
+        .admin
+        .create_token(pb::principal::Kind::Owner, "acme", "")
+        .await
+        .unwrap()
+        .token;
+    let sidecar_addr = f.sidecars[0].0.addr;
+    let ledger_url = format!("http://{}", f.ledger_addr);
+
+    // Admin writes on the sidecar: the ledger serves them.
+    let sidecar = &mut f.sidecars[0].1;
+    assert_status(
+        "TopUp on a sidecar",
+        sidecar.top_up("acme", "1", "t1").await,
+        Code::Unimplemented,
+        &["Admin/TopUp", "ledger", &ledger_url],
+    );
+    assert_status(
+        "GetStatement on a sidecar",
+        sidecar.get_statement("acme").await,
+        Code::Unimplemented,
+        &["Admin/GetStatement", &ledger_url],
+    );
+    // The catalog, on the sidecar and the ledger, for the owner too.
+    let mut owner_at_sidecar = Client::connect(sidecar_addr, &owner).await;
+    let mut owner_at_ledger = Client::connect(f.ledger_addr, &owner).await;
+    for c in [&mut owner_at_sidecar, &mut owner_at_ledger] {
+        let cat = c.get_catalog().await.unwrap();
+        assert!(cat.skus.iter().any(|s| s.id == A10), "{cat:?}");
+    }
+    // Quota work on the ledger: the sidecars serve it.
+    assert_status(
+        "Reserve on the ledger",
+        f.admin
+            .reserve("acme", "r1", GPU_SHARED, A10, 1_000, 0)
+            .await,
+        Code::Unimplemented,
+        &["Quota/Reserve", "sidecars"],
+    );
+    // The ledger's balance and statement, to the operator and the owner.
+    let b = f.admin.get_balance("acme").await.unwrap();
+    assert_eq!(dec(&b.balance), Decimal::from(5));
+    let b = owner_at_ledger.get_balance("acme").await.unwrap();
+    assert_eq!(dec(&b.balance), Decimal::from(5));
+    owner_at_ledger.get_statement("acme").await.unwrap();
+    f.admin.create_account("globex", "1").await.unwrap();
+    assert_status(
+        "owner reads another account at the ledger",
+        owner_at_ledger.get_balance("globex").await,
+        Code::PermissionDenied,
+        &["globex"],
+    );
+    assert_status(
+        "owner reads another account's statement",
+        owner_at_ledger.get_statement("globex").await,
+        Code::PermissionDenied,
+        &["globex"],
+    );
+    // And the owner works through the sidecar with the same token.
+    assert!(
+        owner_at_sidecar
+            .reserve("acme", "r1", GPU_SHARED, A10, 1_000, 0)
+            .await
+            .unwrap()
+            .admitted
+    );
 }

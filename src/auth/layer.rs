@@ -1,6 +1,7 @@
 //! The tower layer that authenticates every RPC before a service sees it, and applies the
-//! rules that depend only on the method: Admin is the operator's (but GrantAccess and
-//! RevokeAccess, which an owner may call on its own account), the Ledger service is for
+//! rules that depend only on the method: Admin is the operator's (but GrantAccess,
+//! RevokeAccess and GetStatement, which an owner may call on its own account, and
+//! GetCatalog, which any owner or sub-user may read), the Ledger service is for
 //! sidecars and the operator, the Envoy services (ext_authz Check, the access log stream)
 //! are for proxies and the operator, and the Quota calls that name an account, a reservation or
 //! a session go on to their adapter, which checks the account (`Caller::allow`). Any other
@@ -32,6 +33,9 @@ const ACCOUNT_CHECKED: &[&str] = &[
     "/quotad.v1.Quota/ReportStorage",
     "/quotad.v1.Admin/GrantAccess",
     "/quotad.v1.Admin/RevokeAccess",
+    "/quotad.v1.Admin/GetStatement",
+    // Not about an account: the catalog is for anyone who may call quotad at all.
+    "/quotad.v1.Admin/GetCatalog",
 ];
 
 #[derive(Debug, PartialEq, Eq)]

@@ -83,6 +83,11 @@ pub enum AuthError {
     UnknownPermission(String),
     #[error("token {0} does not exist")]
     UnknownTokenId(String),
+    #[error(
+        "sub-user {0:?} has no token: make one first (CreateToken, `quotad ctl create-token \
+         sub-user {0}`), then grant it access"
+    )]
+    UnknownSubUser(String),
     #[error("cannot check the token now: {0}")]
     Unavailable(String),
     #[error("token store: {0}")]
@@ -549,8 +554,7 @@ pub async fn ensure_operator_token(ledger: &Ledger, path: &Path) -> Result<bool,
     let tmp = path.with_extension("token.tmp");
     write_private(&tmp, &format!("{token}\n")).map_err(file)?;
     std::fs::rename(&tmp, path).map_err(file)?;
-    tracing::info!(path = %path.display(), token_id = %row.token_id,
-        "created the operator token; `quotad ctl` reads it from there");
+    tracing::info!(path = %path.display(), token_id = %row.token_id, "created the operator token");
     Ok(true)
 }
 

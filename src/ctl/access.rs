@@ -13,6 +13,9 @@ pub struct CreateToken {
     pub kind: TokenKind,
     /// The owner's account, or the name of a sub-user, sidecar or operator
     pub subject: String,
+    /// Print only the token (for `... > sidecar-a.token`); its id is not shown
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 impl Command for CreateToken {
@@ -33,9 +36,11 @@ impl Command for CreateToken {
                 name,
             }),
         };
-        Ok(Reply::TokenCreated(
-            ctx.admin.create_token(req).await?.into_inner(),
-        ))
+        let created = ctx.admin.create_token(req).await?.into_inner();
+        Ok(match self.quiet {
+            true => Reply::Line(created.token),
+            false => Reply::TokenCreated(created),
+        })
     }
 }
 

@@ -4,7 +4,7 @@
 //! error" alone tells an operator nothing.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -39,6 +39,9 @@ pub struct Ctx<'a> {
     pub bearer: Bearer,
     pub out: &'a mut dyn Write,
     pub render: &'a dyn Render,
+    /// The token files looked for when no token was given and none was found (said if
+    /// the server then wants one).
+    pub tried: Vec<PathBuf>,
 }
 
 impl<'a> Ctx<'a> {
@@ -57,7 +60,8 @@ impl<'a> Ctx<'a> {
             domain: None,
         };
         let channel = connect(&args.addr, &tls).await?;
-        let bearer = Bearer::new(token(args)?.as_deref()).ok_or(CtlError::BadToken)?;
+        let (token, tried) = token(args)?;
+        let bearer = Bearer::new(token.as_deref()).ok_or(CtlError::BadToken)?;
         let channel = InterceptedService::new(channel, bearer.clone());
         Ok(Ctx {
             quota: QuotaClient::new(channel.clone()),
@@ -68,7 +72,27 @@ impl<'a> Ctx<'a> {
             bearer,
             out,
             render,
+            tried,
         })
+    }
+
+    /// A call refused for want of a token, when ctl found none, says where it looked.
+    pub fn explain(&self, e: CtlError) -> CtlError {
+        match e {
+            CtlError::Rpc {
+                code: tonic::Code::Unauthenticated,
+                message,
+            } if !self.tried.is_empty() => CtlError::NoToken {
+                tried: self
+                    .tried
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                message,
+            },
+            e => e,
+        }
     }
 
     /// An amount given on the command line, in --currency.
@@ -113,27 +137,48 @@ pub(super) fn fresh_id(prefix: &str) -> String {
 }
 
 /// The token to send: --token / QUOTAD_TOKEN, else --token-file / QUOTAD_TOKEN_FILE, else
-/// the operator token `quotad serve` wrote in ./quotad-data, if it is there.
-fn token(args: &CtlArgs) -> Result<Option<String>, CtlError> {
+/// the operator token in --data-dir / QUOTAD_DATA_DIR, else in ./quotad-data (what
+/// `quotad serve` writes) or ./quotad-ledger/operator.token (what `quotad ledger` writes),
+/// the first that exists. With none found: no token, and the files looked for.
+fn token(args: &CtlArgs) -> Result<(Option<String>, Vec<PathBuf>), CtlError> {
     if let Some(t) = &args.token {
-        return Ok(Some(t.trim().to_owned()));
+        return Ok((Some(t.trim().to_owned()), Vec::new()));
     }
-    let (path, required) = match &args.token_file {
-        Some(p) => (p.clone(), true),
-        None => (
+    if let Some(path) = &args.token_file {
+        return read(path).map(|t| (Some(t), Vec::new()));
+    }
+    let candidates = default_token_files(args.data_dir.as_deref());
+    for path in &candidates {
+        match read(path) {
+            Ok(t) => return Ok((Some(t), Vec::new())),
+            Err(CtlError::TokenFile { .. }) if !path.exists() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((None, candidates))
+}
+
+/// Where an operator token is looked for when none is given.
+pub fn default_token_files(data_dir: Option<&Path>) -> Vec<PathBuf> {
+    match data_dir {
+        Some(d) => vec![d.join(crate::auth::OPERATOR_TOKEN_FILE)],
+        None => vec![
             Path::new(crate::server::DEFAULT_DATA_DIR).join(crate::auth::OPERATOR_TOKEN_FILE),
-            false,
-        ),
-    };
-    match crate::auth::read_token_file(&path) {
-        Ok(t) if !t.is_empty() => Ok(Some(t)),
+            PathBuf::from(crate::auth::DEFAULT_LEDGER_OPERATOR_TOKEN_FILE),
+        ],
+    }
+}
+
+/// A token file's token; empty is an error.
+fn read(path: &Path) -> Result<String, CtlError> {
+    match crate::auth::read_token_file(path) {
+        Ok(t) if !t.is_empty() => Ok(t),
         Ok(_) => Err(CtlError::TokenFile {
-            path,
+            path: path.to_path_buf(),
             reason: "empty".into(),
         }),
-        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(CtlError::TokenFile {
-            path,
+            path: path.to_path_buf(),
             reason: e.to_string(),
         }),
     }

@@ -44,6 +44,11 @@ pub enum CtlError {
     TokenFile { path: PathBuf, reason: String },
     #[error("the token is not a valid header value")]
     BadToken,
+    #[error(
+        "UNAUTHENTICATED: {message}: no token was given and none was found in {tried} \
+         (give --token-file, QUOTAD_TOKEN_FILE, or the server's --data-dir / QUOTAD_DATA_DIR)"
+    )]
+    NoToken { tried: String, message: String },
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]

@@ -13,6 +13,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use super::CtlError;
+use super::list::Listing;
 use super::reply::{Render, Reply, StatementReply};
 use super::statement::{self, StatementBy, Sums};
 use super::webhook::WebhookReply;
@@ -70,6 +71,9 @@ impl Render for Json {
             ),
             Reply::Script(script) => line(out, &Script { script }),
             Reply::Webhook(w) => webhook_reply(out, w),
+            // `create-token --quiet`: the token alone, as a JSON string.
+            Reply::Line(l) => line(out, l),
+            Reply::Listing(l) => line(out, &listing(l)),
         }
     }
 }
@@ -91,6 +95,24 @@ fn webhook_reply(out: &mut dyn Write, reply: &WebhookReply) -> Result<(), CtlErr
             },
         ),
     }
+}
+
+/// `list-accounts`, `list-tokens`, `list-access`: one object per row, keyed by the
+/// listing's column names, and whether the server left rows out.
+fn listing(l: &Listing) -> serde_json::Value {
+    let rows = l
+        .rows
+        .iter()
+        .map(|row| {
+            let fields = l.columns.iter().zip(row);
+            serde_json::Value::Object(
+                fields
+                    .map(|(c, v)| ((*c).to_owned(), serde_json::Value::String(v.clone())))
+                    .collect(),
+            )
+        })
+        .collect();
+    serde_json::json!({ "rows": serde_json::Value::Array(rows), "more": l.more })
 }
 
 /// `webhook delete`: the endpoint and whether it existed.

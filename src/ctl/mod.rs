@@ -24,6 +24,7 @@ mod connect;
 mod error;
 mod format;
 mod json;
+mod list;
 mod parse;
 mod reply;
 mod statement;
@@ -43,6 +44,7 @@ pub use completions::Completions;
 pub use connect::Ctx;
 pub use error::CtlError;
 pub use json::Json;
+pub use list::{ListAccess, ListAccounts, ListTokens, Listing};
 pub use parse::{CreditKind, TokenKind};
 pub use reply::{Render, Reply, StatementReply};
 pub use statement::StatementBy;
@@ -70,10 +72,14 @@ pub struct CtlArgs {
     /// prefer --token-file or QUOTAD_TOKEN (a flag shows in the process list)
     #[arg(long, env = "QUOTAD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
-    /// File holding the token [default: quotad-data/operator.token, where `quotad serve`
-    /// writes the operator token on first start, if it exists]
+    /// File holding the token [default: the operator token in --data-dir]
     #[arg(long, env = "QUOTAD_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
+    /// The data directory of the `quotad serve` to drive, whose operator.token is sent
+    /// when no token is given [default: quotad-data/operator.token if it exists, else
+    /// quotad-ledger/operator.token, where `quotad ledger` writes it]
+    #[arg(long, env = "QUOTAD_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
     /// CA (PEM) the server's TLS certificate must chain to; implies https (default: none)
     #[arg(long, env = "QUOTAD_CTL_TLS_CA_FILE", global = true)]
     pub tls_ca_file: Option<PathBuf>,
@@ -162,6 +168,13 @@ pub enum CtlCommand {
     Completions(Completions),
     /// Webhook endpoints (operator only): create, list, delete, test
     Webhook(WebhookArgs),
+    /// List the accounts (operator only)
+    ListAccounts(ListAccounts),
+    /// List the tokens: ids and who they speak for, revoked ones too; never a token
+    /// (operator only)
+    ListTokens(ListTokens),
+    /// List what sub-users may do, on one account or every account (operator only)
+    ListAccess(ListAccess),
 }
 
 /// One command's work up to its answer: check, call quotad, return what it answered.
@@ -197,6 +210,9 @@ impl Command for CtlCommand {
             CtlCommand::RevokeAccess(c) => c.call(ctx).await,
             CtlCommand::Completions(c) => c.call(ctx).await,
             CtlCommand::Webhook(c) => c.call(ctx).await,
+            CtlCommand::ListAccounts(c) => c.call(ctx).await,
+            CtlCommand::ListTokens(c) => c.call(ctx).await,
+            CtlCommand::ListAccess(c) => c.call(ctx).await,
         }
     }
 }
@@ -222,7 +238,7 @@ async fn run_command(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError>
     let mut ctx = Ctx::connect(&args, out, &render).await?;
     match args.command.call(&mut ctx).await {
         Ok(reply) => render.reply(ctx.out, &reply),
-        Err(e) => Err(render.with_retry_hint(e)),
+        Err(e) => Err(render.with_retry_hint(ctx.explain(e))),
     }
 }
 

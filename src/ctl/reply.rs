@@ -37,6 +37,10 @@ pub enum Reply {
     Heartbeat(pb::HeartbeatResponse),
     SessionStopped(pb::StopSessionResponse),
     TokenCreated(pb::CreateTokenResponse),
+    /// One value alone on its line, for scripts (`create-token --quiet`: the token).
+    Line(String),
+    /// Rows under named columns (list-accounts, list-tokens, list-access).
+    Listing(super::list::Listing),
     TokenRevoked(pb::RevokeTokenResponse),
     /// A sub-user's permissions after grant-access or revoke-access.
     Access(pb::AccessResponse),

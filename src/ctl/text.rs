@@ -78,6 +78,8 @@ impl Render for Text {
                     ("note", "shown once; quotad keeps only its hash".into()),
                 ],
             ),
+            Reply::Line(line) => Ok(writeln!(out, "{line}")?),
+            Reply::Listing(l) => Ok(out.write_all(l.text().as_bytes())?),
             Reply::TokenRevoked(r) => write_kv(out, &[("revoked", r.token_id.clone())]),
             Reply::Access(r) => write_access(out, r),
             Reply::Webhook(r) => super::webhook::write_text(out, r),

@@ -9,12 +9,16 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, money_out};
 use super::error::Invalid;
-use crate::auth::{self, AuthError, Authenticator, Caller, Kind, Perms};
+use crate::auth::{self, AuthError, Authenticator, Caller, Kind, Permission, Perms};
 use crate::billing::Money;
 use crate::billing::burndown::FREE_TIER_LABEL;
 use crate::engine::Engine;
 use crate::ledger::Ledger;
 use crate::pb;
+
+/// Most rows one listing (ListAccounts, ListTokens, ListAccess) answers; a request may
+/// ask for fewer, and pages on with `after`.
+pub const DEFAULT_LIST_MAX: usize = 1_000;
 
 pub struct AdminService {
     ledger: Arc<Ledger>,
@@ -196,8 +200,11 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::GetStatementRequest>,
     ) -> Result<Response<pb::Statement>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         let account_id = convert::id("account_id", &r.account_id)?;
+        // The operator, the owner, or a sub-user that may see the balance.
+        caller.allow(account_id, Permission::Balance)?;
         // Everything acknowledged on the account so far is in the statement; other
         // accounts' usage is not waited for.
         if let Some(engine) = &self.engine {
@@ -280,6 +287,14 @@ impl pb::admin_server::Admin for AdminService {
             .into());
         }
         self.ledger.balance_view(account_id).await?;
+        let known = self
+            .ledger
+            .has_sub_user(sub_user)
+            .await
+            .map_err(AuthError::from)?;
+        if !known {
+            return Err(AuthError::UnknownSubUser(sub_user.to_owned()).into());
+        }
         let bits = self
             .ledger
             .grant_access(account_id, sub_user, perms.0)
@@ -348,5 +363,66 @@ impl pb::admin_server::Admin for AdminService {
         super::webhooks::test(&self.ledger, request.into_inner())
             .await
             .map(Response::new)
+    }
+
+    async fn list_accounts(
+        &self,
+        request: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        let r = request.into_inner();
+        let limit = convert::list_limit(r.limit, DEFAULT_LIST_MAX);
+        let mut account_ids = self
+            .ledger
+            .list_accounts(&r.after, limit.saturating_add(1))
+            .await
+            .map_err(AuthError::from)?;
+        let more = account_ids.len() > limit;
+        account_ids.truncate(limit);
+        Ok(Response::new(pb::ListAccountsResponse {
+            account_ids,
+            more,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let r = request.into_inner();
+        let limit = convert::list_limit(r.limit, DEFAULT_LIST_MAX);
+        let rows = self
+            .ledger
+            .list_tokens(&r.after, limit.saturating_add(1))
+            .await
+            .map_err(AuthError::from)?;
+        Ok(Response::new(pb::ListTokensResponse {
+            more: rows.len() > limit,
+            tokens: rows
+                .iter()
+                .take(limit)
+                .map(convert::token_info_out)
+                .collect(),
+        }))
+    }
+
+    async fn list_access(
+        &self,
+        request: Request<pb::ListAccessRequest>,
+    ) -> Result<Response<pb::ListAccessResponse>, Status> {
+        let r = request.into_inner();
+        let limit = convert::list_limit(r.limit, DEFAULT_LIST_MAX);
+        let rows = self
+            .ledger
+            .list_access(&r.account_id, limit.saturating_add(1))
+            .await
+            .map_err(AuthError::from)?;
+        Ok(Response::new(pb::ListAccessResponse {
+            more: rows.len() > limit,
+            access: rows
+                .iter()
+                .take(limit)
+                .map(|a| convert::access_out(&a.account_id, &a.sub_user, a.permissions))
+                .collect(),
+        }))
     }
 }

@@ -23,6 +23,21 @@ impl From<Invalid> for Status {
     }
 }
 
+/// A call to a server kind that does not serve it (an Admin write on a sidecar of a
+/// remote ledger, a Quota call on the ledger): UNIMPLEMENTED, saying which server does.
+#[derive(Debug, thiserror::Error)]
+#[error("{rpc} is not served here: {served_by}")]
+pub struct ServedElsewhere {
+    pub rpc: &'static str,
+    pub served_by: String,
+}
+
+impl From<ServedElsewhere> for Status {
+    fn from(e: ServedElsewhere) -> Status {
+        Status::unimplemented(e.to_string())
+    }
+}
+
 /// A bound reached while serving: the request or the stream is refused, never queued.
 #[derive(Debug, thiserror::Error)]
 pub enum Overload {
@@ -177,6 +192,7 @@ impl From<AuthError> for Status {
             | AuthError::ProxyElsewhere { .. } => Status::permission_denied(msg),
             AuthError::UnknownPermission(_) => Status::invalid_argument(msg),
             AuthError::UnknownTokenId(_) => Status::not_found(msg),
+            AuthError::UnknownSubUser(_) => Status::failed_precondition(msg),
             AuthError::Unavailable(_) => Status::unavailable(msg),
             AuthError::Store(s) => LedgerError::Store(s).into(),
         }
@@ -207,7 +223,21 @@ pub fn ledger_error(s: &Status) -> LedgerError {
     }
 }
 
-/// A token lookup at the ledger that ended in `s`: the token cannot be checked now.
+/// A token lookup at the ledger that ended in `s`: the token cannot be checked now,
+/// because the ledger refused this sidecar's own token or did not answer.
 pub fn ledger_auth_error(s: &Status) -> AuthError {
-    AuthError::Unavailable(format!("the ledger did not answer: {}", s.message()))
+    match ledger_refused(s) {
+        true => AuthError::Unavailable(format!(
+            "the ledger refused this sidecar's own token ({}): give the sidecar a sidecar \
+             or operator token of its ledger (ledger_token_file or QUOTAD_LEDGER_TOKEN)",
+            s.message()
+        )),
+        false => AuthError::Unavailable(format!("the ledger did not answer: {}", s.message())),
+    }
+}
+
+/// Whether the ledger answered `s` because it does not accept this sidecar's token (as
+/// opposed to not answering at all).
+pub fn ledger_refused(s: &Status) -> bool {
+    matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied)
 }

@@ -11,7 +11,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use super::error::{ledger_auth_error, ledger_error};
+use super::error::{ledger_auth_error, ledger_error, ledger_refused};
 use crate::auth::{self, AuthError, Caller, TokenSource};
 use crate::ledger::{Ledger, LedgerApi, LedgerError, SyncRequest, SyncResponse};
 use crate::pb;
@@ -128,6 +128,33 @@ impl RemoteLedger {
             req.metadata_mut().insert("authorization", v.clone());
         }
         req
+    }
+}
+
+/// What the ledger said of this sidecar's token at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenCheck {
+    Accepted,
+    /// The ledger answered and refused it (its message).
+    Refused(String),
+    /// The ledger did not answer (why); the token is checked at the first exchange.
+    NoAnswer(String),
+}
+
+impl RemoteLedger {
+    /// Asks the ledger, within `timeout`, whether it takes this sidecar's token: a token
+    /// lookup (of a hash no token has) that only a sidecar or operator may make.
+    pub async fn check_token(&self, timeout: Duration) -> TokenCheck {
+        let mut client = self.client.clone();
+        let call = client.authenticate(self.request(pb::AuthenticateRequest {
+            token_sha256: "0".repeat(64),
+        }));
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(_)) => TokenCheck::Accepted,
+            Ok(Err(s)) if ledger_refused(&s) => TokenCheck::Refused(s.message().to_owned()),
+            Ok(Err(s)) => TokenCheck::NoAnswer(format!("{:?}: {}", s.code(), s.message())),
+            Err(_) => TokenCheck::NoAnswer(format!("no answer within {timeout:?}")),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod convert;
+pub mod elsewhere;
 pub mod error;
 pub mod ledger;
 pub mod quota;

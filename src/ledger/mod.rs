@@ -549,6 +549,38 @@ impl Ledger {
             .await
     }
 
+    /// Whether an unrevoked sub-user token has this name (access is granted to names).
+    pub async fn has_sub_user(&self, name: &str) -> Result<bool, StoreError> {
+        self.store.has_sub_user(name).await
+    }
+
+    /// Account ids after `after`, in order, at most `limit`.
+    pub async fn list_accounts(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.store.list_accounts(after, limit).await
+    }
+
+    /// Tokens (revoked ones too) after the id `after`, at most `limit`.
+    pub async fn list_tokens(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<store::TokenRow>, StoreError> {
+        self.store.list_tokens(after, limit).await
+    }
+
+    /// Sub-users' access on `account_id` (every account: empty), at most `limit`.
+    pub async fn list_access(
+        &self,
+        account_id: &str,
+        limit: usize,
+    ) -> Result<Vec<store::AccessRow>, StoreError> {
+        self.store.list_access(account_id, limit).await
+    }
+
     /// Every account `sub_user` holds permissions on, at most `limit`.
     pub async fn access_of(
         &self,

@@ -7,6 +7,7 @@ use crate::billing::catalog::Catalog;
 use crate::billing::{OfferKind, ResourceSet};
 use crate::grpc::error::Invalid;
 use crate::ledger::StatementEntry;
+use crate::ledger::store::TokenRow;
 use crate::pb;
 
 pub fn statement_entry_out(currency: &str, e: StatementEntry) -> pb::StatementEntry {
@@ -82,6 +83,37 @@ pub fn principal_in(p: &pb::Principal) -> Result<(Kind, String, String), Invalid
             "principal.kind {} must be OPERATOR, OWNER, SUB_USER, SIDECAR or PROXY",
             p.kind
         ))),
+    }
+}
+
+/// A listed token: its id and principal, never its hash.
+pub fn token_info_out(t: &TokenRow) -> pb::TokenInfo {
+    use pb::principal::Kind as K;
+    let kind = match Kind::from_name(&t.kind) {
+        Some(Kind::Operator) => K::Operator,
+        Some(Kind::Owner) => K::Owner,
+        Some(Kind::SubUser) => K::SubUser,
+        Some(Kind::Sidecar) => K::Sidecar,
+        Some(Kind::Proxy) => K::Proxy,
+        None => K::Unspecified,
+    };
+    pb::TokenInfo {
+        token_id: t.token_id.clone(),
+        principal: Some(pb::Principal {
+            kind: kind.into(),
+            account_id: t.account_id.clone(),
+            name: t.name.clone(),
+        }),
+        created_at_ms: t.created_at_ms,
+        revoked_at_ms: t.revoked_at_ms.unwrap_or(0),
+    }
+}
+
+/// A listing's `limit`: 0 or past `max` is `max`; one more row is read to tell `more`.
+pub fn list_limit(limit: u32, max: usize) -> usize {
+    match usize::try_from(limit) {
+        Ok(0) | Err(_) => max,
+        Ok(n) => n.min(max),
     }
 }
 

@@ -10,7 +10,9 @@ mod ledger;
 mod quota;
 mod webhooks;
 
-pub use admin::{access_out, catalog_out, principal_in, statement_entry_out};
+pub use admin::{
+    access_out, catalog_out, list_limit, principal_in, statement_entry_out, token_info_out,
+};
 pub use ledger::{
     caller_in, caller_out, sync_request_in, sync_request_out, sync_response_in, sync_response_out,
     token_hash_in,

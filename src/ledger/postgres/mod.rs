@@ -50,7 +50,8 @@ pub use migrations::SCHEMA_VERSION;
 use super::StatementEntry;
 use super::store::rows::permissions;
 use super::store::{
-    AccountState, ChangeSet, LedgerStore, PurchaseRecord, StoreError, TokenRow, TopUpRecord,
+    AccessRow, AccountState, ChangeSet, LedgerStore, PurchaseRecord, StoreError, TokenRow,
+    TopUpRecord,
 };
 use crate::billing::{Grant, Money};
 use migrations::migrate;
@@ -361,5 +362,25 @@ impl LedgerStore for PgStore {
         limit: usize,
     ) -> Result<Vec<(String, u8)>, StoreError> {
         reads::access_of(&self.pool, sub_user, limit).await
+    }
+
+    async fn has_sub_user(&self, name: &str) -> Result<bool, StoreError> {
+        reads::has_sub_user(&self.pool, name).await
+    }
+
+    async fn list_accounts(&self, after: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        reads::list_accounts(&self.pool, after, limit).await
+    }
+
+    async fn list_tokens(&self, after: &str, limit: usize) -> Result<Vec<TokenRow>, StoreError> {
+        reads::list_tokens(&self.pool, after, limit).await
+    }
+
+    async fn list_access(
+        &self,
+        account_id: &str,
+        limit: usize,
+    ) -> Result<Vec<AccessRow>, StoreError> {
+        reads::list_access(&self.pool, account_id, limit).await
     }
 }

@@ -15,7 +15,7 @@ use crate::ledger::store::rows::{
     self, DeductionRow, RawGrant, RawLease, RawPurchase, RawUsage, count, money,
 };
 use crate::ledger::store::{
-    AccountState, LeaseRow, PurchaseRecord, StoreError, TokenRow, TopUpRecord,
+    AccessRow, AccountState, LeaseRow, PurchaseRecord, StoreError, TokenRow, TopUpRecord,
 };
 
 /// Grant columns as `read_grant` reads them (NUMERIC as text).
@@ -471,30 +471,104 @@ async fn deductions_of(
     Ok(out)
 }
 
+const TOKEN_COLUMNS: &str =
+    "token_id, token_sha256, kind, account_id, name, created_at_ms, revoked_at_ms";
+
+fn read_token(r: &PgRow) -> Result<TokenRow, StoreError> {
+    Ok(TokenRow {
+        token_id: col(r, 0)?,
+        token_sha256: col(r, 1)?,
+        kind: col(r, 2)?,
+        account_id: col(r, 3)?,
+        name: col(r, 4)?,
+        created_at_ms: col(r, 5)?,
+        revoked_at_ms: col(r, 6)?,
+    })
+}
+
 pub(super) async fn token_by_hash(
     pool: &PgPool,
     token_sha256: &str,
 ) -> Result<Option<TokenRow>, StoreError> {
-    let row = sqlx::query(
-        "SELECT token_id, token_sha256, kind, account_id, name, created_at_ms, \
-         revoked_at_ms FROM auth_tokens WHERE token_sha256 = $1",
-    )
+    let row = sqlx::query(&format!(
+        "SELECT {TOKEN_COLUMNS} FROM auth_tokens WHERE token_sha256 = $1"
+    ))
     .bind(token_sha256)
     .fetch_optional(pool)
     .await
     .map_err(db)?;
-    row.map(|r| {
-        Ok(TokenRow {
-            token_id: col(&r, 0)?,
-            token_sha256: col(&r, 1)?,
-            kind: col(&r, 2)?,
-            account_id: col(&r, 3)?,
-            name: col(&r, 4)?,
-            created_at_ms: col(&r, 5)?,
-            revoked_at_ms: col(&r, 6)?,
+    row.as_ref().map(read_token).transpose()
+}
+
+pub(super) async fn has_sub_user(pool: &PgPool, name: &str) -> Result<bool, StoreError> {
+    let (found,): (bool,) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM auth_tokens WHERE kind = 'sub_user' AND name = $1 \
+         AND revoked_at_ms IS NULL)",
+    )
+    .bind(name)
+    .fetch_one(pool)
+    .await
+    .map_err(db)?;
+    Ok(found)
+}
+
+pub(super) async fn list_accounts(
+    pool: &PgPool,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    let found: Vec<(String,)> = sqlx::query_as(
+        "SELECT account_id FROM accounts WHERE account_id > $1 ORDER BY account_id LIMIT $2",
+    )
+    .bind(after)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    Ok(found.into_iter().map(|(a,)| a).collect())
+}
+
+pub(super) async fn list_tokens(
+    pool: &PgPool,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<TokenRow>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {TOKEN_COLUMNS} FROM auth_tokens WHERE token_id > $1 \
+         ORDER BY token_id LIMIT $2"
+    ))
+    .bind(after)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    rows.iter().map(read_token).collect()
+}
+
+pub(super) async fn list_access(
+    pool: &PgPool,
+    account_id: &str,
+    limit: usize,
+) -> Result<Vec<AccessRow>, StoreError> {
+    let found: Vec<(String, String, i32)> = sqlx::query_as(
+        "SELECT account_id, sub_user, permissions FROM auth_access \
+         WHERE $1 = '' OR account_id = $1 ORDER BY account_id, sub_user LIMIT $2",
+    )
+    .bind(account_id)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    found
+        .into_iter()
+        .map(|(account_id, sub_user, p)| {
+            Ok(AccessRow {
+                account_id,
+                sub_user,
+                permissions: rows::permissions(i64::from(p))?,
+            })
         })
-    })
-    .transpose()
+        .collect()
 }
 
 pub(super) async fn has_operator_token(pool: &PgPool) -> Result<bool, StoreError> {

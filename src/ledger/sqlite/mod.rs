@@ -16,7 +16,8 @@ use rusqlite::Connection;
 
 use super::StatementEntry;
 use super::store::{
-    AccountState, ChangeSet, LedgerStore, PurchaseRecord, StoreError, TokenRow, TopUpRecord,
+    AccessRow, AccountState, ChangeSet, LedgerStore, PurchaseRecord, StoreError, TokenRow,
+    TopUpRecord,
 };
 use crate::billing::{Grant, Money};
 
@@ -238,6 +239,30 @@ impl LedgerStore for SqliteStore {
     ) -> Result<Vec<(String, u8)>, StoreError> {
         let u = sub_user.to_owned();
         self.with(move |c| reads::access_of(c, &u, limit)).await
+    }
+
+    async fn has_sub_user(&self, name: &str) -> Result<bool, StoreError> {
+        let n = name.to_owned();
+        self.with(move |c| reads::has_sub_user(c, &n)).await
+    }
+
+    async fn list_accounts(&self, after: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let a = after.to_owned();
+        self.with(move |c| reads::list_accounts(c, &a, limit)).await
+    }
+
+    async fn list_tokens(&self, after: &str, limit: usize) -> Result<Vec<TokenRow>, StoreError> {
+        let a = after.to_owned();
+        self.with(move |c| reads::list_tokens(c, &a, limit)).await
+    }
+
+    async fn list_access(
+        &self,
+        account_id: &str,
+        limit: usize,
+    ) -> Result<Vec<AccessRow>, StoreError> {
+        let a = account_id.to_owned();
+        self.with(move |c| reads::list_access(c, &a, limit)).await
     }
 }
 

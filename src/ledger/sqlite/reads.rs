@@ -14,7 +14,7 @@ use crate::ledger::store::rows::{
     self, RawGrant, RawLease, RawPurchase, RawUsage, count, dec, money, permissions,
 };
 use crate::ledger::store::{
-    AccountState, LeaseRow, PurchaseRecord, StoreError, TokenRow, TopUpRecord,
+    AccessRow, AccountState, LeaseRow, PurchaseRecord, StoreError, TokenRow, TopUpRecord,
 };
 
 fn read_grant(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawGrant> {
@@ -298,25 +298,105 @@ pub(super) fn recalls(
         .map_err(db)
 }
 
+const TOKEN_COLUMNS: &str =
+    "token_id, token_sha256, kind, account_id, name, created_at_ms, revoked_at_ms";
+
+fn read_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+    Ok(TokenRow {
+        token_id: r.get(0)?,
+        token_sha256: r.get(1)?,
+        kind: r.get(2)?,
+        account_id: r.get(3)?,
+        name: r.get(4)?,
+        created_at_ms: r.get(5)?,
+        revoked_at_ms: r.get(6)?,
+    })
+}
+
 pub(super) fn token_by_hash(c: &Connection, hash: &str) -> Result<Option<TokenRow>, StoreError> {
     c.query_row(
-        "SELECT token_id, token_sha256, kind, account_id, name, created_at_ms, \
-         revoked_at_ms FROM auth_tokens WHERE token_sha256 = ?1",
+        &format!("SELECT {TOKEN_COLUMNS} FROM auth_tokens WHERE token_sha256 = ?1"),
         [hash],
-        |r| {
-            Ok(TokenRow {
-                token_id: r.get(0)?,
-                token_sha256: r.get(1)?,
-                kind: r.get(2)?,
-                account_id: r.get(3)?,
-                name: r.get(4)?,
-                created_at_ms: r.get(5)?,
-                revoked_at_ms: r.get(6)?,
-            })
-        },
+        read_token,
     )
     .optional()
     .map_err(db)
+}
+
+pub(super) fn has_sub_user(c: &Connection, name: &str) -> Result<bool, StoreError> {
+    c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM auth_tokens WHERE kind = 'sub_user' AND name = ?1 \
+         AND revoked_at_ms IS NULL)",
+        [name],
+        |r| r.get(0),
+    )
+    .map_err(db)
+}
+
+pub(super) fn list_accounts(
+    c: &Connection,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT account_id FROM accounts WHERE account_id > ?1 ORDER BY account_id LIMIT ?2",
+        )
+        .map_err(db)?;
+    stmt.query_map(params![after, limit], |r| r.get(0))
+        .map_err(db)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db)
+}
+
+pub(super) fn list_tokens(
+    c: &Connection,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<TokenRow>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = c
+        .prepare_cached(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM auth_tokens WHERE token_id > ?1 \
+             ORDER BY token_id LIMIT ?2"
+        ))
+        .map_err(db)?;
+    stmt.query_map(params![after, limit], read_token)
+        .map_err(db)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db)
+}
+
+pub(super) fn list_access(
+    c: &Connection,
+    account_id: &str,
+    limit: usize,
+) -> Result<Vec<AccessRow>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT account_id, sub_user, permissions FROM auth_access \
+             WHERE ?1 = '' OR account_id = ?1 ORDER BY account_id, sub_user LIMIT ?2",
+        )
+        .map_err(db)?;
+    let found = stmt
+        .query_map(params![account_id, limit], |r| {
+            <(String, String, i64)>::try_from(r)
+        })
+        .map_err(db)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db)?;
+    found
+        .into_iter()
+        .map(|(account_id, sub_user, p)| {
+            Ok(AccessRow {
+                account_id,
+                sub_user,
+                permissions: permissions(p)?,
+            })
+        })
+        .collect()
 }
 
 pub(super) fn has_operator_token(c: &Connection) -> Result<bool, StoreError> {

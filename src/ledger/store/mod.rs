@@ -117,6 +117,15 @@ pub struct ChangeSet {
     pub request_counts: Vec<(Resource, i64, u64)>,
 }
 
+/// What a sub-user may do on an account, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRow {
+    pub account_id: String,
+    pub sub_user: String,
+    /// A bit set, see `auth::Perms`.
+    pub permissions: u8,
+}
+
 /// An API token as stored: never the token, only its SHA-256 (lower-case hex).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRow {
@@ -288,4 +297,21 @@ pub trait LedgerStore: webhooks::WebhookStore + Send + Sync + 'static {
         sub_user: &str,
         limit: usize,
     ) -> Result<Vec<(String, u8)>, StoreError>;
+
+    /// Whether an unrevoked sub-user token has this name.
+    async fn has_sub_user(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Account ids after `after` (all: empty), in order, at most `limit`.
+    async fn list_accounts(&self, after: &str, limit: usize) -> Result<Vec<String>, StoreError>;
+
+    /// Tokens (revoked ones too) with ids after `after`, in id order, at most `limit`.
+    async fn list_tokens(&self, after: &str, limit: usize) -> Result<Vec<TokenRow>, StoreError>;
+
+    /// Access rows of `account_id` (every account: empty), in (account, sub-user) order,
+    /// at most `limit`.
+    async fn list_access(
+        &self,
+        account_id: &str,
+        limit: usize,
+    ) -> Result<Vec<AccessRow>, StoreError>;
 }

@@ -622,6 +622,21 @@ class AdminStub(object):
                 request_serializer=quotad_dot_v1_dot_quotad__pb2.TestWebhookRequest.SerializeToString,
                 response_deserializer=quotad_dot_v1_dot_quotad__pb2.TestWebhookResponse.FromString,
                 _registered_method=True)
+        self.ListAccounts = channel.unary_unary(
+                '/quotad.v1.Admin/ListAccounts',
+                request_serializer=quotad_dot_v1_dot_quotad__pb2.ListAccountsRequest.SerializeToString,
+                response_deserializer=quotad_dot_v1_dot_quotad__pb2.ListAccountsResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/quotad.v1.Admin/ListTokens',
+                request_serializer=quotad_dot_v1_dot_quotad__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=quotad_dot_v1_dot_quotad__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.ListAccess = channel.unary_unary(
+                '/quotad.v1.Admin/ListAccess',
+                request_serializer=quotad_dot_v1_dot_quotad__pb2.ListAccessRequest.SerializeToString,
+                response_deserializer=quotad_dot_v1_dot_quotad__pb2.ListAccessResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer(object):
@@ -717,6 +732,28 @@ class AdminServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAccounts(self, request, context):
+        """Listings (operator only), in id order, at most `limit` rows each (0 or more than
+        1000: 1000); `more` says rows were left out (ask again with `after` the last id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Token ids and principals, revoked ones too; never a token or its hash.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccess(self, request, context):
+        """What sub-users may do: on one account, or on every account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -789,6 +826,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.TestWebhook,
                     request_deserializer=quotad_dot_v1_dot_quotad__pb2.TestWebhookRequest.FromString,
                     response_serializer=quotad_dot_v1_dot_quotad__pb2.TestWebhookResponse.SerializeToString,
+            ),
+            'ListAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccounts,
+                    request_deserializer=quotad_dot_v1_dot_quotad__pb2.ListAccountsRequest.FromString,
+                    response_serializer=quotad_dot_v1_dot_quotad__pb2.ListAccountsResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=quotad_dot_v1_dot_quotad__pb2.ListTokensRequest.FromString,
+                    response_serializer=quotad_dot_v1_dot_quotad__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'ListAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccess,
+                    request_deserializer=quotad_dot_v1_dot_quotad__pb2.ListAccessRequest.FromString,
+                    response_serializer=quotad_dot_v1_dot_quotad__pb2.ListAccessResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1169,6 +1221,87 @@ class Admin(object):
             '/quotad.v1.Admin/TestWebhook',
             quotad_dot_v1_dot_quotad__pb2.TestWebhookRequest.SerializeToString,
             quotad_dot_v1_dot_quotad__pb2.TestWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quotad.v1.Admin/ListAccounts',
+            quotad_dot_v1_dot_quotad__pb2.ListAccountsRequest.SerializeToString,
+            quotad_dot_v1_dot_quotad__pb2.ListAccountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quotad.v1.Admin/ListTokens',
+            quotad_dot_v1_dot_quotad__pb2.ListTokensRequest.SerializeToString,
+            quotad_dot_v1_dot_quotad__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quotad.v1.Admin/ListAccess',
+            quotad_dot_v1_dot_quotad__pb2.ListAccessRequest.SerializeToString,
+            quotad_dot_v1_dot_quotad__pb2.ListAccessResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -228,6 +228,14 @@ class AdminStub:
     DeleteWebhook: _grpc.UnaryUnaryMultiCallable[_quotad_pb2.DeleteWebhookRequest, _quotad_pb2.DeleteWebhookResponse]
     TestWebhook: _grpc.UnaryUnaryMultiCallable[_quotad_pb2.TestWebhookRequest, _quotad_pb2.TestWebhookResponse]
     """Sends a signed WEBHOOK_TEST message to the endpoint now and reports its answer."""
+    ListAccounts: _grpc.UnaryUnaryMultiCallable[_quotad_pb2.ListAccountsRequest, _quotad_pb2.ListAccountsResponse]
+    """Listings (operator only), in id order, at most `limit` rows each (0 or more than
+    1000: 1000); `more` says rows were left out (ask again with `after` the last id).
+    """
+    ListTokens: _grpc.UnaryUnaryMultiCallable[_quotad_pb2.ListTokensRequest, _quotad_pb2.ListTokensResponse]
+    """Token ids and principals, revoked ones too; never a token or its hash."""
+    ListAccess: _grpc.UnaryUnaryMultiCallable[_quotad_pb2.ListAccessRequest, _quotad_pb2.ListAccessResponse]
+    """What sub-users may do: on one account, or on every account."""
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -254,6 +262,14 @@ class AdminAsyncStub(AdminStub):
     DeleteWebhook: _aio.UnaryUnaryMultiCallable[_quotad_pb2.DeleteWebhookRequest, _quotad_pb2.DeleteWebhookResponse]  # type: ignore[assignment]
     TestWebhook: _aio.UnaryUnaryMultiCallable[_quotad_pb2.TestWebhookRequest, _quotad_pb2.TestWebhookResponse]  # type: ignore[assignment]
     """Sends a signed WEBHOOK_TEST message to the endpoint now and reports its answer."""
+    ListAccounts: _aio.UnaryUnaryMultiCallable[_quotad_pb2.ListAccountsRequest, _quotad_pb2.ListAccountsResponse]  # type: ignore[assignment]
+    """Listings (operator only), in id order, at most `limit` rows each (0 or more than
+    1000: 1000); `more` says rows were left out (ask again with `after` the last id).
+    """
+    ListTokens: _aio.UnaryUnaryMultiCallable[_quotad_pb2.ListTokensRequest, _quotad_pb2.ListTokensResponse]  # type: ignore[assignment]
+    """Token ids and principals, revoked ones too; never a token or its hash."""
+    ListAccess: _aio.UnaryUnaryMultiCallable[_quotad_pb2.ListAccessRequest, _quotad_pb2.ListAccessResponse]  # type: ignore[assignment]
+    """What sub-users may do: on one account, or on every account."""
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -361,6 +377,32 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_quotad_pb2.TestWebhookResponse, _abc.Awaitable[_quotad_pb2.TestWebhookResponse]]:
         """Sends a signed WEBHOOK_TEST message to the endpoint now and reports its answer."""
+
+    @_abc_1.abstractmethod
+    def ListAccounts(
+        self,
+        request: _quotad_pb2.ListAccountsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quotad_pb2.ListAccountsResponse, _abc.Awaitable[_quotad_pb2.ListAccountsResponse]]:
+        """Listings (operator only), in id order, at most `limit` rows each (0 or more than
+        1000: 1000); `more` says rows were left out (ask again with `after` the last id).
+        """
+
+    @_abc_1.abstractmethod
+    def ListTokens(
+        self,
+        request: _quotad_pb2.ListTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quotad_pb2.ListTokensResponse, _abc.Awaitable[_quotad_pb2.ListTokensResponse]]:
+        """Token ids and principals, revoked ones too; never a token or its hash."""
+
+    @_abc_1.abstractmethod
+    def ListAccess(
+        self,
+        request: _quotad_pb2.ListAccessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quotad_pb2.ListAccessResponse, _abc.Awaitable[_quotad_pb2.ListAccessResponse]]:
+        """What sub-users may do: on one account, or on every account."""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
