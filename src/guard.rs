@@ -1,7 +1,9 @@
 //! The tower layer every gRPC request passes first: it gives the request an id (the
 //! client's `x-request-id`, or a fresh one) and a tracing span carrying it, refuses it at
 //! once with RESOURCE_EXHAUSTED when `concurrency_max` requests are already in flight, and
-//! records its latency and status.
+//! records its latency and status. A request message over `message_bytes_max` is answered
+//! RESOURCE_EXHAUSTED too (tonic says OUT_OF_RANGE; the gRPC status code spec says
+//! RESOURCE_EXHAUSTED).
 //!
 //! Shedding instead of queueing is what keeps memory and latency bounded under overload:
 //! a request beyond the limit costs one failed semaphore poll and a trailers-only
@@ -21,7 +23,7 @@ use tonic::codegen::http;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::grpc::error::Overload;
+use crate::grpc::error::{Overload, oversize_is_resource_exhausted};
 use crate::metrics::SharedMetrics;
 
 /// Longest client-given request id kept; a longer or non-printable one is replaced.
@@ -123,6 +125,10 @@ where
                 let mut done = done;
                 let r = inner.call(req).await;
                 drop(permit);
+                let mut r = r;
+                if let Ok(resp) = &mut r {
+                    oversize_is_resource_exhausted(resp.headers_mut());
+                }
                 done.code = match &r {
                     Ok(resp) => code_of(resp.headers()),
                     Err(_) => "UNKNOWN",
