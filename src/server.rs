@@ -422,12 +422,12 @@ fn engine_metrics(metrics: &SharedMetrics, engine: &Arc<Engine>) {
             Sample::counter(
                 "quotad_events_sent_total",
                 "Account events handed to watchers.",
-                s.events_sent as f64,
+                s.events_sent,
             ),
             Sample::counter(
                 "quotad_events_dropped_total",
                 "Account events not sent because the event queue was full.",
-                s.events_dropped as f64,
+                s.events_dropped,
             ),
             Sample::gauge(
                 "quotad_journal_backlog",

@@ -50,7 +50,7 @@ fn v(text: &str, series: &str) -> f64 {
 const RESERVE_OK: &str =
     "quotad_rpc_duration_seconds_count{rpc=\"/quotad.v1.Quota/Reserve\",code=\"OK\"}";
 const RESERVE_INF: &str =
-    "quotad_rpc_duration_seconds_bucket{rpc=\"/quotad.v1.Quota/Reserve\",code=\"OK\",le=\"+Inf\"}";
+    "quotad_rpc_duration_seconds_bucket{le=\"+Inf\",rpc=\"/quotad.v1.Quota/Reserve\",code=\"OK\"}";
 const COMMIT_NOT_FOUND: &str =
     "quotad_rpc_duration_seconds_count{rpc=\"/quotad.v1.Quota/Commit\",code=\"NOT_FOUND\"}";
 const ADMITTED: &str = "quotad_decisions_total{rpc=\"Reserve\",outcome=\"admitted\",reason=\"\"}";
@@ -222,19 +222,26 @@ async fn the_grafana_dashboard_uses_exported_metrics() {
         .iter()
         .flat_map(|e| {
             e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .filter(|w| w.starts_with("quotad_"))
+                .filter(|w| w.starts_with("quotad_") || w.starts_with("process_"))
                 .map(str::to_owned)
                 .collect::<Vec<_>>()
         })
         .collect();
 
-    let h = Harness::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let mut h =
+        Harness::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    // A family without series yet (no decision made) is not exported at all.
+    h.create_account("acme", "0").await.unwrap();
+    h.reserve("acme", "r-0", GPU_SHARED, A10, 1_000, 0)
+        .await
+        .unwrap();
     let mut exported: BTreeSet<String> = BTreeSet::new();
     for l in scrape(&h).await.lines() {
         if let Some(rest) = l.strip_prefix("# TYPE ") {
             let name = rest.split(' ').next().unwrap();
             exported.insert(name.to_owned());
-            for suffix in ["_bucket", "_sum", "_count"] {
+            // OpenMetrics names a family once; its samples add these.
+            for suffix in ["_bucket", "_sum", "_count", "_total", "_info"] {
                 exported.insert(format!("{name}{suffix}"));
             }
         }
@@ -244,7 +251,11 @@ async fn the_grafana_dashboard_uses_exported_metrics() {
     // And every exported family has a panel.
     let families: BTreeSet<String> = exported
         .iter()
-        .filter(|n| !(n.ends_with("_bucket") || n.ends_with("_sum") || n.ends_with("_count")))
+        .filter(|n| {
+            !["_bucket", "_sum", "_count", "_total", "_info"]
+                .iter()
+                .any(|s| n.ends_with(s))
+        })
         .cloned()
         .collect();
     let shown = |f: &String| used.iter().any(|u| u.starts_with(f.as_str()));
