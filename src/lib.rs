@@ -22,7 +22,9 @@
 //! - `config`: settings from flags, environment and the TOML file, with one precedence.
 //! - `guard`: the layer in front of every RPC: request ids, load shedding, latency.
 //! - `auth`: tokens, principals and permissions (R9); its layer authenticates every RPC.
-//! - `metrics`: Prometheus counters, histograms and the /metrics endpoint.
+//! - `metrics`: the prometheus-client registry, OpenMetrics encoding, process metrics and
+//!   the /metrics, /healthz and /readyz endpoint.
+//! - `telemetry`: what a sidecar and a ledger export at scrape time and check for /readyz.
 //! - `ctl`: the operator command line.
 //! - `clock`: injected time.
 //! - `tls`: optional TLS and mTLS (rustls) of the servers and their clients.
@@ -43,6 +45,7 @@ pub mod journal;
 pub mod ledger;
 pub mod metrics;
 pub mod server;
+pub mod telemetry;
 pub mod tls;
 
 /// Generated code for proto/quotad/v1, and its descriptor set for reflection.

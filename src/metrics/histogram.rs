@@ -61,6 +61,20 @@ impl EncodeMetric for Histogram {
     }
 }
 
+/// A histogram its owner keeps (in an `Arc`), registered for encoding.
+#[derive(Debug)]
+pub(super) struct Shared(pub(super) std::sync::Arc<Histogram>);
+
+impl EncodeMetric for Shared {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,16 +87,6 @@ mod tests {
         h.observe(Duration::from_micros(100));
         h.observe(Duration::from_micros(101));
         h.observe(Duration::from_secs(60));
-        #[derive(Debug)]
-        struct Shared(std::sync::Arc<Histogram>);
-        impl EncodeMetric for Shared {
-            fn encode(&self, e: MetricEncoder) -> Result<(), std::fmt::Error> {
-                self.0.encode(e)
-            }
-            fn metric_type(&self) -> MetricType {
-                MetricType::Histogram
-            }
-        }
         let mut r = Registry::default();
         r.register("x", "X", Shared(h.clone()));
         let mut out = String::new();

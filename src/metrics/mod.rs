@@ -148,6 +148,14 @@ impl Metrics {
         }
     }
 
+    /// Exports a histogram kept elsewhere (the journal's fsync latency). `name` as
+    /// exported, `help` without its final full stop.
+    pub fn histogram(&self, name: &'static str, help: &'static str, h: Arc<Histogram>) {
+        if let Ok(mut r) = self.registry.write() {
+            r.register(name, help, histogram::Shared(h));
+        }
+    }
+
     /// Adds a condition of readiness (`/readyz`): Err says what is not ready.
     pub fn ready_when(&self, f: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
         if let Ok(mut r) = self.readiness.write() {
