@@ -257,8 +257,11 @@ impl Collector for RpcLatency {
     }
 }
 
+/// A function filling samples at scrape time.
+type Fill = Box<dyn Fn(&mut Vec<Sample>) + Send + Sync>;
+
 /// A collector given as a function filling samples.
-struct Collected(Box<dyn Fn(&mut Vec<Sample>) + Send + Sync>);
+struct Collected(Fill);
 
 impl std::fmt::Debug for Collected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
