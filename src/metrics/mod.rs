@@ -23,17 +23,39 @@ use std::time::Duration;
 use dashmap::DashMap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 pub use histogram::{Histogram, LATENCY_BUCKETS_US};
 pub use http::{MetricsError, bind, serve};
+pub use prometheus_client::metrics::counter::Counter;
 pub use samples::{Kind, Sample};
 
-/// Most distinct (rpc, code) latency series; further ones are counted under rpc="other".
+/// Most distinct methods (`rpc` label values) with latency series; further ones are
+/// counted under rpc="other".
 pub const DEFAULT_SERIES_MAX: usize = 1_000;
+
+/// gRPC status code names, by code number.
+pub const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
 
 /// Name of the RPC latency histogram (also used by the Grafana dashboard).
 pub const RPC_DURATION: &str = "quotad_rpc_duration_seconds";
@@ -119,17 +141,35 @@ impl Metrics {
         self.decisions.get_or_create(&labels).inc();
     }
 
+    /// The latency series of the method `path`, to record its calls in without a lookup
+    /// (methods beyond `DEFAULT_SERIES_MAX` or not like ours share rpc="other").
+    pub fn rpc(&self, path: &str) -> Arc<RpcSeries> {
+        self.rpc.series(path)
+    }
+
+    /// The counter of one decision's labels, to count into without a lookup.
+    pub fn decision_counter(
+        &self,
+        rpc: &'static str,
+        admitted: bool,
+        reason: &'static str,
+    ) -> Counter {
+        let outcome = if admitted { "admitted" } else { "denied" };
+        let labels = [("rpc", rpc), ("outcome", outcome), ("reason", reason)];
+        self.decisions.get_or_create(&labels).clone()
+    }
+
     /// A finished RPC (its response headers sent): path and gRPC status code name.
-    pub fn rpc_done(&self, path: &str, code: &'static str, elapsed: Duration) {
-        self.rpc.done(path, code, elapsed);
+    pub fn rpc_done(&self, path: &str, code: &str, elapsed: Duration) {
+        self.rpc.series(path).done(code_number(code), elapsed);
     }
 
     /// RPCs of `path` finished with `code` so far (tests and the shutdown log).
-    pub fn rpc_count(&self, path: &str, code: &'static str) -> u64 {
+    pub fn rpc_count(&self, path: &str, code: &str) -> u64 {
         self.rpc
             .by_path
             .get(path)
-            .and_then(|by_code| by_code.get(code).map(|h| h.count()))
+            .and_then(|s| s.by_code.get(code_number(code)).map(Histogram::count))
             .unwrap_or(0)
     }
 
@@ -188,12 +228,32 @@ impl Metrics {
     }
 }
 
-/// RPC latency by method, then by status code: keyed by path first so that a finished
-/// call finds its histogram without building a key.
+/// The number of the gRPC status code named `name` (UNKNOWN for a name that is none).
+fn code_number(name: &str) -> usize {
+    CODE_NAMES.iter().position(|n| *n == name).unwrap_or(2)
+}
+
+/// One method's latency, by gRPC status code number.
+#[derive(Default, Debug)]
+pub struct RpcSeries {
+    by_code: [Histogram; CODE_NAMES.len()],
+}
+
+impl RpcSeries {
+    /// A call that ended with the status code numbered `code` (out of range: UNKNOWN).
+    pub fn done(&self, code: usize, elapsed: Duration) {
+        self.by_code
+            .get(code)
+            .unwrap_or(&self.by_code[2])
+            .observe(elapsed);
+    }
+}
+
+/// RPC latency by method, each method's series resolved once (see `Metrics::rpc`).
 #[derive(Default)]
 struct RpcLatency {
-    by_path: DashMap<String, DashMap<&'static str, Histogram>>,
-    /// Series in `by_path` (method and code pairs), bounded by `DEFAULT_SERIES_MAX`.
+    by_path: DashMap<String, Arc<RpcSeries>>,
+    /// Methods in `by_path`, bounded by `DEFAULT_SERIES_MAX`.
     series: AtomicUsize,
 }
 
@@ -204,53 +264,46 @@ impl std::fmt::Debug for RpcLatency {
 }
 
 impl RpcLatency {
-    fn done(&self, path: &str, code: &'static str, elapsed: Duration) {
-        if let Some(by_code) = self.by_path.get(path)
-            && let Some(h) = by_code.get(code)
-        {
-            h.observe(elapsed);
-            return;
+    fn series(&self, path: &str) -> Arc<RpcSeries> {
+        if let Some(s) = self.by_path.get(path) {
+            return s.clone();
         }
         let path = if self.series.load(Ordering::Relaxed) < DEFAULT_SERIES_MAX && known_path(path) {
             path
         } else {
             "other"
         };
-        let by_code = self.by_path.entry(path.to_owned()).or_default();
-        let h = by_code.entry(code).or_insert_with(|| {
-            self.series.fetch_add(1, Ordering::Relaxed);
-            Histogram::default()
-        });
-        h.observe(elapsed);
+        self.by_path
+            .entry(path.to_owned())
+            .or_insert_with(|| {
+                self.series.fetch_add(1, Ordering::Relaxed);
+                Arc::default()
+            })
+            .clone()
     }
 }
 
 impl Collector for RpcLatency {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut keys: Vec<(String, &'static str)> = self
+        let mut series: Vec<(String, Arc<RpcSeries>)> = self
             .by_path
             .iter()
-            .flat_map(|e| {
-                let path = e.key().clone();
-                e.value()
-                    .iter()
-                    .map(|c| (path.clone(), *c.key()))
-                    .collect::<Vec<_>>()
-            })
+            .map(|e| (e.key().clone(), e.value().clone()))
             .collect();
-        keys.sort();
+        series.sort_by(|a, b| a.0.cmp(&b.0));
         let mut family = encoder.encode_descriptor(
             RPC_DURATION,
             "Time from a request's arrival to its response headers, by method and gRPC status.",
             None,
             prometheus_client::metrics::MetricType::Histogram,
         )?;
-        for (path, code) in keys {
-            if let Some(by_code) = self.by_path.get(&path)
-                && let Some(h) = by_code.get(code)
-            {
-                let labels = [("rpc", path.as_str()), ("code", code)];
-                h.encode(family.encode_family(&labels)?)?;
+        for (path, s) in &series {
+            // A (method, code) series appears with its first call.
+            for (h, code) in s.by_code.iter().zip(CODE_NAMES) {
+                if h.count() > 0 {
+                    let labels = [("rpc", path.as_str()), ("code", code)];
+                    h.encode(family.encode_family(&labels)?)?;
+                }
             }
         }
         Ok(())
@@ -299,6 +352,12 @@ mod tests {
         m.rpc_done("/weird path\"", "UNIMPLEMENTED", Duration::ZERO);
         assert_eq!(m.rpc.by_path.len(), DEFAULT_SERIES_MAX + 1);
         assert_eq!(m.rpc_count("other", "UNIMPLEMENTED"), 51);
+        // A resolved series records without a lookup; codes by number.
+        let s = m.rpc("/x.Y/M0");
+        s.done(12, Duration::ZERO);
+        s.done(99, Duration::ZERO);
+        assert_eq!(m.rpc_count("/x.Y/M0", "UNIMPLEMENTED"), 2);
+        assert_eq!(m.rpc_count("/x.Y/M0", "UNKNOWN"), 1);
     }
 
     #[test]
