@@ -1,7 +1,9 @@
 //! Who is calling, and what they may do (R9). Every caller presents
 //! `authorization: Bearer TOKEN`; a token is 256 random bits, shown once when it is made
-//! and stored only as its SHA-256, so a copy of the database lets nobody in and tokens are
-//! compared as hashes, never as secrets. A token speaks for one principal:
+//! and stored only as its SHA-256, so a copy of the database lets nobody in and stored
+//! tokens are compared as hashes, never as secrets (the in-memory lookup cache is keyed by
+//! the token as presented, for at most `auth_cache_ttl_ms`). A token speaks for one
+//! principal:
 //!
 //! - operator: everything (Admin, every account, the Ledger service);
 //! - owner of one account: every Quota call on it, and GrantAccess / RevokeAccess there;
