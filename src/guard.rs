@@ -1,7 +1,9 @@
 //! The tower layer every gRPC request passes first: it gives the request an id (the
 //! client's `x-request-id`, or a fresh one) and a tracing span carrying it, refuses it at
 //! once with RESOURCE_EXHAUSTED when `concurrency_max` requests are already in flight, and
-//! records its latency and status.
+//! records its latency and status. A request message over `message_bytes_max` is answered
+//! RESOURCE_EXHAUSTED too (tonic says OUT_OF_RANGE; the gRPC status code spec says
+//! RESOURCE_EXHAUSTED).
 //!
 //! Shedding instead of queueing is what keeps memory and latency bounded under overload:
 //! a request beyond the limit costs one failed semaphore poll and a trailers-only
@@ -21,8 +23,8 @@ use tonic::codegen::http;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::grpc::error::Overload;
-use crate::metrics::SharedMetrics;
+use crate::grpc::error::{Overload, oversize_is_resource_exhausted};
+use crate::metrics::{RpcSeries, SharedMetrics};
 
 /// Longest client-given request id kept; a longer or non-printable one is replaced.
 pub const REQUEST_ID_BYTES_MAX: usize = 128;
@@ -80,57 +82,46 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let metrics = self.layer.metrics.clone();
-        let path = req.uri().path().to_owned();
-        let request_id = client_request_id(req.headers()).unwrap_or_else(new_request_id);
-        let id_value = http::HeaderValue::from_str(&request_id).ok();
-        if let Some(v) = &id_value {
-            // Handlers and logs downstream see the same id.
-            req.headers_mut().insert(REQUEST_ID_HEADER, v.clone());
-        }
+        // Per call: one lookup of the method's series (no key built), the client's id
+        // reused or one made (the only allocation here), a relaxed add when it ends.
+        let series = self.layer.metrics.rpc(req.uri().path());
+        let id = client_request_id(req.headers()).unwrap_or_else(new_request_id);
+        // Handlers and logs downstream see the same id.
+        req.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
+        let path = req.uri().path();
         let exempt = path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.");
         let permit = if exempt {
             None
         } else {
             match self.layer.slots.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
-                Err(_) => {
-                    metrics.shed();
-                    metrics.rpc_done(&path, "RESOURCE_EXHAUSTED", std::time::Duration::ZERO);
-                    tracing::debug!(rpc = %path, %request_id, "shed: concurrency limit reached");
-                    let status = tonic::Status::from(Overload::Busy(self.layer.limit));
-                    let mut resp: Response = status.into_http();
-                    if let Some(v) = id_value {
-                        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
-                    }
-                    return Box::pin(std::future::ready(Ok(resp)));
-                }
+                Err(_) => return self.shed(path, &series, id),
             }
         };
+        let span = tracing::info_span!("rpc", rpc = %path, request_id = %Id(&id));
         // The clone is ready only if polled; swap so the one we polled serves this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let span = tracing::info_span!("rpc", rpc = %path, request_id = %request_id);
         let done = Done {
-            metrics,
-            path,
+            series,
             started: Instant::now(),
-            code: "CANCELLED",
+            code: CANCELLED,
         };
         Box::pin(
             async move {
                 // Moves all of `done` in (not just the field set below), so it drops here.
                 let mut done = done;
-                let r = inner.call(req).await;
+                let mut r = inner.call(req).await;
                 drop(permit);
+                if let Ok(resp) = &mut r {
+                    oversize_is_resource_exhausted(resp.headers_mut());
+                }
                 done.code = match &r {
                     Ok(resp) => code_of(resp.headers()),
-                    Err(_) => "UNKNOWN",
+                    Err(_) => UNKNOWN,
                 };
                 r.map(|mut resp| {
-                    if let Some(v) = id_value {
-                        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
-                    }
+                    resp.headers_mut().insert(REQUEST_ID_HEADER, id);
                     resp
                 })
             }
@@ -139,30 +130,66 @@ where
     }
 }
 
+impl<S> Guard<S> {
+    /// Refuses a call at once: `concurrency_max` are in flight.
+    fn shed<E: Send + 'static>(
+        &self,
+        path: &str,
+        series: &RpcSeries,
+        id: http::HeaderValue,
+    ) -> Pin<Box<dyn Future<Output = Result<Response, E>> + Send>> {
+        let metrics = &self.layer.metrics;
+        metrics.shed();
+        series.done(RESOURCE_EXHAUSTED, std::time::Duration::ZERO);
+        tracing::debug!(rpc = %path, request_id = %Id(&id), "shed: concurrency limit reached");
+        let status = tonic::Status::from(Overload::Busy(self.layer.limit));
+        let mut resp: Response = status.into_http();
+        resp.headers_mut().insert(REQUEST_ID_HEADER, id);
+        Box::pin(std::future::ready(Ok(resp)))
+    }
+}
+
+/// gRPC status code numbers the guard records.
+const CANCELLED: usize = 1;
+const UNKNOWN: usize = 2;
+const RESOURCE_EXHAUSTED: usize = 8;
+
+/// A request id as text, formatted only if a span or log line is.
+struct Id<'a>(&'a http::HeaderValue);
+
+impl std::fmt::Display for Id<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Ids are checked or made printable ASCII.
+        f.write_str(self.0.to_str().unwrap_or("?"))
+    }
+}
+
 /// Records the RPC when its future ends, also when it is dropped (a deadline, a client
 /// that went away): those count as CANCELLED.
 struct Done {
-    metrics: SharedMetrics,
-    path: String,
+    series: Arc<RpcSeries>,
     started: Instant,
-    code: &'static str,
+    /// gRPC status code number.
+    code: usize,
 }
 
 impl Drop for Done {
     fn drop(&mut self) {
-        self.metrics
-            .rpc_done(&self.path, self.code, self.started.elapsed());
+        self.series.done(self.code, self.started.elapsed());
     }
 }
 
-fn client_request_id(headers: &http::HeaderMap) -> Option<String> {
-    let v = headers.get(REQUEST_ID_HEADER)?.to_str().ok()?;
-    (!v.is_empty() && v.len() <= REQUEST_ID_BYTES_MAX && v.bytes().all(|b| b.is_ascii_graphic()))
-        .then(|| v.to_owned())
+/// The client's `x-request-id` if it is one we keep (printable, not too long), shared
+/// with the request rather than copied.
+fn client_request_id(headers: &http::HeaderMap) -> Option<http::HeaderValue> {
+    let v = headers.get(REQUEST_ID_HEADER)?;
+    let b = v.as_bytes();
+    (!b.is_empty() && b.len() <= REQUEST_ID_BYTES_MAX && b.iter().all(u8::is_ascii_graphic))
+        .then(|| v.clone())
 }
 
-/// A process-unique id: a random prefix per process, then a counter.
-fn new_request_id() -> String {
+/// A process-unique id: a random prefix per process, then a counter, in hex.
+fn new_request_id() -> http::HeaderValue {
     static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let prefix = PREFIX.get_or_init(|| {
@@ -171,44 +198,43 @@ fn new_request_id() -> String {
         let _ = getrandom::getrandom(&mut b);
         u32::from_le_bytes(b)
     });
-    format!("{prefix:08x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+    // "{prefix:08x}-{n:x}" without the formatting machinery.
+    let mut buf = [0u8; 8 + 1 + 16];
+    hex(u64::from(*prefix), 8, &mut buf[..8]);
+    buf[8] = b'-';
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let digits = (16 - n.leading_zeros() as usize / 4).max(1);
+    hex(n, digits, &mut buf[9..9 + digits]);
+    http::HeaderValue::from_bytes(&buf[..9 + digits])
+        .unwrap_or_else(|_| http::HeaderValue::from_static("0"))
 }
 
-/// The gRPC status of a response as far as its headers tell: a trailers-only error has
-/// `grpc-status` there; otherwise the status follows in trailers and the call got as far
-/// as answering, which is counted as OK.
-fn code_of(headers: &http::HeaderMap) -> &'static str {
-    let Some(n) = headers
+/// `v`'s lowest `digits` hex digits into `out`, most significant first.
+fn hex(v: u64, digits: usize, out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, o) in out.iter_mut().take(digits).enumerate() {
+        let shift = 4 * (digits - 1 - i);
+        *o = HEX[usize::from(u8::try_from((v >> shift) & 0xf).unwrap_or(0))];
+    }
+}
+
+/// The gRPC status code number of a response as far as its headers tell: a trailers-only
+/// error has `grpc-status` there; otherwise the status follows in trailers and the call
+/// got as far as answering, which is counted as OK.
+fn code_of(headers: &http::HeaderMap) -> usize {
+    headers
         .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<i32>().ok())
-    else {
-        return "OK";
-    };
-    code_name(tonic::Code::from_i32(n))
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(0)
 }
 
 pub fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code as C;
-    match code {
-        C::Ok => "OK",
-        C::Cancelled => "CANCELLED",
-        C::Unknown => "UNKNOWN",
-        C::InvalidArgument => "INVALID_ARGUMENT",
-        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        C::NotFound => "NOT_FOUND",
-        C::AlreadyExists => "ALREADY_EXISTS",
-        C::PermissionDenied => "PERMISSION_DENIED",
-        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        C::FailedPrecondition => "FAILED_PRECONDITION",
-        C::Aborted => "ABORTED",
-        C::OutOfRange => "OUT_OF_RANGE",
-        C::Unimplemented => "UNIMPLEMENTED",
-        C::Internal => "INTERNAL",
-        C::Unavailable => "UNAVAILABLE",
-        C::DataLoss => "DATA_LOSS",
-        C::Unauthenticated => "UNAUTHENTICATED",
-    }
+    let n = usize::try_from(i32::from(code)).unwrap_or(2);
+    crate::metrics::CODE_NAMES
+        .get(n)
+        .copied()
+        .unwrap_or("UNKNOWN")
 }
 
 #[cfg(test)]
@@ -245,7 +271,7 @@ mod tests {
     }
 
     fn status_of(r: &Response) -> &'static str {
-        code_of(r.headers())
+        crate::metrics::CODE_NAMES[code_of(r.headers())]
     }
 
     #[tokio::test]
@@ -285,6 +311,23 @@ mod tests {
             1
         );
         assert!(metrics.encode().contains("quotad_requests_shed_total 1\n"));
+    }
+
+    #[test]
+    fn made_ids_are_a_process_prefix_and_a_hex_counter() {
+        let a = new_request_id();
+        let b = new_request_id();
+        let (pa, na) = a.to_str().unwrap().split_once('-').unwrap();
+        let (pb, nb) = b.to_str().unwrap().split_once('-').unwrap();
+        assert_eq!((pa.len(), pa), (8, pb));
+        let (na, nb) = (
+            u64::from_str_radix(na, 16).unwrap(),
+            u64::from_str_radix(nb, 16).unwrap(),
+        );
+        assert!(nb > na, "{a:?} {b:?}");
+        let mut out = [0u8; 3];
+        hex(0xabc, 3, &mut out);
+        assert_eq!(&out, b"abc");
     }
 
     #[tokio::test]

@@ -24,7 +24,9 @@
 //! - `config`: settings from flags, environment and the TOML file, with one precedence.
 //! - `guard`: the layer in front of every RPC: request ids, load shedding, latency.
 //! - `auth`: tokens, principals and permissions (R9); its layer authenticates every RPC.
-//! - `metrics`: Prometheus counters, histograms and the /metrics endpoint.
+//! - `metrics`: the prometheus-client registry, OpenMetrics encoding, process metrics and
+//!   the /metrics, /healthz and /readyz endpoint.
+//! - `telemetry`: what a sidecar and a ledger export at scrape time and check for /readyz.
 //! - `ctl`: the operator command line.
 //! - `clock`: injected time.
 //! - `tls`: optional TLS and mTLS (rustls) of the servers and their clients.
@@ -48,6 +50,7 @@ pub mod ledger;
 pub mod lock;
 pub mod metrics;
 pub mod server;
+pub mod telemetry;
 pub mod tls;
 pub mod webhooks;
 

@@ -42,8 +42,9 @@ use crate::ledger::sqlite::SqliteStore;
 use crate::ledger::store::{LedgerStore, StoreError};
 use crate::ledger::{EMBEDDED_SIDECAR_ID, Ledger, LedgerApi, LedgerError};
 use crate::lock::{LockError, ProcessLock};
-use crate::metrics::{Metrics, Sample, SharedMetrics};
+use crate::metrics::{Metrics, SharedMetrics};
 use crate::pb;
+use crate::telemetry;
 use crate::tls::{ClientTls, ServerTls, TlsError};
 
 /// Where `quotad serve` listens by default.
@@ -170,6 +171,8 @@ pub struct LedgerServeConfig {
     pub catalog_path: Option<PathBuf>,
     pub lease: LeaseConfig,
     pub pg_pool_max: u32,
+    /// Most sidecars shown by name in the metrics (`ledger::sidecars`).
+    pub metrics_sidecars_max: usize,
     pub limits: Limits,
     pub metrics_listen: Option<SocketAddr>,
     pub auth: AuthConfig,
@@ -188,6 +191,7 @@ impl LedgerServeConfig {
             catalog_path: None,
             lease: LeaseConfig::default(),
             pg_pool_max: DEFAULT_PG_POOL_MAX,
+            metrics_sidecars_max: crate::ledger::sidecars::DEFAULT_SIDECAR_SERIES_MAX,
             limits: Limits::default(),
             metrics_listen: None,
             auth: AuthConfig::default(),
@@ -352,68 +356,6 @@ async fn start_metrics(
     tokio::spawn(crate::metrics::serve(listener, metrics.clone(), stop));
     tracing::info!(addr = %local, "metrics at http://{local}/metrics");
     Ok(Some(local))
-}
-
-/// Gauges read from the engine at each scrape.
-fn engine_metrics(metrics: &SharedMetrics, engine: &Arc<Engine>) {
-    let engine = Arc::downgrade(engine);
-    metrics.collect(move |out| {
-        let Some(e) = engine.upgrade() else { return };
-        let s = e.stats();
-        out.extend([
-            Sample::gauge(
-                "quotad_holds",
-                "Reservations in memory: open, and settled ones kept for retries.",
-                s.holds as f64,
-            ),
-            Sample::gauge(
-                "quotad_accounts_cached",
-                "Accounts cached in memory.",
-                s.accounts as f64,
-            ),
-            Sample::gauge(
-                "quotad_leases",
-                "Cached accounts with an unexpired lease from the ledger.",
-                s.leases as f64,
-            ),
-            Sample::gauge(
-                "quotad_usage_streams",
-                "Open StreamUsage streams.",
-                s.streams as f64,
-            ),
-            Sample::gauge(
-                "quotad_sessions_running",
-                "Exclusive sessions running.",
-                s.sessions_running as f64,
-            ),
-            Sample::gauge("quotad_watchers", "Open Watch streams.", s.watchers as f64),
-            Sample::counter(
-                "quotad_events_sent_total",
-                "Account events handed to watchers.",
-                s.events_sent as f64,
-            ),
-            Sample::counter(
-                "quotad_events_dropped_total",
-                "Account events not sent because the event queue was full.",
-                s.events_dropped as f64,
-            ),
-            Sample::gauge(
-                "quotad_journal_backlog",
-                "Usage records acknowledged and journaled, not yet applied by the ledger.",
-                s.journal_backlog as f64,
-            ),
-            Sample::gauge(
-                "quotad_sync_lag_seconds",
-                "Age of the oldest usage record the ledger has not applied (0: none).",
-                s.sync_lag_ms as f64 / 1e3,
-            ),
-            Sample::gauge(
-                "quotad_ledger_up",
-                "1 while the last exchange with the ledger succeeded.",
-                if s.ledger_up { 1.0 } else { 0.0 },
-            ),
-        ]);
-    });
 }
 
 fn reflection() -> Result<
@@ -616,7 +558,7 @@ pub async fn start(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         .set_serving::<pb::quota_server::QuotaServer<QuotaService>>()
         .await;
     let (reflection_v1, reflection_v1alpha) = reflection()?;
-    engine_metrics(&metrics, &engine);
+    telemetry::sidecar(&metrics, &engine);
     let quota = pb::quota_server::QuotaServer::new(QuotaService::with_metrics(
         engine.clone(),
         metrics.clone(),
@@ -791,12 +733,10 @@ pub async fn start_ledger(
         false => Some(ProcessLock::sqlite_file(sqlite_path(&cfg.database_url))?),
     };
     let store = open_store(&cfg.database_url, cfg.pg_pool_max).await?;
-    let ledger = Arc::new(Ledger::new(
-        store,
-        catalog.clone(),
-        clock.clone(),
-        cfg.lease,
-    ));
+    let ledger = Arc::new(
+        Ledger::new(store, catalog.clone(), clock.clone(), cfg.lease)
+            .with_sidecar_series_max(cfg.metrics_sidecars_max),
+    );
     let hint = match &cfg.operator_token_file {
         Some(path) => bootstrap::ledger_ctl_hint(path),
         None => String::new(),
@@ -827,6 +767,7 @@ pub async fn start_ledger(
     .max_decoding_message_size(cfg.limits.message_bytes_max);
     let sync = pb::ledger_server::LedgerServer::new(LedgerService::new(ledger.clone()))
         .max_decoding_message_size(DEFAULT_SYNC_MESSAGE_BYTES_MAX);
+    telemetry::ledger(&metrics, &ledger, stop_rx.clone());
     crate::webhooks::start::start(
         &ledger,
         cfg.webhooks,

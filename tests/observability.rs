@@ -50,7 +50,7 @@ fn v(text: &str, series: &str) -> f64 {
 const RESERVE_OK: &str =
     "quotad_rpc_duration_seconds_count{rpc=\"/quotad.v1.Quota/Reserve\",code=\"OK\"}";
 const RESERVE_INF: &str =
-    "quotad_rpc_duration_seconds_bucket{rpc=\"/quotad.v1.Quota/Reserve\",code=\"OK\",le=\"+Inf\"}";
+    "quotad_rpc_duration_seconds_bucket{le=\"+Inf\",rpc=\"/quotad.v1.Quota/Reserve\",code=\"OK\"}";
 const COMMIT_NOT_FOUND: &str =
     "quotad_rpc_duration_seconds_count{rpc=\"/quotad.v1.Quota/Commit\",code=\"NOT_FOUND\"}";
 const ADMITTED: &str = "quotad_decisions_total{rpc=\"Reserve\",outcome=\"admitted\",reason=\"\"}";
@@ -173,8 +173,8 @@ async fn request_ids_are_kept_or_made() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn the_ledger_serves_metrics_too() {
+/// A ledger serving metrics, with one account and one sidecar "sidecar-a" that leased on it.
+async fn ledger_with_a_sidecar() -> (quotad::server::RunningLedger, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = quotad::server::LedgerServeConfig::new(
         "127.0.0.1:0".parse().unwrap(),
@@ -187,11 +187,100 @@ async fn the_ledger_serves_metrics_too() {
         .unwrap();
     let mut c = Client::connect(running.addr, &operator_token(dir.path())).await;
     c.create_account("acme", "1").await.unwrap();
-    let (_, body) = http_get(running.metrics_addr.unwrap(), "/metrics").await;
+    let money = |s: &str| quotad::billing::Money::parse(s).unwrap();
+    running
+        .ledger
+        .sync_as_ledger(quotad::ledger::SyncRequest {
+            sidecar_id: "sidecar-a".into(),
+            usage: vec![],
+            leases: vec![quotad::ledger::api::LeaseRequest {
+                account_id: "acme".into(),
+                want: money("0.5"),
+                need: money("0.1"),
+                held: money("0"),
+                release: false,
+                give_back: false,
+                seq: 1,
+            }],
+            accounts: vec![],
+            reset_seq: 0,
+        })
+        .await
+        .unwrap();
+    (running, dir)
+}
+
+#[tokio::test]
+async fn the_ledger_serves_metrics_too() {
+    let (running, _dir) = ledger_with_a_sidecar().await;
+    let addr = running.metrics_addr.unwrap();
+    let (_, body) = http_get(addr, "/metrics").await;
     let series =
         "quotad_rpc_duration_seconds_count{rpc=\"/quotad.v1.Admin/CreateAccount\",code=\"OK\"}";
     assert_eq!(v(&body, series), 1.0);
+    assert_eq!(v(&body, "quotad_ledger_db_up"), 1.0);
+    assert_eq!(v(&body, "quotad_ledger_pool_connections_max"), 1.0);
+    assert_eq!(
+        v(
+            &body,
+            "quotad_ledger_sidecar_sync_age_seconds{sidecar=\"sidecar-a\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        v(
+            &body,
+            "quotad_ledger_sidecar_sync_lag_seconds{sidecar=\"sidecar-a\"}"
+        ),
+        0.0
+    );
+    // Leases are counted by a probe the first Sync of a sidecar wakes.
+    let leases = "quotad_ledger_sidecar_leases{sidecar=\"sidecar-a\"}";
+    eventually("the sidecar's lease counted", || async {
+        value(&http_get(addr, "/metrics").await.1, leases) == Some(1.0)
+    })
+    .await;
+    let (status, body) = http_get(addr, "/readyz").await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
     running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_and_readiness_of_a_sidecar() {
+    let mut h =
+        Harness::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let addr = h.running.as_ref().unwrap().metrics_addr.unwrap();
+    let (status, body) = http_get(addr, "/healthz").await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ok\n")
+    );
+    let (status, body) = http_get(addr, "/readyz").await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ready\n")
+    );
+    let text = scrape(&h).await;
+    for series in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+        "quotad_journal_bytes",
+        "quotad_journal_fsync_seconds_count",
+    ] {
+        assert!(value(&text, series).is_some(), "{series} missing:\n{text}");
+    }
+    assert!(v(&text, "process_open_fds") >= 1.0);
+    assert!(
+        text.contains(&format!(
+            "quotad_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    h.shutdown().await;
 }
 
 /// Every metric name the dashboard queries is one quotad exports (a renamed metric would
@@ -222,29 +311,57 @@ async fn the_grafana_dashboard_uses_exported_metrics() {
         .iter()
         .flat_map(|e| {
             e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .filter(|w| w.starts_with("quotad_"))
+                .filter(|w| w.starts_with("quotad_") || w.starts_with("process_"))
                 .map(str::to_owned)
                 .collect::<Vec<_>>()
         })
         .collect();
 
-    let h = Harness::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let mut h =
+        Harness::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    // A family without series yet (no decision made) is not exported at all.
+    h.create_account("acme", "0").await.unwrap();
+    h.reserve("acme", "r-0", GPU_SHARED, A10, 1_000, 0)
+        .await
+        .unwrap();
     let mut exported: BTreeSet<String> = BTreeSet::new();
     for l in scrape(&h).await.lines() {
         if let Some(rest) = l.strip_prefix("# TYPE ") {
             let name = rest.split(' ').next().unwrap();
             exported.insert(name.to_owned());
-            for suffix in ["_bucket", "_sum", "_count"] {
+            // OpenMetrics names a family once; its samples add these.
+            for suffix in ["_bucket", "_sum", "_count", "_total", "_info"] {
                 exported.insert(format!("{name}{suffix}"));
             }
         }
     }
+    // The ledger's own series come from a ledger process.
+    let (ledger, _dir) = ledger_with_a_sidecar().await;
+    let addr = ledger.metrics_addr.unwrap();
+    eventually("the sidecar's lease counted", || async {
+        http_get(addr, "/metrics")
+            .await
+            .1
+            .contains("quotad_ledger_sidecar_leases")
+    })
+    .await;
+    for l in http_get(addr, "/metrics").await.1.lines() {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let name = rest.split(' ').next().unwrap();
+            exported.insert(name.to_owned());
+        }
+    }
+    ledger.shutdown().await.unwrap();
     let missing: Vec<_> = used.difference(&exported).collect();
     assert!(missing.is_empty(), "dashboard uses unexported {missing:?}");
     // And every exported family has a panel.
     let families: BTreeSet<String> = exported
         .iter()
-        .filter(|n| !(n.ends_with("_bucket") || n.ends_with("_sum") || n.ends_with("_count")))
+        .filter(|n| {
+            !["_bucket", "_sum", "_count", "_total", "_info"]
+                .iter()
+                .any(|s| n.ends_with(s))
+        })
         .cloned()
         .collect();
     let shown = |f: &String| used.iter().any(|u| u.starts_with(f.as_str()));

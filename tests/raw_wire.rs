@@ -153,7 +153,7 @@ async fn malformed_bytes_get_clean_statuses_and_the_server_stays_up() {
     let huge_msg = encoded(&pb::GetBalanceRequest {
         account_id: "x".repeat(200 * 1024),
     });
-    use tonic::Code::{Internal, OutOfRange, Unimplemented};
+    use tonic::Code::{Internal, ResourceExhausted, Unimplemented};
     let cases: Vec<(&str, &str, &str, Bytes, tonic::Code, &str)> = vec![
         (
             "garbage",
@@ -218,7 +218,7 @@ async fn malformed_bytes_get_clean_statuses_and_the_server_stays_up() {
             RESERVE,
             GRPC,
             frame(false, u32::MAX, &valid),
-            OutOfRange,
+            ResourceExhausted,
             "too large",
         ),
         (
@@ -234,7 +234,7 @@ async fn malformed_bytes_get_clean_statuses_and_the_server_stays_up() {
             RESERVE,
             GRPC,
             msg(&huge),
-            OutOfRange,
+            ResourceExhausted,
             "65536",
         ),
         (
@@ -242,7 +242,7 @@ async fn malformed_bytes_get_clean_statuses_and_the_server_stays_up() {
             "/quotad.v1.Quota/GetBalance",
             GRPC,
             msg(&huge_msg),
-            OutOfRange,
+            ResourceExhausted,
             "65536",
         ),
         (

@@ -142,7 +142,7 @@ where
         let auth = self.auth.clone();
         Box::pin(async move {
             if rule(req.uri().path()) != Rule::Open {
-                let checked = match auth.authenticate(req.headers()).await {
+                let checked = match auth.authenticate_shared(req.headers()).await {
                     Ok(caller) => check(req.uri().path(), &caller).map(|()| caller),
                     Err(e) => Err(e),
                 };

@@ -1,7 +1,9 @@
 //! Who is calling, and what they may do (R9). Every caller presents
 //! `authorization: Bearer TOKEN`; a token is 256 random bits, shown once when it is made
-//! and stored only as its SHA-256, so a copy of the database lets nobody in and tokens are
-//! compared as hashes, never as secrets. A token speaks for one principal:
+//! and stored only as its SHA-256, so a copy of the database lets nobody in and stored
+//! tokens are compared as hashes, never as secrets (the in-memory lookup cache is keyed by
+//! the token as presented, for at most `auth_cache_ttl_ms`). A token speaks for one
+//! principal:
 //!
 //! - operator: everything (Admin, every account, the Ledger service);
 //! - owner of one account: every Quota call on it, and GrantAccess / RevokeAccess there;
@@ -284,10 +286,10 @@ impl Caller {
 
     /// The caller of a request, as `layer` recorded it. A request that did not pass the
     /// layer has no caller and is refused.
-    pub fn of<T>(request: &tonic::Request<T>) -> Result<Caller, AuthError> {
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<Arc<Caller>, AuthError> {
         request
             .extensions()
-            .get::<Caller>()
+            .get::<Arc<Caller>>()
             .cloned()
             .ok_or(AuthError::Missing)
     }
@@ -425,10 +427,17 @@ impl Default for AuthConfig {
     }
 }
 
-/// Checks tokens against a source through a bounded cache.
+/// What the cache knows of one token: who it speaks for (None: nobody) and when it was
+/// looked up.
+type Known = (Option<Arc<Caller>>, i64);
+
+/// Checks tokens against a source through a bounded cache. The cache is keyed by the
+/// token as presented, so a known token costs one hash-map hit (no SHA-256, no copy);
+/// the source is asked by its SHA-256 only on a miss. Its entries live in memory for
+/// `auth_cache_ttl_ms`, as the tokens do in the requests that carry them.
 pub struct Authenticator {
     source: Option<Arc<dyn TokenSource>>,
-    cache: DashMap<String, (Option<Caller>, i64)>,
+    cache: DashMap<Box<str>, Known>,
     cfg: AuthConfig,
     clock: SharedClock,
 }
@@ -449,42 +458,51 @@ impl Authenticator {
 
     /// The caller of a request with these headers.
     pub async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Caller, AuthError> {
+        self.authenticate_shared(headers)
+            .await
+            .map(|c| Caller::clone(&c))
+    }
+
+    /// The caller of a request with these headers, as the cache shares it.
+    pub async fn authenticate_shared(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<Arc<Caller>, AuthError> {
         let Some(source) = &self.source else {
-            return Ok(Caller::Unchecked);
+            return Ok(unchecked());
         };
         let token = bearer(headers.get(http::header::AUTHORIZATION))?;
-        let hash = token_sha256(token);
         let now_ms = self.clock.now_ms();
         let ttl_ms = i64::try_from(self.cfg.cache_ttl_ms).unwrap_or(i64::MAX);
-        if let Some(e) = self.cache.get(&hash)
+        if let Some(e) = self.cache.get(token)
             && now_ms.saturating_sub(e.1) < ttl_ms
         {
             return e.0.clone().ok_or(AuthError::Unknown);
         }
-        let found = match source.identify(&hash).await {
-            Ok(found) => found,
+        let found = match source.identify(&token_sha256(token)).await {
+            Ok(found) => found.map(Arc::new),
             // The source (a remote ledger) cannot be asked: an earlier answer, however
             // old, still holds, so a sidecar keeps serving known callers from its leases
             // through a ledger outage. A revocation cannot reach it then anyway.
-            Err(e) => match self.cache.get(&hash) {
+            Err(e) => match self.cache.get(token) {
                 Some(stale) => {
                     tracing::debug!(error = %e, "token source unavailable; using the last answer");
                     let found = stale.0.clone();
                     drop(stale);
                     // Trusted for one more TTL: calls do not each wait on a dead ledger.
-                    self.remember(hash, found.clone(), now_ms, ttl_ms);
+                    self.remember(token, found.clone(), now_ms, ttl_ms);
                     return found.ok_or(AuthError::Unknown);
                 }
                 None => return Err(e),
             },
         };
         if ttl_ms > 0 {
-            self.remember(hash, found.clone(), now_ms, ttl_ms);
+            self.remember(token, found.clone(), now_ms, ttl_ms);
         }
         found.ok_or(AuthError::Unknown)
     }
 
-    fn remember(&self, hash: String, found: Option<Caller>, now_ms: i64, ttl_ms: i64) {
+    fn remember(&self, token: &str, found: Option<Arc<Caller>>, now_ms: i64, ttl_ms: i64) {
         if self.cache.len() >= self.cfg.cache_max {
             self.cache
                 .retain(|_, e| now_ms.saturating_sub(e.1) < ttl_ms);
@@ -493,7 +511,7 @@ impl Authenticator {
             }
         }
         if self.cfg.cache_max > 0 {
-            self.cache.insert(hash, (found, now_ms));
+            self.cache.insert(token.into(), (found, now_ms));
         }
     }
 
@@ -501,6 +519,14 @@ impl Authenticator {
     pub fn forget_all(&self) {
         self.cache.clear();
     }
+}
+
+/// The one `Caller::Unchecked` of the process (authentication off).
+fn unchecked() -> Arc<Caller> {
+    static UNCHECKED: std::sync::OnceLock<Arc<Caller>> = std::sync::OnceLock::new();
+    UNCHECKED
+        .get_or_init(|| Arc::new(Caller::Unchecked))
+        .clone()
 }
 
 /// Makes a token for `kind` (with its account or name) and records its hash at `ledger`.

@@ -28,6 +28,9 @@ impl LedgerSettings {
         if let Some(v) = s.pg_pool_max {
             cfg.pg_pool_max = positive("pg_pool_max", v)?;
         }
+        if let Some(v) = s.metrics_sidecars_max {
+            cfg.metrics_sidecars_max = positive("metrics_sidecars_max", v)?;
+        }
         let shared = s.shared();
         shared.apply(&mut cfg.limits)?;
         cfg.catalog_path = shared.catalog.clone();
@@ -58,6 +61,7 @@ impl LedgerSettings {
             lease_ttl_ms: Some(cfg.lease.ttl_ms),
             lease_hold_grace_ms: Some(cfg.lease.hold_grace_ms),
             pg_pool_max: Some(cfg.pg_pool_max),
+            metrics_sidecars_max: Some(cfg.metrics_sidecars_max),
             operator_token_file: cfg.operator_token_file.clone(),
             ..LedgerSettings::with_shared(SharedSettings::effective(shared, log))
         }

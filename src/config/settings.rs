@@ -291,6 +291,9 @@ settings! {
             /// Most connections to PostgreSQL.
             #[arg(long, env = "QUOTAD_PG_POOL_MAX")]
             pub pg_pool_max: Option<u32>,
+            /// Most sidecars shown by name in the metrics (the rest as "other"). [default: 64]
+            #[arg(long, env = "QUOTAD_METRICS_SIDECARS_MAX")]
+            pub metrics_sidecars_max: Option<usize>,
         }
         last {
             /// Where the first operator token is written if the database has none.

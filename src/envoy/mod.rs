@@ -108,9 +108,9 @@ impl SettleStats {
                     Sample::counter(
                         "quotad_envoy_settlements_total",
                         "Requests finished behind Envoy, by what their hold became.",
-                        c.load(Ordering::Relaxed) as f64,
+                        c.load(Ordering::Relaxed),
                     )
-                    .with_labels(format!("outcome=\"{outcome}\"")),
+                    .with_label("outcome", outcome),
                 );
             }
         });

@@ -241,3 +241,65 @@ pub fn ledger_auth_error(s: &Status) -> AuthError {
 pub fn ledger_refused(s: &Status) -> bool {
     matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied)
 }
+
+/// How tonic's decoder starts its refusal of a message over `max_decoding_message_size`,
+/// as it sends it (percent-encoded) and as a peer may spell it.
+const OVERSIZE_MESSAGES: [&str; 2] = [
+    "Error,%20decoded%20message%20length%20too%20large",
+    "Error, decoded message length too large",
+];
+
+/// tonic refuses a request message over `message_bytes_max` with OUT_OF_RANGE; the gRPC
+/// status code spec says RESOURCE_EXHAUSTED for a message larger than the server accepts.
+/// Rewrites that refusal in a trailers-only response's headers (the guard calls this on
+/// every response); any other status is left as it is.
+pub fn oversize_is_resource_exhausted(headers: &mut tonic::codegen::http::HeaderMap) {
+    let oversize = headers.get("grpc-status").map(|v| v.as_bytes()) == Some(b"11")
+        && headers.get("grpc-message").is_some_and(|m| {
+            let m = m.as_bytes();
+            OVERSIZE_MESSAGES
+                .iter()
+                .any(|o| m.starts_with(o.as_bytes()))
+        });
+    if oversize {
+        let code = i32::from(Code::ResourceExhausted).to_string();
+        if let Ok(v) = tonic::codegen::http::HeaderValue::from_str(&code) {
+            headers.insert("grpc-status", v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::codegen::http::{HeaderMap, HeaderValue};
+
+    fn headers(status: &'static str, message: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("grpc-status", HeaderValue::from_static(status));
+        h.insert("grpc-message", HeaderValue::from_static(message));
+        h
+    }
+
+    #[test]
+    fn an_oversize_message_is_resource_exhausted_and_nothing_else_changes() {
+        let mut h = headers(
+            "11",
+            "Error, decoded message length too large: found 70000 bytes, the limit is: 65536 bytes",
+        );
+        oversize_is_resource_exhausted(&mut h);
+        assert_eq!(h["grpc-status"], "8");
+        let mut encoded = headers(
+            "11",
+            "Error,%20decoded%20message%20length%20too%20large:%20x",
+        );
+        oversize_is_resource_exhausted(&mut encoded);
+        assert_eq!(encoded["grpc-status"], "8");
+        let mut other = headers("11", "month out of range");
+        oversize_is_resource_exhausted(&mut other);
+        assert_eq!(other["grpc-status"], "11");
+        let mut ok = HeaderMap::new();
+        oversize_is_resource_exhausted(&mut ok);
+        assert!(ok.is_empty());
+    }
+}

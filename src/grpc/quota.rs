@@ -17,13 +17,16 @@ use crate::auth::{Caller, Permission};
 use crate::engine::events::{Event, WatchGuard};
 use crate::engine::work::Work;
 use crate::engine::{self, Engine, EngineError};
-use crate::metrics::SharedMetrics;
+use crate::metrics::{Counter, SharedMetrics};
 use crate::pb;
 
 pub struct QuotaService {
     engine: Arc<Engine>,
     currency: String,
     metrics: SharedMetrics,
+    /// The admitted-decision counter of each deciding RPC, resolved once: the common
+    /// outcome costs one relaxed add, no label lookup.
+    admitted: [(&'static str, Counter); 4],
 }
 
 impl QuotaService {
@@ -34,10 +37,13 @@ impl QuotaService {
     /// Counts decisions and Watch lag into `metrics`.
     pub fn with_metrics(engine: Arc<Engine>, metrics: SharedMetrics) -> QuotaService {
         let currency = engine.catalog().currency.clone();
+        let admitted = ["Admit", "Reserve", "StartSession", "StreamUsage"]
+            .map(|rpc| (rpc, metrics.decision_counter(rpc, true, "")));
         QuotaService {
             engine,
             currency,
             metrics,
+            admitted,
         }
     }
 
@@ -66,6 +72,10 @@ impl QuotaService {
     }
 
     fn decided(&self, rpc: &'static str, admitted: bool, reason: i32) {
+        if admitted && let Some((_, c)) = self.admitted.iter().find(|(r, _)| *r == rpc) {
+            c.inc();
+            return;
+        }
         self.metrics
             .decision(rpc, admitted, convert::decision_label(admitted, reason));
     }
@@ -215,7 +225,7 @@ impl pb::quota_server::Quota for QuotaService {
             request.into_inner(),
             tx,
             metrics,
-            caller,
+            Caller::clone(&caller),
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }

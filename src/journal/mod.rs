@@ -28,6 +28,7 @@ mod legacy;
 mod options;
 mod outbox;
 mod recovery;
+mod stats;
 mod tables;
 mod writer;
 
@@ -47,6 +48,7 @@ pub use options::{
     NORMAL_SYNC_INTERVAL_MS,
 };
 use outbox::Outbox;
+pub use stats::JournalStats;
 pub use tables::Recovered;
 use writer::{Op, Writer};
 
@@ -57,6 +59,7 @@ pub struct Journal {
     tx: mpsc::Sender<Op>,
     queue_max: usize,
     outbox: Arc<Outbox>,
+    stats: Arc<JournalStats>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -104,7 +107,10 @@ impl Journal {
         let outbox = Arc::new(Outbox::new(recovered.outbox.iter().cloned().collect()));
         let queue_max = opts.queue_max.max(1);
         let (tx, rx) = mpsc::channel(queue_max);
-        let writer = Writer::new(path, file, file_bytes, tables, rx, opts, outbox.clone());
+        let stats = Arc::new(JournalStats::default());
+        stats.set(file_bytes, true);
+        let writer = Writer::new(path, file, file_bytes, tables, rx, opts, outbox.clone())
+            .with_stats(stats.clone());
         let thread = std::thread::Builder::new()
             .name("quotad-journal".into())
             .spawn(move || writer.run())
@@ -113,6 +119,7 @@ impl Journal {
             tx,
             queue_max,
             outbox,
+            stats,
             thread: Mutex::new(Some(thread)),
         };
         Ok((journal, recovered))
@@ -166,6 +173,11 @@ impl Journal {
             }
         }
         Ok(())
+    }
+
+    /// The file's size, fsync latency and whether it takes writes (metrics, readiness).
+    pub fn stats(&self) -> &Arc<JournalStats> {
+        &self.stats
     }
 
     pub fn outbox_len(&self) -> usize {

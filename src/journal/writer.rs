@@ -17,6 +17,7 @@ use super::entry::Entry;
 use super::error::{JournalError, write_err};
 use super::options::{JournalOptions, JournalSync, NORMAL_SYNC_INTERVAL_MS};
 use super::outbox::Outbox;
+use super::stats::JournalStats;
 use super::tables::Tables;
 
 // Queued inline: boxing the common variant to shrink the rare one would cost an
@@ -48,6 +49,7 @@ pub(super) struct Writer {
     /// Why the file can no longer be appended to, once a failed write could not be cut
     /// back off it: every later write fails with this rather than append after damage.
     broken: Option<String>,
+    stats: Arc<JournalStats>,
 }
 
 type Batch = Vec<(Entry, Option<oneshot::Sender<Result<(), JournalError>>>)>;
@@ -76,7 +78,22 @@ impl Writer {
             synced_at: Instant::now(),
             unsynced: false,
             broken: None,
+            stats: Arc::default(),
         }
+    }
+
+    /// Reports to `stats` (the journal's; a writer alone keeps its own).
+    pub(super) fn with_stats(mut self, stats: Arc<JournalStats>) -> Writer {
+        self.stats = stats;
+        self
+    }
+
+    /// fdatasync, timed.
+    fn sync_data(&self) -> std::io::Result<()> {
+        let started = Instant::now();
+        let r = self.file.sync_data();
+        self.stats.fsync.observe(started.elapsed());
+        r
     }
 
     /// The writer thread's loop: one group per round until `Op::Shutdown` (or every
@@ -102,6 +119,7 @@ impl Writer {
         if let Err(e) = closed {
             tracing::error!(error = %e, "journal sync at close failed");
         }
+        self.stats.set(self.file_bytes, false);
         tracing::debug!("journal writer stopped");
     }
 
@@ -154,6 +172,7 @@ impl Writer {
         if result.is_ok() && self.should_compact() {
             self.compact();
         }
+        self.stats.set(self.file_bytes, self.broken.is_none());
     }
 
     /// Appends the batch as one write; on failure cuts the file back to where it was.
@@ -173,11 +192,11 @@ impl Writer {
             .seek(SeekFrom::Start(self.file_bytes))
             .and_then(|_| self.file.write_all(&self.buf))
             .and_then(|()| match self.opts.sync {
-                JournalSync::Full => self.file.sync_data(),
+                JournalSync::Full => self.sync_data(),
                 JournalSync::Normal => {
                     self.unsynced = true;
                     if self.synced_at.elapsed() >= Duration::from_millis(NORMAL_SYNC_INTERVAL_MS) {
-                        self.file.sync_data()?;
+                        self.sync_data()?;
                         self.synced_at = Instant::now();
                         self.unsynced = false;
                     }

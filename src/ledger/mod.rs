@@ -8,6 +8,7 @@ pub mod api;
 pub mod lease;
 pub mod postgres;
 mod round;
+pub mod sidecars;
 pub mod sqlite;
 pub mod store;
 mod webhooks;
@@ -53,6 +54,7 @@ pub struct Ledger {
     clock: SharedClock,
     lease_cfg: LeaseConfig,
     rounds: Arc<round::Rounds>,
+    sidecars: Arc<sidecars::Sidecars>,
 }
 
 impl Ledger {
@@ -68,7 +70,29 @@ impl Ledger {
             clock,
             lease_cfg,
             rounds: Arc::default(),
+            sidecars: Arc::default(),
         }
+    }
+
+    /// Keeps at most `series_max` sidecars by name in `sidecars` (metrics).
+    pub fn with_sidecar_series_max(mut self, series_max: usize) -> Ledger {
+        self.sidecars = Arc::new(sidecars::Sidecars::new(series_max));
+        self
+    }
+
+    /// The sidecars that synced with this ledger (metrics).
+    pub fn sidecars(&self) -> &Arc<sidecars::Sidecars> {
+        &self.sidecars
+    }
+
+    /// Accounts on which `sidecar_id` holds a lease with money in it, at most `limit`.
+    pub async fn leases_of(&self, sidecar_id: &str, limit: usize) -> Result<usize, LedgerError> {
+        Ok(self.store.leased_accounts(sidecar_id, limit).await?.len())
+    }
+
+    /// The store's connection pool, if it has one (metrics).
+    pub fn pool(&self) -> Option<store::PoolStats> {
+        self.store.pool()
     }
 
     pub fn lease_config(&self) -> LeaseConfig {
@@ -463,6 +487,7 @@ impl Ledger {
 impl LedgerApi for Ledger {
     async fn sync(&self, req: SyncRequest) -> Result<SyncResponse, LedgerError> {
         let sidecar_id = req.sidecar_id;
+        let oldest_ms = req.usage.iter().map(|u| u.at_ms).min();
         let mut ids: Vec<String> = req
             .usage
             .iter()
@@ -480,6 +505,8 @@ impl LedgerApi for Ledger {
                 reset_seq: req.reset_seq,
             })
             .await?;
+        // After the write, so that leases counted on a first sight include this Sync's.
+        self.sidecars.synced(&sidecar_id, self.now_ms(), oldest_ms);
         let mut snapshots = self.snapshots(&sidecar_id, &ids).await?;
         for s in &mut snapshots {
             if let Some(m) = written.recalling.get(&s.account_id) {

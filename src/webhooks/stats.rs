@@ -85,7 +85,6 @@ impl WebhookStats {
 
     /// The series, for the /metrics endpoint.
     pub fn samples(&self, now_ms: i64, out: &mut Vec<Sample>) {
-        let label = |id: &str| format!("webhook_id=\"{id}\"");
         if let Ok(m) = self.counts.lock() {
             for (id, c) in m.iter() {
                 let s = [
@@ -106,7 +105,7 @@ impl WebhookStats {
                     ),
                 ];
                 for (name, help, v) in s {
-                    out.push(Sample::counter(name, help, v as f64).with_labels(label(id)));
+                    out.push(Sample::counter(name, help, v).with_label("webhook_id", id.as_str()));
                 }
             }
         }
@@ -118,7 +117,7 @@ impl WebhookStats {
                         "Webhook messages waiting for delivery.",
                         s.pending as f64,
                     )
-                    .with_labels(label(&s.webhook_id)),
+                    .with_label("webhook_id", s.webhook_id.as_str()),
                 );
                 let age_s = (now_ms - s.oldest_at_ms).max(0) as f64 / 1000.0;
                 out.push(
@@ -127,7 +126,7 @@ impl WebhookStats {
                         "Age of the oldest webhook message waiting.",
                         age_s,
                     )
-                    .with_labels(label(&s.webhook_id)),
+                    .with_label("webhook_id", s.webhook_id.as_str()),
                 );
             }
         }

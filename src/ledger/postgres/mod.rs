@@ -226,6 +226,14 @@ impl PgStore {
 
 #[async_trait]
 impl LedgerStore for PgStore {
+    fn pool(&self) -> Option<crate::ledger::store::PoolStats> {
+        Some(crate::ledger::store::PoolStats {
+            size: self.pool.size(),
+            idle: self.pool.num_idle(),
+            max: self.pool.options().get_max_connections(),
+        })
+    }
+
     async fn create_account(
         &self,
         account_id: &str,

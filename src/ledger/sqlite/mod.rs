@@ -102,6 +102,16 @@ fn dup<'a>(what: &'static str, id: &'a str) -> impl FnOnce(rusqlite::Error) -> S
 
 #[async_trait]
 impl LedgerStore for SqliteStore {
+    /// One connection, idle unless a call holds it.
+    fn pool(&self) -> Option<crate::ledger::store::PoolStats> {
+        let idle = usize::from(self.conn.try_lock().is_ok());
+        Some(crate::ledger::store::PoolStats {
+            size: 1,
+            idle,
+            max: 1,
+        })
+    }
+
     async fn create_account(
         &self,
         account_id: &str,

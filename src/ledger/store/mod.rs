@@ -141,8 +141,22 @@ pub struct TokenRow {
     pub revoked_at_ms: Option<i64>,
 }
 
+/// A store's connection pool, as metrics show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections open, in use or idle.
+    pub size: u32,
+    pub idle: usize,
+    pub max: u32,
+}
+
 #[async_trait]
 pub trait LedgerStore: webhooks::WebhookStore + Send + Sync + 'static {
+    /// The connection pool, for stores that have one.
+    fn pool(&self) -> Option<PoolStats> {
+        None
+    }
+
     /// Creates the account; false if it already exists.
     async fn create_account(
         &self,
