@@ -175,6 +175,7 @@ impl Sidecar {
         self.engine.flush().await.unwrap();
         let now = self.clock.now_ms();
         self.engine.sweep(now);
+        self.engine.tick_storage(now).await;
         self.engine.check_alerts(now);
     }
 }
@@ -370,4 +371,140 @@ async fn waves_of_accounts_past_accounts_max_lose_nothing() {
         expected,
         "each alert once (sent {sent})"
     );
+}
+
+/// An account nothing depends on leaves the cache `account_idle_ms` after its last request
+/// and comes back the same: balance, alert memo (nothing fires again), storage meter.
+/// One with an open hold, a Watch or a stored level stays; a hold's expiry is found by its
+/// deadline and lets the account go in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_accounts_leave_after_account_idle_ms_and_come_back_the_same() {
+    const IDLE_MS: i64 = 10 * MINUTE_MS;
+    let s = Sidecar::start(config(100, IDLE_MS)).await;
+    let mut models: HashMap<String, Model> = HashMap::new();
+    for id in ["quiet", "held", "watched", "stored", "was-stored"] {
+        s.ledger.create_account(id, m(BALANCE)).await.unwrap();
+        models.insert(id.to_owned(), Model::new(BALANCE, 0));
+    }
+    s.ledger
+        .grant_credit(
+            "quiet",
+            "quiet-g",
+            GrantKind::Coupon,
+            ResourceSet::of(Resource::Storage),
+            m("1"),
+            T0_MS + 3 * DAY_MS,
+        )
+        .await
+        .unwrap();
+    models.get_mut("quiet").unwrap().alerts = 1; // the 7-day warning
+    for (n, id) in ["quiet", "held", "watched", "stored", "was-stored"]
+        .iter()
+        .enumerate()
+    {
+        visit(&s, &mut models, id, n).await;
+    }
+    let hold = s
+        .engine
+        .reserve(ReserveRequest {
+            account_id: "held".into(),
+            reservation_id: "held/open".into(),
+            resource: Resource::GpuShared,
+            sku: A10.into(),
+            quantity: HOLD_UNITS,
+            ttl_ms: 2 * 60 * MINUTE_MS,
+        })
+        .await
+        .unwrap();
+    assert!(hold.admitted);
+    let watch = s.engine.watch("watched").await.unwrap();
+    s.engine.report_storage("stored", 1 << 30, 0).await.unwrap();
+    let level_at = s.clock.now_ms();
+    s.engine
+        .report_storage("was-stored", 1 << 30, level_at)
+        .await
+        .unwrap();
+    s.clock.advance_ms(1);
+    s.engine.report_storage("was-stored", 0, 0).await.unwrap();
+    s.tick(MINUTE_MS).await;
+    let alerts = expected_alerts(&models);
+    assert_eq!(events_reach(&s, alerts).await, alerts);
+
+    // Past the idle time, and past the storage hour: only the quiet ones leave.
+    s.tick(IDLE_MS).await;
+    s.tick(60 * MINUTE_MS).await;
+    s.tick(IDLE_MS).await;
+    let stats = s.engine.stats();
+    assert_eq!(
+        stats.accounts, 3,
+        "held, watched and stored stay: {stats:?}"
+    );
+    assert_eq!(stats.accounts_evicted, 2);
+
+    // They come back the same: balances, no alert again, the storage meter (a level
+    // older than the last one is refused, as before they left).
+    for (n, id) in ["quiet", "was-stored"].iter().enumerate() {
+        visit(&s, &mut models, id, 100 + n).await;
+    }
+    let e = s
+        .engine
+        .report_storage("was-stored", 5, level_at)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("older"), "{e}");
+    s.tick(MINUTE_MS).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.engine.events_sent(), alerts, "nothing fired twice");
+
+    // The hold expires (found by its deadline), the Watch ends: they leave in turn.
+    drop(watch);
+    s.tick(DAY_MS).await;
+    s.tick(IDLE_MS).await;
+    let stats = s.engine.stats();
+    assert_eq!(stats.accounts, 1, "only the stored level stays: {stats:?}");
+    let b = s.engine.balance("held").await.unwrap();
+    assert_eq!(b.held, Money::ZERO, "the hold expired");
+    assert_eq!(b.balance, models["held"].balance);
+}
+
+/// `accounts_max` is a bound on accounts in use: a new account takes the place of the
+/// least recently used idle one, and is refused (naming the setting) only while every
+/// cached account is in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_account_is_refused_only_while_none_is_idle() {
+    let s = Sidecar::start(config(3, 24 * 60 * MINUTE_MS)).await;
+    for id in ["a", "b", "c", "d"] {
+        s.ledger.create_account(id, m(BALANCE)).await.unwrap();
+    }
+    for id in ["a", "b", "c"] {
+        let r = s.reserve(id, &format!("{id}/1"), HOLD_UNITS).await.unwrap();
+        assert!(r.admitted);
+    }
+    s.tick(MINUTE_MS + 1).await;
+    let e = s.reserve("d", "d/1", HOLD_UNITS).await.unwrap_err();
+    assert!(matches!(e, EngineError::AccountsFull(3)), "{e:?}");
+    assert!(e.to_string().contains("accounts_max"), "{e}");
+
+    // "b" is done; "a" is used again: "b" is the least recently used idle account.
+    s.engine.release("b/1").await.unwrap();
+    s.engine.commit("a/1", USE_UNITS).await.unwrap();
+    s.engine.commit("c/1", USE_UNITS).await.unwrap();
+    s.tick(MINUTE_MS + 1).await;
+    s.engine.balance("a").await.unwrap();
+    s.tick(MINUTE_MS + 1).await;
+    s.engine.balance("c").await.unwrap();
+    let r = s.reserve("d", "d/1", HOLD_UNITS).await.unwrap();
+    assert!(r.admitted, "{r:?}");
+    let stats = s.engine.stats();
+    assert_eq!(
+        (stats.accounts, stats.accounts_evicted),
+        (3, 1),
+        "{stats:?}"
+    );
+    // "b" left, not "a" or "c": they are cached still (a look loads nothing).
+    s.engine.release("d/1").await.unwrap();
+    s.tick(MINUTE_MS + 1).await;
+    let r = s.reserve("b", "b/2", HOLD_UNITS).await.unwrap();
+    assert!(r.admitted, "{r:?}");
+    assert_eq!(s.engine.stats().accounts_evicted, 2);
 }

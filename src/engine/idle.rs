@@ -80,7 +80,7 @@ impl Engine {
     pub(super) fn sweep_idle(&self, now_ms: i64) {
         let idle_ms = self.idle_ms();
         for (_, id) in self.idle_due.due(now_ms) {
-            match self.evict(&id, now_ms, idle_ms) {
+            match self.evict(&id, now_ms.saturating_sub(idle_ms)) {
                 Evict::Left | Evict::Gone => {}
                 Evict::UsedAt(at) => self.idle_due.push(at.saturating_add(idle_ms), &id),
                 Evict::Busy => self.idle_due.push(now_ms.saturating_add(idle_ms), &id),
@@ -97,7 +97,12 @@ impl Engine {
             let Some((at, id)) = self.idle_due.pop_first() else {
                 return false;
             };
-            match self.evict(&id, now_ms, ACCOUNT_QUIET_MIN_MS) {
+            // Not if it was used since the entry was made (its place is later), nor
+            // within the quiet time.
+            let unused_since = now_ms
+                .saturating_sub(ACCOUNT_QUIET_MIN_MS)
+                .min(at.saturating_sub(idle_ms));
+            match self.evict(&id, unused_since) {
                 Evict::Left => return true,
                 Evict::Gone => {}
                 Evict::UsedAt(used) => {
@@ -114,15 +119,15 @@ impl Engine {
         false
     }
 
-    /// The account leaves the cache if nothing depends on it and no request used it in
-    /// the `quiet_ms` before `now_ms`. Decided and done under its entry's lock, so a
-    /// request that found it cached finds it still (it was used just now), and one that
-    /// did not loads it with what it left behind.
-    fn evict(&self, account_id: &str, now_ms: i64, quiet_ms: i64) -> Evict {
+    /// The account leaves the cache if nothing depends on it and no request used it after
+    /// `unused_since_ms`. Decided and done under its entry's lock, so a request that found
+    /// it cached finds it still (it was used just now), and one that did not loads it
+    /// with what it left behind.
+    fn evict(&self, account_id: &str, unused_since_ms: i64) -> Evict {
         let whole_account = self.cfg.leasing.lease_whole_account;
         let mut verdict = Evict::Gone;
         let left = self.accounts.remove_if(account_id, |id, a| {
-            if a.used_at_ms().saturating_add(quiet_ms) > now_ms {
+            if a.used_at_ms() > unused_since_ms {
                 verdict = Evict::UsedAt(a.used_at_ms());
                 return false;
             }
