@@ -31,8 +31,7 @@ use quotad::clock::{Clock, ManualClock};
 use quotad::engine::{Engine, EngineConfig, LeasingConfig, ReserveRequest};
 use quotad::journal::{DEFAULT_JOURNAL_BATCH_MAX, DEFAULT_JOURNAL_QUEUE_MAX, Journal, JournalSync};
 use quotad::ledger::{
-    AccountSnapshot, EMBEDDED_SIDECAR_ID, Lease, LedgerApi, LedgerError, SyncRequest,
-    SyncResponse,
+    AccountSnapshot, EMBEDDED_SIDECAR_ID, Lease, LedgerApi, LedgerError, SyncRequest, SyncResponse,
 };
 use tokio::task::JoinSet;
 
@@ -86,7 +85,10 @@ impl LedgerApi for StandIn {
             .iter()
             .map(|l| self.snapshot(&l.account_id, l.seq, l.release, now_ms))
             .collect();
-        let named = req.accounts.iter().chain(req.usage.iter().map(|u| &u.account_id));
+        let named = req
+            .accounts
+            .iter()
+            .chain(req.usage.iter().map(|u| &u.account_id));
         for id in named {
             if !snapshots.iter().any(|s| &s.account_id == id) {
                 snapshots.push(self.snapshot(id, 0, false, now_ms));

@@ -86,7 +86,7 @@ impl Sidecar {
         let lease = LeaseConfig {
             ttl_ms: 60 * MINUTE_MS,
             hold_grace_ms: quotad::engine::DEFAULT_HOLD_TTL_MAX_MS,
-            fleet: false,
+            fleet: !cfg.leasing.lease_whole_account,
         };
         let ledger = Arc::new(Ledger::new(store, catalog.clone(), clock.clone(), lease));
         let engine = Self::engine(&dir, &cfg, &clock, &catalog, &ledger).await;
@@ -507,4 +507,33 @@ async fn a_new_account_is_refused_only_while_none_is_idle() {
     let r = s.reserve("b", "b/2", HOLD_UNITS).await.unwrap();
     assert!(r.admitted, "{r:?}");
     assert_eq!(s.engine.stats().accounts_evicted, 2);
+}
+
+/// With a ledger shared by several sidecars, an idle account leaves the cache only once
+/// its lease is given back (so its money is never set aside for a sidecar that forgot
+/// it), and its next request leases again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_shared_ledger_an_account_leaves_once_its_lease_is_given_back() {
+    let mut cfg = config(100, MINUTE_MS);
+    cfg.leasing.lease_whole_account = false;
+    let lease_active_ms = cfg.leasing.lease_active_ms;
+    let s = Sidecar::start(cfg).await;
+    let mut models: HashMap<String, Model> = HashMap::new();
+    s.ledger.create_account("a", m(BALANCE)).await.unwrap();
+    models.insert("a".to_owned(), Model::new(BALANCE, 0));
+    visit(&s, &mut models, "a", 1).await;
+    s.tick(MINUTE_MS + 1).await;
+    let stats = s.engine.stats();
+    assert_eq!((stats.accounts, stats.leases), (1, 1), "leased: {stats:?}");
+    // Past `lease_active_ms` the sync releases the lease; then the account may go.
+    s.tick(lease_active_ms).await;
+    s.tick(MINUTE_MS + 1).await;
+    let stats = s.engine.stats();
+    assert_eq!(
+        (stats.accounts, stats.accounts_evicted),
+        (0, 1),
+        "{stats:?}"
+    );
+    visit(&s, &mut models, "a", 2).await;
+    assert_eq!(s.engine.stats().leases, 1);
 }
