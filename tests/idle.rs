@@ -38,9 +38,9 @@ const A10: &str = "gpu.shared.a10";
 /// The waves: `WAVES` of `WAVE_ACCOUNTS` new accounts each, `BATCH` a minute, under an
 /// `ACCOUNTS_MAX` far below the accounts seen; `ALWAYS` accounts used in every batch.
 const WAVES: usize = 8;
-const WAVE_ACCOUNTS: usize = 750;
-const BATCH: usize = 75;
-const ACCOUNTS_MAX: usize = 200;
+const WAVE_ACCOUNTS: usize = 400;
+const BATCH: usize = 40;
+const ACCOUNTS_MAX: usize = 100;
 const ALWAYS: usize = 4;
 /// Every account starts with this balance (CNY); the floor alert fires below it.
 const BALANCE: &str = "10";

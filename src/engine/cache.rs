@@ -96,6 +96,7 @@ impl Engine {
         if let Some((_, meter)) = self.orphan_storage.remove(account_id)
             && let Ok(mut m) = a.storage.try_lock()
         {
+            self.index_storage(account_id, &meter);
             m.get_or_insert(meter);
         }
         Ok(())

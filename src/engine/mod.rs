@@ -209,6 +209,8 @@ pub struct Engine {
     hold_due: deadlines::Deadlines,
     /// Accounts by their next time-driven alert (`check_alerts`).
     alert_due: deadlines::Deadlines,
+    /// Metered accounts by the end of their storage hour in progress (`tick_storage`).
+    storage_due: deadlines::Deadlines,
     /// Accounts by when they may go idle (`sweep`), and least recently used first.
     idle_due: deadlines::Deadlines,
     accounts_evicted: AtomicU64,
@@ -264,6 +266,7 @@ impl Engine {
             evicted_fail_open: DashMap::new(),
             hold_due: deadlines::Deadlines::default(),
             alert_due: deadlines::Deadlines::default(),
+            storage_due: deadlines::Deadlines::default(),
             idle_due: deadlines::Deadlines::default(),
             accounts_evicted: AtomicU64::new(0),
             pruned_at_ms: AtomicI64::new(i64::MIN / 2),
