@@ -4,8 +4,9 @@
 //! with `ALWAYS` accounts active in every wave, under `accounts_max` = 1,000,000 and an
 //! `account_idle_ms` of a minute. Between waves the (manual) clock moves past the idle
 //! time; per wave it prints the accounts cached and active, the time of the sweep that lets
-//! the previous wave's accounts go, of a sweep with nothing due, and the process's
-//! resident memory (VmRSS) after it. `cargo bench --bench idle`.
+//! the wave's accounts go, of the minute's scan for time-driven alerts (which first looks
+//! at each account loaded), of a sweep with nothing due, and the process's resident
+//! memory (VmRSS) after them. `cargo bench --bench idle`.
 //!
 //! The ledger is a stand-in that knows every account (balance 1,000, no grants), applies
 //! all usage it is sent and grants whole-account leases, keeping nothing per account: what
@@ -185,7 +186,7 @@ async fn run() {
          {ACCOUNTS_MAX}, account_idle_ms {IDLE_MS}"
     );
     println!(
-        "wave | seen | cached before sweep | cached after | active | sweep ms (evicts) | idle sweep us | RSS MiB | wave s"
+        "wave | seen | cached before sweep | cached after | active | sweep ms (evicts) | alert scan ms | idle sweep us | RSS MiB | wave s"
     );
     let mut n = 0u64;
     for (w, start) in (0..accounts).step_by(wave).enumerate() {
@@ -220,15 +221,20 @@ async fn run() {
         let t = Instant::now();
         engine.sweep(clock.now_ms());
         let sweep = t.elapsed();
+        // The sync tick's minute scan: first looks at the wave's accounts for alerts.
+        let t = Instant::now();
+        engine.check_alerts(clock.now_ms());
+        let scan = t.elapsed();
         let t = Instant::now();
         engine.sweep(clock.now_ms());
         let idle_sweep = t.elapsed();
         let stats = engine.stats();
         println!(
-            "{w:>4} | {:>9} | {cached_before:>7} | {:>7} | {ALWAYS} | {:>8.1} | {:>6.1} | {:>7.0} | {:>5.1}",
+            "{w:>4} | {:>9} | {cached_before:>7} | {:>7} | {ALWAYS} | {:>8.1} | {:>8.1} | {:>6.1} | {:>7.0} | {:>5.1}",
             (start + wave).min(accounts),
             stats.accounts,
             sweep.as_secs_f64() * 1e3,
+            scan.as_secs_f64() * 1e3,
             idle_sweep.as_secs_f64() * 1e6,
             rss_mib(),
             began.elapsed().as_secs_f64(),
