@@ -200,7 +200,7 @@ async fn run() {
                 tasks.join_next().await.unwrap().unwrap();
             }
             n += 1;
-            if n % SYNC_EVERY == 0 {
+            if n.is_multiple_of(SYNC_EVERY) {
                 // What the sync loop does every second: loading an account reads the
                 // journal's outbox, which must not grow with the wave.
                 engine.flush().await.unwrap();
