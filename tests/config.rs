@@ -44,6 +44,8 @@ fn the_example_file_is_valid_and_prints_its_effective_configuration() {
     for line in [
         "[serve]",
         "holds_max = 1000000",
+        "accounts_max = 1000000",
+        "account_idle_ms = 900000",
         "journal_sync = \"full\"",
         "metrics_listen = \"127.0.0.1:9464\"",
         "concurrency_max = 4096",

@@ -221,6 +221,26 @@ pub fn detect(
     (out, change)
 }
 
+/// The first moment after `after_ms` at which time alone may make a crossing on these
+/// grants (one starts, nears its expiry by a lead, or expires), if any: when a look at
+/// an account nobody changes is next worth making.
+pub fn next_due_ms(cfg: &AlertConfig, grants: &[Grant], after_ms: i64) -> Option<i64> {
+    grants
+        .iter()
+        .flat_map(|g| {
+            let warnings = cfg
+                .expiring_leads_ms
+                .iter()
+                .filter(|_| g.remaining > Decimal::ZERO)
+                .map(|lead| g.expires_at_ms.saturating_sub(*lead));
+            [g.starts_at_ms, g.expires_at_ms]
+                .into_iter()
+                .chain(warnings)
+        })
+        .filter(|t| *t > after_ms)
+        .min()
+}
+
 /// One look at an account: the memo, how it changed, and the crossings found.
 struct Look<'a> {
     memo: &'a mut AlertMemo,
@@ -398,6 +418,67 @@ mod tests {
             .into_iter()
             .map(|a| (a.kind, a.grant_id, a.threshold))
             .collect()
+    }
+
+    #[test]
+    fn next_due_is_each_lead_then_the_expiry() {
+        let cfg = AlertConfig::default();
+        let g = money_grant("p1", 100, DAY, 10 * DAY);
+        let grants = [g.clone()];
+        assert_eq!(next_due_ms(&cfg, &grants, 0), Some(DAY), "it starts");
+        assert_eq!(
+            next_due_ms(&cfg, &grants, DAY),
+            Some(3 * DAY),
+            "7 days before"
+        );
+        assert_eq!(
+            next_due_ms(&cfg, &grants, 3 * DAY),
+            Some(9 * DAY),
+            "1 day before"
+        );
+        assert_eq!(
+            next_due_ms(&cfg, &grants, 9 * DAY),
+            Some(10 * DAY),
+            "expiry"
+        );
+        assert_eq!(next_due_ms(&cfg, &grants, 10 * DAY), None);
+        let mut spent = g;
+        spent.remaining = Decimal::ZERO;
+        assert_eq!(
+            next_due_ms(&cfg, &[spent], DAY),
+            Some(10 * DAY),
+            "no warning without quota left"
+        );
+    }
+
+    proptest! {
+        /// Between a look and the next due time, time alone makes no crossing: a look
+        /// anywhere in between finds nothing new.
+        #[test]
+        fn nothing_fires_before_next_due(
+            spans in prop::collection::vec((0i64..20, 1i64..20, 0i64..3), 1..4),
+            after in 0i64..40,
+            step in 1i64..40,
+        ) {
+            let cfg = AlertConfig::default();
+            let grants: Vec<Grant> = spans
+                .iter()
+                .enumerate()
+                .map(|(i, (s, len, left))| {
+                    let mut g = money_grant(&format!("g{i}"), 100, s * DAY, (s + len) * DAY);
+                    g.remaining = Decimal::from(*left * 50);
+                    g
+                })
+                .collect();
+            let mut memo = AlertMemo::default();
+            let after = after * DAY / 2;
+            run(&cfg, &mut memo, "0", &grants, after);
+            let next = next_due_ms(&cfg, &grants, after).unwrap_or(i64::MAX);
+            let t = after.saturating_add(step * DAY / 4);
+            if t < next {
+                prop_assert!(run(&cfg, &mut memo, "0", &grants, t).is_empty());
+            }
+        }
     }
 
     #[test]

@@ -289,6 +289,10 @@ mod tests {
         };
         let e = invalid("[serve]\nholds_max = 0\n");
         assert_eq!(e, "holds_max = 0: must be positive");
+        let e = invalid("[serve]\naccounts_max = 0\n");
+        assert_eq!(e, "accounts_max = 0: must be positive");
+        let e = invalid("[serve]\naccount_idle_ms = 1000\n");
+        assert_eq!(e, "account_idle_ms = 1000: must be at least 60000");
         let e = invalid("[serve]\nhold_ttl_default_ms = 999999999999\n");
         assert!(e.contains("hold_ttl_default_ms = 999999999999: must be between 1 and"));
         let e = invalid("[serve]\nalert_low_quota = [1.5]\n");

@@ -3,6 +3,7 @@
 use super::settings::{Effective, ServeSettings, SharedSettings};
 use super::values::{Budget, LogFormat, Text};
 use super::{ConfigError, default_listen, positive};
+use crate::engine::ACCOUNT_QUIET_MIN_MS;
 use crate::server::{self, ServeConfig};
 use crate::tls::ClientTls;
 
@@ -71,6 +72,19 @@ impl ServeSettings {
         }
         if let Some(v) = self.holds_max {
             cfg.engine.holds_max = positive("holds_max", v)?;
+        }
+        if let Some(v) = self.accounts_max {
+            cfg.engine.accounts_max = positive("accounts_max", v)?;
+        }
+        if let Some(v) = self.account_idle_ms {
+            if v < ACCOUNT_QUIET_MIN_MS {
+                return Err(ConfigError::Invalid {
+                    key: "account_idle_ms",
+                    value: v.to_string(),
+                    allowed: format!("must be at least {ACCOUNT_QUIET_MIN_MS}"),
+                });
+            }
+            cfg.engine.account_idle_ms = v;
         }
         Ok(())
     }
@@ -187,6 +201,8 @@ impl ServeSettings {
             lease_request_timeout_ms: Some(e.leasing.lease_request_timeout_ms),
             lease_recall_wait_ms: Some(e.leasing.lease_recall_wait_ms),
             holds_max: Some(e.holds_max),
+            accounts_max: Some(e.accounts_max),
+            account_idle_ms: Some(e.account_idle_ms),
             journal_sync: Some(Text(cfg.journal_sync)),
             streams_max: Some(e.work.streams_max),
             stream_reports_per_sec: Some(e.work.stream_reports_per_sec),

@@ -209,6 +209,16 @@ settings! {
             /// Most reservations kept in memory.
             #[arg(long, env = "QUOTAD_HOLDS_MAX")]
             pub holds_max: Option<usize>,
+            /// Most accounts cached; when reached, the least recently used idle account leaves
+            /// the cache for a new one, and only if none is idle is the new one refused.
+            /// [default: 1000000]
+            #[arg(long, env = "QUOTAD_ACCOUNTS_MAX")]
+            pub accounts_max: Option<usize>,
+            /// An account with no open hold, usage, stream, session or Watch (and its lease
+            /// given back) leaves the cache this long after its last request; its next request
+            /// loads it again. At least 60000. [default: 900000]
+            #[arg(long, env = "QUOTAD_ACCOUNT_IDLE_MS")]
+            pub account_idle_ms: Option<i64>,
             /// Journal durability: `full` fsyncs every group commit (an acknowledged call
             /// survives a power loss); `normal` hands writes to the OS before the ack and
             /// fsyncs at checkpoints (survives a kill -9 of quotad, not a power loss).

@@ -64,6 +64,10 @@ pub(super) struct Account {
     /// (a failed write puts them back), so a give-back keeps covering them.
     pub(super) unsettled: Money,
     pub(super) last_touch_ms: i64,
+    /// Last request that looked at the account (any: a look keeps it cached, not active).
+    pub(super) seen_ms: i64,
+    /// The time of its entry in the engine's alert deadlines (`i64::MAX`: none).
+    pub(super) alert_due_ms: i64,
     /// What is left of the fail-open budget, and what was admitted from it.
     pub(super) fail_open_left: Money,
     pub(super) fail_open_spent: Money,
@@ -101,6 +105,8 @@ impl Account {
             lease_inflight: Money::ZERO,
             unsettled: Money::ZERO,
             last_touch_ms: now_ms,
+            seen_ms: now_ms,
+            alert_due_ms: i64::MAX,
             fail_open_left: fail_open_budget,
             fail_open_spent: Money::ZERO,
             alert_memo: AlertMemo::default(),
@@ -212,6 +218,30 @@ impl Account {
             "held {} after giving back {amount}",
             self.held
         );
+    }
+
+    /// When the account was last used or looked at.
+    pub(super) fn used_at_ms(&self) -> i64 {
+        self.seen_ms.max(self.last_touch_ms)
+    }
+
+    /// Nothing depends on the account staying cached: no open hold, no usage the ledger
+    /// has not applied nor settlement not yet durable, no lease request in flight, no
+    /// stored level accruing (nor a storage step in flight), and its lease given back
+    /// (`whole_account`, embedded: the lease is the whole account, nobody else wants it).
+    pub(super) fn quiet(&self, whole_account: bool) -> bool {
+        let storage_idle = self.storage.try_lock().is_ok_and(|m| {
+            m.as_ref().is_none_or(|m| {
+                m.bytes_stored == 0 && m.excess_byte_ms == 0 && m.stored_byte_ms == 0
+            })
+        });
+        self.held.is_zero()
+            && self.held_units.iter().all(|u| *u == 0)
+            && self.pending.is_empty()
+            && self.unsettled.is_zero()
+            && self.lease_inflight.is_zero()
+            && storage_idle
+            && (whole_account || self.base.lease.remaining.is_zero())
     }
 
     /// Takes a snapshot newer than the cached one (`false`: it is older, and ignored):

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
 use super::account::{Account, Pending};
-use super::{Engine, EngineError};
+use super::{Engine, EngineError, PRUNE_INTERVAL_MS};
 use crate::billing::alerts::AlertMemo;
 use crate::billing::status::{self, BalanceView};
 use crate::billing::{Money, Resource};
@@ -31,10 +31,13 @@ impl Engine {
         account_id: &str,
         first: Money,
     ) -> Result<(), EngineError> {
-        if self.accounts.contains_key(account_id) {
+        let now_ms = self.now_ms();
+        if let Some(mut a) = self.accounts.get_mut(account_id) {
+            // Seen now: it stays cached for the request at hand (see `idle`).
+            a.seen_ms = a.seen_ms.max(now_ms);
             return Ok(());
         }
-        if self.accounts.len() >= self.cfg.accounts_max {
+        if self.accounts.len() >= self.cfg.accounts_max && !self.make_room(now_ms) {
             return Err(EngineError::AccountsFull(self.cfg.accounts_max));
         }
         let held = self
@@ -71,12 +74,16 @@ impl Engine {
             .accounts
             .entry(account_id.to_owned())
             .or_insert_with(|| Account::new(snap, pending, budget, now_ms, self.catalog.calendar));
+        a.seen_ms = a.seen_ms.max(now_ms);
+        self.index_loaded(&mut a, account_id, now_ms);
+        self.take_left_behind(&mut a, account_id);
         a.lease_floor_seq = a
             .lease_floor_seq
             .max(self.uncached_floor_seq.load(Ordering::Relaxed));
         for o in orphans.into_iter().flatten() {
             a.add_held(o.held);
             a.count_units(o.resource, o.quantity, true);
+            self.hold_due.push(o.expires_at_ms, account_id);
             a.expiries
                 .push(Reverse((o.expires_at_ms, o.reservation_id)));
         }
@@ -89,6 +96,7 @@ impl Engine {
         if let Some((_, meter)) = self.orphan_storage.remove(account_id)
             && let Ok(mut m) = a.storage.try_lock()
         {
+            self.index_storage(account_id, &meter);
             m.get_or_insert(meter);
         }
         Ok(())
@@ -110,7 +118,9 @@ impl Engine {
                     self.wake_sync();
                 }
                 // Top-ups, purchases and grants arrive here: they may cross back.
-                self.alerts_locked(&mut a, &account_id, now_ms)
+                let batch = self.alerts_locked(&mut a, &account_id, now_ms);
+                self.index_alerts(&mut a, &account_id, now_ms);
+                batch
             } else {
                 None
             };
@@ -150,12 +160,22 @@ impl Engine {
         }
     }
 
-    /// Housekeeping: expires due holds on every account and forgets settled reservations
-    /// past the retention window.
+    /// Housekeeping, at the cost of what is due: expires the holds due by `now_ms` (found
+    /// by their deadlines, not by a walk of the accounts), lets idle accounts leave the
+    /// cache, and every `PRUNE_INTERVAL_MS` forgets settled reservations past the
+    /// retention window.
     pub fn sweep(&self, now_ms: i64) {
-        for mut a in self.accounts.iter_mut() {
-            self.expire_due(&mut a, now_ms);
+        for (_, id) in self.hold_due.due(now_ms) {
+            if let Some(mut a) = self.accounts.get_mut(&id) {
+                self.expire_due(&mut a, now_ms);
+            }
         }
+        self.sweep_idle(now_ms);
+        let pruned_at_ms = self.pruned_at_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(pruned_at_ms) < PRUNE_INTERVAL_MS {
+            return;
+        }
+        self.pruned_at_ms.store(now_ms, Ordering::Relaxed);
         let cutoff = now_ms - self.cfg.settled_retention_ms;
         self.works.prune(cutoff);
         self.sessions.prune(cutoff);

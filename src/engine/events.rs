@@ -202,6 +202,13 @@ impl Hub {
         Ok((rx, guard))
     }
 
+    /// Whether the account has a Watch open.
+    pub(super) fn watched(&self, account_id: &str) -> bool {
+        self.senders
+            .get(account_id)
+            .is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
     /// Watch streams open now.
     pub(super) fn watchers(&self) -> usize {
         self.watchers.load(Ordering::Relaxed)

@@ -229,6 +229,7 @@ impl Engine {
         let done = self.journal.submit(Entry::Reservation(row.clone()))?;
         a.add_held(cost);
         a.count_units(req.resource, req.quantity, true);
+        self.hold_due.push(expires_at_ms, &req.account_id);
         a.expiries
             .push(Reverse((expires_at_ms, req.reservation_id.clone())));
         slot.insert(Hold::new(row, true));
@@ -514,6 +515,7 @@ impl Engine {
             if let Some(seq) = seq {
                 a.undo_charge(seq);
             }
+            self.hold_due.push(old_row.expires_at_ms, account_id);
             a.expiries
                 .push(Reverse((old_row.expires_at_ms, id.to_owned())));
         }

@@ -5,7 +5,8 @@
 //! Holds live in their own map so Commit and Release find them by reservation id alone.
 //!
 //! Lock order (deadlock freedom): an `accounts` entry may be held while taking a `holds`
-//! entry, never the reverse.
+//! entry, never the reverse; so may it while taking an entry of what an account leaves
+//! behind or an account's deadlines (`idle`), an open stream's or a Watch's.
 //!
 //! The rooms depend one way. What the engine is made of does not know the engine: the
 //! cached account (`account`), reservations (`reservation`), the lease policy
@@ -15,17 +16,19 @@
 //! `impl Engine` in rooms of their own, which use this file and the ones below it, never
 //! the reverse: `admission` (the one rule), `holds` (Reserve/Commit/Release/Admit),
 //! `cache` (accounts, snapshots, expiry), `reports` (usage streams), `hours` (sessions),
-//! `watch` (alerts), `storage`, `link` (calls to the ledger), `sync`, `durable` and
+//! `watch` (alerts), `idle` (accounts leaving the cache), `storage`, `link` (calls to the ledger), `sync`, `durable` and
 //! `recovery` (start).
 
 mod account;
 mod admission;
 mod cache;
+mod deadlines;
 mod durable;
 mod error;
 pub mod events;
 mod holds;
 mod hours;
+mod idle;
 mod leases;
 mod link;
 mod recovery;
@@ -62,8 +65,22 @@ pub const DEFAULT_HOLD_TTL_MS: i64 = 5 * 60 * 1000;
 pub const DEFAULT_HOLD_TTL_MAX_MS: i64 = 24 * 60 * 60 * 1000;
 /// Most reservations kept in memory, open and settled (settled ones answer retries).
 pub const DEFAULT_HOLDS_MAX: usize = 1_000_000;
-/// Most accounts cached in memory.
+/// Most accounts cached in memory. When reached, the least recently used idle account
+/// leaves the cache for a new one; only if none is idle is the new one refused.
 pub const DEFAULT_ACCOUNTS_MAX: usize = 1_000_000;
+/// An account nothing depends on (see `Account::quiet`) leaves the cache after this long
+/// without a request; its next request loads it again.
+pub const DEFAULT_ACCOUNT_IDLE_MS: i64 = 15 * 60 * 1000;
+/// Shortest time without a request before an account may leave the cache, also to make
+/// room (`accounts_max`): a request between its look at the account and its use of it
+/// never finds it gone. `account_idle_ms` is at least this.
+pub const ACCOUNT_QUIET_MIN_MS: i64 = 60_000;
+/// Most cached accounts one new account looks at for a least recently used idle one to
+/// replace, before it is refused (those in use are looked at again an idle time later).
+pub const EVICT_SCAN_MAX: usize = 256;
+/// How often housekeeping forgets settled reservations, ended jobs and stopped sessions
+/// past their retention (a walk of what is kept: a minute is precise enough for a day).
+pub const PRUNE_INTERVAL_MS: i64 = 60_000;
 /// How long a settled reservation is remembered to answer a retry with its first outcome.
 pub const DEFAULT_SETTLED_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
 /// Acknowledged usage waiting for the ledger beyond which new Reserves are refused: the
@@ -78,6 +95,8 @@ pub struct EngineConfig {
     pub hold_ttl_max_ms: i64,
     pub holds_max: usize,
     pub accounts_max: usize,
+    /// See `DEFAULT_ACCOUNT_IDLE_MS`.
+    pub account_idle_ms: i64,
     pub settled_retention_ms: i64,
     pub outbox_max: usize,
     /// How this sidecar asks for leases (see `leases`).
@@ -103,6 +122,7 @@ impl Default for EngineConfig {
             hold_ttl_max_ms: DEFAULT_HOLD_TTL_MAX_MS,
             holds_max: DEFAULT_HOLDS_MAX,
             accounts_max: DEFAULT_ACCOUNTS_MAX,
+            account_idle_ms: DEFAULT_ACCOUNT_IDLE_MS,
             settled_retention_ms: DEFAULT_SETTLED_RETENTION_MS,
             outbox_max: DEFAULT_OUTBOX_MAX,
             leasing: leases::LeasingConfig::default(),
@@ -121,7 +141,9 @@ impl Default for EngineConfig {
 pub struct EngineStats {
     /// Reservations in memory: open, and settled ones kept for idempotent retries.
     pub holds: usize,
+    /// Accounts cached now, and those that left the cache idle since start.
     pub accounts: usize,
+    pub accounts_evicted: u64,
     /// Cached accounts whose lease has not expired.
     pub leases: usize,
     pub streams: usize,
@@ -181,6 +203,19 @@ pub struct Engine {
     recovered_alerts: DashMap<String, Vec<String>>,
     /// Storage meters recovered at start for accounts the ledger could not load yet.
     orphan_storage: DashMap<String, crate::billing::storage::StorageMeter>,
+    /// Fail-open budgets partly spent of accounts that left the cache (what is left).
+    evicted_fail_open: DashMap<String, idle::FailOpenLeft>,
+    /// Accounts by the earliest expiry of their open holds (`sweep`).
+    hold_due: deadlines::Deadlines,
+    /// Accounts by their next time-driven alert (`check_alerts`).
+    alert_due: deadlines::Deadlines,
+    /// Metered accounts by the end of their storage hour in progress (`tick_storage`).
+    storage_due: deadlines::Deadlines,
+    /// Accounts by when they may go idle (`sweep`), and least recently used first.
+    idle_due: deadlines::Deadlines,
+    accounts_evicted: AtomicU64,
+    /// When `sweep` last forgot settled reservations (see `PRUNE_INTERVAL_MS`).
+    pruned_at_ms: AtomicI64,
     /// Open usage streams, and the last seq of recently ended ones.
     works: work::Works,
     sessions: sessions::Sessions,
@@ -228,6 +263,13 @@ impl Engine {
             orphan_session_holds: DashMap::new(),
             recovered_alerts: DashMap::new(),
             orphan_storage: DashMap::new(),
+            evicted_fail_open: DashMap::new(),
+            hold_due: deadlines::Deadlines::default(),
+            alert_due: deadlines::Deadlines::default(),
+            storage_due: deadlines::Deadlines::default(),
+            idle_due: deadlines::Deadlines::default(),
+            accounts_evicted: AtomicU64::new(0),
+            pruned_at_ms: AtomicI64::new(i64::MIN / 2),
             works: work::Works::new(cfg.work),
             sessions: sessions::Sessions::new(cfg.sessions),
             events: hub,
@@ -290,6 +332,7 @@ impl Engine {
         EngineStats {
             holds: self.holds_len.load(Ordering::Relaxed),
             accounts: self.accounts.len(),
+            accounts_evicted: self.accounts_evicted.load(Ordering::Relaxed),
             leases,
             streams: self.streams_open(),
             sessions_running,

@@ -18,8 +18,6 @@ use crate::billing::{Money, Price, Resource};
 use crate::journal::{Entry, JournalError};
 use crate::ledger::api::UsageRecord;
 
-type Cell = std::sync::Arc<tokio::sync::Mutex<Option<StorageMeter>>>;
-
 /// How far ahead of the sidecar's clock a level's at_ms may be (clock skew between the
 /// storage service and the sidecar); further is refused.
 pub const DEFAULT_STORAGE_AHEAD_MS: i64 = 5 * 60 * 1000;
@@ -111,30 +109,39 @@ impl Engine {
         .await
     }
 
-    /// Closes the hours that ended by `now_ms` on every metered account (the sync tick,
-    /// once a minute).
+    /// Closes the hours that ended by `now_ms` on the metered accounts with one ended (the
+    /// sync tick, once a minute), found by their deadlines.
     pub async fn tick_storage(&self, now_ms: i64) {
         let Ok(price) = self.storage_price().map(|p| p.unit_price) else {
             return;
         };
-        let cells: Vec<(String, Cell)> = self
-            .accounts
-            .iter()
-            .map(|a| (a.key().clone(), a.storage.clone()))
-            .collect();
-        for (account_id, cell) in cells {
-            // A meter being stepped by a call right now is that call's business.
-            let due = cell.try_lock().is_ok_and(|m| {
+        for (_, account_id) in self.storage_due.due(now_ms) {
+            let Some(cell) = self.accounts.get(&account_id).map(|a| a.storage.clone()) else {
+                continue;
+            };
+            let Ok(due) = cell.try_lock().map(|m| {
                 m.as_ref()
                     .is_some_and(|m| m.hour_start_ms.saturating_add(HOUR_MS) <= now_ms)
-            });
+            }) else {
+                // A meter being stepped by a call right now is that call's business; look
+                // again at the next tick all the same.
+                self.storage_due.push(now_ms.saturating_add(1), &account_id);
+                continue;
+            };
             if !due {
                 continue;
             }
             if let Err(e) = self.close_hours(&account_id, price, now_ms).await {
                 tracing::warn!(account_id, error = %e, "storage hours not charged; retried next tick");
+                self.storage_due.push(now_ms.saturating_add(1), &account_id);
             }
         }
+    }
+
+    /// The account's meter closes its hour in progress at its end: index it then.
+    pub(super) fn index_storage(&self, account_id: &str, meter: &StorageMeter) {
+        self.storage_due
+            .push(meter.hour_start_ms.saturating_add(HOUR_MS), account_id);
     }
 
     /// Holding the account's meter for the whole step: lets `step` move a copy, charges
@@ -200,7 +207,13 @@ impl Engine {
             }
             return Err(e.into());
         }
+        let hour_before = meter.as_ref().map(|m| m.hour_start_ms);
         *meter = next;
+        if let Some(m) = meter.as_ref()
+            && hour_before != Some(m.hour_start_ms)
+        {
+            self.index_storage(account_id, m);
+        }
         drop(meter);
         self.publish(batch);
         Ok(())
@@ -242,6 +255,7 @@ impl Engine {
                 Ok(()) => {
                     let cell = self.accounts.get(&account_id).map(|a| a.storage.clone());
                     if let Some(cell) = cell {
+                        self.index_storage(&account_id, &meter);
                         *cell.lock().await = Some(meter);
                     }
                 }

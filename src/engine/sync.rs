@@ -25,9 +25,9 @@ pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 1_000;
 pub const DEFAULT_SYNC_BATCH_MAX: usize = 5_000;
 /// Longest the loop waits for the ledger to answer one sync.
 pub const DEFAULT_SYNC_TIMEOUT_MS: u64 = 10_000;
-/// How often the tick scans every cached account for time-driven alerts (expiry warnings
-/// and expiries): a minute is precise enough for a lead time of days, and a scan of a
-/// million accounts each second would not be. Changes of an account are checked at once.
+/// How often the tick looks for time-driven alerts (expiry warnings and expiries) on the
+/// accounts with one due (`check_alerts`): a minute is precise enough for a lead time of
+/// days. Changes of an account are checked at once.
 pub const DEFAULT_ALERT_SCAN_INTERVAL_MS: i64 = 60_000;
 /// Most batches one flush sends before giving up (bounds a flush under steady load).
 pub const FLUSH_BATCHES_MAX: usize = 10_000;

@@ -107,12 +107,4 @@ impl Engine {
         };
         self.publish(batch);
     }
-
-    /// Time-driven crossings (expiry warnings, expiries) of every cached account.
-    pub fn check_alerts(&self, now_ms: i64) {
-        let ids: Vec<String> = self.accounts.iter().map(|e| e.key().clone()).collect();
-        for id in ids {
-            self.check_account(&id, now_ms);
-        }
-    }
 }

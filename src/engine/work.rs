@@ -151,6 +151,8 @@ impl Work {
 pub(super) struct Works {
     cfg: WorkConfig,
     open: DashMap<String, WorkView>,
+    /// Open streams by account (an account with one stays cached).
+    by_account: DashMap<String, usize>,
     /// (last seq, when its stream ended) by work id.
     ended: DashMap<String, (u64, i64)>,
 }
@@ -160,6 +162,7 @@ impl Works {
         Works {
             cfg,
             open: DashMap::new(),
+            by_account: DashMap::new(),
             ended: DashMap::new(),
         }
     }
@@ -181,6 +184,7 @@ impl Works {
         match self.open.entry(key.work_id.clone()) {
             MapEntry::Occupied(_) => Err(EngineError::WorkOpen(key.work_id.clone())),
             MapEntry::Vacant(v) => {
+                *self.by_account.entry(key.account_id.clone()).or_default() += 1;
                 v.insert(WorkView {
                     account_id: key.account_id.clone(),
                     work_id: key.work_id.clone(),
@@ -196,7 +200,21 @@ impl Works {
 
     /// Forgets an open stream that was refused after `open`.
     pub(super) fn unopen(&self, work_id: &str) {
-        self.open.remove(work_id);
+        self.remove_open(work_id);
+    }
+
+    fn remove_open(&self, work_id: &str) {
+        if let Some((_, v)) = self.open.remove(work_id) {
+            self.by_account.remove_if_mut(&v.account_id, |_, n| {
+                *n = n.saturating_sub(1);
+                *n == 0
+            });
+        }
+    }
+
+    /// Whether the account has an open stream.
+    pub(super) fn streaming(&self, account_id: &str) -> bool {
+        self.by_account.contains_key(account_id)
     }
 
     /// The job's view as GetBalance lists it, brought up to date.
@@ -210,7 +228,7 @@ impl Works {
 
     /// The job's stream ended at `now_ms`: remember its last seq.
     pub(super) fn close(&self, work: &Work, now_ms: i64) {
-        self.open.remove(&work.key.work_id);
+        self.remove_open(&work.key.work_id);
         if work.last_seq > 0 {
             self.ended
                 .insert(work.key.work_id.clone(), (work.last_seq, now_ms));
