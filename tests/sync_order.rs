@@ -159,7 +159,8 @@ impl Sidecar {
         let svc = pb::admin_server::AdminServer::with_interceptor(
             AdminService::new(self.ledger.clone(), Some(self.engine.clone())),
             |mut req: tonic::Request<()>| {
-                req.extensions_mut().insert(quotad::auth::Caller::Unchecked);
+                req.extensions_mut()
+                    .insert(std::sync::Arc::new(quotad::auth::Caller::Unchecked));
                 Ok(req)
             },
         );
