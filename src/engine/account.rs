@@ -68,6 +68,9 @@ pub(super) struct Account {
     pub(super) seen_ms: i64,
     /// The time of its entry in the engine's alert deadlines (`i64::MAX`: none).
     pub(super) alert_due_ms: i64,
+    /// The time of its entry in the engine's hold deadlines (`i64::MAX`: none): at most
+    /// the earliest of `expiries`, so only a hold expiring before it is indexed again.
+    pub(super) hold_due_ms: i64,
     /// What is left of the fail-open budget, and what was admitted from it.
     pub(super) fail_open_left: Money,
     pub(super) fail_open_spent: Money,
@@ -107,6 +110,7 @@ impl Account {
             last_touch_ms: now_ms,
             seen_ms: now_ms,
             alert_due_ms: i64::MAX,
+            hold_due_ms: i64::MAX,
             fail_open_left: fail_open_budget,
             fail_open_spent: Money::ZERO,
             alert_memo: AlertMemo::default(),

@@ -83,9 +83,7 @@ impl Engine {
         for o in orphans.into_iter().flatten() {
             a.add_held(o.held);
             a.count_units(o.resource, o.quantity, true);
-            self.hold_due.push(o.expires_at_ms, account_id);
-            a.expiries
-                .push(Reverse((o.expires_at_ms, o.reservation_id)));
+            self.index_expiry(&mut a, account_id, o.expires_at_ms, o.reservation_id);
         }
         if let Some((_, held)) = self.orphan_session_holds.remove(account_id) {
             a.add_held(held);
@@ -144,6 +142,34 @@ impl Engine {
         Ok(())
     }
 
+    /// Indexes a hold's expiry. The account's own heap keeps every hold; the engine's
+    /// deadlines only the account's earliest, so a Reserve whose hold expires after the one
+    /// indexed (the usual TTL) takes no engine-wide lock and allocates nothing there.
+    pub(super) fn index_expiry(
+        &self,
+        a: &mut Account,
+        account_id: &str,
+        expires_at_ms: i64,
+        reservation_id: String,
+    ) {
+        a.expiries.push(Reverse((expires_at_ms, reservation_id)));
+        self.index_hold_due(a, account_id, expires_at_ms);
+        debug_assert!(
+            a.expiries
+                .peek()
+                .is_none_or(|Reverse((at, _))| *at >= a.hold_due_ms)
+        );
+    }
+
+    /// Gives the account an entry in the hold deadlines at `at_ms` if that comes before
+    /// the one it has.
+    fn index_hold_due(&self, a: &mut Account, account_id: &str, at_ms: i64) {
+        if at_ms < a.hold_due_ms {
+            a.hold_due_ms = at_ms;
+            self.hold_due.push(at_ms, account_id);
+        }
+    }
+
     /// Releases the account's holds whose TTL has passed (G3).
     pub(super) fn expire_due(&self, a: &mut Account, now_ms: i64) {
         let journal = &self.journal;
@@ -168,6 +194,11 @@ impl Engine {
         for (_, id) in self.hold_due.due(now_ms) {
             if let Some(mut a) = self.accounts.get_mut(&id) {
                 self.expire_due(&mut a, now_ms);
+                // Its entry was taken: index the next expiry, if any.
+                a.hold_due_ms = i64::MAX;
+                if let Some(at) = a.expiries.peek().map(|Reverse((at, _))| *at) {
+                    self.index_hold_due(&mut a, &id, at);
+                }
             }
         }
         self.sweep_idle(now_ms);

@@ -4,7 +4,6 @@
 //! journal fails. A retry is answered with the first outcome, and a concurrent copy of a
 //! call being journaled waits for it (G4, G6).
 
-use std::cmp::Reverse;
 use std::sync::atomic::Ordering;
 
 use dashmap::mapref::entry::{Entry as MapEntry, VacantEntry};
@@ -229,9 +228,12 @@ impl Engine {
         let done = self.journal.submit(Entry::Reservation(row.clone()))?;
         a.add_held(cost);
         a.count_units(req.resource, req.quantity, true);
-        self.hold_due.push(expires_at_ms, &req.account_id);
-        a.expiries
-            .push(Reverse((expires_at_ms, req.reservation_id.clone())));
+        self.index_expiry(
+            a,
+            &req.account_id,
+            expires_at_ms,
+            req.reservation_id.clone(),
+        );
         slot.insert(Hold::new(row, true));
         self.holds_len.fetch_add(1, Ordering::Relaxed);
         Ok(done)
@@ -515,9 +517,7 @@ impl Engine {
             if let Some(seq) = seq {
                 a.undo_charge(seq);
             }
-            self.hold_due.push(old_row.expires_at_ms, account_id);
-            a.expiries
-                .push(Reverse((old_row.expires_at_ms, id.to_owned())));
+            self.index_expiry(&mut a, account_id, old_row.expires_at_ms, id.to_owned());
         }
         if let Some(mut h) = self.holds.get_mut(id) {
             h.row = old_row;
