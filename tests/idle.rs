@@ -619,7 +619,7 @@ fn opening_balance(account: &str) -> &'static str {
         .unwrap();
     if account.starts_with("always-") {
         "1000"
-    } else if i % 7 == 0 {
+    } else if i.is_multiple_of(7) {
         LOW_BALANCE
     } else {
         BALANCE
@@ -885,7 +885,6 @@ impl Judge {
                     reserved: false,
                     committing: false,
                 });
-                return;
             }
             "R" => {
                 self.answers += 1;
