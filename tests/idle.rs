@@ -1067,6 +1067,55 @@ fn run_child_until_killed(dir: &Path) -> ChildRun {
     }
 }
 
+/// Every account seen before the kill, most long gone from the cache, comes back as the
+/// acknowledged charges say (a minute on every batch's worth: an account looked at less
+/// than a minute ago does not leave to make room). Returns how many, and how many
+/// accounts left the cache meanwhile.
+async fn come_back_the_same(s: &Sidecar, judge: &Judge, out: &Out) -> (usize, u64) {
+    let mut seen: Vec<&String> = judge
+        .models
+        .iter()
+        .filter(|(_, m)| m.visited)
+        .map(|(id, _)| id)
+        .collect();
+    seen.sort();
+    for (i, id) in seen.iter().enumerate() {
+        if i % K9_BATCH == K9_BATCH - 1 {
+            tick_printed(s, MINUTE_MS + 1, out).await;
+        }
+        let b = s.engine.balance(id).await.unwrap();
+        let model = &judge.models[*id];
+        assert_eq!(
+            (b.balance, b.held),
+            (model.balance, Money::ZERO),
+            "{id} after the kill"
+        );
+    }
+    let stats = s.engine.stats();
+    assert!(stats.accounts_evicted > 0);
+    assert!(stats.accounts <= K9_CACHED_MAX, "{stats:?}");
+    (seen.len(), stats.accounts_evicted)
+}
+
+/// Each event once across the kill (those the journal had at the start, and those sent
+/// since), as many per account as the rules say.
+fn each_event_once(journaled: &[String], judge: &Judge, expected: u64) {
+    let mut all: Vec<&String> = journaled.iter().chain(&judge.events).collect();
+    all.sort();
+    let before_dedup = all.len();
+    all.dedup();
+    assert_eq!(all.len(), before_dedup, "an event fired twice");
+    let mut per_account: HashMap<&str, u64> = HashMap::new();
+    for e in &all {
+        *per_account.entry(e.split(' ').next().unwrap()).or_default() += 1;
+    }
+    for (id, model) in &judge.models {
+        let got = per_account.get(id.as_str()).copied().unwrap_or(0);
+        assert_eq!(got, model.expected_alerts(), "{id}: events {model:?}");
+    }
+    assert_eq!(all.len() as u64, expected);
+}
+
 /// Issue 20's "kill -9 midway loses nothing", with a real SIGKILL of a real process: the
 /// waves of `kill9_child_runs_waves_until_killed` (accounts far past `accounts_max`, four
 /// always active, four clients with a request each in flight), killed mid-batch, then a
@@ -1122,32 +1171,7 @@ async fn a_real_kill_9_midway_loses_nothing_acknowledged() {
     }
     let retried = judge.retry_open(&s).await;
 
-    // Every account seen before the kill, most long gone from the cache, comes back as
-    // the acknowledged charges say (a minute on every batch's worth: an account looked at
-    // less than a minute ago does not leave to make room).
-    let mut seen: Vec<&String> = judge
-        .models
-        .iter()
-        .filter(|(_, m)| m.visited)
-        .map(|(id, _)| id)
-        .collect();
-    seen.sort();
-    for (i, id) in seen.iter().enumerate() {
-        if i % K9_BATCH == K9_BATCH - 1 {
-            tick_printed(&s, MINUTE_MS + 1, &out).await;
-        }
-        let b = s.engine.balance(id).await.unwrap();
-        let model = &judge.models[*id];
-        assert_eq!(
-            (b.balance, b.held),
-            (model.balance, Money::ZERO),
-            "{id} after the kill"
-        );
-    }
-    let evicted_on_return = s.engine.stats().accounts_evicted;
-    assert!(evicted_on_return > 0);
-    assert!(s.engine.stats().accounts <= K9_CACHED_MAX);
-    let come_back = seen.len();
+    let (come_back, evicted_on_return) = come_back_the_same(&s, &judge, &out).await;
 
     // The waves go on, then the grants' warnings and expiry come due.
     run_waves(&s, judge.resume_at(), &out).await;
@@ -1176,21 +1200,7 @@ async fn a_real_kill_9_midway_loses_nothing_acknowledged() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     feed(&mut judge);
 
-    // Each event once across the kill, as many per account as the rules say.
-    let mut all: Vec<&String> = journaled.iter().chain(&judge.events).collect();
-    all.sort();
-    let before_dedup = all.len();
-    all.dedup();
-    assert_eq!(all.len(), before_dedup, "an event fired twice");
-    let mut per_account: HashMap<&str, u64> = HashMap::new();
-    for e in &all {
-        *per_account.entry(e.split(' ').next().unwrap()).or_default() += 1;
-    }
-    for (id, model) in &judge.models {
-        let got = per_account.get(id.as_str()).copied().unwrap_or(0);
-        assert_eq!(got, model.expected_alerts(), "{id}: events {model:?}");
-    }
-    assert_eq!(all.len() as u64, expected);
+    each_event_once(&journaled, &judge, expected);
 
     // Every balance as the rules say, seen by the ledger too (usage all pushed).
     s.engine.flush().await.unwrap();
