@@ -97,6 +97,10 @@ impl Engine {
             self.index_storage(account_id, &meter);
             m.get_or_insert(meter);
         }
+        drop(a);
+        // Loads that overlapped may each have passed the check above on the same place:
+        // what they took beyond `accounts_max` is given back as soon as they are in.
+        while self.accounts.len() > self.cfg.accounts_max && self.make_room(now_ms) {}
         Ok(())
     }
 
