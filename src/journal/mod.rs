@@ -133,6 +133,16 @@ impl Journal {
         Ok(rx)
     }
 
+    /// Holds the writer until the returned guard is dropped: writes queue up behind it
+    /// (and any not yet written before it) and their callers wait. For tests of what
+    /// must wait for durability.
+    #[doc(hidden)]
+    pub fn pause(&self) -> Result<std::sync::mpsc::Sender<()>, JournalError> {
+        let (held, wait) = std::sync::mpsc::channel();
+        self.send(Op::Pause(wait))?;
+        Ok(held)
+    }
+
     /// Queues `entry` without waiting for it (housekeeping that a restart can redo).
     pub fn submit_detached(&self, entry: Entry) -> Result<(), JournalError> {
         self.send(Op::Write(entry, None))

@@ -25,6 +25,8 @@ use super::tables::Tables;
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Op {
     Write(Entry, Option<oneshot::Sender<Result<(), JournalError>>>),
+    /// The writer waits until the other end is dropped (`Journal::pause`).
+    Pause(std::sync::mpsc::Receiver<()>),
     Shutdown,
 }
 
@@ -134,10 +136,17 @@ impl Writer {
                 batch.push((e, d));
                 false
             }
+            Some(Op::Pause(held)) => {
+                let _ = held.recv();
+                false
+            }
         };
         while !stop && batch.len() < batch_max {
             match self.rx.try_recv() {
                 Ok(Op::Write(e, d)) => batch.push((e, d)),
+                Ok(Op::Pause(held)) => {
+                    let _ = held.recv();
+                }
                 Ok(Op::Shutdown) => stop = true,
                 Err(_) => break,
             }
