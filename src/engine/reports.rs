@@ -87,8 +87,8 @@ impl Engine {
 
     /// Under the account's lock: charges the round's reports, each queued for the
     /// journal, and holds the job's next interval after each: until one needs a larger
-    /// lease (that one is answered after asking the ledger) or cannot be taken (its
-    /// price, a full journal queue; the reports before it stand).
+    /// lease (that one is answered after asking the ledger) or cannot be priced (the
+    /// reports before it stand). A round the journal cannot queue is taken back whole.
     pub(super) fn charge_round(
         &self,
         work: &mut Work,
@@ -118,13 +118,23 @@ impl Engine {
                 break;
             }
         }
+        // The round's reports go to the journal as one group: one queue slot and one
+        // answer for all of them, written all or none.
+        if !round.entries.is_empty() {
+            match self.journal.submit_all(std::mem::take(&mut round.entries)) {
+                Ok(d) => round.durables.push(d),
+                Err(e) => {
+                    self.undo_round(&mut a, work, &round);
+                    return Err(e.into());
+                }
+            }
+        }
         round.batch = self.alerts_locked(&mut a, &work.key.account_id, now_ms);
         Ok(round)
     }
 
-    /// Charges one report under the account's lock and queues it for the journal; a report
-    /// that cannot be queued (e.g. the journal queue is full) is undone, and the error says
-    /// why. Paid from the job's hold first; the rest is an overrun that the balance
+    /// Charges one report under the account's lock; its journal entry joins the round's.
+    /// Paid from the job's hold first; the rest is an overrun that the balance
     /// absorbs (bounded by what is reported after STOP).
     fn charge_report(
         &self,
@@ -152,27 +162,14 @@ impl Engine {
             now_ms,
         );
         let usage_seq = usage.seq;
-        let (row, row_prev) =
-            self.stream_row(work, &mut round.row_before, from_hold, quantity, cost);
-        let entry = Entry::Report {
+        let row = self.stream_row(work, &mut round.row_before, from_hold, quantity, cost);
+        round.entries.push(Entry::Report {
             usage,
             work_id: work.key.work_id.clone(),
             seq,
             row,
-        };
-        match self.journal.submit(entry) {
-            Ok(d) => {
-                round.durables.push(d);
-                round.seqs.push(usage_seq);
-            }
-            Err(e) => {
-                a.undo_charge(usage_seq);
-                a.add_held(from_hold);
-                work.held += from_hold;
-                self.restore_row(&work.key.work_id, row_prev);
-                return Err(e.into());
-            }
-        }
+        });
+        round.seqs.push(usage_seq);
         work.last_seq = seq;
         work.charged += cost;
         if quantity > 0 {
@@ -182,8 +179,8 @@ impl Engine {
     }
 
     /// A reservation the job took over follows its reports: what it holds, what was
-    /// reported and charged on it. Returns its new row (journaled with the report) and
-    /// the row before this report; `row_before` keeps the row before the round.
+    /// reported and charged on it. Returns its new row (journaled with the report);
+    /// `row_before` keeps the row before the round.
     fn stream_row(
         &self,
         work: &Work,
@@ -191,21 +188,18 @@ impl Engine {
         from_hold: Money,
         quantity: u64,
         cost: Money,
-    ) -> (Option<ReservationRow>, Option<ReservationRow>) {
+    ) -> Option<ReservationRow> {
         if !work.attached {
-            return (None, None);
+            return None;
         }
-        let Some(mut h) = self.holds.get_mut(&work.key.work_id) else {
-            return (None, None);
-        };
+        let mut h = self.holds.get_mut(&work.key.work_id)?;
         if row_before.is_none() {
             *row_before = Some(h.row.clone());
         }
-        let prev = h.row.clone();
         h.row.held -= from_hold;
         h.row.streamed_quantity += quantity;
         h.row.streamed_cost += cost;
-        (Some(h.row.clone()), Some(prev))
+        Some(h.row.clone())
     }
 
     /// After a charged report, under the account's lock: holds the job's next interval

@@ -16,7 +16,7 @@ use super::work::{Decision, Work};
 use super::{Engine, EngineError};
 use crate::billing::Money;
 use crate::billing::status::DenyReason;
-use crate::journal::{Durable, JournalError, ReservationRow};
+use crate::journal::{Durable, Entry, JournalError, ReservationRow};
 
 /// What one round of reports did under the account's lock (see `Engine::charge_round`).
 pub(super) struct Round {
@@ -25,7 +25,9 @@ pub(super) struct Round {
     pub(super) held_before: Money,
     /// The taken-over reservation's row before the round.
     pub(super) row_before: Option<ReservationRow>,
-    /// The journal writes of the reports charged, and their usage seqs.
+    /// The reports charged, queued for the journal together at the round's end; then
+    /// that write; and their usage seqs.
+    pub(super) entries: Vec<Entry>,
     pub(super) durables: Vec<Durable>,
     pub(super) seqs: Vec<u64>,
     pub(super) decisions: Vec<Decision>,
@@ -46,7 +48,8 @@ impl Round {
             before: (work.last_seq, work.last_delta, work.charged, work.stopped),
             held_before: work.held,
             row_before: None,
-            durables: Vec::with_capacity(reports),
+            entries: Vec::with_capacity(reports),
+            durables: Vec::with_capacity(1),
             seqs: Vec::with_capacity(reports),
             decisions: Vec::with_capacity(reports),
             taken: 0,

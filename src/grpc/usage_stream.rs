@@ -346,19 +346,22 @@ async fn admit_report(
     r: &pb::UsageReport,
     caller: &Caller,
 ) -> Result<(u64, u64), Status> {
+    if let Some(w) = work
+        && convert::names_work(r, w.key())
+    {
+        caller.allow(&w.key().account_id, Permission::Reserve)?;
+        return report_numbers(r);
+    }
     let key = convert::work_key(r)?;
     caller.allow(&key.account_id, Permission::Reserve)?;
-    let quantity = convert::quantity(r.quantity, true)?;
-    if r.seq == 0 {
-        return Err(Invalid("seq must be 1 or more, increasing per report".into()).into());
-    }
+    let numbers = report_numbers(r)?;
     match work {
         Some(w) if *w.key() != key => Err(Invalid(format!(
             "one stream meters one job: this stream is work {} of account {} ({}), not work {} of account {} ({})",
             w.key().work_id, w.key().account_id, w.key().sku, key.work_id, key.account_id, key.sku
         ))
         .into()),
-        Some(_) => Ok((r.seq, quantity)),
+        Some(_) => Ok(numbers),
         None => {
             // A work id that is another account's reservation: refused without naming it.
             if let Some(other) = engine.reservation_account(&key.work_id)
@@ -371,7 +374,16 @@ async fn admit_report(
                 .into());
             }
             *work = Some(engine.start_work(key).await?);
-            Ok((r.seq, quantity))
+            Ok(numbers)
         }
     }
+}
+
+/// A report's seq and quantity, validated.
+fn report_numbers(r: &pb::UsageReport) -> Result<(u64, u64), Status> {
+    let quantity = convert::quantity(r.quantity, true)?;
+    if r.seq == 0 {
+        return Err(Invalid("seq must be 1 or more, increasing per report".into()).into());
+    }
+    Ok((r.seq, quantity))
 }

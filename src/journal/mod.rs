@@ -133,6 +133,19 @@ impl Journal {
         Ok(rx)
     }
 
+    /// Queues `entries` to be written in one group, all or none: one queue slot and one
+    /// answer for all of them (a usage stream's round). The receiver resolves once all
+    /// are durable (or failed). The group may exceed `batch_max`.
+    pub fn submit_all(&self, entries: Vec<Entry>) -> Result<Durable, JournalError> {
+        let (done, rx) = oneshot::channel();
+        if entries.is_empty() {
+            let _ = done.send(Ok(()));
+        } else {
+            self.send(Op::WriteAll(entries, done))?;
+        }
+        Ok(rx)
+    }
+
     /// Holds the writer until the returned guard is dropped: writes queue up behind it
     /// (and any not yet written before it) and their callers wait. For tests of what
     /// must wait for durability.
