@@ -411,3 +411,70 @@ async fn pipelined_reports_get_the_same_decisions_as_one_by_one() {
         "-0.0024"
     );
 }
+
+#[tokio::test]
+async fn rounds_are_charged_while_the_journal_writes_but_answered_only_once_durable() {
+    // A journal that is slow to write (held here) must hold back every decision; the
+    // stream still reads and charges the next rounds meanwhile, up to stream_rounds_max.
+    let mut h = Harness::start_with(|c| {
+        c.engine.work.stream_buffer = 64;
+        c.engine.work.stream_rounds_max = 4;
+    })
+    .await;
+    h.create_account("acme", "100").await.unwrap();
+    let (report_tx, report_rx) = tokio::sync::mpsc::channel(64);
+    let (decision_tx, mut decision_rx) = tokio::sync::mpsc::channel(64);
+    let meter = tokio::spawn(quotad::grpc::quota::meter(
+        h.engine().clone(),
+        "CNY".into(),
+        tokio_stream::wrappers::ReceiverStream::new(report_rx),
+        decision_tx,
+    ));
+    let report = |seq: u64| Ok(usage_report("acme", "job-1", seq, 1_000));
+    report_tx.send(report(1)).await.unwrap();
+    assert_eq!(decision_rx.recv().await.unwrap().unwrap().seq, 1);
+    let engine = h.engine().clone();
+    let last_seq = move || {
+        let e = engine.clone();
+        async move { e.works_of("acme").first().map_or(0, |w| w.last_seq) }
+    };
+    let paused = h.engine().journal().pause().unwrap();
+    // Four rounds of two reports, each sent once the previous one is charged.
+    for seq in (2..=9u64).step_by(2) {
+        report_tx.send(report(seq)).await.unwrap();
+        report_tx.send(report(seq + 1)).await.unwrap();
+        let l = last_seq.clone();
+        eventually("the round charged while the journal is held", move || {
+            let l = l.clone();
+            async move { l().await == seq + 1 }
+        })
+        .await;
+    }
+    // A fifth round is not read while four wait for the journal.
+    report_tx.send(report(10)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(
+        last_seq().await,
+        9,
+        "at most stream_rounds_max rounds in flight"
+    );
+    assert!(
+        decision_rx.try_recv().is_err(),
+        "no decision leaves before its usage is durable"
+    );
+    drop(paused);
+    let mut seqs = Vec::new();
+    for _ in 2..=10u64 {
+        seqs.push(decision_rx.recv().await.unwrap().unwrap().seq);
+    }
+    assert_eq!(
+        seqs,
+        (2..=10u64).collect::<Vec<_>>(),
+        "decisions in report order"
+    );
+    drop(report_tx);
+    assert!(decision_rx.recv().await.is_none());
+    meter.await.unwrap();
+    let b = h.get_balance("acme").await.unwrap();
+    assert_eq!(amount(&b.balance), "99.994", "ten reports of 1 s at 0.0006");
+}

@@ -101,6 +101,9 @@ impl ServeSettings {
         if let Some(v) = self.stream_buffer {
             e.work.stream_buffer = positive("stream_buffer", v)?;
         }
+        if let Some(v) = self.stream_rounds_max {
+            e.work.stream_rounds_max = positive("stream_rounds_max", v)?;
+        }
         if let Some(v) = self.sessions_max {
             e.sessions.sessions_max = positive("sessions_max", v)?;
         }
@@ -207,6 +210,7 @@ impl ServeSettings {
             streams_max: Some(e.work.streams_max),
             stream_reports_per_sec: Some(e.work.stream_reports_per_sec),
             stream_buffer: Some(e.work.stream_buffer),
+            stream_rounds_max: Some(e.work.stream_rounds_max),
             sessions_max: Some(e.sessions.sessions_max),
             watchers_max: Some(e.watch.watchers_max),
             envoy_check_message_bytes_max: Some(cfg.envoy.check_message_bytes_max),

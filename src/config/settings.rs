@@ -234,6 +234,10 @@ settings! {
             /// the stream ends with RESOURCE_EXHAUSTED.
             #[arg(long, env = "QUOTAD_STREAM_BUFFER")]
             pub stream_buffer: Option<usize>,
+            /// Rounds of pipelined reports one usage stream has waiting for their journal
+            /// write at once (the next is charged while the previous one is written).
+            #[arg(long, env = "QUOTAD_STREAM_ROUNDS_MAX")]
+            pub stream_rounds_max: Option<usize>,
             /// Most Exclusive sessions kept (running and recently stopped).
             #[arg(long, env = "QUOTAD_SESSIONS_MAX")]
             pub sessions_max: Option<usize>,

@@ -34,6 +34,7 @@ mod link;
 mod recovery;
 mod reports;
 mod reservation;
+mod rounds;
 pub mod sessions;
 pub mod storage;
 pub mod sync;
@@ -57,6 +58,7 @@ pub use error::EngineError;
 pub use leases::LeasingConfig;
 pub use reservation::{AdmitOutcome, CommitOutcome, ReserveOutcome, ReserveRequest};
 use reservation::{Hold, OrphanHold};
+pub use rounds::ChargedRound;
 
 /// Hold lifetime when a Reserve gives ttl_ms = 0: long enough for a typical generation job
 /// to finish and Commit, short enough that a crashed worker's hold returns within minutes.

@@ -11,13 +11,14 @@
 
 use super::account::Account;
 use super::admission::Take;
-use super::events::{Batch, Event, EventKind};
+use super::events::{Event, EventKind};
+use super::rounds::Round;
 use super::work::{Decision, Work, WorkKey, WorkView};
 use super::{Engine, EngineError};
 use crate::billing::Money;
 use crate::billing::Resource;
 use crate::billing::status::DenyReason;
-use crate::journal::{Durable, Entry, HoldState, JournalError, ReservationRow};
+use crate::journal::{Entry, HoldState, JournalError, ReservationRow};
 
 impl Engine {
     /// Opens metering for a job: within the stream limits, one stream per job. Takes over
@@ -84,82 +85,11 @@ impl Engine {
         }
     }
 
-    /// Charges reports (seq, quantity) that a client pipelined, in order, with one wait
-    /// for the journal per round instead of one per report; a decision per report, as
-    /// `report` would give it. Reports past the rate limit or an error are not charged:
-    /// the decisions returned are for the reports taken, and the error says why the rest
-    /// were not.
-    pub async fn report_batch(
-        &self,
-        work: &mut Work,
-        reports: &[(u64, u64)],
-    ) -> (Vec<Decision>, Option<EngineError>) {
-        let now_ms = self.now_ms();
-        let rate = self.works.config().stream_reports_per_sec;
-        let allowed = work.allow(reports.len(), rate, now_ms);
-        let mut err = (allowed < reports.len()).then_some(EngineError::ReportRate(rate));
-        let mut out = Vec::with_capacity(allowed);
-        let mut rest = &reports[..allowed];
-        while !rest.is_empty() {
-            match self.report_round(work, rest, now_ms).await {
-                Ok((taken, decisions, None)) => {
-                    out.extend(decisions);
-                    rest = &rest[taken..];
-                }
-                Ok((_, decisions, Some(e))) => {
-                    out.extend(decisions);
-                    err = Some(e);
-                    break;
-                }
-                Err(e) => {
-                    err = Some(e);
-                    break;
-                }
-            }
-        }
-        self.works.update(work);
-        (out, err)
-    }
-
-    /// One round: under the account's lock, charge reports until one needs a larger lease
-    /// (that one is answered after asking the ledger), journal them, await the journal
-    /// once. Returns how many reports it took, their decisions, and why it stopped short
-    /// if a report could not be taken (its price, a full journal queue): the reports
-    /// before it stand. If the journal then fails to write, nothing of the round stands.
-    async fn report_round(
-        &self,
-        work: &mut Work,
-        reports: &[(u64, u64)],
-        now_ms: i64,
-    ) -> Result<(usize, Vec<Decision>, Option<EngineError>), EngineError> {
-        let mut round = self.charge_round(work, reports, now_ms)?;
-        for d in std::mem::take(&mut round.durables) {
-            if let Err(e) = d.await.unwrap_or(Err(JournalError::Closed)) {
-                if let Some(mut a) = self.accounts.get_mut(&work.key.account_id) {
-                    self.undo_round(&mut a, work, &round);
-                }
-                return Err(e.into());
-            }
-        }
-        self.publish(round.batch);
-        if let Some(reason) = round.stopped_now {
-            self.work_stopped_event(work, reason);
-        }
-        let mut decisions = round.decisions;
-        if round.need_lease {
-            // The last report's next interval needs more lease: ask, then answer it.
-            if let Err(e) = self.hold_next(work).await {
-                return Ok((round.taken, decisions, Some(e)));
-            }
-            let seq = work.last_seq;
-            decisions.push(self.decision(work, seq, false, self.now_ms()));
-        }
-        Ok((round.taken, decisions, round.failed))
-    }
-
     /// Under the account's lock: charges the round's reports, each queued for the
-    /// journal, and holds the job's next interval after each (see `report_round`).
-    fn charge_round(
+    /// journal, and holds the job's next interval after each: until one needs a larger
+    /// lease (that one is answered after asking the ledger) or cannot be priced (the
+    /// reports before it stand). A round the journal cannot queue is taken back whole.
+    pub(super) fn charge_round(
         &self,
         work: &mut Work,
         reports: &[(u64, u64)],
@@ -188,13 +118,23 @@ impl Engine {
                 break;
             }
         }
+        // The round's reports go to the journal as one group: one queue slot and one
+        // answer for all of them, written all or none.
+        if !round.entries.is_empty() {
+            match self.journal.submit_all(std::mem::take(&mut round.entries)) {
+                Ok(d) => round.durables.push(d),
+                Err(e) => {
+                    self.undo_round(&mut a, work, &round);
+                    return Err(e.into());
+                }
+            }
+        }
         round.batch = self.alerts_locked(&mut a, &work.key.account_id, now_ms);
         Ok(round)
     }
 
-    /// Charges one report under the account's lock and queues it for the journal; a report
-    /// that cannot be queued (e.g. the journal queue is full) is undone, and the error says
-    /// why. Paid from the job's hold first; the rest is an overrun that the balance
+    /// Charges one report under the account's lock; its journal entry joins the round's.
+    /// Paid from the job's hold first; the rest is an overrun that the balance
     /// absorbs (bounded by what is reported after STOP).
     fn charge_report(
         &self,
@@ -222,27 +162,14 @@ impl Engine {
             now_ms,
         );
         let usage_seq = usage.seq;
-        let (row, row_prev) =
-            self.stream_row(work, &mut round.row_before, from_hold, quantity, cost);
-        let entry = Entry::Report {
+        let row = self.stream_row(work, &mut round.row_before, from_hold, quantity, cost);
+        round.entries.push(Entry::Report {
             usage,
             work_id: work.key.work_id.clone(),
             seq,
             row,
-        };
-        match self.journal.submit(entry) {
-            Ok(d) => {
-                round.durables.push(d);
-                round.seqs.push(usage_seq);
-            }
-            Err(e) => {
-                a.undo_charge(usage_seq);
-                a.add_held(from_hold);
-                work.held += from_hold;
-                self.restore_row(&work.key.work_id, row_prev);
-                return Err(e.into());
-            }
-        }
+        });
+        round.seqs.push(usage_seq);
         work.last_seq = seq;
         work.charged += cost;
         if quantity > 0 {
@@ -252,8 +179,8 @@ impl Engine {
     }
 
     /// A reservation the job took over follows its reports: what it holds, what was
-    /// reported and charged on it. Returns its new row (journaled with the report) and
-    /// the row before this report; `row_before` keeps the row before the round.
+    /// reported and charged on it. Returns its new row (journaled with the report);
+    /// `row_before` keeps the row before the round.
     fn stream_row(
         &self,
         work: &Work,
@@ -261,21 +188,18 @@ impl Engine {
         from_hold: Money,
         quantity: u64,
         cost: Money,
-    ) -> (Option<ReservationRow>, Option<ReservationRow>) {
+    ) -> Option<ReservationRow> {
         if !work.attached {
-            return (None, None);
+            return None;
         }
-        let Some(mut h) = self.holds.get_mut(&work.key.work_id) else {
-            return (None, None);
-        };
+        let mut h = self.holds.get_mut(&work.key.work_id)?;
         if row_before.is_none() {
             *row_before = Some(h.row.clone());
         }
-        let prev = h.row.clone();
         h.row.held -= from_hold;
         h.row.streamed_quantity += quantity;
         h.row.streamed_cost += cost;
-        (Some(h.row.clone()), Some(prev))
+        Some(h.row.clone())
     }
 
     /// After a charged report, under the account's lock: holds the job's next interval
@@ -296,7 +220,7 @@ impl Engine {
                     return false;
                 }
                 Ok(Some(Take::Denied(reason))) => {
-                    round.stopped_now = Some(reason);
+                    round.stopped_now = Some((reason, work.charged));
                     self.stop_locked(a, work, reason);
                 }
                 Ok(_) => {}
@@ -318,7 +242,7 @@ impl Engine {
 
     /// Takes back a round whose journal write failed: its charges, its use of the job's
     /// hold, the reservation row and the job's progress.
-    fn undo_round(&self, a: &mut Account, work: &mut Work, round: &Round) {
+    pub(super) fn undo_round(&self, a: &mut Account, work: &mut Work, round: &Round) {
         for seq in &round.seqs {
             a.undo_charge(*seq);
         }
@@ -368,7 +292,7 @@ impl Engine {
     }
 
     /// Holds the next report interval for the job (growing its hold), or stops it.
-    async fn hold_next(&self, work: &mut Work) -> Result<(), EngineError> {
+    pub(super) async fn hold_next(&self, work: &mut Work) -> Result<(), EngineError> {
         let next = work
             .price
             .cost(work.next_interval(self.works.config().stream_interval_ms))?;
@@ -388,17 +312,14 @@ impl Engine {
                     h.row.held += extra;
                 }
             }
-            Err(reason) => self.stop_work(work, reason),
+            Err(reason) => {
+                if let Some(mut a) = self.accounts.get_mut(&work.key.account_id) {
+                    self.stop_locked(&mut a, work, reason);
+                }
+                self.work_stopped_event(work, reason, work.charged);
+            }
         }
         Ok(())
-    }
-
-    /// STOP: gives the job's hold back and tells the account's watchers.
-    fn stop_work(&self, work: &mut Work, reason: DenyReason) {
-        if let Some(mut a) = self.accounts.get_mut(&work.key.account_id) {
-            self.stop_locked(&mut a, work, reason);
-        }
-        self.work_stopped_event(work, reason);
     }
 
     /// STOP under the account's lock (sticky): the job's hold goes back.
@@ -413,9 +334,10 @@ impl Engine {
         work.held = Money::ZERO;
     }
 
-    fn work_stopped_event(&self, work: &Work, reason: DenyReason) {
+    /// Tells the account's watchers that the job was told to STOP after `charged`.
+    pub(super) fn work_stopped_event(&self, work: &Work, reason: DenyReason, charged: Money) {
         tracing::info!(account_id = %work.key.account_id, work_id = %work.key.work_id,
-            reason = reason.name(), charged = %work.charged, "usage stream told to stop");
+            reason = reason.name(), charged = %charged, "usage stream told to stop");
         self.publish_events(
             None,
             vec![Event {
@@ -427,14 +349,14 @@ impl Engine {
                     "job {} was told to stop ({}) after {} charged",
                     work.key.work_id,
                     reason.name(),
-                    work.charged
+                    charged
                 ),
                 at_ms: self.now_ms(),
             }],
         );
     }
 
-    fn decision(&self, work: &Work, seq: u64, ignored: bool, now_ms: i64) -> Decision {
+    pub(super) fn decision(&self, work: &Work, seq: u64, ignored: bool, now_ms: i64) -> Decision {
         match self.accounts.get(&work.key.account_id) {
             Some(a) => self.decision_locked(&a, work, seq, ignored, now_ms),
             None => Decision {
@@ -536,45 +458,5 @@ impl Engine {
 
     pub fn streams_open(&self) -> usize {
         self.works.len()
-    }
-}
-
-/// What one round of reports did under the account's lock (see `Engine::report_round`).
-struct Round {
-    /// The job's last seq, last delta, charged total and STOP before the round.
-    before: (u64, u64, Money, Option<DenyReason>),
-    held_before: Money,
-    /// The taken-over reservation's row before the round.
-    row_before: Option<ReservationRow>,
-    /// The journal writes of the reports charged, and their usage seqs.
-    durables: Vec<Durable>,
-    seqs: Vec<u64>,
-    decisions: Vec<Decision>,
-    /// Reports taken: answered as duplicates, or charged.
-    taken: usize,
-    /// The last report's next interval needs more lease.
-    need_lease: bool,
-    /// The job was told to STOP in this round.
-    stopped_now: Option<DenyReason>,
-    /// Why the round stopped short of its reports, if it did.
-    failed: Option<EngineError>,
-    batch: Option<Batch>,
-}
-
-impl Round {
-    fn new(work: &Work, reports: usize) -> Round {
-        Round {
-            before: (work.last_seq, work.last_delta, work.charged, work.stopped),
-            held_before: work.held,
-            row_before: None,
-            durables: Vec::with_capacity(reports),
-            seqs: Vec::with_capacity(reports),
-            decisions: Vec::with_capacity(reports),
-            taken: 0,
-            need_lease: false,
-            stopped_now: None,
-            failed: None,
-            batch: None,
-        }
     }
 }

@@ -20,6 +20,9 @@ pub const DEFAULT_STREAM_BUFFER: usize = 64;
 /// Most pipelined reports of one stream charged in one round (one journal wait); also
 /// bounded by the room left in the stream's decision buffer.
 pub const DEFAULT_STREAM_BATCH_MAX: usize = 256;
+/// Rounds of one stream charged and waiting for their journal write at once: the next
+/// round is read and charged while the previous one's group commit is in flight.
+pub const DEFAULT_STREAM_ROUNDS_MAX: usize = 4;
 /// GPU time held for the next report when the job has not reported a delta yet.
 pub const DEFAULT_STREAM_INTERVAL_MS: u64 = 1_000;
 /// Jobs whose last report seq is remembered after their stream ended (duplicates of
@@ -61,6 +64,7 @@ pub struct WorkConfig {
     pub streams_max: usize,
     pub stream_reports_per_sec: u32,
     pub stream_buffer: usize,
+    pub stream_rounds_max: usize,
     pub stream_interval_ms: u64,
     pub works_remembered_max: usize,
 }
@@ -71,6 +75,7 @@ impl Default for WorkConfig {
             streams_max: DEFAULT_STREAMS_MAX,
             stream_reports_per_sec: DEFAULT_STREAM_REPORTS_PER_SEC,
             stream_buffer: DEFAULT_STREAM_BUFFER,
+            stream_rounds_max: DEFAULT_STREAM_ROUNDS_MAX,
             stream_interval_ms: DEFAULT_STREAM_INTERVAL_MS,
             works_remembered_max: DEFAULT_WORKS_REMEMBERED_MAX,
         }

@@ -7,4 +7,5 @@ pub mod elsewhere;
 pub mod error;
 pub mod ledger;
 pub mod quota;
+mod usage_stream;
 mod webhooks;

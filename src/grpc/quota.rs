@@ -3,20 +3,19 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio_stream::Stream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
-use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, money_out};
-use super::error::{Invalid, Overload};
+use super::usage_stream;
+pub use super::usage_stream::meter;
 use crate::auth::{Caller, Permission};
 use crate::engine::events::{Event, WatchGuard};
-use crate::engine::work::Work;
-use crate::engine::{self, Engine, EngineError};
+use crate::engine::{Engine, EngineError};
 use crate::metrics::{Counter, SharedMetrics};
 use crate::pb;
 
@@ -219,7 +218,7 @@ impl pb::quota_server::Quota for QuotaService {
         let engine = self.engine.clone();
         let currency = self.currency.clone();
         let metrics = Some(self.metrics.clone());
-        tokio::spawn(meter_with(
+        tokio::spawn(usage_stream::meter_with(
             engine,
             currency,
             request.into_inner(),
@@ -306,182 +305,6 @@ impl pb::quota_server::Quota for QuotaService {
             metrics: self.metrics.clone(),
             _guard: guard,
         }))
-    }
-}
-
-/// A report's job and delta, validated; the first report of a stream opens its job,
-/// later ones must name the same job.
-async fn admit_report(
-    engine: &Engine,
-    work: &mut Option<Work>,
-    r: &pb::UsageReport,
-    caller: &Caller,
-) -> Result<(u64, u64), Status> {
-    let key = convert::work_key(r)?;
-    caller.allow(&key.account_id, Permission::Reserve)?;
-    let quantity = convert::quantity(r.quantity, true)?;
-    if r.seq == 0 {
-        return Err(Invalid("seq must be 1 or more, increasing per report".into()).into());
-    }
-    match work {
-        Some(w) if *w.key() != key => Err(Invalid(format!(
-            "one stream meters one job: this stream is work {} of account {} ({}), not work {} of account {} ({})",
-            w.key().work_id, w.key().account_id, w.key().sku, key.work_id, key.account_id, key.sku
-        ))
-        .into()),
-        Some(_) => Ok((r.seq, quantity)),
-        None => {
-            // A work id that is another account's reservation: refused without naming it.
-            if let Some(other) = engine.reservation_account(&key.work_id)
-                && !caller.sees(&other)
-            {
-                return Err(EngineError::ReservationMismatch {
-                    id: key.work_id,
-                    detail: "the id is taken".into(),
-                }
-                .into());
-            }
-            *work = Some(engine.start_work(key).await?);
-            Ok((r.seq, quantity))
-        }
-    }
-}
-
-/// Validates and charges a batch of pipelined reports; the decisions of the reports
-/// taken, and the error that stopped the rest, if any.
-async fn on_reports(
-    engine: &Engine,
-    currency: &str,
-    work: &mut Option<Work>,
-    batch: &[pb::UsageReport],
-    caller: &Caller,
-) -> (Vec<pb::UsageDecision>, Option<Status>) {
-    let mut pairs = Vec::with_capacity(batch.len());
-    let mut invalid = None;
-    for r in batch {
-        match admit_report(engine, work, r, caller).await {
-            Ok(p) => pairs.push(p),
-            Err(s) => {
-                invalid = Some(s);
-                break;
-            }
-        }
-    }
-    let Some(w) = work.as_mut() else {
-        return (Vec::new(), invalid);
-    };
-    let (decisions, err) = engine.report_batch(w, &pairs).await;
-    let out = decisions
-        .into_iter()
-        .map(|d| convert::decision_out(currency, d))
-        .collect();
-    (out, err.map(Status::from).or(invalid))
-}
-
-/// Longest a failing stream waits for its client to take the error status.
-const STREAM_ERROR_SEND_MS: u64 = 5_000;
-
-/// Drives one StreamUsage call: a decision per report; on the stream's end, break or
-/// error, the job is settled. Public for tests that play a client the network cannot
-/// (one that stops reading decisions); it has no caller to check (in-process only).
-pub async fn meter<S>(
-    engine: Arc<Engine>,
-    currency: String,
-    inbound: S,
-    tx: mpsc::Sender<Result<pb::UsageDecision, Status>>,
-) where
-    S: Stream<Item = Result<pb::UsageReport, Status>> + Unpin,
-{
-    meter_with(engine, currency, inbound, tx, None, Caller::Unchecked).await
-}
-
-/// `meter`, counting each decision into `metrics`.
-async fn meter_with<S>(
-    engine: Arc<Engine>,
-    currency: String,
-    mut inbound: S,
-    tx: mpsc::Sender<Result<pb::UsageDecision, Status>>,
-    metrics: Option<SharedMetrics>,
-    caller: Caller,
-) where
-    S: Stream<Item = Result<pb::UsageReport, Status>> + Unpin,
-{
-    let mut work: Option<Work> = None;
-    let mut closing = engine.closing();
-    let batch_max = engine::work::DEFAULT_STREAM_BATCH_MAX;
-    'stream: loop {
-        let next = tokio::select! {
-            m = inbound.next() => m.transpose(),
-            _ = closing.wait_for(|c| *c) => {
-                let _ = tx.try_send(Err(EngineError::ShuttingDown.into()));
-                break;
-            }
-        };
-        let first = match next {
-            Ok(Some(r)) => r,
-            Ok(None) => break,
-            Err(status) => {
-                tracing::debug!(error = %status, "usage stream broke");
-                break;
-            }
-        };
-        // Reports the client pipelined are charged together: one journal wait for all.
-        let mut batch = vec![first];
-        let mut ended = false;
-        while batch.len() < batch_max.min(tx.capacity()) {
-            let ready = tokio::select! {
-                biased;
-                m = inbound.next() => Some(m),
-                _ = std::future::ready(()) => None,
-            };
-            match ready {
-                Some(Some(Ok(r))) => batch.push(r),
-                Some(Some(Err(_)) | None) => {
-                    ended = true;
-                    break;
-                }
-                None => break,
-            }
-        }
-        let (decisions, err) = on_reports(&engine, &currency, &mut work, &batch, &caller).await;
-        for d in decisions {
-            if let Some(m) = &metrics {
-                let go_on = d.action == pb::Action::Continue as i32;
-                m.decision(
-                    "StreamUsage",
-                    go_on,
-                    convert::decision_label(go_on, d.reason),
-                );
-            }
-            match tx.try_send(Ok(d)) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    let status =
-                        Overload::DecisionsUnread(engine.config().work.stream_buffer).into();
-                    let _ = tokio::time::timeout(
-                        Duration::from_millis(STREAM_ERROR_SEND_MS),
-                        tx.send(Err(status)),
-                    )
-                    .await;
-                    break 'stream;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => break 'stream,
-            }
-        }
-        if let Some(status) = err {
-            let _ = tokio::time::timeout(
-                Duration::from_millis(STREAM_ERROR_SEND_MS),
-                tx.send(Err(status)),
-            )
-            .await;
-            break;
-        }
-        if ended {
-            break;
-        }
-    }
-    if let Some(w) = work {
-        engine.end_work(w).await;
     }
 }
 

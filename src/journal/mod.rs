@@ -133,6 +133,29 @@ impl Journal {
         Ok(rx)
     }
 
+    /// Queues `entries` to be written in one group, all or none: one queue slot and one
+    /// answer for all of them (a usage stream's round). The receiver resolves once all
+    /// are durable (or failed). The group may exceed `batch_max`.
+    pub fn submit_all(&self, entries: Vec<Entry>) -> Result<Durable, JournalError> {
+        let (done, rx) = oneshot::channel();
+        if entries.is_empty() {
+            let _ = done.send(Ok(()));
+        } else {
+            self.send(Op::WriteAll(entries, done))?;
+        }
+        Ok(rx)
+    }
+
+    /// Holds the writer until the returned guard is dropped: writes queue up behind it
+    /// (and any not yet written before it) and their callers wait. For tests of what
+    /// must wait for durability.
+    #[doc(hidden)]
+    pub fn pause(&self) -> Result<std::sync::mpsc::Sender<()>, JournalError> {
+        let (held, wait) = std::sync::mpsc::channel();
+        self.send(Op::Pause(wait))?;
+        Ok(held)
+    }
+
     /// Queues `entry` without waiting for it (housekeeping that a restart can redo).
     pub fn submit_detached(&self, entry: Entry) -> Result<(), JournalError> {
         self.send(Op::Write(entry, None))

@@ -25,6 +25,10 @@ use super::tables::Tables;
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Op {
     Write(Entry, Option<oneshot::Sender<Result<(), JournalError>>>),
+    /// Entries written in one group, answered once (`Journal::submit_all`).
+    WriteAll(Vec<Entry>, oneshot::Sender<Result<(), JournalError>>),
+    /// The writer waits until the other end is dropped (`Journal::pause`).
+    Pause(std::sync::mpsc::Receiver<()>),
     Shutdown,
 }
 
@@ -53,6 +57,26 @@ pub(super) struct Writer {
 }
 
 type Batch = Vec<(Entry, Option<oneshot::Sender<Result<(), JournalError>>>)>;
+
+/// Adds entries that are written together to the group; the last one carries the answer
+/// (the group is written and answered as a whole).
+fn push_all(
+    batch: &mut Batch,
+    entries: Vec<Entry>,
+    done: oneshot::Sender<Result<(), JournalError>>,
+) {
+    let n = entries.len();
+    batch.reserve(n);
+    for (i, e) in entries.into_iter().enumerate() {
+        batch.push((e, None));
+        if i + 1 == n
+            && let Some(last) = batch.last_mut()
+        {
+            last.1 = Some(done);
+            return;
+        }
+    }
+}
 
 impl Writer {
     pub(super) fn new(
@@ -134,10 +158,22 @@ impl Writer {
                 batch.push((e, d));
                 false
             }
+            Some(Op::WriteAll(es, d)) => {
+                push_all(&mut batch, es, d);
+                false
+            }
+            Some(Op::Pause(held)) => {
+                let _ = held.recv();
+                false
+            }
         };
         while !stop && batch.len() < batch_max {
             match self.rx.try_recv() {
                 Ok(Op::Write(e, d)) => batch.push((e, d)),
+                Ok(Op::WriteAll(es, d)) => push_all(&mut batch, es, d),
+                Ok(Op::Pause(held)) => {
+                    let _ = held.recv();
+                }
                 Ok(Op::Shutdown) => stop = true,
                 Err(_) => break,
             }

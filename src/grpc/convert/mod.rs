@@ -18,8 +18,9 @@ pub use ledger::{
     token_hash_in,
 };
 pub use quota::{
-    accruals_out, balance_out, decision_label, decision_out, event_out, events_dropped, reserve_in,
-    session_out, session_outcome, start_session_in, storage_level_in, work_key, work_out,
+    accruals_out, balance_out, decision_label, decision_out, event_out, events_dropped, names_work,
+    reserve_in, session_out, session_outcome, start_session_in, storage_level_in, work_key,
+    work_out,
 };
 pub use webhooks::{queued_events_in, queued_events_out, webhook_out};
 

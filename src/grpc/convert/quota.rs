@@ -145,6 +145,15 @@ pub fn work_key(r: &pb::UsageReport) -> Result<WorkKey, Invalid> {
     })
 }
 
+/// Whether a later report of a stream names the stream's job: compared in place, so the
+/// usual report copies none of its names.
+pub fn names_work(r: &pb::UsageReport, key: &WorkKey) -> bool {
+    r.account_id == key.account_id
+        && r.work_id == key.work_id
+        && r.sku == key.sku
+        && metered_resource(r.resource).is_ok_and(|res| res == key.resource)
+}
+
 pub fn decision_out(currency: &str, d: engine::work::Decision) -> pb::UsageDecision {
     let action = if d.stop.is_some() {
         pb::Action::Stop
