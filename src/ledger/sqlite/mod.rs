@@ -4,9 +4,9 @@
 //!
 //! Layout, as for `postgres`: `migrations` (the schema), `reads`, `writes` (row by row with
 //! statements compiled once, a batch in one transaction: SQLite has one writer and no
-//! round trips to save, so what a batch shares is the WAL sync); row decoding is shared with the
-//! PostgreSQL store (`store::rows`). This file: opening, the blocking-pool bridge and the
-//! `LedgerStore` impl that hands each call to them.
+//! round trips to save, so what a batch shares is the WAL sync); row decoding is shared
+//! with the PostgreSQL store (`store::rows`). This file: opening, the blocking-pool bridge
+//! and the `LedgerStore` impl that hands each call to them.
 
 use std::collections::HashSet;
 use std::path::Path;
