@@ -507,13 +507,17 @@ impl LedgerApi for Ledger {
             .await?;
         // After the write, so that leases counted on a first sight include this Sync's.
         self.sidecars.synced(&sidecar_id, self.now_ms(), oldest_ms);
-        let mut snapshots = self.snapshots(&sidecar_id, &ids).await?;
+        // Both reads at once (two connections of a pool).
+        let (snapshots, recalls) = tokio::join!(
+            self.snapshots(&sidecar_id, &ids),
+            self.store.recalls(&sidecar_id, DEFAULT_RECALLS_MAX)
+        );
+        let (mut snapshots, recalls) = (snapshots?, recalls?);
         for s in &mut snapshots {
             if let Some(m) = written.recalling.get(&s.account_id) {
                 s.recalling = *m;
             }
         }
-        let recalls = self.store.recalls(&sidecar_id, DEFAULT_RECALLS_MAX).await?;
         Ok(SyncResponse {
             snapshots,
             now_ms: self.now_ms(),

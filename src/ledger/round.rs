@@ -206,7 +206,20 @@ impl Ledger {
         todo: &BTreeSet<String>,
     ) -> Result<BTreeSet<String>, LedgerError> {
         let ids: Vec<String> = todo.iter().cloned().collect();
-        let states = self.store.load_many(&ids, "").await?;
+        // Which usage was applied before is asked for every Sync still standing, at the
+        // same time as the accounts load (two connections of a pool; a Sync that fails on
+        // a missing account below only made the question larger).
+        let usage_ids: Vec<String> = (0..writes.len())
+            .filter(|&i| out[i].is_ok())
+            .flat_map(|i| writes[i].usage.iter())
+            .filter(|u| todo.contains(&u.account_id))
+            .map(|u| u.usage_id.clone())
+            .collect();
+        let (states, known) = tokio::join!(
+            self.store.load_many(&ids, ""),
+            self.store.known_usage(&usage_ids)
+        );
+        let (states, known) = (states?, known?);
         let found: HashSet<&str> = states.iter().map(|s| s.account_id.as_str()).collect();
         // A Sync naming an account that does not exist fails alone.
         for (i, w) in writes.iter().enumerate() {
@@ -221,19 +234,27 @@ impl Ledger {
             }
         }
         let standing: Vec<usize> = (0..writes.len()).filter(|&i| out[i].is_ok()).collect();
-        let usage_ids: Vec<String> = standing
-            .iter()
-            .flat_map(|&i| writes[i].usage.iter())
-            .filter(|u| todo.contains(&u.account_id))
-            .map(|u| u.usage_id.clone())
-            .collect();
-        let known = self.store.known_usage(&usage_ids).await?;
+        // Each account's records, in the order of the Syncs and within each (one pass over
+        // the round, not one per account).
+        let mut by_account: HashMap<&str, Vec<(&str, &UsageRecord)>> = HashMap::new();
+        for &i in &standing {
+            for u in &writes[i].usage {
+                by_account
+                    .entry(u.account_id.as_str())
+                    .or_default()
+                    .push((writes[i].sidecar_id.as_str(), u));
+            }
+        }
         let mut commits = Vec::new();
         let mut recalls: Vec<Vec<(usize, String, Money)>> = Vec::new();
         for state in states {
             let account = state.account_id.clone();
             let version = state.version;
-            let (changes, recalled) = self.account_changes(state, writes, &standing, &known);
+            let records = by_account
+                .get(account.as_str())
+                .map_or(&[][..], Vec::as_slice);
+            let (changes, recalled) =
+                self.account_changes(state, records, writes, &standing, &known);
             if let Some(c) = changes {
                 commits.push((account, version, c));
                 recalls.push(recalled);
@@ -267,29 +288,21 @@ impl Ledger {
         Ok(conflicted)
     }
 
-    /// One account's changes from the standing Syncs, in their order: its usage burned down,
-    /// then its lease requests decided on what the usage left. Also, per lease request, the
+    /// One account's changes from the standing Syncs, in their order: its usage burned down
+    /// (`records`: the account's records with their sidecars, in order), then its lease
+    /// requests decided on what the usage left. Also, per lease request, the
     /// money recalled for it: (Sync index, account, amount).
     fn account_changes(
         &self,
         mut state: AccountState,
+        records: &[(&str, &UsageRecord)],
         writes: &[Writes],
         standing: &[usize],
         known: &HashSet<String>,
     ) -> (Option<ChangeSet>, Vec<(usize, String, Money)>) {
         let account = state.account_id.clone();
         let before: Vec<LeaseRow> = state.leases.clone();
-        let records: Vec<(&str, &UsageRecord)> = standing
-            .iter()
-            .flat_map(|&i| {
-                writes[i]
-                    .usage
-                    .iter()
-                    .filter(|u| u.account_id == account)
-                    .map(move |u| (writes[i].sidecar_id.as_str(), u))
-            })
-            .collect();
-        let mut changes = usage_changes(&state, &records, known, &self.catalog.calendar);
+        let mut changes = usage_changes(&state, records, known, &self.catalog.calendar);
         if let Some(c) = &changes {
             // What the usage leaves is what the lease requests are decided on.
             state.balance = c.balance;

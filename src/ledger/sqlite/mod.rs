@@ -2,10 +2,11 @@
 //! directory, no server to run. Calls run on tokio's blocking pool; one connection in WAL
 //! mode with `synchronous = FULL`, so an acknowledged admin change survives power loss.
 //!
-//! Layout, as for `postgres`: `migrations` (the schema), `reads`, `writes` (row by row:
-//! SQLite has one writer and no round trips to save); row decoding is shared with the
-//! PostgreSQL store (`store::rows`). This file: opening, the blocking-pool bridge and the
-//! `LedgerStore` impl that hands each call to them.
+//! Layout, as for `postgres`: `migrations` (the schema), `reads`, `writes` (row by row with
+//! statements compiled once, a batch in one transaction: SQLite has one writer and no
+//! round trips to save, so what a batch shares is the WAL sync); row decoding is shared
+//! with the PostgreSQL store (`store::rows`). This file: opening, the blocking-pool bridge
+//! and the `LedgerStore` impl that hands each call to them.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -29,6 +30,11 @@ mod writes;
 /// Grant columns in the order reads and writes list them.
 const GRANT_COLUMNS: &str = "grant_id, kind, covers, unit, quota, remaining, starts_at_ms, \
                              expires_at_ms, source, stackable, created_at_ms";
+
+/// Compiled statements the connection keeps for reuse: more than the distinct statements
+/// a Sync round runs (loads, usage and deduction inserts, the per-account writes), so that
+/// none of them is compiled again for every account of a round.
+const STATEMENT_CACHE_CAPACITY: usize = 64;
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
@@ -64,6 +70,7 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
         migrations::migrate(&mut conn)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
@@ -152,6 +159,41 @@ impl LedgerStore for SqliteStore {
             tx.commit().map_err(db)
         })
         .await
+    }
+
+    /// One read transaction for the whole batch (one snapshot, one trip to the blocking
+    /// pool).
+    async fn load_many(
+        &self,
+        account_ids: &[String],
+        sidecar_id: &str,
+    ) -> Result<Vec<AccountState>, StoreError> {
+        if account_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = account_ids.to_vec();
+        let sidecar = sidecar_id.to_owned();
+        self.with(move |c| {
+            let tx = c.transaction().map_err(db)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.extend(reads::load_state(&tx, id, &sidecar)?);
+            }
+            tx.commit().map_err(db)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// One transaction for the whole batch (see `writes::commit_many`).
+    async fn commit_many(
+        &self,
+        commits: Vec<(String, i64, ChangeSet)>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        if commits.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with(move |c| writes::commit_many(c, &commits)).await
     }
 
     async fn find_topup(&self, topup_id: &str) -> Result<Option<TopUpRecord>, StoreError> {

@@ -50,22 +50,20 @@ pub(super) fn load_state(
     sidecar: &str,
 ) -> Result<Option<AccountState>, StoreError> {
     let row: Option<(i64, String)> = tx
-        .query_row(
-            "SELECT version, balance FROM accounts WHERE account_id = ?1",
-            [&id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .prepare_cached("SELECT version, balance FROM accounts WHERE account_id = ?1")
+        .map_err(db)?
+        .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
         .map_err(db)?;
     let Some((version, balance)) = row else {
         return Ok(None);
     };
     let applied_seq: i64 = tx
-        .query_row(
+        .prepare_cached(
             "SELECT applied_seq FROM sidecar_cursors WHERE sidecar_id = ?1 AND account_id = ?2",
-            params![sidecar, id],
-            |r| r.get(0),
         )
+        .map_err(db)?
+        .query_row(params![sidecar, id], |r| r.get(0))
         .optional()
         .map_err(db)?
         .unwrap_or(0);

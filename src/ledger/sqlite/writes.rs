@@ -1,6 +1,10 @@
-//! Writes of the SQLite store: an account's changes row by row in one transaction, under
-//! the account's version check, leaving the rows the PostgreSQL store's set-based
-//! statements leave.
+//! Writes of the SQLite store: an account's changes row by row under the account's version
+//! check, leaving the rows the PostgreSQL store's set-based statements leave. A batch of
+//! accounts (a Sync round) is one transaction, so one WAL sync however many accounts it
+//! carries; each account in a savepoint of its own, so one that fails writes nothing of
+//! its own and the others still commit. Statements are prepared once per connection and
+//! reused (`prepare_cached`): SQLite has no round trips to save, the cost per row is
+//! parsing and the fsync.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -13,17 +17,18 @@ use crate::ledger::store::{ChangeSet, StoreError, TokenRow};
 /// `expected_version` (else `Conflict`); row by row, in the order the PostgreSQL store's
 /// set-based statements leave behind.
 pub(super) fn write_changes(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     account_id: &str,
     expected_version: i64,
     c: &ChangeSet,
 ) -> Result<(), StoreError> {
     let n = tx
-        .execute(
+        .prepare_cached(
             "UPDATE accounts SET version = version + 1, balance = ?1 \
              WHERE account_id = ?2 AND version = ?3",
-            params![c.balance.to_string(), account_id, expected_version],
         )
+        .map_err(db)?
+        .execute(params![c.balance.to_string(), account_id, expected_version])
         .map_err(db)?;
     if n != 1 {
         return Err(StoreError::Conflict(account_id.to_owned()));
@@ -36,16 +41,13 @@ pub(super) fn write_changes(
 }
 
 /// Remaining amounts of existing grants, then new grants.
-fn write_grants(
-    tx: &rusqlite::Transaction<'_>,
-    account_id: &str,
-    c: &ChangeSet,
-) -> Result<(), StoreError> {
+fn write_grants(tx: &Connection, account_id: &str, c: &ChangeSet) -> Result<(), StoreError> {
     for (id, remaining) in &c.grant_remaining {
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE grants SET remaining = ?1 WHERE grant_id = ?2 AND account_id = ?3",
-            params![remaining.to_string(), id, account_id],
         )
+        .map_err(db)?
+        .execute(params![remaining.to_string(), id, account_id])
         .map_err(db)?;
     }
     for (g, purchase_id) in &c.new_grants {
@@ -76,11 +78,7 @@ fn write_grants(
 }
 
 /// The top-up or purchase the change records.
-fn write_payments(
-    tx: &rusqlite::Transaction<'_>,
-    account_id: &str,
-    c: &ChangeSet,
-) -> Result<(), StoreError> {
+fn write_payments(tx: &Connection, account_id: &str, c: &ChangeSet) -> Result<(), StoreError> {
     if let Some(t) = &c.topup {
         tx.execute(
             "INSERT INTO topups (topup_id, account_id, amount, at_ms) VALUES (?1, ?2, ?3, ?4)",
@@ -108,11 +106,7 @@ fn write_payments(
 }
 
 /// Usage records and their deductions (in the order taken: one ordinal sequence each).
-fn write_usage(
-    tx: &rusqlite::Transaction<'_>,
-    account_id: &str,
-    c: &ChangeSet,
-) -> Result<(), StoreError> {
+fn write_usage(tx: &Connection, account_id: &str, c: &ChangeSet) -> Result<(), StoreError> {
     let mut ins = tx
         .prepare_cached(
             "INSERT INTO usage (usage_id, account_id, resource, sku, quantity, cost, at_ms, \
@@ -149,20 +143,20 @@ fn write_usage(
     Ok(())
 }
 
-fn write_leases(
-    tx: &rusqlite::Transaction<'_>,
-    account_id: &str,
-    c: &ChangeSet,
-) -> Result<(), StoreError> {
-    for l in &c.leases {
-        tx.execute(
+fn write_leases(tx: &Connection, account_id: &str, c: &ChangeSet) -> Result<(), StoreError> {
+    let mut upsert = tx
+        .prepare_cached(
             "INSERT INTO leases (account_id, sidecar_id, remaining, expires_at_ms, request_seq, \
              held, want, edge, give_back) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
              ON CONFLICT (account_id, sidecar_id) DO UPDATE SET \
              remaining = excluded.remaining, expires_at_ms = excluded.expires_at_ms, \
              request_seq = excluded.request_seq, held = excluded.held, want = excluded.want, \
              edge = excluded.edge, give_back = excluded.give_back",
-            params![
+        )
+        .map_err(db)?;
+    for l in &c.leases {
+        upsert
+            .execute(params![
                 account_id,
                 l.sidecar_id,
                 l.remaining.to_string(),
@@ -172,44 +166,70 @@ fn write_leases(
                 l.want.to_string(),
                 l.edge,
                 l.give_back
-            ],
-        )
-        .map_err(db)?;
+            ])
+            .map_err(db)?;
     }
     Ok(())
 }
 
 /// Request counts (absolute values) and the sidecars' cursors.
-fn write_counts(
-    tx: &rusqlite::Transaction<'_>,
-    account_id: &str,
-    c: &ChangeSet,
-) -> Result<(), StoreError> {
+fn write_counts(tx: &Connection, account_id: &str, c: &ChangeSet) -> Result<(), StoreError> {
     for (resource, month, count) in &c.request_counts {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO request_counts (account_id, resource, month, count) \
              VALUES (?1, ?2, ?3, ?4) ON CONFLICT (account_id, resource, month) \
              DO UPDATE SET count = excluded.count",
-            params![
-                account_id,
-                resource.name(),
-                month,
-                bigint("request count", *count)?
-            ],
         )
+        .map_err(db)?
+        .execute(params![
+            account_id,
+            resource.name(),
+            month,
+            bigint("request count", *count)?
+        ])
         .map_err(db)?;
     }
     for (sidecar, seq) in &c.cursors {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO sidecar_cursors (sidecar_id, account_id, applied_seq) VALUES (?1, ?2, ?3) \
              ON CONFLICT (sidecar_id, account_id) DO UPDATE SET applied_seq = \
              CASE WHEN excluded.applied_seq > sidecar_cursors.applied_seq \
              THEN excluded.applied_seq ELSE sidecar_cursors.applied_seq END",
-            params![sidecar, account_id, bigint("applied seq", *seq)?],
         )
+        .map_err(db)?
+        .execute(params![sidecar, account_id, bigint("applied seq", *seq)?])
         .map_err(db)?;
     }
     Ok(())
+}
+
+/// `LedgerStore::commit_many`: the whole batch in one transaction (one WAL sync), each
+/// entry in a savepoint, so that an entry whose version moved (Conflict) or that reuses an
+/// id (Duplicate) writes nothing of its own while the others commit. One result per entry,
+/// in order; any other failure rolls the whole batch back.
+pub(super) fn commit_many(
+    c: &mut Connection,
+    commits: &[(String, i64, ChangeSet)],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let mut tx = c.transaction().map_err(db)?;
+    let mut out = Vec::with_capacity(commits.len());
+    for (account_id, version, changes) in commits {
+        let sp = tx.savepoint().map_err(db)?;
+        match write_changes(&sp, account_id, *version, changes) {
+            Ok(()) => {
+                sp.commit().map_err(db)?;
+                out.push(Ok(()));
+            }
+            Err(e @ (StoreError::Conflict(_) | StoreError::Duplicate { .. })) => {
+                // Dropped unfinished, a savepoint rolls back to where it began.
+                sp.finish().map_err(db)?;
+                out.push(Err(e));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    tx.commit().map_err(db)?;
+    Ok(out)
 }
 
 pub(super) fn create_account(
