@@ -1,5 +1,6 @@
 //! The tower layer every gRPC request passes first: it gives the request an id (the
-//! client's `x-request-id`, or a fresh one) and a tracing span carrying it, refuses it at
+//! client's `x-request-id`, or a fresh one) named for the log lines written while it runs
+//! (`logging::RequestLog`: nothing formatted unless a line is), refuses it at
 //! once with RESOURCE_EXHAUSTED when `concurrency_max` requests are already in flight, and
 //! records its latency and status. A request message over `message_bytes_max` is answered
 //! RESOURCE_EXHAUSTED too (tonic says OUT_OF_RANGE; the gRPC status code spec says
