@@ -381,7 +381,8 @@ mod tests {
                 if let Some((rpc, id)) = logged {
                     resp.headers_mut().insert("logged", id);
                     let rpc = rpc.map(|p| p.path().to_owned()).unwrap_or_default();
-                    resp.headers_mut().insert("logged-rpc", rpc.parse().unwrap());
+                    resp.headers_mut()
+                        .insert("logged-rpc", rpc.parse().unwrap());
                 }
                 Ok::<_, std::convert::Infallible>(resp)
             },

@@ -144,7 +144,9 @@ mod tests {
 
     fn request(id: &'static str) -> RequestLog {
         RequestLog {
-            rpc: Some(http::uri::PathAndQuery::from_static("/quotad.v1.Quota/Admit")),
+            rpc: Some(http::uri::PathAndQuery::from_static(
+                "/quotad.v1.Quota/Admit",
+            )),
             request_id: http::HeaderValue::from_static(id),
         }
     }
@@ -176,8 +178,14 @@ mod tests {
         assert_eq!(lines.len(), 3, "{lines:?}");
         assert!(lines[0].ends_with("outside n=1"), "{lines:?}");
         let named = " rpc=/quotad.v1.Quota/Admit request_id=req-\"7\"";
-        assert!(lines[1].ends_with(&format!("inside n=2{named}")), "{lines:?}");
-        assert!(lines[2].contains("ERROR") && lines[2].ends_with(named), "{lines:?}");
+        assert!(
+            lines[1].ends_with(&format!("inside n=2{named}")),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].contains("ERROR") && lines[2].ends_with(named),
+            "{lines:?}"
+        );
     }
 
     #[tokio::test]
