@@ -148,10 +148,10 @@ where
         }
         if let Some(known) = self.auth.cached(req.headers()) {
             return match pass(&mut req, known) {
-                Ok(()) => AuthFuture::Call {
+                None => AuthFuture::Call {
                     inner: self.inner.call(req),
                 },
-                Err(resp) => AuthFuture::Refused { resp: Some(resp) },
+                refused => AuthFuture::Refused { resp: refused },
             };
         }
         // The clone is ready only if polled; swap so the one we polled serves this call.
@@ -162,8 +162,8 @@ where
             fut: Box::pin(async move {
                 let found = auth.authenticate_shared(req.headers()).await;
                 match pass(&mut req, found) {
-                    Ok(()) => inner.call(req).await,
-                    Err(resp) => Ok(resp),
+                    None => inner.call(req).await,
+                    Some(refused) => Ok(refused),
                 }
             }),
         }
@@ -171,20 +171,17 @@ where
 }
 
 /// Applies the method's rule to an authenticated caller and records the caller in the
-/// request; or the refusal to answer.
-fn pass<B>(
-    req: &mut http::Request<B>,
-    found: Result<Arc<Caller>, AuthError>,
-) -> Result<(), Response> {
+/// request (None); or the refusal to answer.
+fn pass<B>(req: &mut http::Request<B>, found: Result<Arc<Caller>, AuthError>) -> Option<Response> {
     let checked = found.and_then(|caller| check(req.uri().path(), &caller).map(|()| caller));
     match checked {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
-            Ok(())
+            None
         }
         Err(e) => {
             tracing::debug!(rpc = %req.uri().path(), error = %e, "refused");
-            Err(tonic::Status::from(e).into_http())
+            Some(tonic::Status::from(e).into_http())
         }
     }
 }
