@@ -163,14 +163,9 @@ async fn quotad(dir: &Path) -> (server::Running, String, pb::AdmitRequest, pb::A
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    // Logging as `quotad serve` sets it up (RUST_LOG, else info, to stderr), so that the
-    // request spans cost here what they cost there.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    // Logging as `quotad serve` sets it up (RUST_LOG, else info, to stderr), so that
+    // naming the request for log lines costs here what it costs there.
+    quotad::logging::init(quotad::config::LogFormat::Text);
     if Command::new("h2load").arg("--version").output().is_err() {
         println!("skipped: admit_h2load: no h2load (apt-get install nghttp2-client)");
         return;

@@ -10,9 +10,17 @@
 # Settings (environment): BIN (target/release/quotad), ADDR (127.0.0.1:50151), N (60000),
 # C (4), M (16), T (1), ROUNDS (3). PERF=1 records the server's CPU profile during the
 # Admit runs with `perf record -g` (perf.data in the current directory).
+#
+# CALLGRIND=1 runs the server under valgrind's callgrind instead (N defaults to 5000,
+# ROUNDS to 1) and reports the instructions the whole server process executed per Admit
+# and per Check: a count that does not depend on the machine's load. The profiles are
+# left in the current directory (callgrind.out.PID.N, first Admit then Check of each
+# round) for `callgrind_annotate`.
 set -eu
 BIN=${BIN:-target/release/quotad}
 ADDR=${ADDR:-127.0.0.1:50151}
+CG=${CALLGRIND:-0}
+if [ "$CG" = 1 ]; then N=${N:-5000} ROUNDS=${ROUNDS:-1}; fi
 N=${N:-60000} C=${C:-4} M=${M:-16} T=${T:-1} ROUNDS=${ROUNDS:-3}
 command -v h2load >/dev/null || { echo "skipped: no h2load (apt-get install nghttp2-client)"; exit 0; }
 
@@ -21,7 +29,9 @@ pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$dir"; }
 trap cleanup EXIT
 METRICS=${METRICS:-127.0.0.1:50152}
-"$BIN" serve --listen "$ADDR" --data-dir "$dir/data" --metrics-listen "$METRICS" >"$dir/serve.out" 2>"$dir/serve.log" &
+VG=
+[ "$CG" = 1 ] && VG="valgrind --tool=callgrind --dump-instr=no"
+$VG "$BIN" serve --listen "$ADDR" --data-dir "$dir/data" --metrics-listen "$METRICS" >"$dir/serve.out" 2>"$dir/serve.log" &
 pid=$!
 until grep -q "listening" "$dir/serve.out" 2>/dev/null; do
     kill -0 "$pid" || { cat "$dir/serve.log"; exit 1; }
@@ -49,6 +59,23 @@ run() { # name path body -> prints "name req/s"
 echo "h2load -n $N -c $C -m $M -t $T, $ROUNDS rounds, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 i=0
 while [ "$i" -lt "$ROUNDS" ]; do
+    if [ "$CG" = 1 ]; then
+        for t in admit health; do
+            callgrind_control -z "$pid" >/dev/null
+            if [ $t = admit ]; then
+                run admit /quotad.v1.Quota/Admit "$dir/admit.bin" >/dev/null
+            else
+                run health /grpc.health.v1.Health/Check "$dir/check.bin" >/dev/null
+            fi
+            callgrind_control -d "$t" "$pid" >/dev/null
+            sleep 1
+            f=$(ls -t callgrind.out."$pid".* | head -1)
+            ir=$(sed -n 's/^totals: \([0-9]*\).*/\1/p' "$f")
+            echo "$t $((ir / N)) instructions per call ($f)"
+        done
+        i=$((i + 1))
+        continue
+    fi
     if [ "${PERF:-0}" = 1 ]; then
         perf record -g -q -o perf.data -p "$pid" 2>/dev/null &
         perf_pid=$!
@@ -61,6 +88,7 @@ while [ "$i" -lt "$ROUNDS" ]; do
     run health /grpc.health.v1.Health/Check "$dir/check.bin"
     i=$((i + 1))
 done | tee "$dir/runs"
+[ "$CG" = 1 ] && exit 0
 median() { grep "^$1 " "$dir/runs" | cut -d' ' -f2 | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 a=$(median admit) h=$(median health)
 echo "median admit $a req/s, health $h req/s, admit/health $(echo "$a $h" | awk '{printf "%.2f", $1/$2}')"

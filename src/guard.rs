@@ -1,5 +1,6 @@
 //! The tower layer every gRPC request passes first: it gives the request an id (the
-//! client's `x-request-id`, or a fresh one) and a tracing span carrying it, refuses it at
+//! client's `x-request-id`, or a fresh one) named for the log lines written while it runs
+//! (`logging::RequestLog`: nothing formatted unless a line is), refuses it at
 //! once with RESOURCE_EXHAUSTED when `concurrency_max` requests are already in flight, and
 //! records its latency and status. A request message over `message_bytes_max` is answered
 //! RESOURCE_EXHAUSTED too (tonic says OUT_OF_RANGE; the gRPC status code spec says
@@ -15,15 +16,17 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use tokio::sync::Semaphore;
+use pin_project_lite::pin_project;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::futures::TaskLocalFuture;
 use tonic::codegen::http;
 use tower::{Layer, Service};
-use tracing::Instrument;
 
 use crate::grpc::error::{Overload, oversize_is_resource_exhausted};
+use crate::logging::RequestLog;
 use crate::metrics::{RpcSeries, SharedMetrics};
 
 /// Longest client-given request id kept; a longer or non-printable one is replaced.
@@ -68,14 +71,11 @@ type Response = http::Response<tonic::body::Body>;
 
 impl<S, B> Service<http::Request<B>> for Guard<S>
 where
-    S: Service<http::Request<B>, Response = Response> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Send + 'static,
+    S: Service<http::Request<B>, Response = Response>,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+    type Future = GuardFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -83,7 +83,8 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         // Per call: one lookup of the method's series (no key built), the client's id
-        // reused or one made (the only allocation here), a relaxed add when it ends.
+        // reused or one made (the only allocation here), a relaxed add when it ends. The
+        // request is named for log lines in a task-local, read only by a line written.
         let series = self.layer.metrics.rpc(req.uri().path());
         let id = client_request_id(req.headers()).unwrap_or_else(new_request_id);
         // Handlers and logs downstream see the same id.
@@ -98,46 +99,26 @@ where
                 Err(_) => return self.shed(path, &series, id),
             }
         };
-        let span = tracing::info_span!("rpc", rpc = %path, request_id = %Id(&id));
-        // The clone is ready only if polled; swap so the one we polled serves this call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let log = RequestLog {
+            rpc: req.uri().path_and_query().cloned(),
+            request_id: id,
+        };
         let done = Done {
             series,
             started: Instant::now(),
             code: CANCELLED,
         };
-        Box::pin(
-            async move {
-                // Moves all of `done` in (not just the field set below), so it drops here.
-                let mut done = done;
-                let mut r = inner.call(req).await;
-                drop(permit);
-                if let Ok(resp) = &mut r {
-                    oversize_is_resource_exhausted(resp.headers_mut());
-                }
-                done.code = match &r {
-                    Ok(resp) => code_of(resp.headers()),
-                    Err(_) => UNKNOWN,
-                };
-                r.map(|mut resp| {
-                    resp.headers_mut().insert(REQUEST_ID_HEADER, id);
-                    resp
-                })
-            }
-            .instrument(span),
-        )
+        GuardFuture::Call {
+            inner: log.scope(self.inner.call(req)),
+            permit,
+            done: Some(done),
+        }
     }
 }
 
 impl<S> Guard<S> {
     /// Refuses a call at once: `concurrency_max` are in flight.
-    fn shed<E: Send + 'static>(
-        &self,
-        path: &str,
-        series: &RpcSeries,
-        id: http::HeaderValue,
-    ) -> Pin<Box<dyn Future<Output = Result<Response, E>> + Send>> {
+    fn shed<F>(&self, path: &str, series: &RpcSeries, id: http::HeaderValue) -> GuardFuture<F> {
         let metrics = &self.layer.metrics;
         metrics.shed();
         series.done(RESOURCE_EXHAUSTED, std::time::Duration::ZERO);
@@ -145,7 +126,61 @@ impl<S> Guard<S> {
         let status = tonic::Status::from(Overload::Busy(self.layer.limit));
         let mut resp: Response = status.into_http();
         resp.headers_mut().insert(REQUEST_ID_HEADER, id);
-        Box::pin(std::future::ready(Ok(resp)))
+        GuardFuture::Ready { resp: Some(resp) }
+    }
+}
+
+pin_project! {
+    /// A call under the guard (not boxed): the inner service's future with the request
+    /// named for log lines, its concurrency slot, and its latency and status recorded
+    /// when it ends; or a shed call's answer.
+    #[project = GuardProj]
+    pub enum GuardFuture<F> {
+        Call {
+            #[pin]
+            inner: TaskLocalFuture<RequestLog, F>,
+            permit: Option<OwnedSemaphorePermit>,
+            done: Option<Done>,
+        },
+        Ready {
+            resp: Option<Response>,
+        },
+    }
+}
+
+impl<F, E> Future for GuardFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            GuardProj::Ready { resp } => Poll::Ready(Ok(resp.take().unwrap_or_else(|| {
+                tonic::Status::internal("guard: polled after it answered").into_http()
+            }))),
+            GuardProj::Call {
+                mut inner,
+                permit,
+                done,
+            } => {
+                let mut r = ready!(inner.as_mut().poll(cx));
+                drop(permit.take());
+                if let Ok(resp) = &mut r {
+                    oversize_is_resource_exhausted(resp.headers_mut());
+                }
+                if let Some(mut done) = done.take() {
+                    done.code = match &r {
+                        Ok(resp) => code_of(resp.headers()),
+                        Err(_) => UNKNOWN,
+                    };
+                }
+                if let (Ok(resp), Some(log)) = (&mut r, inner.take_value()) {
+                    resp.headers_mut().insert(REQUEST_ID_HEADER, log.request_id);
+                }
+                Poll::Ready(r)
+            }
+        }
     }
 }
 
@@ -166,7 +201,7 @@ impl std::fmt::Display for Id<'_> {
 
 /// Records the RPC when its future ends, also when it is dropped (a deadline, a client
 /// that went away): those count as CANCELLED.
-struct Done {
+pub struct Done {
     series: Arc<RpcSeries>,
     started: Instant,
     /// gRPC status code number.
@@ -335,11 +370,19 @@ mod tests {
         let metrics = Metrics::new();
         let svc = GuardLayer::new(4, metrics).layer(tower::service_fn(
             |r: http::Request<()>| async move {
-                // The handler sees the id the response carries.
+                // The handler sees the id the response carries, and its log lines name it.
                 let id = r.headers().get(REQUEST_ID_HEADER).cloned();
                 let mut resp = http::Response::new(tonic::body::Body::default());
                 if let Some(id) = id {
                     resp.headers_mut().insert("seen", id);
+                }
+                tokio::task::yield_now().await;
+                let logged = RequestLog::with_current(|l| (l.rpc.clone(), l.request_id.clone()));
+                if let Some((rpc, id)) = logged {
+                    resp.headers_mut().insert("logged", id);
+                    let rpc = rpc.map(|p| p.path().to_owned()).unwrap_or_default();
+                    resp.headers_mut()
+                        .insert("logged-rpc", rpc.parse().unwrap());
                 }
                 Ok::<_, std::convert::Infallible>(resp)
             },
@@ -350,6 +393,8 @@ mod tests {
         let resp = svc.clone().call(r).await.unwrap();
         assert_eq!(resp.headers()[REQUEST_ID_HEADER], "abc-1");
         assert_eq!(resp.headers()["seen"], "abc-1");
+        assert_eq!(resp.headers()["logged"], "abc-1");
+        assert_eq!(resp.headers()["logged-rpc"], "/quotad.v1.Quota/Admit");
         let mut r = req("/quotad.v1.Quota/Admit");
         r.headers_mut().insert(
             REQUEST_ID_HEADER,
@@ -362,5 +407,8 @@ mod tests {
             .to_owned();
         assert_ne!(made, "has space");
         assert_eq!(resp.headers()["seen"], made.as_str());
+        assert_eq!(resp.headers()["logged"], made.as_str());
+        // Outside a request, nothing is named.
+        assert!(RequestLog::with_current(|_| ()).is_none());
     }
 }

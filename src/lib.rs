@@ -23,6 +23,7 @@
 //! - `server`: wiring, limits, health, reflection and the shutdown order.
 //! - `config`: settings from flags, environment and the TOML file, with one precedence.
 //! - `guard`: the layer in front of every RPC: request ids, load shedding, latency.
+//! - `logging`: the servers' log lines and the request each is logged in.
 //! - `auth`: tokens, principals and permissions (R9); its layer authenticates every RPC.
 //! - `metrics`: the prometheus-client registry, OpenMetrics encoding, process metrics and
 //!   the /metrics, /healthz and /readyz endpoint.
@@ -48,6 +49,7 @@ pub mod guard;
 pub mod journal;
 pub mod ledger;
 pub mod lock;
+pub mod logging;
 pub mod metrics;
 pub mod server;
 pub mod telemetry;

@@ -77,18 +77,6 @@ struct LedgerEnv {
     settings: LedgerSettings,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => fmt.init(),
-        LogFormat::Json => fmt.json().with_current_span(true).init(),
-    }
-}
-
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
@@ -202,7 +190,7 @@ where
             return ExitCode::FAILURE;
         }
     };
-    init_logging(format);
+    quotad::logging::init(format);
     match run(cfg).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

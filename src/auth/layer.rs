@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use pin_project_lite::pin_project;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
@@ -120,6 +121,7 @@ pub struct Auth<S> {
 }
 
 type Response = http::Response<tonic::body::Body>;
+type Boxed<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>;
 
 impl<S, B> Service<http::Request<B>> for Auth<S>
 where
@@ -130,34 +132,92 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+    type Future = AuthFuture<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
+    /// A known token (or an open method) is decided here, and the call goes on without
+    /// a future of its own; only a token the cache does not know waits for its source.
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        if rule(req.uri().path()) == Rule::Open {
+            return AuthFuture::Call {
+                inner: self.inner.call(req),
+            };
+        }
+        if let Some(known) = self.auth.cached(req.headers()) {
+            return match pass(&mut req, known) {
+                None => AuthFuture::Call {
+                    inner: self.inner.call(req),
+                },
+                refused => AuthFuture::Refused { resp: refused },
+            };
+        }
+        // The clone is ready only if polled; swap so the one we polled serves this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
-        Box::pin(async move {
-            if rule(req.uri().path()) != Rule::Open {
-                let checked = match auth.authenticate_shared(req.headers()).await {
-                    Ok(caller) => check(req.uri().path(), &caller).map(|()| caller),
-                    Err(e) => Err(e),
-                };
-                match checked {
-                    Ok(caller) => {
-                        req.extensions_mut().insert(caller);
-                    }
-                    Err(e) => {
-                        tracing::debug!(rpc = %req.uri().path(), error = %e, "refused");
-                        return Ok(tonic::Status::from(e).into_http());
-                    }
+        AuthFuture::Lookup {
+            fut: Box::pin(async move {
+                let found = auth.authenticate_shared(req.headers()).await;
+                match pass(&mut req, found) {
+                    None => inner.call(req).await,
+                    Some(refused) => Ok(refused),
                 }
-            }
-            inner.call(req).await
-        })
+            }),
+        }
+    }
+}
+
+/// Applies the method's rule to an authenticated caller and records the caller in the
+/// request (None); or the refusal to answer.
+fn pass<B>(req: &mut http::Request<B>, found: Result<Arc<Caller>, AuthError>) -> Option<Response> {
+    let checked = found.and_then(|caller| check(req.uri().path(), &caller).map(|()| caller));
+    match checked {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            None
+        }
+        Err(e) => {
+            tracing::debug!(rpc = %req.uri().path(), error = %e, "refused");
+            Some(tonic::Status::from(e).into_http())
+        }
+    }
+}
+
+pin_project! {
+    /// A call past authentication: the inner service's own future (a known token), a
+    /// refusal, or the lookup of a token the cache does not know (boxed: rare).
+    #[project = AuthProj]
+    pub enum AuthFuture<F, E> {
+        Call {
+            #[pin]
+            inner: F,
+        },
+        Refused {
+            resp: Option<Response>,
+        },
+        Lookup {
+            fut: Boxed<E>,
+        },
+    }
+}
+
+impl<F, E> Future for AuthFuture<F, E>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AuthProj::Call { inner } => inner.poll(cx),
+            AuthProj::Refused { resp } => Poll::Ready(Ok(resp.take().unwrap_or_else(|| {
+                tonic::Status::internal("auth: polled after it answered").into_http()
+            }))),
+            AuthProj::Lookup { fut } => fut.as_mut().poll(cx),
+        }
     }
 }
 

@@ -468,17 +468,15 @@ impl Authenticator {
         &self,
         headers: &http::HeaderMap,
     ) -> Result<Arc<Caller>, AuthError> {
+        if let Some(known) = self.cached(headers) {
+            return known;
+        }
         let Some(source) = &self.source else {
             return Ok(unchecked());
         };
         let token = bearer(headers.get(http::header::AUTHORIZATION))?;
         let now_ms = self.clock.now_ms();
-        let ttl_ms = i64::try_from(self.cfg.cache_ttl_ms).unwrap_or(i64::MAX);
-        if let Some(e) = self.cache.get(token)
-            && now_ms.saturating_sub(e.1) < ttl_ms
-        {
-            return e.0.clone().ok_or(AuthError::Unknown);
-        }
+        let ttl_ms = self.ttl_ms();
         let found = match source.identify(&token_sha256(token)).await {
             Ok(found) => found.map(Arc::new),
             // The source (a remote ledger) cannot be asked: an earlier answer, however
@@ -500,6 +498,27 @@ impl Authenticator {
             self.remember(token, found.clone(), now_ms, ttl_ms);
         }
         found.ok_or(AuthError::Unknown)
+    }
+
+    /// The caller of a request with these headers if that is known without asking the
+    /// source (authentication off, a malformed header, a token looked up within
+    /// `auth_cache_ttl_ms`): one hash-map hit on the token as presented, nothing made.
+    /// None: the source must be asked (`authenticate_shared`).
+    pub fn cached(&self, headers: &http::HeaderMap) -> Option<Result<Arc<Caller>, AuthError>> {
+        if self.source.is_none() {
+            return Some(Ok(unchecked()));
+        }
+        let token = match bearer(headers.get(http::header::AUTHORIZATION)) {
+            Ok(token) => token,
+            Err(e) => return Some(Err(e)),
+        };
+        let e = self.cache.get(token)?;
+        (self.clock.now_ms().saturating_sub(e.1) < self.ttl_ms())
+            .then(|| e.0.clone().ok_or(AuthError::Unknown))
+    }
+
+    fn ttl_ms(&self) -> i64 {
+        i64::try_from(self.cfg.cache_ttl_ms).unwrap_or(i64::MAX)
     }
 
     fn remember(&self, token: &str, found: Option<Arc<Caller>>, now_ms: i64, ttl_ms: i64) {
