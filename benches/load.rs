@@ -56,12 +56,15 @@ mod baselines;
 mod drive;
 #[path = "load/noop.rs"]
 mod noop;
+#[path = "load/out.rs"]
+mod out;
 #[path = "load/report.rs"]
 mod report;
 #[path = "load/stats.rs"]
 mod stats;
 
 use drive::{Done, Meta, Op, StreamSpec};
+use out::target_dir;
 use stats::ScenarioResult;
 
 pub const A10: &str = "gpu.shared.a10";
@@ -314,20 +317,6 @@ async fn channels(addr: std::net::SocketAddr, n: usize) -> Result<Vec<Channel>, 
         out.push(ch);
     }
     Ok(out)
-}
-
-/// The directory cargo builds into: CARGO_TARGET_DIR, else the one this binary sits in
-/// (TARGET/release/deps/load-HASH).
-fn target_dir() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
-        return manifest.join(d);
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
-        .filter(|d| d.join("CACHEDIR.TAG").exists() || d.ends_with("target"))
-        .unwrap_or_else(|| manifest.join("target"))
 }
 
 /// One gRPC target (quotad or the no-op server) and its clients' channels.

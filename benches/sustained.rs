@@ -37,12 +37,15 @@ use quotad::server::ServeConfig;
 #[allow(dead_code)]
 #[path = "load/drive.rs"]
 mod drive;
+#[path = "load/out.rs"]
+mod out;
 #[path = "sustained/plot.rs"]
 mod plot;
 #[allow(dead_code)]
 #[path = "load/stats.rs"]
 mod stats;
 
+use out::target_dir;
 use plot::Sample;
 
 /// The SKU every request uses (`load/drive.rs` reads it as `crate::A10`).
@@ -101,19 +104,6 @@ struct Args {
     #[arg(hide = true)]
     #[serde(skip)]
     filter: Vec<String>,
-}
-
-/// The directory cargo builds into: CARGO_TARGET_DIR, else the one this binary sits in.
-fn target_dir() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
-        return manifest.join(d);
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
-        .filter(|d| d.join("CACHEDIR.TAG").exists() || d.ends_with("target"))
-        .unwrap_or_else(|| manifest.join("target"))
 }
 
 fn loadavg() -> String {

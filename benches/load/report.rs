@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::out::{esc, svg_open};
 use crate::stats::{ScenarioResult, Summary};
 
 /// One comparison against a target.
@@ -335,12 +336,6 @@ pub fn chart_series(rs: &[ScenarioResult], one: usize) -> Vec<Series> {
         .collect()
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
 /// x = log10(1 / (1 - p)): 0 at p0, 1 at p90, 2 at p99 ...
 fn pct_x(pct: f64) -> f64 {
     let tail = (1.0 - pct / 100.0).max(1e-9);
@@ -371,21 +366,7 @@ pub fn svg(series: &[Series], title: &str, subtitle: &str) -> String {
     let px = |x: f64| left + x.min(x_max) / x_max * pw;
     let py = |us: f64| top + ph - (us.max(1e-3).log10() - y0) / (y1 - y0) * ph;
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="Helvetica, Arial, sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{left}" y="28" font-size="16" font-weight="bold">{}</text>"#,
-        esc(title)
-    );
-    let _ = writeln!(
-        s,
-        r##"<text x="{left}" y="48" fill="#555">{}</text>"##,
-        esc(subtitle)
-    );
+    svg_open(&mut s, w, h, left, title, subtitle);
     // Grid and axes.
     for (x, label) in [
         (0.0, "p0"),

@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use crate::out::{esc, svg_open};
+
 /// One sample of the run, taken every second.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Sample {
@@ -17,12 +19,6 @@ pub struct Sample {
     pub produced: u64,
     /// Reserves refused for backlog so far.
     pub refused: u64,
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 /// A round number at or above `v` (1, 2 or 5 times a power of ten).
@@ -210,21 +206,7 @@ pub fn svg(samples: &[Sample], outbox_max: usize, title: &str, subtitle: &str) -
         y_max: nice_ceil(rate_peak * 1.1),
     };
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="Helvetica, Arial, sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{left}" y="28" font-size="16" font-weight="bold">{}</text>"#,
-        esc(title)
-    );
-    let _ = writeln!(
-        s,
-        r##"<text x="{left}" y="48" fill="#555">{}</text>"##,
-        esc(subtitle)
-    );
+    svg_open(&mut s, w, h, left, title, subtitle);
     top_panel.frame(&mut s, "outbox (usage records)");
     let outbox: Vec<(f64, f64)> = samples.iter().map(|x| (x.t_s, x.outbox as f64)).collect();
     top_panel.line(&mut s, &outbox, "#d62728", false);
