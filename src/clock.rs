@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 pub trait Clock: Send + Sync + 'static {
     /// Milliseconds since the Unix epoch.
@@ -14,8 +15,14 @@ pub trait Clock: Send + Sync + 'static {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    /// Read on every request (several times for some): straight from `SystemTime`, not
+    /// through a calendar type that would split the instant into a date first.
     fn now_ms(&self) -> i64 {
-        chrono::Utc::now().timestamp_millis()
+        let millis = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        match SystemTime::now().duration_since(UNIX_EPOCH) {
+            Ok(d) => millis(d),
+            Err(e) => -millis(e.duration()),
+        }
     }
 }
 
@@ -62,5 +69,16 @@ mod tests {
         c.set_ms(7);
         assert_eq!(c.now_ms(), 7);
         assert!(SystemClock.now_ms() > 1_700_000_000_000);
+    }
+
+    #[test]
+    fn system_clock_agrees_with_the_calendar() {
+        let before = chrono::Utc::now().timestamp_millis();
+        let now = SystemClock.now_ms();
+        let after = chrono::Utc::now().timestamp_millis();
+        assert!(
+            before <= now && now <= after,
+            "{before} <= {now} <= {after}"
+        );
     }
 }
