@@ -535,6 +535,9 @@ impl Engine {
         quantity: u64,
     ) -> Result<AdmitOutcome, EngineError> {
         let cost = self.cost(resource, sku, quantity)?;
+        if let Some(o) = self.admit_cached(account_id, resource, quantity, cost) {
+            return Ok(o);
+        }
         match self.ensure_account(account_id).await {
             Err(EngineError::Ledger(LedgerError::Unavailable(_))) => {
                 return Ok(AdmitOutcome {
@@ -550,18 +553,52 @@ impl Engine {
             None => cost,
         };
         self.gated(account_id, resource, cost, false, |a, take, now_ms| {
-            let reason = match take {
-                Take::Lease(_) | Take::FailOpen(_) => None,
-                Take::Denied(reason) => Some(reason),
-                Take::NeedLease => Some(DenyReason::InsufficientFunds),
-            };
-            AdmitOutcome {
-                admitted: reason.is_none(),
-                reason,
-                available: self.available(a, resource, now_ms),
-            }
+            self.admit_outcome(a, resource, take, now_ms)
         })
         .await
+    }
+
+    /// Admit's common case in one look under the account's lock: the account is cached
+    /// and its cached view decides (no lease to look for, no denial to confirm). None:
+    /// the full path (`admit` above) decides, which looks again from the start.
+    fn admit_cached(
+        &self,
+        account_id: &str,
+        resource: Resource,
+        quantity: u64,
+        cost: Money,
+    ) -> Option<AdmitOutcome> {
+        let now_ms = self.now_ms();
+        let mut a = self.accounts.get_mut(account_id)?;
+        // Seen and touched now, as `ensure_account` and `gated` would have marked it.
+        a.seen_ms = a.seen_ms.max(now_ms);
+        a.last_touch_ms = now_ms;
+        self.expire_due(&mut a, now_ms);
+        let cost = a.money_due(resource, quantity, cost, now_ms);
+        match self.gate(&a, resource, cost, now_ms, false, true) {
+            Take::NeedLease => None,
+            Take::Denied(r) if self.confirmable(&Some(r)) => None,
+            take => Some(self.admit_outcome(&a, resource, take, now_ms)),
+        }
+    }
+
+    fn admit_outcome(
+        &self,
+        a: &Account,
+        resource: Resource,
+        take: Take,
+        now_ms: i64,
+    ) -> AdmitOutcome {
+        let reason = match take {
+            Take::Lease(_) | Take::FailOpen(_) => None,
+            Take::Denied(reason) => Some(reason),
+            Take::NeedLease => Some(DenyReason::InsufficientFunds),
+        };
+        AdmitOutcome {
+            admitted: reason.is_none(),
+            reason,
+            available: self.available(a, resource, now_ms),
+        }
     }
 }
 
