@@ -154,6 +154,38 @@ impl Money {
     }
 }
 
+impl Money {
+    /// The same text as `Display` ("0.0007404", "12", "-3.5"), written without the
+    /// formatting machinery into a string of the exact length: every answer on the wire
+    /// carries an amount, so this runs once per call.
+    pub fn to_plain_string(&self) -> String {
+        let n = self.0.normalize();
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(n.mantissa().unsigned_abs());
+        let sign = if n.is_sign_negative() && !n.is_zero() {
+            "-"
+        } else {
+            ""
+        };
+        let Ok(scale) = usize::try_from(n.scale()) else {
+            return self.to_string();
+        };
+        if scale == 0 {
+            return [sign, digits].concat();
+        }
+        match digits.len().checked_sub(scale) {
+            Some(whole) if whole > 0 => {
+                let (int, frac) = digits.split_at(whole);
+                [sign, int, ".", frac].concat()
+            }
+            _ => {
+                let zeros = "0".repeat(scale - digits.len());
+                [sign, "0.", &zeros, digits].concat()
+            }
+        }
+    }
+}
+
 impl fmt::Display for Money {
     /// Normalized decimal string: "0.0007404", "12", "-3.5".
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -214,6 +246,35 @@ mod tests {
         assert_eq!(Money::parse("0").unwrap().to_string(), "0");
         assert_eq!(Money::parse("-3.5").unwrap().to_string(), "-3.5");
         assert_eq!(Money::parse(" 7 ").unwrap().to_string(), "7");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn plain_string_is_the_display_text(lo: u32, mid: u32, hi: u32, negative: bool, scale in 0u32..=28) {
+            let m = Money(Decimal::from_parts(lo, mid, hi, negative, scale));
+            proptest::prop_assert_eq!(m.to_plain_string(), m.to_string());
+        }
+
+        #[test]
+        fn plain_string_of_small_amounts(units in -10_000i64..10_000, scale in 0u32..=12) {
+            let m = Money(Decimal::new(units, scale));
+            proptest::prop_assert_eq!(m.to_plain_string(), m.to_string());
+        }
+    }
+
+    #[test]
+    fn plain_string_examples() {
+        for (t, want) in [
+            ("0.0007404", "0.0007404"),
+            ("12.3400", "12.34"),
+            ("-3.5", "-3.5"),
+            ("0", "0"),
+            ("-0.00", "0"),
+            ("100", "100"),
+            ("0.5", "0.5"),
+        ] {
+            assert_eq!(Money::parse(t).unwrap().to_plain_string(), want, "{t}");
+        }
     }
 
     #[test]

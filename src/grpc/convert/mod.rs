@@ -155,7 +155,7 @@ pub fn to_pb_resource(r: Resource) -> pb::Resource {
 pub fn money_out(currency: &str, m: Money) -> Option<pb::Money> {
     Some(pb::Money {
         currency: currency.to_owned(),
-        amount: m.to_string(),
+        amount: m.to_plain_string(),
     })
 }
 
