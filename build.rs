@@ -20,6 +20,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .preserve_proto_field_names()
         .emit_fields()
         .build(&[".quotad.v1"])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Messages are decoded from one slice (src/pb_codec.rs), not through tonic's buffer.
+    tonic_prost_build::configure()
+        .codec_path("crate::pb_codec::Codec")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -32,7 +32,8 @@
 //! - `clock`: injected time.
 //! - `tls`: optional TLS and mTLS (rustls) of the servers and their clients.
 //! - `webhooks`: account events delivered as signed webhooks from the ledger's outbox.
-//! - `pb`: generated protobuf and gRPC code for `quotad.v1`.
+//! - `pb`: generated protobuf and gRPC code for `quotad.v1`; `pb_codec` decodes its
+//!   messages from one slice.
 
 #![forbid(unsafe_code)]
 
@@ -51,6 +52,7 @@ pub mod ledger;
 pub mod lock;
 pub mod logging;
 pub mod metrics;
+pub mod pb_codec;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
