@@ -71,9 +71,10 @@ impl Engine {
         {
             return Ok(0);
         }
+        let seqs: Vec<u64> = batch.iter().map(|u| u.seq).collect();
         let req = SyncRequest {
             sidecar_id: self.sidecar_id.clone(),
-            usage: batch.clone(),
+            usage: batch,
             leases,
             accounts,
             reset_seq,
@@ -86,10 +87,10 @@ impl Engine {
         if reset_seq != 0 {
             self.reset_pending.store(false, Ordering::Relaxed);
         }
-        let acked = self.journal.ack(&batch);
+        let acked = self.journal.ack(&seqs);
         self.apply_snapshots(resp.snapshots);
         acked?;
-        Ok(batch.len())
+        Ok(seqs.len())
     }
 
     /// Pushes one account's usage the ledger has not acknowledged yet, oldest first, e.g.
@@ -110,9 +111,10 @@ impl Engine {
             };
             after_seq = last.seq;
             let full = usage.len() == DEFAULT_SYNC_BATCH_MAX;
+            let seqs: Vec<u64> = usage.iter().map(|u| u.seq).collect();
             let req = SyncRequest {
                 sidecar_id: self.sidecar_id.clone(),
-                usage: usage.clone(),
+                usage,
                 leases: Vec::new(),
                 accounts: Vec::new(),
                 reset_seq: 0,
@@ -120,7 +122,7 @@ impl Engine {
             let resp = self.call_ledger(req, DEFAULT_SYNC_TIMEOUT_MS).await?;
             // Trims them from the journal if they lead its outbox; else the sync loop
             // sends them again and the ledger answers that it has them.
-            let acked = self.journal.ack(&usage);
+            let acked = self.journal.ack(&seqs);
             self.apply_snapshots(resp.snapshots);
             acked?;
             if !full {
