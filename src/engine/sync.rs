@@ -41,14 +41,18 @@ impl Engine {
         self.take_sync_wanted();
         let batch = self.journal.outbox_batch(batch_max)?;
         let mut in_batch: HashMap<&str, Money> = HashMap::new();
-        for u in &batch {
-            // What the record spends of the lease: its money after free requests and
+        // An account's records come in runs (a stream's rounds): one look per run.
+        for run in batch.chunk_by(|a, b| a.account_id == b.account_id) {
+            let Some(account_id) = run.first().map(|u| u.account_id.as_str()) else {
+                continue;
+            };
+            // What the records spend of the lease: their money after free requests and
             // volume plans. Only records still pending count: one the ledger already
             // applied (sent again after a lost answer) is no longer in what this sidecar
             // reports as committed, so taking it off again would under-report (and a
             // give-back would then hand its money to another sidecar).
-            if let Some(money) = self.pending_money(&u.account_id, u.seq) {
-                *in_batch.entry(u.account_id.as_str()).or_default() += money;
+            if let Some(money) = self.pending_money(account_id, run.iter().map(|u| u.seq)) {
+                *in_batch.entry(account_id).or_default() += money;
             }
         }
         let now_ms = self.now_ms();
