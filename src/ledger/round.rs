@@ -378,7 +378,7 @@ pub(super) fn usage_changes(
     let mut balance = state.balance;
     let mut counts = billing::free_tier::RequestCounts::from_rows(state.request_counts.clone());
     let mut counted = BTreeSet::new();
-    let mut seen = HashSet::new();
+    let mut seen = HashSet::with_capacity(records.len());
     let mut applied = Vec::new();
     let mut cursors: BTreeMap<&str, u64> = BTreeMap::new();
     for (sidecar_id, r) in records {
