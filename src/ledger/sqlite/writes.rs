@@ -156,7 +156,11 @@ fn write_usage(tx: &Connection, account_id: &str, c: &ChangeSet) -> Result<(), S
     let deductions: Vec<(&str, i64, &Deduction)> = c
         .usage
         .iter()
-        .flat_map(|u| (0_i64..).zip(&u.deductions).map(|(o, d)| (u.record.usage_id.as_str(), o, d)))
+        .flat_map(|u| {
+            (0_i64..)
+                .zip(&u.deductions)
+                .map(|(o, d)| (u.record.usage_id.as_str(), o, d))
+        })
         .collect();
     let mut chunks = deductions.chunks_exact(n);
     if deductions.len() >= n {
@@ -181,11 +185,7 @@ fn write_usage(tx: &Connection, account_id: &str, c: &ChangeSet) -> Result<(), S
 }
 
 /// Usage records one row per statement.
-fn usage_rows(
-    tx: &Connection,
-    account_id: &str,
-    usage: &[AppliedUsage],
-) -> Result<(), StoreError> {
+fn usage_rows(tx: &Connection, account_id: &str, usage: &[AppliedUsage]) -> Result<(), StoreError> {
     if usage.is_empty() {
         return Ok(());
     }
@@ -210,14 +210,17 @@ fn bind_usage(
     let r = &u.record;
     ins.raw_bind_parameter(at + 1, &r.usage_id).map_err(db)?;
     ins.raw_bind_parameter(at + 2, account_id).map_err(db)?;
-    ins.raw_bind_parameter(at + 3, r.resource.name()).map_err(db)?;
+    ins.raw_bind_parameter(at + 3, r.resource.name())
+        .map_err(db)?;
     ins.raw_bind_parameter(at + 4, &r.sku).map_err(db)?;
     ins.raw_bind_parameter(at + 5, bigint("quantity", r.quantity)?)
         .map_err(db)?;
-    ins.raw_bind_parameter(at + 6, r.cost.to_string()).map_err(db)?;
+    ins.raw_bind_parameter(at + 6, r.cost.to_string())
+        .map_err(db)?;
     ins.raw_bind_parameter(at + 7, r.at_ms).map_err(db)?;
     ins.raw_bind_parameter(at + 8, &u.sidecar_id).map_err(db)?;
-    ins.raw_bind_parameter(at + 9, bigint("seq", r.seq)?).map_err(db)?;
+    ins.raw_bind_parameter(at + 9, bigint("seq", r.seq)?)
+        .map_err(db)?;
     ins.raw_bind_parameter(at + 10, bigint("free quantity", u.free_quantity)?)
         .map_err(db)
 }
