@@ -417,6 +417,87 @@ async fn assert_duplicate(
     );
 }
 
+/// Batches larger than a store writes in one statement (the SQLite store: 32 rows) keep
+/// every row and deduction, in order; a large batch that reuses an applied id fails with
+/// that id and writes nothing.
+async fn large_batches_keep_every_row(s: Arc<dyn LedgerStore>) {
+    s.create_account("acme", m("1000"), T0).await.unwrap();
+    let batch = |from: u64, n: u64| -> Vec<AppliedUsage> {
+        (from..from + n)
+            .map(|i| {
+                let id = format!("big-{i}");
+                let at = T0 + i64::try_from(i).unwrap();
+                if i % 2 == 0 {
+                    usage("acme", &id, i, at, "1", &[("balance", "1")])
+                } else {
+                    usage(
+                        "acme",
+                        &id,
+                        i,
+                        at,
+                        "1",
+                        &[("balance", "0.5"), ("balance", "0.5")],
+                    )
+                }
+            })
+            .collect()
+    };
+    s.commit(
+        "acme",
+        1,
+        ChangeSet {
+            balance: m("930"),
+            usage: batch(1, 70),
+            cursors: vec![(SIDECAR.into(), 70)],
+            ..ChangeSet::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (entries, more) = s.statement("acme", 1_000).await.unwrap();
+    assert!(!more);
+    assert_eq!(entries.len(), 70);
+    for (i, e) in (1_u64..).zip(&entries) {
+        assert_eq!(e.usage_id, format!("big-{i}"), "in time order");
+        assert_eq!(e.quantity, 1_000 + i);
+        let parts: Vec<String> = e.deductions.iter().map(|d| d.amount.to_string()).collect();
+        let want = if i % 2 == 0 {
+            vec!["1"]
+        } else {
+            vec!["0.5", "0.5"]
+        };
+        assert_eq!(parts, want, "deductions of big-{i}");
+    }
+    // 40 records, the 5th of which is applied: the first statement of 32 meets it.
+    let mut again = batch(71, 40);
+    again[4] = usage("acme", "big-7", 75, T0 + 75, "1", &[("balance", "1")]);
+    match s
+        .commit(
+            "acme",
+            2,
+            ChangeSet {
+                balance: m("890"),
+                usage: again,
+                ..ChangeSet::default()
+            },
+        )
+        .await
+    {
+        Err(StoreError::Duplicate { what, id }) => {
+            assert_eq!((what, id.as_str()), ("usage", "big-7"))
+        }
+        other => panic!("expected Duplicate of big-7, got {other:?}"),
+    }
+    assert_eq!(vb(&s, "acme").await, (2, m("930")));
+    assert!(
+        s.known_usage(&ids(&["big-71", "big-110"]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.statement("acme", 1_000).await.unwrap().0.len(), 70);
+}
+
 async fn duplicate_ids_write_nothing(s: Arc<dyn LedgerStore>) {
     s.create_account("acme", m("100"), T0).await.unwrap();
     s.create_account("other", m("100"), T0).await.unwrap();
@@ -1357,6 +1438,7 @@ contract_tests!(
     commit_if_version,
     grants_purchases_and_topups,
     duplicate_ids_write_nothing,
+    large_batches_keep_every_row,
     leases_upsert_and_load,
     recalls_follow_the_give_back_flag,
     load_views_sum_the_leases_and_keep_the_callers,

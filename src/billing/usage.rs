@@ -165,7 +165,13 @@ pub fn charge(
         deductions.extend(take_units(&mut grants[i], &cost, &mut paid, quantity));
     }
     let rest = list_cost - cost(paid);
-    deductions.extend(burn_down(grants, balance, resource, rest, at_ms));
+    let money = burn_down(grants, balance, resource, rest, at_ms);
+    if deductions.is_empty() {
+        // The usual charge: no free part, no volume plan; no second vector.
+        deductions = money;
+    } else {
+        deductions.extend(money);
+    }
     debug_assert_eq!(
         deductions.iter().map(|d| d.amount).sum::<Money>(),
         list_cost,

@@ -258,10 +258,42 @@ impl Account {
             self.spent_since_lease = Money::ZERO;
         }
         let applied = snap.applied_seq;
-        self.pending.retain(|p| p.seq > applied);
+        // `pending` is in seq order: the usage the snapshot includes leads it.
+        let included = self.pending.partition_point(|p| p.seq <= applied);
+        let unchanged = self.moved_by_exactly(included, &snap);
+        let gone: Money = self.pending.drain(..included).map(|p| p.money).sum();
         self.base = snap;
-        self.recompute();
+        if unchanged {
+            // The live view is the new base with the rest burned down, which it is already.
+            self.pending_cost -= gone;
+        } else {
+            self.recompute();
+        }
         true
+    }
+
+    /// Whether `snap` is the cached base with the first `included` pending usage burned
+    /// down and nothing else (no top-up, grant or other sidecar's usage in between): then
+    /// the live view, that usage and the rest burned down in order on the base, is already
+    /// the new base with the rest burned down, and a snapshot costs the usage it includes
+    /// instead of every pending record (under a backlog, hundreds of thousands per sync).
+    fn moved_by_exactly(&self, included: usize, snap: &AccountSnapshot) -> bool {
+        let mut grants = self.base.grants.clone();
+        let mut balance = self.base.balance;
+        let mut counts = self.base.request_counts.clone();
+        for p in self.pending.iter().take(included) {
+            usage::charge_counted(
+                &mut grants,
+                &mut balance,
+                &mut counts,
+                &self.cal,
+                p.resource,
+                p.quantity,
+                p.cost,
+                p.at_ms,
+            );
+        }
+        balance == snap.balance && grants == snap.grants && counts == snap.request_counts
     }
 
     /// The ledger wants unused lease back, or the account reached the edge while this

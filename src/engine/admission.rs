@@ -226,8 +226,20 @@ impl Engine {
         }
     }
 
-    /// The money pending usage `seq` of the account took in the live view.
-    pub(super) fn pending_money(&self, account_id: &str, seq: u64) -> Option<Money> {
-        self.accounts.get(account_id)?.pending_money(seq)
+    /// The money the pending usage `seqs` of the account took in the live view, in one
+    /// look at the account; None if none of them is pending.
+    pub(super) fn pending_money(
+        &self,
+        account_id: &str,
+        seqs: impl Iterator<Item = u64>,
+    ) -> Option<Money> {
+        let a = self.accounts.get(account_id)?;
+        let mut sum = None;
+        for seq in seqs {
+            if let Some(m) = a.pending_money(seq) {
+                *sum.get_or_insert(Money::ZERO) += m;
+            }
+        }
+        sum
     }
 }

@@ -20,6 +20,17 @@ use crate::billing::Resource;
 use crate::billing::status::DenyReason;
 use crate::journal::{Entry, HoldState, JournalError, ReservationRow};
 
+/// A report's usage id, `work_id/seq`, made in one allocation (`format!` grows it).
+fn report_usage_id(work_id: &str, seq: u64) -> String {
+    use std::fmt::Write;
+    let mut id = String::with_capacity(work_id.len() + 21);
+    id.push_str(work_id);
+    id.push('/');
+    // Writing to a String cannot fail.
+    let _ = write!(id, "{seq}");
+    id
+}
+
 impl Engine {
     /// Opens metering for a job: within the stream limits, one stream per job. Takes over
     /// the reservation of the same id if one is open here.
@@ -145,12 +156,12 @@ impl Engine {
         quantity: u64,
         now_ms: i64,
     ) -> Result<(), EngineError> {
-        let cost = work.price.cost(quantity)?;
+        let cost = work.cost(quantity)?;
         let from_hold = cost.min(work.held);
         a.remove_held(from_hold);
         work.held -= from_hold;
         let key = &work.key;
-        let usage_id = format!("{}/{seq}", key.work_id);
+        let usage_id = report_usage_id(&key.work_id, seq);
         let usage = self.charge_locked(
             a,
             usage_id,
@@ -262,9 +273,7 @@ impl Engine {
         work: &mut Work,
         now_ms: i64,
     ) -> Result<Option<Take>, EngineError> {
-        let next = work
-            .price
-            .cost(work.next_interval(self.works.config().stream_interval_ms))?;
+        let next = work.cost(work.next_interval(self.works.config().stream_interval_ms))?;
         if work.held >= next {
             return Ok(None);
         }
@@ -293,9 +302,7 @@ impl Engine {
 
     /// Holds the next report interval for the job (growing its hold), or stops it.
     pub(super) async fn hold_next(&self, work: &mut Work) -> Result<(), EngineError> {
-        let next = work
-            .price
-            .cost(work.next_interval(self.works.config().stream_interval_ms))?;
+        let next = work.cost(work.next_interval(self.works.config().stream_interval_ms))?;
         if work.held >= next {
             return Ok(());
         }

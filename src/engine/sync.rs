@@ -41,14 +41,18 @@ impl Engine {
         self.take_sync_wanted();
         let batch = self.journal.outbox_batch(batch_max)?;
         let mut in_batch: HashMap<&str, Money> = HashMap::new();
-        for u in &batch {
-            // What the record spends of the lease: its money after free requests and
+        // An account's records come in runs (a stream's rounds): one look per run.
+        for run in batch.chunk_by(|a, b| a.account_id == b.account_id) {
+            let Some(account_id) = run.first().map(|u| u.account_id.as_str()) else {
+                continue;
+            };
+            // What the records spend of the lease: their money after free requests and
             // volume plans. Only records still pending count: one the ledger already
             // applied (sent again after a lost answer) is no longer in what this sidecar
             // reports as committed, so taking it off again would under-report (and a
             // give-back would then hand its money to another sidecar).
-            if let Some(money) = self.pending_money(&u.account_id, u.seq) {
-                *in_batch.entry(u.account_id.as_str()).or_default() += money;
+            if let Some(money) = self.pending_money(account_id, run.iter().map(|u| u.seq)) {
+                *in_batch.entry(account_id).or_default() += money;
             }
         }
         let now_ms = self.now_ms();
@@ -71,9 +75,10 @@ impl Engine {
         {
             return Ok(0);
         }
+        let seqs: Vec<u64> = batch.iter().map(|u| u.seq).collect();
         let req = SyncRequest {
             sidecar_id: self.sidecar_id.clone(),
-            usage: batch.clone(),
+            usage: batch,
             leases,
             accounts,
             reset_seq,
@@ -86,10 +91,10 @@ impl Engine {
         if reset_seq != 0 {
             self.reset_pending.store(false, Ordering::Relaxed);
         }
-        let acked = self.journal.ack(&batch);
+        let acked = self.journal.ack(&seqs);
         self.apply_snapshots(resp.snapshots);
         acked?;
-        Ok(batch.len())
+        Ok(seqs.len())
     }
 
     /// Pushes one account's usage the ledger has not acknowledged yet, oldest first, e.g.
@@ -110,9 +115,10 @@ impl Engine {
             };
             after_seq = last.seq;
             let full = usage.len() == DEFAULT_SYNC_BATCH_MAX;
+            let seqs: Vec<u64> = usage.iter().map(|u| u.seq).collect();
             let req = SyncRequest {
                 sidecar_id: self.sidecar_id.clone(),
-                usage: usage.clone(),
+                usage,
                 leases: Vec::new(),
                 accounts: Vec::new(),
                 reset_seq: 0,
@@ -120,7 +126,7 @@ impl Engine {
             let resp = self.call_ledger(req, DEFAULT_SYNC_TIMEOUT_MS).await?;
             // Trims them from the journal if they lead its outbox; else the sync loop
             // sends them again and the ledger answers that it has them.
-            let acked = self.journal.ack(&usage);
+            let acked = self.journal.ack(&seqs);
             self.apply_snapshots(resp.snapshots);
             acked?;
             if !full {

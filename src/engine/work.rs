@@ -9,7 +9,7 @@ use dashmap::mapref::entry::Entry as MapEntry;
 
 use super::error::EngineError;
 use crate::billing::status::DenyReason;
-use crate::billing::{Money, Price, Resource};
+use crate::billing::{Money, Price, PriceError, Resource};
 
 /// Most usage streams open on one sidecar.
 pub const DEFAULT_STREAMS_MAX: usize = 10_000;
@@ -98,6 +98,8 @@ pub struct Work {
     tokens_milli: u64,
     tokens_at_ms: i64,
     pub(super) ended: bool,
+    /// The last quantity priced and its cost (see `cost`).
+    cost_memo: Option<(u64, Money)>,
 }
 
 impl Work {
@@ -114,6 +116,7 @@ impl Work {
             tokens_milli: u64::from(rate).saturating_mul(1_000),
             tokens_at_ms: now_ms,
             ended: false,
+            cost_memo: None,
             key,
         }
     }
@@ -142,6 +145,20 @@ impl Work {
 
     /// The quantity the next report is expected to carry: the last delta reported, or
     /// `default` before the first.
+    /// The job's price of `quantity`. The last quantity priced is remembered: a job
+    /// reports the same delta report after report, and its next interval is that delta,
+    /// so most reports are priced without the decimal arithmetic.
+    pub(super) fn cost(&mut self, quantity: u64) -> Result<Money, PriceError> {
+        if let Some((q, c)) = self.cost_memo
+            && q == quantity
+        {
+            return Ok(c);
+        }
+        let c = self.price.cost(quantity)?;
+        self.cost_memo = Some((quantity, c));
+        Ok(c)
+    }
+
     pub(super) fn next_interval(&self, default: u64) -> u64 {
         if self.last_delta > 0 {
             self.last_delta

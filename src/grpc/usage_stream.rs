@@ -19,7 +19,7 @@ use crate::auth::{Caller, Permission};
 use crate::engine::work::{Decision, Work};
 use crate::engine::{self, ChargedRound, Engine, EngineError};
 use crate::journal::JournalError;
-use crate::metrics::SharedMetrics;
+use crate::metrics::{Counter, SharedMetrics};
 use crate::pb;
 
 type Decisions = mpsc::Sender<Result<pb::UsageDecision, Status>>;
@@ -135,6 +135,8 @@ struct Meter {
     currency: String,
     tx: Decisions,
     metrics: Option<SharedMetrics>,
+    /// The counter of CONTINUE decisions (its label) once one was counted.
+    continued: Option<(&'static str, Counter)>,
     caller: Caller,
     work: Option<Work>,
     /// Rounds charged and waiting for their journal writes, oldest first.
@@ -167,6 +169,7 @@ impl Meter {
             currency,
             tx,
             metrics,
+            continued: None,
             caller,
             work: None,
             rounds: VecDeque::new(),
@@ -297,11 +300,22 @@ impl Meter {
             let d = convert::decision_out(&self.currency, d);
             if let Some(m) = &self.metrics {
                 let go_on = d.action == pb::Action::Continue as i32;
-                m.decision(
-                    "StreamUsage",
-                    go_on,
-                    convert::decision_label(go_on, d.reason),
-                );
+                let label = convert::decision_label(go_on, d.reason);
+                if go_on {
+                    // CONTINUE is nearly every decision: its counter is kept, not looked up.
+                    match &self.continued {
+                        Some((l, c)) if *l == label => {
+                            c.inc();
+                        }
+                        _ => {
+                            let c = m.decision_counter("StreamUsage", go_on, label);
+                            c.inc();
+                            self.continued = Some((label, c));
+                        }
+                    }
+                } else {
+                    m.decision("StreamUsage", go_on, label);
+                }
             }
             match self.tx.try_send(Ok(d)) {
                 Ok(()) => {}

@@ -184,9 +184,9 @@ impl Journal {
         self.outbox.of(account_id, after_seq, max)
     }
 
-    /// The ledger has the first `n` records of the outbox (those `outbox_batch` returned):
+    /// The ledger has the records of these seqs (those `outbox_batch` returned, in order):
     /// forget them here and in the file.
-    pub fn ack(&self, acked: &[UsageRecord]) -> Result<(), JournalError> {
+    pub fn ack(&self, acked: &[u64]) -> Result<(), JournalError> {
         let seqs = self.outbox.ack(acked)?;
         if !seqs.is_empty() {
             // If this cannot be queued the records are pushed again after a restart, and
@@ -338,7 +338,7 @@ mod tests {
             put(&j, Entry::Commit(row("r3", HoldState::Committed), usage(2))).await;
             assert_eq!(j.outbox_len(), 2);
             let first = j.outbox_batch(1).unwrap();
-            j.ack(&first).unwrap();
+            j.ack(&[first[0].seq]).unwrap();
             j.close().await;
         }
         let (j, rec) = Journal::open(&path, 16, 4).unwrap();
@@ -659,7 +659,7 @@ mod tests {
                 put(&j, e).await;
                 if i <= 1_990 {
                     let batch = j.outbox_batch(1).unwrap();
-                    j.ack(&batch).unwrap();
+                    j.ack(&[batch[0].seq]).unwrap();
                 }
             }
             put(&j, Entry::LeaseSeqFloor(5)).await;

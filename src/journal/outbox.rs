@@ -60,14 +60,15 @@ impl Outbox {
             .collect())
     }
 
-    /// Drops the records of `acked` that lead the queue, in order; returns their seqs.
-    pub(super) fn ack(&self, acked: &[UsageRecord]) -> Result<Vec<u64>, JournalError> {
+    /// Drops the records of the seqs `acked` that lead the queue, in order; returns their
+    /// seqs.
+    pub(super) fn ack(&self, acked: &[u64]) -> Result<Vec<u64>, JournalError> {
         let mut q = self.lock()?;
         let mut seqs = Vec::with_capacity(acked.len());
-        for a in acked {
-            if q.front().map(|f| f.seq) == Some(a.seq) {
+        for &seq in acked {
+            if q.front().map(|f| f.seq) == Some(seq) {
                 q.pop_front();
-                seqs.push(a.seq);
+                seqs.push(seq);
             }
         }
         self.len.store(q.len(), Ordering::Relaxed);
@@ -143,7 +144,7 @@ mod tests {
             .unwrap();
         assert_eq!(o.of("a", 1, 10).unwrap(), vec![usage(3, "a")]);
         // 3 does not lead the queue: only 1 goes.
-        assert_eq!(o.ack(&[usage(1, "a"), usage(3, "a")]).unwrap(), vec![1]);
+        assert_eq!(o.ack(&[1, 3]).unwrap(), vec![1]);
         assert_eq!(o.len(), 2);
         assert_eq!(o.batch(1).unwrap(), vec![usage(2, "b")]);
     }
@@ -155,10 +156,7 @@ mod tests {
         let poisoned = Err(JournalError::Poisoned("outbox"));
         assert_eq!(o.batch(10), poisoned);
         assert_eq!(o.of("a", 0, 10), poisoned);
-        assert_eq!(
-            o.ack(&[usage(1, "a")]),
-            Err(JournalError::Poisoned("outbox"))
-        );
+        assert_eq!(o.ack(&[1]), Err(JournalError::Poisoned("outbox")));
         assert_eq!(
             o.extend(vec![usage(2, "a")]),
             Err(JournalError::Poisoned("outbox"))

@@ -160,22 +160,25 @@ impl Ledger {
                 out[i] = Err(e);
             }
         }
-        let mut todo: BTreeSet<String> = writes
+        let named: BTreeSet<&str> = writes
             .iter()
             .zip(&out)
             .filter(|(_, r)| r.is_ok())
             .flat_map(|(w, _)| {
                 w.usage
                     .iter()
-                    .map(|u| u.account_id.clone())
-                    .chain(w.leases.iter().map(|l| l.account_id.clone()))
+                    .map(|u| u.account_id.as_str())
+                    .chain(w.leases.iter().map(|l| l.account_id.as_str()))
             })
             .collect();
+        let mut todo: BTreeSet<String> = named.into_iter().map(str::to_owned).collect();
+        // A write again (an applied id met, or another ledger process's write) looks first.
+        let mut look_up = self.store.known_usage_first();
         for _ in 0..COMMIT_RETRIES_MAX {
             if todo.is_empty() {
                 return out;
             }
-            match self.write_accounts(writes, &mut out, &todo).await {
+            match self.write_accounts(writes, &mut out, &todo, look_up).await {
                 Ok(conflicted) => todo = conflicted,
                 Err(e) => {
                     for r in out.iter_mut().filter(|r| r.is_ok()) {
@@ -184,6 +187,7 @@ impl Ledger {
                     return out;
                 }
             }
+            look_up = true;
         }
         if let Some(a) = todo.first() {
             for (i, w) in writes.iter().enumerate() {
@@ -198,27 +202,37 @@ impl Ledger {
     }
 
     /// Loads `todo`, decides each account's changes from every Sync still standing, writes
-    /// them at once. Returns the accounts that changed concurrently (to do again).
+    /// them at once. Returns the accounts that changed concurrently or met an applied
+    /// usage id (to do again). `look_up`: ask which usage is applied before (else a write
+    /// that meets an applied id fails its account alone, and it is done again).
     async fn write_accounts(
         &self,
         writes: &[Writes],
         out: &mut [Result<Written, LedgerError>],
         todo: &BTreeSet<String>,
+        look_up: bool,
     ) -> Result<BTreeSet<String>, LedgerError> {
         let ids: Vec<String> = todo.iter().cloned().collect();
         // Which usage was applied before is asked for every Sync still standing, at the
         // same time as the accounts load (two connections of a pool; a Sync that fails on
         // a missing account below only made the question larger).
-        let usage_ids: Vec<String> = (0..writes.len())
-            .filter(|&i| out[i].is_ok())
-            .flat_map(|i| writes[i].usage.iter())
-            .filter(|u| todo.contains(&u.account_id))
-            .map(|u| u.usage_id.clone())
-            .collect();
-        let (states, known) = tokio::join!(
-            self.store.load_many(&ids, ""),
-            self.store.known_usage(&usage_ids)
-        );
+        let usage_ids: Vec<String> = if look_up {
+            (0..writes.len())
+                .filter(|&i| out[i].is_ok())
+                .flat_map(|i| writes[i].usage.iter())
+                .filter(|u| todo.contains(&u.account_id))
+                .map(|u| u.usage_id.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (states, known) = tokio::join!(self.store.load_many(&ids, ""), async {
+            if usage_ids.is_empty() {
+                Ok(HashSet::new())
+            } else {
+                self.store.known_usage(&usage_ids).await
+            }
+        });
         let (states, known) = (states?, known?);
         let found: HashSet<&str> = states.iter().map(|s| s.account_id.as_str()).collect();
         // A Sync naming an account that does not exist fails alone.
@@ -260,11 +274,10 @@ impl Ledger {
                 recalls.push(recalled);
             }
         }
-        let results = self.store.commit_many(commits.clone()).await?;
+        let accounts: Vec<String> = commits.iter().map(|(a, _, _)| a.clone()).collect();
+        let results = self.store.commit_many(commits).await?;
         let mut conflicted = BTreeSet::new();
-        for ((account, _, _), (r, recalled)) in
-            commits.into_iter().zip(results.into_iter().zip(recalls))
-        {
+        for (account, (r, recalled)) in accounts.into_iter().zip(results.into_iter().zip(recalls)) {
             match r {
                 Ok(()) => {
                     for (i, a, m) in recalled {
@@ -277,8 +290,9 @@ impl Ledger {
                     conflicted.insert(account);
                 }
                 Err(e @ StoreError::Duplicate { .. }) => {
-                    // Another ledger process wrote some of this usage between our look and
-                    // our write: a reload sees it as applied.
+                    // Some of this usage was applied before (the write did not look first)
+                    // or another ledger process wrote it between our look and our write:
+                    // a reload, with the look, sees it as applied.
                     tracing::debug!(account_id = %account, error = %e, "usage written meanwhile; again");
                     conflicted.insert(account);
                 }
@@ -364,7 +378,7 @@ pub(super) fn usage_changes(
     let mut balance = state.balance;
     let mut counts = billing::free_tier::RequestCounts::from_rows(state.request_counts.clone());
     let mut counted = BTreeSet::new();
-    let mut seen = HashSet::new();
+    let mut seen = HashSet::with_capacity(records.len());
     let mut applied = Vec::new();
     let mut cursors: BTreeMap<&str, u64> = BTreeMap::new();
     for (sidecar_id, r) in records {

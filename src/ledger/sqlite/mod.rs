@@ -219,6 +219,13 @@ impl LedgerStore for SqliteStore {
         self.with(move |c| reads::known_usage(c, ids)).await
     }
 
+    /// A lookup here is a probe of the usage table's primary key per record, the same
+    /// probe its insert makes (and fails on, alone in the account's savepoint): a round
+    /// writes first and looks only when an account met an applied id.
+    fn known_usage_first(&self) -> bool {
+        false
+    }
+
     async fn leased_accounts(
         &self,
         sidecar_id: &str,

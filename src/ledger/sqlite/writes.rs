@@ -6,12 +6,12 @@
 //! reused (`prepare_cached`): SQLite has no round trips to save, the cost per row is
 //! parsing and the fsync.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Statement, params};
 
 use super::{GRANT_COLUMNS, db, dup};
-use crate::billing::Money;
+use crate::billing::{Deduction, Money};
 use crate::ledger::store::rows::{bigint, deduction_row, permissions};
-use crate::ledger::store::{ChangeSet, StoreError, TokenRow};
+use crate::ledger::store::{AppliedUsage, ChangeSet, StoreError, TokenRow};
 
 /// Writes `c` for `account_id` in `tx`, only if the account is still at
 /// `expected_version` (else `Conflict`); row by row, in the order the PostgreSQL store's
@@ -105,42 +105,141 @@ fn write_payments(tx: &Connection, account_id: &str, c: &ChangeSet) -> Result<()
     Ok(())
 }
 
-/// Usage records and their deductions (in the order taken: one ordinal sequence each).
+/// Usage rows, and then deduction rows, inserted by one statement per this many: a
+/// statement is opened, started and halted once for them instead of once per row (10
+/// columns: 320 parameters, within SQLite's limit of 999 bound parameters of old
+/// versions). Fewer left over go one row per statement.
+pub const DEFAULT_SQLITE_ROWS_PER_INSERT: usize = 32;
+
+const USAGE_INSERT: &str = "INSERT INTO usage (usage_id, account_id, resource, sku, quantity, \
+     cost, at_ms, sidecar_id, seq, free_quantity) VALUES ";
+const USAGE_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const DEDUCTION_INSERT: &str =
+    "INSERT INTO usage_deductions (usage_id, ordinal, source, amount, unit, gb) VALUES ";
+const DEDUCTION_ROW: &str = "(?, ?, ?, ?, ?, ?)";
+
+/// `head` with `rows` copies of `row`: one multi-row INSERT.
+fn insert_sql(head: &str, row: &str, rows: usize) -> String {
+    let mut sql = String::with_capacity(head.len() + rows * (row.len() + 2));
+    sql.push_str(head);
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(row);
+    }
+    sql
+}
+
+/// Usage records, then their deductions (in the order taken: one ordinal sequence each),
+/// several rows per statement. A chunk that reuses a usage id is done again row by row
+/// (the failed statement wrote nothing), so the error names the id.
 fn write_usage(tx: &Connection, account_id: &str, c: &ChangeSet) -> Result<(), StoreError> {
-    let mut ins = tx
-        .prepare_cached(
-            "INSERT INTO usage (usage_id, account_id, resource, sku, quantity, cost, at_ms, \
-             sidecar_id, seq, free_quantity) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )
-        .map_err(db)?;
-    let mut ded = tx
-        .prepare_cached(
-            "INSERT INTO usage_deductions (usage_id, ordinal, source, amount, unit, gb) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .map_err(db)?;
-    for u in &c.usage {
-        let r = &u.record;
-        ins.execute(params![
-            r.usage_id,
-            account_id,
-            r.resource.name(),
-            r.sku,
-            bigint("quantity", r.quantity)?,
-            r.cost.to_string(),
-            r.at_ms,
-            u.sidecar_id,
-            bigint("seq", r.seq)?,
-            bigint("free quantity", u.free_quantity)?
-        ])
-        .map_err(dup("usage", &r.usage_id))?;
-        for (ordinal, d) in (0_i64..).zip(&u.deductions) {
-            let (source, amount, unit, gb) = deduction_row(d);
-            ded.execute(params![r.usage_id, ordinal, source, amount, unit, gb])
-                .map_err(db)?;
+    let n = DEFAULT_SQLITE_ROWS_PER_INSERT;
+    let mut chunks = c.usage.chunks_exact(n);
+    if c.usage.len() >= n {
+        let mut ins = tx
+            .prepare_cached(&insert_sql(USAGE_INSERT, USAGE_ROW, n))
+            .map_err(db)?;
+        for chunk in &mut chunks {
+            for (i, u) in chunk.iter().enumerate() {
+                bind_usage(&mut ins, i * 10, account_id, u)?;
+            }
+            match ins.raw_execute() {
+                Ok(_) => {}
+                Err(e) if super::is_unique_violation(&e) => usage_rows(tx, account_id, chunk)?,
+                Err(e) => return Err(db(e)),
+            }
         }
     }
+    usage_rows(tx, account_id, chunks.remainder())?;
+    let deductions: Vec<(&str, i64, &Deduction)> = c
+        .usage
+        .iter()
+        .flat_map(|u| {
+            (0_i64..)
+                .zip(&u.deductions)
+                .map(|(o, d)| (u.record.usage_id.as_str(), o, d))
+        })
+        .collect();
+    let mut chunks = deductions.chunks_exact(n);
+    if deductions.len() >= n {
+        let mut ins = tx
+            .prepare_cached(&insert_sql(DEDUCTION_INSERT, DEDUCTION_ROW, n))
+            .map_err(db)?;
+        for chunk in &mut chunks {
+            for (i, (usage_id, ordinal, d)) in chunk.iter().enumerate() {
+                bind_deduction(&mut ins, i * 6, usage_id, *ordinal, d)?;
+            }
+            ins.raw_execute().map_err(db)?;
+        }
+    }
+    let mut ded = tx
+        .prepare_cached(&insert_sql(DEDUCTION_INSERT, DEDUCTION_ROW, 1))
+        .map_err(db)?;
+    for (usage_id, ordinal, d) in chunks.remainder() {
+        bind_deduction(&mut ded, 0, usage_id, *ordinal, d)?;
+        ded.raw_execute().map_err(db)?;
+    }
     Ok(())
+}
+
+/// Usage records one row per statement.
+fn usage_rows(tx: &Connection, account_id: &str, usage: &[AppliedUsage]) -> Result<(), StoreError> {
+    if usage.is_empty() {
+        return Ok(());
+    }
+    let mut ins = tx
+        .prepare_cached(&insert_sql(USAGE_INSERT, USAGE_ROW, 1))
+        .map_err(db)?;
+    for u in usage {
+        bind_usage(&mut ins, 0, account_id, u)?;
+        ins.raw_execute()
+            .map_err(dup("usage", &u.record.usage_id))?;
+    }
+    Ok(())
+}
+
+/// Binds one usage row's 10 values after the first `at` parameters.
+fn bind_usage(
+    ins: &mut Statement<'_>,
+    at: usize,
+    account_id: &str,
+    u: &AppliedUsage,
+) -> Result<(), StoreError> {
+    let r = &u.record;
+    ins.raw_bind_parameter(at + 1, &r.usage_id).map_err(db)?;
+    ins.raw_bind_parameter(at + 2, account_id).map_err(db)?;
+    ins.raw_bind_parameter(at + 3, r.resource.name())
+        .map_err(db)?;
+    ins.raw_bind_parameter(at + 4, &r.sku).map_err(db)?;
+    ins.raw_bind_parameter(at + 5, bigint("quantity", r.quantity)?)
+        .map_err(db)?;
+    ins.raw_bind_parameter(at + 6, r.cost.to_string())
+        .map_err(db)?;
+    ins.raw_bind_parameter(at + 7, r.at_ms).map_err(db)?;
+    ins.raw_bind_parameter(at + 8, &u.sidecar_id).map_err(db)?;
+    ins.raw_bind_parameter(at + 9, bigint("seq", r.seq)?)
+        .map_err(db)?;
+    ins.raw_bind_parameter(at + 10, bigint("free quantity", u.free_quantity)?)
+        .map_err(db)
+}
+
+/// Binds one deduction row's 6 values after the first `at` parameters.
+fn bind_deduction(
+    ins: &mut Statement<'_>,
+    at: usize,
+    usage_id: &str,
+    ordinal: i64,
+    d: &Deduction,
+) -> Result<(), StoreError> {
+    let (source, amount, unit, gb) = deduction_row(d);
+    ins.raw_bind_parameter(at + 1, usage_id).map_err(db)?;
+    ins.raw_bind_parameter(at + 2, ordinal).map_err(db)?;
+    ins.raw_bind_parameter(at + 3, source).map_err(db)?;
+    ins.raw_bind_parameter(at + 4, amount).map_err(db)?;
+    ins.raw_bind_parameter(at + 5, unit).map_err(db)?;
+    ins.raw_bind_parameter(at + 6, gb).map_err(db)
 }
 
 fn write_leases(tx: &Connection, account_id: &str, c: &ChangeSet) -> Result<(), StoreError> {

@@ -195,6 +195,14 @@ pub trait LedgerStore: webhooks::WebhookStore + Send + Sync + 'static {
     /// Which of `usage_ids` are already applied.
     async fn known_usage(&self, usage_ids: &[String]) -> Result<HashSet<String>, StoreError>;
 
+    /// Whether a Sync round asks `known_usage` before its first write. A store whose
+    /// usage insert probes the same unique index anyway answers false: the round then
+    /// writes first, and an account whose write meets an applied id (`Duplicate`, which
+    /// writes nothing of that account) is written again after the lookup.
+    fn known_usage_first(&self) -> bool {
+        true
+    }
+
     /// `load` for many accounts (usage batches): the ones that exist, in any order.
     /// Stores override this with one round trip per table.
     async fn load_many(
