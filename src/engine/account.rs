@@ -266,6 +266,10 @@ impl Account {
         if unchanged {
             // The live view is the new base with the rest burned down, which it is already.
             self.pending_cost -= gone;
+            debug_assert!(
+                self.is_base_with_pending(),
+                "a kept live view differs from a recompute"
+            );
         } else {
             self.recompute();
         }
@@ -278,11 +282,35 @@ impl Account {
     /// the new base with the rest burned down, and a snapshot costs the usage it includes
     /// instead of every pending record (under a backlog, hundreds of thousands per sync).
     fn moved_by_exactly(&self, included: usize, snap: &AccountSnapshot) -> bool {
-        let mut grants = self.base.grants.clone();
+        let (balance, grants, counts) = self.burned_down(included, |_, _| {});
+        balance == snap.balance && grants == snap.grants && counts == snap.request_counts
+    }
+
+    /// Whether the live view is what `recompute` would make of `base` and `pending` (the
+    /// invariant `apply_snapshot` relies on when it keeps the view).
+    fn is_base_with_pending(&self) -> bool {
+        let (mut cost, mut each_same) = (Money::ZERO, true);
+        let (balance, grants, counts) = self.burned_down(self.pending.len(), |p, money| {
+            cost += money;
+            each_same &= money == p.money;
+        });
+        each_same
+            && cost == self.pending_cost
+            && (balance, &grants, &counts) == (self.balance, &self.grants, &self.counts)
+    }
+
+    /// The base with the first `n` pending records burned down in order (`recompute`'s
+    /// walk, on copies); `each` sees every record's money.
+    fn burned_down(
+        &self,
+        n: usize,
+        mut each: impl FnMut(&Pending, Money),
+    ) -> (Money, Vec<Grant>, RequestCounts) {
         let mut balance = self.base.balance;
+        let mut grants = self.base.grants.clone();
         let mut counts = self.base.request_counts.clone();
-        for p in self.pending.iter().take(included) {
-            usage::charge_counted(
+        for p in self.pending.iter().take(n) {
+            let money = usage::charge_counted(
                 &mut grants,
                 &mut balance,
                 &mut counts,
@@ -291,9 +319,11 @@ impl Account {
                 p.quantity,
                 p.cost,
                 p.at_ms,
-            );
+            )
+            .money;
+            each(p, money);
         }
-        balance == snap.balance && grants == snap.grants && counts == snap.request_counts
+        (balance, grants, counts)
     }
 
     /// The ledger wants unused lease back, or the account reached the edge while this
