@@ -353,14 +353,21 @@ async fn a_client_that_does_not_read_decisions_is_cut_off() {
     }
     // Nobody reads: the first decision fills the buffer of one, the second cannot be
     // queued, and the stream ends with RESOURCE_EXHAUSTED once the client reads again.
-    // (One thread runs the test and the server: once report 2 is charged, its decision
-    // has already met the full buffer.)
     let engine = h.engine().clone();
     eventually("report 2 charged", || {
         let e = engine.clone();
         async move { e.works_of("acme").first().is_some_and(|w| w.last_seq == 2) }
     })
     .await;
+    // Report 2's round is queued in the journal once it is charged; a write queued after
+    // it is answered after it. One thread runs the test and the server, so once that
+    // write is answered the stream has already been woken for report 2's round and met
+    // the full buffer with its decision (without this, reading decision 1 first could
+    // make room for decision 2 when the journal is slow).
+    let barrier = engine
+        .journal()
+        .submit(quotad::journal::Entry::Trim(Vec::new()));
+    barrier.unwrap().await.unwrap().unwrap();
     let first = decision_rx.recv().await.unwrap().unwrap();
     assert_eq!(first.seq, 1);
     let end = decision_rx.recv().await.unwrap();
