@@ -25,6 +25,20 @@ pub const DEFAULT_WEBHOOK_FORWARD_MAX: usize = 4096;
 /// Pause between attempts to queue a batch the ledger did not take.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
+/// Ordinals a forwarding process has per millisecond of the clock at its start (see
+/// `first_ordinal`): a process would have to queue a million events for every
+/// millisecond it ran to reach the ordinals of the next start.
+pub const ORDINALS_PER_START_MS: i64 = 1_000_000;
+
+/// The first ordinal of a forwarder started at `now_ms`. The outbox delivers one
+/// account's events in (time, ordinal) order, so ordinals keep growing across restarts:
+/// had they started again at 1, an event queued before a crash and one queued again from
+/// the journal after it could tie on both (two events in the same millisecond) and be
+/// delivered in the order of their ids instead.
+pub fn first_ordinal(now_ms: i64) -> i64 {
+    now_ms.max(0).saturating_mul(ORDINALS_PER_START_MS)
+}
+
 /// Where events are queued for delivery.
 #[async_trait]
 pub trait EventQueue: Send + Sync + 'static {
@@ -63,15 +77,17 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// Starts the task that queues `recovered` (what the journal held at start), then the
-    /// batches sent, in order, at `queue`, telling `journal` what is queued.
+    /// batches sent, in order, at `queue`, telling `journal` what is queued; the events'
+    /// ordinals count on from `first_ordinal`.
     pub fn spawn(
         queue: Arc<dyn EventQueue>,
         journal: Arc<Journal>,
         recovered: Vec<JournaledEvent>,
         max: usize,
+        first_ordinal: i64,
     ) -> Forwarder {
         let (tx, rx) = mpsc::channel(max.max(1));
-        tokio::spawn(run(queue, journal, recovered, rx));
+        tokio::spawn(run(queue, journal, recovered, rx, first_ordinal));
         Forwarder {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
@@ -101,8 +117,9 @@ async fn run(
     journal: Arc<Journal>,
     recovered: Vec<JournaledEvent>,
     mut rx: mpsc::Receiver<Vec<JournaledEvent>>,
+    first_ordinal: i64,
 ) {
-    let mut ordinal: i64 = 0;
+    let mut ordinal = first_ordinal;
     let mut first = Some(recovered).filter(|r| !r.is_empty());
     loop {
         let batch = match first.take() {
@@ -115,7 +132,7 @@ async fn run(
         let queued: Vec<QueuedEvent> = batch
             .iter()
             .map(|e| {
-                ordinal += 1;
+                ordinal = ordinal.saturating_add(1);
                 event::queued(e, ordinal)
             })
             .collect();
@@ -138,5 +155,19 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_start_orders_after_every_event_of_an_earlier_one() {
+        let start_ms = 1_764_000_000_000;
+        let earlier_last = first_ordinal(start_ms) + ORDINALS_PER_START_MS - 1;
+        assert!(first_ordinal(start_ms + 1) > earlier_last);
+        assert_eq!(first_ordinal(-5), 0);
+        assert_eq!(first_ordinal(i64::MAX), i64::MAX);
     }
 }

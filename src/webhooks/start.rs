@@ -6,7 +6,9 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::delivery::{Deliverer, DeliveryConfig};
-use super::forward::{DEFAULT_WEBHOOK_FORWARD_MAX, EventQueue, Forwarder, LocalQueue};
+use super::forward::{
+    DEFAULT_WEBHOOK_FORWARD_MAX, EventQueue, Forwarder, LocalQueue, first_ordinal,
+};
 use super::stats::WebhookStats;
 use crate::clock::SharedClock;
 use crate::engine::Engine;
@@ -58,6 +60,7 @@ pub fn forward_from(
         engine.journal().clone(),
         recovered,
         DEFAULT_WEBHOOK_FORWARD_MAX,
+        first_ordinal(engine.now_ms()),
     );
     let tx = f.clone();
     engine.forward_events(move |events| tx.send(events.iter().map(Event::journaled).collect()));
