@@ -359,9 +359,21 @@ async fn events_queued_before_a_crash_are_delivered_after_the_restart() {
     rx.status.store(200, Ordering::Relaxed);
     let mut cfg = config(h.dir.path());
     fast(&mut cfg.webhooks);
-    h.clock.advance_ms(1_000);
+    // Past any claim the crashed process held mid-attempt: it lapses on the clock, after
+    // twice `timeout_ms` (4 s here), and until then the message stays its own.
+    h.clock.advance_ms(5_000);
     let running = server::start(cfg, h.clock.clone()).await.unwrap();
+    // Time goes on while the restarted sidecar delivers (an attempt that fails under load
+    // is retried after a backoff on this clock).
+    let clock = h.clock.clone();
+    let ticking = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            clock.advance_ms(100);
+        }
+    });
     let got = rx.wait_for(4).await;
+    ticking.abort();
     let kinds: Vec<String> = got.iter().map(Got::kind).collect();
     assert_eq!(kinds, FOUR);
     assert!(got.iter().all(|g| verifies(&secret, g)));
