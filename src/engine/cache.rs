@@ -99,7 +99,9 @@ impl Engine {
         }
         drop(a);
         // Loads that overlapped may each have passed the check above on the same place:
-        // what they took beyond `accounts_max` is given back as soon as they are in.
+        // what they took beyond `accounts_max` is given back as soon as they are in. (Two
+        // that give back at the same moment may both do so: the cache then holds one less
+        // than it could, never more.)
         while self.accounts.len() > self.cfg.accounts_max && self.make_room(now_ms) {}
         Ok(())
     }
