@@ -107,19 +107,28 @@ def group_of(fn, fl):
     return OTHER
 
 
-def exclusive_costs(path):
-    """Ir per (function, source file of the code), self cost only (calls' inclusive costs
-    left out), from a callgrind file with one event (Ir)."""
-    names = {"f": {}, "n": {}}
-    define = re.compile(r"^\((\d+)\)(?: (.*))?$")
+class Names:
+    """Callgrind's name compression: "(12) name" defines id 12 for files ("f") or
+    functions ("n"), "(12)" refers to it later."""
 
-    def name(kind, v):
-        m = define.match(v)
+    DEFINE = re.compile(r"^\((\d+)\)(?: (.*))?$")
+
+    def __init__(self):
+        self.names = {"f": {}, "n": {}}
+
+    def __call__(self, kind, v):
+        m = self.DEFINE.match(v)
         if not m:
             return v
         if m.group(2) is not None:
-            names[kind][m.group(1)] = m.group(2)
-        return names[kind].get(m.group(1), "?")
+            self.names[kind][m.group(1)] = m.group(2)
+        return self.names[kind].get(m.group(1), "?")
+
+
+def exclusive_costs(path):
+    """Ir per (function, source file of the code), self cost only (calls' inclusive costs
+    left out), from a callgrind file with one event (Ir)."""
+    name = Names()
 
     costs = {}
     fl = fi = fn = "?"
@@ -158,16 +167,7 @@ def exclusive_costs(path):
 
 def call_edges(path):
     """(caller, callee) -> [calls, inclusive Ir] from a callgrind file."""
-    names = {"f": {}, "n": {}}
-    define = re.compile(r"^\((\d+)\)(?: (.*))?$")
-
-    def name(kind, v):
-        m = define.match(v)
-        if not m:
-            return v
-        if m.group(2) is not None:
-            names[kind][m.group(1)] = m.group(2)
-        return names[kind].get(m.group(1), "?")
+    name = Names()
 
     edges = {}
     fn = cfn = "?"

@@ -308,21 +308,10 @@ async fn waves_of_accounts_past_accounts_max_lose_nothing() {
     let mut s = Sidecar::start(config(ACCOUNTS_MAX, 24 * 60 * MINUTE_MS)).await;
     let mut models: HashMap<String, Model> = HashMap::new();
     let always: Vec<String> = (0..ALWAYS).map(|i| format!("always-{i}")).collect();
+    // Each with a grant nothing is charged to (storage only) that expires mid-run: its two
+    // warnings and its expiry come from the deadlines' scan, once each.
+    create_always(&s).await;
     for id in &always {
-        s.ledger.create_account(id, m("1000")).await.unwrap();
-        // A grant nothing is charged to (storage only) that expires mid-run: its two
-        // warnings and its expiry come from the deadlines' scan, once each.
-        s.ledger
-            .grant_credit(
-                id,
-                &format!("{id}-g"),
-                GrantKind::Coupon,
-                ResourceSet::of(Resource::Storage),
-                m("1"),
-                T0_MS + 3 * DAY_MS,
-            )
-            .await
-            .unwrap();
         models.insert(id.clone(), Model::new("1000", 3));
     }
     let mut cached_per_wave = Vec::new();
@@ -753,10 +742,10 @@ async fn run_waves(s: &Sidecar, from: (usize, usize), out: &Out) {
     }
 }
 
-/// The always-active accounts, each with a storage-only grant expiring mid-run (two
-/// warnings and its expiry, once each).
+/// The always-active accounts (`always-0` ..), each with a storage-only grant expiring
+/// mid-run (two warnings and its expiry, once each).
 async fn create_always(s: &Sidecar) {
-    for k in 0..LANES {
+    for k in 0..ALWAYS {
         let id = format!("always-{k}");
         s.ledger.create_account(&id, m("1000")).await.unwrap();
         s.ledger

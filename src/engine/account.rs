@@ -36,6 +36,21 @@ pub(super) struct Pending {
     pub(super) at_ms: i64,
 }
 
+impl Pending {
+    /// Burns this usage down on a view (balance, grants, the month's counts) in the
+    /// billing rules' order; the money it takes there.
+    fn charge_onto(
+        &self,
+        cal: &Calendar,
+        balance: &mut Money,
+        grants: &mut [Grant],
+        counts: &mut RequestCounts,
+    ) -> Money {
+        let (r, q, c, at) = (self.resource, self.quantity, self.cost, self.at_ms);
+        usage::charge_counted(grants, balance, counts, cal, r, q, c, at).money
+    }
+}
+
 pub(super) struct Account {
     pub(super) base: AccountSnapshot,
     pub(super) pending: VecDeque<Pending>,
@@ -128,17 +143,12 @@ impl Account {
         self.counts.clone_from(&self.base.request_counts);
         self.pending_cost = Money::ZERO;
         for p in &mut self.pending {
-            p.money = usage::charge_counted(
-                &mut self.grants,
-                &mut self.balance,
-                &mut self.counts,
+            p.money = p.charge_onto(
                 &self.cal,
-                p.resource,
-                p.quantity,
-                p.cost,
-                p.at_ms,
-            )
-            .money;
+                &mut self.balance,
+                &mut self.grants,
+                &mut self.counts,
+            );
             self.pending_cost += p.money;
         }
     }
@@ -310,18 +320,10 @@ impl Account {
         let mut grants = self.base.grants.clone();
         let mut counts = self.base.request_counts.clone();
         for p in self.pending.iter().take(n) {
-            let money = usage::charge_counted(
-                &mut grants,
-                &mut balance,
-                &mut counts,
-                &self.cal,
-                p.resource,
-                p.quantity,
-                p.cost,
-                p.at_ms,
-            )
-            .money;
-            each(p, money);
+            each(
+                p,
+                p.charge_onto(&self.cal, &mut balance, &mut grants, &mut counts),
+            );
         }
         (balance, grants, counts)
     }
